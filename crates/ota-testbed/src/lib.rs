@@ -1,0 +1,222 @@
+//! Real peers for the test suites, on 127.0.0.1 only. Test-only: nothing here ships to a device.
+//!
+//! - [`Nginx`]: Debian's nginx serving a directory on an ephemeral loopback port, stopped on drop.
+//! - [`python_tuf`]: the interpreter of the python-tuf virtualenv that `scripts/test.sh` creates.
+//!
+//! Missing tools are a test failure, never a skip: each function panics with a message that says how to
+//! install what is missing (`bash scripts/test.sh` installs everything).
+#![deny(missing_docs)]
+// A test bed fails loudly: panicking with a clear message is its error handling.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::fs;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace's root directory (where `Cargo.toml` with `[workspace]` lives).
+pub fn workspace_root() -> PathBuf {
+    // This crate sits at <root>/crates/ota-testbed.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root exists")
+}
+
+/// Finds a program on PATH or in the sbin directories (nginx lives in /usr/sbin, which a non-root PATH
+/// may lack).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            ["/usr/sbin", "/sbin", "/usr/local/sbin"]
+                .iter()
+                .map(PathBuf::from),
+        )
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Like [`find_program`], but panics with an install hint when the program is missing.
+pub fn require_program(name: &str, debian_package: &str) -> PathBuf {
+    find_program(name).unwrap_or_else(|| {
+        panic!(
+            "`{name}` is not installed; this test needs the real tool. \
+             Run `bash scripts/test.sh` (it installs it) or `apt-get install -y {debian_package}`."
+        )
+    })
+}
+
+/// The python interpreter of the virtualenv holding python-tuf (`$OTA_PYTHON_TUF`, or `.venv/bin/python`
+/// at the workspace root). Panics when it is missing or cannot `import tuf.ngclient`.
+pub fn python_tuf() -> PathBuf {
+    let python = std::env::var_os("OTA_PYTHON_TUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    let ok = Command::new(&python)
+        .args(["-c", "import tuf.ngclient, securesystemslib"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "python-tuf is not available at {} (set OTA_PYTHON_TUF or run `bash scripts/test.sh`, which \
+         creates the virtualenv)",
+        python.display()
+    );
+    python
+}
+
+/// Debian's nginx serving one directory over plain HTTP on `127.0.0.1` and an ephemeral port.
+///
+/// It runs in the foreground as a single process (`master_process off`), so it needs no privileges,
+/// reads whatever the test user can read, and dies with the test ([`Drop`] kills it).
+pub struct Nginx {
+    child: Child,
+    port: u16,
+    state: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx serving `root`. Panics if nginx is missing or does not come up within 10 s.
+    pub fn serve(root: &Path) -> Nginx {
+        let nginx = require_program("nginx", "nginx");
+        let root = root.canonicalize().expect("served directory exists");
+        let mut last_error = String::new();
+        // The port is picked by binding :0 and released before nginx binds it; another process can take it
+        // in between, so a few attempts are made.
+        for _ in 0..5 {
+            let state = tempfile::tempdir().expect("temp dir for nginx");
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let conf = state.path().join("nginx.conf");
+            let s = state.path().display();
+            fs::write(
+                &conf,
+                format!(
+                    r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {s}/nginx.pid;
+error_log {s}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {s}/access.log;
+    client_body_temp_path {s}/body;
+    proxy_temp_path {s}/proxy;
+    fastcgi_temp_path {s}/fastcgi;
+    uwsgi_temp_path {s}/uwsgi;
+    scgi_temp_path {s}/scgi;
+    types {{ application/json json; }}
+    default_type application/octet-stream;
+    sendfile on;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{ }}
+    }}
+}}
+"#,
+                    root = root.display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new(&nginx)
+                .arg("-p")
+                .arg(state.path())
+                .arg("-c")
+                .arg(&conf)
+                .arg("-e")
+                .arg(state.path().join("error.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nginx");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    last_error = format!(
+                        "nginx exited with {status}: {}",
+                        fs::read_to_string(state.path().join("error.log")).unwrap_or_default()
+                    );
+                    break;
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    return Nginx { child, port, state };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_error = "nginx did not accept connections within 10 s".into();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start nginx: {last_error}");
+    }
+
+    /// The port nginx listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT` (no trailing slash).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// How many requests nginx has logged so far.
+    pub fn requests_served(&self) -> usize {
+        fs::read_to_string(self.state.path().join("access.log"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `bytes` to `path`, creating parent directories. A shorthand for fixtures.
+pub fn write_file(path: &Path, bytes: &[u8]) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    let mut f = fs::File::create(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn nginx_serves_a_directory_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        write_file(&dir.path().join("sub/hello.txt"), b"hello from nginx");
+        let nginx = Nginx::serve(dir.path());
+        let mut s = TcpStream::connect(("127.0.0.1", nginx.port())).unwrap();
+        s.write_all(b"GET /sub/hello.txt HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("hello from nginx"), "{response}");
+        assert_eq!(nginx.requests_served(), 1);
+    }
+}
