@@ -251,10 +251,11 @@ impl Rollout {
 
 /// The device's stable rollout bucket, 0 to 99, derived from its unique id.
 pub fn rollout_bucket(device_id: &str) -> u8 {
-    let d = Sha256::digest(device_id.as_bytes());
-    let v = u16::from_be_bytes([d[0], d[1]]);
+    let d: [u8; 32] = Sha256::digest(device_id.as_bytes()).into();
+    let [b0, b1, ..] = d;
+    let v = u16::from_be_bytes([b0, b1]);
     // 65536 values onto 100 buckets: the bias is under 0.2 %, irrelevant for rollout waves.
-    (u32::from(v) * 100 / 65536) as u8
+    u8::try_from(u32::from(v) * 100 / 65536).unwrap_or(99)
 }
 
 /// A delta that rebuilds this release's image from an earlier one.
