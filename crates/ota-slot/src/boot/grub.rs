@@ -1,0 +1,167 @@
+//! `GrubEnv`: boot control through GRUB's environment block with `grub-editenv`.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::{parse_env_listing, run_tool, BootControl, BootState, KernelCmdline, TrialBoot};
+use crate::error::{Error, Result};
+use crate::slot::SlotId;
+
+/// Boot control through GRUB's environment block (`/boot/grub/grubenv`), read with
+/// `grub-editenv FILE list` and written with `grub-editenv FILE set/unset`.
+///
+/// `grub-editenv` rewrites its file in place, so a power cut in the middle could leave a broken block.
+/// Every change is therefore staged: the file is copied next to itself, edited there (set, then unset),
+/// fsynced, renamed over the original, and the directory fsynced; the old or the new block survives.
+/// GRUB finds the file's blocks anew at each boot, so the rename is safe for its `save_env`.
+///
+/// The variables are those of [`crate::boot`]'s table; the grub.cfg snippet that honours them is
+/// `boot-scripts/grub-ota.cfg` in this crate. GRUB's script has no arithmetic, so the counter is an
+/// if-chain and trials are limited to [`GrubEnv::MAX_TRIES`].
+///
+/// The running slot comes from the kernel command line (`ota.slot=a`, appended by grub.cfg).
+#[derive(Debug, Clone)]
+pub struct GrubEnv {
+    file: PathBuf,
+    cmdline: KernelCmdline,
+    tool: String,
+}
+
+impl GrubEnv {
+    /// Most tries a trial may be given (what the grub.cfg if-chain counts to).
+    pub const MAX_TRIES: u8 = 3;
+
+    /// The environment block at `file` (must exist; see [`GrubEnv::create`]). Running slot from
+    /// `/proc/cmdline`.
+    pub fn new(file: impl AsRef<Path>) -> GrubEnv {
+        GrubEnv {
+            file: file.as_ref().to_owned(),
+            cmdline: KernelCmdline::default(),
+            tool: "grub-editenv".into(),
+        }
+    }
+
+    /// Reads the running slot from another command-line source (tests: a plain file).
+    pub fn with_cmdline(mut self, cmdline: KernelCmdline) -> GrubEnv {
+        self.cmdline = cmdline;
+        self
+    }
+
+    /// Creates a new environment block at `file` (replacing any) for a device whose `primary` slot holds
+    /// the running image.
+    pub fn create(file: impl AsRef<Path>, primary: SlotId) -> Result<GrubEnv> {
+        let env = GrubEnv::new(file);
+        env.write(None, &BootState::new(primary))?;
+        Ok(env)
+    }
+
+    fn name(&self) -> String {
+        format!("GRUB env {}", self.file.display())
+    }
+
+    /// Every variable of the block.
+    pub fn variables(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        // grub-editenv lists a missing file as empty: check it exists so a wrong path is an error.
+        File::open(&self.file).map_err(|e| Error::io("open", &self.file, e))?;
+        let out = run_tool(&self.tool, &[self.file.as_os_str(), OsStr::new("list")])?;
+        Ok(parse_env_listing(&out))
+    }
+
+    /// The A/B state the block holds.
+    pub fn state(&self) -> Result<BootState> {
+        let vars = self.variables()?;
+        BootState::from_vars(&self.name(), |k| vars.get(k).map(String::as_str))
+    }
+
+    /// Writes the state: copy (or create) a temp block, edit it, fsync, rename over, fsync the directory.
+    fn write(&self, existing: Option<&Path>, state: &BootState) -> Result<()> {
+        let dir = match self.file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let base = self
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{base}.ota-tmp"));
+        let result = (|| {
+            match existing {
+                Some(src) => std::fs::copy(src, &tmp)
+                    .map(drop)
+                    .map_err(|e| Error::io("copy", &tmp, e))?,
+                None => {
+                    let _ = std::fs::remove_file(&tmp);
+                    run_tool(&self.tool, &[tmp.as_os_str(), OsStr::new("create")])?;
+                }
+            }
+            let vars = state.to_vars();
+            let sets: Vec<String> = vars
+                .iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+                .collect();
+            let mut args: Vec<&OsStr> = vec![tmp.as_os_str(), OsStr::new("set")];
+            args.extend(sets.iter().map(OsStr::new));
+            run_tool(&self.tool, &args)?;
+            let unsets: Vec<&str> = vars
+                .iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(k, _)| *k)
+                .collect();
+            if !unsets.is_empty() {
+                let mut args: Vec<&OsStr> = vec![tmp.as_os_str(), OsStr::new("unset")];
+                args.extend(unsets.iter().map(OsStr::new));
+                run_tool(&self.tool, &args)?;
+            }
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io("fsync", &tmp, e))?;
+            std::fs::rename(&tmp, &self.file).map_err(|e| Error::io("rename", &self.file, e))?;
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io("fsync", &dir, e))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn update(&self, change: impl FnOnce(&mut BootState) -> Result<()>) -> Result<()> {
+        let old = self.state()?;
+        let mut new = old;
+        change(&mut new)?;
+        if new != old {
+            self.write(Some(&self.file), &new)?;
+        }
+        Ok(())
+    }
+}
+
+impl BootControl for GrubEnv {
+    fn booted(&mut self) -> Result<SlotId> {
+        self.cmdline.booted()
+    }
+    fn primary(&mut self) -> Result<SlotId> {
+        Ok(self.state()?.primary)
+    }
+    fn trial(&mut self) -> Result<Option<TrialBoot>> {
+        Ok(self.state()?.trial())
+    }
+    fn start_trial(&mut self, slot: SlotId, tries: u8) -> Result<()> {
+        self.update(|s| s.start_trial(slot, tries, Self::MAX_TRIES))
+    }
+    fn mark_good(&mut self, slot: SlotId) -> Result<()> {
+        self.update(|s| {
+            s.mark_good(slot);
+            Ok(())
+        })
+    }
+    fn mark_bad(&mut self, slot: SlotId) -> Result<()> {
+        self.update(|s| {
+            s.mark_bad(slot);
+            Ok(())
+        })
+    }
+}
