@@ -1,2 +1,71 @@
-//! repo-tool: the release engineer's CLI that builds and maintains a TUF repository of firmware releases.
+//! repo-tool: builds and maintains the TUF repository (spec 1.0) of firmware releases that devices
+//! update from. The `repo-tool` binary is a thin command line over these functions; tests, the demo
+//! and the fleet drill call them in-process.
+//!
+//! It does: keys ([`generate_key`], [`KeyRing`] over tough's `KeySource`, so a key can live in a file
+//! now and a KMS/HSM later), [`init`], [`add`] (one image or a directory, with the `ota-release`
+//! custom fields), [`refresh`] (cron: re-sign timestamp/snapshot), [`delegate`], root rotation with
+//! thresholds held by different people ([`root_stage`] → [`root_sign`] on each holder's machine →
+//! [`root_publish`]), [`verify`] and [`list`]. It does not serve files (any static web server does), encode
+//! deltas (`ota-delta` does; [`deltas`] holds the seam) or run on devices (`ota-tuf` is the client).
+//!
+//! # On disk (the TUF specification's layout, consistent snapshots)
+//! ```text
+//! metadata/1.root.json, 2.root.json, ...   every root version, kept forever
+//! metadata/timestamp.json                  the entry point, replaced last by every publish
+//! metadata/V.snapshot.json  V.targets.json  V.<role>.json
+//! targets/<dir>/<sha256-hex>.<basename>    e.g. targets/gw-a/stable/2.1.0/<sha>.fw.bin
+//! ```
+//! Default target name: `<first-hardware-id>/<channel>/<version>/<basename>` ([`default_target_name`]),
+//! so a product line or channel is delegated with a pattern like `gw-a/*/*/*`.
+//! Expiry times are whole seconds (`YYYY-MM-DDTHH:MM:SSZ`).
+//!
+//! # Publishing is atomic
+//! Every command checks all input and that the given keys meet every threshold it needs, streams each
+//! image once (hashing as it copies, fixed buffer), signs everything in memory, then writes new files
+//! (temp + fsync + rename, directories fsynced) and `timestamp.json` last. If any step fails, what it
+//! created is removed: the repository is left byte-for-byte as it was.
+//!
+//! # Speed
+//! Targets, snapshot and timestamp metadata are built from tough's schema types and signed over their
+//! canonical JSON (olpc-cjson) with tough's `Sign`, not through `RepositoryEditor`, which re-reads and
+//! re-hashes targets: a publish costs one parse and one serialization of the changed role, plus one read
+//! of each new image.
+//!
+//! Main types: [`KeyRing`], [`InitSpec`]/[`RoleSpec`], [`ReleaseSpec`]/[`AddOptions`], [`RootChange`],
+//! [`VerifyReport`], [`Listing`], [`Error`].
 #![deny(missing_docs)]
+
+mod block;
+pub mod deltas;
+mod error;
+mod fsutil;
+mod keys;
+mod meta;
+mod names;
+mod publish;
+mod qr;
+mod rotate;
+mod stage;
+mod verify;
+
+pub use error::{Error, Result};
+pub use keys::{
+    generate_key, key_id, read_public_key, GeneratedKey, KeyId, KeyRing, PRIVATE_KEY_SUFFIX,
+    PUBLIC_KEY_SUFFIX,
+};
+pub use meta::{
+    expiry_after, parse_lifetime, whole_seconds, Expiries, METADATA_DIR, SPEC_VERSION, TARGETS_DIR,
+};
+pub use names::{check_path_pattern, check_target_name, path_matches};
+pub use publish::{
+    add, default_target_name, delegate, init, refresh, releases_in_dir, version_from_file_name, AddOptions,
+    AddReport, DelegateSpec, InitSpec, RefreshOptions, ReleaseSpec, RoleSpec, RootFingerprint,
+};
+pub use qr::qr_for_terminal;
+pub use rotate::{parse_role, root_publish, root_sign, root_stage, RootChange, RootSignatures};
+pub use stage::target_file_path;
+pub use tough::key_source::KeySource;
+pub use tough::schema::key::Key;
+pub use tough::schema::RoleType;
+pub use verify::{list, verify, ListedRelease, Listing, VerifyReport};

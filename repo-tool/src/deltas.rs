@@ -1,0 +1,97 @@
+//! The seam for binary deltas: [`add_with_deltas`] is [`crate::add`] plus, for each new release, a
+//! delta from each of the last `keep` releases of the same (first hardware id, channel), made by a
+//! caller-supplied encoder (in production `ota_delta::encode`; this crate does not encode).
+//!
+//! Each delta is published as its own target `<release-target-dir>/deltas/<base-version>.delta`
+//! (custom `OtaTarget::Delta`), and the release's custom metadata lists the `DeltaOffer`s.
+
+use std::fs;
+use std::path::Path;
+
+use ota_release::{DeltaOffer, DeltaTarget, OtaTarget, Sha256Digest};
+
+use crate::error::{io, Error, Result};
+use crate::keys::KeyRing;
+use crate::publish::{add_with, ota_custom, tuf_target, AddOptions, AddReport, NewTarget, ReleaseSpec};
+use crate::stage::target_file_path;
+
+/// Encodes a delta from `old` to `new`; an error string aborts the whole `add`.
+pub type Encoder<'a> = dyn FnMut(&[u8], &[u8]) -> std::result::Result<Vec<u8>, String> + 'a;
+
+/// [`crate::add`], offering deltas from the last `keep` older releases of the same first hardware id
+/// and channel. Images are read whole into memory here: encoders need random access to both.
+pub fn add_with_deltas(
+    repo: &Path,
+    releases: &[ReleaseSpec],
+    opts: &AddOptions,
+    ring: &KeyRing,
+    keep: usize,
+    encoder: &mut Encoder<'_>,
+) -> Result<AddReport> {
+    add_with(repo, releases, opts, ring, |state, nt, stager| {
+        let Some(OtaTarget::Release(mut release)) = ota_custom(&nt.target) else {
+            return Ok(Vec::new());
+        };
+        let Some(hw) = release.hardware.first().cloned() else {
+            return Ok(Vec::new());
+        };
+        let mut bases = Vec::new();
+        for (_, t) in state.all_roles() {
+            for (name, target) in &t.targets {
+                if let Some(OtaTarget::Release(r)) = ota_custom(target) {
+                    if r.channel == release.channel && r.hardware.contains(&hw) && r.version < release.version
+                    {
+                        bases.push((r.version.clone(), name.raw().to_owned(), target.clone()));
+                    }
+                }
+            }
+        }
+        bases.sort_by(|a, b| b.0.cmp(&a.0));
+        bases.truncate(keep);
+        if bases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let new_bytes = fs::read(&nt.staged.temp).map_err(io("read staged image", &nt.staged.temp))?;
+        let dir = nt.name.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+        let mut extra = Vec::new();
+        for (version, base_name, base) in bases {
+            let digest = <[u8; 32]>::try_from(base.hashes.sha256.as_ref())
+                .map_err(|_| Error::Tough(format!("target {base_name} has a malformed sha256")))?;
+            let base_path = state.dir.join(target_file_path(&base_name, &digest));
+            let old = fs::read(&base_path).map_err(io("read base image", &base_path))?;
+            let delta = encoder(&old, &new_bytes).map_err(|why| Error::InvalidInput {
+                what: format!("delta from {version} to {}", release.version),
+                why,
+            })?;
+            let staged = stager.stage_bytes(&delta)?;
+            let name = if dir.is_empty() {
+                format!("deltas/{version}.delta")
+            } else {
+                format!("{dir}/deltas/{version}.delta")
+            };
+            release.deltas.push(DeltaOffer {
+                base_version: version.clone(),
+                base_sha256: Sha256Digest(digest),
+                base_length: base.length,
+                target: name.clone(),
+                length: staged.length,
+            });
+            let target = tuf_target(
+                &staged,
+                &OtaTarget::Delta(DeltaTarget {
+                    base_version: version,
+                    base_sha256: Sha256Digest(digest),
+                    version: release.version.clone(),
+                    release_target: nt.name.clone(),
+                }),
+            )?;
+            extra.push(NewTarget { name, target, staged });
+        }
+        release.validate().map_err(|source| Error::Release {
+            image: nt.staged.temp.clone(),
+            source,
+        })?;
+        nt.target = tuf_target(&nt.staged, &OtaTarget::Release(release))?;
+        Ok(extra)
+    })
+}

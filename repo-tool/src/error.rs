@@ -1,0 +1,136 @@
+//! The one error type of the repo-tool library.
+
+use std::path::PathBuf;
+
+/// Why a repo-tool operation failed. Every variant names what it was working on; when a command fails
+/// the repository on disk is exactly as it was before the command started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing a file or directory failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("read", "create", "rename", ...).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's complaint.
+        source: std::io::Error,
+    },
+    /// A metadata or key file does not parse as what it must be.
+    #[error("malformed {what} {path}: {why}")]
+    Malformed {
+        /// What the file should have been ("timestamp metadata", "public key", ...).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The parser's complaint.
+        why: String,
+    },
+    /// The caller asked for something invalid (bad flag value, unknown role, ...).
+    #[error("invalid {what}: {why}")]
+    InvalidInput {
+        /// Which input.
+        what: String,
+        /// What is wrong with it and what was expected.
+        why: String,
+    },
+    /// The firmware's OTA fields are invalid (the `ota-release` contract refused them).
+    #[error("invalid release for {image}: {source}")]
+    Release {
+        /// The image being added.
+        image: PathBuf,
+        /// What the contract refused.
+        source: ota_release::Error,
+    },
+    /// The same version is already published for a hardware id and channel.
+    #[error(
+        "version {version} is already published for hardware {hardware} on channel {channel} \
+         (target {existing}); refusing to publish it twice"
+    )]
+    DuplicateVersion {
+        /// The version.
+        version: String,
+        /// The hardware id it collides on.
+        hardware: String,
+        /// The channel.
+        channel: String,
+        /// The target name already carrying that version.
+        existing: String,
+    },
+    /// A target with this name already exists in the repository.
+    #[error("target {name} already exists in role {role}; pick another name with --name")]
+    DuplicateTarget {
+        /// The target name.
+        name: String,
+        /// The role listing it.
+        role: String,
+    },
+    /// Not enough of a role's keys were available to meet its threshold.
+    #[error(
+        "role {role} needs {threshold} signature(s) but only {available} of its keys were given \
+         (its key ids: {keyids}); pass the missing keys with --key"
+    )]
+    ThresholdNotMet {
+        /// The role.
+        role: String,
+        /// Signatures required.
+        threshold: u64,
+        /// Matching keys given (or valid signatures found).
+        available: u64,
+        /// The role's key ids, comma separated.
+        keyids: String,
+    },
+    /// A key could not be loaded from its key source or could not sign.
+    #[error("key {source_name}: {why}")]
+    Key {
+        /// The key source (a path or a KMS id).
+        source_name: String,
+        /// What failed.
+        why: String,
+    },
+    /// Refused to overwrite a file that exists (keys, repositories).
+    #[error("{path} already exists; refusing to overwrite it")]
+    AlreadyExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The repository is not in the expected state (missing or inconsistent metadata).
+    #[error("repository {repo}: {why}")]
+    Repository {
+        /// The repository directory.
+        repo: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A target name is not under any path pattern of the role it is being added to.
+    #[error("target {name} is not delegated to role {role} (its paths: {paths})")]
+    NotDelegated {
+        /// The target name.
+        name: String,
+        /// The role.
+        role: String,
+        /// The role's path patterns, comma separated.
+        paths: String,
+    },
+    /// Serializing or signing metadata failed in tough.
+    #[error("tough: {0}")]
+    Tough(String),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Shorthand for an [`Error::Io`] mapper.
+pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { action, path, source }
+}
+
+/// Shorthand for [`Error::InvalidInput`].
+pub(crate) fn invalid(what: impl Into<String>, why: impl Into<String>) -> Error {
+    Error::InvalidInput {
+        what: what.into(),
+        why: why.into(),
+    }
+}

@@ -1,0 +1,515 @@
+//! repo-tool command line: parses flags and calls the `repo_tool` library; see its crate doc.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use repo_tool::{Expiries, KeyRing};
+
+#[derive(Parser)]
+#[command(
+    name = "repo-tool",
+    version,
+    about = "Build and maintain a TUF repository of firmware releases"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone, Default)]
+struct SigningKeys {
+    /// A private key file (PKCS#8) to sign with; repeat for several.
+    #[arg(long = "key", value_name = "FILE")]
+    keys: Vec<PathBuf>,
+    /// A directory whose *.pk8 private keys may all be used to sign.
+    #[arg(long = "keys-dir", value_name = "DIR")]
+    keys_dir: Option<PathBuf>,
+}
+
+impl SigningKeys {
+    fn load(&self) -> Result<KeyRing> {
+        let mut ring = KeyRing::from_files(&self.keys)?;
+        if let Some(d) = &self.keys_dir {
+            ring.extend(KeyRing::from_dir(d)?);
+        }
+        Ok(ring)
+    }
+}
+
+#[derive(Args, Clone)]
+struct Lifetimes {
+    /// Lifetime of root metadata signed by this command (e.g. 365d).
+    #[arg(long, default_value = "365d", value_parser = lifetime)]
+    root_expires: jiff::SignedDuration,
+    /// Lifetime of targets metadata (top-level and delegated).
+    #[arg(long, default_value = "90d", value_parser = lifetime)]
+    targets_expires: jiff::SignedDuration,
+    /// Lifetime of snapshot metadata.
+    #[arg(long, default_value = "7d", value_parser = lifetime)]
+    snapshot_expires: jiff::SignedDuration,
+    /// Lifetime of timestamp metadata.
+    #[arg(long, default_value = "1d", value_parser = lifetime)]
+    timestamp_expires: jiff::SignedDuration,
+}
+
+impl Lifetimes {
+    fn expiries(&self) -> Expiries {
+        Expiries {
+            root: self.root_expires,
+            targets: self.targets_expires,
+            snapshot: self.snapshot_expires,
+            timestamp: self.timestamp_expires,
+        }
+    }
+}
+
+fn lifetime(s: &str) -> std::result::Result<jiff::SignedDuration, String> {
+    repo_tool::parse_lifetime(s).map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Create a new repository and print its root fingerprint (text and QR code).
+    Init {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Public (or private) key files of the root role.
+        #[arg(long = "root-key", required = true)]
+        root_keys: Vec<PathBuf>,
+        /// Signatures needed for root.
+        #[arg(long, default_value_t = 1)]
+        root_threshold: u64,
+        /// Key files of the targets role.
+        #[arg(long = "targets-key", required = true)]
+        targets_keys: Vec<PathBuf>,
+        /// Signatures needed for targets.
+        #[arg(long, default_value_t = 1)]
+        targets_threshold: u64,
+        /// Key files of the snapshot role.
+        #[arg(long = "snapshot-key", required = true)]
+        snapshot_keys: Vec<PathBuf>,
+        /// Signatures needed for snapshot.
+        #[arg(long, default_value_t = 1)]
+        snapshot_threshold: u64,
+        /// Key files of the timestamp role.
+        #[arg(long = "timestamp-key", required = true)]
+        timestamp_keys: Vec<PathBuf>,
+        /// Signatures needed for timestamp.
+        #[arg(long, default_value_t = 1)]
+        timestamp_threshold: u64,
+        /// Do not print the QR code.
+        #[arg(long)]
+        no_qr: bool,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
+        #[command(flatten)]
+        signing: SigningKeys,
+    },
+    /// Publish firmware images (one with --image and --version, or a directory with --dir).
+    Add {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The image file.
+        #[arg(
+            long,
+            conflicts_with = "dir",
+            required_unless_present = "dir",
+            requires = "version"
+        )]
+        image: Option<PathBuf>,
+        /// The image's semantic version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Publish every file of this directory; names must be <name>-<semver>[.<ext>].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Compatible hardware id; repeat for several.
+        #[arg(long = "hardware", required = true)]
+        hardware: Vec<String>,
+        /// Release channel.
+        #[arg(long)]
+        channel: String,
+        /// Percent of the fleet offered the release.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
+        rollout: u8,
+        /// Target name (default <hardware>/<channel>/<version>/<basename>); only with --image.
+        #[arg(long, conflicts_with = "dir")]
+        name: Option<String>,
+        /// Add into this delegated role instead of top-level targets.
+        #[arg(long)]
+        role: Option<String>,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
+        #[command(flatten)]
+        signing: SigningKeys,
+    },
+    /// Re-sign timestamp (and snapshot with --snapshot) with a new expiry: run it from cron.
+    Refresh {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Re-sign snapshot too.
+        #[arg(long)]
+        snapshot: bool,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
+        #[command(flatten)]
+        signing: SigningKeys,
+    },
+    /// Delegate path patterns to a new targets role with its own keys.
+    Delegate {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The new role's name.
+        #[arg(long)]
+        role: String,
+        /// Path pattern (`*` and `?` within one segment), e.g. gw-a/*/*/*; repeat for several.
+        #[arg(long = "path", required = true)]
+        paths: Vec<String>,
+        /// Key files of the new role.
+        #[arg(long = "role-key", required = true)]
+        role_keys: Vec<PathBuf>,
+        /// Signatures needed for the new role.
+        #[arg(long, default_value_t = 1)]
+        threshold: u64,
+        /// Stop the search at this role for matching targets.
+        #[arg(long)]
+        terminating: bool,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
+        #[command(flatten)]
+        signing: SigningKeys,
+    },
+    /// Root rotation and key revocation, signed in steps by the holders of the root keys.
+    Root {
+        #[command(subcommand)]
+        command: RootCommand,
+    },
+    /// Check the repository as a client would; non-zero exit on any problem.
+    Verify {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Warn about metadata expiring within this time.
+        #[arg(long, default_value = "7d", value_parser = lifetime)]
+        warn_within: jiff::SignedDuration,
+    },
+    /// Releases per hardware id and channel, and each role's version and expiry.
+    List {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Generate ed25519 keys: DIR/NAME.pk8 (private, 0600) and DIR/NAME.pub.json. Never overwrites.
+    Generate {
+        /// Directory for the key files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Key names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RootCommand {
+    /// Write the next root version, unsigned, to --out.
+    Stage {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The staged root file to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// ROLE=KEYFILE: add a key to a top-level role.
+        #[arg(long = "add-key")]
+        add_keys: Vec<String>,
+        /// ROLE=KEYID: remove (revoke) a key from a role.
+        #[arg(long = "remove-key")]
+        remove_keys: Vec<String>,
+        /// ROLE=N: set a role's threshold.
+        #[arg(long = "threshold")]
+        thresholds: Vec<String>,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
+    },
+    /// Sign a staged root with the root keys you hold, then pass the file on.
+    Sign {
+        /// The staged root file.
+        staged: PathBuf,
+        /// The repository (lets keys of the current root sign, and shows both thresholds).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        #[command(flatten)]
+        signing: SigningKeys,
+    },
+    /// Publish a staged root once the current and the new root thresholds are met.
+    Publish {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The staged root file.
+        staged: PathBuf,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
+        #[command(flatten)]
+        signing: SigningKeys,
+    },
+}
+
+fn role_spec(paths: &[PathBuf], threshold: u64) -> Result<repo_tool::RoleSpec> {
+    let keys = paths
+        .iter()
+        .map(|p| repo_tool::read_public_key(p))
+        .collect::<repo_tool::Result<Vec<_>>>()?;
+    Ok(repo_tool::RoleSpec { keys, threshold })
+}
+
+fn split_pair<'a>(flag: &str, s: &'a str) -> Result<(repo_tool::RoleType, &'a str)> {
+    let Some((role, value)) = s.split_once('=') else {
+        bail!("--{flag} {s:?}: expected ROLE=VALUE, e.g. timestamp=keys/ts2.pub.json");
+    };
+    Ok((repo_tool::parse_role(role)?, value))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keys {
+            command: KeysCommand::Generate { dir, names },
+        } => {
+            for name in names {
+                let k = repo_tool::generate_key(&dir, &name)?;
+                println!("{name}\t{}\t{}", k.keyid, k.private_path.display());
+            }
+        }
+        Command::Init {
+            repo,
+            root_keys,
+            root_threshold,
+            targets_keys,
+            targets_threshold,
+            snapshot_keys,
+            snapshot_threshold,
+            timestamp_keys,
+            timestamp_threshold,
+            no_qr,
+            lifetimes,
+            signing,
+        } => {
+            let spec = repo_tool::InitSpec {
+                root: role_spec(&root_keys, root_threshold)?,
+                targets: role_spec(&targets_keys, targets_threshold)?,
+                snapshot: role_spec(&snapshot_keys, snapshot_threshold)?,
+                timestamp: role_spec(&timestamp_keys, timestamp_threshold)?,
+                expiries: lifetimes.expiries(),
+            };
+            let fp = repo_tool::init(&repo, &spec, &signing.load()?)?;
+            println!("created {}", repo.display());
+            println!("root fingerprint (sha256 of {}):", fp.path.display());
+            println!("{}", fp.sha256);
+            if !no_qr {
+                println!("{}", repo_tool::qr_for_terminal(&fp.sha256)?);
+            }
+        }
+        Command::Add {
+            repo,
+            image,
+            version,
+            dir,
+            hardware,
+            channel,
+            rollout,
+            name,
+            role,
+            lifetimes,
+            signing,
+        } => {
+            let releases = match (image, dir) {
+                (Some(image), None) => vec![repo_tool::ReleaseSpec {
+                    image,
+                    version: version.context("--version is required with --image")?,
+                    hardware,
+                    channel,
+                    rollout_percent: rollout,
+                    name,
+                }],
+                (None, Some(dir)) => repo_tool::releases_in_dir(&dir, &hardware, &channel, rollout)?,
+                _ => bail!("give exactly one of --image or --dir"),
+            };
+            let opts = repo_tool::AddOptions {
+                role,
+                expiries: lifetimes.expiries(),
+            };
+            let report = repo_tool::add(&repo, &releases, &opts, &signing.load()?)?;
+            for (name, sha, len) in &report.added {
+                println!("added {name} ({len} bytes, sha256 {sha})");
+            }
+            println!("{} version {} published", report.role, report.role_version);
+        }
+        Command::Refresh {
+            repo,
+            snapshot,
+            lifetimes,
+            signing,
+        } => {
+            let opts = repo_tool::RefreshOptions {
+                snapshot,
+                expiries: lifetimes.expiries(),
+            };
+            repo_tool::refresh(&repo, &opts, &signing.load()?)?;
+            println!("refreshed {}", repo.display());
+        }
+        Command::Delegate {
+            repo,
+            role,
+            paths,
+            role_keys,
+            threshold,
+            terminating,
+            lifetimes,
+            signing,
+        } => {
+            let spec = repo_tool::DelegateSpec {
+                role: role.clone(),
+                paths,
+                keys: role_spec(&role_keys, threshold)?,
+                terminating,
+            };
+            repo_tool::delegate(&repo, &spec, &lifetimes.expiries(), &signing.load()?)?;
+            println!("delegated to role {role}");
+        }
+        Command::Root { command } => root_command(command)?,
+        Command::Verify { repo, warn_within } => {
+            let now = repo_tool::whole_seconds(jiff::Timestamp::now())?;
+            let report = repo_tool::verify(&repo, now, warn_within)?;
+            for w in &report.warnings {
+                println!("warning: {w}");
+            }
+            for p in &report.problems {
+                println!("problem: {p}");
+            }
+            if !report.is_ok() {
+                bail!("{} problem(s) found in {}", report.problems.len(), repo.display());
+            }
+            println!(
+                "ok: {} root version(s), {} target file(s) checked",
+                report.root_versions, report.targets_checked
+            );
+        }
+        Command::List { repo } => print_listing(&repo)?,
+    }
+    Ok(())
+}
+
+fn root_command(command: RootCommand) -> Result<()> {
+    match command {
+        RootCommand::Stage {
+            repo,
+            out,
+            add_keys,
+            remove_keys,
+            thresholds,
+            lifetimes,
+        } => {
+            let mut change = repo_tool::RootChange {
+                expiries: lifetimes.expiries(),
+                ..Default::default()
+            };
+            for s in &add_keys {
+                let (role, path) = split_pair("add-key", s)?;
+                change
+                    .add_keys
+                    .push((role, repo_tool::read_public_key(Path::new(path))?));
+            }
+            for s in &remove_keys {
+                let (role, id) = split_pair("remove-key", s)?;
+                change.remove_keys.push((role, id.to_owned()));
+            }
+            for s in &thresholds {
+                let (role, n) = split_pair("threshold", s)?;
+                let n: u64 = n
+                    .parse()
+                    .with_context(|| format!("--threshold {s:?}: not a number"))?;
+                change.thresholds.push((role, n));
+            }
+            let v = repo_tool::root_stage(&repo, &change, &out)?;
+            println!(
+                "staged root version {v} in {}; sign it with `repo-tool root sign`",
+                out.display()
+            );
+        }
+        RootCommand::Sign {
+            staged,
+            repo,
+            signing,
+        } => {
+            let s = repo_tool::root_sign(&staged, repo.as_deref(), &signing.load()?)?;
+            println!(
+                "root version {}: {}/{} signatures of the new root's keys",
+                s.version, s.new_root.0, s.new_root.1
+            );
+            if let Some((n, t)) = s.current_root {
+                println!(
+                    "root version {}: {n}/{t} signatures of the current root's keys",
+                    s.version
+                );
+            }
+        }
+        RootCommand::Publish {
+            repo,
+            staged,
+            lifetimes,
+            signing,
+        } => {
+            let v = repo_tool::root_publish(&repo, &staged, &lifetimes.expiries(), &signing.load()?)?;
+            println!("published root version {v}");
+        }
+    }
+    Ok(())
+}
+
+fn print_listing(repo: &Path) -> Result<()> {
+    let listing = repo_tool::list(repo)?;
+    println!("{:<12} {:>8}  expires", "role", "version");
+    for (role, version, expires) in &listing.roles {
+        println!("{role:<12} {version:>8}  {expires}");
+    }
+    for ((hw, channel), releases) in &listing.releases {
+        println!("\n{hw} / {channel}:");
+        for r in releases {
+            println!(
+                "  {:<16} {:>4}%  {:>12} bytes  {}  (role {})",
+                r.version.to_string(),
+                r.rollout_percent,
+                r.length,
+                r.target,
+                r.role
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

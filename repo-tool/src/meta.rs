@@ -1,0 +1,554 @@
+//! Metadata on disk: file names of the TUF layout, loading the current repository state, canonical
+//! JSON, signing with a [`KeyRing`], expiry times, and the atomic [`Publication`] of new files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tough::schema::decoded::{Decoded, Hex};
+use tough::schema::{Hashes, Metafile, RoleType, Root, Signature, Signed, Snapshot, Targets, Timestamp};
+
+use crate::error::{invalid, io, Error, Result};
+use crate::fsutil;
+use crate::keys::{KeyId, KeyRing};
+
+/// The TUF specification version written into every metadata file.
+pub const SPEC_VERSION: &str = "1.0.31";
+/// The metadata directory inside a repository.
+pub const METADATA_DIR: &str = "metadata";
+/// The target files directory inside a repository.
+pub const TARGETS_DIR: &str = "targets";
+/// The top-level targets role's name.
+pub const TARGETS_ROLE: &str = "targets";
+
+/// How long each role's metadata stays valid after it is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiries {
+    /// Root metadata lifetime.
+    pub root: jiff::SignedDuration,
+    /// Top-level and delegated targets metadata lifetime.
+    pub targets: jiff::SignedDuration,
+    /// Snapshot lifetime.
+    pub snapshot: jiff::SignedDuration,
+    /// Timestamp lifetime (the `refresh` cron job must run well within it).
+    pub timestamp: jiff::SignedDuration,
+}
+
+impl Default for Expiries {
+    /// Root 365 days, targets 90 days, snapshot 7 days, timestamp 1 day.
+    fn default() -> Self {
+        let day = jiff::SignedDuration::from_hours(24);
+        Expiries {
+            root: day * 365,
+            targets: day * 90,
+            snapshot: day * 7,
+            timestamp: day,
+        }
+    }
+}
+
+/// Parses a lifetime such as `90d`, `12h`, `30m`, `45s` or `2w`.
+pub fn parse_lifetime(text: &str) -> Result<jiff::SignedDuration> {
+    let bad = || {
+        invalid(
+            format!("lifetime {text:?}"),
+            "expected a number and a unit: s, m, h, d or w (e.g. 90d)",
+        )
+    };
+    let split = text.len().checked_sub(1).ok_or_else(bad)?;
+    let (num, unit) = (
+        text.get(..split).ok_or_else(bad)?,
+        text.get(split..).ok_or_else(bad)?,
+    );
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        "w" => n.checked_mul(7 * 86_400),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    if !(1..=100 * 366 * 86_400).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(jiff::SignedDuration::from_secs(secs))
+}
+
+/// `now + lifetime`, truncated to whole seconds: TUF metadata writes `YYYY-MM-DDTHH:MM:SSZ` and
+/// python-tuf refuses fractional seconds.
+pub fn expiry_after(now: jiff::Timestamp, lifetime: jiff::SignedDuration) -> Result<jiff::Timestamp> {
+    let t = now
+        .checked_add(lifetime)
+        .map_err(|e| invalid("expiry", format!("now + {lifetime:?} is out of range: {e}")))?;
+    whole_seconds(t)
+}
+
+/// Drops the fraction of a second.
+pub fn whole_seconds(t: jiff::Timestamp) -> Result<jiff::Timestamp> {
+    jiff::Timestamp::from_second(t.as_second()).map_err(|e| invalid("timestamp", e.to_string()))
+}
+
+/// The current time, in whole seconds.
+pub(crate) fn now() -> Result<jiff::Timestamp> {
+    whole_seconds(jiff::Timestamp::now())
+}
+
+/// Canonical JSON (OLPC, as tough and python-tuf sign it).
+pub(crate) fn canonical<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut data, olpc_cjson::CanonicalFormatter::new());
+    value
+        .serialize(&mut ser)
+        .map_err(|e| Error::Tough(format!("canonical JSON: {e}")))?;
+    Ok(data)
+}
+
+/// Key ids as hex strings.
+pub(crate) fn hex_ids(ids: &[Decoded<Hex>]) -> Vec<KeyId> {
+    ids.iter().map(|id| hex::encode(id.as_ref())).collect()
+}
+
+/// Key id hex to tough's decoded form.
+pub(crate) fn decoded(id: &str) -> Result<Decoded<Hex>> {
+    hex::decode(id)
+        .map(Decoded::from)
+        .map_err(|_| invalid(format!("key id {id:?}"), "expected hexadecimal"))
+}
+
+/// A role's signing keys and threshold.
+#[derive(Debug, Clone)]
+pub(crate) struct RoleKeySet {
+    pub name: String,
+    pub keyids: Vec<KeyId>,
+    pub threshold: u64,
+}
+
+impl RoleKeySet {
+    /// Fails (before any work is done) when the ring cannot meet the threshold.
+    pub fn check_ring(&self, ring: &KeyRing) -> Result<()> {
+        let held = self.keyids.iter().filter(|id| ring.has(id)).count() as u64;
+        if held < self.threshold {
+            return Err(Error::ThresholdNotMet {
+                role: self.name.clone(),
+                threshold: self.threshold,
+                available: held,
+                keyids: self.keyids.join(", "),
+            });
+        }
+        Ok(())
+    }
+
+    /// Signs `signed` with every key of the role held in the ring.
+    pub fn sign<T: Serialize>(&self, signed: T, ring: &KeyRing) -> Result<Signed<T>> {
+        self.check_ring(ring)?;
+        let msg = canonical(&signed)?;
+        let signatures = ring
+            .sign_with(&self.keyids, &msg)?
+            .into_iter()
+            .map(|(id, sig)| {
+                Ok(Signature {
+                    keyid: decoded(&id)?,
+                    sig: Decoded::from(sig),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Signed { signed, signatures })
+    }
+}
+
+/// The key set of a top-level role in a root.
+pub(crate) fn top_role_keys(root: &Root, role: RoleType) -> Result<RoleKeySet> {
+    let keys = root
+        .roles
+        .get(&role)
+        .ok_or_else(|| invalid("root metadata", format!("lists no {role} role")))?;
+    Ok(RoleKeySet {
+        name: role.to_string(),
+        keyids: hex_ids(&keys.keyids),
+        threshold: keys.threshold.get(),
+    })
+}
+
+/// The key set of a delegated role, from its delegating targets metadata.
+pub(crate) fn delegated_role_keys(parent: &Targets, role: &str) -> Result<RoleKeySet> {
+    let r = parent
+        .delegations
+        .as_ref()
+        .and_then(|d| d.roles.iter().find(|r| r.name == role))
+        .ok_or_else(|| {
+            invalid(
+                format!("role {role:?}"),
+                "no such delegated role in targets metadata",
+            )
+        })?;
+    Ok(RoleKeySet {
+        name: role.to_owned(),
+        keyids: hex_ids(&r.keyids),
+        threshold: r.threshold.get(),
+    })
+}
+
+/// The bytes of a metadata file: canonical JSON of the whole signed envelope (deterministic and what
+/// every client parses).
+pub(crate) fn file_bytes<T: Serialize>(signed: &Signed<T>) -> Result<Vec<u8>> {
+    canonical(signed)
+}
+
+/// A snapshot/timestamp `meta` entry describing these file bytes.
+pub(crate) fn metafile(version: NonZeroU64, bytes: &[u8]) -> Metafile {
+    Metafile {
+        length: Some(bytes.len() as u64),
+        hashes: Some(Hashes {
+            sha256: Decoded::from(Sha256::digest(bytes).to_vec()),
+            _extra: HashMap::new(),
+        }),
+        version,
+        _extra: HashMap::new(),
+    }
+}
+
+/// `version + 1`.
+pub(crate) fn bump(v: NonZeroU64) -> Result<NonZeroU64> {
+    v.checked_add(1)
+        .ok_or_else(|| invalid("metadata version", "overflows u64"))
+}
+
+/// One metadata file, parsed, with the exact bytes read.
+#[derive(Debug, Clone)]
+pub(crate) struct MetaFile<T> {
+    pub signed: Signed<T>,
+    pub bytes: Vec<u8>,
+}
+
+fn read_meta<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<MetaFile<T>> {
+    let bytes = fs::read(path).map_err(io("read", path))?;
+    let signed = serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
+        what,
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
+    Ok(MetaFile { signed, bytes })
+}
+
+/// The repository's current published state, as a client would find it starting at `timestamp.json`.
+#[derive(Debug, Clone)]
+pub(crate) struct RepoState {
+    pub dir: PathBuf,
+    /// Every root version present, in order (1, 2, ...).
+    pub roots: Vec<MetaFile<Root>>,
+    pub timestamp: MetaFile<Timestamp>,
+    pub snapshot: MetaFile<Snapshot>,
+    pub targets: MetaFile<Targets>,
+    /// Delegated roles (one level under top-level targets), by name.
+    pub delegated: BTreeMap<String, MetaFile<Targets>>,
+}
+
+/// Path of a metadata file by name inside a repository.
+pub(crate) fn meta_path(repo: &Path, file: &str) -> PathBuf {
+    repo.join(METADATA_DIR).join(file)
+}
+
+impl RepoState {
+    /// Loads the current state (TUF 5.3-5.6 order: root chain, timestamp, snapshot, targets, delegated).
+    pub fn load(repo: &Path) -> Result<RepoState> {
+        let mdir = repo.join(METADATA_DIR);
+        if !mdir.is_dir() {
+            return Err(Error::Repository {
+                repo: repo.to_owned(),
+                why: "no metadata/ directory: not a repository (run `repo-tool init` first)".into(),
+            });
+        }
+        let mut versions = Vec::new();
+        for entry in fs::read_dir(&mdir).map_err(io("read directory", &mdir))? {
+            let entry = entry.map_err(io("read directory", &mdir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(n) = name
+                .strip_suffix(".root.json")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                versions.push(n);
+            }
+        }
+        versions.sort_unstable();
+        if versions.first() != Some(&1) || versions.iter().enumerate().any(|(i, v)| *v != i as u64 + 1) {
+            return Err(Error::Repository {
+                repo: repo.to_owned(),
+                why: format!("root versions on disk are {versions:?}; expected 1..N without gaps"),
+            });
+        }
+        let roots = versions
+            .iter()
+            .map(|v| read_meta(&mdir.join(format!("{v}.root.json")), "root metadata"))
+            .collect::<Result<Vec<_>>>()?;
+        let timestamp: MetaFile<Timestamp> = read_meta(&mdir.join("timestamp.json"), "timestamp metadata")?;
+        let snap_version = timestamp
+            .signed
+            .signed
+            .meta
+            .get("snapshot.json")
+            .map(|m| m.version)
+            .ok_or_else(|| Error::Repository {
+                repo: repo.to_owned(),
+                why: "timestamp.json lists no snapshot.json".into(),
+            })?;
+        let snapshot: MetaFile<Snapshot> = read_meta(
+            &mdir.join(format!("{snap_version}.snapshot.json")),
+            "snapshot metadata",
+        )?;
+        let version_of = |file: &str| {
+            snapshot
+                .signed
+                .signed
+                .meta
+                .get(file)
+                .map(|m| m.version)
+                .ok_or_else(|| Error::Repository {
+                    repo: repo.to_owned(),
+                    why: format!("snapshot lists no {file}"),
+                })
+        };
+        let tv = version_of("targets.json")?;
+        let targets: MetaFile<Targets> =
+            read_meta(&mdir.join(format!("{tv}.targets.json")), "targets metadata")?;
+        let mut delegated = BTreeMap::new();
+        if let Some(d) = &targets.signed.signed.delegations {
+            for role in &d.roles {
+                let v = version_of(&format!("{}.json", role.name))?;
+                let m = read_meta(
+                    &mdir.join(format!("{v}.{}.json", role.name)),
+                    "delegated targets metadata",
+                )?;
+                delegated.insert(role.name.clone(), m);
+            }
+        }
+        Ok(RepoState {
+            dir: repo.to_owned(),
+            roots,
+            timestamp,
+            snapshot,
+            targets,
+            delegated,
+        })
+    }
+
+    /// The newest root.
+    pub fn root(&self) -> Result<&MetaFile<Root>> {
+        self.roots.last().ok_or_else(|| Error::Repository {
+            repo: self.dir.clone(),
+            why: "no root metadata".into(),
+        })
+    }
+
+    /// Key set of a targets role (top-level `targets` or a delegated role).
+    pub fn targets_role_keys(&self, role: &str) -> Result<RoleKeySet> {
+        if role == TARGETS_ROLE {
+            top_role_keys(&self.root()?.signed.signed, RoleType::Targets)
+        } else {
+            delegated_role_keys(&self.targets.signed.signed, role)
+        }
+    }
+
+    /// The targets metadata of a role.
+    pub fn role_targets(&self, role: &str) -> Result<&Targets> {
+        if role == TARGETS_ROLE {
+            Ok(&self.targets.signed.signed)
+        } else {
+            self.delegated
+                .get(role)
+                .map(|m| &m.signed.signed)
+                .ok_or_else(|| invalid(format!("role {role:?}"), "no such delegated role"))
+        }
+    }
+
+    /// Every targets role: top-level first, then delegated in name order.
+    pub fn all_roles(&self) -> Vec<(&str, &Targets)> {
+        let mut v = vec![(TARGETS_ROLE, &self.targets.signed.signed)];
+        v.extend(self.delegated.iter().map(|(n, m)| (n.as_str(), &m.signed.signed)));
+        v
+    }
+}
+
+/// Builds new snapshot and timestamp metadata on top of `state`, with these targets files replaced
+/// (role name → new bytes and version), and returns their (file name, bytes) plus timestamp bytes.
+pub(crate) fn resign_snapshot_and_timestamp(
+    state: &RepoState,
+    root: &Root,
+    changed: &[(String, NonZeroU64, Vec<u8>)],
+    expiries: &Expiries,
+    ring: &KeyRing,
+) -> Result<(String, Vec<u8>, Vec<u8>)> {
+    let now = now()?;
+    let old = &state.snapshot.signed.signed;
+    let mut snapshot = Snapshot::new(
+        SPEC_VERSION.to_owned(),
+        bump(old.version)?,
+        expiry_after(now, expiries.snapshot)?,
+    );
+    snapshot.meta = old.meta.clone();
+    for (role, version, bytes) in changed {
+        snapshot
+            .meta
+            .insert(format!("{role}.json"), metafile(*version, bytes));
+    }
+    let snapshot_keys = top_role_keys(root, RoleType::Snapshot)?;
+    let timestamp_keys = top_role_keys(root, RoleType::Timestamp)?;
+    // Check both before signing either, so a missing timestamp key fails before any work.
+    snapshot_keys.check_ring(ring)?;
+    timestamp_keys.check_ring(ring)?;
+    let snapshot_version = snapshot.version;
+    let signed_snapshot = snapshot_keys.sign(snapshot, ring)?;
+    let snapshot_bytes = file_bytes(&signed_snapshot)?;
+    let timestamp_bytes = sign_timestamp(
+        &state.timestamp.signed.signed,
+        snapshot_version,
+        &snapshot_bytes,
+        expiries,
+        &timestamp_keys,
+        ring,
+    )?;
+    Ok((
+        format!("{snapshot_version}.snapshot.json"),
+        snapshot_bytes,
+        timestamp_bytes,
+    ))
+}
+
+/// A new timestamp (version + 1) pointing at this snapshot.
+pub(crate) fn sign_timestamp(
+    old: &Timestamp,
+    snapshot_version: NonZeroU64,
+    snapshot_bytes: &[u8],
+    expiries: &Expiries,
+    keys: &RoleKeySet,
+    ring: &KeyRing,
+) -> Result<Vec<u8>> {
+    let mut ts = Timestamp::new(
+        SPEC_VERSION.to_owned(),
+        bump(old.version)?,
+        expiry_after(now()?, expiries.timestamp)?,
+    );
+    ts.meta
+        .insert("snapshot.json".into(), metafile(snapshot_version, snapshot_bytes));
+    file_bytes(&keys.sign(ts, ring)?)
+}
+
+/// Files a command publishes: target files staged in a temp directory, new versioned metadata files,
+/// and last the new `timestamp.json`. [`Publication::commit`] writes them in that order (each one
+/// temp + fsync + rename, directories fsynced) and, if anything fails, removes what it created, so the
+/// repository is left exactly as it was.
+#[derive(Debug, Default)]
+pub(crate) struct Publication {
+    /// (staged temp file, destination relative to the repository).
+    pub target_files: Vec<(PathBuf, PathBuf)>,
+    /// (file name in metadata/, bytes); must not exist yet.
+    pub metadata: Vec<(String, Vec<u8>)>,
+    /// New timestamp.json bytes.
+    pub timestamp: Option<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Undo {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+    timestamp: Option<(PathBuf, Option<Vec<u8>>)>,
+}
+
+impl Undo {
+    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.exists() {
+            missing.push(d.to_owned());
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        for m in missing.into_iter().rev() {
+            fs::create_dir(&m).map_err(io("create directory", &m))?;
+            self.dirs.push(m);
+        }
+        Ok(())
+    }
+
+    fn roll_back(self) {
+        if let Some((path, old)) = self.timestamp {
+            match old {
+                Some(bytes) => {
+                    let _ = fsutil::replace_durable(&path, &bytes);
+                }
+                None => {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        for f in self.files.iter().rev() {
+            let _ = fs::remove_file(f);
+        }
+        for d in self.dirs.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+impl Publication {
+    /// Publishes into `repo`; on error nothing of it remains.
+    pub fn commit(self, repo: &Path) -> Result<()> {
+        let mut undo = Undo::default();
+        match self.commit_inner(repo, &mut undo) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                undo.roll_back();
+                Err(e)
+            }
+        }
+    }
+
+    fn commit_inner(self, repo: &Path, undo: &mut Undo) -> Result<()> {
+        let mut synced_dirs = std::collections::BTreeSet::new();
+        for (tmp, rel) in &self.target_files {
+            let dest = repo.join(rel);
+            let dir = fsutil::parent(&dest).to_owned();
+            undo.create_dir_all(&dir)?;
+            if dest.exists() {
+                // Content-addressed name: the same bytes are already published.
+                continue;
+            }
+            fs::rename(tmp, &dest).map_err(io("rename target file into place", &dest))?;
+            undo.files.push(dest);
+            synced_dirs.insert(dir);
+        }
+        let mdir = repo.join(METADATA_DIR);
+        undo.create_dir_all(&mdir)?;
+        for (name, bytes) in &self.metadata {
+            let path = mdir.join(name);
+            fsutil::write_new_durable(&path, bytes)?;
+            undo.files.push(path);
+        }
+        synced_dirs.insert(mdir.clone());
+        // Every new directory's parent must be synced too, or the directory entry can be lost.
+        for d in &undo.dirs {
+            synced_dirs.insert(fsutil::parent(d).to_owned());
+        }
+        for d in &synced_dirs {
+            fsutil::sync_dir(d)?;
+        }
+        if let Some(ts) = &self.timestamp {
+            let path = mdir.join("timestamp.json");
+            let old = if path.exists() {
+                Some(fs::read(&path).map_err(io("read", &path))?)
+            } else {
+                None
+            };
+            undo.timestamp = Some((path.clone(), old));
+            fsutil::replace_durable(&path, ts)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,696 @@
+//! The commands that change a repository: [`init`], [`add`], [`refresh`] and [`delegate`].
+//!
+//! Each one loads the current state, checks every input and that the key ring meets every threshold
+//! it will need, stages target files, signs all new metadata in memory, and only then publishes
+//! (see `Publication`): new files first, `timestamp.json` last.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+
+use ota_release::{Channel, HardwareId, OtaTarget, Release, Rollout};
+use tough::schema::decoded::Decoded;
+use tough::schema::key::Key;
+use tough::schema::{
+    DelegatedRole, Delegations, Hashes, PathPattern, PathSet, RoleKeys, RoleType, Root, Snapshot, Target,
+    Targets, Timestamp,
+};
+use tough::TargetName;
+
+use crate::error::{invalid, Error, Result};
+use crate::keys::{key_id, KeyRing};
+use crate::meta::{
+    self, bump, expiry_after, file_bytes, metafile, now, top_role_keys, Expiries, Publication, RepoState,
+    RoleKeySet, SPEC_VERSION, TARGETS_ROLE,
+};
+use crate::names::{check_file_stem, check_path_pattern, check_target_name, path_matches};
+use crate::stage::{target_file_path, TargetStager};
+
+/// The keys and threshold of one role.
+#[derive(Debug, Clone)]
+pub struct RoleSpec {
+    /// Public keys allowed to sign the role.
+    pub keys: Vec<Key>,
+    /// Signatures needed (1 to the number of keys).
+    pub threshold: u64,
+}
+
+/// What [`init`] creates.
+#[derive(Debug, Clone)]
+pub struct InitSpec {
+    /// Root role keys.
+    pub root: RoleSpec,
+    /// Top-level targets role keys.
+    pub targets: RoleSpec,
+    /// Snapshot role keys.
+    pub snapshot: RoleSpec,
+    /// Timestamp role keys.
+    pub timestamp: RoleSpec,
+    /// Lifetimes of each role's metadata.
+    pub expiries: Expiries,
+}
+
+/// The pinned root of trust of a new repository.
+#[derive(Debug, Clone)]
+pub struct RootFingerprint {
+    /// `metadata/1.root.json`.
+    pub path: PathBuf,
+    /// SHA-256 of that file's bytes, lowercase hex: what a factory line pins into devices.
+    pub sha256: String,
+}
+
+/// Key ids and a checked threshold for root metadata.
+pub(crate) fn role_keys(
+    what: &str,
+    spec: &RoleSpec,
+    keys: &mut HashMap<Decoded<tough::schema::decoded::Hex>, Key>,
+) -> Result<RoleKeys> {
+    if spec.keys.is_empty() {
+        return Err(invalid(format!("{what} keys"), "a role needs at least one key"));
+    }
+    let mut ids = Vec::new();
+    for k in &spec.keys {
+        let id = meta::decoded(&key_id(k)?)?;
+        if ids.contains(&id) {
+            return Err(invalid(
+                format!("{what} keys"),
+                format!("key {} is listed twice", hex::encode(&id)),
+            ));
+        }
+        keys.insert(id.clone(), k.clone());
+        ids.push(id);
+    }
+    let threshold = NonZeroU64::new(spec.threshold)
+        .filter(|t| t.get() <= ids.len() as u64)
+        .ok_or_else(|| {
+            invalid(
+                format!("{what} threshold {}", spec.threshold),
+                format!("expected 1 to {} (the number of {what} keys)", ids.len()),
+            )
+        })?;
+    Ok(RoleKeys {
+        keyids: ids,
+        threshold,
+        _extra: HashMap::new(),
+    })
+}
+
+/// Creates a new repository in `repo` (which must not hold one yet): root, targets, snapshot and
+/// timestamp metadata at version 1, consistent snapshots on (TUF 4.3). The key ring must meet all
+/// four thresholds. Returns the fingerprint of `1.root.json`.
+pub fn init(repo: &Path, spec: &InitSpec, ring: &KeyRing) -> Result<RootFingerprint> {
+    let mdir = repo.join(meta::METADATA_DIR);
+    if mdir.exists() {
+        return Err(Error::AlreadyExists { path: mdir });
+    }
+    let now = now()?;
+    let mut keys = HashMap::new();
+    let mut roles = HashMap::new();
+    roles.insert(RoleType::Root, role_keys("root", &spec.root, &mut keys)?);
+    roles.insert(RoleType::Targets, role_keys("targets", &spec.targets, &mut keys)?);
+    roles.insert(
+        RoleType::Snapshot,
+        role_keys("snapshot", &spec.snapshot, &mut keys)?,
+    );
+    roles.insert(
+        RoleType::Timestamp,
+        role_keys("timestamp", &spec.timestamp, &mut keys)?,
+    );
+    let one = NonZeroU64::MIN;
+    let root = Root {
+        spec_version: SPEC_VERSION.to_owned(),
+        consistent_snapshot: true,
+        version: one,
+        expires: expiry_after(now, spec.expiries.root)?,
+        keys,
+        roles,
+        _extra: HashMap::new(),
+    };
+    let sets: Vec<RoleKeySet> = [
+        RoleType::Root,
+        RoleType::Targets,
+        RoleType::Snapshot,
+        RoleType::Timestamp,
+    ]
+    .into_iter()
+    .map(|r| top_role_keys(&root, r))
+    .collect::<Result<_>>()?;
+    for s in &sets {
+        s.check_ring(ring)?;
+    }
+    let [root_keys, targets_keys, snapshot_keys, timestamp_keys] = <[RoleKeySet; 4]>::try_from(sets)
+        .map_err(|_| Error::Tough("four top-level roles expected".into()))?;
+
+    let targets = Targets {
+        spec_version: SPEC_VERSION.to_owned(),
+        version: one,
+        expires: expiry_after(now, spec.expiries.targets)?,
+        targets: HashMap::new(),
+        delegations: Some(Delegations::new()),
+        _extra: HashMap::new(),
+    };
+    let root_bytes = file_bytes(&root_keys.sign(root, ring)?)?;
+    let targets_bytes = file_bytes(&targets_keys.sign(targets, ring)?)?;
+    let mut snapshot = Snapshot::new(
+        SPEC_VERSION.to_owned(),
+        one,
+        expiry_after(now, spec.expiries.snapshot)?,
+    );
+    snapshot
+        .meta
+        .insert("targets.json".into(), metafile(one, &targets_bytes));
+    let snapshot_bytes = file_bytes(&snapshot_keys.sign(snapshot, ring)?)?;
+    let mut timestamp = Timestamp::new(
+        SPEC_VERSION.to_owned(),
+        one,
+        expiry_after(now, spec.expiries.timestamp)?,
+    );
+    timestamp
+        .meta
+        .insert("snapshot.json".into(), metafile(one, &snapshot_bytes));
+    let timestamp_bytes = file_bytes(&timestamp_keys.sign(timestamp, ring)?)?;
+
+    let sha256 = ota_release::Sha256Digest::of(&root_bytes).to_hex();
+    Publication {
+        target_files: Vec::new(),
+        metadata: vec![
+            ("1.root.json".into(), root_bytes),
+            ("1.targets.json".into(), targets_bytes),
+            ("1.snapshot.json".into(), snapshot_bytes),
+        ],
+        timestamp: Some(timestamp_bytes),
+    }
+    .commit(repo)?;
+    fs::create_dir_all(repo.join(meta::TARGETS_DIR))
+        .map_err(crate::error::io("create", repo.join("targets")))?;
+    Ok(RootFingerprint {
+        path: meta::meta_path(repo, "1.root.json"),
+        sha256,
+    })
+}
+
+/// One firmware image to publish.
+#[derive(Debug, Clone)]
+pub struct ReleaseSpec {
+    /// The image file (streamed, hashed once).
+    pub image: PathBuf,
+    /// Semantic version.
+    pub version: String,
+    /// Compatible hardware ids (at least one).
+    pub hardware: Vec<String>,
+    /// Channel.
+    pub channel: String,
+    /// Rollout share in percent (100 = everyone).
+    pub rollout_percent: u8,
+    /// Target name; `None` picks [`default_target_name`].
+    pub name: Option<String>,
+}
+
+/// Options of [`add`].
+#[derive(Debug, Clone, Default)]
+pub struct AddOptions {
+    /// The targets role to add into: `None` is top-level `targets`, else a delegated role's name.
+    pub role: Option<String>,
+    /// Lifetimes for the re-signed metadata.
+    pub expiries: Expiries,
+}
+
+/// What [`add`] published.
+#[derive(Debug, Clone)]
+pub struct AddReport {
+    /// The role the targets went into.
+    pub role: String,
+    /// (target name, sha256 hex, length) of each new target.
+    pub added: Vec<(String, String, u64)>,
+    /// The new version of the role's metadata.
+    pub role_version: u64,
+}
+
+/// The default target name of a release: `<first-hardware-id>/<channel>/<version>/<basename>`.
+///
+/// Delegation-friendly: a product line (hardware id) or a channel can be delegated with a path pattern
+/// such as `gw-a/*/*/*` or `*/beta/*/*` (`*` never crosses `/` in TUF path patterns).
+pub fn default_target_name(hardware: &str, channel: &str, version: &str, image: &Path) -> Result<String> {
+    let base = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| invalid(format!("image {}", image.display()), "has no file name"))?;
+    Ok(format!("{hardware}/{channel}/{version}/{base}"))
+}
+
+/// A release's OTA custom metadata, validated against the `ota-release` contract.
+pub(crate) fn build_release(spec: &ReleaseSpec) -> Result<Release> {
+    let err = |source| Error::Release {
+        image: spec.image.clone(),
+        source,
+    };
+    let release = Release {
+        version: ota_release::parse_version(&spec.version).map_err(err)?,
+        hardware: spec
+            .hardware
+            .iter()
+            .map(HardwareId::new)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(err)?,
+        channel: Channel::new(spec.channel.as_str()).map_err(err)?,
+        rollout: Rollout {
+            percent: spec.rollout_percent,
+        },
+        deltas: Vec::new(),
+    };
+    release.validate().map_err(err)?;
+    Ok(release)
+}
+
+/// Every (hardware, channel, version) already published, with its target name.
+pub(crate) fn published_versions(state: &RepoState) -> BTreeMap<(String, String, String), String> {
+    let mut out = BTreeMap::new();
+    for (_, t) in state.all_roles() {
+        for (name, target) in &t.targets {
+            if let Some(OtaTarget::Release(r)) = ota_custom(target) {
+                for h in &r.hardware {
+                    out.insert(
+                        (h.to_string(), r.channel.to_string(), r.version.to_string()),
+                        name.raw().to_owned(),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `ota` object of a target, when present and valid.
+pub(crate) fn ota_custom(target: &Target) -> Option<OtaTarget> {
+    let custom = serde_json::to_value(&target.custom).ok()?;
+    OtaTarget::from_custom(&custom).ok().flatten()
+}
+
+fn check_delegated(state: &RepoState, role: &str, name: &str) -> Result<()> {
+    if role == TARGETS_ROLE {
+        return Ok(());
+    }
+    let r = state
+        .targets
+        .signed
+        .signed
+        .delegations
+        .as_ref()
+        .and_then(|d| d.roles.iter().find(|r| r.name == role))
+        .ok_or_else(|| {
+            invalid(
+                format!("role {role:?}"),
+                "no such delegated role (see `repo-tool delegate`)",
+            )
+        })?;
+    let patterns: Vec<&str> = match &r.paths {
+        PathSet::Paths(p) => p.iter().map(|p| p.value()).collect(),
+        PathSet::PathHashPrefixes(_) => {
+            return Err(invalid(
+                format!("role {role:?}"),
+                "hash-prefix delegations are not supported",
+            ))
+        }
+    };
+    if patterns.iter().any(|p| path_matches(p, name)) {
+        Ok(())
+    } else {
+        Err(Error::NotDelegated {
+            name: name.to_owned(),
+            role: role.to_owned(),
+            paths: patterns.join(", "),
+        })
+    }
+}
+
+/// A prepared target: name, TUF entry, staged file.
+pub(crate) struct NewTarget {
+    pub name: String,
+    pub target: Target,
+    pub staged: crate::stage::StagedFile,
+}
+
+/// Publishes firmware images as targets of one role and re-signs that role, snapshot and timestamp.
+///
+/// Refused before anything is written: a malformed version or name, a version already published for
+/// one of the hardware ids on that channel (in any role), an existing target name, a target outside
+/// the role's delegated paths, an unreadable image, or keys that do not meet a threshold.
+pub fn add(repo: &Path, releases: &[ReleaseSpec], opts: &AddOptions, ring: &KeyRing) -> Result<AddReport> {
+    add_with(repo, releases, opts, ring, |_, _, _| Ok(Vec::new()))
+}
+
+/// [`add`] with a hook that may contribute extra targets per release (the seam for deltas, see
+/// [`crate::deltas`]). The hook gets the state, the release and its staged image, and returns
+/// extra targets to publish in the same role.
+pub(crate) fn add_with<F>(
+    repo: &Path,
+    releases: &[ReleaseSpec],
+    opts: &AddOptions,
+    ring: &KeyRing,
+    mut extra: F,
+) -> Result<AddReport>
+where
+    F: FnMut(&RepoState, &mut NewTarget, &mut TargetStager) -> Result<Vec<NewTarget>>,
+{
+    if releases.is_empty() {
+        return Err(invalid("add", "no image given"));
+    }
+    let state = RepoState::load(repo)?;
+    let role = opts.role.clone().unwrap_or_else(|| TARGETS_ROLE.to_owned());
+    let root = state.root()?.signed.signed.clone();
+    let role_keys = state.targets_role_keys(&role)?;
+    role_keys.check_ring(ring)?;
+    top_role_keys(&root, RoleType::Snapshot)?.check_ring(ring)?;
+    top_role_keys(&root, RoleType::Timestamp)?.check_ring(ring)?;
+
+    let mut published = published_versions(&state);
+    let role_targets = state.role_targets(&role)?;
+    let mut prepared = Vec::with_capacity(releases.len());
+    let mut names = BTreeSet::new();
+    for spec in releases {
+        let release = build_release(spec)?;
+        let first = release
+            .hardware
+            .first()
+            .ok_or_else(|| invalid("hardware", "at least one hardware id is required"))?;
+        let name = match &spec.name {
+            Some(n) => n.clone(),
+            None => default_target_name(
+                first.as_str(),
+                release.channel.as_str(),
+                &spec.version,
+                &spec.image,
+            )?,
+        };
+        check_target_name(&name)?;
+        check_delegated(&state, &role, &name)?;
+        let tname = TargetName::new(name.as_str())
+            .map_err(|e| invalid(format!("target name {name:?}"), e.to_string()))?;
+        if role_targets.targets.contains_key(&tname) || !names.insert(name.clone()) {
+            return Err(Error::DuplicateTarget { name, role });
+        }
+        for h in &release.hardware {
+            let key = (
+                h.to_string(),
+                release.channel.to_string(),
+                release.version.to_string(),
+            );
+            if let Some(existing) = published.get(&key) {
+                return Err(Error::DuplicateVersion {
+                    version: key.2,
+                    hardware: key.0,
+                    channel: key.1,
+                    existing: existing.clone(),
+                });
+            }
+            published.insert(key, name.clone());
+        }
+        prepared.push((spec, release, name));
+    }
+
+    // Every check passed: now read each image once.
+    let mut stager = TargetStager::new(repo)?;
+    let mut new_targets = Vec::with_capacity(prepared.len());
+    for (spec, release, name) in prepared {
+        let staged = stager.stage(&spec.image)?;
+        let target = tuf_target(&staged, &OtaTarget::Release(release))?;
+        let mut nt = NewTarget { name, target, staged };
+        let more = extra(&state, &mut nt, &mut stager)?;
+        new_targets.push(nt);
+        new_targets.extend(more);
+    }
+
+    let mut targets = role_targets.clone();
+    targets.version = bump(targets.version)?;
+    targets.expires = expiry_after(now()?, opts.expiries.targets)?;
+    let mut publication = Publication::default();
+    let mut added = Vec::with_capacity(new_targets.len());
+    for nt in new_targets {
+        let tname = TargetName::new(nt.name.as_str()).map_err(|e| invalid("target name", e.to_string()))?;
+        publication.target_files.push((
+            nt.staged.temp.clone(),
+            target_file_path(&nt.name, &nt.staged.sha256),
+        ));
+        added.push((nt.name, hex::encode(nt.staged.sha256), nt.staged.length));
+        targets.targets.insert(tname, nt.target);
+    }
+    let role_version = targets.version;
+    let role_bytes = file_bytes(&role_keys.sign(targets, ring)?)?;
+    let (snap_name, snap_bytes, ts_bytes) = meta::resign_snapshot_and_timestamp(
+        &state,
+        &root,
+        &[(role.clone(), role_version, role_bytes.clone())],
+        &opts.expiries,
+        ring,
+    )?;
+    publication
+        .metadata
+        .push((format!("{role_version}.{role}.json"), role_bytes));
+    publication.metadata.push((snap_name, snap_bytes));
+    publication.timestamp = Some(ts_bytes);
+    publication.commit(repo)?;
+    drop(stager);
+    Ok(AddReport {
+        role,
+        added,
+        role_version: role_version.get(),
+    })
+}
+
+/// A TUF target entry for a staged file with this OTA custom object.
+pub(crate) fn tuf_target(staged: &crate::stage::StagedFile, ota: &OtaTarget) -> Result<Target> {
+    let custom = match ota.to_custom() {
+        serde_json::Value::Object(m) => m.into_iter().collect(),
+        _ => return Err(Error::Tough("OTA custom metadata is not an object".into())),
+    };
+    Ok(Target {
+        length: staged.length,
+        hashes: Hashes {
+            sha256: Decoded::from(staged.sha256.to_vec()),
+            _extra: HashMap::new(),
+        },
+        custom,
+        _extra: HashMap::new(),
+    })
+}
+
+/// Finds the semantic version in a bulk file name `<stem>-<semver>[.<ext>]` (for example
+/// `gateway-2.1.0.img` or `fw-1.0.0-rc.1.bin`): the first `-` after which the rest, with or without its
+/// last extension, parses as semver.
+pub fn version_from_file_name(file_name: &str) -> Option<String> {
+    for (i, _) in file_name.match_indices('-') {
+        let rest = file_name.get(i + 1..)?;
+        if !rest.starts_with(|c: char| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Some((without_ext, _)) = rest.rsplit_once('.') {
+            if ota_release::parse_version(without_ext).is_ok() {
+                return Some(without_ext.to_owned());
+            }
+        }
+        if ota_release::parse_version(rest).is_ok() {
+            return Some(rest.to_owned());
+        }
+    }
+    None
+}
+
+/// Release specs for every regular file directly in `dir`, named `<stem>-<semver>[.<ext>]`, all for the
+/// same hardware ids, channel and rollout. Files not following the convention are refused (listed).
+pub fn releases_in_dir(
+    dir: &Path,
+    hardware: &[String],
+    channel: &str,
+    rollout_percent: u8,
+) -> Result<Vec<ReleaseSpec>> {
+    let mut out = Vec::new();
+    let mut bad = Vec::new();
+    let entries = fs::read_dir(dir).map_err(crate::error::io("read image directory", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(crate::error::io("read image directory", dir))?;
+        let path = entry.path();
+        if !path.is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match version_from_file_name(&name) {
+            Some(version) => out.push(ReleaseSpec {
+                image: path,
+                version,
+                hardware: hardware.to_vec(),
+                channel: channel.to_owned(),
+                rollout_percent,
+                name: None,
+            }),
+            None => bad.push(name),
+        }
+    }
+    if !bad.is_empty() {
+        bad.sort();
+        bad.truncate(5);
+        return Err(invalid(
+            format!("image directory {}", dir.display()),
+            format!(
+                "file names must be <name>-<semver>[.<ext>]; these are not: {}",
+                bad.join(", ")
+            ),
+        ));
+    }
+    if out.is_empty() {
+        return Err(invalid(
+            format!("image directory {}", dir.display()),
+            "holds no files",
+        ));
+    }
+    out.sort_by(|a, b| a.image.cmp(&b.image));
+    Ok(out)
+}
+
+/// Options of [`refresh`].
+#[derive(Debug, Clone, Default)]
+pub struct RefreshOptions {
+    /// Re-sign snapshot too (new version and expiry), not only timestamp.
+    pub snapshot: bool,
+    /// Lifetimes.
+    pub expiries: Expiries,
+}
+
+/// Re-signs timestamp (and snapshot when asked) with a new expiry: the cron job that keeps a repository
+/// fresh. Fails before writing when a needed key is missing.
+pub fn refresh(repo: &Path, opts: &RefreshOptions, ring: &KeyRing) -> Result<()> {
+    let state = RepoState::load(repo)?;
+    let root = state.root()?.signed.signed.clone();
+    let ts_keys = top_role_keys(&root, RoleType::Timestamp)?;
+    ts_keys.check_ring(ring)?;
+    let mut publication = Publication::default();
+    if opts.snapshot {
+        let (name, bytes, ts) =
+            meta::resign_snapshot_and_timestamp(&state, &root, &[], &opts.expiries, ring)?;
+        publication.metadata.push((name, bytes));
+        publication.timestamp = Some(ts);
+    } else {
+        let snap = &state.snapshot;
+        publication.timestamp = Some(meta::sign_timestamp(
+            &state.timestamp.signed.signed,
+            snap.signed.signed.version,
+            &snap.bytes,
+            &opts.expiries,
+            &ts_keys,
+            ring,
+        )?);
+    }
+    publication.commit(repo)
+}
+
+/// A delegation from top-level targets to a new role (TUF 4.5 delegations).
+#[derive(Debug, Clone)]
+pub struct DelegateSpec {
+    /// The new role's name (also its metadata file name).
+    pub role: String,
+    /// Path patterns the role is trusted for (`*` and `?` within one path segment).
+    pub paths: Vec<String>,
+    /// The role's keys and threshold.
+    pub keys: RoleSpec,
+    /// Whether the search stops at this role for matching targets.
+    pub terminating: bool,
+}
+
+/// Delegates path patterns to a new role: top-level targets gains the delegation (signed by the targets
+/// keys), the role gets an empty `1.<role>.json` (signed by its own keys), then snapshot and timestamp.
+pub fn delegate(repo: &Path, spec: &DelegateSpec, expiries: &Expiries, ring: &KeyRing) -> Result<()> {
+    check_file_stem("role name", &spec.role)?;
+    if ["root", "targets", "snapshot", "timestamp"].contains(&spec.role.as_str()) {
+        return Err(invalid(
+            format!("role name {:?}", spec.role),
+            "is a top-level role's name",
+        ));
+    }
+    if spec.paths.is_empty() {
+        return Err(invalid("delegation paths", "give at least one path pattern"));
+    }
+    for p in &spec.paths {
+        check_path_pattern(p)?;
+    }
+    let state = RepoState::load(repo)?;
+    let root = state.root()?.signed.signed.clone();
+    let targets_keys = top_role_keys(&root, RoleType::Targets)?;
+    targets_keys.check_ring(ring)?;
+    let mut targets = state.targets.signed.signed.clone();
+    let delegations = targets.delegations.get_or_insert_with(Delegations::new);
+    if delegations.roles.iter().any(|r| r.name == spec.role) {
+        return Err(invalid(format!("role {:?}", spec.role), "is already delegated"));
+    }
+    let mut keys = HashMap::new();
+    let rk = role_keys(&spec.role, &spec.keys, &mut keys)?;
+    delegations.keys.extend(keys);
+    let paths = spec
+        .paths
+        .iter()
+        .map(|p| {
+            PathPattern::new(p.as_str()).map_err(|e| invalid(format!("path pattern {p:?}"), e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    delegations.roles.push(DelegatedRole {
+        name: spec.role.clone(),
+        keyids: rk.keyids,
+        threshold: rk.threshold,
+        paths: PathSet::Paths(paths),
+        terminating: spec.terminating,
+        targets: None,
+    });
+    let new_role_keys = meta::delegated_role_keys(&targets, &spec.role)?;
+    new_role_keys.check_ring(ring)?;
+    let now = now()?;
+    targets.version = bump(targets.version)?;
+    targets.expires = expiry_after(now, expiries.targets)?;
+    let tv = targets.version;
+    let one = NonZeroU64::MIN;
+    let role_meta = Targets {
+        spec_version: SPEC_VERSION.to_owned(),
+        version: one,
+        expires: expiry_after(now, expiries.targets)?,
+        targets: HashMap::new(),
+        delegations: None,
+        _extra: HashMap::new(),
+    };
+    let role_bytes = file_bytes(&new_role_keys.sign(role_meta, ring)?)?;
+    let targets_bytes = file_bytes(&targets_keys.sign(targets, ring)?)?;
+    let (snap_name, snap_bytes, ts) = meta::resign_snapshot_and_timestamp(
+        &state,
+        &root,
+        &[
+            (TARGETS_ROLE.to_owned(), tv, targets_bytes.clone()),
+            (spec.role.clone(), one, role_bytes.clone()),
+        ],
+        expiries,
+        ring,
+    )?;
+    Publication {
+        target_files: Vec::new(),
+        metadata: vec![
+            (format!("1.{}.json", spec.role), role_bytes),
+            (format!("{tv}.targets.json"), targets_bytes),
+            (snap_name, snap_bytes),
+        ],
+        timestamp: Some(ts),
+    }
+    .commit(repo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_found_in_bulk_file_names() {
+        assert_eq!(version_from_file_name("gw-2.1.0.img").as_deref(), Some("2.1.0"));
+        assert_eq!(
+            version_from_file_name("fw-1.0.0-rc.1.bin").as_deref(),
+            Some("1.0.0-rc.1")
+        );
+        assert_eq!(version_from_file_name("my-fw-3.0.0").as_deref(), Some("3.0.0"));
+        assert_eq!(version_from_file_name("fw.bin"), None);
+        assert_eq!(version_from_file_name("fw-x.bin"), None);
+    }
+}
