@@ -123,6 +123,9 @@ where
     fn erased_value(&self) -> u8 {
         self.erased_value
     }
+    fn preferred_chunk(&self) -> u64 {
+        len64(F::ERASE_SIZE)
+    }
 
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range("read", offset, len64(buf.len()), self.capacity, 1)?;

@@ -76,6 +76,12 @@ pub trait Slot {
     fn erased_value(&self) -> u8 {
         0xFF
     }
+    /// Bytes per write [`SlotWriter`] gathers before writing (rounded to the write unit; capped at
+    /// [`WRITE_CHUNK`]). Files want big writes (few syscalls); NOR flash works sector by sector, so
+    /// [`crate::NorFlashSlot`] answers its erase unit, which also makes every sector one power-cut point.
+    fn preferred_chunk(&self) -> u64 {
+        len64(WRITE_CHUNK)
+    }
     /// Reads `buf.len()` bytes at `offset`.
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
     /// Erases `offset..offset + len` (both aligned to `erase_size`).
@@ -98,6 +104,9 @@ impl<S: Slot + ?Sized> Slot for &mut S {
     }
     fn erased_value(&self) -> u8 {
         (**self).erased_value()
+    }
+    fn preferred_chunk(&self) -> u64 {
+        (**self).preferred_chunk()
     }
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         (**self).read(offset, buf)
@@ -125,6 +134,9 @@ impl<S: Slot + ?Sized> Slot for Box<S> {
     }
     fn erased_value(&self) -> u8 {
         (**self).erased_value()
+    }
+    fn preferred_chunk(&self) -> u64 {
+        (**self).preferred_chunk()
     }
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         (**self).read(offset, buf)
@@ -207,7 +219,8 @@ pub const WRITE_CHUNK: usize = 256 * 1024;
 /// Sequential image writer over a [`Slot`]: the way an image gets into a slot.
 ///
 /// Created for an exact image length, which is checked against the slot's capacity before anything is
-/// touched. Bytes are gathered into a bounded buffer (at most [`WRITE_CHUNK`] plus one write unit), each
+/// touched. Bytes are gathered into a bounded buffer ([`Slot::preferred_chunk`], at most [`WRITE_CHUNK`]
+/// or one write unit if that is larger), each
 /// erase block is erased just before the first write into it (never beyond the image), and
 /// [`SlotWriter::finish`] pads the last write unit with the slot's erased value and syncs. Memory past the
 /// image is left as it was.
@@ -245,8 +258,11 @@ impl<'a, S: Slot + ?Sized> SlotWriter<'a, S> {
         let write_unit = usize::try_from(write).map_err(|_| Error::Geometry {
             what: format!("write unit {write} does not fit in memory"),
         })?;
-        // The chunk: a multiple of the write unit, at least one unit.
-        let chunk = (WRITE_CHUNK / write_unit).max(1).saturating_mul(write_unit);
+        // The chunk: a multiple of the write unit, at least one unit, at most about WRITE_CHUNK.
+        let preferred = usize::try_from(slot.preferred_chunk())
+            .unwrap_or(WRITE_CHUNK)
+            .clamp(1, WRITE_CHUNK);
+        let chunk = (preferred / write_unit).max(1).saturating_mul(write_unit);
         Ok(SlotWriter {
             slot,
             expected: image_len,

@@ -24,9 +24,18 @@ fn fresh_flash_reads_as_its_erased_value() {
 
 #[test]
 fn geometry_is_checked_at_construction() {
-    assert!(matches!(SimFlash::<4, 256>::new(1000, 0xFF, PowerCut::never()), Err(Error::Geometry { .. })));
-    assert!(matches!(SimFlash::<3, 256>::new(1024, 0xFF, PowerCut::never()), Err(Error::Geometry { .. })));
-    assert!(matches!(SimFlash::<0, 256>::new(1024, 0xFF, PowerCut::never()), Err(Error::Geometry { .. })));
+    assert!(matches!(
+        SimFlash::<4, 256>::new(1000, 0xFF, PowerCut::never()),
+        Err(Error::Geometry { .. })
+    ));
+    assert!(matches!(
+        SimFlash::<3, 256>::new(1024, 0xFF, PowerCut::never()),
+        Err(Error::Geometry { .. })
+    ));
+    assert!(matches!(
+        SimFlash::<0, 256>::new(1024, 0xFF, PowerCut::never()),
+        Err(Error::Geometry { .. })
+    ));
 }
 
 #[test]
@@ -39,7 +48,10 @@ fn word_written_twice_is_refused_until_erased() {
     // Overlapping a written word from a larger write is refused too, and writes nothing.
     let err = flash.write(0, &[9; 12]).unwrap_err();
     assert!(matches!(err, Error::NotErased { offset: 8 }), "{err}");
-    assert_eq!(&read_all(&mut flash)[0..12], &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4]);
+    assert_eq!(
+        &read_all(&mut flash)[0..12],
+        &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4]
+    );
     flash.erase(0, 256).unwrap();
     flash.write(8, &[5, 6, 7, 8]).unwrap();
     assert_eq!(&read_all(&mut flash)[8..12], &[5, 6, 7, 8]);
@@ -48,14 +60,37 @@ fn word_written_twice_is_refused_until_erased() {
 #[test]
 fn misaligned_and_out_of_bounds_operations_are_refused() {
     let mut flash = Flash::new(CAP, 0xFF, PowerCut::never()).unwrap();
-    assert!(matches!(flash.write(2, &[0; 4]), Err(Error::Unaligned { op: "write", unit: 4, .. })));
-    assert!(matches!(flash.write(0, &[0; 3]), Err(Error::Unaligned { op: "write", .. })));
-    assert!(matches!(flash.erase(0, 100), Err(Error::Unaligned { op: "erase", unit: 256, .. })));
+    assert!(matches!(
+        flash.write(2, &[0; 4]),
+        Err(Error::Unaligned {
+            op: "write",
+            unit: 4,
+            ..
+        })
+    ));
+    assert!(matches!(
+        flash.write(0, &[0; 3]),
+        Err(Error::Unaligned { op: "write", .. })
+    ));
+    assert!(matches!(
+        flash.erase(0, 100),
+        Err(Error::Unaligned {
+            op: "erase",
+            unit: 256,
+            ..
+        })
+    ));
     assert!(matches!(flash.erase(256, 0), Err(Error::OutOfBounds { .. })));
     assert!(matches!(flash.erase(0, 8192), Err(Error::OutOfBounds { .. })));
-    assert!(matches!(flash.write(4092, &[0; 8]), Err(Error::OutOfBounds { .. })));
+    assert!(matches!(
+        flash.write(4092, &[0; 8]),
+        Err(Error::OutOfBounds { .. })
+    ));
     let mut buf = [0u8; 2];
-    assert!(matches!(flash.read(4095, &mut buf), Err(Error::OutOfBounds { .. })));
+    assert!(matches!(
+        flash.read(4095, &mut buf),
+        Err(Error::OutOfBounds { .. })
+    ));
     // Refused operations do not consume power steps.
     assert_eq!(flash.power().ops(), 0);
 }
@@ -67,7 +102,17 @@ fn cut_before_changes_nothing_and_kills_every_sharing_handle() {
     let mut twin = Flash::with_memory(flash.memory(), power.clone()).unwrap();
     flash.write(0, &[1; 4]).unwrap();
     let err = twin.write(4, &[2; 4]).unwrap_err();
-    assert!(matches!(err, Error::PowerLoss { op: "write", step: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::PowerLoss {
+                op: "write",
+                step: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(power.is_cut());
     let mut buf = [0u8; 4];
     assert!(flash.read(0, &mut buf).unwrap_err().is_power_loss());
