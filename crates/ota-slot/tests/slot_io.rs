@@ -204,7 +204,7 @@ impl ReadNorFlash for WideReadFlash {
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), WideError> {
         let o = offset as usize;
         assert!(
-            o % 16 == 0 && bytes.len() % 16 == 0,
+            o.is_multiple_of(16) && bytes.len().is_multiple_of(16),
             "unaligned read reached the driver"
         );
         bytes.copy_from_slice(&self.0[o..o + bytes.len()]);
