@@ -201,7 +201,7 @@ enum Command {
         #[arg(long)]
         repo: PathBuf,
         /// Warn about metadata expiring within this time.
-        #[arg(long, default_value = "7d", value_parser = lifetime)]
+        #[arg(long, default_value = "12h", value_parser = lifetime)]
         warn_within: jiff::SignedDuration,
     },
     /// Releases per hardware id and channel, and each role's version and expiry.
@@ -508,7 +508,8 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Library errors already name their cause; `{e}` avoids printing it twice.
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -463,7 +463,7 @@ impl Undo {
     fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
         let mut missing = Vec::new();
         let mut d = dir;
-        while !d.exists() {
+        while !d.as_os_str().is_empty() && !d.exists() {
             missing.push(d.to_owned());
             match d.parent() {
                 Some(p) => d = p,

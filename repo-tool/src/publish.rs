@@ -385,11 +385,6 @@ where
         };
         check_target_name(&name)?;
         check_delegated(&state, &role, &name)?;
-        let tname = TargetName::new(name.as_str())
-            .map_err(|e| invalid(format!("target name {name:?}"), e.to_string()))?;
-        if role_targets.targets.contains_key(&tname) || !names.insert(name.clone()) {
-            return Err(Error::DuplicateTarget { name, role });
-        }
         for h in &release.hardware {
             let key = (
                 h.to_string(),
@@ -405,6 +400,11 @@ where
                 });
             }
             published.insert(key, name.clone());
+        }
+        let tname = TargetName::new(name.as_str())
+            .map_err(|e| invalid(format!("target name {name:?}"), e.to_string()))?;
+        if role_targets.targets.contains_key(&tname) || !names.insert(name.clone()) {
+            return Err(Error::DuplicateTarget { name, role });
         }
         prepared.push((spec, release, name));
     }
