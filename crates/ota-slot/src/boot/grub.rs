@@ -74,6 +74,12 @@ impl GrubEnv {
         BootState::from_vars(&self.name(), |k| vars.get(k).map(String::as_str))
     }
 
+    /// Writes all A/B variables as one replacement of the block (atomic, see the type's doc). The agent
+    /// goes through [`BootControl`]; this is for provisioning and for playing grub.cfg in tests.
+    pub fn write_state(&self, state: &BootState) -> Result<()> {
+        self.write(Some(&self.file), state)
+    }
+
     /// Writes the state: copy (or create) a temp block, edit it, fsync, rename over, fsync the directory.
     fn write(&self, existing: Option<&Path>, state: &BootState) -> Result<()> {
         let dir = match self.file.parent() {
@@ -133,7 +139,7 @@ impl GrubEnv {
         let mut new = old;
         change(&mut new)?;
         if new != old {
-            self.write(Some(&self.file), &new)?;
+            self.write_state(&new)?;
         }
         Ok(())
     }

@@ -99,11 +99,12 @@ impl UBootEnv {
     /// Writes the A/B variables for a fresh device whose `primary` slot holds the running image (other
     /// variables of the environment are kept).
     pub fn provision(&self, primary: SlotId) -> Result<()> {
-        self.write(&BootState::new(primary))
+        self.write_state(&BootState::new(primary))
     }
 
-    /// Writes all A/B variables in one `fw_setenv -s` call (atomic on a redundant environment).
-    fn write(&self, state: &BootState) -> Result<()> {
+    /// Writes all A/B variables in one `fw_setenv -s` call (atomic on a redundant environment). The agent
+    /// goes through [`BootControl`]; this is for provisioning and for playing the boot script in tests.
+    pub fn write_state(&self, state: &BootState) -> Result<()> {
         let mut script =
             tempfile::NamedTempFile::new().map_err(|e| Error::io("create", "fw_setenv script", e))?;
         let mut text = String::new();
@@ -130,7 +131,7 @@ impl UBootEnv {
         let mut new = old;
         change(&mut new)?;
         if new != old {
-            self.write(&new)?;
+            self.write_state(&new)?;
         }
         Ok(())
     }
