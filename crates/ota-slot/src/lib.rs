@@ -14,7 +14,8 @@
 //! - [`SimFlash`]: a simulated NOR flash enforcing the `embedded-storage` rules (alignment, erase before
 //!   write, each word written once; erased value 0xFF or anything else) with a shared [`PowerCut`] budget
 //!   that cuts power before, after, or in the middle of ([`CutMode::Torn`]) any erase or write.
-//!   Memory ([`FlashMemory`]) survives the cut; a "reboot" is new handles over it.
+//!   Memory ([`FlashMemory`]) survives the cut; a "reboot" is new handles over it. [`AbFlashLayout`]
+//!   partitions one simulated chip into slot a, slot b and the bootloader env, for power-cut sweeps.
 //!
 //! # Boot control
 //! - [`BootControl`]: booted slot, primary slot, [`TrialBoot`] with a try count, mark good, mark bad. All
@@ -34,6 +35,7 @@ pub mod boot;
 mod error;
 mod file;
 mod flash;
+mod layout;
 mod nor;
 mod slot;
 
@@ -41,6 +43,7 @@ pub use boot::{BootControl, BootState, GrubEnv, KernelCmdline, SimBootloader, Tr
 pub use error::{Error, Result};
 pub use file::FileSlot;
 pub use flash::{CutMode, FlashMemory, PowerCut, SimFlash};
+pub use layout::AbFlashLayout;
 pub use nor::NorFlashSlot;
 pub use slot::{
     slot_sha256, ParseSlotIdError, Slot, SlotId, SlotReader, SlotWriter, READ_CHUNK, WRITE_CHUNK,

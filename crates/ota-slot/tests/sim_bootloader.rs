@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use ota_slot::{
-    BootControl, BootState, CutMode, Error, FileSlot, FlashMemory, PowerCut, SimBootloader, SimFlash, Slot, SlotId,
-    TrialBoot,
+    BootControl, BootState, CutMode, Error, FileSlot, FlashMemory, PowerCut, SimBootloader, SimFlash, Slot,
+    SlotId, TrialBoot,
 };
 
 #[test]
@@ -15,17 +15,34 @@ fn file_backed_bootloader_counts_tries_across_restarts() {
     SimBootloader::provision(FileSlot::create(&path, 8192).unwrap(), SlotId::A).unwrap();
 
     let mut boot = open();
-    assert_eq!((boot.booted().unwrap(), boot.primary().unwrap(), boot.trial().unwrap()), (SlotId::A, SlotId::A, None));
+    assert_eq!(
+        (
+            boot.booted().unwrap(),
+            boot.primary().unwrap(),
+            boot.trial().unwrap()
+        ),
+        (SlotId::A, SlotId::A, None)
+    );
     boot.mark_bad(SlotId::B).unwrap();
     boot.start_trial(SlotId::B, 2).unwrap();
     drop(boot);
 
     // Each "reboot" is a fresh process: reopen, let the bootloader choose.
     assert_eq!(open().reboot().unwrap(), SlotId::B);
-    assert_eq!(open().trial().unwrap(), Some(TrialBoot { slot: SlotId::B, tries_left: 1 }));
+    assert_eq!(
+        open().trial().unwrap(),
+        Some(TrialBoot {
+            slot: SlotId::B,
+            tries_left: 1
+        })
+    );
     assert_eq!(open().booted().unwrap(), SlotId::B);
     assert_eq!(open().reboot().unwrap(), SlotId::B);
-    assert_eq!(open().reboot().unwrap(), SlotId::A, "tries exhausted: back to the primary");
+    assert_eq!(
+        open().reboot().unwrap(),
+        SlotId::A,
+        "tries exhausted: back to the primary"
+    );
     assert_eq!(open().trial().unwrap(), None);
 
     let mut boot = open();
@@ -49,10 +66,16 @@ fn file_backed_bootloader_counts_tries_across_restarts() {
 fn env_geometry_and_blank_env_are_errors() {
     let flash = SimFlash::<4, 256>::new(1024, 0xFF, PowerCut::never()).unwrap();
     let small = flash.slot(0, 256).unwrap();
-    assert!(matches!(SimBootloader::provision(small, SlotId::A), Err(Error::Geometry { .. })));
+    assert!(matches!(
+        SimBootloader::provision(small, SlotId::A),
+        Err(Error::Geometry { .. })
+    ));
     let blank = flash.slot(0, 512).unwrap();
     let err = SimBootloader::open(blank).err().unwrap();
-    assert!(matches!(&err, Error::NoValidEnv { copy0, .. } if copy0.contains("no magic")), "{err}");
+    assert!(
+        matches!(&err, Error::NoValidEnv { copy0, .. } if copy0.contains("no magic")),
+        "{err}"
+    );
     assert_eq!(SimBootloader::<FileSlot>::env_len(4096, 1), 8192);
 }
 
@@ -64,7 +87,13 @@ fn both_erased_values_work() {
         boot.start_trial(SlotId::A, 1).unwrap();
         assert_eq!(boot.reboot().unwrap(), SlotId::A);
         let mut again = SimBootloader::open(flash.slot(0, 1024).unwrap()).unwrap();
-        assert_eq!(again.trial().unwrap(), Some(TrialBoot { slot: SlotId::A, tries_left: 0 }));
+        assert_eq!(
+            again.trial().unwrap(),
+            Some(TrialBoot {
+                slot: SlotId::A,
+                tries_left: 0
+            })
+        );
     }
 }
 
@@ -140,7 +169,10 @@ fn env_survives_a_power_cut_at_every_step() {
             expected.push(seen(&mut boot));
         }
         let total_ops = power.ops();
-        assert!(total_ops >= 20, "scenario too short to mean anything: {total_ops} ops");
+        assert!(
+            total_ops >= 20,
+            "scenario too short to mean anything: {total_ops} ops"
+        );
 
         let mut tried = 0;
         for cut in 0..total_ops {
@@ -177,7 +209,11 @@ fn env_survives_a_power_cut_at_every_step() {
                 for step in &SCENARIO[i + 1..] {
                     apply(&mut boot, *step).unwrap();
                 }
-                assert_eq!(seen(&mut boot), *expected.last().unwrap(), "cut {cut} {mode:?}: end state");
+                assert_eq!(
+                    seen(&mut boot),
+                    *expected.last().unwrap(),
+                    "cut {cut} {mode:?}: end state"
+                );
             }
         }
         assert_eq!(tried, total_ops * 3);

@@ -2,7 +2,8 @@
 
 use super::{BootControl, BootState, TrialBoot};
 use crate::error::{Error, Result};
-use crate::slot::{check_geometry, round_up, Slot, SlotId};
+use crate::file::FileSlot;
+use crate::slot::{check_geometry, len64, round_up, Slot, SlotId};
 
 /// A simulated bootloader with the same try counting as the U-Boot and GRUB scripts
 /// ([`BootState::power_on`]), its environment kept on any [`Slot`]: a [`crate::FileSlot`] for end-to-end
@@ -164,7 +165,7 @@ impl<S: Slot> SimBootloader<S> {
 
     /// Bytes an env slot with this erase unit needs (two copies, each rounded up to the erase unit).
     pub fn env_len(erase_size: u64, write_size: u64) -> u64 {
-        let record = round_up(RECORD_LEN as u64, write_size.max(1)).unwrap_or(u64::MAX);
+        let record = round_up(len64(RECORD_LEN), write_size.max(1)).unwrap_or(u64::MAX);
         round_up(record, erase_size.max(1))
             .unwrap_or(u64::MAX)
             .saturating_mul(2)
@@ -265,6 +266,21 @@ impl<S: Slot> SimBootloader<S> {
             Ok(())
         })?;
         Ok(record.booted)
+    }
+}
+
+impl SimBootloader<FileSlot> {
+    /// Env slot size for a file: two copies of one [`FileSlot::ERASE_SIZE`] page each.
+    pub const FILE_LEN: u64 = 2 * FileSlot::ERASE_SIZE;
+
+    /// Creates (or replaces) the env file at `path` with a fresh environment: `primary` boots.
+    pub fn create_file(path: impl AsRef<std::path::Path>, primary: SlotId) -> Result<Self> {
+        SimBootloader::provision(FileSlot::create(path, Self::FILE_LEN)?, primary)
+    }
+
+    /// Opens the env file made by [`SimBootloader::create_file`] (e.g. after a process restart).
+    pub fn open_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        SimBootloader::open(FileSlot::open(path, Self::FILE_LEN)?)
     }
 }
 
