@@ -53,7 +53,8 @@ impl FileSlot {
         })
     }
 
-    /// Creates (or truncates) a regular file of `capacity` bytes, reading as zeros, and opens it.
+    /// Creates (or truncates) a regular file of `capacity` bytes, reading as zeros, and opens it (file and
+    /// directory fsynced).
     pub fn create(path: impl AsRef<Path>, capacity: u64) -> Result<FileSlot> {
         let path = path.as_ref();
         check_geometry(capacity, Self::ERASE_SIZE, 1)?;
@@ -67,6 +68,14 @@ impl FileSlot {
         file.set_len(capacity)
             .map_err(|e| Error::io("set_len", path, e))?;
         file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+        // The new directory entry must survive a power cut too.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("fsync", dir, e))?;
         Ok(FileSlot {
             file,
             path: path.to_owned(),

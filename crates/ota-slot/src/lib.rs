@@ -39,6 +39,16 @@ mod layout;
 mod nor;
 mod slot;
 
+/// Entry points for the `fuzz/` targets (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decodes one copy of the simulated bootloader's saved environment; panics only on a broken
+    /// round trip.
+    pub fn sim_env_record(bytes: &[u8]) {
+        crate::boot::fuzz_record(bytes);
+    }
+}
+
 pub use boot::{BootControl, BootState, GrubEnv, KernelCmdline, SimBootloader, TrialBoot, UBootEnv};
 pub use error::{Error, Result};
 pub use file::FileSlot;

@@ -31,6 +31,8 @@ pub use grub::GrubEnv;
 pub use sim::SimBootloader;
 pub use uboot::UBootEnv;
 
+pub(crate) use sim::fuzz_record;
+
 /// A trial boot of a slot: pending (not yet booted) or running (booted, not yet committed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TrialBoot {
