@@ -1,2 +1,240 @@
-//! The delta codec: binary deltas between firmware images, encoded by the publisher and decoded on the device in bounded memory.
+//! The delta codec: binary deltas between firmware images, encoded by the publisher ([`encode`]) and
+//! decoded on the device ([`apply`]) in memory bounded by a small constant, whatever the image size.
+//!
+//! What it does not do: it knows nothing of TUF, slots or the network. It does not check the base image's
+//! digest while applying (the caller compares the running slot's digest with [`DeltaHeader::old_sha256`]
+//! up front, or calls [`verify_base`]), but it always checks the produced image's length and sha256 against
+//! the header and fails with [`Error::NewDigestMismatch`] / [`Error::NewLengthMismatch`] otherwise.
+//!
+//! Main types: [`EncodeOptions`] (publisher knobs), [`DeltaHeader`] (what a delta declares about itself),
+//! [`Filter`] (the executable-aware pre-filters), [`ApplySummary`] and the crate's one [`Error`].
+//!
+//! # How it works
+//! The encoder follows bsdiff: a suffix array of the old image (divsufsort, SA-IS family) finds long matches,
+//! which are extended approximately forwards and backwards; each step of the patch is a control entry
+//! `(add_len, copy_len, seek)`: add `add_len` bytes of "diff" (new minus old, bytewise) to old starting at
+//! the current old offset, then copy `copy_len` literal "extra" bytes, then move the old offset by `seek`.
+//! The control, diff and extra streams are compressed separately with zstd (they have very different
+//! statistics). Before matching, both images may be passed through a [`Filter`] that rewrites relative
+//! branch targets of x86-64 (`E8`/`E9` rel32) or ARM64 (`BL`/`B` imm26, `ADRP`) into absolute ones, as xz's
+//! BCJ filters do, so that code that merely moved matches exactly; the decoder filters old reads and undoes
+//! the filter on its output. The encoder tries every plausible filter and keeps the smallest delta.
+//!
+//! # Format (version 1)
+//! ```text
+//! header (96 bytes, little endian)
+//!   0  magic "OTADELTA"          8  format version u16 (1)  10 filter id u8   11 codec id u8 (1 = zstd)
+//!   12 old_len u64   20 old_sha256 [32]   52 new_len u64   60 new_sha256 [32]
+//!   92 window logs u8 x3 (control, diff, extra; each <= MAX_WINDOW_LOG)   95 reserved u8 (0)
+//! then segments, each:
+//!   tag u8 (1 = segment, 0 = end of delta; nothing may follow the end tag)
+//!   control_raw u32 (<= SEGMENT_CONTROL_MAX)  control_zst u32
+//!   extra_raw   u32 (<= SEGMENT_EXTRA_MAX)    extra_zst   u32
+//!   diff_raw    u64                           diff_zst    u32
+//!   control_zst bytes, extra_zst bytes, diff_zst bytes
+//! ```
+//! Each of the three streams is one continuous zstd stream across all segments (so its context carries
+//! over), flushed at every segment end, so the decoder can consume a segment as soon as it has read it.
+//! A control entry is three LEB128 varints: `add_len`, `copy_len`, zigzag `seek`. The decoder buffers one
+//! segment's control and extra bytes (both capped) and streams the diff; old is read through a small
+//! block cache, new is written strictly sequentially. The zstd windows are capped at
+//! [`MAX_WINDOW_LOG`] and a delta declaring more is refused before anything is allocated.
 #![deny(missing_docs)]
+
+mod decode;
+mod encode;
+mod filter;
+mod format;
+mod suffix;
+
+pub use decode::{apply, read_header, verify_base, ApplySummary};
+pub use encode::{encode, encode_owned, encode_with_progress, EncodeOptions, EncodeStage, FilterChoice};
+pub use filter::Filter;
+pub use format::{
+    DeltaHeader, FORMAT_VERSION, HEADER_LEN, MAX_WINDOW_LOG, SEGMENT_CONTROL_MAX, SEGMENT_EXTRA_MAX,
+};
+
+/// Everything that can go wrong while encoding or applying a delta.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading the delta, the old image or writing the new image failed.
+    #[error("I/O error while {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The delta does not start with the magic bytes: it is not an ota-delta file.
+    #[error("not an ota-delta file: magic is {got:02x?}, expected \"OTADELTA\"")]
+    BadMagic {
+        /// The first eight bytes found.
+        got: [u8; 8],
+    },
+    /// The delta's format version is not one this decoder knows.
+    #[error("unsupported delta format version {got}, this decoder supports {supported}")]
+    UnsupportedVersion {
+        /// The version in the header.
+        got: u16,
+        /// The version this build supports.
+        supported: u16,
+    },
+    /// The delta names a filter this decoder does not know.
+    #[error("unknown filter id {id} in delta header")]
+    UnknownFilter {
+        /// The id found.
+        id: u8,
+    },
+    /// The delta names a stream codec this decoder does not know.
+    #[error("unknown codec id {id} in delta header")]
+    UnknownCodec {
+        /// The id found.
+        id: u8,
+    },
+    /// The delta declares a compression window larger than the decoder's memory budget allows.
+    #[error("delta {stream} stream declares a window of 2^{declared} bytes, above the cap of 2^{max}")]
+    WindowTooLarge {
+        /// Which stream.
+        stream: &'static str,
+        /// The declared window log.
+        declared: u8,
+        /// The cap ([`MAX_WINDOW_LOG`]).
+        max: u8,
+    },
+    /// The delta ended before a complete structure was read.
+    #[error("delta truncated at byte {offset}: expected {what}")]
+    Truncated {
+        /// What was expected there.
+        what: &'static str,
+        /// Offset in the delta where it ended.
+        offset: u64,
+    },
+    /// A structure in the delta is invalid.
+    #[error("malformed delta at byte {offset}: {what}: {detail}")]
+    Malformed {
+        /// Which structure.
+        what: &'static str,
+        /// Offset in the delta (of the structure or of the segment holding it).
+        offset: u64,
+        /// What is wrong, with the values found.
+        detail: String,
+    },
+    /// A compressed stream in the delta could not be decoded.
+    #[error("corrupt {stream} stream in the segment at delta byte {offset}: {source}")]
+    Decompress {
+        /// Which stream.
+        stream: &'static str,
+        /// Offset of the segment.
+        offset: u64,
+        /// zstd's complaint.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The delta asks to read old bytes outside the old image.
+    #[error("delta reads old image at {offset}..{end}, but the old image is {old_len} bytes")]
+    OldOutOfBounds {
+        /// Start of the read (may be negative after a bad seek).
+        offset: i64,
+        /// End of the read.
+        end: i64,
+        /// The old image's length from the header.
+        old_len: u64,
+    },
+    /// The old image given is shorter than the header says.
+    #[error("old image ended at {got} bytes, the delta expects {expected}")]
+    OldTooShort {
+        /// Length from the header.
+        expected: u64,
+        /// Bytes actually available.
+        got: u64,
+    },
+    /// The base image is not the one the delta was made against.
+    #[error("base image mismatch: delta expects {expected_len} bytes with sha256 {expected}, got {got_len} bytes with sha256 {got}")]
+    BaseMismatch {
+        /// Expected sha256 (hex).
+        expected: String,
+        /// Actual sha256 (hex).
+        got: String,
+        /// Expected length.
+        expected_len: u64,
+        /// Actual length.
+        got_len: u64,
+    },
+    /// The delta produced a different number of bytes than its header declares.
+    #[error("delta produced {got} bytes, its header declares {expected}")]
+    NewLengthMismatch {
+        /// Length from the header.
+        expected: u64,
+        /// Bytes produced.
+        got: u64,
+    },
+    /// The produced image's sha256 differs from the header's: wrong base or corrupt delta.
+    #[error("result sha256 {got} differs from the delta's declared {expected} (wrong base image or corrupt delta)")]
+    NewDigestMismatch {
+        /// Declared sha256 (hex).
+        expected: String,
+        /// sha256 of what was produced (hex).
+        got: String,
+    },
+    /// An input to the encoder exceeds what the format or the suffix array supports.
+    #[error("{what} is {len} bytes, the encoder supports at most {max}")]
+    TooLarge {
+        /// Which input.
+        what: &'static str,
+        /// Its length.
+        len: u64,
+        /// The maximum.
+        max: u64,
+    },
+    /// zstd refused to compress (bad parameters or out of memory).
+    #[error("compressing the {stream} stream failed: {source}")]
+    Compress {
+        /// Which stream.
+        stream: &'static str,
+        /// zstd's complaint.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Entry points for `cargo fuzz` (see `fuzz/fuzz_targets/delta_decode.rs`). Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::io::Cursor;
+
+    /// Splits `data` into an old image and a delta, applies it: must never panic nor allocate without
+    /// bound. When the input is a short "encode" request instead (first byte odd), checks that
+    /// encode → apply round-trips.
+    pub fn fuzz_decode(data: &[u8]) {
+        let Some((&first, rest)) = data.split_first() else {
+            return;
+        };
+        let split = usize::from(first) * 4;
+        let (old, delta) = rest.split_at(split.min(rest.len()));
+        let mut out = Vec::new();
+        // Any outcome but a panic is fine; success implies the declared digest matched.
+        let _ = apply(Cursor::new(old), delta, &mut out);
+        if first & 1 == 1 && rest.len() < 4096 {
+            let (old, new) = rest.split_at(rest.len() / 2);
+            let opts = super::EncodeOptions {
+                threads: 1,
+                level: 3,
+                ..super::EncodeOptions::default()
+            };
+            let Ok(delta) = super::encode(old, new, &opts) else {
+                panic!("encode failed")
+            };
+            let mut again = Vec::new();
+            let applied = apply(Cursor::new(old), delta.as_slice(), &mut again);
+            assert!(applied.is_ok(), "round trip failed: {applied:?}");
+            assert_eq!(again, new);
+        }
+    }
+
+    use super::apply;
+}

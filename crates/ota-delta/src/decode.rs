@@ -1,0 +1,591 @@
+//! The device side: reads the old image by offset, writes the new one strictly sequentially, in memory
+//! bounded by the header's (capped) zstd windows plus one segment's control and extra bytes.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use sha2::{Digest, Sha256};
+use zstd::stream::raw::{Decoder as ZstdDecoder, Operation};
+
+use crate::filter::{Filter, FILTER_BLOCK};
+use crate::format::{
+    ByteReader, ControlEntry, DeltaHeader, SegmentHeader, HEADER_LEN, SEGMENT_HEADER_LEN, STREAM_NAMES,
+    TAG_END, TAG_SEGMENT,
+};
+use crate::{Error, Result};
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplySummary {
+    /// The delta's header.
+    pub header: DeltaHeader,
+    /// Bytes written to the new image (equals `header.new_len`).
+    pub new_len: u64,
+    /// sha256 of the bytes written (equals `header.new_sha256`).
+    pub new_sha256: [u8; 32],
+    /// Bytes of delta consumed.
+    pub delta_len: u64,
+    /// Number of segments decoded.
+    pub segments: u64,
+}
+
+/// Reads and validates the delta's header (magic, version, ids, window caps) from the start of `delta`.
+pub fn read_header<R: Read>(mut delta: R) -> Result<DeltaHeader> {
+    let mut buf = [0u8; HEADER_LEN];
+    read_full(&mut delta, &mut buf, 0, "the 96-byte delta header")?;
+    DeltaHeader::parse(&buf)
+}
+
+/// Streams `old` through sha256 and compares its length and digest with the header's: the check the
+/// device makes before trusting its running image as the base. Err([`Error::BaseMismatch`]) otherwise.
+pub fn verify_base<R: Read>(header: &DeltaHeader, mut old: R) -> Result<()> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0u64;
+    loop {
+        let got = match old.read(&mut buf) {
+            Ok(0) => break,
+            Ok(got) => got,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "reading the base image",
+                    source,
+                })
+            }
+        };
+        hasher.update(buf.get(..got).unwrap_or(&[]));
+        len += got as u64;
+    }
+    let digest: [u8; 32] = hasher.finalize().into();
+    if len != header.old_len || digest != header.old_sha256 {
+        return Err(Error::BaseMismatch {
+            expected: hex(&header.old_sha256),
+            got: hex(&digest),
+            expected_len: header.old_len,
+            got_len: len,
+        });
+    }
+    Ok(())
+}
+
+/// Applies `delta` to `old` (read by offset), writing the new image strictly sequentially to `new`.
+/// Does not check old's digest (see [`verify_base`]); does check that the output has the header's length
+/// and sha256, failing otherwise, in which case what was written to `new` is garbage. Never reads more
+/// of the delta than its structures declare, never reads old outside `0..header.old_len`.
+pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Result<ApplySummary> {
+    let mut delta = CountingReader { inner: delta, pos: 0 };
+    let mut head = [0u8; HEADER_LEN];
+    read_full(&mut delta, &mut head, 0, "the 96-byte delta header")?;
+    let header = DeltaHeader::parse(&head)?;
+    let mut old = OldImage::new(old, header.old_len, header.filter);
+    let mut out = NewImage::new(new, header.new_len, header.filter);
+    let mut streams = [
+        StreamDecoder::new(0, header.window_logs[0])?,
+        StreamDecoder::new(1, header.window_logs[1])?,
+        StreamDecoder::new(2, header.window_logs[2])?,
+    ];
+    let mut control = Vec::new();
+    let mut extra = Vec::new();
+    let mut old_buf = vec![0u8; 32 * 1024];
+    let mut diff_buf = vec![0u8; 32 * 1024];
+    let mut old_pos: i64 = 0;
+    let mut segments = 0u64;
+    loop {
+        let seg_offset = delta.pos;
+        let mut tag = [0u8; 1];
+        read_full(&mut delta, &mut tag, seg_offset, "a segment or end tag")?;
+        match tag[0] {
+            TAG_END => break,
+            TAG_SEGMENT => {}
+            other => {
+                return Err(Error::Malformed {
+                    what: "segment tag",
+                    offset: seg_offset,
+                    detail: format!("expected {TAG_SEGMENT} (segment) or {TAG_END} (end), got {other}"),
+                })
+            }
+        }
+        let mut body = [0u8; SEGMENT_HEADER_LEN - 1];
+        read_full(&mut delta, &mut body, seg_offset, "a segment header")?;
+        let seg = SegmentHeader::parse(&body, seg_offset)?;
+        segments += 1;
+        let [ctrl_dec, diff_dec, extra_dec] = &mut streams;
+
+        control.resize(seg.control_raw as usize, 0);
+        ctrl_dec.begin(u64::from(seg.control_zst));
+        ctrl_dec.read_exact(&mut delta, &mut control, seg_offset)?;
+        ctrl_dec.end(&mut delta, seg_offset)?;
+
+        extra.resize(seg.extra_raw as usize, 0);
+        extra_dec.begin(u64::from(seg.extra_zst));
+        extra_dec.read_exact(&mut delta, &mut extra, seg_offset)?;
+        extra_dec.end(&mut delta, seg_offset)?;
+
+        diff_dec.begin(u64::from(seg.diff_zst));
+        let mut entries = ByteReader::new(&control);
+        let (mut diff_left, mut extra_at) = (seg.diff_raw, 0usize);
+        while !entries.is_empty() {
+            let entry = ControlEntry::read_from(&mut entries).ok_or_else(|| Error::Malformed {
+                what: "control entry",
+                offset: seg_offset,
+                detail: "truncated or overlong varint in the control stream".into(),
+            })?;
+            // Add: old bytes plus diff bytes.
+            if entry.add_len > diff_left {
+                return Err(Error::Malformed {
+                    what: "control entry",
+                    offset: seg_offset,
+                    detail: format!(
+                        "adds {} bytes but the segment has {diff_left} diff bytes left",
+                        entry.add_len
+                    ),
+                });
+            }
+            diff_left -= entry.add_len;
+            out.reserve(entry.add_len)?;
+            let add_end = i64::try_from(entry.add_len)
+                .ok()
+                .and_then(|a| old_pos.checked_add(a));
+            match add_end {
+                Some(end) if old_pos >= 0 && end as u64 <= header.old_len => {}
+                _ => {
+                    return Err(Error::OldOutOfBounds {
+                        offset: old_pos,
+                        end: add_end.unwrap_or(i64::MAX),
+                        old_len: header.old_len,
+                    })
+                }
+            }
+            let mut left = entry.add_len;
+            while left > 0 {
+                let k = usize::try_from(left).unwrap_or(usize::MAX).min(old_buf.len());
+                let (ob, db) = (
+                    old_buf.get_mut(..k).unwrap_or(&mut []),
+                    diff_buf.get_mut(..k).unwrap_or(&mut []),
+                );
+                old.read_at(old_pos as u64, ob)?;
+                diff_dec.read_exact(&mut delta, db, seg_offset)?;
+                for (d, o) in db.iter_mut().zip(ob.iter()) {
+                    *d = d.wrapping_add(*o);
+                }
+                out.push(db)?;
+                old_pos += k as i64;
+                left -= k as u64;
+            }
+            // Copy: literal extra bytes.
+            let copy_end = usize::try_from(entry.copy_len)
+                .ok()
+                .and_then(|c| extra_at.checked_add(c));
+            let literal =
+                copy_end
+                    .and_then(|end| extra.get(extra_at..end))
+                    .ok_or_else(|| Error::Malformed {
+                        what: "control entry",
+                        offset: seg_offset,
+                        detail: format!(
+                            "copies {} extra bytes but the segment has {} left",
+                            entry.copy_len,
+                            extra.len() - extra_at
+                        ),
+                    })?;
+            out.reserve(entry.copy_len)?;
+            out.push(literal)?;
+            extra_at += literal.len();
+            // Seek: the cursor may leave the image between steps; reads are checked.
+            old_pos = old_pos.checked_add(entry.seek).ok_or_else(|| Error::Malformed {
+                what: "control entry",
+                offset: seg_offset,
+                detail: format!("seek {} overflows the old cursor {old_pos}", entry.seek),
+            })?;
+        }
+        if diff_left != 0 || extra_at != extra.len() {
+            return Err(Error::Malformed {
+                what: "segment",
+                offset: seg_offset,
+                detail: format!(
+                    "control entries leave {diff_left} diff and {} extra bytes unused",
+                    extra.len() - extra_at
+                ),
+            });
+        }
+        diff_dec.end(&mut delta, seg_offset)?;
+    }
+    let end = delta.pos;
+    let mut probe = [0u8; 1];
+    if read_some(&mut delta, &mut probe, end)? != 0 {
+        return Err(Error::Malformed {
+            what: "delta end",
+            offset: end,
+            detail: "trailing bytes after the end tag".into(),
+        });
+    }
+    let (new_len, new_sha256) = out.finish()?;
+    check_digest(&header, &new_sha256)?;
+    Ok(ApplySummary {
+        header,
+        new_len,
+        new_sha256,
+        delta_len: end,
+        segments,
+    })
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct CountingReader<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let got = self.inner.read(buf)?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+fn read_some<R: Read>(r: &mut R, buf: &mut [u8], offset: u64) -> Result<usize> {
+    loop {
+        match r.read(buf) {
+            Ok(got) => return Ok(got),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                let _ = offset;
+                return Err(Error::Io {
+                    what: "reading the delta",
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Fills `buf` or reports where the delta ended.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8], offset: u64, what: &'static str) -> Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let got = read_some(r, buf.get_mut(filled..).unwrap_or(&mut []), offset)?;
+        if got == 0 {
+            return Err(Error::Truncated {
+                what,
+                offset: offset + filled as u64,
+            });
+        }
+        filled += got;
+    }
+    Ok(())
+}
+
+/// One of the three zstd streams, fed exactly the compressed bytes each segment assigns to it.
+struct StreamDecoder {
+    name: &'static str,
+    zstd: ZstdDecoder<'static>,
+    input: Vec<u8>,
+    in_pos: usize,
+    in_len: usize,
+    /// Compressed bytes of the current segment not yet read from the delta.
+    remaining: u64,
+}
+
+impl StreamDecoder {
+    fn new(which: usize, window_log: u8) -> Result<Self> {
+        let name = STREAM_NAMES.get(which).copied().unwrap_or("stream");
+        let err = |source| Error::Decompress {
+            stream: name,
+            offset: 0,
+            source,
+        };
+        let mut zstd = ZstdDecoder::new().map_err(err)?;
+        // zstd refuses frames declaring a larger window: the memory bound holds for any input.
+        zstd.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(u32::from(window_log)))
+            .map_err(err)?;
+        Ok(StreamDecoder {
+            name,
+            zstd,
+            input: vec![0u8; 16 * 1024],
+            in_pos: 0,
+            in_len: 0,
+            remaining: 0,
+        })
+    }
+
+    fn begin(&mut self, compressed_len: u64) {
+        self.remaining = compressed_len;
+    }
+
+    fn refill<D: Read>(&mut self, delta: &mut D, seg_offset: u64) -> Result<bool> {
+        if self.in_pos < self.in_len {
+            return Ok(true);
+        }
+        if self.remaining == 0 {
+            return Ok(false);
+        }
+        let k = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(self.input.len());
+        let buf = self.input.get_mut(..k).unwrap_or(&mut []);
+        read_full(
+            delta,
+            buf,
+            seg_offset,
+            "compressed stream bytes declared by the segment header",
+        )?;
+        self.remaining -= k as u64;
+        self.in_pos = 0;
+        self.in_len = k;
+        Ok(true)
+    }
+
+    fn step(&mut self, out: &mut [u8], seg_offset: u64) -> Result<(usize, usize)> {
+        let input = self.input.get(self.in_pos..self.in_len).unwrap_or(&[]);
+        let status = self
+            .zstd
+            .run_on_buffers(input, out)
+            .map_err(|source| Error::Decompress {
+                stream: self.name,
+                offset: seg_offset,
+                source,
+            })?;
+        self.in_pos += status.bytes_read;
+        Ok((status.bytes_read, status.bytes_written))
+    }
+
+    /// Decodes exactly `out.len()` bytes from this segment's share of the stream.
+    fn read_exact<D: Read>(&mut self, delta: &mut D, out: &mut [u8], seg_offset: u64) -> Result<()> {
+        let mut filled = 0;
+        while filled < out.len() {
+            let more_input = self.refill(delta, seg_offset)?;
+            let (read, written) = self.step(out.get_mut(filled..).unwrap_or(&mut []), seg_offset)?;
+            filled += written;
+            if read == 0 && written == 0 && !more_input {
+                return Err(Error::Malformed {
+                    what: "compressed stream",
+                    offset: seg_offset,
+                    detail: format!(
+                        "the {} stream ran out after {filled} of the {} bytes the segment declares",
+                        self.name,
+                        out.len()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Consumes the rest of this segment's compressed bytes, which must decode to nothing more.
+    fn end<D: Read>(&mut self, delta: &mut D, seg_offset: u64) -> Result<()> {
+        let mut probe = [0u8; 1];
+        loop {
+            if !self.refill(delta, seg_offset)? {
+                return Ok(());
+            }
+            let (read, written) = self.step(&mut probe, seg_offset)?;
+            if written != 0 {
+                return Err(Error::Malformed {
+                    what: "compressed stream",
+                    offset: seg_offset,
+                    detail: format!(
+                        "the {} stream holds more bytes than the segment declares",
+                        self.name
+                    ),
+                });
+            }
+            if read == 0 {
+                return Err(Error::Malformed {
+                    what: "compressed stream",
+                    offset: seg_offset,
+                    detail: format!("the {} stream has bytes zstd does not consume", self.name),
+                });
+            }
+        }
+    }
+}
+
+/// The old image seen through the delta's filter, a few aligned blocks cached.
+struct OldImage<O> {
+    reader: O,
+    len: u64,
+    filter: Filter,
+    /// (block index, filtered bytes); most recently used first.
+    cache: Vec<(u64, Vec<u8>)>,
+}
+
+const OLD_CACHE_BLOCKS: usize = 4;
+
+impl<O: Read + Seek> OldImage<O> {
+    fn new(reader: O, len: u64, filter: Filter) -> Self {
+        OldImage {
+            reader,
+            len,
+            filter,
+            cache: Vec::with_capacity(OLD_CACHE_BLOCKS),
+        }
+    }
+
+    /// Fills `out` from filtered old at `pos` (the caller checked `pos + out.len() <= len`).
+    fn read_at(&mut self, mut pos: u64, out: &mut [u8]) -> Result<()> {
+        let mut filled = 0;
+        while filled < out.len() {
+            let block = pos / FILTER_BLOCK as u64;
+            let at = (pos % FILTER_BLOCK as u64) as usize;
+            let data = self.block(block)?;
+            let avail = data.get(at..).unwrap_or(&[]);
+            let want = out.len() - filled;
+            let k = avail.len().min(want);
+            if k == 0 {
+                return Err(Error::OldTooShort {
+                    expected: self.len,
+                    got: pos,
+                });
+            }
+            if let (Some(dst), Some(src)) = (out.get_mut(filled..filled + k), avail.get(..k)) {
+                dst.copy_from_slice(src);
+            }
+            filled += k;
+            pos += k as u64;
+        }
+        Ok(())
+    }
+
+    fn block(&mut self, index: u64) -> Result<&[u8]> {
+        if let Some(hit) = self.cache.iter().position(|(i, _)| *i == index) {
+            if hit != 0 {
+                let entry = self.cache.remove(hit);
+                self.cache.insert(0, entry);
+            }
+        } else {
+            let start = index * FILTER_BLOCK as u64;
+            let len = self.len.saturating_sub(start).min(FILTER_BLOCK as u64) as usize;
+            let mut buf = if self.cache.len() >= OLD_CACHE_BLOCKS {
+                self.cache.pop().map(|(_, b)| b).unwrap_or_default()
+            } else {
+                Vec::with_capacity(FILTER_BLOCK)
+            };
+            buf.resize(len, 0);
+            self.reader
+                .seek(SeekFrom::Start(start))
+                .map_err(|source| Error::Io {
+                    what: "seeking in the old image",
+                    source,
+                })?;
+            let mut filled = 0;
+            while filled < len {
+                match self.reader.read(buf.get_mut(filled..).unwrap_or(&mut [])) {
+                    Ok(0) => {
+                        return Err(Error::OldTooShort {
+                            expected: self.len,
+                            got: start + filled as u64,
+                        })
+                    }
+                    Ok(got) => filled += got,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        return Err(Error::Io {
+                            what: "reading the old image",
+                            source,
+                        })
+                    }
+                }
+            }
+            self.filter.encode_in_place(&mut buf, start);
+            self.cache.insert(0, (index, buf));
+        }
+        Ok(self.cache.first().map(|(_, b)| b.as_slice()).unwrap_or(&[]))
+    }
+}
+
+/// The new image: one filter block buffered, unfiltered, hashed and written in order.
+struct NewImage<W> {
+    writer: W,
+    expected_len: u64,
+    filter: Filter,
+    block: Vec<u8>,
+    block_start: u64,
+    hasher: Sha256,
+}
+
+impl<W: Write> NewImage<W> {
+    fn new(writer: W, expected_len: u64, filter: Filter) -> Self {
+        NewImage {
+            writer,
+            expected_len,
+            filter,
+            block: Vec::with_capacity(FILTER_BLOCK),
+            block_start: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    fn produced(&self) -> u64 {
+        self.block_start + self.block.len() as u64
+    }
+
+    /// Refuses, before doing the work, output beyond the declared length.
+    fn reserve(&self, len: u64) -> Result<()> {
+        match self.produced().checked_add(len) {
+            Some(total) if total <= self.expected_len => Ok(()),
+            total => Err(Error::NewLengthMismatch {
+                expected: self.expected_len,
+                got: total.unwrap_or(u64::MAX),
+            }),
+        }
+    }
+
+    fn push(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let room = FILTER_BLOCK - self.block.len();
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.block.extend_from_slice(now);
+            data = rest;
+            if self.block.len() == FILTER_BLOCK {
+                self.flush_block()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_block(&mut self) -> Result<()> {
+        self.filter.decode_in_place(&mut self.block, self.block_start);
+        self.hasher.update(&self.block);
+        self.writer.write_all(&self.block).map_err(|source| Error::Io {
+            what: "writing the new image",
+            source,
+        })?;
+        self.block_start += self.block.len() as u64;
+        self.block.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(u64, [u8; 32])> {
+        if !self.block.is_empty() {
+            self.flush_block()?;
+        }
+        self.writer.flush().map_err(|source| Error::Io {
+            what: "flushing the new image",
+            source,
+        })?;
+        let len = self.block_start;
+        if len != self.expected_len {
+            return Err(Error::NewLengthMismatch {
+                expected: self.expected_len,
+                got: len,
+            });
+        }
+        let digest: [u8; 32] = self.hasher.finalize().into();
+        Ok((len, digest))
+    }
+}
+
+/// Checks the produced digest against the header (kept apart so `apply` reads top-down).
+fn check_digest(header: &DeltaHeader, got: &[u8; 32]) -> Result<()> {
+    if *got != header.new_sha256 {
+        return Err(Error::NewDigestMismatch {
+            expected: hex(&header.new_sha256),
+            got: hex(got),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,625 @@
+//! The publisher side: bsdiff-style matching over a suffix array, per filter candidate, streams compressed
+//! separately with zstd, smallest candidate kept.
+
+use std::io::Write;
+
+use sha2::{Digest, Sha256};
+
+use crate::filter::{plausible_filters, Filter};
+use crate::format::{
+    ControlEntry, DeltaHeader, SegmentHeader, FORMAT_VERSION, MAX_WINDOW_LOG, MIN_WINDOW_LOG,
+    SEGMENT_CONTROL_MAX, SEGMENT_EXTRA_MAX, STREAM_NAMES, TAG_END,
+};
+use crate::suffix::SuffixIndex;
+use crate::{Error, Result};
+
+/// Which pre-filters the encoder tries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FilterChoice {
+    /// `None` plus every machine filter whose ELF machine appears in the images (all of them for small
+    /// raw blobs); the smallest result wins.
+    #[default]
+    Auto,
+    /// Exactly these candidates; the smallest result wins.
+    Only(Vec<Filter>),
+}
+
+/// Publisher-side knobs. `Default` is what the benchmark measures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// zstd level for the three streams (1..=22; 19 by default).
+    pub level: i32,
+    /// Worker threads for matching and compression (default: available cores).
+    pub threads: usize,
+    /// Filter candidates.
+    pub filters: FilterChoice,
+    /// zstd window logs of the control, diff and extra streams: the decoder's memory is roughly the sum
+    /// of the three windows. Each is capped at [`MAX_WINDOW_LOG`] (and shrunk for small streams).
+    pub window_logs: [u8; 3],
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            level: 19,
+            threads: std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+            filters: FilterChoice::Auto,
+            window_logs: [20, 21, MAX_WINDOW_LOG],
+        }
+    }
+}
+
+/// Progress of [`encode_with_progress`], for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeStage {
+    /// Starting on a candidate (`index` of `count`).
+    Candidate {
+        /// The candidate's filter.
+        filter: Filter,
+        /// 0-based index.
+        index: usize,
+        /// Number of candidates.
+        count: usize,
+    },
+    /// Suffix array of the old image being built.
+    Indexing(Filter),
+    /// Matching new against old.
+    Matching(Filter),
+    /// Compressing the streams.
+    Compressing(Filter),
+    /// A candidate finished with this delta size.
+    Finished {
+        /// The candidate's filter.
+        filter: Filter,
+        /// Its delta size in bytes.
+        delta_len: u64,
+    },
+}
+
+/// Builds a delta that turns `old` into `new`. Tries the filter candidates and returns the smallest.
+/// Peak memory is about 6x the larger image for large inputs (copies of both images plus a 4-byte suffix
+/// array entry per old byte); [`encode_owned`] saves the two copies.
+pub fn encode(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Result<Vec<u8>> {
+    encode_with_progress(old, new, opts, &|_| {})
+}
+
+/// [`encode`] reporting its stages to `progress` (called from worker threads).
+pub fn encode_with_progress(
+    old: &[u8],
+    new: &[u8],
+    opts: &EncodeOptions,
+    progress: &(dyn Fn(EncodeStage) + Sync),
+) -> Result<Vec<u8>> {
+    check_sizes(old, new)?;
+    let candidates = candidates(old, new, opts);
+    let threads = opts.threads.max(1);
+    let count = candidates.len();
+    // Small pairs: one thread per candidate (the suffix array build is single-threaded and dominates).
+    if threads >= 2 && count >= 2 && old.len().saturating_add(new.len()) <= 64 << 20 {
+        let per = (threads / count).max(1);
+        let results: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = candidates
+                .iter()
+                .enumerate()
+                .map(|(index, &filter)| {
+                    scope.spawn(move || {
+                        progress(EncodeStage::Candidate { filter, index, count });
+                        let (mut o, mut n) = (old.to_vec(), new.to_vec());
+                        filter.encode_in_place(&mut o, 0);
+                        filter.encode_in_place(&mut n, 0);
+                        encode_filtered(old, new, &o, &n, filter, opts, per, progress)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        return smallest(results);
+    }
+    let (mut o, mut n) = (old.to_vec(), new.to_vec());
+    encode_candidates_in_place(old, new, &mut o, &mut n, &candidates, opts, progress)
+}
+
+/// [`encode`] taking ownership of the images, so candidates are filtered in place instead of copied: peak
+/// memory about 4x the old image plus 1x the new (plus zstd's tables while compressing). Candidates run
+/// one after the other, each using all threads.
+pub fn encode_owned(
+    mut old: Vec<u8>,
+    mut new: Vec<u8>,
+    opts: &EncodeOptions,
+    progress: &(dyn Fn(EncodeStage) + Sync),
+) -> Result<Vec<u8>> {
+    check_sizes(&old, &new)?;
+    let candidates = candidates(&old, &new, opts);
+    let (old_sha, new_sha) = (sha256(&old), sha256(&new));
+    let mut best: Option<Vec<u8>> = None;
+    let count = candidates.len();
+    for (index, &filter) in candidates.iter().enumerate() {
+        progress(EncodeStage::Candidate { filter, index, count });
+        filter.encode_in_place(&mut old, 0);
+        filter.encode_in_place(&mut new, 0);
+        let delta = encode_core(
+            &old,
+            &new,
+            &old_sha,
+            &new_sha,
+            filter,
+            opts,
+            opts.threads.max(1),
+            progress,
+        );
+        filter.decode_in_place(&mut old, 0);
+        filter.decode_in_place(&mut new, 0);
+        let delta = delta?;
+        if best.as_ref().is_none_or(|b| delta.len() < b.len()) {
+            best = Some(delta);
+        }
+    }
+    best.ok_or(Error::TooLarge {
+        what: "filter candidate list (empty)",
+        len: 0,
+        max: 0,
+    })
+}
+
+fn encode_candidates_in_place(
+    old: &[u8],
+    new: &[u8],
+    o: &mut [u8],
+    n: &mut [u8],
+    candidates: &[Filter],
+    opts: &EncodeOptions,
+    progress: &(dyn Fn(EncodeStage) + Sync),
+) -> Result<Vec<u8>> {
+    let (old_sha, new_sha) = (sha256(old), sha256(new));
+    let mut best: Option<Vec<u8>> = None;
+    let count = candidates.len();
+    for (index, &filter) in candidates.iter().enumerate() {
+        progress(EncodeStage::Candidate { filter, index, count });
+        o.copy_from_slice(old);
+        n.copy_from_slice(new);
+        filter.encode_in_place(o, 0);
+        filter.encode_in_place(n, 0);
+        let delta = encode_core(
+            o,
+            n,
+            &old_sha,
+            &new_sha,
+            filter,
+            opts,
+            opts.threads.max(1),
+            progress,
+        )?;
+        if best.as_ref().is_none_or(|b| delta.len() < b.len()) {
+            best = Some(delta);
+        }
+    }
+    best.ok_or(Error::TooLarge {
+        what: "filter candidate list (empty)",
+        len: 0,
+        max: 0,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_filtered(
+    old: &[u8],
+    new: &[u8],
+    o: &[u8],
+    n: &[u8],
+    filter: Filter,
+    opts: &EncodeOptions,
+    threads: usize,
+    progress: &(dyn Fn(EncodeStage) + Sync),
+) -> Result<Vec<u8>> {
+    let (old_sha, new_sha) = (sha256(old), sha256(new));
+    encode_core(o, n, &old_sha, &new_sha, filter, opts, threads, progress)
+}
+
+fn smallest(results: Vec<Result<Vec<u8>>>) -> Result<Vec<u8>> {
+    let mut best: Option<Vec<u8>> = None;
+    for r in results {
+        let d = r?;
+        if best.as_ref().is_none_or(|b| d.len() < b.len()) {
+            best = Some(d);
+        }
+    }
+    best.ok_or(Error::TooLarge {
+        what: "filter candidate list (empty)",
+        len: 0,
+        max: 0,
+    })
+}
+
+fn candidates(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<Filter> {
+    match &opts.filters {
+        FilterChoice::Auto => plausible_filters(old, new),
+        FilterChoice::Only(list) if !list.is_empty() => list.clone(),
+        FilterChoice::Only(_) => vec![Filter::None],
+    }
+}
+
+fn check_sizes(old: &[u8], new: &[u8]) -> Result<()> {
+    // divsufsort indexes with i32.
+    let max = i32::MAX as u64;
+    for (what, data) in [("old image", old), ("new image", new)] {
+        let len = data.len() as u64;
+        if len > max {
+            return Err(Error::TooLarge { what, len, max });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// One bsdiff step in absolute coordinates (the relative seek is derived when serializing).
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    new_start: usize,
+    old_start: usize,
+    add_len: usize,
+    copy_len: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_core(
+    o: &[u8],
+    n: &[u8],
+    old_sha: &[u8; 32],
+    new_sha: &[u8; 32],
+    filter: Filter,
+    opts: &EncodeOptions,
+    threads: usize,
+    progress: &(dyn Fn(EncodeStage) + Sync),
+) -> Result<Vec<u8>> {
+    progress(EncodeStage::Indexing(filter));
+    let steps = {
+        let index = SuffixIndex::new(o);
+        progress(EncodeStage::Matching(filter));
+        match_parallel(&index, o, n, threads)
+    };
+    progress(EncodeStage::Compressing(filter));
+    let delta = write_delta(o, n, &steps, old_sha, new_sha, filter, opts)?;
+    progress(EncodeStage::Finished {
+        filter,
+        delta_len: delta.len() as u64,
+    });
+    Ok(delta)
+}
+
+/// Splits new into `threads` ranges matched independently (a handful of extra steps at the seams).
+fn match_parallel(index: &SuffixIndex<'_>, o: &[u8], n: &[u8], threads: usize) -> Vec<Step> {
+    let parts = if n.len() < (1 << 20) { 1 } else { threads.max(1) };
+    let chunk = n.len().div_ceil(parts).max(1);
+    let ranges: Vec<(usize, usize)> = (0..parts)
+        .map(|i| (i * chunk, ((i + 1) * chunk).min(n.len())))
+        .filter(|(a, b)| a < b)
+        .collect();
+    if ranges.len() <= 1 {
+        return match_range(index, o, n, 0, n.len());
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ranges
+            .iter()
+            .map(|&(lo, hi)| scope.spawn(move || match_range(index, o, n, lo, hi)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    })
+}
+
+fn byte(data: &[u8], i: usize) -> Option<u8> {
+    data.get(i).copied()
+}
+
+/// bsdiff's scan (Colin Percival, "Naive differences of executable code"), over new[lo..hi): find exact
+/// matches with the suffix array, accept one when it beats the current alignment by more than 8 bytes,
+/// extend the previous alignment forwards and this one backwards approximately (more than half the bytes
+/// equal), and emit a step for the gap.
+fn match_range(index: &SuffixIndex<'_>, o: &[u8], n: &[u8], lo: usize, hi: usize) -> Vec<Step> {
+    let old_len = o.len();
+    let n = n.get(..hi).unwrap_or(n);
+    let mut steps = Vec::new();
+    let (mut scan, mut len, mut pos) = (lo, 0usize, 0usize);
+    let (mut lastscan, mut lastpos, mut lastoffset) = (lo, 0usize, 0i64);
+    let same_at = |new_i: usize, offset: i64| -> bool {
+        let old_i = new_i as i64 + offset;
+        old_i >= 0 && (old_i as usize) < old_len && byte(o, old_i as usize) == byte(n, new_i)
+    };
+    while scan < hi {
+        let mut oldscore = 0usize;
+        scan += len;
+        let mut scsc = scan;
+        while scan < hi {
+            (pos, len) = index.longest_match(n.get(scan..).unwrap_or(&[]));
+            while scsc < scan + len {
+                if same_at(scsc, lastoffset) {
+                    oldscore += 1;
+                }
+                scsc += 1;
+            }
+            if (len == oldscore && len != 0) || len > oldscore + 8 {
+                break;
+            }
+            if same_at(scan, lastoffset) {
+                oldscore = oldscore.saturating_sub(1);
+            }
+            scan += 1;
+        }
+        if len != oldscore || scan == hi {
+            // Forward extension of the previous match.
+            let (mut s, mut sf, mut lenf) = (0i64, 0i64, 0usize);
+            let mut i = 0usize;
+            while lastscan + i < scan && lastpos + i < old_len {
+                if byte(o, lastpos + i) == byte(n, lastscan + i) {
+                    s += 1;
+                }
+                i += 1;
+                if s * 2 - i as i64 > sf * 2 - lenf as i64 {
+                    sf = s;
+                    lenf = i;
+                }
+            }
+            // Backward extension of the new match.
+            let mut lenb = 0usize;
+            if scan < hi {
+                let (mut s, mut sb) = (0i64, 0i64);
+                let mut i = 1usize;
+                while scan >= lastscan + i && pos >= i {
+                    if byte(o, pos - i) == byte(n, scan - i) {
+                        s += 1;
+                    }
+                    if s * 2 - i as i64 > sb * 2 - lenb as i64 {
+                        sb = s;
+                        lenb = i;
+                    }
+                    i += 1;
+                }
+            }
+            // Resolve an overlap between the two extensions at the best split.
+            if lastscan + lenf > scan - lenb {
+                let overlap = (lastscan + lenf) - (scan - lenb);
+                let (mut s, mut ss, mut lens) = (0i64, 0i64, 0usize);
+                for i in 0..overlap {
+                    if byte(n, lastscan + lenf - overlap + i) == byte(o, lastpos + lenf - overlap + i) {
+                        s += 1;
+                    }
+                    if byte(n, scan - lenb + i) == byte(o, pos - lenb + i) {
+                        s -= 1;
+                    }
+                    if s > ss {
+                        ss = s;
+                        lens = i + 1;
+                    }
+                }
+                lenf = lenf + lens - overlap;
+                lenb -= lens;
+            }
+            steps.push(Step {
+                new_start: lastscan,
+                old_start: lastpos,
+                add_len: lenf,
+                copy_len: (scan - lenb) - (lastscan + lenf),
+            });
+            lastscan = scan - lenb;
+            lastpos = pos - lenb;
+            lastoffset = pos as i64 - scan as i64;
+        }
+    }
+    steps
+}
+
+/// A step cut to the segment caps, with its relative seek.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    entry: ControlEntry,
+    new_start: usize,
+    old_start: usize,
+}
+
+/// Cuts steps into segments whose control and extra streams stay under the decoder's caps.
+fn segment(steps: &[Step]) -> Vec<Vec<Piece>> {
+    let mut segments = Vec::new();
+    let mut current: Vec<Piece> = Vec::new();
+    let (mut control, mut extra) = (0usize, 0usize);
+    const ENTRY_MAX: usize = 30;
+    let extra_cap = SEGMENT_EXTRA_MAX as usize;
+    for (k, step) in steps.iter().enumerate() {
+        let next_old = steps
+            .get(k + 1)
+            .map_or(step.old_start + step.add_len, |s| s.old_start);
+        let seek = next_old as i64 - (step.old_start + step.add_len) as i64;
+        let (mut add, mut copy, mut new_start, mut old_start) =
+            (step.add_len, step.copy_len, step.new_start, step.old_start);
+        loop {
+            if control + ENTRY_MAX > SEGMENT_CONTROL_MAX as usize || (extra == extra_cap && copy > 0) {
+                segments.push(std::mem::take(&mut current));
+                (control, extra) = (0, 0);
+            }
+            let room = extra_cap - extra;
+            let (this_copy, this_seek, last) = if copy <= room {
+                (copy, seek, true)
+            } else {
+                (room, 0, false)
+            };
+            let entry = ControlEntry {
+                add_len: add as u64,
+                copy_len: this_copy as u64,
+                seek: this_seek,
+            };
+            current.push(Piece {
+                entry,
+                new_start,
+                old_start,
+            });
+            control += ENTRY_MAX;
+            extra += this_copy;
+            if last {
+                break;
+            }
+            new_start += add + this_copy;
+            old_start += add;
+            copy -= this_copy;
+            add = 0;
+        }
+    }
+    if !current.is_empty() {
+        segments.push(current);
+    }
+    segments
+}
+
+/// The raw bytes one stream gets from one segment.
+fn stream_bytes(which: usize, pieces: &[Piece], o: &[u8], n: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    for p in pieces {
+        match which {
+            0 => p.entry.write_to(out),
+            1 => {
+                let len = p.entry.add_len as usize;
+                let new_part = n.get(p.new_start..p.new_start + len).unwrap_or(&[]);
+                let old_part = o.get(p.old_start..p.old_start + len).unwrap_or(&[]);
+                out.extend(new_part.iter().zip(old_part).map(|(a, b)| a.wrapping_sub(*b)));
+            }
+            _ => {
+                let start = p.new_start + p.entry.add_len as usize;
+                out.extend_from_slice(n.get(start..start + p.entry.copy_len as usize).unwrap_or(&[]));
+            }
+        }
+    }
+}
+
+fn window_log_for(total: u64, wanted: u8) -> u8 {
+    let mut log = MIN_WINDOW_LOG;
+    while log < wanted.min(MAX_WINDOW_LOG) && (1u64 << log) < total {
+        log += 1;
+    }
+    log
+}
+
+/// Compresses one stream across all segments as one zstd frame, flushed at each segment end.
+fn compress_stream(
+    which: usize,
+    segments: &[Vec<Piece>],
+    o: &[u8],
+    n: &[u8],
+    level: i32,
+    window_log: u8,
+) -> Result<Vec<Vec<u8>>> {
+    let stream = STREAM_NAMES.get(which).copied().unwrap_or("stream");
+    let err = |source| Error::Compress { stream, source };
+    let mut total = 0u64;
+    let mut raw = Vec::new();
+    for seg in segments {
+        stream_bytes(which, seg, o, n, &mut raw);
+        total += raw.len() as u64;
+    }
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level).map_err(err)?;
+    enc.set_parameter(zstd::zstd_safe::CParameter::WindowLog(u32::from(window_log)))
+        .map_err(err)?;
+    enc.set_pledged_src_size(Some(total)).map_err(err)?;
+    enc.include_checksum(false).map_err(err)?;
+    let mut chunks = Vec::with_capacity(segments.len());
+    for (k, seg) in segments.iter().enumerate() {
+        stream_bytes(which, seg, o, n, &mut raw);
+        enc.write_all(&raw).map_err(err)?;
+        if k + 1 == segments.len() {
+            let done = enc.finish().map_err(err)?;
+            chunks.push(done);
+            return Ok(chunks);
+        }
+        enc.flush().map_err(err)?;
+        chunks.push(std::mem::take(enc.get_mut()));
+    }
+    Ok(chunks)
+}
+
+fn write_delta(
+    o: &[u8],
+    n: &[u8],
+    steps: &[Step],
+    old_sha: &[u8; 32],
+    new_sha: &[u8; 32],
+    filter: Filter,
+    opts: &EncodeOptions,
+) -> Result<Vec<u8>> {
+    let segments = segment(steps);
+    let mut totals = [0u64; 3];
+    for seg in &segments {
+        for p in seg {
+            totals[0] += 30;
+            totals[1] += p.entry.add_len;
+            totals[2] += p.entry.copy_len;
+        }
+    }
+    let window_logs = [
+        window_log_for(totals[0], opts.window_logs[0]),
+        window_log_for(totals[1], opts.window_logs[1]),
+        window_log_for(totals[2], opts.window_logs[2]),
+    ];
+    let level = opts.level.clamp(1, 22);
+    let compressed: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .zip(window_logs)
+            .map(|(which, log)| {
+                let segments = &segments;
+                scope.spawn(move || compress_stream(which, segments, o, n, level, log))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    let mut streams = Vec::with_capacity(3);
+    for c in compressed {
+        streams.push(c?);
+    }
+    let header = DeltaHeader {
+        format_version: FORMAT_VERSION,
+        filter,
+        old_len: o.len() as u64,
+        old_sha256: *old_sha,
+        new_len: n.len() as u64,
+        new_sha256: *new_sha,
+        window_logs,
+    };
+    let mut out = header.to_bytes().to_vec();
+    let empty = Vec::new();
+    for (k, seg) in segments.iter().enumerate() {
+        let chunk = |s: usize| streams.get(s).and_then(|c| c.get(k)).unwrap_or(&empty);
+        let (control, diff, extra) = (chunk(0), chunk(1), chunk(2));
+        let sizes = |len: usize| {
+            u32::try_from(len).map_err(|_| Error::TooLarge {
+                what: "compressed segment chunk",
+                len: len as u64,
+                max: u64::from(u32::MAX),
+            })
+        };
+        let mut control_raw = Vec::new();
+        stream_bytes(0, seg, o, n, &mut control_raw);
+        let seg_header = SegmentHeader {
+            control_raw: sizes(control_raw.len())?,
+            control_zst: sizes(control.len())?,
+            extra_raw: sizes(seg.iter().map(|p| p.entry.copy_len as usize).sum())?,
+            extra_zst: sizes(extra.len())?,
+            diff_raw: seg.iter().map(|p| p.entry.add_len).sum(),
+            diff_zst: sizes(diff.len())?,
+        };
+        out.extend_from_slice(&seg_header.to_bytes());
+        out.extend_from_slice(control);
+        out.extend_from_slice(extra);
+        out.extend_from_slice(diff);
+    }
+    out.push(TAG_END);
+    Ok(out)
+}

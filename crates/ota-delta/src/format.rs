@@ -1,0 +1,338 @@
+//! The on-disk layout: header, segment headers and control entries (see the crate doc for the table).
+
+use crate::filter::Filter;
+use crate::{Error, Result};
+
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Size of the fixed header in bytes.
+pub const HEADER_LEN: usize = 96;
+/// Largest zstd window (log2 bytes) a delta may declare for any of its three streams. Three windows of at
+/// most 4 MiB keep the decoder's peak memory near 13 MiB whatever the image size.
+pub const MAX_WINDOW_LOG: u8 = 22;
+/// Largest decoded control stream of one segment (the decoder buffers it).
+pub const SEGMENT_CONTROL_MAX: u32 = 64 * 1024;
+/// Largest decoded extra stream of one segment (the decoder buffers it).
+pub const SEGMENT_EXTRA_MAX: u32 = 1024 * 1024;
+/// Smallest window log zstd accepts.
+pub(crate) const MIN_WINDOW_LOG: u8 = 10;
+
+pub(crate) const MAGIC: [u8; 8] = *b"OTADELTA";
+pub(crate) const CODEC_ZSTD: u8 = 1;
+pub(crate) const TAG_END: u8 = 0;
+pub(crate) const TAG_SEGMENT: u8 = 1;
+/// tag + 5 x u32 + u64.
+pub(crate) const SEGMENT_HEADER_LEN: usize = 1 + 4 * 5 + 8;
+
+/// What a delta declares about itself: read it with [`crate::read_header`] before applying, to check that
+/// the running image is the delta's base (`old_len`, `old_sha256`) and to size the target (`new_len`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaHeader {
+    /// Format version (currently always [`FORMAT_VERSION`]).
+    pub format_version: u16,
+    /// The executable pre-filter applied before matching.
+    pub filter: Filter,
+    /// Length of the base image.
+    pub old_len: u64,
+    /// sha256 of the base image.
+    pub old_sha256: [u8; 32],
+    /// Length of the image the delta produces.
+    pub new_len: u64,
+    /// sha256 of the image the delta produces.
+    pub new_sha256: [u8; 32],
+    /// zstd window logs of the control, diff and extra streams (each at most [`MAX_WINDOW_LOG`]).
+    pub window_logs: [u8; 3],
+}
+
+pub(crate) const STREAM_NAMES: [&str; 3] = ["control", "diff", "extra"];
+
+impl DeltaHeader {
+    pub(crate) fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        let mut w = SliceWriter {
+            buf: &mut out,
+            pos: 0,
+        };
+        w.put(&MAGIC);
+        w.put(&self.format_version.to_le_bytes());
+        w.put(&[self.filter.id(), CODEC_ZSTD]);
+        w.put(&self.old_len.to_le_bytes());
+        w.put(&self.old_sha256);
+        w.put(&self.new_len.to_le_bytes());
+        w.put(&self.new_sha256);
+        w.put(&self.window_logs);
+        w.put(&[0]);
+        out
+    }
+
+    /// Parses and validates the fixed header; every field is checked before anything is trusted.
+    pub(crate) fn parse(bytes: &[u8; HEADER_LEN]) -> Result<DeltaHeader> {
+        let mut r = ByteReader::new(bytes);
+        let magic: [u8; 8] = r.array().ok_or(Error::Truncated {
+            what: "magic",
+            offset: 0,
+        })?;
+        if magic != MAGIC {
+            return Err(Error::BadMagic { got: magic });
+        }
+        let version = u16::from_le_bytes(r.array().ok_or(Error::Truncated {
+            what: "version",
+            offset: 8,
+        })?);
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                got: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let [filter_id, codec]: [u8; 2] = r.array().ok_or(Error::Truncated {
+            what: "ids",
+            offset: 10,
+        })?;
+        let filter = Filter::from_id(filter_id).ok_or(Error::UnknownFilter { id: filter_id })?;
+        if codec != CODEC_ZSTD {
+            return Err(Error::UnknownCodec { id: codec });
+        }
+        let truncated = |what| Error::Truncated { what, offset: 12 };
+        let old_len = u64::from_le_bytes(r.array().ok_or(truncated("old_len"))?);
+        let old_sha256 = r.array().ok_or(truncated("old_sha256"))?;
+        let new_len = u64::from_le_bytes(r.array().ok_or(truncated("new_len"))?);
+        let new_sha256 = r.array().ok_or(truncated("new_sha256"))?;
+        let window_logs: [u8; 3] = r.array().ok_or(truncated("window logs"))?;
+        let [reserved]: [u8; 1] = r.array().ok_or(truncated("reserved"))?;
+        for (name, &log) in STREAM_NAMES.iter().zip(window_logs.iter()) {
+            if log > MAX_WINDOW_LOG {
+                return Err(Error::WindowTooLarge {
+                    stream: name,
+                    declared: log,
+                    max: MAX_WINDOW_LOG,
+                });
+            }
+            if log < MIN_WINDOW_LOG {
+                return Err(Error::Malformed {
+                    what: "header window log",
+                    offset: 92,
+                    detail: format!("{name} window log {log} is below zstd's minimum {MIN_WINDOW_LOG}"),
+                });
+            }
+        }
+        if reserved != 0 {
+            return Err(Error::Malformed {
+                what: "header reserved byte",
+                offset: 95,
+                detail: format!("must be 0, is {reserved}"),
+            });
+        }
+        Ok(DeltaHeader {
+            format_version: version,
+            filter,
+            old_len,
+            old_sha256,
+            new_len,
+            new_sha256,
+            window_logs,
+        })
+    }
+}
+
+/// One segment's sizes, as written before its three compressed chunks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SegmentHeader {
+    pub control_raw: u32,
+    pub control_zst: u32,
+    pub extra_raw: u32,
+    pub extra_zst: u32,
+    pub diff_raw: u64,
+    pub diff_zst: u32,
+}
+
+impl SegmentHeader {
+    pub(crate) fn to_bytes(self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut out = [0u8; SEGMENT_HEADER_LEN];
+        let mut w = SliceWriter {
+            buf: &mut out,
+            pos: 0,
+        };
+        w.put(&[TAG_SEGMENT]);
+        w.put(&self.control_raw.to_le_bytes());
+        w.put(&self.control_zst.to_le_bytes());
+        w.put(&self.extra_raw.to_le_bytes());
+        w.put(&self.extra_zst.to_le_bytes());
+        w.put(&self.diff_raw.to_le_bytes());
+        w.put(&self.diff_zst.to_le_bytes());
+        out
+    }
+
+    /// Parses the 28 bytes after a segment tag and checks the buffered streams' caps.
+    pub(crate) fn parse(body: &[u8; SEGMENT_HEADER_LEN - 1], offset: u64) -> Result<SegmentHeader> {
+        let u32_at = |at: usize| u32::from_le_bytes(field(body, at));
+        let control_raw = u32_at(0);
+        let control_zst = u32_at(4);
+        let extra_raw = u32_at(8);
+        let extra_zst = u32_at(12);
+        let diff_raw = u64::from_le_bytes(field(body, 16));
+        let diff_zst = u32_at(24);
+        if control_raw > SEGMENT_CONTROL_MAX {
+            return Err(Error::Malformed {
+                what: "segment header",
+                offset,
+                detail: format!(
+                    "control stream of {control_raw} bytes exceeds the cap {SEGMENT_CONTROL_MAX}"
+                ),
+            });
+        }
+        if extra_raw > SEGMENT_EXTRA_MAX {
+            return Err(Error::Malformed {
+                what: "segment header",
+                offset,
+                detail: format!("extra stream of {extra_raw} bytes exceeds the cap {SEGMENT_EXTRA_MAX}"),
+            });
+        }
+        Ok(SegmentHeader {
+            control_raw,
+            control_zst,
+            extra_raw,
+            extra_zst,
+            diff_raw,
+            diff_zst,
+        })
+    }
+}
+
+/// `N` bytes of a fixed-layout array at a constant offset (zeros if the layout constant were wrong).
+fn field<const N: usize>(body: &[u8], at: usize) -> [u8; N] {
+    body.get(at..at + N)
+        .and_then(|s| s.try_into().ok())
+        .unwrap_or([0; N])
+}
+
+/// One bsdiff step: add `add_len` diff bytes to old at the cursor, copy `copy_len` extra bytes, then move
+/// the old cursor by `seek`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ControlEntry {
+    pub add_len: u64,
+    pub copy_len: u64,
+    pub seek: i64,
+}
+
+impl ControlEntry {
+    pub(crate) fn write_to(self, out: &mut Vec<u8>) {
+        put_varint(out, self.add_len);
+        put_varint(out, self.copy_len);
+        put_varint(out, zigzag(self.seek));
+    }
+
+    /// Reads one entry from `r`; None when the bytes run out or a varint is overlong.
+    pub(crate) fn read_from(r: &mut ByteReader<'_>) -> Option<ControlEntry> {
+        let add_len = r.varint()?;
+        let copy_len = r.varint()?;
+        let seek = unzigzag(r.varint()?);
+        Some(ControlEntry {
+            add_len,
+            copy_len,
+            seek,
+        })
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A bounds-checked cursor over untrusted bytes: every read returns `Option`.
+pub(crate) struct ByteReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> ByteReader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        ByteReader { buf, pos: 0 }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let end = self.pos.checked_add(N)?;
+        let bytes: [u8; N] = self.buf.get(self.pos..end)?.try_into().ok()?;
+        self.pos = end;
+        Some(bytes)
+    }
+
+    /// LEB128, at most 10 bytes, and the 10th may only carry the top bit.
+    pub(crate) fn varint(&mut self) -> Option<u64> {
+        let mut v: u64 = 0;
+        for i in 0..10u32 {
+            let byte = *self.buf.get(self.pos)?;
+            self.pos += 1;
+            let bits = u64::from(byte & 0x7f);
+            if i == 9 && bits > 1 {
+                return None;
+            }
+            v |= bits << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+struct SliceWriter<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl SliceWriter<'_> {
+    /// Only used on fixed-size arrays whose layout is a compile-time constant.
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.pos + bytes.len();
+        if let Some(dst) = self.buf.get_mut(self.pos..end) {
+            dst.copy_from_slice(bytes);
+        }
+        self.pos = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_and_zigzag_round_trip_extremes() {
+        for v in [0i64, 1, -1, 63, -64, i64::MAX, i64::MIN, 1 << 40] {
+            let e = ControlEntry {
+                add_len: u64::MAX,
+                copy_len: 0,
+                seek: v,
+            };
+            let mut buf = Vec::new();
+            e.write_to(&mut buf);
+            let mut r = ByteReader::new(&buf);
+            assert_eq!(ControlEntry::read_from(&mut r), Some(e));
+            assert!(r.is_empty());
+        }
+    }
+
+    #[test]
+    fn overlong_varint_is_refused() {
+        let mut r = ByteReader::new(&[0xff; 11]);
+        assert_eq!(r.varint(), None);
+        let mut r = ByteReader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]);
+        assert_eq!(r.varint(), None);
+    }
+}

@@ -1,0 +1,316 @@
+//! Round trips and refusals of the delta codec on random and structured data.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::Cursor;
+
+use ota_delta::{
+    apply, encode, read_header, verify_base, EncodeOptions, Error, Filter, FilterChoice, HEADER_LEN,
+    MAX_WINDOW_LOG,
+};
+use proptest::prelude::*;
+
+fn fast_opts() -> EncodeOptions {
+    EncodeOptions {
+        level: 3,
+        threads: 2,
+        ..EncodeOptions::default()
+    }
+}
+
+fn round_trip(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<u8> {
+    let delta = encode(old, new, opts).unwrap();
+    let mut out = Vec::new();
+    let summary = apply(Cursor::new(old), delta.as_slice(), &mut out).unwrap();
+    assert_eq!(out, new);
+    assert_eq!(summary.new_len, new.len() as u64);
+    assert_eq!(summary.delta_len, delta.len() as u64);
+    delta
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A synthetic x86-64 "text section": calls to a table of functions; `shift` moves the code by inserting
+/// bytes near the start, as a rebuild does, so every rel32 after it changes.
+fn fake_x86_code(shift: usize, len: usize) -> Vec<u8> {
+    let mut code = noise(7, 64);
+    code.extend(std::iter::repeat_n(0x90, shift));
+    let mut i = 0u32;
+    while code.len() < len {
+        let pos = code.len() as u32;
+        let target = 0x40_0000 + (i.wrapping_mul(2_654_435_761) % 4096) * 64;
+        code.extend_from_slice(&[0x48, 0x89, 0xc7]);
+        code.push(0xE8);
+        code.extend_from_slice(&target.wrapping_sub(pos + 3 + 5).to_le_bytes());
+        code.extend_from_slice(&[0x48, 0x83, 0xc4, (i % 97) as u8]);
+        i += 1;
+    }
+    code.truncate(len);
+    code
+}
+
+#[test]
+fn empty_and_tiny_inputs_round_trip() {
+    let opts = fast_opts();
+    for (old, new) in [
+        (&b""[..], &b""[..]),
+        (b"", b"x"),
+        (b"x", b""),
+        (b"abc", b"abd"),
+        (b"same", b"same"),
+    ] {
+        round_trip(old, new, &opts);
+    }
+}
+
+#[test]
+fn small_edit_in_large_random_image_gives_small_delta() {
+    let old = noise(1, 3 << 20);
+    let mut new = old.clone();
+    new[1_000_000..1_000_100].copy_from_slice(&noise(2, 100));
+    new.splice(2_000_000..2_000_000, noise(3, 5000));
+    let delta = round_trip(&old, &new, &fast_opts());
+    assert!(
+        delta.len() < 10_000,
+        "delta of {} bytes for a 5 KiB change",
+        delta.len()
+    );
+}
+
+#[test]
+fn x86_filter_beats_plain_matching_on_shifted_code() {
+    let old = fake_x86_code(0, 1 << 20);
+    let new = fake_x86_code(37, 1 << 20);
+    let only = |f| EncodeOptions {
+        filters: FilterChoice::Only(vec![f]),
+        ..fast_opts()
+    };
+    let plain = round_trip(&old, &new, &only(Filter::None));
+    let filtered = round_trip(&old, &new, &only(Filter::X86));
+    assert!(
+        filtered.len() * 2 < plain.len(),
+        "x86 {} vs none {}",
+        filtered.len(),
+        plain.len()
+    );
+    // Auto tries both and keeps the smaller.
+    let auto = round_trip(&old, &new, &fast_opts());
+    assert!(auto.len() <= filtered.len());
+}
+
+#[test]
+fn arm64_filter_round_trips_on_branchy_code() {
+    let mut old = Vec::new();
+    for i in 0..100_000u32 {
+        let word = match i % 4 {
+            0 => 0x9400_0000 | (i.wrapping_mul(77) & 0x3FF_FFFF),
+            1 => 0x9000_0000 | ((i & 0xFFFF) << 5) | 1,
+            2 => 0x1400_0000 | (i & 0xFF),
+            _ => 0xD503_201F,
+        };
+        old.extend_from_slice(&word.to_le_bytes());
+    }
+    let mut new = old.clone();
+    new.splice(4000..4000, [0x1F, 0x20, 0x03, 0xD5]);
+    let opts = EncodeOptions {
+        filters: FilterChoice::Only(vec![Filter::Arm64]),
+        ..fast_opts()
+    };
+    let delta = round_trip(&old, &new, &opts);
+    assert_eq!(read_header(delta.as_slice()).unwrap().filter, Filter::Arm64);
+}
+
+#[test]
+fn image_larger_than_segment_caps_round_trips() {
+    // New data unrelated to old forces several 1 MiB extra segments.
+    let old = noise(10, 1 << 20);
+    let mut new = noise(11, 3 << 20);
+    new.extend_from_slice(&old[..500_000]);
+    round_trip(&old, &new, &fast_opts());
+}
+
+#[test]
+fn mismatching_base_is_detected_before_and_after() {
+    let old = noise(20, 200_000);
+    let mut new = old.clone();
+    new[5000] ^= 1;
+    let delta = encode(&old, &new, &fast_opts()).unwrap();
+    let header = read_header(delta.as_slice()).unwrap();
+    verify_base(&header, old.as_slice()).unwrap();
+    let mut other = old.clone();
+    other[100_000] ^= 0x55;
+    let err = verify_base(&header, other.as_slice()).unwrap_err();
+    assert!(matches!(err, Error::BaseMismatch { .. }), "{err}");
+    // Applying anyway does not silently produce garbage.
+    let err = apply(Cursor::new(&other), delta.as_slice(), &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, Error::NewDigestMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("wrong base"), "{err}");
+    // A shorter base is reported as such.
+    let err = apply(Cursor::new(&old[..1000]), delta.as_slice(), &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, Error::OldTooShort { .. }), "{err}");
+}
+
+#[test]
+fn truncated_delta_is_refused_with_a_clear_error() {
+    let old = noise(30, 300_000);
+    let mut new = old.clone();
+    new.splice(1000..1000, noise(31, 20_000));
+    let delta = encode(&old, &new, &fast_opts()).unwrap();
+    for cut in [
+        0,
+        10,
+        HEADER_LEN - 1,
+        HEADER_LEN,
+        HEADER_LEN + 5,
+        delta.len() / 2,
+        delta.len() - 1,
+    ] {
+        let err = apply(Cursor::new(&old), &delta[..cut], &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, Error::Truncated { .. }), "cut at {cut}: {err}");
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+    let mut longer = delta.clone();
+    longer.push(0);
+    let err = apply(Cursor::new(&old), longer.as_slice(), &mut Vec::new()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Malformed {
+                what: "delta end",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupted_delta_never_yields_a_wrong_image() {
+    let old = noise(40, 100_000);
+    let mut new = old.clone();
+    new.splice(500..500, noise(41, 3000));
+    new[50_000] = 9;
+    let delta = encode(&old, &new, &fast_opts()).unwrap();
+    for at in (0..delta.len()).step_by(7) {
+        let mut bad = delta.clone();
+        bad[at] ^= 0x5a;
+        let mut out = Vec::new();
+        if apply(Cursor::new(&old), bad.as_slice(), &mut out).is_ok() {
+            assert_eq!(out, new, "corruption at {at} accepted with a different result");
+        }
+    }
+}
+
+#[test]
+fn header_fields_are_validated() {
+    let delta = encode(b"old image", b"new image", &fast_opts()).unwrap();
+    let mut bad = delta.clone();
+    bad[0] = b'X';
+    assert!(matches!(read_header(bad.as_slice()), Err(Error::BadMagic { .. })));
+    let mut bad = delta.clone();
+    bad[8] = 2;
+    assert!(matches!(
+        read_header(bad.as_slice()),
+        Err(Error::UnsupportedVersion { got: 2, supported: 1 })
+    ));
+    let mut bad = delta.clone();
+    bad[10] = 77;
+    assert!(matches!(
+        read_header(bad.as_slice()),
+        Err(Error::UnknownFilter { id: 77 })
+    ));
+    let mut bad = delta.clone();
+    bad[11] = 5;
+    assert!(matches!(
+        read_header(bad.as_slice()),
+        Err(Error::UnknownCodec { id: 5 })
+    ));
+    let h = read_header(delta.as_slice()).unwrap();
+    assert_eq!((h.old_len, h.new_len), (9, 9));
+}
+
+#[test]
+fn declared_window_above_the_cap_is_refused() {
+    let delta = encode(b"old image", b"new image", &fast_opts()).unwrap();
+    let header = read_header(delta.as_slice()).unwrap();
+    assert!(header.window_logs.iter().all(|&w| w <= MAX_WINDOW_LOG));
+    for stream in 0..3 {
+        let mut bad = delta.clone();
+        bad[92 + stream] = MAX_WINDOW_LOG + 1;
+        let err = apply(Cursor::new(b"old image"), bad.as_slice(), &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(err, Error::WindowTooLarge { declared, .. } if declared == MAX_WINDOW_LOG + 1),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn zstd_frame_with_a_window_larger_than_declared_is_refused() {
+    // Encoder asked for a 4 MiB diff window on 6 MiB of changes; then the header is rewritten to claim a
+    // smaller window: the decoder must refuse the frame rather than allocate what the frame asks for.
+    let old = noise(50, 6 << 20);
+    let new: Vec<u8> = old
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if i % 3 == 0 { b ^ 1 } else { *b })
+        .collect();
+    let opts = EncodeOptions {
+        filters: FilterChoice::Only(vec![Filter::None]),
+        ..fast_opts()
+    };
+    let delta = encode(&old, &new, &opts).unwrap();
+    let header = read_header(delta.as_slice()).unwrap();
+    assert!(header.window_logs[1] > 12, "{:?}", header.window_logs);
+    let mut bad = delta.clone();
+    bad[93] = 12;
+    let err = apply(Cursor::new(&old), bad.as_slice(), &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, Error::Decompress { stream: "diff", .. }), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_pairs_round_trip(old in proptest::collection::vec(any::<u8>(), 0..3000),
+                               new in proptest::collection::vec(any::<u8>(), 0..3000)) {
+        round_trip(&old, &new, &fast_opts());
+    }
+
+    #[test]
+    fn edited_copies_round_trip(old in proptest::collection::vec(0u8..4, 0..20_000),
+                                edits in proptest::collection::vec((any::<u16>(), 0usize..64, any::<u8>()), 0..20)) {
+        let mut new = old.clone();
+        for (at, len, byte) in edits {
+            let at = usize::from(at) % (new.len() + 1);
+            if byte % 2 == 0 {
+                new.splice(at..at, std::iter::repeat_n(byte, len));
+            } else {
+                let end = (at + len).min(new.len());
+                new.drain(at..end);
+            }
+        }
+        round_trip(&old, &new, &EncodeOptions { filters: FilterChoice::Only(Filter::ALL.to_vec()), ..fast_opts() });
+    }
+
+    #[test]
+    fn arbitrary_bytes_after_a_valid_header_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let delta = encode(b"base", b"next", &fast_opts()).unwrap();
+        let mut bad = delta[..HEADER_LEN].to_vec();
+        bad.extend_from_slice(&tail);
+        let mut out = Vec::new();
+        if apply(Cursor::new(b"base"), bad.as_slice(), &mut out).is_ok() {
+            prop_assert_eq!(out, b"next".to_vec());
+        }
+    }
+}
