@@ -240,6 +240,8 @@ pub struct SlotWriter<'a, S: Slot + ?Sized> {
     erase_end: u64,
     buf: Vec<u8>,
     chunk: usize,
+    /// Set when an erase or write failed: the slot's content is unknown, so the writer refuses more work.
+    failed: bool,
 }
 
 impl<'a, S: Slot + ?Sized> SlotWriter<'a, S> {
@@ -272,6 +274,7 @@ impl<'a, S: Slot + ?Sized> SlotWriter<'a, S> {
             erase_end,
             buf: Vec::with_capacity(chunk),
             chunk,
+            failed: false,
         })
     }
 
@@ -280,8 +283,20 @@ impl<'a, S: Slot + ?Sized> SlotWriter<'a, S> {
         self.received
     }
 
-    /// Writes the buffer (already a multiple of the write unit) after erasing what it covers.
+    /// Writes the buffer (already a multiple of the write unit) after erasing what it covers. Any failure
+    /// poisons the writer.
     fn flush_buf(&mut self) -> Result<()> {
+        if self.failed {
+            return Err(Error::Refused {
+                what: "the slot writer already failed; the slot must be rewritten from the start".to_owned(),
+            });
+        }
+        let result = self.flush_buf_once();
+        self.failed = result.is_err();
+        result
+    }
+
+    fn flush_buf_once(&mut self) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }

@@ -163,6 +163,10 @@ fn power_cut_in_writer_surfaces_as_power_loss() {
         ),
         "{inner}"
     );
+    // The writer is poisoned: no further write reaches the slot, finish fails.
+    let again = w.write_all(&[0u8; 512]).unwrap_err();
+    assert!(again.to_string().contains("already failed"), "{again}");
+    assert!(w.finish().is_err());
 }
 
 #[test]
