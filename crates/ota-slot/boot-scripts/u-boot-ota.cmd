@@ -12,11 +12,12 @@
 # This is the same decision as ota_slot::BootState::power_on (tested in the crate).
 
 setenv ota_boot ${ota_primary}
-setenv ota_trial_ok 0
-if test "${ota_trial_slot}" = "a" && test "${ota_bad_a}" != "1"; then setenv ota_trial_ok 1; fi
-if test "${ota_trial_slot}" = "b" && test "${ota_bad_b}" != "1"; then setenv ota_trial_ok 1; fi
 if test "${upgrade_available}" = "1"; then
-  if test "${ota_trial_ok}" = "1" && test ${bootcount} -lt ${bootlimit}; then
+  # The trial slot may boot if it is not marked bad and has tries left.
+  setenv ota_try 0
+  if test "${ota_trial_slot}" = "a" && test "${ota_bad_a}" != "1"; then setenv ota_try 1; fi
+  if test "${ota_trial_slot}" = "b" && test "${ota_bad_b}" != "1"; then setenv ota_try 1; fi
+  if test "${ota_try}" = "1" && test ${bootcount} -lt ${bootlimit}; then
     setexpr bootcount ${bootcount} + 1
     setenv ota_boot ${ota_trial_slot}
   else
@@ -25,10 +26,10 @@ if test "${upgrade_available}" = "1"; then
     setenv ota_trial_slot
     setenv bootcount 0
   fi
-  setenv ota_trial_ok
+  # Scratch: not saved. (ota_boot is saved along; the agent ignores it.)
+  setenv ota_try
   saveenv
 fi
-setenv ota_trial_ok
 # A primary marked bad gives way to the other slot if that one is not bad.
 if test "${ota_boot}" = "a" && test "${ota_bad_a}" = "1" && test "${ota_bad_b}" != "1"; then setenv ota_boot b; fi
 if test "${ota_boot}" = "b" && test "${ota_bad_b}" = "1" && test "${ota_bad_a}" != "1"; then setenv ota_boot a; fi

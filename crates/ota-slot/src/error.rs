@@ -105,7 +105,7 @@ pub enum Error {
         tool: String,
         /// Its arguments, space separated.
         args: String,
-        /// Exit status, or "not started: <why>".
+        /// Exit status, or `not started: <why>`.
         status: String,
         /// What it printed on stderr.
         stderr: String,

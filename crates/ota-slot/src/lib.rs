@@ -24,6 +24,33 @@
 //!   [`SimBootloader`] (the same rules, redundant two-copy env on any [`Slot`], `reboot()` plays the
 //!   bootloader). The scripts a real board runs are in `boot-scripts/`.
 //!
+//! # Example: an A/B install on a simulated chip
+//!
+//! ```
+//! use std::io::Write;
+//! use ota_slot::{slot_sha256, AbFlashLayout, BootControl, PowerCut, SimBootloader, SimFlash, SlotId, SlotWriter};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let layout = AbFlashLayout::new(64 * 1024, 4096, 4)?;
+//! let flash = SimFlash::<4, 4096>::new(usize::try_from(layout.capacity())?, 0xFF, PowerCut::never())?;
+//! let mut boot = SimBootloader::provision(layout.env(&flash)?, SlotId::A)?;
+//!
+//! let image = vec![0x42u8; 10_000];
+//! let target = boot.booted()?.other();
+//! boot.mark_bad(target)?; // the slot is garbage until verified
+//! let mut slot = layout.slot(&flash, target)?;
+//! let mut writer = SlotWriter::new(&mut slot, 10_000)?; // refuses an image that does not fit
+//! writer.write_all(&image)?;
+//! writer.finish()?;
+//! let _digest: [u8; 32] = slot_sha256(&mut slot, 10_000)?; // compare with the signed sha256
+//! boot.start_trial(target, 1)?;
+//! assert_eq!(boot.reboot()?, target); // the bootloader tries the new slot once
+//! boot.mark_good(target)?; // health checks passed: commit
+//! assert_eq!(boot.primary()?, target);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Deviations from the agreed interface (docs/contracts)
 //! - [`Slot::erased_value`] added (default 0xFF) so padding never assumes 0xFF.
 //! - [`SlotWriter::new`] takes the image length: the slot is checked large enough before it is touched,
