@@ -55,7 +55,17 @@
 //! - [`Slot::erased_value`] added (default 0xFF) so padding never assumes 0xFF.
 //! - [`SlotWriter::new`] takes the image length: the slot is checked large enough before it is touched,
 //!   and a short or long stream is an error.
-//! - [`PowerCut::after`]`(n, mode)`: `n` operations succeed, operation `n` (0-based) is cut.
+//! - [`PowerCut::after`]`(n, mode)`: `n` operations succeed, operation `n` (0-based) is cut;
+//!   [`PowerCut::ops`] counts the operations started.
+//! - [`Slot::preferred_chunk`] added (default [`WRITE_CHUNK`]; NOR: one sector per write).
+//! - Additions: [`BootState`] (the shared model, for status output), [`KernelCmdline`] (where U-Boot and
+//!   GRUB backends read the running slot), [`AbFlashLayout`], [`SimBootloader::create_file`] /
+//!   [`SimBootloader::open_file`], [`UBootEnv::provision`], [`GrubEnv::create`].
+//! - [`FileSlot`] capacities must be multiples of [`FileSlot::ERASE_SIZE`] (4096); its erase changes
+//!   nothing (files are rewritten in place).
+//!
+//! Benchmark: `cargo run --release -p ota-slot --example slot_throughput -- 1024` (table of write and
+//! read-back speed against plain `std::fs`, and peak RSS).
 #![deny(missing_docs)]
 
 pub mod boot;
