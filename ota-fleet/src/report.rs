@@ -1,0 +1,720 @@
+//! The drill's report: per release and outcome, convergence, bytes, the mirror's load, and the
+//! invariants; printed as a table ([`DrillReport::table`]), written as JSON, and drawn as an SVG chart of
+//! the fleet over time ([`DrillReport::svg`]) wrapped in a self-contained HTML page.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::mirror::MirrorStats;
+use crate::scenario::Scenario;
+use crate::{Error, Result};
+
+/// Where one device stands with respect to one release when the release's window closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Installed, booted, health checks passed, committed.
+    Committed,
+    /// Installed and booted, then rolled back to the previous image (health checks failed, or the trial
+    /// did not come up).
+    RolledBack,
+    /// Offered but not finished: downloads failing and retrying, or mid-update.
+    Retrying,
+    /// Offered, still running the version it had, with no attempt recorded.
+    OnOldVersion,
+    /// Not meant for this device (other board, outside the rollout share).
+    NotOffered,
+}
+
+impl Outcome {
+    /// Every outcome, in table order.
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Committed,
+        Outcome::RolledBack,
+        Outcome::Retrying,
+        Outcome::OnOldVersion,
+        Outcome::NotOffered,
+    ];
+
+    /// Column title.
+    pub fn title(self) -> &'static str {
+        match self {
+            Outcome::Committed => "committed",
+            Outcome::RolledBack => "rolled back",
+            Outcome::Retrying => "failed, retrying",
+            Outcome::OnOldVersion => "still on old",
+            Outcome::NotOffered => "not offered",
+        }
+    }
+
+    fn colour(self) -> &'static str {
+        match self {
+            Outcome::Committed => "#2e9e5b",
+            Outcome::RolledBack => "#e0702b",
+            Outcome::Retrying => "#e8c23a",
+            Outcome::OnOldVersion => "#9aa3ad",
+            Outcome::NotOffered => "#d9dde2",
+        }
+    }
+}
+
+/// One release's results.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReleaseReport {
+    /// Its version.
+    pub version: String,
+    /// Round it was published in.
+    pub published_round: u32,
+    /// Round by which every device it was offered to had committed or rolled back; None if the window
+    /// closed first.
+    pub settled_round: Option<u32>,
+    /// Wall-clock seconds from publishing to settling (or to the window's end).
+    pub converge_seconds: f64,
+    /// Devices it was meant for.
+    pub offered: u32,
+    /// Devices whose health checks were set to fail on it.
+    pub health_fail_injected: u32,
+    /// Devices per outcome.
+    pub outcomes: BTreeMap<Outcome, u32>,
+    /// Body bytes the mirror served to the fleet while this release was the newest.
+    pub bytes_downloaded: u64,
+}
+
+impl ReleaseReport {
+    /// Devices with this outcome.
+    pub fn count(&self, o: Outcome) -> u32 {
+        self.outcomes.get(&o).copied().unwrap_or(0)
+    }
+}
+
+/// How many power cuts were injected, by phase.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PowerCutCounts {
+    /// Cuts during download and write of the inactive slot.
+    pub install: u32,
+    /// Cuts during trial boot and commit.
+    pub commit: u32,
+    /// Cuts during rollback.
+    pub rollback: u32,
+}
+
+/// The invariants that gate a release: every device boots, and boots only signed images.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Invariants {
+    /// Simulated boots whose image was checked against the signed targets.
+    pub boots_checked: u64,
+    /// Devices whose bootloader found nothing bootable, with the reason.
+    pub unbootable: Vec<String>,
+    /// Devices that booted an image matching no signed target, with the digest.
+    pub unsigned: Vec<String>,
+}
+
+impl Invariants {
+    /// True when nothing broke.
+    pub fn hold(&self) -> bool {
+        self.unbootable.is_empty() && self.unsigned.is_empty()
+    }
+}
+
+/// The fleet at the end of one round.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sample {
+    /// Round number (one step of every device).
+    pub round: u32,
+    /// Wall-clock milliseconds since the drill started.
+    pub elapsed_ms: u64,
+    /// Devices per running (booted) version; "unknown" for an image matching no release.
+    pub running: BTreeMap<String, u32>,
+    /// Devices in the middle of an update (downloading, installed, trial) this round.
+    pub updating: u32,
+}
+
+/// Everything a drill measured.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DrillReport {
+    /// The scenario that ran.
+    pub scenario: Scenario,
+    /// Wall-clock seconds of the whole drill, publishing included.
+    pub wall_seconds: f64,
+    /// Rounds run.
+    pub rounds: u32,
+    /// Per release, in publishing order.
+    pub releases: Vec<ReleaseReport>,
+    /// Devices per version they run at the end.
+    pub final_versions: BTreeMap<String, u32>,
+    /// The mirror's counters.
+    pub mirror: MirrorStats,
+    /// Requests the mirror served per second of the fleet's run.
+    pub requests_per_second: f64,
+    /// Power cuts injected.
+    pub power_cuts: PowerCutCounts,
+    /// Did every device stay bootable and signed?
+    pub invariants: Invariants,
+    /// The fleet round by round, for the chart.
+    pub timeline: Vec<Sample>,
+}
+
+/// Files [`DrillReport::write_to`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenReport {
+    /// report.json
+    pub json: PathBuf,
+    /// report.svg
+    pub svg: PathBuf,
+    /// report.html (the chart and the table in one self-contained page)
+    pub html: PathBuf,
+}
+
+/// Version colours for the chart: the factory image grey, releases in order.
+const VERSION_COLOURS: [&str; 8] = [
+    "#4c78a8", "#54a24b", "#b279a2", "#f58518", "#72b7b2", "#eeca3b", "#ff9da6", "#9d755d",
+];
+
+impl DrillReport {
+    /// The human summary: per release and outcome, then mirror load and invariants.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let s = &self.scenario;
+        let _ = writeln!(
+            out,
+            "drill: {} devices, seed {}, {} rounds, {:.1} s",
+            s.devices, s.seed, self.rounds, self.wall_seconds
+        );
+        let _ = write!(out, "{:<9} {:>7} {:>6}", "release", "offered", "unhlth");
+        for o in Outcome::ALL {
+            let _ = write!(out, " {:>16}", o.title());
+        }
+        let _ = writeln!(out, " {:>11} {:>12}", "converged", "downloaded");
+        for r in &self.releases {
+            let _ = write!(
+                out,
+                "{:<9} {:>7} {:>6}",
+                r.version, r.offered, r.health_fail_injected
+            );
+            for o in Outcome::ALL {
+                let _ = write!(out, " {:>16}", r.count(o));
+            }
+            let converged = match r.settled_round {
+                Some(_) => format!("{:.1} s", r.converge_seconds),
+                None => "no".to_owned(),
+            };
+            let _ = writeln!(out, " {:>11} {:>12}", converged, human_bytes(r.bytes_downloaded));
+        }
+        let finals: Vec<String> = self
+            .final_versions
+            .iter()
+            .map(|(v, n)| format!("{v}: {n}"))
+            .collect();
+        let _ = writeln!(out, "fleet now runs: {}", finals.join(", "));
+        let m = &self.mirror;
+        let faults: Vec<String> = m
+            .faults
+            .iter()
+            .filter(|(k, n)| k.as_str() != "none" && **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "mirror: {} requests ({:.0}/s), {} served, {} not found; faults injected: {}",
+            m.requests,
+            self.requests_per_second,
+            human_bytes(m.bytes),
+            m.not_found,
+            if faults.is_empty() {
+                "none".to_owned()
+            } else {
+                faults.join(", ")
+            }
+        );
+        let p = &self.power_cuts;
+        let _ = writeln!(
+            out,
+            "power cuts: {} during install, {} during commit, {} during rollback",
+            p.install, p.commit, p.rollback
+        );
+        let inv = &self.invariants;
+        if inv.hold() {
+            let _ = writeln!(
+                out,
+                "invariants: OK: every device bootable and on a signed image ({} boots checked)",
+                inv.boots_checked
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "invariants: BROKEN: {} unbootable, {} running unsigned images",
+                inv.unbootable.len(),
+                inv.unsigned.len()
+            );
+            for d in inv.unbootable.iter().chain(&inv.unsigned).take(20) {
+                let _ = writeln!(out, "  {d}");
+            }
+        }
+        out
+    }
+
+    /// Writes report.json, report.svg and report.html into `dir` (created if missing).
+    pub fn write_to(&self, dir: &Path) -> Result<WrittenReport> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let json = serde_json::to_vec_pretty(self).map_err(Error::ReportJson)?;
+        let svg = self.svg();
+        let html = self.html(&svg);
+        let written = WrittenReport {
+            json: dir.join("report.json"),
+            svg: dir.join("report.svg"),
+            html: dir.join("report.html"),
+        };
+        write_atomically(&written.json, &json)?;
+        write_atomically(&written.svg, svg.as_bytes())?;
+        write_atomically(&written.html, html.as_bytes())?;
+        Ok(written)
+    }
+
+    fn version_colour(&self, version: &str) -> &'static str {
+        if version == self.scenario.factory_version {
+            return "#8c96a3";
+        }
+        let i = self.scenario.releases.iter().position(|r| r.version == version);
+        match i {
+            Some(i) => VERSION_COLOURS
+                .get(i % VERSION_COLOURS.len())
+                .copied()
+                .unwrap_or("#4c78a8"),
+            None => "#d62728",
+        }
+    }
+
+    /// The chart: the fleet by running version over time (stacked), release publications marked, then
+    /// one bar per release splitting the devices it was offered to by outcome, and the invariants.
+    pub fn svg(&self) -> String {
+        const W: f64 = 960.0;
+        const LEFT: f64 = 70.0;
+        const RIGHT: f64 = 160.0;
+        const TOP: f64 = 96.0;
+        const PLOT_H: f64 = 260.0;
+        let bars_top = TOP + PLOT_H + 70.0;
+        let bar_h = 26.0;
+        let bar_gap = 40.0;
+        let n_rel = self.releases.len();
+        let h = bars_top + (bar_h + bar_gap) * f64_from(n_rel) + 70.0;
+        let plot_w = W - LEFT - RIGHT;
+        let devices = f64::from(self.scenario.devices.max(1));
+        let max_ms = self.timeline.last().map_or(1, |s| s.elapsed_ms.max(1));
+        let x_of = |ms: u64| LEFT + plot_w * f64_from_u64(ms) / f64_from_u64(max_ms);
+        let y_of = |n: f64| TOP + PLOT_H - PLOT_H * n / devices;
+
+        let mut svg = String::new();
+        let _ = write!(
+            svg,
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"##
+        );
+        let _ = write!(svg, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
+        let ok = self.invariants.hold();
+        let (banner_fill, banner_text) = if ok {
+            (
+                "#2e9e5b",
+                format!(
+                    "INVARIANTS HOLD: all {} devices bootable, all on signed images",
+                    self.scenario.devices
+                ),
+            )
+        } else {
+            (
+                "#c62828",
+                format!(
+                    "INVARIANTS BROKEN: {} unbootable, {} on unsigned images",
+                    self.invariants.unbootable.len(),
+                    self.invariants.unsigned.len()
+                ),
+            )
+        };
+        let _ = write!(
+            svg,
+            r##"<text x="{LEFT}" y="30" font-size="20" font-weight="bold" fill="#1f2933">Fleet drill: {} devices, seed {}, {:.1} s</text>"##,
+            self.scenario.devices, self.scenario.seed, self.wall_seconds
+        );
+        let _ = write!(
+            svg,
+            r##"<rect x="{LEFT}" y="42" width="{plot_w}" height="28" rx="4" fill="{banner_fill}"/><text x="{}" y="61" font-size="14" font-weight="bold" fill="#ffffff">{}</text>"##,
+            LEFT + 10.0,
+            esc(&banner_text)
+        );
+
+        // Stacked areas: the fleet by running version, bottom-up in release order.
+        let mut versions: Vec<String> = vec![self.scenario.factory_version.clone()];
+        versions.extend(self.scenario.releases.iter().map(|r| r.version.clone()));
+        let extra: Vec<String> = self
+            .timeline
+            .iter()
+            .flat_map(|s| s.running.keys())
+            .filter(|v| !versions.contains(v))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        versions.extend(extra);
+        let mut below: Vec<f64> = vec![0.0; self.timeline.len()];
+        for v in &versions {
+            let counts: Vec<f64> = self
+                .timeline
+                .iter()
+                .map(|s| f64::from(s.running.get(v).copied().unwrap_or(0)))
+                .collect();
+            if counts.iter().all(|c| *c == 0.0) {
+                continue;
+            }
+            let mut pts = String::new();
+            for (s, (b, c)) in self.timeline.iter().zip(below.iter().zip(&counts)) {
+                let _ = write!(pts, "{:.1},{:.1} ", x_of(s.elapsed_ms), y_of(b + c));
+            }
+            for (s, b) in self.timeline.iter().zip(&below).rev() {
+                let _ = write!(pts, "{:.1},{:.1} ", x_of(s.elapsed_ms), y_of(*b));
+            }
+            let _ = write!(
+                svg,
+                r##"<polygon points="{pts}" fill="{}" fill-opacity="0.85" stroke="#ffffff" stroke-width="0.5"><title>running {}</title></polygon>"##,
+                self.version_colour(v),
+                esc(v)
+            );
+            for (b, c) in below.iter_mut().zip(&counts) {
+                *b += c;
+            }
+        }
+        // Devices mid-update, as a dark line over the areas.
+        let mut line = String::new();
+        for s in &self.timeline {
+            let _ = write!(
+                line,
+                "{:.1},{:.1} ",
+                x_of(s.elapsed_ms),
+                y_of(f64::from(s.updating))
+            );
+        }
+        let _ = write!(
+            svg,
+            r##"<polyline points="{line}" fill="none" stroke="#1f2933" stroke-width="1.5" stroke-dasharray="4 2"/>"##
+        );
+        // Axes.
+        let _ = write!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{}" x2="{}" y2="{}" stroke="#52606d"/><line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{}" stroke="#52606d"/>"##,
+            TOP + PLOT_H,
+            LEFT + plot_w,
+            TOP + PLOT_H,
+            TOP + PLOT_H
+        );
+        for k in 0..=4u32 {
+            let n = devices * f64::from(k) / 4.0;
+            let y = y_of(n);
+            let _ = write!(
+                svg,
+                r##"<line x1="{}" y1="{y:.1}" x2="{LEFT}" y2="{y:.1}" stroke="#52606d"/><text x="{}" y="{:.1}" font-size="11" text-anchor="end" fill="#52606d">{:.0}</text>"##,
+                LEFT - 4.0,
+                LEFT - 7.0,
+                y + 4.0,
+                n
+            );
+        }
+        for k in 0..=5u32 {
+            let ms = max_ms * u64::from(k) / 5;
+            let x = x_of(ms);
+            let _ = write!(
+                svg,
+                r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#52606d"/><text x="{x:.1}" y="{}" font-size="11" text-anchor="middle" fill="#52606d">{:.1} s</text>"##,
+                TOP + PLOT_H,
+                TOP + PLOT_H + 4.0,
+                TOP + PLOT_H + 17.0,
+                f64_from_u64(ms) / 1000.0
+            );
+        }
+        let _ = write!(
+            svg,
+            r##"<text x="18" y="{:.1}" font-size="12" fill="#52606d" transform="rotate(-90 18 {:.1})" text-anchor="middle">devices</text>"##,
+            TOP + PLOT_H / 2.0,
+            TOP + PLOT_H / 2.0
+        );
+        let _ = write!(
+            svg,
+            r##"<text x="{LEFT}" y="{}" font-size="13" font-weight="bold" fill="#1f2933">Fleet by running firmware over time</text>"##,
+            TOP - 8.0
+        );
+        // Release publications.
+        for r in &self.releases {
+            let ms = self
+                .timeline
+                .iter()
+                .find(|s| s.round == r.published_round)
+                .map_or(0, |s| s.elapsed_ms);
+            let x = x_of(ms);
+            let _ = write!(
+                svg,
+                r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{}" stroke="#1f2933" stroke-dasharray="2 3"/><text x="{:.1}" y="{}" font-size="11" fill="#1f2933">{} published</text>"##,
+                TOP + PLOT_H,
+                x + 3.0,
+                TOP + 12.0,
+                esc(&r.version)
+            );
+        }
+        // Legend.
+        let mut ly = TOP + 6.0;
+        let lx = LEFT + plot_w + 16.0;
+        for v in &versions {
+            let _ = write!(
+                svg,
+                r##"<rect x="{lx}" y="{ly}" width="14" height="14" fill="{}"/><text x="{}" y="{}" font-size="12" fill="#1f2933">running {}</text>"##,
+                self.version_colour(v),
+                lx + 20.0,
+                ly + 11.0,
+                esc(v)
+            );
+            ly += 20.0;
+        }
+        let _ = write!(
+            svg,
+            r##"<line x1="{lx}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="#1f2933" stroke-width="1.5" stroke-dasharray="4 2"/><text x="{}" y="{}" font-size="12" fill="#1f2933">mid-update</text>"##,
+            ly + 7.0,
+            lx + 14.0,
+            ly + 7.0,
+            lx + 20.0,
+            ly + 11.0
+        );
+
+        // Per-release outcome bars.
+        let _ = write!(
+            svg,
+            r##"<text x="{LEFT}" y="{}" font-size="13" font-weight="bold" fill="#1f2933">Outcome per release (devices it was offered to, and the rest)</text>"##,
+            bars_top - 14.0
+        );
+        for (i, r) in self.releases.iter().enumerate() {
+            let y = bars_top + (bar_h + bar_gap) * f64_from(i);
+            let mut x = LEFT;
+            for o in Outcome::ALL {
+                let n = r.count(o);
+                if n == 0 {
+                    continue;
+                }
+                let w = plot_w * f64::from(n) / devices;
+                let _ = write!(
+                    svg,
+                    r##"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{bar_h}" fill="{}"><title>{}: {n}</title></rect>"##,
+                    o.colour(),
+                    o.title()
+                );
+                if w > 28.0 {
+                    let _ = write!(
+                        svg,
+                        r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle" fill="#1f2933">{n}</text>"##,
+                        x + w / 2.0,
+                        y + 17.0
+                    );
+                }
+                x += w;
+            }
+            let _ = write!(
+                svg,
+                r##"<text x="{}" y="{:.1}" font-size="13" font-weight="bold" text-anchor="end" fill="#1f2933">{}</text>"##,
+                LEFT - 6.0,
+                y + 17.0,
+                esc(&r.version)
+            );
+            let converged = match r.settled_round {
+                Some(_) => format!("settled in {:.1} s", r.converge_seconds),
+                None => "did not settle".to_owned(),
+            };
+            let _ = write!(
+                svg,
+                r##"<text x="{LEFT}" y="{:.1}" font-size="11" fill="#52606d">{} health failures injected; {}; {} downloaded</text>"##,
+                y + bar_h + 14.0,
+                r.health_fail_injected,
+                converged,
+                human_bytes(r.bytes_downloaded)
+            );
+        }
+        let mut lx = LEFT;
+        let ly = bars_top + (bar_h + bar_gap) * f64_from(n_rel) + 4.0;
+        for o in Outcome::ALL {
+            let _ = write!(
+                svg,
+                r##"<rect x="{lx}" y="{ly}" width="14" height="14" fill="{}"/><text x="{}" y="{}" font-size="12" fill="#1f2933">{}</text>"##,
+                o.colour(),
+                lx + 19.0,
+                ly + 11.0,
+                o.title()
+            );
+            lx += 140.0;
+        }
+        let m = &self.mirror;
+        let p = &self.power_cuts;
+        let _ = write!(
+            svg,
+            r##"<text x="{LEFT}" y="{}" font-size="11" fill="#52606d">mirror: {} requests ({:.0}/s), {} served, {} faulted; power cuts: {} install, {} commit, {} rollback</text>"##,
+            ly + 36.0,
+            m.requests,
+            self.requests_per_second,
+            human_bytes(m.bytes),
+            m.faults
+                .iter()
+                .filter(|(k, _)| k.as_str() != "none")
+                .map(|(_, n)| n)
+                .sum::<u64>(),
+            p.install,
+            p.commit,
+            p.rollback
+        );
+        svg.push_str("</svg>\n");
+        svg
+    }
+
+    fn html(&self, svg: &str) -> String {
+        format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Fleet drill report</title>\
+             <style>body{{font-family:sans-serif;margin:24px;color:#1f2933}}pre{{background:#f5f7fa;padding:12px;\
+             overflow-x:auto}}</style></head><body>\n{svg}<h2>Summary</h2><pre>{}</pre>\
+             <p>Machine-readable: report.json.</p></body></html>\n",
+            esc(&self.table())
+        )
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        d.sync_all().map_err(io)?;
+    }
+    Ok(())
+}
+
+/// XML/HTML text escaping.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Bytes for people: B, KiB, MiB, GiB.
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB"];
+    let mut v = f64_from_u64(n);
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < units.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let name = units.get(unit).copied().unwrap_or("B");
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {name}")
+    }
+}
+
+/// A count as f64 for drawing (precision loss above 2^53 is irrelevant on a chart).
+#[allow(clippy::cast_precision_loss)]
+pub(crate) fn f64_from_u64(n: u64) -> f64 {
+    n as f64
+}
+
+fn f64_from(n: usize) -> f64 {
+    f64_from_u64(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_report(broken: bool) -> DrillReport {
+        let scenario = Scenario::default();
+        let timeline = (0..10u32)
+            .map(|round| {
+                let mut running = BTreeMap::new();
+                let moved = (round * 5).min(50);
+                running.insert("1.0.0".to_owned(), 50 - moved);
+                running.insert("1.1.0".to_owned(), moved);
+                Sample {
+                    round,
+                    elapsed_ms: u64::from(round) * 100,
+                    running,
+                    updating: 5,
+                }
+            })
+            .collect();
+        let release = |v: &str, committed, rolled| ReleaseReport {
+            version: v.into(),
+            published_round: 0,
+            settled_round: Some(9),
+            converge_seconds: 0.9,
+            offered: 50,
+            health_fail_injected: rolled,
+            outcomes: [(Outcome::Committed, committed), (Outcome::RolledBack, rolled)].into(),
+            bytes_downloaded: 50 * 131072,
+        };
+        let mut invariants = Invariants {
+            boots_checked: 120,
+            ..Invariants::default()
+        };
+        if broken {
+            invariants
+                .unsigned
+                .push("dev-3: booted 00ff.. which no signed target has".into());
+        }
+        DrillReport {
+            scenario,
+            wall_seconds: 1.0,
+            rounds: 10,
+            releases: vec![release("1.1.0", 50, 0), release("1.2.0", 35, 15)],
+            final_versions: [("1.1.0".to_owned(), 15), ("1.2.0".to_owned(), 35)].into(),
+            mirror: MirrorStats::default(),
+            requests_per_second: 100.0,
+            power_cuts: PowerCutCounts::default(),
+            invariants,
+            timeline,
+        }
+    }
+
+    #[test]
+    fn table_lists_every_release_and_the_verdict() {
+        let t = sample_report(false).table();
+        assert!(t.contains("1.1.0") && t.contains("1.2.0"), "{t}");
+        assert!(t.contains("invariants: OK"), "{t}");
+        let t = sample_report(true).table();
+        assert!(
+            t.contains("invariants: BROKEN: 0 unbootable, 1 running unsigned"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn written_report_is_valid_json_and_svg() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = sample_report(false).write_to(dir.path()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&w.json).unwrap()).unwrap();
+        assert_eq!(v["releases"][1]["outcomes"]["rolled_back"], 15);
+        let svg = std::fs::read_to_string(&w.svg).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("INVARIANTS HOLD"));
+        let html = std::fs::read_to_string(&w.html).unwrap();
+        assert!(html.contains("<svg") && html.contains("rolled back"));
+    }
+
+    #[test]
+    fn bytes_for_people() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
+    }
+}

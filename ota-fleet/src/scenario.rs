@@ -1,0 +1,440 @@
+//! What a drill rehearses: the fleet, the releases published in order, and the faults injected.
+//!
+//! A scenario is read from TOML ([`Scenario::from_toml`], unknown fields refused so a typo cannot silently
+//! become "no fault") or built from [`Scenario::default`], which is the README's default drill: a fleet of
+//! 50 devices on two boards, a good release and a bad one that fails the health check on a third of the
+//! devices, with every kind of fault switched on at a low rate. [`Scenario::validate`] checks what serde
+//! cannot (shares within 0 to 1, versions strictly increasing, known hardware ids).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Most devices one drill may simulate.
+pub const MAX_DEVICES: u32 = 10_000;
+/// Largest firmware image a drill may use, in KiB (every device keeps two slots of it in memory).
+pub const MAX_IMAGE_KIB: u32 = 4096;
+/// Most releases one drill may publish.
+pub const MAX_RELEASES: usize = 32;
+
+/// A whole drill: fleet, releases and faults. See the module doc for the defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    /// Seeds every random choice (which devices fail, where power is cut, which requests fault), so a
+    /// drill can be replayed.
+    pub seed: u64,
+    /// Number of simulated devices.
+    pub devices: u32,
+    /// Devices stepped at the same time (tokio tasks in flight).
+    pub concurrency: u32,
+    /// Size of every firmware image, in KiB (small: the drill rehearses the fleet, not the flash).
+    pub image_kib: u32,
+    /// The version every device runs from the factory (published and signed like any release).
+    pub factory_version: String,
+    /// Channel every device follows and every release is published on.
+    pub channel: String,
+    /// The hardware mix.
+    pub hardware: Vec<HardwareShare>,
+    /// Releases published one after the other; each waits until the fleet has settled on the one before.
+    pub releases: Vec<ReleasePlan>,
+    /// Rounds (one step of every device each) a release gets to settle before the drill moves on and
+    /// reports the stragglers as still retrying.
+    pub max_rounds_per_release: u32,
+    /// Faults injected.
+    pub faults: Faults,
+}
+
+/// One board in the hardware mix.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardwareShare {
+    /// Hardware id (ota_release naming rule).
+    pub id: String,
+    /// Relative weight of this board in the fleet (weights need not add up to anything).
+    pub weight: u32,
+}
+
+/// One release to publish.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasePlan {
+    /// Semantic version; strictly increasing along the list and above the factory version.
+    pub version: String,
+    /// Boards it is built for; empty means every board of the mix.
+    #[serde(default)]
+    pub hardware: Vec<String>,
+    /// Staged rollout share in percent.
+    #[serde(default = "hundred")]
+    pub rollout_percent: u8,
+    /// Share (0 to 1) of devices whose health checks fail once they boot this release.
+    #[serde(default)]
+    pub health_fail: f64,
+}
+
+fn hundred() -> u8 {
+    100
+}
+
+/// Every fault the drill can inject.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    /// Power cuts on the devices' flash.
+    pub power: PowerFaults,
+    /// Faults of the mirror, drawn per HTTP request.
+    pub network: NetworkFaults,
+}
+
+/// Power cuts: the share of devices that lose power at a random flash operation of each phase, once per
+/// release. A cut is torn (half the words written) in `torn` of the cases.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PowerFaults {
+    /// Share of devices cut while downloading and writing the inactive slot.
+    pub install: f64,
+    /// Share of devices cut while booting a trial and committing it.
+    pub commit: f64,
+    /// Share of devices cut while rolling back a failed trial.
+    pub rollback: f64,
+    /// Share of cuts that tear the interrupted write.
+    pub torn: f64,
+}
+
+/// Mirror faults, each a probability per HTTP request (they are exclusive: at most one per request).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkFaults {
+    /// Close the connection without answering.
+    pub drop: f64,
+    /// Wait `stall_ms` before answering.
+    pub stall: f64,
+    /// How long a stall lasts, in milliseconds.
+    pub stall_ms: u64,
+    /// Answer with only the first half of the body (and a matching Content-Length).
+    pub truncate: f64,
+    /// Answer with some body bytes flipped.
+    pub corrupt: f64,
+    /// For metadata: serve the version published before the current one (a stale mirror).
+    pub stale_metadata: f64,
+    /// For metadata: serve it with a byte of the signed part changed (a tampering mirror).
+    pub tampered_metadata: f64,
+}
+
+impl Default for Scenario {
+    fn default() -> Scenario {
+        Scenario {
+            seed: 6,
+            devices: 50,
+            concurrency: 64,
+            image_kib: 128,
+            factory_version: "1.0.0".into(),
+            channel: "stable".into(),
+            hardware: vec![
+                HardwareShare {
+                    id: "gateway-rev-c".into(),
+                    weight: 3,
+                },
+                HardwareShare {
+                    id: "sensor-hub-2".into(),
+                    weight: 1,
+                },
+            ],
+            releases: vec![
+                ReleasePlan {
+                    version: "1.1.0".into(),
+                    hardware: Vec::new(),
+                    rollout_percent: 100,
+                    health_fail: 0.0,
+                },
+                ReleasePlan {
+                    version: "1.2.0".into(),
+                    hardware: Vec::new(),
+                    rollout_percent: 100,
+                    health_fail: 0.3,
+                },
+            ],
+            max_rounds_per_release: 60,
+            faults: Faults::default(),
+        }
+    }
+}
+
+impl Default for Faults {
+    fn default() -> Faults {
+        Faults {
+            power: PowerFaults::default(),
+            network: NetworkFaults::default(),
+        }
+    }
+}
+
+impl Default for PowerFaults {
+    fn default() -> PowerFaults {
+        PowerFaults {
+            install: 0.1,
+            commit: 0.05,
+            rollback: 0.1,
+            torn: 0.5,
+        }
+    }
+}
+
+impl Default for NetworkFaults {
+    fn default() -> NetworkFaults {
+        NetworkFaults {
+            drop: 0.02,
+            stall: 0.01,
+            stall_ms: 200,
+            truncate: 0.02,
+            corrupt: 0.02,
+            stale_metadata: 0.02,
+            tampered_metadata: 0.02,
+        }
+    }
+}
+
+impl NetworkFaults {
+    /// No network fault at all.
+    pub fn none() -> NetworkFaults {
+        NetworkFaults {
+            drop: 0.0,
+            stall: 0.0,
+            stall_ms: 0,
+            truncate: 0.0,
+            corrupt: 0.0,
+            stale_metadata: 0.0,
+            tampered_metadata: 0.0,
+        }
+    }
+
+    fn shares(&self) -> [(&'static str, f64); 6] {
+        [
+            ("faults.network.drop", self.drop),
+            ("faults.network.stall", self.stall),
+            ("faults.network.truncate", self.truncate),
+            ("faults.network.corrupt", self.corrupt),
+            ("faults.network.stale_metadata", self.stale_metadata),
+            ("faults.network.tampered_metadata", self.tampered_metadata),
+        ]
+    }
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn from_file(path: &Path) -> Result<Scenario> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Scenario::from_toml(&text).map_err(|e| match e {
+            Error::ScenarioSyntax { source, .. } => Error::ScenarioSyntax {
+                path: Some(path.to_owned()),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates a scenario from TOML text; absent fields take the defaults.
+    pub fn from_toml(text: &str) -> Result<Scenario> {
+        let scenario: Scenario = toml::from_str(text).map_err(|source| Error::ScenarioSyntax {
+            path: None,
+            source: Box::new(source),
+        })?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    /// Checks what serde cannot: counts within bounds, shares within 0 to 1, versions parse and strictly
+    /// increase from the factory version, hardware ids valid and known to the mix.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, why: String| {
+            Err(Error::ScenarioInvalid {
+                field: field.to_owned(),
+                why,
+            })
+        };
+        if self.devices == 0 || self.devices > MAX_DEVICES {
+            return bad(
+                "devices",
+                format!("{} is not within 1 to {MAX_DEVICES}", self.devices),
+            );
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency", "must be at least 1".into());
+        }
+        if self.image_kib < 4 || self.image_kib > MAX_IMAGE_KIB {
+            return bad(
+                "image_kib",
+                format!("{} is not within 4 to {MAX_IMAGE_KIB}", self.image_kib),
+            );
+        }
+        if self.max_rounds_per_release == 0 {
+            return bad("max_rounds_per_release", "must be at least 1".into());
+        }
+        ota_release::Channel::new(&self.channel).map_err(|e| Error::ScenarioInvalid {
+            field: "channel".into(),
+            why: e.to_string(),
+        })?;
+        if self.hardware.is_empty() {
+            return bad("hardware", "the fleet needs at least one board".into());
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for h in &self.hardware {
+            ota_release::HardwareId::new(&h.id).map_err(|e| Error::ScenarioInvalid {
+                field: "hardware.id".into(),
+                why: e.to_string(),
+            })?;
+            if !ids.insert(h.id.as_str()) {
+                return bad("hardware.id", format!("{} is listed twice", h.id));
+            }
+        }
+        if self.hardware.iter().all(|h| h.weight == 0) {
+            return bad(
+                "hardware.weight",
+                "at least one board needs a weight above 0".into(),
+            );
+        }
+        if self.releases.len() > MAX_RELEASES {
+            return bad("releases", format!("more than {MAX_RELEASES} releases"));
+        }
+        let mut previous = parse_version("factory_version", &self.factory_version)?;
+        for r in &self.releases {
+            let v = parse_version("releases.version", &r.version)?;
+            if v <= previous {
+                return bad(
+                    "releases.version",
+                    format!("{v} does not come after {previous}: releases are published in order"),
+                );
+            }
+            previous = v;
+            for h in &r.hardware {
+                if !ids.contains(h.as_str()) {
+                    return bad(
+                        "releases.hardware",
+                        format!(
+                            "release {} names {h}, which is not in the hardware mix",
+                            r.version
+                        ),
+                    );
+                }
+            }
+            if r.rollout_percent > 100 {
+                return bad(
+                    "releases.rollout_percent",
+                    format!("{} % is over 100 % (release {})", r.rollout_percent, r.version),
+                );
+            }
+            check_share("releases.health_fail", r.health_fail)?;
+        }
+        let p = &self.faults.power;
+        for (field, share) in [
+            ("faults.power.install", p.install),
+            ("faults.power.commit", p.commit),
+            ("faults.power.rollback", p.rollback),
+            ("faults.power.torn", p.torn),
+        ] {
+            check_share(field, share)?;
+        }
+        let n = &self.faults.network;
+        let mut total = 0.0;
+        for (field, share) in n.shares() {
+            check_share(field, share)?;
+            total += share;
+        }
+        if total > 0.5 {
+            return bad(
+                "faults.network",
+                format!(
+                    "the faults add up to {total:.2} of all requests; above 0.5 no device would converge"
+                ),
+            );
+        }
+        if n.stall_ms > 10_000 {
+            return bad(
+                "faults.network.stall_ms",
+                format!("{} ms is over 10 s", n.stall_ms),
+            );
+        }
+        Ok(())
+    }
+
+    /// The firmware image size in bytes.
+    pub fn image_bytes(&self) -> u64 {
+        u64::from(self.image_kib) * 1024
+    }
+}
+
+fn parse_version(field: &str, value: &str) -> Result<ota_release::Version> {
+    ota_release::parse_version(value).map_err(|e| Error::ScenarioInvalid {
+        field: field.to_owned(),
+        why: e.to_string(),
+    })
+}
+
+fn check_share(field: &str, share: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&share) {
+        Ok(())
+    } else {
+        Err(Error::ScenarioInvalid {
+            field: field.to_owned(),
+            why: format!("{share} is not a share between 0 and 1"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_round_trips_through_toml() {
+        let s = Scenario::default();
+        s.validate().unwrap();
+        let text = toml::to_string(&s).unwrap();
+        assert_eq!(Scenario::from_toml(&text).unwrap(), s);
+    }
+
+    #[test]
+    fn shipped_default_file_matches_the_built_in_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/default.toml");
+        assert_eq!(Scenario::from_file(&path).unwrap(), Scenario::default());
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_name() {
+        let err = Scenario::from_toml("devices = 3\n[faults.network]\ndorp = 0.1\n").unwrap_err();
+        assert!(err.to_string().contains("dorp"), "{err}");
+    }
+
+    #[test]
+    fn versions_must_increase() {
+        let err =
+            Scenario::from_toml("[[releases]]\nversion = \"1.2.0\"\n[[releases]]\nversion = \"1.1.0\"\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("does not come after"), "{err}");
+    }
+
+    #[test]
+    fn share_out_of_range_is_refused() {
+        let err = Scenario::from_toml("[faults.power]\ninstall = 1.5\n").unwrap_err();
+        assert!(err.to_string().contains("faults.power.install"), "{err}");
+    }
+
+    #[test]
+    fn release_for_unknown_board_is_refused() {
+        let err =
+            Scenario::from_toml("[[releases]]\nversion = \"2.0.0\"\nhardware = [\"toaster\"]\n").unwrap_err();
+        assert!(err.to_string().contains("toaster"), "{err}");
+    }
+
+    #[test]
+    fn partial_file_keeps_defaults() {
+        let s = Scenario::from_toml("devices = 1000\n").unwrap();
+        assert_eq!(s.devices, 1000);
+        assert_eq!(s.releases, Scenario::default().releases);
+    }
+}
