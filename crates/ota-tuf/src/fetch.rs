@@ -1,0 +1,176 @@
+//! Bounded HTTP retrieval: every body is capped (endless data), every request has a deadline and every
+//! read a stall timeout (slow retrieval).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use tokio::time::Instant;
+
+use crate::{Error, Result};
+
+/// The HTTP side of the client.
+#[derive(Debug, Clone)]
+pub(crate) struct Fetcher {
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+/// What a metadata GET produced.
+pub(crate) enum Fetched {
+    Body(Vec<u8>),
+    /// 403 or 404: the file does not exist (the end of root rotation, TUF 5.3.3).
+    NotFound,
+}
+
+impl Fetcher {
+    pub(crate) fn new(timeout: Duration) -> Result<Fetcher> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .build()
+            .map_err(|e| Error::Misuse(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Fetcher { http, timeout })
+    }
+
+    async fn get(&self, url: &str, deadline: Instant) -> Result<reqwest::Response> {
+        let send = self.http.get(url).send();
+        let resp = match tokio::time::timeout_at(deadline, send).await {
+            Err(_) => {
+                return Err(Error::Timeout {
+                    url: url.to_string(),
+                    after: self.timeout,
+                })
+            }
+            Ok(Err(e)) => return Err(transport(url, &e, self.timeout)),
+            Ok(Ok(r)) => r,
+        };
+        Ok(resp)
+    }
+
+    /// GETs at most `limit` bytes, within the request timeout as a whole.
+    pub(crate) async fn fetch_metadata(&self, url: &str, limit: u64) -> Result<Fetched> {
+        let deadline = Instant::now() + self.timeout;
+        let mut resp = self.get(url, deadline).await?;
+        let status = resp.status().as_u16();
+        if status == 403 || status == 404 {
+            return Ok(Fetched::NotFound);
+        }
+        if !resp.status().is_success() {
+            return Err(Error::HttpStatus {
+                url: url.to_string(),
+                status,
+            });
+        }
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(Error::TooLarge {
+                url: url.to_string(),
+                limit,
+            });
+        }
+        let mut body = Vec::new();
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, resp.chunk()).await {
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        url: url.to_string(),
+                        after: self.timeout,
+                    })
+                }
+                Ok(Err(e)) => return Err(transport(url, &e, self.timeout)),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(c))) => c,
+            };
+            if (body.len() as u64).saturating_add(chunk.len() as u64) > limit {
+                return Err(Error::TooLarge {
+                    url: url.to_string(),
+                    limit,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched::Body(body))
+    }
+
+    /// Streams at most `limit` bytes into `sink`, calling `inspect` on every chunk before it is written.
+    /// Each read may stall at most the request timeout; the whole transfer must keep at least
+    /// `min_bytes_per_sec` on average (after the first timeout's grace), so a drip-feed cannot hold the
+    /// device forever. Returns the byte count.
+    pub(crate) async fn stream<W: AsyncWrite + Unpin>(
+        &self,
+        url: &str,
+        target: &str,
+        limit: u64,
+        min_bytes_per_sec: u64,
+        mut sink: W,
+        mut inspect: impl FnMut(&[u8]),
+    ) -> Result<u64> {
+        let budget = self.timeout + Duration::from_secs(limit / min_bytes_per_sec.max(1));
+        let deadline = Instant::now() + budget;
+        let mut resp = self.get(url, deadline).await?;
+        let status = resp.status().as_u16();
+        if !resp.status().is_success() {
+            return Err(Error::HttpStatus {
+                url: url.to_string(),
+                status,
+            });
+        }
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(Error::TooLarge {
+                url: url.to_string(),
+                limit,
+            });
+        }
+        let mut written: u64 = 0;
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, resp.chunk()).await {
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        url: url.to_string(),
+                        after: budget,
+                    })
+                }
+                Ok(Err(e)) => return Err(transport(url, &e, self.timeout)),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(c))) => c,
+            };
+            written = written.saturating_add(chunk.len() as u64);
+            if written > limit {
+                return Err(Error::TooLarge {
+                    url: url.to_string(),
+                    limit,
+                });
+            }
+            inspect(&chunk);
+            sink.write_all(&chunk).await.map_err(|source| Error::Sink {
+                target: target.to_string(),
+                source,
+            })?;
+        }
+        sink.flush().await.map_err(|source| Error::Sink {
+            target: target.to_string(),
+            source,
+        })?;
+        Ok(written)
+    }
+}
+
+fn transport(url: &str, e: &reqwest::Error, timeout: Duration) -> Error {
+    if e.is_timeout() {
+        return Error::Timeout {
+            url: url.to_string(),
+            after: timeout,
+        };
+    }
+    // The chain carries the useful part ("connection refused", ...).
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    Error::Transport {
+        url: url.to_string(),
+        reason,
+    }
+}
