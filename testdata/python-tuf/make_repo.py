@@ -49,7 +49,7 @@ class Repo:
         self.consistent = consistent
         self.signers = {}
         self.roles = {}
-        self.target_data = {}  # path -> bytes
+        self.target_data = []  # (path, bytes)
         self.delegators = {}  # delegated role -> delegating role
         root = Root(expires=FUTURE, consistent_snapshot=consistent)
         for role in ["root", "timestamp", "snapshot", "targets"]:
@@ -74,7 +74,7 @@ class Repo:
         self.root_history.append(self.roles["root"].to_bytes(SER))
 
     def add_target(self, role, path, data):
-        self.target_data[path] = data
+        self.target_data.append((path, data))
         tf = TargetFile.from_data(path, data, ["sha256", "sha512"])
         self.roles[role].signed.targets[path] = tf
 
@@ -144,7 +144,8 @@ class Repo:
         for signer in timestamp_signers or self.signers["timestamp"]:
             ts.sign(signer, append=True)
         write(os.path.join(meta_dir, "timestamp.json"), ts.to_bytes(SER))
-        for path, data in self.target_data.items():
+        # Reversed: without consistent snapshots one path holds one file, and the first role's wins.
+        for path, data in reversed(self.target_data):
             d, _, base = path.rpartition("/")
             if self.consistent:
                 digest = hashlib.sha256(data).hexdigest()
@@ -261,7 +262,7 @@ def bench(out, n):
         data = f"target {i}\n".encode()
         repo.roles["targets"].signed.targets[path] = TargetFile.from_data(path, data, ["sha256"])
         if i == 0:
-            repo.target_data[path] = data
+            repo.target_data.append((path, data))
     repo.write(os.path.join(out, "repo"), bump=False)
 
 
