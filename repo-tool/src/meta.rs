@@ -145,11 +145,32 @@ impl RoleKeySet {
     }
 
     /// Signs `signed` with every key of the role held in the ring.
+    #[cfg(test)]
     pub fn sign<T: Serialize>(&self, signed: T, ring: &KeyRing) -> Result<Signed<T>> {
-        self.check_ring(ring)?;
         let msg = canonical(&signed)?;
-        let signatures = ring
-            .sign_with(&self.keyids, &msg)?
+        let signatures = self.signatures(&msg, ring)?;
+        Ok(Signed { signed, signatures })
+    }
+
+    /// Signs `signed` and returns the metadata file's bytes, serializing the (large) role only once:
+    /// the canonical envelope is `{"signatures":[...],"signed":<canonical role>}` ("signatures" sorts
+    /// before "signed"), so the signed bytes are spliced in as they are.
+    pub fn sign_to_file<T: Serialize>(&self, signed: &T, ring: &KeyRing) -> Result<Vec<u8>> {
+        let msg = canonical(signed)?;
+        let signatures = self.signatures(&msg, ring)?;
+        let sigs = canonical(&signatures)?;
+        let mut out = Vec::with_capacity(msg.len() + sigs.len() + 32);
+        out.extend_from_slice(b"{\"signatures\":");
+        out.extend_from_slice(&sigs);
+        out.extend_from_slice(b",\"signed\":");
+        out.extend_from_slice(&msg);
+        out.push(b'}');
+        Ok(out)
+    }
+
+    fn signatures(&self, msg: &[u8], ring: &KeyRing) -> Result<Vec<Signature>> {
+        self.check_ring(ring)?;
+        ring.sign_with(&self.keyids, msg)?
             .into_iter()
             .map(|(id, sig)| {
                 Ok(Signature {
@@ -157,8 +178,7 @@ impl RoleKeySet {
                     sig: Decoded::from(sig),
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Signed { signed, signatures })
+            .collect::<Result<Vec<_>>>()
     }
 }
 
@@ -402,8 +422,7 @@ pub(crate) fn resign_snapshot_and_timestamp(
     snapshot_keys.check_ring(ring)?;
     timestamp_keys.check_ring(ring)?;
     let snapshot_version = snapshot.version;
-    let signed_snapshot = snapshot_keys.sign(snapshot, ring)?;
-    let snapshot_bytes = file_bytes(&signed_snapshot)?;
+    let snapshot_bytes = snapshot_keys.sign_to_file(&snapshot, ring)?;
     let timestamp_bytes = sign_timestamp(
         &state.timestamp.signed.signed,
         snapshot_version,
@@ -435,7 +454,7 @@ pub(crate) fn sign_timestamp(
     );
     ts.meta
         .insert("snapshot.json".into(), metafile(snapshot_version, snapshot_bytes));
-    file_bytes(&keys.sign(ts, ring)?)
+    keys.sign_to_file(&ts, ring)
 }
 
 /// Files a command publishes: target files staged in a temp directory, new versioned metadata files,
@@ -511,6 +530,8 @@ impl Publication {
     }
 
     fn commit_inner(self, repo: &Path, undo: &mut Undo) -> Result<()> {
+        let staged: Vec<PathBuf> = self.target_files.iter().map(|(tmp, _)| tmp.clone()).collect();
+        fsutil::sync_files(repo, &staged)?;
         let mut synced_dirs = std::collections::BTreeSet::new();
         for (tmp, rel) in &self.target_files {
             let dest = repo.join(rel);
@@ -550,5 +571,45 @@ impl Publication {
             fsutil::replace_durable(&path, ts)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spliced_file_bytes_equal_the_canonical_envelope() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = crate::keys::generate_key(dir.path(), "k").unwrap();
+        let ring = KeyRing::from_files(&[k.private_path]).unwrap();
+        let set = RoleKeySet {
+            name: "targets".into(),
+            keyids: vec![k.keyid],
+            threshold: 1,
+        };
+        let t = Targets::new(SPEC_VERSION.into(), NonZeroU64::MIN, now().unwrap());
+        let spliced = set.sign_to_file(&t, &ring).unwrap();
+        // ed25519 is deterministic: signing again gives the same signature.
+        assert_eq!(spliced, file_bytes(&set.sign(t, &ring).unwrap()).unwrap());
+        let parsed: Signed<Targets> = serde_json::from_slice(&spliced).unwrap();
+        assert_eq!(parsed.signatures.len(), 1);
+    }
+
+    #[test]
+    fn lifetimes_parse_and_expiries_have_whole_seconds() {
+        assert_eq!(
+            parse_lifetime("90d").unwrap(),
+            jiff::SignedDuration::from_hours(90 * 24)
+        );
+        assert_eq!(parse_lifetime("1s").unwrap(), jiff::SignedDuration::from_secs(1));
+        for bad in ["", "d", "5x", "-1d", "0s", "99999999999w"] {
+            assert!(parse_lifetime(bad).is_err(), "{bad}");
+        }
+        let t: jiff::Timestamp = "2026-01-01T00:00:00.75Z".parse().unwrap();
+        let e = expiry_after(t, jiff::SignedDuration::from_secs(10)).unwrap();
+        assert_eq!(e.subsec_nanosecond(), 0);
+        let json = serde_json::to_string(&Timestamp::new(SPEC_VERSION.into(), NonZeroU64::MIN, e)).unwrap();
+        assert!(json.contains("\"expires\":\"2026-01-01T00:00:10Z\""), "{json}");
     }
 }

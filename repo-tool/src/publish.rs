@@ -21,8 +21,8 @@ use tough::TargetName;
 use crate::error::{invalid, Error, Result};
 use crate::keys::{key_id, KeyRing};
 use crate::meta::{
-    self, bump, expiry_after, file_bytes, metafile, now, top_role_keys, Expiries, Publication, RepoState,
-    RoleKeySet, SPEC_VERSION, TARGETS_ROLE,
+    self, bump, expiry_after, metafile, now, top_role_keys, Expiries, Publication, RepoState, RoleKeySet,
+    SPEC_VERSION, TARGETS_ROLE,
 };
 use crate::names::{check_file_stem, check_path_pattern, check_target_name, path_matches};
 use crate::stage::{target_file_path, TargetStager};
@@ -150,8 +150,8 @@ pub fn init(repo: &Path, spec: &InitSpec, ring: &KeyRing) -> Result<RootFingerpr
         delegations: Some(Delegations::new()),
         _extra: HashMap::new(),
     };
-    let root_bytes = file_bytes(&root_keys.sign(root, ring)?)?;
-    let targets_bytes = file_bytes(&targets_keys.sign(targets, ring)?)?;
+    let root_bytes = root_keys.sign_to_file(&root, ring)?;
+    let targets_bytes = targets_keys.sign_to_file(&targets, ring)?;
     let mut snapshot = Snapshot::new(
         SPEC_VERSION.to_owned(),
         one,
@@ -160,7 +160,7 @@ pub fn init(repo: &Path, spec: &InitSpec, ring: &KeyRing) -> Result<RootFingerpr
     snapshot
         .meta
         .insert("targets.json".into(), metafile(one, &targets_bytes));
-    let snapshot_bytes = file_bytes(&snapshot_keys.sign(snapshot, ring)?)?;
+    let snapshot_bytes = snapshot_keys.sign_to_file(&snapshot, ring)?;
     let mut timestamp = Timestamp::new(
         SPEC_VERSION.to_owned(),
         one,
@@ -169,7 +169,7 @@ pub fn init(repo: &Path, spec: &InitSpec, ring: &KeyRing) -> Result<RootFingerpr
     timestamp
         .meta
         .insert("snapshot.json".into(), metafile(one, &snapshot_bytes));
-    let timestamp_bytes = file_bytes(&timestamp_keys.sign(timestamp, ring)?)?;
+    let timestamp_bytes = timestamp_keys.sign_to_file(&timestamp, ring)?;
 
     let sha256 = ota_release::Sha256Digest::of(&root_bytes).to_hex();
     Publication {
@@ -436,7 +436,7 @@ where
         targets.targets.insert(tname, nt.target);
     }
     let role_version = targets.version;
-    let role_bytes = file_bytes(&role_keys.sign(targets, ring)?)?;
+    let role_bytes = role_keys.sign_to_file(&targets, ring)?;
     let (snap_name, snap_bytes, ts_bytes) = meta::resign_snapshot_and_timestamp(
         &state,
         &root,
@@ -654,8 +654,8 @@ pub fn delegate(repo: &Path, spec: &DelegateSpec, expiries: &Expiries, ring: &Ke
         delegations: None,
         _extra: HashMap::new(),
     };
-    let role_bytes = file_bytes(&new_role_keys.sign(role_meta, ring)?)?;
-    let targets_bytes = file_bytes(&targets_keys.sign(targets, ring)?)?;
+    let role_bytes = new_role_keys.sign_to_file(&role_meta, ring)?;
+    let targets_bytes = targets_keys.sign_to_file(&targets, ring)?;
     let (snap_name, snap_bytes, ts) = meta::resign_snapshot_and_timestamp(
         &state,
         &root,

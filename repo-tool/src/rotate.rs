@@ -248,7 +248,7 @@ pub fn root_publish(repo: &Path, staged_path: &Path, expiries: &Expiries, ring: 
         targets.version = bump(targets.version)?;
         targets.expires = expiry_after(now()?, expiries.targets)?;
         let v = targets.version;
-        let bytes = file_bytes(&keys.sign(targets, ring)?)?;
+        let bytes = keys.sign_to_file(&targets, ring)?;
         publication
             .metadata
             .push((format!("{v}.targets.json"), bytes.clone()));

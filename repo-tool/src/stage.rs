@@ -71,7 +71,7 @@ impl TargetStager {
             dst.write_all(chunk).map_err(io("write", &temp))?;
             length += n as u64;
         }
-        dst.sync_all().map_err(io("fsync", &temp))?;
+        // Not fsynced here: `Publication::commit` makes all staged files durable at once.
         Ok(StagedFile {
             temp,
             sha256: hasher.finalize().into(),
@@ -84,10 +84,7 @@ impl TargetStager {
         self.count += 1;
         let temp = self.dir.join(format!("{}", self.count));
         fs::File::create(&temp)
-            .and_then(|mut f| {
-                f.write_all(bytes)?;
-                f.sync_all()
-            })
+            .and_then(|mut f| f.write_all(bytes))
             .map_err(io("write", &temp))?;
         Ok(StagedFile {
             temp,
