@@ -1,0 +1,377 @@
+//! The real `repo-tool` binary in temp directories: the release engineer's commands end to end,
+//! exit codes and messages.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{sha256_file, tree};
+
+fn repo_tool(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_repo-tool"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = repo_tool(dir, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail; returns stderr and checks `repo` did not change.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let before = tree(&dir.join("repo"));
+    let out = repo_tool(dir, args);
+    assert!(!out.status.success(), "{args:?} should have failed");
+    assert_eq!(tree(&dir.join("repo")), before, "{args:?} changed the repository");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+const INIT: &[&str] = &[
+    "init",
+    "--repo",
+    "repo",
+    "--keys-dir",
+    "keys",
+    "--root-key",
+    "keys/root.pub.json",
+    "--targets-key",
+    "keys/targets.pub.json",
+    "--snapshot-key",
+    "keys/snapshot.pub.json",
+    "--timestamp-key",
+    "keys/timestamp.pub.json",
+];
+
+fn setup() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    ok(
+        t.path(),
+        &[
+            "keys",
+            "generate",
+            "--dir",
+            "keys",
+            "root",
+            "targets",
+            "snapshot",
+            "timestamp",
+        ],
+    );
+    t
+}
+
+#[test]
+fn keys_are_private_and_never_overwritten() {
+    let t = setup();
+    let d = t.path();
+    let mode = fs::metadata(d.join("keys/root.pk8"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let before = fs::read(d.join("keys/root.pk8")).unwrap();
+    let out = repo_tool(d, &["keys", "generate", "--dir", "keys", "root"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(fs::read(d.join("keys/root.pk8")).unwrap(), before);
+}
+
+#[test]
+fn init_prints_the_root_fingerprint_and_its_qr_code() {
+    let t = setup();
+    let out = ok(t.path(), INIT);
+    let fp = sha256_file(&t.path().join("repo/metadata/1.root.json"));
+    assert!(out.lines().any(|l| l == fp), "{out}");
+    assert!(out.contains('▀') || out.contains('▄'), "no QR code in: {out}");
+    let root = fs::read_to_string(t.path().join("repo/metadata/1.root.json")).unwrap();
+    assert!(root.contains("\"consistent_snapshot\":true"));
+    // Whole seconds only.
+    let v: serde_json::Value = serde_json::from_str(&root).unwrap();
+    let expires = v["signed"]["expires"].as_str().unwrap();
+    assert_eq!(expires.len(), "2027-01-01T00:00:00Z".len(), "{expires}");
+}
+
+#[test]
+fn add_list_verify_refresh_through_the_binary() {
+    let t = setup();
+    let d = t.path();
+    ok(d, INIT);
+    fs::write(d.join("fw.bin"), vec![7u8; 3000]).unwrap();
+    let out = ok(
+        d,
+        &[
+            "add",
+            "--repo",
+            "repo",
+            "--keys-dir",
+            "keys",
+            "--image",
+            "fw.bin",
+            "--version",
+            "1.2.3",
+            "--hardware",
+            "gw-a",
+            "--hardware",
+            "gw-b",
+            "--channel",
+            "stable",
+            "--rollout",
+            "25",
+        ],
+    );
+    assert!(out.contains("added gw-a/stable/1.2.3/fw.bin"), "{out}");
+    let sha = sha256_file(&d.join("fw.bin"));
+    assert!(d
+        .join(format!("repo/targets/gw-a/stable/1.2.3/{sha}.fw.bin"))
+        .is_file());
+
+    // Bulk add of a directory.
+    fs::create_dir(d.join("bulk")).unwrap();
+    for v in ["2.0.0", "2.1.0-rc.1"] {
+        fs::write(d.join(format!("bulk/gw-{v}.img")), v.as_bytes()).unwrap();
+    }
+    ok(
+        d,
+        &[
+            "add",
+            "--repo",
+            "repo",
+            "--keys-dir",
+            "keys",
+            "--dir",
+            "bulk",
+            "--hardware",
+            "gw-a",
+            "--channel",
+            "beta",
+        ],
+    );
+
+    let list = ok(d, &["list", "--repo", "repo"]);
+    for needle in [
+        "gw-a / stable:",
+        "gw-b / stable:",
+        "gw-a / beta:",
+        "1.2.3",
+        "2.1.0-rc.1",
+        "25%",
+        "timestamp",
+    ] {
+        assert!(list.contains(needle), "{needle} missing from:\n{list}");
+    }
+    let verify = ok(d, &["verify", "--repo", "repo"]);
+    assert!(verify.contains("3 target file(s) checked"), "{verify}");
+    let warn = ok(d, &["verify", "--repo", "repo", "--warn-within", "2d"]);
+    assert!(warn.contains("warning: timestamp expires"), "{warn}");
+
+    let before = fs::read(d.join("repo/metadata/timestamp.json")).unwrap();
+    ok(d, &["refresh", "--repo", "repo", "--key", "keys/timestamp.pk8"]);
+    assert_ne!(fs::read(d.join("repo/metadata/timestamp.json")).unwrap(), before);
+    ok(
+        d,
+        &[
+            "refresh",
+            "--repo",
+            "repo",
+            "--snapshot",
+            "--key",
+            "keys/timestamp.pk8",
+            "--key",
+            "keys/snapshot.pk8",
+        ],
+    );
+    ok(d, &["verify", "--repo", "repo"]);
+}
+
+#[test]
+fn refresh_without_the_timestamp_key_exits_non_zero_with_a_clear_message() {
+    let t = setup();
+    let d = t.path();
+    ok(d, INIT);
+    let err = fails(d, &["refresh", "--repo", "repo", "--key", "keys/snapshot.pk8"]);
+    assert!(
+        err.contains("role timestamp needs 1 signature(s) but only 0"),
+        "{err}"
+    );
+    let err = fails(d, &["refresh", "--repo", "repo", "--key", "keys/missing.pk8"]);
+    assert!(
+        err.contains("keys/missing.pk8") && err.contains("no such key file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_flags_are_refused_and_change_nothing() {
+    let t = setup();
+    let d = t.path();
+    ok(d, INIT);
+    fs::write(d.join("fw.bin"), b"x").unwrap();
+    let add = [
+        "add",
+        "--repo",
+        "repo",
+        "--keys-dir",
+        "keys",
+        "--image",
+        "fw.bin",
+        "--hardware",
+        "gw-a",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--channel", "stable"], "--version"),
+        (&["--version", "1.0.0"], "--channel"),
+        (
+            &["--version", "1.0.0", "--channel", "stable", "--rollout", "101"],
+            "101",
+        ),
+        (
+            &[
+                "--version",
+                "1.0.0",
+                "--channel",
+                "stable",
+                "--targets-expires",
+                "5x",
+            ],
+            "lifetime",
+        ),
+        (
+            &["--version", "1.0.0", "--channel", "stable", "--name", "../x.bin"],
+            "invalid target name",
+        ),
+        (&["--version", "v1", "--channel", "stable"], "invalid version"),
+        (
+            &["--version", "1.0.0", "--channel", "stable", "--dir", "."],
+            "cannot be used with",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args = add.to_vec();
+        args.extend_from_slice(extra);
+        let err = fails(d, &args);
+        assert!(err.contains(needle), "{extra:?}: {err}");
+    }
+    let err = fails(
+        d,
+        &[
+            "root",
+            "stage",
+            "--repo",
+            "repo",
+            "--out",
+            "s.json",
+            "--threshold",
+            "root",
+        ],
+    );
+    assert!(err.contains("expected ROLE=VALUE"), "{err}");
+    let err = fails(
+        d,
+        &[
+            "root",
+            "stage",
+            "--repo",
+            "repo",
+            "--out",
+            "s.json",
+            "--threshold",
+            "admin=1",
+        ],
+    );
+    assert!(
+        err.contains("expected root, targets, snapshot or timestamp"),
+        "{err}"
+    );
+}
+
+#[test]
+fn root_rotation_signed_in_steps_through_the_binary() {
+    let t = setup();
+    let d = t.path();
+    ok(d, INIT);
+    ok(d, &["keys", "generate", "--dir", "other", "root2"]);
+    ok(
+        d,
+        &[
+            "root",
+            "stage",
+            "--repo",
+            "repo",
+            "--out",
+            "root-v2.json",
+            "--add-key",
+            "root=other/root2.pub.json",
+            "--threshold",
+            "root=2",
+        ],
+    );
+    let err = fails(
+        d,
+        &[
+            "root",
+            "publish",
+            "--repo",
+            "repo",
+            "root-v2.json",
+            "--keys-dir",
+            "keys",
+        ],
+    );
+    assert!(err.contains("needs 1 signature(s) but only 0"), "{err}");
+    let out = ok(
+        d,
+        &[
+            "root",
+            "sign",
+            "root-v2.json",
+            "--repo",
+            "repo",
+            "--key",
+            "keys/root.pk8",
+        ],
+    );
+    assert!(out.contains("1/2 signatures of the new root's keys"), "{out}");
+    let err = fails(
+        d,
+        &[
+            "root",
+            "publish",
+            "--repo",
+            "repo",
+            "root-v2.json",
+            "--keys-dir",
+            "keys",
+        ],
+    );
+    assert!(err.contains("new root's threshold"), "{err}");
+    let out = ok(d, &["root", "sign", "root-v2.json", "--key", "other/root2.pk8"]);
+    assert!(out.contains("2/2"), "{out}");
+    ok(
+        d,
+        &[
+            "root",
+            "publish",
+            "--repo",
+            "repo",
+            "root-v2.json",
+            "--keys-dir",
+            "keys",
+        ],
+    );
+    assert!(d.join("repo/metadata/2.root.json").is_file());
+    let verify = ok(d, &["verify", "--repo", "repo"]);
+    assert!(verify.contains("2 root version(s)"), "{verify}");
+}
