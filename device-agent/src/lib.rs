@@ -1,2 +1,36 @@
-//! device-agent: the daemon that installs signed firmware into the inactive A/B slot, trial-boots it, and commits or rolls back.
+//! device-agent: the daemon that installs signed firmware into the inactive A/B slot, trial-boots it, and
+//! commits or rolls back.
+//!
+//! Its one job is the device side of an update. Main types:
+//! - [`config::AgentConfig`]: the TOML configuration (`dist/agent.toml` is the annotated sample).
+//! - [`identity::DeviceIdentity`]: the device's ed25519 identity, made at provisioning (0600).
+//! - [`state::UpdateState`] and [`state::next`]: the update as an explicit state machine, persisted in a
+//!   [`state::DeviceRecord`] before every side effect.
+//! - [`select::select`]: which signed release this device installs next.
+//! - [`health::run_checks`]: health checks after a trial boot.
+//! - [`device::Device`]: the update core, generic over `ota_slot::Slot` and `ota_slot::BootControl`:
+//!   [`device::Device::on_boot`] after every start, [`device::Device::poll_once`] to install;
+//!   [`device::provision`] pins the root of trust.
+//! - [`schedule::PollSchedule`]: polling interval, jitter and backoff.
+//!
+//! It does not sign or publish anything, does not implement TUF (that is `ota-tuf`) or talk to flash and
+//! bootloaders directly (that is `ota-slot`).
 #![deny(missing_docs)]
+
+pub mod config;
+pub mod device;
+mod error;
+pub mod health;
+pub mod identity;
+pub mod persist;
+pub mod schedule;
+pub mod select;
+pub mod state;
+
+pub use error::{Error, Result};
+
+/// Exit status of the agent after a simulated reboot (`boot.backend = "sim"`): the supervisor (a test,
+/// a demo script) starts the agent again, as a real reboot would.
+pub const REBOOT_EXIT_CODE: i32 = 75;
+
+pub use ota_slot::SlotId;

@@ -1,0 +1,351 @@
+//! The agent's TOML configuration (`/etc/ota-agent/agent.toml`; `dist/agent.toml` is the annotated
+//! sample). Every table refuses unknown fields, so a typo is an error naming the field rather than a
+//! silently ignored setting.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ota_release::{Channel, HardwareId};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the agent keeps its trusted metadata, identity key and update state. Must be on persistent
+    /// storage that survives reboots (not tmpfs).
+    pub state_dir: PathBuf,
+    /// This device's hardware compatibility id; only releases listing it are installed.
+    pub hardware_id: HardwareId,
+    /// The release channel this device follows.
+    pub channel: Channel,
+    /// Where the TUF repository is.
+    pub repository: RepositoryConfig,
+    /// The two firmware slots.
+    pub slots: SlotsConfig,
+    /// How the bootloader is told what to boot, and how to reboot.
+    pub boot: BootConfig,
+    /// What "healthy" means after booting a new image.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// How often to look for updates.
+    #[serde(default)]
+    pub poll: PollConfig,
+}
+
+/// The TUF repository's location.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// Base URL of the metadata (`.../metadata`, without trailing `/root.json`).
+    pub metadata_url: String,
+    /// Base URL of the targets (`.../targets`).
+    pub targets_url: String,
+    /// Timeout of one HTTP request, in seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+}
+
+fn default_request_timeout() -> u64 {
+    30
+}
+
+/// The A and B slots.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotsConfig {
+    /// Slot A: a file or a block device.
+    pub a: SlotConfig,
+    /// Slot B: a file or a block device.
+    pub b: SlotConfig,
+}
+
+/// One slot: a file or block device of a fixed size.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotConfig {
+    /// The file or block device (`/dev/mmcblk0p2`).
+    pub path: PathBuf,
+    /// The slot's size in bytes; an image longer than this is refused before the slot is touched.
+    pub capacity: u64,
+}
+
+/// The bootloader backend and the reboot method.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// Which bootloader holds the A/B state.
+    pub backend: BootBackend,
+    /// U-Boot: the `fw_env.config` that `fw_printenv`/`fw_setenv` read (default `/etc/fw_env.config`).
+    /// GRUB and sim: the environment file.
+    pub env: PathBuf,
+    /// The command that reboots the machine (ignored by the `sim` backend, whose "reboot" is the
+    /// simulated bootloader's boot selection followed by the agent's exit with [`crate::REBOOT_EXIT_CODE`]).
+    #[serde(default = "default_reboot_command")]
+    pub reboot_command: Vec<String>,
+}
+
+fn default_reboot_command() -> Vec<String> {
+    vec!["systemctl".into(), "reboot".into()]
+}
+
+/// Bootloader backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootBackend {
+    /// U-Boot environment through `fw_printenv`/`fw_setenv` (libubootenv).
+    UBoot,
+    /// GRUB environment block through `grub-editenv`.
+    Grub,
+    /// The simulated bootloader of `ota-slot` (tests, demos, drills).
+    Sim,
+}
+
+/// Health checks run after booting a trial image.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// All checks together must finish within this many seconds, or the image is unhealthy.
+    #[serde(default = "default_health_deadline")]
+    pub deadline_secs: u64,
+    /// The checks, run in order; every one must pass.
+    #[serde(default)]
+    pub checks: Vec<HealthCheckConfig>,
+}
+
+fn default_health_deadline() -> u64 {
+    120
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            deadline_secs: default_health_deadline(),
+            checks: Vec::new(),
+        }
+    }
+}
+
+/// One health check: exactly one of `command` and `http`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// A name for logs and status.
+    pub name: String,
+    /// A program and its arguments; healthy when it exits 0 within the timeout.
+    pub command: Option<Vec<String>>,
+    /// An `http://` URL; healthy when a GET answers within the timeout with `expect_status` (any 2xx
+    /// when absent).
+    pub http: Option<String>,
+    /// The expected HTTP status.
+    pub expect_status: Option<u16>,
+    /// Per-check timeout in seconds.
+    #[serde(default = "default_check_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_check_timeout() -> u64 {
+    10
+}
+
+/// Polling schedule.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    /// Seconds between polls when all is well.
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+    /// Each wait is randomly shortened or lengthened by up to this percentage, so a fleet does not poll
+    /// in lockstep.
+    #[serde(default = "default_jitter")]
+    pub jitter_percent: u8,
+    /// Upper bound of the exponential backoff after failed polls, in seconds.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_secs: u64,
+}
+
+fn default_interval() -> u64 {
+    3600
+}
+fn default_jitter() -> u8 {
+    20
+}
+fn default_max_backoff() -> u64 {
+    6 * 3600
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig {
+            interval_secs: default_interval(),
+            jitter_percent: default_jitter(),
+            max_backoff_secs: default_max_backoff(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<AgentConfig> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig> {
+        let bad = |why: String| Error::Config {
+            path: path.to_owned(),
+            why,
+        };
+        let config: AgentConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        config.validate().map_err(bad)?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: URLs, non-empty commands, sane numbers.
+    fn validate(&self) -> std::result::Result<(), String> {
+        for (field, url) in [
+            ("repository.metadata_url", &self.repository.metadata_url),
+            ("repository.targets_url", &self.repository.targets_url),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("{field} = {url:?}: expected an http:// or https:// URL"));
+            }
+        }
+        if self.repository.request_timeout_secs == 0 {
+            return Err("repository.request_timeout_secs must be at least 1".into());
+        }
+        for (name, slot) in [("slots.a", &self.slots.a), ("slots.b", &self.slots.b)] {
+            if slot.capacity == 0 {
+                return Err(format!("{name}.capacity must be more than 0 bytes"));
+            }
+        }
+        if self.slots.a.path == self.slots.b.path {
+            return Err(format!(
+                "slots.a and slots.b are the same path {}",
+                self.slots.a.path.display()
+            ));
+        }
+        if self.boot.backend != BootBackend::Sim && self.boot.reboot_command.is_empty() {
+            return Err("boot.reboot_command must name a program".into());
+        }
+        if self.health.deadline_secs == 0 {
+            return Err("health.deadline_secs must be at least 1".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, check) in self.health.checks.iter().enumerate() {
+            let at = format!("health.checks[{i}] ({:?})", check.name);
+            if check.name.is_empty() {
+                return Err(format!("health.checks[{i}].name must not be empty"));
+            }
+            if !names.insert(&check.name) {
+                return Err(format!("{at}: name used twice"));
+            }
+            match (&check.command, &check.http) {
+                (Some(cmd), None) => {
+                    if cmd.first().is_none_or(|p| p.is_empty()) {
+                        return Err(format!("{at}: command must name a program"));
+                    }
+                    if check.expect_status.is_some() {
+                        return Err(format!("{at}: expect_status only applies to http checks"));
+                    }
+                }
+                (None, Some(url)) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(format!("{at}: http = {url:?} is not an http:// or https:// URL"));
+                    }
+                }
+                _ => return Err(format!("{at}: give exactly one of `command` and `http`")),
+            }
+            if check.timeout_secs == 0 {
+                return Err(format!("{at}: timeout_secs must be at least 1"));
+            }
+        }
+        if self.poll.interval_secs == 0 {
+            return Err("poll.interval_secs must be at least 1".into());
+        }
+        if self.poll.jitter_percent > 50 {
+            return Err(format!(
+                "poll.jitter_percent = {} is over 50",
+                self.poll.jitter_percent
+            ));
+        }
+        if self.poll.max_backoff_secs < self.poll.interval_secs {
+            return Err("poll.max_backoff_secs must be at least poll.interval_secs".into());
+        }
+        Ok(())
+    }
+
+    /// The HTTP request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.repository.request_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const SAMPLE: &str = include_str!("../dist/agent.toml");
+
+    fn parse(text: &str) -> Result<AgentConfig> {
+        AgentConfig::parse(text, Path::new("agent.toml"))
+    }
+
+    #[test]
+    fn shipped_sample_parses() {
+        let c = parse(SAMPLE).unwrap();
+        assert_eq!(c.hardware_id.as_str(), "gateway-rev-c");
+        assert_eq!(c.boot.backend, BootBackend::UBoot);
+        assert_eq!(c.health.checks.len(), 2);
+        assert_eq!(c.poll.interval_secs, 3600);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = SAMPLE.replace("channel = ", "chanel = ");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("chanel"), "{err}");
+        assert!(err.contains("agent.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_field() {
+        let cases = [
+            (
+                "metadata_url = \"https://",
+                "metadata_url = \"ftp://",
+                "metadata_url",
+            ),
+            (
+                "hardware_id = \"gateway-rev-c\"",
+                "hardware_id = \"../x\"",
+                "hardware id",
+            ),
+            ("backend = \"u-boot\"", "backend = \"lilo\"", "lilo"),
+            ("interval_secs = 3600", "interval_secs = 0", "interval_secs"),
+            ("timeout_secs = 5", "timeout_secs = 0", "timeout_secs"),
+        ];
+        for (from, to, needle) in cases {
+            assert!(SAMPLE.contains(from), "sample lacks {from}");
+            let err = parse(&SAMPLE.replacen(from, to, 1)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_check_needs_exactly_one_kind() {
+        let text = format!(
+            "{SAMPLE}\n[[health.checks]]\nname = \"both\"\ncommand = [\"true\"]\nhttp = \"http://x\"\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("exactly one"), "{err}");
+        let text = format!("{SAMPLE}\n[[health.checks]]\nname = \"none\"\n");
+        assert!(parse(&text).unwrap_err().to_string().contains("exactly one"));
+    }
+}

@@ -1,0 +1,178 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Why the agent refused or failed. Variants are grouped by cause: bad configuration or saved state (what
+/// and where), a broken rule (provisioning, selection, verification), storage and boot control, the
+/// repository, and caller misuse (a state machine event that does not fit the current state).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration file could not be read.
+    #[error("cannot read configuration {path}: {source}")]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid (TOML syntax, unknown field, bad value).
+    #[error("invalid configuration {path}: {why}")]
+    Config {
+        /// The file (or `<string>` when parsed from memory).
+        path: PathBuf,
+        /// What is wrong, with the field's place.
+        why: String,
+    },
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done ("write state file", "read root", ...).
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The root of trust offered at provisioning does not hash to the pinned fingerprint.
+    #[error("root {path} has sha256 {got}, expected the fingerprint {expected}: refusing to trust it")]
+    RootFingerprint {
+        /// The root.json given.
+        path: PathBuf,
+        /// The fingerprint given by the operator (normalised hex).
+        expected: String,
+        /// The root's actual sha256.
+        got: String,
+    },
+    /// A fingerprint is not 64 hex digits.
+    #[error("invalid root fingerprint {value:?}: expected 64 hex digits (':' and spaces allowed)")]
+    FingerprintSyntax {
+        /// The text given.
+        value: String,
+    },
+    /// The device is already provisioned with a different root of trust.
+    #[error("device already provisioned with root sha256 {pinned}; refusing to replace it with {offered}")]
+    AlreadyProvisioned {
+        /// The pinned root's sha256.
+        pinned: String,
+        /// The offered root's sha256.
+        offered: String,
+    },
+    /// The agent was asked to run on a device that has not been provisioned (or lost part of it).
+    #[error("device not provisioned: {missing} is missing in {state_dir} (run `device-agent provision`)")]
+    NotProvisioned {
+        /// The state directory.
+        state_dir: PathBuf,
+        /// The file that is missing.
+        missing: &'static str,
+    },
+    /// The identity key file is readable by group or others.
+    #[error("identity key {path} has mode {mode:o}: it must not be readable by group or others (chmod 600)")]
+    KeyPermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The identity key file does not hold a valid PKCS#8 ed25519 key.
+    #[error("identity key {path} is not a PKCS#8 ed25519 private key: {why}")]
+    KeyFormat {
+        /// The key file.
+        path: PathBuf,
+        /// The parser's complaint (never the key material).
+        why: String,
+    },
+    /// The persisted update state could not be parsed.
+    #[error("saved state {path} is corrupt: {why}")]
+    StateCorrupt {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// An event does not apply to the current update state (a caller bug or a stale command).
+    #[error("event {event} is not allowed in state {state}")]
+    Transition {
+        /// The state, as shown by `status`.
+        state: String,
+        /// The event.
+        event: String,
+    },
+    /// A command was refused in the current state (for example `mark-good` outside a trial boot).
+    #[error("cannot {action} now: {why}")]
+    Refused {
+        /// The command.
+        action: &'static str,
+        /// Why not.
+        why: String,
+    },
+    /// A target's OTA metadata is malformed.
+    #[error("target {target}: {source}")]
+    Release {
+        /// The TUF target name.
+        target: String,
+        /// The contract crate's complaint.
+        source: ota_release::Error,
+    },
+    /// The repository could not be reached, or its metadata or a target was refused (TUF).
+    #[error("repository: {0}")]
+    Tuf(#[from] ota_tuf::Error),
+    /// A slot or the bootloader environment failed (including a simulated power loss).
+    #[error("storage: {0}")]
+    Storage(#[from] ota_slot::Error),
+    /// The image read back from a slot does not hash to the signed sha256.
+    #[error("slot {slot} holds {got} after writing {target}, expected the signed sha256 {expected}")]
+    ImageMismatch {
+        /// The slot written.
+        slot: crate::SlotId,
+        /// The target written.
+        target: String,
+        /// The signed sha256.
+        expected: String,
+        /// What was read back.
+        got: String,
+    },
+    /// A release is larger than the slot it would go into; the slot was not touched.
+    #[error("{target} is {length} bytes but slot {slot} holds only {capacity}")]
+    SlotTooSmall {
+        /// The target.
+        target: String,
+        /// Its signed length.
+        length: u64,
+        /// The slot.
+        slot: crate::SlotId,
+        /// The slot's capacity.
+        capacity: u64,
+    },
+    /// The agent does not know which image runs in the booted slot (its record is missing the entry).
+    #[error("no record of the image running in slot {slot}; re-provision with its version and length")]
+    UnknownRunningImage {
+        /// The booted slot.
+        slot: crate::SlotId,
+    },
+    /// A health check failed to run at all (a misconfigured check, not an unhealthy device).
+    #[error("health check {check}: {why}")]
+    HealthCheck {
+        /// The check's name.
+        check: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// True when the error is a (simulated) power loss: the agent must stop at once, as a real device
+    /// would, and persist nothing more.
+    pub fn is_power_loss(&self) -> bool {
+        matches!(self, Error::Storage(e) if e.is_power_loss())
+    }
+
+    /// An [`Error::Io`] for `what` on `path`.
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { what, path, source }
+    }
+}

@@ -1,0 +1,217 @@
+//! The device's identity key and the root-of-trust fingerprint check.
+//!
+//! The identity is an ed25519 key made on the device at provisioning (PKCS#8 DER, mode 0600), never
+//! overwritten and never logged; its public half names the device (its [`DeviceIdentity::device_id`] also
+//! decides the device's rollout bucket). The agent refuses to start when the key is missing, unreadable,
+//! or readable by group or others.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::persist::sync_dir;
+
+/// File name of the identity key in the state directory.
+pub const IDENTITY_FILE: &str = "identity.pk8";
+
+/// A PKCS#8 document for an ed25519 key is 48 bytes; anything much larger is not one.
+const MAX_KEY_FILE: u64 = 4096;
+
+/// The device's unique identity.
+pub struct DeviceIdentity {
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for DeviceIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("DeviceIdentity")
+            .field("device_id", &self.device_id())
+            .finish()
+    }
+}
+
+impl DeviceIdentity {
+    /// The key file's path in `state_dir`.
+    pub fn path_in(state_dir: &Path) -> PathBuf {
+        state_dir.join(IDENTITY_FILE)
+    }
+
+    /// Creates the identity key at `path` (0600, created exclusively, fsynced), or, when a key is already
+    /// there, loads it: an identity is never overwritten.
+    pub fn create_or_load(path: &Path) -> Result<(DeviceIdentity, bool)> {
+        if path.exists() {
+            return Ok((DeviceIdentity::load(path)?, false));
+        }
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let der = key.to_pkcs8_der().map_err(|e| Error::KeyFormat {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(Error::io("create identity key", path))?;
+        file.write_all(der.as_bytes())
+            .map_err(Error::io("write identity key", path))?;
+        file.sync_all().map_err(Error::io("fsync identity key", path))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok((DeviceIdentity { key }, true))
+    }
+
+    /// Loads the identity key, refusing a missing, unreadable, group- or world-readable, or malformed file.
+    pub fn load(path: &Path) -> Result<DeviceIdentity> {
+        let meta = std::fs::metadata(path).map_err(Error::io("read identity key", path))?;
+        let mode = meta.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::KeyPermissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let file = std::fs::File::open(path).map_err(Error::io("read identity key", path))?;
+        let mut der = Vec::new();
+        file.take(MAX_KEY_FILE)
+            .read_to_end(&mut der)
+            .map_err(Error::io("read identity key", path))?;
+        let key = SigningKey::from_pkcs8_der(&der).map_err(|e| Error::KeyFormat {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
+        Ok(DeviceIdentity { key })
+    }
+
+    /// The public key, hex.
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.key.verifying_key().as_bytes())
+    }
+
+    /// A stable, printable device id: `dev-` and the first 16 hex digits of sha256(public key).
+    pub fn device_id(&self) -> String {
+        let d = Sha256::digest(self.key.verifying_key().as_bytes());
+        let hex = hex::encode(d);
+        format!("dev-{}", hex.get(..16).unwrap_or(&hex))
+    }
+
+    /// Signs `message` (device reports, enrolment).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.key.sign(message).to_bytes()
+    }
+}
+
+/// Parses a root fingerprint: 64 hex digits, any case, with optional `:` or whitespace separators (as
+/// printed by `repo-tool`, or read off its QR code).
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32]> {
+    let compact: String = text
+        .chars()
+        .filter(|c| !(c.is_whitespace() || *c == ':'))
+        .collect();
+    let compact = compact
+        .strip_prefix("sha256:")
+        .unwrap_or(&compact)
+        .to_ascii_lowercase();
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(&compact, &mut out).map_err(|_| Error::FingerprintSyntax {
+        value: text.to_owned(),
+    })?;
+    Ok(out)
+}
+
+/// Checks that `root_json` (read from `path`) hashes to `fingerprint`.
+pub fn check_root_fingerprint(path: &Path, root_json: &[u8], fingerprint: &[u8; 32]) -> Result<()> {
+    let got: [u8; 32] = Sha256::digest(root_json).into();
+    if &got != fingerprint {
+        return Err(Error::RootFingerprint {
+            path: path.to_owned(),
+            expected: hex::encode(fingerprint),
+            got: hex::encode(got),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn key_is_created_0600_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(IDENTITY_FILE);
+        let (first, created) = DeviceIdentity::create_or_load(&p).unwrap();
+        assert!(created);
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let bytes = std::fs::read(&p).unwrap();
+        let (second, created) = DeviceIdentity::create_or_load(&p).unwrap();
+        assert!(!created);
+        assert_eq!(first.public_key_hex(), second.public_key_hex());
+        assert_eq!(std::fs::read(&p).unwrap(), bytes);
+        assert!(first.device_id().starts_with("dev-") && first.device_id().len() == 20);
+        assert!(!format!("{first:?}").contains(&hex::encode(&bytes)));
+    }
+
+    #[test]
+    fn two_devices_get_different_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = DeviceIdentity::create_or_load(&dir.path().join("a")).unwrap();
+        let (b, _) = DeviceIdentity::create_or_load(&dir.path().join("b")).unwrap();
+        assert_ne!(a.device_id(), b.device_id());
+    }
+
+    #[test]
+    fn readable_missing_or_garbage_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(IDENTITY_FILE);
+        let err = DeviceIdentity::load(&p).unwrap_err().to_string();
+        assert!(err.contains("identity key"), "{err}");
+        DeviceIdentity::create_or_load(&p).unwrap();
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = DeviceIdentity::load(&p).unwrap_err().to_string();
+            assert!(err.contains("chmod 600"), "{mode:o}: {err}");
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        DeviceIdentity::load(&p).unwrap();
+        let g = dir.path().join("garbage");
+        std::fs::write(&g, b"not a key").unwrap();
+        std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(DeviceIdentity::load(&g)
+            .unwrap_err()
+            .to_string()
+            .contains("PKCS#8"));
+    }
+
+    #[test]
+    fn fingerprints_parse_leniently_and_check_strictly() {
+        let root = br#"{"signed":{}}"#;
+        let hex = hex::encode(Sha256::digest(root));
+        let spaced: String = hex
+            .as_bytes()
+            .chunks(4)
+            .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let fp = parse_fingerprint(&spaced).unwrap();
+        check_root_fingerprint(Path::new("root.json"), root, &fp).unwrap();
+        let err = check_root_fingerprint(Path::new("root.json"), b"{}", &fp)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&hex) && err.contains("refusing"), "{err}");
+        assert!(parse_fingerprint("abc")
+            .unwrap_err()
+            .to_string()
+            .contains("64 hex"));
+    }
+}
