@@ -257,3 +257,39 @@ fn uboot_refuses_bad_values_and_reports_tool_failures() {
     std::fs::write(board.dir.path().join("cmdline"), "console=ttyS0\n").unwrap();
     assert!(matches!(env.booted(), Err(Error::BootedUnknown { .. })));
 }
+
+/// The layout of a real board: both copies in one device at two offsets (like `/dev/mmcblk0` or an MTD
+/// partition), the second copy taking over when the first is destroyed.
+#[test]
+fn uboot_redundant_copies_at_two_offsets_of_one_device() {
+    ota_testbed::require_program("fw_setenv", "libubootenv-tool");
+    let dir = tempfile::tempdir().unwrap();
+    let device = dir.path().join("mmcblk0");
+    std::fs::write(&device, vec![0u8; 0x8000]).unwrap();
+    let config = dir.path().join("fw_env.config");
+    std::fs::write(
+        &config,
+        format!("{d} 0x0 0x2000\n{d} 0x4000 0x2000\n", d = device.display()),
+    )
+    .unwrap();
+    let defaults = dir.path().join("defaults");
+    std::fs::write(&defaults, "").unwrap();
+    let mut env = UBootEnv::new(&config).with_default_env(&defaults);
+    env.provision(SlotId::A).unwrap();
+    env.start_trial(SlotId::B, 3).unwrap();
+    env.mark_good(SlotId::B).unwrap();
+    assert_eq!(env.primary().unwrap(), SlotId::B);
+    // Destroy whichever copy is current: the other one holds the state before the commit.
+    let mut bytes = std::fs::read(&device).unwrap();
+    let current = if bytes[4] > bytes[0x4004] { 0 } else { 0x4000 };
+    bytes[current..current + 0x2000].fill(0);
+    std::fs::write(&device, bytes).unwrap();
+    assert_eq!(env.primary().unwrap(), SlotId::A);
+    assert_eq!(
+        env.trial().unwrap(),
+        Some(TrialBoot {
+            slot: SlotId::B,
+            tries_left: 3
+        })
+    );
+}
