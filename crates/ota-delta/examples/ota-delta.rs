@@ -22,9 +22,9 @@ enum Command {
         old: PathBuf,
         new: PathBuf,
         delta: PathBuf,
-        /// zstd level.
-        #[arg(long, default_value_t = 19)]
-        level: i32,
+        /// xz preset 0..=9 (extreme variant).
+        #[arg(long, default_value_t = 9)]
+        level: u32,
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,

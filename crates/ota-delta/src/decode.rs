@@ -1,10 +1,10 @@
 //! The device side: reads the old image by offset, writes the new one strictly sequentially, in memory
-//! bounded by the header's (capped) zstd windows plus one segment's control and extra bytes.
+//! bounded by the header's (capped) LZMA2 dictionaries plus one segment's control and extra bytes.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use sha2::{Digest, Sha256};
-use zstd::stream::raw::{Decoder as ZstdDecoder, Operation};
+use xz2::stream::{Action, Stream};
 
 use crate::filter::{Filter, FILTER_BLOCK};
 use crate::format::{
@@ -279,10 +279,10 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8], offset: u64, what: &'static str
     Ok(())
 }
 
-/// One of the three zstd streams, fed exactly the compressed bytes each segment assigns to it.
+/// One of the three xz streams, fed exactly the compressed bytes each segment assigns to it.
 struct StreamDecoder {
     name: &'static str,
-    zstd: ZstdDecoder<'static>,
+    xz: Stream,
     input: Vec<u8>,
     in_pos: usize,
     in_len: usize,
@@ -293,18 +293,17 @@ struct StreamDecoder {
 impl StreamDecoder {
     fn new(which: usize, window_log: u8) -> Result<Self> {
         let name = STREAM_NAMES.get(which).copied().unwrap_or("stream");
-        let err = |source| Error::Decompress {
+        // liblzma refuses a stream whose dictionary exceeds the header's declared size (plus its own small
+        // state): the memory bound holds for any input.
+        let memlimit = (1u64 << window_log) + (1 << 20);
+        let xz = Stream::new_stream_decoder(memlimit, 0).map_err(|e| Error::Decompress {
             stream: name,
             offset: 0,
-            source,
-        };
-        let mut zstd = ZstdDecoder::new().map_err(err)?;
-        // zstd refuses frames declaring a larger window: the memory bound holds for any input.
-        zstd.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(u32::from(window_log)))
-            .map_err(err)?;
+            source: std::io::Error::other(e),
+        })?;
         Ok(StreamDecoder {
             name,
-            zstd,
+            xz,
             input: vec![0u8; 16 * 1024],
             in_pos: 0,
             in_len: 0,
@@ -341,16 +340,18 @@ impl StreamDecoder {
 
     fn step(&mut self, out: &mut [u8], seg_offset: u64) -> Result<(usize, usize)> {
         let input = self.input.get(self.in_pos..self.in_len).unwrap_or(&[]);
-        let status = self
-            .zstd
-            .run_on_buffers(input, out)
-            .map_err(|source| Error::Decompress {
+        let (before_in, before_out) = (self.xz.total_in(), self.xz.total_out());
+        self.xz
+            .process(input, out, Action::Run)
+            .map_err(|e| Error::Decompress {
                 stream: self.name,
                 offset: seg_offset,
-                source,
+                source: std::io::Error::other(e),
             })?;
-        self.in_pos += status.bytes_read;
-        Ok((status.bytes_read, status.bytes_written))
+        let read = usize::try_from(self.xz.total_in() - before_in).unwrap_or(0);
+        let written = usize::try_from(self.xz.total_out() - before_out).unwrap_or(0);
+        self.in_pos += read;
+        Ok((read, written))
     }
 
     /// Decodes exactly `out.len()` bytes from this segment's share of the stream.
@@ -397,7 +398,7 @@ impl StreamDecoder {
                 return Err(Error::Malformed {
                     what: "compressed stream",
                     offset: seg_offset,
-                    detail: format!("the {} stream has bytes zstd does not consume", self.name),
+                    detail: format!("the {} stream has bytes the decoder does not consume", self.name),
                 });
             }
         }

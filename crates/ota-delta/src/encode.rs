@@ -1,9 +1,8 @@
 //! The publisher side: bsdiff-style matching over a suffix array, per filter candidate, streams compressed
-//! separately with zstd, smallest candidate kept.
-
-use std::io::Write;
+//! separately with xz (LZMA2), smallest candidate kept.
 
 use sha2::{Digest, Sha256};
+use xz2::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
 
 use crate::filter::{plausible_filters, Filter};
 use crate::format::{
@@ -28,24 +27,27 @@ pub enum FilterChoice {
 /// Publisher-side knobs. `Default` is what the benchmark measures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodeOptions {
-    /// zstd level for the three streams (1..=22; 19 by default).
-    pub level: i32,
+    /// xz (LZMA2) preset for the three streams, 0..=9 (9 by default).
+    pub level: u32,
+    /// Use xz's "extreme" variant of the preset (slower, smaller; on by default).
+    pub extreme: bool,
     /// Worker threads for matching and compression (default: available cores).
     pub threads: usize,
     /// Filter candidates.
     pub filters: FilterChoice,
-    /// zstd window logs of the control, diff and extra streams: the decoder's memory is roughly the sum
-    /// of the three windows. Each is capped at [`MAX_WINDOW_LOG`] (and shrunk for small streams).
+    /// LZMA2 dictionary sizes (log2 bytes) of the control, diff and extra streams: the decoder's memory is
+    /// roughly the sum of the three dictionaries. Each is capped at [`MAX_WINDOW_LOG`] (and shrunk for small streams).
     pub window_logs: [u8; 3],
 }
 
 impl Default for EncodeOptions {
     fn default() -> Self {
         EncodeOptions {
-            level: 19,
+            level: 9,
+            extreme: true,
             threads: std::thread::available_parallelism().map(usize::from).unwrap_or(1),
             filters: FilterChoice::Auto,
-            window_logs: [20, 21, MAX_WINDOW_LOG],
+            window_logs: [20, MAX_WINDOW_LOG, MAX_WINDOW_LOG],
         }
     }
 }
@@ -125,7 +127,7 @@ pub fn encode_with_progress(
 }
 
 /// [`encode`] taking ownership of the images, so candidates are filtered in place instead of copied: peak
-/// memory about 4x the old image plus 1x the new (plus zstd's tables while compressing). Candidates run
+/// memory about 4x the old image plus 1x the new (plus xz's match finders while compressing). Candidates run
 /// one after the other, each using all threads.
 pub fn encode_owned(
     mut old: Vec<u8>,
@@ -506,39 +508,71 @@ fn window_log_for(total: u64, wanted: u8) -> u8 {
     log
 }
 
-/// Compresses one stream across all segments as one zstd frame, flushed at each segment end.
+/// Feeds `input` (or only flushes, when empty and `action` is not `Run`) through an xz encoder.
+fn pump(stream: &mut Stream, mut input: &[u8], action: Action, out: &mut Vec<u8>) -> std::io::Result<()> {
+    loop {
+        if out.capacity() - out.len() < 64 * 1024 {
+            out.reserve(256 * 1024);
+        }
+        let before = stream.total_in();
+        let status = stream
+            .process_vec(input, out, action)
+            .map_err(std::io::Error::other)?;
+        let used = usize::try_from(stream.total_in() - before).unwrap_or(input.len());
+        input = input.get(used..).unwrap_or(&[]);
+        match action {
+            Action::Run if input.is_empty() => return Ok(()),
+            Action::Run => {}
+            _ if status == Status::StreamEnd => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+/// Compresses one stream across all segments as one xz (LZMA2) stream, sync-flushed at each segment end
+/// so the decoder can finish a segment from its bytes alone while keeping the dictionary.
 fn compress_stream(
     which: usize,
     segments: &[Vec<Piece>],
     o: &[u8],
     n: &[u8],
-    level: i32,
+    opts: &EncodeOptions,
     window_log: u8,
 ) -> Result<Vec<Vec<u8>>> {
-    let stream = STREAM_NAMES.get(which).copied().unwrap_or("stream");
-    let err = |source| Error::Compress { stream, source };
-    let mut total = 0u64;
-    let mut raw = Vec::new();
-    for seg in segments {
-        stream_bytes(which, seg, o, n, &mut raw);
-        total += raw.len() as u64;
+    let stream_name = STREAM_NAMES.get(which).copied().unwrap_or("stream");
+    let err = |source: std::io::Error| Error::Compress {
+        stream: stream_name,
+        source,
+    };
+    let xz_err = |e: xz2::stream::Error| err(std::io::Error::other(e));
+    let mut preset = opts.level.min(9);
+    if opts.extreme {
+        preset |= 1 << 31; // LZMA_PRESET_EXTREME
     }
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level).map_err(err)?;
-    enc.set_parameter(zstd::zstd_safe::CParameter::WindowLog(u32::from(window_log)))
-        .map_err(err)?;
-    enc.set_pledged_src_size(Some(total)).map_err(err)?;
-    enc.include_checksum(false).map_err(err)?;
+    let mut lzma = LzmaOptions::new_preset(preset).map_err(xz_err)?;
+    lzma.dict_size(1u32 << window_log);
+    if which == 1 {
+        // The diff stream is mostly zeros and small deltas: no literal context helps.
+        lzma.literal_context_bits(0).position_bits(0);
+    }
+    let mut filters = Filters::new();
+    filters.lzma2(&lzma);
+    let mut stream = Stream::new_stream_encoder(&filters, Check::None).map_err(xz_err)?;
+    let mut raw = Vec::new();
     let mut chunks = Vec::with_capacity(segments.len());
     for (k, seg) in segments.iter().enumerate() {
         stream_bytes(which, seg, o, n, &mut raw);
-        enc.write_all(&raw).map_err(err)?;
-        if k + 1 == segments.len() {
-            let done = enc.finish().map_err(err)?;
-            chunks.push(done);
-            return Ok(chunks);
-        }
-        enc.flush().map_err(err)?;
-        chunks.push(std::mem::take(enc.get_mut()));
+        let mut out = Vec::new();
+        pump(&mut stream, &raw, Action::Run, &mut out).map_err(err)?;
+        let last = k + 1 == segments.len();
+        pump(
+            &mut stream,
+            &[],
+            if last { Action::Finish } else { Action::SyncFlush },
+            &mut out,
+        )
+        .map_err(err)?;
+        chunks.push(out);
     }
     Ok(chunks)
 }
@@ -566,13 +600,12 @@ fn write_delta(
         window_log_for(totals[1], opts.window_logs[1]),
         window_log_for(totals[2], opts.window_logs[2]),
     ];
-    let level = opts.level.clamp(1, 22);
     let compressed: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..3)
             .zip(window_logs)
             .map(|(which, log)| {
                 let segments = &segments;
-                scope.spawn(move || compress_stream(which, segments, o, n, level, log))
+                scope.spawn(move || compress_stream(which, segments, o, n, opts, log))
             })
             .collect();
         handles

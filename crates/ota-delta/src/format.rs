@@ -7,18 +7,18 @@ use crate::{Error, Result};
 pub const FORMAT_VERSION: u16 = 1;
 /// Size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 96;
-/// Largest zstd window (log2 bytes) a delta may declare for any of its three streams. Three windows of at
-/// most 4 MiB keep the decoder's peak memory near 13 MiB whatever the image size.
+/// Largest LZMA2 dictionary (log2 bytes) a delta may declare for any of its three streams. Three
+/// dictionaries of at most 4 MiB keep the decoder's peak memory near 13 MiB whatever the image size.
 pub const MAX_WINDOW_LOG: u8 = 22;
 /// Largest decoded control stream of one segment (the decoder buffers it).
 pub const SEGMENT_CONTROL_MAX: u32 = 64 * 1024;
 /// Largest decoded extra stream of one segment (the decoder buffers it).
 pub const SEGMENT_EXTRA_MAX: u32 = 1024 * 1024;
-/// Smallest window log zstd accepts.
-pub(crate) const MIN_WINDOW_LOG: u8 = 10;
+/// Smallest dictionary log LZMA2 accepts (4 KiB).
+pub(crate) const MIN_WINDOW_LOG: u8 = 12;
 
 pub(crate) const MAGIC: [u8; 8] = *b"OTADELTA";
-pub(crate) const CODEC_ZSTD: u8 = 1;
+pub(crate) const CODEC_XZ: u8 = 1;
 pub(crate) const TAG_END: u8 = 0;
 pub(crate) const TAG_SEGMENT: u8 = 1;
 /// tag + 5 x u32 + u64.
@@ -40,7 +40,7 @@ pub struct DeltaHeader {
     pub new_len: u64,
     /// sha256 of the image the delta produces.
     pub new_sha256: [u8; 32],
-    /// zstd window logs of the control, diff and extra streams (each at most [`MAX_WINDOW_LOG`]).
+    /// LZMA2 dictionary logs of the control, diff and extra streams (each at most [`MAX_WINDOW_LOG`]).
     pub window_logs: [u8; 3],
 }
 
@@ -55,7 +55,7 @@ impl DeltaHeader {
         };
         w.put(&MAGIC);
         w.put(&self.format_version.to_le_bytes());
-        w.put(&[self.filter.id(), CODEC_ZSTD]);
+        w.put(&[self.filter.id(), CODEC_XZ]);
         w.put(&self.old_len.to_le_bytes());
         w.put(&self.old_sha256);
         w.put(&self.new_len.to_le_bytes());
@@ -90,7 +90,7 @@ impl DeltaHeader {
             offset: 10,
         })?;
         let filter = Filter::from_id(filter_id).ok_or(Error::UnknownFilter { id: filter_id })?;
-        if codec != CODEC_ZSTD {
+        if codec != CODEC_XZ {
             return Err(Error::UnknownCodec { id: codec });
         }
         let truncated = |what| Error::Truncated { what, offset: 12 };
@@ -112,7 +112,7 @@ impl DeltaHeader {
                 return Err(Error::Malformed {
                     what: "header window log",
                     offset: 92,
-                    detail: format!("{name} window log {log} is below zstd's minimum {MIN_WINDOW_LOG}"),
+                    detail: format!("{name} window log {log} is below LZMA2's minimum {MIN_WINDOW_LOG}"),
                 });
             }
         }
