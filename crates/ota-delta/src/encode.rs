@@ -80,6 +80,9 @@ pub enum EncodeStage {
     },
 }
 
+/// Above this combined input size, candidates run one after the other (memory), each using all threads.
+const PARALLEL_CANDIDATES_MAX: usize = 64 << 20;
+
 /// Builds a delta that turns `old` into `new`. Tries the filter candidates and returns the smallest.
 /// Peak memory is about 6x the larger image for large inputs (copies of both images plus a 4-byte suffix
 /// array entry per old byte); [`encode_owned`] saves the two copies.
@@ -99,7 +102,7 @@ pub fn encode_with_progress(
     let threads = opts.threads.max(1);
     let count = candidates.len();
     // Small pairs: one thread per candidate (the suffix array build is single-threaded and dominates).
-    if threads >= 2 && count >= 2 && old.len().saturating_add(new.len()) <= 64 << 20 {
+    if threads >= 2 && count >= 2 && old.len().saturating_add(new.len()) <= PARALLEL_CANDIDATES_MAX {
         let per = (threads / count).max(1);
         let results: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = candidates
@@ -127,8 +130,9 @@ pub fn encode_with_progress(
 }
 
 /// [`encode`] taking ownership of the images, so candidates are filtered in place instead of copied: peak
-/// memory about 4x the old image plus 1x the new (plus xz's match finders while compressing). Candidates run
-/// one after the other, each using all threads.
+/// memory about 4x the old image plus 1x the new (plus xz's match finders while compressing) for large
+/// pairs, whose candidates run one after the other, each using all threads. Small pairs (under 64 MiB
+/// together) go through [`encode_with_progress`], candidates side by side.
 pub fn encode_owned(
     mut old: Vec<u8>,
     mut new: Vec<u8>,
@@ -136,6 +140,10 @@ pub fn encode_owned(
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
     check_sizes(&old, &new)?;
+    if old.len().saturating_add(new.len()) <= PARALLEL_CANDIDATES_MAX {
+        // Small enough to copy: candidates run side by side.
+        return encode_with_progress(&old, &new, opts, progress);
+    }
     let candidates = candidates(&old, &new, opts);
     let (old_sha, new_sha) = (sha256(&old), sha256(&new));
     let mut best: Option<Vec<u8>> = None;

@@ -105,7 +105,12 @@ fn x86_filter_beats_plain_matching_on_shifted_code() {
     );
     // Auto tries both and keeps the smaller.
     let auto = round_trip(&old, &new, &fast_opts());
-    assert!(auto.len() * 20 <= filtered.len() * 21, "auto {} vs x86 {}", auto.len(), filtered.len());
+    assert!(
+        auto.len() * 20 <= filtered.len() * 21,
+        "auto {} vs x86 {}",
+        auto.len(),
+        filtered.len()
+    );
 }
 
 #[test]
