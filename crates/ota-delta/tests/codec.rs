@@ -319,3 +319,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn fuzzing_entry_point_survives_mutations_of_a_valid_input() {
+    // The fuzz target's input layout: byte 0 = old length / 4, then old, then the delta.
+    let old: Vec<u8> = noise(60, 400);
+    let mut new = old.clone();
+    new.splice(100..100, *b"inserted");
+    let delta = encode(&old, &new, &fast_opts()).unwrap();
+    let mut input = vec![100u8];
+    input.extend_from_slice(&old);
+    input.extend_from_slice(&delta);
+    ota_delta::fuzzing::fuzz_decode(&input);
+    for at in (0..input.len()).step_by(3) {
+        let mut bad = input.clone();
+        bad[at] = bad[at].wrapping_add(1 + (at % 200) as u8);
+        ota_delta::fuzzing::fuzz_decode(&bad);
+        ota_delta::fuzzing::fuzz_decode(&bad[..at]);
+    }
+}
