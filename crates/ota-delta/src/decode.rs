@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use sha2::{Digest, Sha256};
 use xz2::stream::{Action, Stream};
 
-use crate::filter::{Filter, FILTER_BLOCK};
+use crate::filter::{Filtering, FILTER_BLOCK};
 use crate::format::{
     ByteReader, ControlEntry, DeltaHeader, SegmentHeader, HEADER_LEN, SEGMENT_HEADER_LEN, STREAM_NAMES,
     TAG_END, TAG_SEGMENT,
@@ -31,7 +31,7 @@ pub struct ApplySummary {
 /// Reads and validates the delta's header (magic, version, ids, window caps) from the start of `delta`.
 pub fn read_header<R: Read>(mut delta: R) -> Result<DeltaHeader> {
     let mut buf = [0u8; HEADER_LEN];
-    read_full(&mut delta, &mut buf, 0, "the 96-byte delta header")?;
+    read_full(&mut delta, &mut buf, 0, "the 112-byte delta header")?;
     DeltaHeader::parse(&buf)
 }
 
@@ -75,10 +75,10 @@ pub fn verify_base<R: Read>(header: &DeltaHeader, mut old: R) -> Result<()> {
 pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Result<ApplySummary> {
     let mut delta = CountingReader { inner: delta, pos: 0 };
     let mut head = [0u8; HEADER_LEN];
-    read_full(&mut delta, &mut head, 0, "the 96-byte delta header")?;
+    read_full(&mut delta, &mut head, 0, "the 112-byte delta header")?;
     let header = DeltaHeader::parse(&head)?;
-    let mut old = OldImage::new(old, header.old_len, header.filter);
-    let mut out = NewImage::new(new, header.new_len, header.filter);
+    let mut old = OldImage::new(old, header.old_len, header.filtering());
+    let mut out = NewImage::new(new, header.new_len, header.filtering());
     let mut streams = [
         StreamDecoder::new(0, header.window_logs[0])?,
         StreamDecoder::new(1, header.window_logs[1])?,
@@ -409,7 +409,7 @@ impl StreamDecoder {
 struct OldImage<O> {
     reader: O,
     len: u64,
-    filter: Filter,
+    filter: Filtering,
     /// (block index, filtered bytes); most recently used first.
     cache: Vec<(u64, Vec<u8>)>,
 }
@@ -417,7 +417,7 @@ struct OldImage<O> {
 const OLD_CACHE_BLOCKS: usize = 4;
 
 impl<O: Read + Seek> OldImage<O> {
-    fn new(reader: O, len: u64, filter: Filter) -> Self {
+    fn new(reader: O, len: u64, filter: Filtering) -> Self {
         OldImage {
             reader,
             len,
@@ -502,14 +502,14 @@ impl<O: Read + Seek> OldImage<O> {
 struct NewImage<W> {
     writer: W,
     expected_len: u64,
-    filter: Filter,
+    filter: Filtering,
     block: Vec<u8>,
     block_start: u64,
     hasher: Sha256,
 }
 
 impl<W: Write> NewImage<W> {
-    fn new(writer: W, expected_len: u64, filter: Filter) -> Self {
+    fn new(writer: W, expected_len: u64, filter: Filtering) -> Self {
         NewImage {
             writer,
             expected_len,

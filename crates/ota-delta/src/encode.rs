@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 use xz2::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
 
-use crate::filter::{plausible_filters, Filter};
+use crate::filter::{plausible_filters, Filter, Filtering};
 use crate::format::{
     ControlEntry, DeltaHeader, SegmentHeader, FORMAT_VERSION, MAX_WINDOW_LOG, MIN_WINDOW_LOG,
     SEGMENT_CONTROL_MAX, SEGMENT_EXTRA_MAX, STREAM_NAMES, TAG_END,
@@ -110,7 +110,11 @@ pub fn encode_with_progress(
                 .enumerate()
                 .map(|(index, &filter)| {
                     scope.spawn(move || {
-                        progress(EncodeStage::Candidate { filter, index, count });
+                        progress(EncodeStage::Candidate {
+                            filter: filter.filter,
+                            index,
+                            count,
+                        });
                         let (mut o, mut n) = (old.to_vec(), new.to_vec());
                         filter.encode_in_place(&mut o, 0);
                         filter.encode_in_place(&mut n, 0);
@@ -149,7 +153,11 @@ pub fn encode_owned(
     let mut best: Option<Vec<u8>> = None;
     let count = candidates.len();
     for (index, &filter) in candidates.iter().enumerate() {
-        progress(EncodeStage::Candidate { filter, index, count });
+        progress(EncodeStage::Candidate {
+            filter: filter.filter,
+            index,
+            count,
+        });
         filter.encode_in_place(&mut old, 0);
         filter.encode_in_place(&mut new, 0);
         let delta = encode_core(
@@ -181,7 +189,7 @@ fn encode_candidates_in_place(
     new: &[u8],
     o: &mut [u8],
     n: &mut [u8],
-    candidates: &[Filter],
+    candidates: &[Filtering],
     opts: &EncodeOptions,
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
@@ -189,7 +197,11 @@ fn encode_candidates_in_place(
     let mut best: Option<Vec<u8>> = None;
     let count = candidates.len();
     for (index, &filter) in candidates.iter().enumerate() {
-        progress(EncodeStage::Candidate { filter, index, count });
+        progress(EncodeStage::Candidate {
+            filter: filter.filter,
+            index,
+            count,
+        });
         o.copy_from_slice(old);
         n.copy_from_slice(new);
         filter.encode_in_place(o, 0);
@@ -221,7 +233,7 @@ fn encode_filtered(
     new: &[u8],
     o: &[u8],
     n: &[u8],
-    filter: Filter,
+    filter: Filtering,
     opts: &EncodeOptions,
     threads: usize,
     progress: &(dyn Fn(EncodeStage) + Sync),
@@ -245,11 +257,26 @@ fn smallest(results: Vec<Result<Vec<u8>>>) -> Result<Vec<u8>> {
     })
 }
 
-fn candidates(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<Filter> {
+fn candidates(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<Filtering> {
     match &opts.filters {
         FilterChoice::Auto => plausible_filters(old, new),
-        FilterChoice::Only(list) if !list.is_empty() => list.clone(),
-        FilterChoice::Only(_) => vec![Filter::None],
+        FilterChoice::Only(list) => {
+            // Same spans as Auto would pick for these filters.
+            let auto = plausible_filters(old, new);
+            let mut out: Vec<Filtering> = list
+                .iter()
+                .map(|&f| {
+                    auto.iter()
+                        .copied()
+                        .find(|a| a.filter == f)
+                        .unwrap_or(f.everywhere())
+                })
+                .collect();
+            if out.is_empty() {
+                out.push(Filter::None.everywhere());
+            }
+            out
+        }
     }
 }
 
@@ -284,21 +311,21 @@ fn encode_core(
     n: &[u8],
     old_sha: &[u8; 32],
     new_sha: &[u8; 32],
-    filter: Filter,
+    filter: Filtering,
     opts: &EncodeOptions,
     threads: usize,
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
-    progress(EncodeStage::Indexing(filter));
+    progress(EncodeStage::Indexing(filter.filter));
     let steps = {
         let index = SuffixIndex::new(o);
-        progress(EncodeStage::Matching(filter));
+        progress(EncodeStage::Matching(filter.filter));
         match_parallel(&index, o, n, threads)
     };
-    progress(EncodeStage::Compressing(filter));
+    progress(EncodeStage::Compressing(filter.filter));
     let delta = write_delta(o, n, &steps, old_sha, new_sha, filter, opts)?;
     progress(EncodeStage::Finished {
-        filter,
+        filter: filter.filter,
         delta_len: delta.len() as u64,
     });
     Ok(delta)
@@ -591,7 +618,7 @@ fn write_delta(
     steps: &[Step],
     old_sha: &[u8; 32],
     new_sha: &[u8; 32],
-    filter: Filter,
+    filter: Filtering,
     opts: &EncodeOptions,
 ) -> Result<Vec<u8>> {
     let segments = segment(steps);
@@ -627,7 +654,9 @@ fn write_delta(
     }
     let header = DeltaHeader {
         format_version: FORMAT_VERSION,
-        filter,
+        filter: filter.filter,
+        filter_start: filter.lo,
+        filter_end: filter.hi,
         old_len: o.len() as u64,
         old_sha256: *old_sha,
         new_len: n.len() as u64,

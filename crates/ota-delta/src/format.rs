@@ -1,12 +1,12 @@
 //! The on-disk layout: header, segment headers and control entries (see the crate doc for the table).
 
-use crate::filter::Filter;
+use crate::filter::{Filter, Filtering};
 use crate::{Error, Result};
 
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
 /// Size of the fixed header in bytes.
-pub const HEADER_LEN: usize = 96;
+pub const HEADER_LEN: usize = 112;
 /// Largest LZMA2 dictionary (log2 bytes) a delta may declare for any of its three streams. Three
 /// dictionaries of at most 4 MiB keep the decoder's peak memory near 13 MiB whatever the image size.
 pub const MAX_WINDOW_LOG: u8 = 22;
@@ -42,6 +42,11 @@ pub struct DeltaHeader {
     pub new_sha256: [u8; 32],
     /// LZMA2 dictionary logs of the control, diff and extra streams (each at most [`MAX_WINDOW_LOG`]).
     pub window_logs: [u8; 3],
+    /// The filter applies to instructions wholly inside image offsets `filter_start..filter_end` (the
+    /// executable segments of an ELF file; `0..u64::MAX` for the whole image).
+    pub filter_start: u64,
+    /// End of the filtered span (exclusive).
+    pub filter_end: u64,
 }
 
 pub(crate) const STREAM_NAMES: [&str; 3] = ["control", "diff", "extra"];
@@ -62,7 +67,18 @@ impl DeltaHeader {
         w.put(&self.new_sha256);
         w.put(&self.window_logs);
         w.put(&[0]);
+        w.put(&self.filter_start.to_le_bytes());
+        w.put(&self.filter_end.to_le_bytes());
         out
+    }
+
+    /// The filter with its span, as both sides run it.
+    pub(crate) fn filtering(&self) -> Filtering {
+        Filtering {
+            filter: self.filter,
+            lo: self.filter_start,
+            hi: self.filter_end,
+        }
     }
 
     /// Parses and validates the fixed header; every field is checked before anything is trusted.
@@ -100,6 +116,15 @@ impl DeltaHeader {
         let new_sha256 = r.array().ok_or(truncated("new_sha256"))?;
         let window_logs: [u8; 3] = r.array().ok_or(truncated("window logs"))?;
         let [reserved]: [u8; 1] = r.array().ok_or(truncated("reserved"))?;
+        let filter_start = u64::from_le_bytes(r.array().ok_or(truncated("filter_start"))?);
+        let filter_end = u64::from_le_bytes(r.array().ok_or(truncated("filter_end"))?);
+        if filter_start > filter_end {
+            return Err(Error::Malformed {
+                what: "header filter span",
+                offset: 96,
+                detail: format!("start {filter_start} is after end {filter_end}"),
+            });
+        }
         for (name, &log) in STREAM_NAMES.iter().zip(window_logs.iter()) {
             if log > MAX_WINDOW_LOG {
                 return Err(Error::WindowTooLarge {
@@ -131,6 +156,8 @@ impl DeltaHeader {
             new_len,
             new_sha256,
             window_logs,
+            filter_start,
+            filter_end,
         })
     }
 }

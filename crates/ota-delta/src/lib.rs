@@ -22,10 +22,11 @@
 //!
 //! # Format (version 1)
 //! ```text
-//! header (96 bytes, little endian)
+//! header (112 bytes, little endian)
 //!   0  magic "OTADELTA"          8  format version u16 (1)  10 filter id u8   11 codec id u8 (1 = xz/LZMA2)
 //!   12 old_len u64   20 old_sha256 [32]   52 new_len u64   60 new_sha256 [32]
 //!   92 dictionary logs u8 x3 (control, diff, extra; each <= MAX_WINDOW_LOG)   95 reserved u8 (0)
+//!   96 filter_start u64   104 filter_end u64 (the filter's span: an ELF file's executable segments)
 //! then segments, each:
 //!   tag u8 (1 = segment, 0 = end of delta; nothing may follow the end tag)
 //!   control_raw u32 (<= SEGMENT_CONTROL_MAX)  control_zst u32
