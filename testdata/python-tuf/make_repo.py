@@ -6,7 +6,7 @@ TEST-ONLY: every key is generated fresh in memory and thrown away; nothing here 
     make_repo.py full OUT [--no-consistent]   root rotations (ed25519/ecdsa/rsa keys, threshold change,
                                               timestamp key rotation), nested, terminating, hash-prefix and
                                               succinct hash-bin delegations, targets in subdirectories
-    make_repo.py attacks OUT                  states v1/, v2/, expired/, revoked/ of one repository
+    make_repo.py attacks OUT                  states v1/, v2/, samever/, expired/, revoked/ of one repository
     make_repo.py bench OUT N                  one top-level targets role with N targets
 
 Each writes OUT/initial_root.json (what a device is provisioned with) and served trees containing
@@ -237,6 +237,9 @@ def attacks(out):
     repo.write(os.path.join(out, "v1"), bump=False)
     repo.add_target("targets", "fw/image.bin", b"firmware v2\n" * 100)
     repo.write(os.path.join(out, "v2"), bump=True)
+    # Timestamp with v2's version but other content (a later expiry), validly signed.
+    same = copy.deepcopy(repo)
+    same.write(os.path.join(out, "samever"), bump=False, timestamp_expires=FUTURE + timedelta(days=1))
     # Same content as v2 plus a newer timestamp that has expired (freeze attack: a valid but stale view).
     frozen = copy.deepcopy(repo)
     frozen.write(os.path.join(out, "expired"), bump=True, timestamp_expires=PAST)

@@ -30,3 +30,29 @@ pub fn parse_and_verify(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_and_verify;
+
+    /// Hostile shapes the fuzz target must survive; findings of `cargo fuzz run tuf_metadata` go here.
+    #[test]
+    fn hostile_inputs_do_not_panic() {
+        let deep = "[".repeat(100_000);
+        let deep_obj = format!("{{\"signed\":{}", "{\"a\":".repeat(50_000));
+        let inputs: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"\xff\xfe".to_vec(),
+            deep.into_bytes(),
+            deep_obj.into_bytes(),
+            br#"{"signed":{},"signatures":[]}"#.to_vec(),
+            br#"{"signed":{"_type":"root","version":18446744073709551616},"signatures":[]}"#.to_vec(),
+            br#"{"signed":{"_type":"root","spec_version":"1.0","version":1,"expires":"2030-01-01T00:00:00Z","keys":{},"roles":{"root":{"keyids":[],"threshold":1},"timestamp":{"keyids":[],"threshold":1},"snapshot":{"keyids":[],"threshold":1},"targets":{"keyids":[],"threshold":1}}},"signatures":[{"keyid":"x","sig":"zz"}]}"#.to_vec(),
+            br#"{"signed":{"_type":"targets","spec_version":"1.0","version":1,"expires":"2030-01-01T00:00:00Z","targets":{"a":{"length":1,"hashes":{"sha256":"00"}}},"delegations":{"keys":{},"succinct_roles":{"keyids":[],"threshold":1,"bit_length":32,"name_prefix":"b"}}},"signatures":[]}"#.to_vec(),
+            br#"{"signed":{"_type":"targets","spec_version":"1.0","version":1,"expires":"2030-01-01T00:00:00Z","targets":{"a":{"length":1,"hashes":{"sha256":"00"}}},"delegations":{"keys":{"k":{"keytype":"rsa","scheme":"rsassa-pss-sha256","keyval":{"public":"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"}}},"roles":[{"name":"r","keyids":["k"],"threshold":1,"terminating":false,"paths":["[[[[[[*?*?*?*?*?*?*?*?*?*?*?*?*?*?*"]}]}},"signatures":[]}"#.to_vec(),
+        ];
+        for input in inputs {
+            parse_and_verify(&input);
+        }
+    }
+}

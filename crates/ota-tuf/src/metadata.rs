@@ -601,3 +601,108 @@ fn delegations(role: &str, d: DelegationsJson) -> Result<Delegations> {
         roles,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::Signer as _;
+    use serde_json::json;
+
+    fn key_json(k: &ed25519_dalek::SigningKey) -> Value {
+        json!({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": hex::encode(k.verifying_key().as_bytes())}})
+    }
+
+    /// A root whose root role lists `keyids` (each mapped to a signing key) with `threshold`, signed by
+    /// every listed keyid with its key.
+    fn root_bytes(entries: &[(&str, &ed25519_dalek::SigningKey)], threshold: u64) -> Vec<u8> {
+        let keys: serde_json::Map<String, Value> = entries
+            .iter()
+            .map(|(id, k)| (id.to_string(), key_json(k)))
+            .collect();
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| *id).collect();
+        let role = json!({"keyids": ids, "threshold": threshold});
+        let signed = json!({
+            "_type": "root", "spec_version": "1.0.31", "version": 1, "expires": "2030-01-01T00:00:00Z",
+            "consistent_snapshot": true, "keys": keys,
+            "roles": {"root": role, "timestamp": role, "snapshot": role, "targets": role},
+        });
+        let mut canon = Vec::new();
+        canonical::encode(&signed, &mut canon).unwrap();
+        let sigs: Vec<Value> = entries
+            .iter()
+            .map(|(id, k)| json!({"keyid": id, "sig": hex::encode(k.sign(&canon).to_bytes())}))
+            .collect();
+        serde_json::to_vec_pretty(&json!({"signed": signed, "signatures": sigs})).unwrap()
+    }
+
+    fn verify_root(bytes: &[u8]) -> Result<()> {
+        let env = parse_envelope("root", bytes)?;
+        Root::parse(&env)?.verify("root", &env)
+    }
+
+    #[test]
+    fn one_key_under_two_keyids_counts_once() {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let err = verify_root(&root_bytes(&[("id-1", &k), ("id-2", &k)], 2)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Threshold {
+                    valid: 1,
+                    threshold: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn two_distinct_keys_meet_threshold_two() {
+        let k1 = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let k2 = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+        verify_root(&root_bytes(&[("id-1", &k1), ("id-2", &k2)], 2)).unwrap();
+    }
+
+    #[test]
+    fn duplicate_signature_keyids_are_malformed() {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let mut v: Value = serde_json::from_slice(&root_bytes(&[("id-1", &k)], 1)).unwrap();
+        let sig = v["signatures"][0].clone();
+        v["signatures"].as_array_mut().unwrap().push(sig);
+        let err = verify_root(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(matches!(err, Error::Malformed { .. }), "{err}");
+    }
+
+    #[test]
+    fn signatures_cover_canonical_form_not_layout() {
+        // Re-serialized with other whitespace and key order, the signature still verifies: it covers the
+        // canonical form of `signed`.
+        let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let v: Value = serde_json::from_slice(&root_bytes(&[("id-1", &k)], 1)).unwrap();
+        verify_root(&serde_json::to_vec(&v).unwrap()).unwrap();
+        let mut changed = v.clone();
+        changed["signed"]["version"] = 2.into();
+        assert!(matches!(
+            verify_root(&serde_json::to_vec(&changed).unwrap()),
+            Err(Error::Threshold { .. })
+        ));
+    }
+
+    #[test]
+    fn zero_threshold_and_float_numbers_are_malformed() {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let mut v: Value = serde_json::from_slice(&root_bytes(&[("id-1", &k)], 1)).unwrap();
+        v["signed"]["roles"]["root"]["threshold"] = 0.into();
+        assert!(matches!(
+            verify_root(&serde_json::to_vec(&v).unwrap()),
+            Err(Error::Malformed { .. })
+        ));
+        let mut v: Value = serde_json::from_slice(&root_bytes(&[("id-1", &k)], 1)).unwrap();
+        v["signed"]["x-float"] = json!(1.5);
+        assert!(matches!(
+            verify_root(&serde_json::to_vec(&v).unwrap()),
+            Err(Error::Malformed { .. })
+        ));
+    }
+}

@@ -325,3 +325,20 @@ async fn slow_retrieval_is_refused() {
     let err = client.refresh().await.unwrap_err();
     assert!(matches!(&err, Error::Timeout { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn same_version_timestamp_with_other_content_is_not_adopted() {
+    let a = Attack::new();
+    let (meta, mut client) = a.client();
+    client.refresh().await.unwrap();
+    let trusted = std::fs::read(meta.path().join("timestamp.json")).unwrap();
+    a.serve("samever");
+    let served = std::fs::read(a.root().join("metadata/timestamp.json")).unwrap();
+    assert_ne!(trusted, served);
+    // Not an error (nothing new to apply), but the trusted timestamp stays the one first seen.
+    client.refresh().await.unwrap();
+    assert_eq!(
+        std::fs::read(meta.path().join("timestamp.json")).unwrap(),
+        trusted
+    );
+}
