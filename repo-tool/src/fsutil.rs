@@ -79,21 +79,13 @@ pub(crate) fn parent(path: &Path) -> &Path {
 /// spend 50 s in fsync alone).
 pub(crate) const SYNCFS_ABOVE: usize = 16;
 
-/// Makes `files` durable: fsync each, or one `syncfs` of the file system holding `repo` when there are
-/// many.
-pub(crate) fn sync_files(repo: &Path, files: &[PathBuf]) -> Result<()> {
-    if files.len() > SYNCFS_ABOVE {
-        let dir = fs::File::open(repo).map_err(io("open", repo))?;
-        return rustix::fs::syncfs(&dir).map_err(|e| Error::Io {
-            action: "syncfs",
-            path: repo.to_owned(),
-            source: e.into(),
-        });
-    }
-    for f in files {
-        fs::File::open(f)
-            .and_then(|f| f.sync_all())
-            .map_err(io("fsync", f))?;
-    }
-    Ok(())
+/// Flushes the whole file system holding `repo` (`syncfs`): every file and directory written so far is
+/// durable when it returns.
+pub(crate) fn sync_filesystem(repo: &Path) -> Result<()> {
+    let dir = fs::File::open(repo).map_err(io("open", repo))?;
+    rustix::fs::syncfs(&dir).map_err(|e| Error::Io {
+        action: "syncfs",
+        path: repo.to_owned(),
+        source: e.into(),
+    })
 }

@@ -263,18 +263,40 @@ pub(crate) fn build_release(spec: &ReleaseSpec) -> Result<Release> {
     Ok(release)
 }
 
-/// Every (hardware, channel, version) already published, with its target name.
+/// Just the fields the duplicate check needs; reading these instead of the whole `OtaTarget` keeps a
+/// single add to a 10,000-target repository fast.
+#[derive(serde::Deserialize)]
+struct ReleaseKey {
+    kind: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    hardware: Vec<String>,
+    #[serde(default)]
+    channel: String,
+}
+
+/// Every (hardware, channel, version) already published, with its target name (versions as written:
+/// semver's canonical text, which `add` always writes).
 pub(crate) fn published_versions(state: &RepoState) -> BTreeMap<(String, String, String), String> {
+    use serde::Deserialize;
     let mut out = BTreeMap::new();
     for (_, t) in state.all_roles() {
         for (name, target) in &t.targets {
-            if let Some(OtaTarget::Release(r)) = ota_custom(target) {
-                for h in &r.hardware {
-                    out.insert(
-                        (h.to_string(), r.channel.to_string(), r.version.to_string()),
-                        name.raw().to_owned(),
-                    );
-                }
+            let Some(ota) = target.custom.get(ota_release::CUSTOM_KEY) else {
+                continue;
+            };
+            let Ok(key) = ReleaseKey::deserialize(ota) else {
+                continue;
+            };
+            if key.kind != "release" {
+                continue;
+            }
+            for h in key.hardware {
+                out.insert(
+                    (h, key.channel.clone(), key.version.clone()),
+                    name.raw().to_owned(),
+                );
             }
         }
     }
@@ -421,7 +443,8 @@ where
         new_targets.extend(more);
     }
 
-    let mut targets = role_targets.clone();
+    let mut state = state;
+    let mut targets = state.take_role_targets(&role)?;
     targets.version = bump(targets.version)?;
     targets.expires = expiry_after(now()?, opts.expiries.targets)?;
     let mut publication = Publication::default();
