@@ -30,6 +30,17 @@ fn ngclient_fetches_every_target_across_delegation_rotation_and_refresh() {
         &online,
     )
     .unwrap();
+    // A bulk add large enough to take the one-syncfs publishing path.
+    let bulk: Vec<_> = (0..20)
+        .map(|i| {
+            f.release(
+                &f.image(&format!("bulk-{i}.bin"), 100 + i, i as u8),
+                &format!("0.1.{i}"),
+                "gw-c",
+            )
+        })
+        .collect();
+    repo_tool::add(&repo, &bulk, &AddOptions::default(), &online).unwrap();
 
     // A delegated product line with a threshold of 2.
     let spec = DelegateSpec {
@@ -61,10 +72,11 @@ fn ngclient_fetches_every_target_across_delegation_rotation_and_refresh() {
         "gw-a/stable/1.0.0/fw-a.bin",
         "plain.bin",
         "gw-b/stable/2.0.0/fw-b.bin",
+        "gw-c/stable/0.1.19/bulk-19.bin",
     ];
     let run = ngclient(&nginx.url(), &root1, &cache, &downloads, &names);
     assert!(run.ok, "{}", run.stderr);
-    for (name, img) in names.iter().zip([&img_a, &img_top, &img_b]) {
+    for (name, img) in names.iter().zip([&img_a, &img_top, &img_b, &bulk[19].image]) {
         assert_eq!(run.target(name)["sha256"], sha256_file(img), "{name}");
     }
     assert_eq!(

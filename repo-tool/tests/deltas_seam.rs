@@ -1,0 +1,79 @@
+//! The delta seam: `add_with_deltas` with a trivial encoder (the real one is `ota_delta::encode`)
+//! publishes a delta target per earlier release and lists the offers in the release's custom metadata.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use common::Fixture;
+use ota_release::OtaTarget;
+use repo_tool::deltas::add_with_deltas;
+use repo_tool::AddOptions;
+
+#[test]
+fn deltas_from_the_last_releases_are_offered_and_published() {
+    let f = Fixture::new();
+    let online = f.online();
+    for (i, v) in ["1.0.0", "1.1.0", "1.2.0"].iter().enumerate() {
+        let img = f.image(&format!("fw-{v}.bin"), 1000 + i, i as u8);
+        repo_tool::add(
+            &f.repo(),
+            &[f.release(&img, v, "gw-a")],
+            &AddOptions::default(),
+            &online,
+        )
+        .unwrap();
+    }
+    let new = f.image("fw-2.0.0.bin", 2000, 9);
+    // Trivial "encoder": the new image prefixed with the old length, enough to check the plumbing.
+    let mut calls = Vec::new();
+    let mut encoder = |old: &[u8], new: &[u8]| {
+        calls.push(old.len());
+        let mut d = (old.len() as u64).to_be_bytes().to_vec();
+        d.extend_from_slice(new);
+        Ok(d)
+    };
+    let report = add_with_deltas(
+        &f.repo(),
+        &[f.release(&new, "2.0.0", "gw-a")],
+        &AddOptions::default(),
+        &online,
+        2,
+        &mut encoder,
+    )
+    .unwrap();
+    assert_eq!(
+        calls,
+        vec![1002, 1001],
+        "deltas from the two newest older releases, newest first"
+    );
+    let names: Vec<&str> = report.added.iter().map(|a| a.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "gw-a/stable/2.0.0/fw-2.0.0.bin",
+            "gw-a/stable/2.0.0/deltas/1.2.0.delta",
+            "gw-a/stable/2.0.0/deltas/1.1.0.delta"
+        ]
+    );
+    let report = repo_tool::verify(&f.repo(), jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+
+    let targets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.repo().join("metadata/5.targets.json")).unwrap()).unwrap();
+    let t = &targets["signed"]["targets"];
+    let Some(OtaTarget::Release(r)) =
+        OtaTarget::from_custom(&t["gw-a/stable/2.0.0/fw-2.0.0.bin"]["custom"]).unwrap()
+    else {
+        panic!("not a release")
+    };
+    assert_eq!(r.deltas.len(), 2);
+    assert_eq!(r.deltas[0].base_version.to_string(), "1.2.0");
+    assert_eq!(r.deltas[0].length, 2008);
+    let Some(OtaTarget::Delta(d)) =
+        OtaTarget::from_custom(&t["gw-a/stable/2.0.0/deltas/1.1.0.delta"]["custom"]).unwrap()
+    else {
+        panic!("not a delta")
+    };
+    assert_eq!(d.release_target, "gw-a/stable/2.0.0/fw-2.0.0.bin");
+    assert_eq!(d.base_version.to_string(), "1.1.0");
+}
