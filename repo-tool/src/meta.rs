@@ -115,6 +115,56 @@ pub(crate) fn canonical<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     canonical_olpc(value)
 }
 
+/// [`canonical`] of targets metadata without building one `serde_json::Value` for the whole target map
+/// (the cost of a single add to a 10,000-target repository): the map is written entry by entry in
+/// sorted order and spliced into the canonical form of the rest. Falls back to [`canonical`] whenever
+/// the fast form does not apply.
+pub(crate) fn canonical_targets(t: &Targets) -> Result<Vec<u8>> {
+    if !t._extra.is_empty() {
+        return canonical(t);
+    }
+    let shell = Targets {
+        spec_version: t.spec_version.clone(),
+        version: t.version,
+        expires: t.expires,
+        targets: HashMap::new(),
+        delegations: t.delegations.clone(),
+        _extra: HashMap::new(),
+    };
+    let head = canonical(&shell)?;
+    // With no extra fields the canonical object ends with `"targets":{},"version":N}`.
+    let tail = format!("\"targets\":{{}},\"version\":{}}}", t.version);
+    let Some(prefix) = head.len().checked_sub(tail.len()).and_then(|at| {
+        (head.get(at..) == Some(tail.as_bytes()))
+            .then(|| head.get(..at))
+            .flatten()
+    }) else {
+        return canonical(t);
+    };
+    let mut entries: Vec<_> = t.targets.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.raw().as_bytes().cmp(b.0.raw().as_bytes()));
+    let mut out = Vec::with_capacity(head.len() + t.targets.len() * 400);
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(b"\"targets\":{");
+    for (i, (name, target)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let entry = serde_json::json!({ name.raw(): target });
+        let mut one = Vec::new();
+        if !write_canonical_ascii(&entry, &mut one) {
+            return canonical(t);
+        }
+        // `{"name":{...}}` without its outer braces.
+        match one.get(1..one.len().saturating_sub(1)) {
+            Some(inner) => out.extend_from_slice(inner),
+            None => return canonical(t),
+        }
+    }
+    out.extend_from_slice(format!("}},\"version\":{}}}", t.version).as_bytes());
+    Ok(out)
+}
+
 /// Writes `v` as canonical JSON if it holds only printable-ASCII strings and integers; false otherwise
 /// (then `out` holds garbage).
 fn write_canonical_ascii(v: &serde_json::Value, out: &mut Vec<u8>) -> bool {
@@ -237,7 +287,15 @@ impl RoleKeySet {
     /// the canonical envelope is `{"signatures":[...],"signed":<canonical role>}` ("signatures" sorts
     /// before "signed"), so the signed bytes are spliced in as they are.
     pub fn sign_to_file<T: Serialize>(&self, signed: &T, ring: &KeyRing) -> Result<Vec<u8>> {
-        let msg = canonical(signed)?;
+        self.sign_canonical_to_file(canonical(signed)?, ring)
+    }
+
+    /// [`RoleKeySet::sign_to_file`] for targets metadata, using [`canonical_targets`].
+    pub fn sign_targets_to_file(&self, signed: &Targets, ring: &KeyRing) -> Result<Vec<u8>> {
+        self.sign_canonical_to_file(canonical_targets(signed)?, ring)
+    }
+
+    fn sign_canonical_to_file(&self, msg: Vec<u8>, ring: &KeyRing) -> Result<Vec<u8>> {
         let signatures = self.signatures(&msg, ring)?;
         let sigs = canonical(&signatures)?;
         let mut out = Vec::with_capacity(msg.len() + sigs.len() + 32);
@@ -726,6 +784,34 @@ mod tests {
             assert!(!write_canonical_ascii(&other, &mut Vec::new()));
             assert_eq!(canonical(&other).unwrap(), canonical_olpc(&other).unwrap());
         }
+    }
+
+    #[test]
+    fn spliced_targets_canonical_form_matches_the_generic_one() {
+        let mut t = Targets::new(SPEC_VERSION.into(), NonZeroU64::new(42).unwrap(), now().unwrap());
+        assert_eq!(canonical_targets(&t).unwrap(), canonical_olpc(&t).unwrap());
+        for (i, name) in ["b/x.bin", "a/y.bin", "a/x.bin", "a+b/c-1.0.0+z.bin"]
+            .iter()
+            .enumerate()
+        {
+            let target = tough::schema::Target {
+                length: i as u64,
+                hashes: Hashes {
+                    sha256: Decoded::from(vec![i as u8; 32]),
+                    _extra: HashMap::new(),
+                },
+                custom: [("ota".to_owned(), serde_json::json!({"kind": "release", "n": i}))]
+                    .into_iter()
+                    .collect(),
+                _extra: HashMap::new(),
+            };
+            t.targets.insert(tough::TargetName::new(*name).unwrap(), target);
+        }
+        assert_eq!(canonical_targets(&t).unwrap(), canonical_olpc(&t).unwrap());
+        t.delegations = None;
+        assert_eq!(canonical_targets(&t).unwrap(), canonical_olpc(&t).unwrap());
+        t._extra.insert("zz".into(), serde_json::json!(1));
+        assert_eq!(canonical_targets(&t).unwrap(), canonical_olpc(&t).unwrap());
     }
 
     #[test]
