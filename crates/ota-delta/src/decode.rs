@@ -358,15 +358,17 @@ impl StreamDecoder {
     fn read_exact<D: Read>(&mut self, delta: &mut D, out: &mut [u8], seg_offset: u64) -> Result<()> {
         let mut filled = 0;
         while filled < out.len() {
-            let more_input = self.refill(delta, seg_offset)?;
+            self.refill(delta, seg_offset)?;
             let (read, written) = self.step(out.get_mut(filled..).unwrap_or(&mut []), seg_offset)?;
             filled += written;
-            if read == 0 && written == 0 && !more_input {
+            // No progress: either out of input, or the xz stream ended (or stalled) early. Both are errors;
+            // looping on would hang on a crafted delta.
+            if read == 0 && written == 0 {
                 return Err(Error::Malformed {
                     what: "compressed stream",
                     offset: seg_offset,
                     detail: format!(
-                        "the {} stream ran out after {filled} of the {} bytes the segment declares",
+                        "the {} stream ended after {filled} of the {} bytes the segment declares",
                         self.name,
                         out.len()
                     ),

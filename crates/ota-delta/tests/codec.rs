@@ -338,3 +338,56 @@ fn fuzzing_entry_point_survives_mutations_of_a_valid_input() {
         ota_delta::fuzzing::fuzz_decode(&bad[..at]);
     }
 }
+
+fn xz(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 1024);
+    let mut opts = xz2::stream::LzmaOptions::new_preset(1).unwrap();
+    opts.dict_size(4096);
+    let mut filters = xz2::stream::Filters::new();
+    filters.lzma2(&opts);
+    let mut s = xz2::stream::Stream::new_stream_encoder(&filters, xz2::stream::Check::None).unwrap();
+    s.process_vec(data, &mut out, xz2::stream::Action::Run).unwrap();
+    while s.process_vec(&[], &mut out, xz2::stream::Action::Finish).unwrap() != xz2::stream::Status::StreamEnd
+    {
+        out.reserve(1024);
+    }
+    out
+}
+
+#[test]
+fn diff_stream_ending_before_the_control_entries_is_refused_not_hung() {
+    let old = vec![7u8; 64];
+    let delta = encode(&old, &old, &fast_opts()).unwrap();
+    // Hand-made segment: one entry adding 10 bytes, but the diff stream holds 5 bytes and then junk.
+    let control = [10u8, 0, 0];
+    let (control_zst, extra_zst) = (xz(&control), xz(&[]));
+    let mut diff_zst = xz(&[0u8; 5]);
+    diff_zst.extend_from_slice(b"junk after the end of the stream");
+    let mut crafted = delta[..HEADER_LEN].to_vec();
+    crafted.push(1);
+    for v in [control.len(), control_zst.len(), 0, extra_zst.len()] {
+        crafted.extend_from_slice(&(v as u32).to_le_bytes());
+    }
+    crafted.extend_from_slice(&10u64.to_le_bytes());
+    crafted.extend_from_slice(&(diff_zst.len() as u32).to_le_bytes());
+    crafted.extend_from_slice(&control_zst);
+    crafted.extend_from_slice(&extra_zst);
+    crafted.extend_from_slice(&diff_zst);
+    crafted.push(0);
+    let err = apply(Cursor::new(&old), crafted.as_slice(), &mut Vec::new()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Malformed {
+                what: "compressed stream",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("diff stream ended after 5 of the 10 bytes"),
+        "{err}"
+    );
+}
