@@ -38,7 +38,7 @@ meta_dir, url, root = sys.argv[1], sys.argv[2], sys.argv[3]
 if not os.path.exists(os.path.join(meta_dir, "root.json")):
     os.makedirs(meta_dir, exist_ok=True)
     shutil.copyfile(root, os.path.join(meta_dir, "root.json"))
-Updater(meta_dir, url + "/metadata/").refresh()
+Updater(meta_dir, url + "/metadata/", bootstrap=None).refresh()
 PYEOF
 
 # measure NAME CMD...: prints "cpu_seconds peak_kib"

@@ -98,3 +98,98 @@ mod tests {
         assert!(encode(&v, &mut Vec::new()).is_err());
     }
 }
+
+/// The canonical encoding of a JSON value, computed by a serde visitor while the received bytes are parsed,
+/// so no JSON tree is built: each object buffers only its members' encodings to sort them.
+pub(crate) struct CanonicalBytes(pub(crate) Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for CanonicalBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<CanonicalBytes, D::Error> {
+        d.deserialize_any(CanonicalVisitor).map(CanonicalBytes)
+    }
+}
+
+struct CanonicalVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CanonicalVisitor {
+    type Value = Vec<u8>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value with a canonical form (integers only)")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Vec<u8>, E> {
+        Ok(if v { b"true".to_vec() } else { b"false".to_vec() })
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Vec<u8>, E> {
+        Ok(v.to_string().into_bytes())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Vec<u8>, E> {
+        Ok(v.to_string().into_bytes())
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Vec<u8>, E> {
+        Err(E::custom("a non-integer number has no canonical JSON form"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Vec<u8>, E> {
+        let mut out = Vec::with_capacity(v.len() + 2);
+        encode_str(v, &mut out);
+        Ok(out)
+    }
+    fn visit_unit<E>(self) -> Result<Vec<u8>, E> {
+        Ok(b"null".to_vec())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+        let mut out = vec![b'['];
+        let mut first = true;
+        while let Some(CanonicalBytes(item)) = seq.next_element()? {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(&item);
+        }
+        out.push(b']');
+        Ok(out)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<u8>, A::Error> {
+        let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+        while let Some((key, CanonicalBytes(value))) = map.next_entry::<String, CanonicalBytes>()? {
+            members.push((key, value));
+        }
+        // Stable sort, then keep the last of duplicate keys (as a JSON object read into a map would).
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out =
+            Vec::with_capacity(members.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>() + 2);
+        out.push(b'{');
+        let mut first = true;
+        let mut iter = members.into_iter().peekable();
+        while let Some((key, value)) = iter.next() {
+            if iter.peek().is_some_and(|(next, _)| *next == key) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            encode_str(&key, &mut out);
+            out.push(b':');
+            out.extend_from_slice(&value);
+        }
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod streaming_tests {
+    use super::*;
+
+    #[test]
+    fn streaming_encoding_equals_tree_encoding() {
+        let text = r#"{ "z": [1, -2, {"b": null, "a": "q\"\\"}], "a": {"y": true, "x": false}, "m": "é\n" }"#;
+        let CanonicalBytes(streamed) = serde_json::from_str(text).unwrap();
+        let mut tree = Vec::new();
+        encode(&serde_json::from_str(text).unwrap(), &mut tree).unwrap();
+        assert_eq!(streamed, tree);
+        assert!(serde_json::from_str::<CanonicalBytes>("[1.5]").is_err());
+    }
+}

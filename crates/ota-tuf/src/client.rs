@@ -140,7 +140,7 @@ impl Client {
                 Fetched::Body(b) => b,
             };
             let envelope = metadata::parse_envelope("root", &bytes)?;
-            let new_root = Root::parse(&envelope)?;
+            let new_root = Root::parse(&bytes)?;
             // TUF 5.3.4: signed by a threshold of the keys of the trusted root's root role ...
             self.root.verify("root", &envelope)?;
             // TUF 5.3.5: ... version exactly N+1 ...
@@ -164,7 +164,7 @@ impl Client {
     /// Verifies timestamp bytes under the trusted root (TUF 5.4.2), without rollback or expiry checks.
     fn check_timestamp(&self, bytes: &[u8]) -> Result<Timestamp> {
         let envelope = metadata::parse_envelope("timestamp", bytes)?;
-        let timestamp = Timestamp::parse(&envelope)?;
+        let timestamp = Timestamp::parse(bytes)?;
         self.root.verify("timestamp", &envelope)?;
         Ok(timestamp)
     }
@@ -217,7 +217,7 @@ impl Client {
     /// Verifies snapshot bytes under the trusted root (TUF 5.5.3), without hash, rollback or expiry checks.
     fn check_snapshot(&self, bytes: &[u8]) -> Result<Snapshot> {
         let envelope = metadata::parse_envelope("snapshot", bytes)?;
-        let snapshot = Snapshot::parse(&envelope)?;
+        let snapshot = Snapshot::parse(bytes)?;
         self.root.verify("snapshot", &envelope)?;
         Ok(snapshot)
     }
@@ -355,7 +355,6 @@ impl Client {
         // TUF 5.6.2: hashes and length from snapshot (mix-and-match protection).
         check_meta_file(role, bytes, meta)?;
         let envelope = metadata::parse_envelope(role, bytes)?;
-        let targets = Targets::parse(role, &envelope)?;
         // TUF 5.6.3: signatures by the delegator's keys for this role.
         if delegator == "root" {
             self.root.verify("targets", &envelope)?;
@@ -369,6 +368,9 @@ impl Client {
             let role_keys = delegations.role_keys(role).ok_or_else(not_delegated)?;
             metadata::verify_threshold(role, delegator, &envelope, role_keys, &delegations.keys)?;
         }
+        // The canonical copy is no longer needed: free it before the typed parse (peak memory).
+        drop(envelope);
+        let targets = Targets::parse(role, bytes)?;
         // TUF 5.6.4: the version snapshot names.
         if targets.common.version != meta.version {
             return Err(Error::VersionMismatch {
@@ -535,7 +537,7 @@ impl Client {
 
 fn verify_self_signed_root(bytes: &[u8]) -> Result<Root> {
     let envelope = metadata::parse_envelope("root", bytes)?;
-    let root = Root::parse(&envelope)?;
+    let root = Root::parse(bytes)?;
     root.verify("root", &envelope)?;
     Ok(root)
 }

@@ -67,7 +67,9 @@ impl Fetcher {
                 limit,
             });
         }
-        let mut body = Vec::new();
+        // Sized once from the announced length (already bounded by `limit`) instead of doubling.
+        let announced = resp.content_length().unwrap_or(0).min(limit);
+        let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
         loop {
             let chunk = match tokio::time::timeout_at(deadline, resp.chunk()).await {
                 Err(_) => {

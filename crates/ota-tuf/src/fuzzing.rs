@@ -15,16 +15,16 @@ pub fn parse_and_verify(data: &[u8]) {
             assert_eq!(twice, envelope.canonical, "canonical JSON is not idempotent");
         }
     }
-    let _ = Timestamp::parse(&envelope);
-    let _ = Snapshot::parse(&envelope);
-    if let Ok(targets) = Targets::parse("targets", &envelope) {
+    let _ = Timestamp::parse(data);
+    let _ = Snapshot::parse(data);
+    if let Ok(targets) = Targets::parse("targets", data) {
         if let Some(d) = &targets.delegations {
             for name in targets.targets.keys().take(16) {
                 let _ = d.roles_for_target(name);
             }
         }
     }
-    if let Ok(root) = Root::parse(&envelope) {
+    if let Ok(root) = Root::parse(data) {
         for role in metadata::TOP_LEVEL {
             let _ = root.verify(role, &envelope);
         }

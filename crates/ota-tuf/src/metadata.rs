@@ -16,7 +16,6 @@ use crate::{canonical, Error, Result, TargetInfo};
 
 /// The outer `{"signed": ..., "signatures": [...]}` of one metadata file.
 pub(crate) struct Envelope {
-    pub(crate) signed: Value,
     /// Canonical JSON of `signed`: the bytes the signatures are over.
     pub(crate) canonical: Vec<u8>,
     /// keyid -> raw signature bytes (undecodable hex kept as empty, which verifies nothing).
@@ -29,24 +28,33 @@ struct SignatureJson {
     sig: String,
 }
 
-/// Parses the envelope of `role`'s metadata. Duplicate keyids among signatures are refused (as python-tuf
-/// does): a signature list is a map from keyid to signature.
+#[derive(Deserialize)]
+struct EnvelopeJson {
+    signed: canonical::CanonicalBytes,
+    signatures: Vec<SignatureJson>,
+}
+
+#[derive(Deserialize)]
+struct SignedOnly<T> {
+    signed: T,
+}
+
+/// Parses the `signed` part of received bytes straight into a typed value (no intermediate JSON tree,
+/// which for a 10,000-target role would cost many times the file's size).
+fn signed_part<T: serde::de::DeserializeOwned>(role: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice::<SignedOnly<T>>(bytes)
+        .map(|s| s.signed)
+        .map_err(|e| Error::malformed(role, e.to_string()))
+}
+
+/// Parses the envelope of `role`'s metadata: the canonical form of `signed` (computed while parsing,
+/// without building a JSON tree) and the signatures. Duplicate keyids among signatures are refused (as
+/// python-tuf does): a signature list is a map from keyid to signature.
 pub(crate) fn parse_envelope(role: &str, bytes: &[u8]) -> Result<Envelope> {
-    let mut top: Value =
-        serde_json::from_slice(bytes).map_err(|e| Error::malformed(role, format!("not JSON: {e}")))?;
-    let obj = top
-        .as_object_mut()
-        .ok_or_else(|| Error::malformed(role, "top level is not an object"))?;
-    let signed = obj
-        .remove("signed")
-        .ok_or_else(|| Error::malformed(role, "no `signed`"))?;
-    let sigs = obj
-        .remove("signatures")
-        .ok_or_else(|| Error::malformed(role, "no `signatures`"))?;
-    let sigs: Vec<SignatureJson> =
-        Vec::deserialize(&sigs).map_err(|e| Error::malformed(role, format!("`signatures`: {e}")))?;
-    let mut signatures = HashMap::with_capacity(sigs.len());
-    for s in sigs {
+    let json: EnvelopeJson =
+        serde_json::from_slice(bytes).map_err(|e| Error::malformed(role, e.to_string()))?;
+    let mut signatures = HashMap::with_capacity(json.signatures.len());
+    for s in json.signatures {
         let raw = hex::decode(&s.sig).unwrap_or_default();
         if signatures.insert(s.keyid.clone(), raw).is_some() {
             return Err(Error::malformed(
@@ -55,13 +63,11 @@ pub(crate) fn parse_envelope(role: &str, bytes: &[u8]) -> Result<Envelope> {
             ));
         }
     }
-    if !signed.is_object() {
+    let canonical = json.signed.0;
+    if canonical.first() != Some(&b'{') {
         return Err(Error::malformed(role, "`signed` is not an object"));
     }
-    let mut canonical = Vec::with_capacity(bytes.len());
-    canonical::encode(&signed, &mut canonical).map_err(|e| Error::malformed(role, e.0))?;
     Ok(Envelope {
-        signed,
         canonical,
         signatures,
     })
@@ -97,8 +103,8 @@ struct CommonJson {
     expires: String,
 }
 
-fn common(role: &str, expected_type: &str, signed: &Value) -> Result<Common> {
-    let c = CommonJson::deserialize(signed).map_err(|e| Error::malformed(role, e.to_string()))?;
+fn common(role: &str, expected_type: &str, bytes: &[u8]) -> Result<Common> {
+    let c: CommonJson = signed_part(role, bytes)?;
     if c.ty != expected_type {
         return Err(Error::malformed(
             role,
@@ -207,10 +213,9 @@ struct RootJson {
 pub(crate) const TOP_LEVEL: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
 
 impl Root {
-    pub(crate) fn parse(envelope: &Envelope) -> Result<Root> {
-        let common = common("root", "root", &envelope.signed)?;
-        let json =
-            RootJson::deserialize(&envelope.signed).map_err(|e| Error::malformed("root", e.to_string()))?;
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Root> {
+        let common = common("root", "root", bytes)?;
+        let json: RootJson = signed_part("root", bytes)?;
         let names: HashSet<&str> = json.roles.keys().map(String::as_str).collect();
         if names != TOP_LEVEL.into_iter().collect() {
             return Err(Error::malformed(
@@ -330,10 +335,9 @@ struct MetaJson {
 }
 
 impl Timestamp {
-    pub(crate) fn parse(envelope: &Envelope) -> Result<Timestamp> {
-        let common = common("timestamp", "timestamp", &envelope.signed)?;
-        let json = MetaJson::deserialize(&envelope.signed)
-            .map_err(|e| Error::malformed("timestamp", e.to_string()))?;
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Timestamp> {
+        let common = common("timestamp", "timestamp", bytes)?;
+        let json: MetaJson = signed_part("timestamp", bytes)?;
         let (name, snap) = json
             .meta
             .into_iter()
@@ -355,10 +359,9 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn parse(envelope: &Envelope) -> Result<Snapshot> {
-        let common = common("snapshot", "snapshot", &envelope.signed)?;
-        let json = MetaJson::deserialize(&envelope.signed)
-            .map_err(|e| Error::malformed("snapshot", e.to_string()))?;
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Snapshot> {
+        let common = common("snapshot", "snapshot", bytes)?;
+        let json: MetaJson = signed_part("snapshot", bytes)?;
         let meta = json
             .meta
             .into_iter()
@@ -502,10 +505,9 @@ pub(crate) struct Targets {
 }
 
 impl Targets {
-    pub(crate) fn parse(role: &str, envelope: &Envelope) -> Result<Targets> {
-        let common = common(role, "targets", &envelope.signed)?;
-        let json =
-            TargetsJson::deserialize(&envelope.signed).map_err(|e| Error::malformed(role, e.to_string()))?;
+    pub(crate) fn parse(role: &str, bytes: &[u8]) -> Result<Targets> {
+        let common = common(role, "targets", bytes)?;
+        let json: TargetsJson = signed_part(role, bytes)?;
         let mut targets = HashMap::with_capacity(json.targets.len());
         for (name, t) in json.targets {
             let hashes = decode_hashes(role, &format!("target {name:?}"), t.hashes)?;
@@ -637,7 +639,7 @@ mod tests {
 
     fn verify_root(bytes: &[u8]) -> Result<()> {
         let env = parse_envelope("root", bytes)?;
-        Root::parse(&env)?.verify("root", &env)
+        Root::parse(bytes)?.verify("root", &env)
     }
 
     #[test]
