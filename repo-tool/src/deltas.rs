@@ -1,9 +1,11 @@
 //! The seam for binary deltas: [`add_with_deltas`] is [`crate::add`] plus, for each new release, a
 //! delta from each of the last `keep` releases of the same (first hardware id, channel), made by a
-//! caller-supplied encoder (in production `ota_delta::encode`; this crate does not encode).
+//! caller-supplied encoder (in production `ota_delta::encode_with_progress`; this library does not encode).
 //!
 //! Each delta is published as its own target `<release-target-dir>/deltas/<base-version>.delta`
-//! (custom `OtaTarget::Delta`), and the release's custom metadata lists the `DeltaOffer`s.
+//! (custom `OtaTarget::Delta`), and the release's custom metadata lists the `DeltaOffer`s. A delta is
+//! kept only when it is worth it: smaller than [`DeltaPolicy::max_share_percent`] of the full image
+//! (a device saves little by applying a delta nearly as large as the image, and the base must match).
 
 use std::fs;
 use std::path::Path;
@@ -18,17 +20,69 @@ use crate::stage::target_file_path;
 /// Encodes a delta from `old` to `new`; an error string aborts the whole `add`.
 pub type Encoder<'a> = dyn FnMut(&[u8], &[u8]) -> std::result::Result<Vec<u8>, String> + 'a;
 
-/// [`crate::add`], offering deltas from the last `keep` older releases of the same first hardware id
-/// and channel. Images are read whole into memory here: encoders need random access to both.
+/// Which deltas [`add_with_deltas`] builds and which it keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaPolicy {
+    /// Build deltas from this many of the newest older releases (same first hardware id and
+    /// channel); 0 builds none.
+    pub keep: usize,
+    /// Keep a delta only if it is smaller than this percentage of the new full image (0 keeps none).
+    pub max_share_percent: u8,
+}
+
+impl Default for DeltaPolicy {
+    fn default() -> Self {
+        DeltaPolicy {
+            keep: 2,
+            max_share_percent: 50,
+        }
+    }
+}
+
+impl DeltaPolicy {
+    /// Whether a delta of `delta_len` bytes is worth offering for an image of `image_len` bytes.
+    pub fn worth_keeping(&self, delta_len: u64, image_len: u64) -> bool {
+        // u128: no overflow for any u64 lengths.
+        u128::from(delta_len) * 100 < u128::from(image_len) * u128::from(self.max_share_percent)
+    }
+}
+
+/// A delta that was built but not kept (not smaller than the policy's share of the full image).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedDelta {
+    /// Target name of the release the delta leads to.
+    pub release_target: String,
+    /// Version of the base release it started from.
+    pub base_version: String,
+    /// Its length in bytes.
+    pub delta_len: u64,
+    /// Length of the full image in bytes.
+    pub image_len: u64,
+}
+
+/// What [`add_with_deltas`] did: the publish, plus the deltas it built but did not keep.
+#[derive(Clone, Debug)]
+pub struct DeltaAddReport {
+    /// The publish (the kept deltas are among its added targets).
+    pub add: AddReport,
+    /// Deltas not kept, in the order they were built.
+    pub skipped: Vec<SkippedDelta>,
+}
+
+/// [`crate::add`], offering deltas from the last `policy.keep` older releases of the same first
+/// hardware id and channel, keeping those worth it ([`DeltaPolicy::worth_keeping`]). Images are read
+/// whole into memory here: encoders need random access to both.
 pub fn add_with_deltas(
     repo: &Path,
     releases: &[ReleaseSpec],
     opts: &AddOptions,
     ring: &KeyRing,
-    keep: usize,
+    policy: &DeltaPolicy,
     encoder: &mut Encoder<'_>,
-) -> Result<AddReport> {
-    add_with(repo, releases, opts, ring, |state, nt, stager| {
+) -> Result<DeltaAddReport> {
+    let keep = policy.keep;
+    let mut skipped = Vec::new();
+    let add = add_with(repo, releases, opts, ring, |state, nt, stager| {
         let Some(OtaTarget::Release(mut release)) = ota_custom(&nt.target) else {
             return Ok(Vec::new());
         };
@@ -63,6 +117,19 @@ pub fn add_with_deltas(
                 what: format!("delta from {version} to {}", release.version),
                 why,
             })?;
+            let delta_len = u64::try_from(delta.len()).map_err(|_| Error::InvalidInput {
+                what: format!("delta from {version} to {}", release.version),
+                why: "longer than 2^64 bytes".to_owned(),
+            })?;
+            if !policy.worth_keeping(delta_len, nt.staged.length) {
+                skipped.push(SkippedDelta {
+                    release_target: nt.name.clone(),
+                    base_version: version.to_string(),
+                    delta_len,
+                    image_len: nt.staged.length,
+                });
+                continue;
+            }
             let staged = stager.stage_bytes(&delta)?;
             let name = if dir.is_empty() {
                 format!("deltas/{version}.delta")
@@ -93,5 +160,6 @@ pub fn add_with_deltas(
         })?;
         nt.target = tuf_target(&nt.staged, &OtaTarget::Release(release))?;
         Ok(extra)
-    })
+    })?;
+    Ok(DeltaAddReport { add, skipped })
 }

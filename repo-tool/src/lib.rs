@@ -6,8 +6,11 @@
 //! now and a KMS/HSM later), [`init`], [`add`] (one image or a directory, with the `ota-release`
 //! custom fields), [`refresh`] (cron: re-sign timestamp/snapshot), [`delegate`], root rotation with
 //! thresholds held by different people ([`root_stage`] → [`root_sign`] on each holder's machine →
-//! [`root_publish`]), [`verify`] and [`list`]. It does not serve files (any static web server does), encode
-//! deltas (`ota-delta` does; [`deltas`] holds the seam) or run on devices (`ota-tuf` is the client).
+//! [`root_publish`]), [`verify`] and [`list`]; [`deltas::add_with_deltas`] publishes a release with binary
+//! deltas from the last K releases of its hardware and channel, kept only when under a share of the image
+//! ([`deltas::DeltaPolicy`]). It does not serve files (any static web server does), encode deltas
+//! (`ota-delta` does; the binary passes `ota_delta::encode_with_progress` to the seam) or run on devices
+//! (`ota-tuf` is the client).
 //!
 //! # On disk (the TUF specification's layout, consistent snapshots)
 //! ```text

@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ota_delta::EncodeStage;
+use repo_tool::deltas::{add_with_deltas, DeltaPolicy};
 use repo_tool::{Expiries, KeyRing};
 
 #[derive(Parser)]
@@ -147,6 +150,13 @@ enum Command {
         /// Add into this delegated role instead of top-level targets.
         #[arg(long)]
         role: Option<String>,
+        /// Build deltas to each new release from this many of the newest older releases of the same
+        /// hardware id and channel (0: none).
+        #[arg(long = "deltas", default_value_t = 2)]
+        deltas: usize,
+        /// Keep a delta only if smaller than this percentage of the full image.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+        delta_max_share: u8,
         #[command(flatten)]
         lifetimes: Lifetimes,
         #[command(flatten)]
@@ -335,6 +345,8 @@ fn run(cli: Cli) -> Result<()> {
             rollout,
             name,
             role,
+            deltas,
+            delta_max_share,
             lifetimes,
             signing,
         } => {
@@ -354,7 +366,25 @@ fn run(cli: Cli) -> Result<()> {
                 role,
                 expiries: lifetimes.expiries(),
             };
-            let report = repo_tool::add(&repo, &releases, &opts, &signing.load()?)?;
+            let policy = DeltaPolicy {
+                keep: deltas,
+                max_share_percent: delta_max_share,
+            };
+            let report = add_with_deltas(
+                &repo,
+                &releases,
+                &opts,
+                &signing.load()?,
+                &policy,
+                &mut encode_delta_with_progress_bar,
+            )?;
+            for s in &report.skipped {
+                println!(
+                    "not kept: delta from {} for {} ({} bytes, not under {delta_max_share}% of {} bytes)",
+                    s.base_version, s.release_target, s.delta_len, s.image_len
+                );
+            }
+            let report = report.add;
             for (name, sha, len) in &report.added {
                 println!("added {name} ({len} bytes, sha256 {sha})");
             }
@@ -480,6 +510,32 @@ fn root_command(command: RootCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The production delta encoder (`ota_delta`), with a progress bar on stderr; indicatif hides it
+/// when stderr is not a terminal.
+fn encode_delta_with_progress_bar(old: &[u8], new: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let style =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] delta {pos}/{len} candidates: {msg}")
+            .map_err(|e| e.to_string())?;
+    bar.set_style(style);
+    bar.set_message(format!("{} -> {} bytes", old.len(), new.len()));
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let progress = |stage: EncodeStage| match stage {
+        EncodeStage::Candidate { count, .. } => bar.set_length(u64::try_from(count).unwrap_or(u64::MAX)),
+        EncodeStage::Indexing(f) => bar.set_message(format!("{f}: indexing the old image")),
+        EncodeStage::Matching(f) => bar.set_message(format!("{f}: matching")),
+        EncodeStage::Compressing(f) => bar.set_message(format!("{f}: compressing")),
+        EncodeStage::Finished { filter, delta_len } => {
+            bar.inc(1);
+            bar.set_message(format!("{filter}: {delta_len} bytes"));
+        }
+        _ => {}
+    };
+    let result = ota_delta::encode_with_progress(old, new, &ota_delta::EncodeOptions::default(), &progress);
+    bar.finish_and_clear();
+    result.map_err(|e| e.to_string())
 }
 
 fn print_listing(repo: &Path) -> Result<()> {

@@ -6,7 +6,7 @@ mod common;
 
 use common::Fixture;
 use ota_release::OtaTarget;
-use repo_tool::deltas::add_with_deltas;
+use repo_tool::deltas::{add_with_deltas, DeltaPolicy};
 use repo_tool::AddOptions;
 
 #[test]
@@ -37,10 +37,15 @@ fn deltas_from_the_last_releases_are_offered_and_published() {
         &[f.release(&new, "2.0.0", "gw-a")],
         &AddOptions::default(),
         &online,
-        2,
+        &DeltaPolicy {
+            keep: 2,
+            max_share_percent: 200,
+        },
         &mut encoder,
     )
     .unwrap();
+    assert!(report.skipped.is_empty());
+    let report = report.add;
     assert_eq!(
         calls,
         vec![1002, 1001],
