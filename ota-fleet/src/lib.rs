@@ -18,6 +18,7 @@
 //! (per release and outcome, convergence, bytes, invariants; table, JSON, SVG/HTML), [`Error`].
 #![deny(missing_docs)]
 
+pub mod drill;
 pub mod mirror;
 pub mod report;
 mod rng;
@@ -25,6 +26,7 @@ pub mod scenario;
 
 use std::path::PathBuf;
 
+pub use drill::{run, DrillObserver, DrillOptions, Silent};
 pub use mirror::{Fault, FaultyMirror, MirrorStats};
 pub use report::{DrillReport, Invariants, Outcome, ReleaseReport, Sample, WrittenReport};
 pub use scenario::{Faults, HardwareShare, NetworkFaults, PowerFaults, ReleasePlan, Scenario};
@@ -65,6 +67,26 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// repo-tool refused to build or publish the drill's repository.
+    #[error("publishing the drill's repository: {0}")]
+    Publish(#[source] repo_tool::Error),
+    /// A simulated flash or bootloader could not be set up.
+    #[error("simulated flash: {0}")]
+    Slot(#[source] ota_slot::Error),
+    /// The device agent refused to provision or open a device (a drill setup failure, not a field fault).
+    #[error("device {device}: {source}")]
+    Agent {
+        /// The simulated device.
+        device: String,
+        /// The agent's error.
+        source: Box<device_agent::Error>,
+    },
+    /// A device task panicked or was cancelled.
+    #[error("device task: {0}")]
+    Task(String),
+    /// A lock was poisoned by a panicking task.
+    #[error("a shared table was poisoned by a panicking task")]
+    Poisoned,
     /// The report could not be serialized.
     #[error("report JSON: {0}")]
     ReportJson(#[source] serde_json::Error),

@@ -1,2 +1,121 @@
-//! `ota-drill`: runs a fleet drill and writes its report. See the ota-fleet crate doc.
-fn main() {}
+//! `ota-drill`: runs a fleet rollback drill and writes its report (see the ota-fleet crate doc).
+//!
+//! Exit status: 0 when every invariant held, 1 when one broke (a device unbootable or running an image
+//! that was not signed), 2 when the drill could not run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use ota_fleet::{DrillObserver, DrillOptions, Scenario};
+
+/// Rehearse releases on a simulated fleet (real device-agent code, simulated flash and bootloader,
+/// a loopback mirror injecting faults) and report per release who committed and who rolled back.
+#[derive(Parser, Debug)]
+#[command(name = "ota-drill", version)]
+struct Args {
+    /// Scenario file (TOML); absent fields, or no file at all, take the defaults of
+    /// ota-fleet/scenarios/default.toml.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Override the fleet size.
+    #[arg(long)]
+    devices: Option<u32>,
+    /// Override the seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Override the image size in KiB.
+    #[arg(long)]
+    image_kib: Option<u32>,
+    /// Override how many devices step at once.
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Where report.json, report.svg and report.html go.
+    #[arg(long, default_value = "drill-report")]
+    out: PathBuf,
+    /// Scratch directory for the repository and device state (default: a temporary one).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+struct Bar(ProgressBar);
+
+impl DrillObserver for Bar {
+    fn release_started(&self, version: &str, devices: u32) {
+        self.0.set_length(u64::from(devices));
+        self.0.set_position(0);
+        self.0.set_message(format!("release {version}: publishing"));
+    }
+    fn round_done(&self, version: &str, round: u32, settled: u32) {
+        self.0.set_position(u64::from(settled));
+        self.0.set_message(format!("release {version}, round {round}"));
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("ota-drill: an invariant broke (see the report)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("ota-drill: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<bool> {
+    let args = Args::parse();
+    let mut scenario = match &args.scenario {
+        Some(path) => Scenario::from_file(path)?,
+        None => Scenario::default(),
+    };
+    if let Some(n) = args.devices {
+        scenario.devices = n;
+    }
+    if let Some(s) = args.seed {
+        scenario.seed = s;
+    }
+    if let Some(k) = args.image_kib {
+        scenario.image_kib = k;
+    }
+    if let Some(c) = args.concurrency {
+        scenario.concurrency = c;
+    }
+    scenario.validate()?;
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(u64::from(scenario.devices))
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} settled  {msg}")
+            .context("progress bar template")?,
+    );
+    let observer = Bar(bar.clone());
+    let options = DrillOptions {
+        work_dir: args.work_dir.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let report = runtime.block_on(ota_fleet::run(&scenario, &options, &observer))?;
+    bar.finish_and_clear();
+    print!("{}", report.table());
+    let written = report.write_to(&args.out)?;
+    println!(
+        "report: {} (chart: {}, {})",
+        written.json.display(),
+        written.svg.display(),
+        written.html.display()
+    );
+    Ok(report.invariants.hold())
+}

@@ -1,0 +1,854 @@
+//! The drill itself: publish, run the fleet round by round, inject power cuts, check the invariants.
+//!
+//! Time is counted in *rounds*: in one round every device that has not yet settled on the newest release
+//! takes one step, as if one poll interval had passed. A step is either a poll (the agent's
+//! [`Device::poll_once`]: refresh TUF metadata, choose, download into the inactive slot, request the
+//! trial) or, after a reboot or a power cut, a boot (the simulated bootloader's
+//! [`SimBootloader::reboot`], then the agent's [`Device::on_boot`]: health checks, commit or rollback). A
+//! device has *settled* on a release once a poll after its publication came back with nothing left to do;
+//! a settled device sleeps until the next release (its polls would change nothing).
+//!
+//! Each device owns a simulated NOR flash ([`FlashMemory`], laid out by [`AbFlashLayout`]: slot a, slot b,
+//! the bootloader's env) and a state directory; nothing is shared between devices except the mirror.
+//! A power cut is a [`PowerCut`] budget armed before the step of the phase it targets; when it fires,
+//! the device's handles die, and the next step rebuilds them over the same memory and boots.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use device_agent::config::HealthConfig;
+use device_agent::device::{provision, Device, DeviceSettings, FactoryImage, SlotPair};
+use device_agent::state::{RecordFile, UpdateState};
+use ota_release::{Channel, HardwareId, Version};
+use ota_slot::{
+    slot_sha256, AbFlashLayout, CutMode, FlashMemory, NorFlashSlot, PowerCut, SimBootloader, SimFlash,
+    SlotId, SlotWriter,
+};
+
+use crate::mirror::FaultyMirror;
+use crate::report::{DrillReport, Invariants, Outcome, PowerCutCounts, ReleaseReport, Sample};
+use crate::rng;
+use crate::scenario::Scenario;
+use crate::{Error, Result};
+
+/// Flash write unit and erase unit of the simulated chips (a common small NOR geometry).
+const WRITE_SIZE: u64 = 4;
+const ERASE_SIZE: u64 = 4096;
+
+type Flash = SimFlash<4, 4096>;
+type SimSlot = NorFlashSlot<Flash>;
+type SimBoot = SimBootloader<SimSlot>;
+type SimAgent = Device<SimSlot, SimBoot>;
+
+/// What the caller sees while a drill runs (the binary draws a progress bar from it).
+pub trait DrillObserver: Send + Sync {
+    /// A release was published; `devices` will have to settle on it.
+    fn release_started(&self, version: &str, devices: u32);
+    /// After every round: how many devices have settled on the newest release.
+    fn round_done(&self, version: &str, round: u32, settled: u32);
+}
+
+/// An observer that shows nothing.
+pub struct Silent;
+
+impl DrillObserver for Silent {
+    fn release_started(&self, _version: &str, _devices: u32) {}
+    fn round_done(&self, _version: &str, _round: u32, _settled: u32) {}
+}
+
+/// Where the drill keeps its files (repository, keys, images, device state directories).
+#[derive(Clone, Debug)]
+pub struct DrillOptions {
+    /// A scratch directory; `None` makes a temporary one (in /dev/shm when it exists: device state is
+    /// fsynced on every change, and the drill measures the fleet, not the disk).
+    pub work_dir: Option<PathBuf>,
+}
+
+/// The phases a power cut can target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Install,
+    Commit,
+    Rollback,
+}
+
+/// A signed image: which version and board it is.
+#[derive(Clone, Debug)]
+struct SignedImage {
+    version: String,
+}
+
+/// Everything a step needs that is the same for every device.
+struct Fleet {
+    scenario: Scenario,
+    layout: AbFlashLayout,
+    image_len: u64,
+    /// sha256 -> signed image, from what repo-tool reported it signed.
+    signed: std::sync::RwLock<HashMap<[u8; 32], SignedImage>>,
+    mirror: FaultyMirror,
+    request_timeout: Duration,
+    /// The version of the repository's newest timestamp.json.
+    timestamp_version: AtomicU64,
+}
+
+/// One simulated device: its flash, state directory, and what the drill knows about it.
+struct SimDevice {
+    index: u32,
+    name: String,
+    board: usize,
+    hardware: HardwareId,
+    rollout_bucket: u8,
+    memory: FlashMemory,
+    state_dir: PathBuf,
+    /// The agent over live handles; None after a reboot or power cut (rebuilt at the next step).
+    live: Option<SimAgent>,
+    /// The power budget of the live handles.
+    power: PowerCut,
+    /// A reboot is due: the next step boots.
+    needs_boot: bool,
+    /// Version the booted slot holds ("unknown" when it matches no signed image).
+    running: String,
+    /// Settled on the newest release.
+    settled: bool,
+    /// Cuts planned for the current release: phase -> (operation number, mode); removed once armed.
+    cut_plan: BTreeMap<Phase, (u64, CutMode)>,
+    /// The phase of the armed cut, if one is armed.
+    armed: Option<Phase>,
+    /// Last error a step returned (for the report of stragglers).
+    last_error: Option<String>,
+    invariants: Invariants,
+    cuts: PowerCutCounts,
+}
+
+/// Runs a whole drill and returns its report. An invariant breaking is reported, not an error.
+pub async fn run(
+    scenario: &Scenario,
+    options: &DrillOptions,
+    observer: &dyn DrillObserver,
+) -> Result<DrillReport> {
+    scenario.validate()?;
+    let started = Instant::now();
+    let scratch = match &options.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            tempfile::Builder::new().prefix("drill-").tempdir_in(dir)
+        }
+        None if Path::new("/dev/shm").is_dir() => tempfile::Builder::new()
+            .prefix("ota-drill-")
+            .tempdir_in("/dev/shm"),
+        None => tempfile::Builder::new().prefix("ota-drill-").tempdir(),
+    }
+    .map_err(|source| Error::Io {
+        path: PathBuf::from("drill scratch directory"),
+        source,
+    })?;
+    let work = scratch.path().to_owned();
+    let repo = work.join("repo");
+    let keys_dir = work.join("keys");
+
+    // A fresh repository with freshly generated keys, and the factory image published into it.
+    let ring = make_keys(&keys_dir)?;
+    let spec = init_spec(&keys_dir)?;
+    let fingerprint = repo_tool::init(&repo, &spec, &ring).map_err(Error::Publish)?;
+    let image_len = scenario.image_bytes();
+    let mirror = FaultyMirror::start(&repo, scenario.faults.network.clone(), scenario.seed).await?;
+    let layout = AbFlashLayout::new(image_len, ERASE_SIZE, WRITE_SIZE).map_err(Error::Slot)?;
+    let fleet = Arc::new(Fleet {
+        scenario: scenario.clone(),
+        layout,
+        image_len,
+        signed: std::sync::RwLock::new(HashMap::new()),
+        mirror,
+        request_timeout: Duration::from_millis((scenario.faults.network.stall_ms * 4).max(2000)),
+        timestamp_version: AtomicU64::new(0),
+    });
+    let factory_images = publish(&fleet, &repo, &work, &scenario.factory_version, &[], 100, &ring)?;
+
+    // Provision the fleet: factory image in slot a, bootloader env, the agent's state directory.
+    let mut devices = Vec::with_capacity(usize::try_from(scenario.devices).unwrap_or(0));
+    for index in 0..scenario.devices {
+        let d = provision_device(&fleet, &work, index, &factory_images, &fingerprint)?;
+        devices.push(Some(d));
+    }
+
+    let mut timeline = Vec::new();
+    let mut releases = Vec::new();
+    let mut round = 0u32;
+    let mut fleet_time = Duration::ZERO;
+    let requests_before = fleet.mirror.stats().requests;
+    sample(&fleet, &devices, round, started, &mut timeline);
+
+    for (rel_index, plan) in scenario.releases.iter().enumerate() {
+        fleet.mirror.remember_stale_timestamp()?;
+        publish(
+            &fleet,
+            &repo,
+            &work,
+            &plan.version,
+            &plan.hardware,
+            plan.rollout_percent,
+            &ring,
+        )?;
+        let published_round = round;
+        let published_at = Instant::now();
+        let bytes_before = fleet.mirror.stats().bytes;
+        let rel = u64::try_from(rel_index).unwrap_or(u64::MAX);
+        for d in devices.iter_mut().flatten() {
+            d.settled = false;
+            d.cut_plan = plan_cuts(scenario, d.index, rel);
+        }
+        observer.release_started(&plan.version, scenario.devices);
+        let mut settled_round = None;
+        for _ in 0..scenario.max_rounds_per_release {
+            round += 1;
+            let t = Instant::now();
+            step_round(&fleet, &mut devices, rel).await?;
+            fleet_time += t.elapsed();
+            sample(&fleet, &devices, round, started, &mut timeline);
+            let settled = devices.iter().flatten().filter(|d| d.settled).count();
+            let settled = u32::try_from(settled).unwrap_or(u32::MAX);
+            observer.round_done(&plan.version, round, settled);
+            if settled == scenario.devices {
+                settled_round = Some(round);
+                break;
+            }
+        }
+        let converge_seconds = published_at.elapsed().as_secs_f64();
+        let version = ota_release::parse_version(&plan.version).map_err(|e| Error::ScenarioInvalid {
+            field: "releases.version".into(),
+            why: e.to_string(),
+        })?;
+        let mut outcomes: BTreeMap<Outcome, u32> = BTreeMap::new();
+        let mut offered = 0;
+        let mut health_fail_injected = 0;
+        for d in devices.iter().flatten() {
+            let is_offered = offered_to(scenario, plan, d);
+            if is_offered {
+                offered += 1;
+                if health_fails(scenario, d.index, rel) {
+                    health_fail_injected += 1;
+                }
+            }
+            let outcome = classify(d, &version, is_offered)?;
+            *outcomes.entry(outcome).or_default() += 1;
+        }
+        releases.push(ReleaseReport {
+            version: plan.version.clone(),
+            published_round,
+            settled_round,
+            converge_seconds,
+            offered,
+            health_fail_injected,
+            outcomes,
+            bytes_downloaded: fleet.mirror.stats().bytes.saturating_sub(bytes_before),
+        });
+    }
+
+    // Final power cycle of every device, no cut: it must boot a signed image.
+    let mut invariants = Invariants::default();
+    let mut power_cuts = PowerCutCounts::default();
+    let mut final_versions: BTreeMap<String, u32> = BTreeMap::new();
+    for d in devices.iter_mut().flatten() {
+        d.live = None;
+        d.needs_boot = true;
+        if let Err(e) = boot_and_check(&fleet, d, PowerCut::never()).await {
+            d.last_error = Some(e);
+        }
+        *final_versions.entry(d.running.clone()).or_default() += 1;
+        invariants.boots_checked += d.invariants.boots_checked;
+        invariants
+            .unbootable
+            .extend(d.invariants.unbootable.iter().cloned());
+        invariants.unsigned.extend(d.invariants.unsigned.iter().cloned());
+        power_cuts.install += d.cuts.install;
+        power_cuts.commit += d.cuts.commit;
+        power_cuts.rollback += d.cuts.rollback;
+    }
+    let mirror = fleet.mirror.stats();
+    let secs = fleet_time.as_secs_f64();
+    let requests_per_second = if secs > 0.0 {
+        crate::report::f64_from_u64(mirror.requests.saturating_sub(requests_before)) / secs
+    } else {
+        0.0
+    };
+    drop(devices);
+    Ok(DrillReport {
+        scenario: scenario.clone(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        rounds: round,
+        releases,
+        final_versions,
+        mirror,
+        requests_per_second,
+        power_cuts,
+        invariants,
+        timeline,
+    })
+}
+
+/// One key per top-level role (threshold 1), generated for this drill only.
+fn make_keys(dir: &Path) -> Result<repo_tool::KeyRing> {
+    for role in ["root", "targets", "snapshot", "timestamp"] {
+        repo_tool::generate_key(dir, role).map_err(Error::Publish)?;
+    }
+    repo_tool::KeyRing::from_dir(dir).map_err(Error::Publish)
+}
+
+fn init_spec(dir: &Path) -> Result<repo_tool::InitSpec> {
+    let role = |name: &str| -> Result<repo_tool::RoleSpec> {
+        let key = repo_tool::read_public_key(&dir.join(format!("{name}{}", repo_tool::PUBLIC_KEY_SUFFIX)))
+            .map_err(Error::Publish)?;
+        Ok(repo_tool::RoleSpec {
+            keys: vec![key],
+            threshold: 1,
+        })
+    };
+    Ok(repo_tool::InitSpec {
+        root: role("root")?,
+        targets: role("targets")?,
+        snapshot: role("snapshot")?,
+        timestamp: role("timestamp")?,
+        expiries: repo_tool::Expiries::default(),
+    })
+}
+
+/// The image of `version` for `board`: deterministic bytes from the seed, so every board and version
+/// differ and a drill replays byte for byte.
+fn image_bytes(seed: u64, board: &str, version: &str, len: u64) -> Vec<u8> {
+    let key = rng::hash(seed, &[rng::hash_str(board), rng::hash_str(version)]);
+    let words = len.div_ceil(8);
+    let mut out = Vec::with_capacity(usize::try_from(words * 8).unwrap_or(0));
+    for i in 0..words {
+        out.extend_from_slice(&rng::hash(key, &[i]).to_le_bytes());
+    }
+    out.truncate(usize::try_from(len).unwrap_or(0));
+    out
+}
+
+/// Builds the images of `version` (one per board it is for) and publishes them with repo-tool; records
+/// the signed digests. Returns board id -> image bytes.
+fn publish(
+    fleet: &Fleet,
+    repo: &Path,
+    work: &Path,
+    version: &str,
+    hardware: &[String],
+    rollout_percent: u8,
+    ring: &repo_tool::KeyRing,
+) -> Result<BTreeMap<String, Vec<u8>>> {
+    let s = &fleet.scenario;
+    let boards: Vec<String> = if hardware.is_empty() {
+        s.hardware.iter().map(|h| h.id.clone()).collect()
+    } else {
+        hardware.to_vec()
+    };
+    let mut specs = Vec::new();
+    let mut images = BTreeMap::new();
+    for board in &boards {
+        let dir = work.join("images").join(board).join(version);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join("firmware.img");
+        let bytes = image_bytes(s.seed, board, version, fleet.image_len);
+        std::fs::write(&path, &bytes).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        specs.push(repo_tool::ReleaseSpec {
+            image: path,
+            version: version.to_owned(),
+            hardware: vec![board.clone()],
+            channel: s.channel.clone(),
+            rollout_percent,
+            name: None,
+        });
+        images.insert(board.clone(), bytes);
+    }
+    let report =
+        repo_tool::add(repo, &specs, &repo_tool::AddOptions::default(), ring).map_err(Error::Publish)?;
+    let newest = timestamp_version(&repo.join("metadata").join("timestamp.json"));
+    fleet.timestamp_version.store(newest, Ordering::Relaxed);
+    let mut signed = fleet.signed.write().map_err(|_| Error::Poisoned)?;
+    for (name, sha_hex, _len) in report.added {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(&sha_hex, &mut digest).map_err(|_| Error::ScenarioInvalid {
+            field: "published target".into(),
+            why: format!("{name}: bad sha256 {sha_hex}"),
+        })?;
+        signed.insert(
+            digest,
+            SignedImage {
+                version: version.to_owned(),
+            },
+        );
+    }
+    Ok(images)
+}
+
+fn flash_handles(
+    fleet: &Fleet,
+    memory: &FlashMemory,
+    power: PowerCut,
+) -> Result<(SlotPair<SimSlot>, SimSlot)> {
+    let flash = Flash::with_memory(memory.clone(), power).map_err(Error::Slot)?;
+    let a = fleet.layout.slot(&flash, SlotId::A).map_err(Error::Slot)?;
+    let b = fleet.layout.slot(&flash, SlotId::B).map_err(Error::Slot)?;
+    let env = fleet.layout.env(&flash).map_err(Error::Slot)?;
+    Ok((SlotPair { a, b }, env))
+}
+
+fn device_name(index: u32) -> String {
+    format!("dev-{index:05}")
+}
+
+/// Picks the device's board from the weighted mix.
+fn pick_board(s: &Scenario, index: u32) -> usize {
+    let total: u64 = s.hardware.iter().map(|h| u64::from(h.weight)).sum();
+    let mut x = rng::below(rng::hash(s.seed, &[u64::from(index), 0x626f_6172]), total.max(1));
+    for (i, h) in s.hardware.iter().enumerate() {
+        let w = u64::from(h.weight);
+        if x < w {
+            return i;
+        }
+        x -= w;
+    }
+    0
+}
+
+fn provision_device(
+    fleet: &Fleet,
+    work: &Path,
+    index: u32,
+    factory_images: &BTreeMap<String, Vec<u8>>,
+    fingerprint: &repo_tool::RootFingerprint,
+) -> Result<SimDevice> {
+    let s = &fleet.scenario;
+    let name = device_name(index);
+    let board = pick_board(s, index);
+    let board_id = s.hardware.get(board).map(|h| h.id.clone()).unwrap_or_default();
+    let hardware = HardwareId::new(&board_id).map_err(|e| Error::ScenarioInvalid {
+        field: "hardware.id".into(),
+        why: e.to_string(),
+    })?;
+    let image = factory_images
+        .get(&board_id)
+        .ok_or_else(|| Error::ScenarioInvalid {
+            field: "hardware".into(),
+            why: format!("no factory image for {board_id}"),
+        })?;
+    let capacity = usize::try_from(fleet.layout.capacity()).map_err(|_| Error::ScenarioInvalid {
+        field: "image_kib".into(),
+        why: "flash too large".into(),
+    })?;
+    let memory = FlashMemory::new(capacity, 0xFF);
+    let (mut slots, env) = flash_handles(fleet, &memory, PowerCut::never())?;
+    {
+        let mut writer = SlotWriter::new(&mut slots.a, fleet.image_len).map_err(Error::Slot)?;
+        writer.write_all(image).map_err(|source| Error::Io {
+            path: PathBuf::from(format!("{name} slot a")),
+            source,
+        })?;
+        writer.finish().map_err(Error::Slot)?;
+    }
+    let mut boot = SimBootloader::provision(env, SlotId::A).map_err(Error::Slot)?;
+    boot.reboot().map_err(Error::Slot)?;
+    let state_dir = work.join("devices").join(&name);
+    let factory = FactoryImage {
+        version: ota_release::parse_version(&s.factory_version).map_err(|e| Error::ScenarioInvalid {
+            field: "factory_version".into(),
+            why: e.to_string(),
+        })?,
+        length: fleet.image_len,
+    };
+    let report = provision(
+        &state_dir,
+        &fingerprint.path,
+        &fingerprint.sha256,
+        &factory,
+        &mut slots,
+        &mut boot,
+    )
+    .map_err(|e| Error::Agent {
+        device: name.clone(),
+        source: Box::new(e),
+    })?;
+    Ok(SimDevice {
+        index,
+        rollout_bucket: ota_release::rollout_bucket(&report.device_id),
+        name,
+        board,
+        hardware,
+        memory,
+        state_dir,
+        live: None,
+        power: PowerCut::never(),
+        needs_boot: false,
+        running: s.factory_version.clone(),
+        settled: true,
+        cut_plan: BTreeMap::new(),
+        armed: None,
+        last_error: None,
+        invariants: Invariants::default(),
+        cuts: PowerCutCounts::default(),
+    })
+}
+
+/// Whether device `index` fails its health checks on release number `rel`.
+fn health_fails(s: &Scenario, index: u32, rel: u64) -> bool {
+    let share = usize::try_from(rel)
+        .ok()
+        .and_then(|r| s.releases.get(r))
+        .map_or(0.0, |r| r.health_fail);
+    rng::chance(s.seed, &[u64::from(index), rel, 0x6865_616c], share)
+}
+
+/// The power cuts planned for device `index` during release `rel`.
+fn plan_cuts(s: &Scenario, index: u32, rel: u64) -> BTreeMap<Phase, (u64, CutMode)> {
+    let p = &s.faults.power;
+    let sectors = s.image_bytes().div_ceil(ERASE_SIZE);
+    let mut plan = BTreeMap::new();
+    // Operation counts per phase: an install marks the slot bad (env: erase + write), erases and writes
+    // every sector, and starts the trial; a commit or rollback is a reboot plus one env change.
+    for (phase, share, ops, tag) in [
+        (Phase::Install, p.install, 2 * sectors + 6, 1u64),
+        (Phase::Commit, p.commit, 6, 2),
+        (Phase::Rollback, p.rollback, 6, 3),
+    ] {
+        let words = [u64::from(index), rel, 0x6375_74, tag];
+        if rng::chance(s.seed, &words, share) {
+            let h = rng::hash(s.seed, &words);
+            let op = rng::below(h, ops);
+            let mode = if rng::chance(s.seed ^ 0x746f_726e, &words, p.torn) {
+                CutMode::Torn
+            } else if h & 1 == 0 {
+                CutMode::Before
+            } else {
+                CutMode::After
+            };
+            plan.insert(phase, (op, mode));
+        }
+    }
+    plan
+}
+
+fn offered_to(s: &Scenario, plan: &crate::scenario::ReleasePlan, d: &SimDevice) -> bool {
+    let board = s.hardware.get(d.board).map(|h| h.id.as_str()).unwrap_or_default();
+    let for_board = plan.hardware.is_empty() || plan.hardware.iter().any(|h| h == board);
+    for_board && d.rollout_bucket < plan.rollout_percent
+}
+
+fn classify(d: &SimDevice, version: &Version, offered: bool) -> Result<Outcome> {
+    if !offered {
+        return Ok(Outcome::NotOffered);
+    }
+    let record = RecordFile::in_dir(&d.state_dir)
+        .load()
+        .map_err(|e| Error::Agent {
+            device: d.name.clone(),
+            source: Box::new(e),
+        })?;
+    Ok(match &record.state {
+        _ if !d.settled => Outcome::Retrying,
+        UpdateState::Committed { version: v, .. } if v == version => Outcome::Committed,
+        UpdateState::RolledBack { version: v, .. } if v == version => Outcome::RolledBack,
+        _ => Outcome::OnOldVersion,
+    })
+}
+
+/// One round: every unsettled device takes one step, at most `concurrency` at a time.
+async fn step_round(fleet: &Arc<Fleet>, devices: &mut [Option<SimDevice>], rel: u64) -> Result<()> {
+    let limit = usize::try_from(fleet.scenario.concurrency).unwrap_or(1).max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut pending = devices
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, d)| d.as_ref().is_some_and(|d| !d.settled));
+    let mut back: Vec<(usize, SimDevice)> = Vec::new();
+    loop {
+        while tasks.len() < limit {
+            let Some((i, slot)) = pending.next() else { break };
+            let Some(mut d) = slot.take() else { continue };
+            let fleet = Arc::clone(fleet);
+            tasks.spawn(async move {
+                step(&fleet, &mut d, rel).await;
+                (i, d)
+            });
+        }
+        match tasks.join_next().await {
+            Some(Ok(done)) => back.push(done),
+            Some(Err(e)) => return Err(Error::Task(e.to_string())),
+            None => break,
+        }
+    }
+    drop(pending);
+    for (i, d) in back {
+        if let Some(slot) = devices.get_mut(i) {
+            *slot = Some(d);
+        }
+    }
+    Ok(())
+}
+
+/// The phase the next step of `d` belongs to, from its persisted record.
+fn next_phase(d: &SimDevice, rel: u64, fleet: &Fleet) -> Option<Phase> {
+    if !d.needs_boot {
+        return Some(Phase::Install);
+    }
+    let record = RecordFile::in_dir(&d.state_dir).load().ok()?;
+    match record.state {
+        UpdateState::Installed { .. } | UpdateState::TrialBoot { .. } => {
+            if health_fails(&fleet.scenario, d.index, rel) {
+                Some(Phase::Rollback)
+            } else {
+                Some(Phase::Commit)
+            }
+        }
+        UpdateState::Committed { .. } => Some(Phase::Commit),
+        UpdateState::RolledBack { .. } => Some(Phase::Rollback),
+        _ => None,
+    }
+}
+
+/// One step of one device: a boot if one is due, else a poll. Errors are the device's business (the
+/// field's): they are recorded and the device tries again next round.
+async fn step(fleet: &Fleet, d: &mut SimDevice, rel: u64) {
+    // A planned cut is armed when its phase begins (fresh handles over a budget that dies at the planned
+    // operation) and stays armed while the phase lasts, across reopened handles and rollback reboots; a
+    // cut that did not fire before its phase ended is spent.
+    let phase = next_phase(d, rel, fleet);
+    if d.armed.is_some() && d.armed != phase {
+        d.armed = None;
+        d.power = PowerCut::never();
+        d.live = None;
+    }
+    if let (None, Some(phase)) = (d.armed, phase) {
+        if let Some((op, mode)) = d.cut_plan.remove(&phase) {
+            d.live = None;
+            let garbage_seed = rng::hash(fleet.scenario.seed, &[u64::from(d.index), rel]);
+            d.power = PowerCut::after(op, mode).with_seed(garbage_seed);
+            d.armed = Some(phase);
+        }
+    }
+    let result = if d.needs_boot {
+        let power = d.power.clone();
+        boot_and_check(fleet, d, power).await
+    } else {
+        poll(fleet, d).await
+    };
+    if d.power.is_cut() {
+        // Power failed somewhere in this step: every handle is dead; the device restarts from its
+        // persisted state at the next step.
+        match d.armed.take() {
+            Some(Phase::Install) => d.cuts.install += 1,
+            Some(Phase::Commit) => d.cuts.commit += 1,
+            Some(Phase::Rollback) => d.cuts.rollback += 1,
+            None => {}
+        }
+        d.live = None;
+        d.power = PowerCut::never();
+        d.needs_boot = true;
+        d.last_error = Some("power cut".into());
+        return;
+    }
+    match result {
+        Ok(StepEnd::Reboot) => {
+            d.live = None;
+            d.needs_boot = true;
+        }
+        Ok(StepEnd::Continue) => {}
+        Ok(StepEnd::Settled) => d.settled = true,
+        Err(e) => {
+            d.last_error = Some(e);
+            // A failed step may leave the agent's in-memory view behind its record: reopen next time.
+            d.live = None;
+        }
+    }
+}
+
+enum StepEnd {
+    /// The agent asked for a reboot.
+    Reboot,
+    /// More to do next round.
+    Continue,
+    /// Nothing to do until a newer release: settled.
+    Settled,
+}
+
+fn settings(fleet: &Fleet, d: &SimDevice, failing: bool) -> Result<DeviceSettings> {
+    let base = fleet.mirror.device_base_url(&d.name);
+    let mut repository = ota_tuf::ClientConfig::new(format!("{base}/metadata"), format!("{base}/targets"));
+    repository.request_timeout = fleet.request_timeout;
+    let mut health = HealthConfig {
+        deadline_secs: 10,
+        checks: Vec::new(),
+    };
+    if failing {
+        // The injected failure is a real health check that fails: the command `false`.
+        let check: device_agent::config::HealthCheckConfig = toml::from_str(
+            "name = \"drill-injected\"\ncommand = [\"false\"]\ntimeout_secs = 5\n",
+        )
+        .map_err(|e| Error::ScenarioInvalid {
+            field: "health check".into(),
+            why: e.to_string(),
+        })?;
+        health.checks.push(check);
+    }
+    Ok(DeviceSettings {
+        state_dir: d.state_dir.clone(),
+        hardware_id: d.hardware.clone(),
+        channel: Channel::new(&fleet.scenario.channel).map_err(|e| Error::ScenarioInvalid {
+            field: "channel".into(),
+            why: e.to_string(),
+        })?,
+        repository,
+        health,
+    })
+}
+
+/// Whether the version the device runs fails its health checks (its release's injected share).
+fn running_fails(fleet: &Fleet, d: &SimDevice) -> bool {
+    fleet
+        .scenario
+        .releases
+        .iter()
+        .position(|r| r.version == d.running)
+        .and_then(|i| u64::try_from(i).ok())
+        .is_some_and(|rel| health_fails(&fleet.scenario, d.index, rel))
+}
+
+fn open_agent(fleet: &Fleet, d: &SimDevice) -> std::result::Result<SimAgent, String> {
+    let (slots, env) = flash_handles(fleet, &d.memory, d.power.clone()).map_err(|e| e.to_string())?;
+    let boot = SimBootloader::open(env).map_err(|e| format!("bootloader env: {e}"))?;
+    let settings = settings(fleet, d, running_fails(fleet, d)).map_err(|e| e.to_string())?;
+    Device::open(settings, slots, boot).map_err(|e| format!("open agent: {e}"))
+}
+
+/// A poll: the agent refreshes metadata and installs what it chooses.
+async fn poll(fleet: &Fleet, d: &mut SimDevice) -> std::result::Result<StepEnd, String> {
+    let mut agent = match d.live.take() {
+        Some(a) => a,
+        None => open_agent(fleet, d)?,
+    };
+    let outcome = agent.poll_once().await;
+    d.live = Some(agent);
+    let outcome = outcome.map_err(|e| format!("poll: {e}"))?;
+    if outcome.reboot {
+        return Ok(StepEnd::Reboot);
+    }
+    // "Up to date" only counts once the device trusts the newest timestamp: a stale mirror can make an
+    // older one look current (TUF cannot tell before it expires), and the device simply polls again.
+    let newest = fleet.timestamp_version.load(Ordering::Relaxed);
+    if outcome.state.is_final() && trusted_timestamp_version(&d.state_dir) >= newest {
+        return Ok(StepEnd::Settled);
+    }
+    Ok(StepEnd::Continue)
+}
+
+/// The `version` of a timestamp.json file (0 when unreadable).
+fn timestamp_version(path: &Path) -> u64 {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("signed")?.get("version")?.as_u64())
+        .unwrap_or(0)
+}
+
+fn trusted_timestamp_version(state_dir: &Path) -> u64 {
+    timestamp_version(
+        &state_dir
+            .join(device_agent::device::METADATA_DIR)
+            .join("timestamp.json"),
+    )
+}
+
+/// A boot: the simulated bootloader picks the slot, the drill checks the booted image is signed, the
+/// agent continues from its record (health checks, commit, rollback).
+async fn boot_and_check(
+    fleet: &Fleet,
+    d: &mut SimDevice,
+    power: PowerCut,
+) -> std::result::Result<StepEnd, String> {
+    d.live = None;
+    let (slots, env) = flash_handles(fleet, &d.memory, power.clone()).map_err(|e| e.to_string())?;
+    let mut boot = match SimBootloader::open(env) {
+        Ok(b) => b,
+        Err(e) if power.is_cut() => return Err(format!("boot: {e}")),
+        Err(e) => {
+            d.invariants
+                .unbootable
+                .push(format!("{}: bootloader env unreadable: {e}", d.name));
+            return Err(format!("boot: {e}"));
+        }
+    };
+    let booted = match boot.reboot() {
+        Ok(slot) => slot,
+        Err(e) if power.is_cut() => return Err(format!("boot: {e}")),
+        Err(e) => {
+            d.invariants
+                .unbootable
+                .push(format!("{}: bootloader could not boot: {e}", d.name));
+            return Err(format!("boot: {e}"));
+        }
+    };
+    d.needs_boot = false;
+    // The invariant: the booted slot holds exactly an image the repository signed.
+    let digest = {
+        let (mut check_slots, _) =
+            flash_handles(fleet, &d.memory, PowerCut::never()).map_err(|e| e.to_string())?;
+        slot_sha256(check_slots.get_mut(booted), fleet.image_len).map_err(|e| e.to_string())?
+    };
+    d.invariants.boots_checked += 1;
+    let version = fleet
+        .signed
+        .read()
+        .ok()
+        .and_then(|m| m.get(&digest).map(|i| i.version.clone()));
+    match version {
+        Some(v) => d.running = v,
+        None => {
+            d.running = "unknown".into();
+            d.invariants.unsigned.push(format!(
+                "{}: booted slot {booted} holding {}, which no signed target has",
+                d.name,
+                hex::encode(digest)
+            ));
+        }
+    }
+    let settings = settings(fleet, d, running_fails(fleet, d)).map_err(|e| e.to_string())?;
+    let mut agent = Device::open(settings, slots, boot).map_err(|e| format!("open agent: {e}"))?;
+    let outcome = agent.on_boot().await;
+    d.live = Some(agent);
+    let outcome = outcome.map_err(|e| format!("on boot: {e}"))?;
+    if outcome.reboot {
+        return Ok(StepEnd::Reboot);
+    }
+    Ok(StepEnd::Continue)
+}
+
+fn sample(fleet: &Fleet, devices: &[Option<SimDevice>], round: u32, started: Instant, out: &mut Vec<Sample>) {
+    let _ = fleet;
+    let mut running: BTreeMap<String, u32> = BTreeMap::new();
+    let mut updating = 0;
+    for d in devices.iter().flatten() {
+        *running.entry(d.running.clone()).or_default() += 1;
+        let in_progress = d.needs_boot || d.live.as_ref().is_some_and(|a| !a.record().state.is_final());
+        if in_progress {
+            updating += 1;
+        }
+    }
+    out.push(Sample {
+        round,
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        running,
+        updating,
+    });
+}
