@@ -1,1 +1,310 @@
-//! End-to-end suites live in `tests/`; this library is empty on purpose.
+//! Fixtures shared by the end-to-end suites in `tests/`: a TUF repository built in-process with
+//! repo-tool's library and served by a real nginx ([`TestRepo`]), deterministic firmware images
+//! ([`firmware`]), and a simulated device that runs the real `device-agent` binary over file slots and the
+//! simulated bootloader, where a reboot is a process restart ([`SimDevice`]).
+//!
+//! Test-only: it panics with a clear message instead of returning errors.
+#![deny(missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use ota_slot::{FileSlot, SimBootloader, SlotId, SlotWriter};
+use ota_testbed::Nginx;
+use repo_tool::{AddOptions, InitSpec, KeyRing, ReleaseSpec, RoleSpec};
+use sha2::{Digest, Sha256};
+
+/// The hardware id the simulated devices report.
+pub const HARDWARE: &str = "gw-sim";
+/// The channel they follow.
+pub const CHANNEL: &str = "stable";
+
+/// A deterministic pseudo-random firmware image of `len` bytes, different for every version.
+pub fn firmware(version: &str, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut block: [u8; 32] = Sha256::digest(format!("firmware {version}")).into();
+    while out.len() < len {
+        out.extend_from_slice(&block);
+        block = Sha256::digest(block).into();
+    }
+    out.truncate(len);
+    out
+}
+
+/// Lowercase hex sha256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A TUF repository made with repo-tool's library (one key per top-level role), served by nginx.
+pub struct TestRepo {
+    dir: tempfile::TempDir,
+    ring: KeyRing,
+    fingerprint: String,
+    nginx: Nginx,
+}
+
+impl TestRepo {
+    /// Generates keys, initialises the repository and starts nginx on it.
+    pub fn new() -> TestRepo {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let mut spec_keys = Vec::new();
+        for role in ["root", "targets", "snapshot", "timestamp"] {
+            let k = repo_tool::generate_key(&keys, role).unwrap();
+            spec_keys.push(repo_tool::read_public_key(&k.public_path).unwrap());
+        }
+        let ring = KeyRing::from_dir(&keys).unwrap();
+        let role = |i: usize| RoleSpec {
+            keys: vec![spec_keys[i].clone()],
+            threshold: 1,
+        };
+        let spec = InitSpec {
+            root: role(0),
+            targets: role(1),
+            snapshot: role(2),
+            timestamp: role(3),
+            expiries: Default::default(),
+        };
+        let repo = dir.path().join("repo");
+        fs::create_dir_all(&repo).unwrap();
+        let fp = repo_tool::init(&repo, &spec, &ring).unwrap();
+        let nginx = Nginx::serve(&repo);
+        TestRepo {
+            dir,
+            ring,
+            fingerprint: fp.sha256,
+            nginx,
+        }
+    }
+
+    /// The repository directory nginx serves.
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    /// The first root (what devices pin).
+    pub fn root_json(&self) -> PathBuf {
+        self.root_dir().join("metadata/1.root.json")
+    }
+
+    /// sha256 of the first root, as repo-tool prints it.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.nginx.url()
+    }
+
+    /// Publishes `image` as release `version` for [`HARDWARE`] on [`CHANNEL`]; returns the target name.
+    pub fn publish(&self, version: &str, image: &[u8]) -> String {
+        let file = self.dir.path().join(format!("fw-{version}.bin"));
+        fs::write(&file, image).unwrap();
+        let spec = ReleaseSpec {
+            image: file,
+            version: version.into(),
+            hardware: vec![HARDWARE.into()],
+            channel: CHANNEL.into(),
+            rollout_percent: 100,
+            name: None,
+        };
+        let report = repo_tool::add(&self.root_dir(), &[spec], &AddOptions::default(), &self.ring).unwrap();
+        report.added[0].0.clone()
+    }
+
+    /// The file nginx serves for target `name` whose content hashes to `sha256`.
+    pub fn target_file(&self, name: &str, image: &[u8]) -> PathBuf {
+        let digest: [u8; 32] = Sha256::digest(image).into();
+        self.root_dir().join(repo_tool::target_file_path(name, &digest))
+    }
+}
+
+impl Default for TestRepo {
+    fn default() -> Self {
+        TestRepo::new()
+    }
+}
+
+/// The `device-agent` binary, built once per test process (`cargo build -p device-agent`), so the
+/// suites run the real program even when only this crate's tests were asked for.
+pub fn agent_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<this test> -> target/<profile>
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(ota_testbed::workspace_root()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "device-agent",
+            "--bin",
+            "device-agent",
+        ]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for device-agent");
+        assert!(status.success(), "building device-agent failed");
+        let bin = profile_dir.join("device-agent");
+        assert!(
+            bin.is_file(),
+            "device-agent binary not found at {}",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+/// Exit status of the agent after a simulated reboot.
+pub const REBOOT: i32 = device_agent::REBOOT_EXIT_CODE;
+
+/// A simulated device: two file slots, the simulated bootloader's env file, a state directory and a
+/// config, driven by running the real `device-agent` binary (a reboot is a process restart).
+pub struct SimDevice {
+    dir: tempfile::TempDir,
+    /// Capacity of each slot.
+    pub slot_len: u64,
+}
+
+impl SimDevice {
+    /// A device whose slot A holds `factory` (version `version`), booted from A, with health checks
+    /// `checks_toml` (TOML `[[health.checks]]` tables), provisioned against `repo`.
+    pub fn new(
+        repo: &TestRepo,
+        version: &str,
+        factory: &[u8],
+        slot_len: u64,
+        checks_toml: &str,
+    ) -> SimDevice {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for id in [SlotId::A, SlotId::B] {
+            FileSlot::create(d.join(format!("slot-{id}.img")), slot_len).unwrap();
+        }
+        let mut a = FileSlot::open(d.join("slot-a.img"), slot_len).unwrap();
+        let mut w = SlotWriter::new(&mut a, factory.len() as u64).unwrap();
+        std::io::Write::write_all(&mut w, factory).unwrap();
+        w.finish().unwrap();
+        SimBootloader::create_file(d.join("bootenv"), SlotId::A).unwrap();
+        let url = repo.url();
+        let config = format!(
+            r#"state_dir = "{d}/state"
+hardware_id = "{HARDWARE}"
+channel = "{CHANNEL}"
+
+[repository]
+metadata_url = "{url}/metadata"
+targets_url = "{url}/targets"
+request_timeout_secs = 10
+
+[slots.a]
+path = "{d}/slot-a.img"
+capacity = {slot_len}
+[slots.b]
+path = "{d}/slot-b.img"
+capacity = {slot_len}
+
+[boot]
+backend = "sim"
+env = "{d}/bootenv"
+
+[health]
+deadline_secs = 20
+{checks_toml}
+"#,
+            d = d.display()
+        );
+        fs::write(d.join("agent.toml"), config).unwrap();
+        let dev = SimDevice { dir, slot_len };
+        let out = dev.agent(&[
+            "provision",
+            "--root",
+            repo.root_json().to_str().unwrap(),
+            "--fingerprint",
+            repo.fingerprint(),
+            "--running-version",
+            version,
+            "--running-length",
+            &factory.len().to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "provision failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dev
+    }
+
+    /// The device's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    /// Runs `device-agent --config <config> args...`.
+    pub fn agent(&self, args: &[&str]) -> Output {
+        Command::new(agent_binary())
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `device-agent run --once`, restarting it after every simulated reboot, until it exits
+    /// without asking for one. Returns the final run's output and how many reboots happened.
+    pub fn run_until_settled(&self) -> (Output, usize) {
+        let mut reboots = 0;
+        loop {
+            let out = self.agent(&["run", "--once"]);
+            if out.status.code() != Some(REBOOT) {
+                return (out, reboots);
+            }
+            reboots += 1;
+            assert!(
+                reboots < 10,
+                "reboot loop: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// `device-agent status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.agent(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The raw bytes of slot `id` (whole file).
+    pub fn slot_bytes(&self, id: SlotId) -> Vec<u8> {
+        fs::read(self.dir.path().join(format!("slot-{id}.img"))).unwrap()
+    }
+
+    /// sha256 of the first `len` bytes of slot `id`.
+    pub fn slot_sha256(&self, id: SlotId, len: usize) -> String {
+        sha256_hex(&self.slot_bytes(id)[..len])
+    }
+}
