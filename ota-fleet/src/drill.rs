@@ -523,7 +523,7 @@ fn plan_cuts(s: &Scenario, index: u32, rel: u64) -> BTreeMap<Phase, (u64, CutMod
         (Phase::Commit, p.commit, 6, 2),
         (Phase::Rollback, p.rollback, 6, 3),
     ] {
-        let words = [u64::from(index), rel, 0x6375_74, tag];
+        let words = [u64::from(index), rel, 0x0063_7574, tag];
         if rng::chance(s.seed, &words, share) {
             let h = rng::hash(s.seed, &words);
             let op = rng::below(h, ops);

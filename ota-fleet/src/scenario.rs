@@ -79,7 +79,7 @@ fn hundred() -> u8 {
 }
 
 /// Every fault the drill can inject.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Faults {
     /// Power cuts on the devices' flash.
@@ -158,15 +158,6 @@ impl Default for Scenario {
             ],
             max_rounds_per_release: 60,
             faults: Faults::default(),
-        }
-    }
-}
-
-impl Default for Faults {
-    fn default() -> Faults {
-        Faults {
-            power: PowerFaults::default(),
-            network: NetworkFaults::default(),
         }
     }
 }
