@@ -30,5 +30,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build device-agent (the end-to-end tests run the real binary; built here, not inside a test)"
+cargo build --locked -p device-agent --bin device-agent
 echo "== cargo test"
 cargo test --workspace --locked

@@ -11,8 +11,8 @@ use tough::key_source::{KeySource, LocalKeySource};
 use tough::schema::key::Key;
 use tough::sign::Sign;
 
+use crate::atomic_file;
 use crate::error::{io, Error, Result};
-use crate::fsutil;
 
 /// File name suffix of a private key (PKCS#8 DER, as tough's `parse_keypair` reads it).
 pub const PRIVATE_KEY_SUFFIX: &str = ".pk8";
@@ -68,11 +68,11 @@ pub fn generate_key(dir: &Path, name: &str) -> Result<GeneratedKey> {
     f.write_all(pkcs8.as_ref())
         .and_then(|()| f.sync_all())
         .map_err(io("write private key", &private_path))?;
-    if let Err(e) = fsutil::write_new_durable(&public_path, &public_json) {
+    if let Err(e) = atomic_file::write_new_durable(&public_path, &public_json) {
         let _ = fs::remove_file(&private_path);
         return Err(e);
     }
-    fsutil::sync_dir(dir)?;
+    atomic_file::sync_dir(dir)?;
     Ok(GeneratedKey {
         keyid,
         private_path,

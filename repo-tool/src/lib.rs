@@ -47,10 +47,10 @@
 //! [`VerifyReport`], [`Listing`], [`Error`].
 #![deny(missing_docs)]
 
+mod atomic_file;
 mod block;
 pub mod deltas;
 mod error;
-mod fsutil;
 mod keys;
 mod meta;
 mod names;

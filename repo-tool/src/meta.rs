@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::{Hashes, Metafile, RoleType, Root, Signature, Signed, Snapshot, Targets, Timestamp};
 
+use crate::atomic_file;
 use crate::error::{invalid, io, Error, Result};
-use crate::fsutil;
 use crate::keys::{KeyId, KeyRing};
 
 /// The TUF specification version written into every metadata file.
@@ -658,7 +658,7 @@ impl Undo {
         if let Some((path, old)) = self.timestamp {
             match old {
                 Some(bytes) => {
-                    let _ = fsutil::replace_durable(&path, &bytes);
+                    let _ = atomic_file::replace_durable(&path, &bytes);
                 }
                 None => {
                     let _ = fs::remove_file(&path);
@@ -690,7 +690,7 @@ impl Publication {
     fn commit_inner(self, repo: &Path, undo: &mut Undo) -> Result<()> {
         // Small publishes fsync each new file and directory; bulk ones (thousands of files, each fsync a
         // journal commit) flush the whole file system once instead, before timestamp.json is switched.
-        let bulk = self.target_files.len() > fsutil::SYNCFS_ABOVE;
+        let bulk = self.target_files.len() > atomic_file::SYNCFS_ABOVE;
         if !bulk {
             for (tmp, _) in &self.target_files {
                 fs::File::open(tmp)
@@ -701,7 +701,7 @@ impl Publication {
         let mut synced_dirs = std::collections::BTreeSet::new();
         for (tmp, rel) in &self.target_files {
             let dest = repo.join(rel);
-            let dir = fsutil::parent(&dest).to_owned();
+            let dir = atomic_file::parent(&dest).to_owned();
             undo.create_dir_all(&dir)?;
             if dest.exists() {
                 // Content-addressed name: the same bytes are already published.
@@ -715,19 +715,19 @@ impl Publication {
         undo.create_dir_all(&mdir)?;
         for (name, bytes) in &self.metadata {
             let path = mdir.join(name);
-            fsutil::write_new_durable(&path, bytes)?;
+            atomic_file::write_new_durable(&path, bytes)?;
             undo.files.push(path);
         }
         if bulk {
-            fsutil::sync_filesystem(repo)?;
+            atomic_file::sync_filesystem(repo)?;
         } else {
             synced_dirs.insert(mdir.clone());
             // Every new directory's parent must be synced too, or the directory entry can be lost.
             for d in &undo.dirs {
-                synced_dirs.insert(fsutil::parent(d).to_owned());
+                synced_dirs.insert(atomic_file::parent(d).to_owned());
             }
             for d in &synced_dirs {
-                fsutil::sync_dir(d)?;
+                atomic_file::sync_dir(d)?;
             }
         }
         if let Some(ts) = &self.timestamp {
@@ -738,7 +738,7 @@ impl Publication {
                 None
             };
             undo.timestamp = Some((path.clone(), old));
-            fsutil::replace_durable(&path, ts)?;
+            atomic_file::replace_durable(&path, ts)?;
         }
         Ok(())
     }

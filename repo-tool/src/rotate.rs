@@ -15,8 +15,8 @@ use std::path::Path;
 use tough::schema::key::Key;
 use tough::schema::{RoleType, Root, Signed};
 
+use crate::atomic_file;
 use crate::error::{invalid, io, Error, Result};
-use crate::fsutil;
 use crate::keys::{key_id, KeyRing};
 use crate::meta::{
     self, bump, expiry_after, file_bytes, now, top_role_keys, Expiries, Publication, RepoState,
@@ -117,8 +117,8 @@ pub fn root_stage(repo: &Path, change: &RootChange, out: &Path) -> Result<u64> {
     if out.exists() {
         return Err(Error::AlreadyExists { path: out.to_owned() });
     }
-    fsutil::write_new_durable(out, &file_bytes(&staged)?)?;
-    fsutil::sync_dir(fsutil::parent(out))?;
+    atomic_file::write_new_durable(out, &file_bytes(&staged)?)?;
+    atomic_file::sync_dir(atomic_file::parent(out))?;
     Ok(version)
 }
 
@@ -194,7 +194,7 @@ pub fn root_sign(staged_path: &Path, repo: Option<&Path>, ring: &KeyRing) -> Res
             sig: sig.into(),
         });
     }
-    fsutil::replace_durable(staged_path, &file_bytes(&staged)?)?;
+    atomic_file::replace_durable(staged_path, &file_bytes(&staged)?)?;
     Ok(RootSignatures {
         version: staged.signed.version.get(),
         new_root: count(&staged.signed, &staged),

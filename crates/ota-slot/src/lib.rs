@@ -51,7 +51,7 @@
 //! # }
 //! ```
 //!
-//! # Deviations from the agreed interface (docs/contracts)
+//! # Deviations from the interface first agreed with device-agent
 //! - [`Slot::erased_value`] added (default 0xFF) so padding never assumes 0xFF.
 //! - [`SlotWriter::new`] takes the image length: the slot is checked large enough before it is touched,
 //!   and a short or long stream is an error.
