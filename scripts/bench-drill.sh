@@ -27,7 +27,7 @@ fi
 
 wall="$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$out/time")"
 rss_kib="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/time")"
-rps="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"{r[\"requests_per_second\"]:.0f}")' "$out/report/report.json")"
+rps="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%.0f" % r["requests_per_second"])' "$out/report/report.json")"
 reqs="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["mirror"]["requests"])' "$out/report/report.json")"
 echo
 echo "| devices | image | wall time | peak RSS | requests | requests/s (mirror) |"
