@@ -133,41 +133,6 @@ impl GrubEnv {
         }
         result
     }
-
-    fn update(&self, change: impl FnOnce(&mut BootState) -> Result<()>) -> Result<()> {
-        let old = self.state()?;
-        let mut new = old;
-        change(&mut new)?;
-        if new != old {
-            self.write_state(&new)?;
-        }
-        Ok(())
-    }
 }
 
-impl BootControl for GrubEnv {
-    fn booted(&mut self) -> Result<SlotId> {
-        self.cmdline.booted()
-    }
-    fn primary(&mut self) -> Result<SlotId> {
-        Ok(self.state()?.primary)
-    }
-    fn trial(&mut self) -> Result<Option<TrialBoot>> {
-        Ok(self.state()?.trial())
-    }
-    fn start_trial(&mut self, slot: SlotId, tries: u8) -> Result<()> {
-        self.update(|s| s.start_trial(slot, tries, Self::MAX_TRIES))
-    }
-    fn mark_good(&mut self, slot: SlotId) -> Result<()> {
-        self.update(|s| {
-            s.mark_good(slot);
-            Ok(())
-        })
-    }
-    fn mark_bad(&mut self, slot: SlotId) -> Result<()> {
-        self.update(|s| {
-            s.mark_bad(slot);
-            Ok(())
-        })
-    }
-}
+env_boot_control!(GrubEnv);

@@ -23,6 +23,54 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::slot::SlotId;
 
+/// The U-Boot and GRUB backends keep a [`BootState`] as environment variables, so their [`BootControl`] is
+/// the same: read the state, change it in memory, write it once if anything changed (one `fw_setenv -s` or
+/// one file replacement, so a change is all or nothing). Written once here; the backend type provides
+/// `state()`, `write_state(&BootState)`, a `cmdline: KernelCmdline` field and `MAX_TRIES`.
+macro_rules! env_boot_control {
+    ($backend:ty) => {
+        impl $backend {
+            /// Reads, changes in memory, and writes once if anything changed.
+            fn update(&self, change: impl FnOnce(&mut BootState) -> Result<()>) -> Result<()> {
+                let old = self.state()?;
+                let mut new = old;
+                change(&mut new)?;
+                if new != old {
+                    self.write_state(&new)?;
+                }
+                Ok(())
+            }
+        }
+
+        impl BootControl for $backend {
+            fn booted(&mut self) -> Result<SlotId> {
+                self.cmdline.booted()
+            }
+            fn primary(&mut self) -> Result<SlotId> {
+                Ok(self.state()?.primary)
+            }
+            fn trial(&mut self) -> Result<Option<TrialBoot>> {
+                Ok(self.state()?.trial())
+            }
+            fn start_trial(&mut self, slot: SlotId, tries: u8) -> Result<()> {
+                self.update(|s| s.start_trial(slot, tries, Self::MAX_TRIES))
+            }
+            fn mark_good(&mut self, slot: SlotId) -> Result<()> {
+                self.update(|s| {
+                    s.mark_good(slot);
+                    Ok(())
+                })
+            }
+            fn mark_bad(&mut self, slot: SlotId) -> Result<()> {
+                self.update(|s| {
+                    s.mark_bad(slot);
+                    Ok(())
+                })
+            }
+        }
+    };
+}
+
 mod grub;
 mod sim;
 mod uboot;

@@ -124,42 +124,6 @@ impl UBootEnv {
         args.push(script.path().as_os_str());
         run_tool(&self.setenv, &args).map(drop)
     }
-
-    /// Reads, changes in memory, and writes once if anything changed.
-    fn update(&self, change: impl FnOnce(&mut BootState) -> Result<()>) -> Result<()> {
-        let old = self.state()?;
-        let mut new = old;
-        change(&mut new)?;
-        if new != old {
-            self.write_state(&new)?;
-        }
-        Ok(())
-    }
 }
 
-impl BootControl for UBootEnv {
-    fn booted(&mut self) -> Result<SlotId> {
-        self.cmdline.booted()
-    }
-    fn primary(&mut self) -> Result<SlotId> {
-        Ok(self.state()?.primary)
-    }
-    fn trial(&mut self) -> Result<Option<TrialBoot>> {
-        Ok(self.state()?.trial())
-    }
-    fn start_trial(&mut self, slot: SlotId, tries: u8) -> Result<()> {
-        self.update(|s| s.start_trial(slot, tries, Self::MAX_TRIES))
-    }
-    fn mark_good(&mut self, slot: SlotId) -> Result<()> {
-        self.update(|s| {
-            s.mark_good(slot);
-            Ok(())
-        })
-    }
-    fn mark_bad(&mut self, slot: SlotId) -> Result<()> {
-        self.update(|s| {
-            s.mark_bad(slot);
-            Ok(())
-        })
-    }
-}
+env_boot_control!(UBootEnv);
