@@ -104,6 +104,9 @@ pub fn encode_with_progress(
     // Small pairs: one thread per candidate (the suffix array build is single-threaded and dominates).
     if threads >= 2 && count >= 2 && old.len().saturating_add(new.len()) <= PARALLEL_CANDIDATES_MAX {
         let per = (threads / count).max(1);
+        // Hashed once here, not once per candidate thread.
+        let (old_sha, new_sha) = (sha256(old), sha256(new));
+        let (old_sha, new_sha) = (&old_sha, &new_sha);
         let results: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = candidates
                 .iter()
@@ -118,7 +121,7 @@ pub fn encode_with_progress(
                         let (mut o, mut n) = (old.to_vec(), new.to_vec());
                         filter.encode_in_place(&mut o, 0);
                         filter.encode_in_place(&mut n, 0);
-                        encode_filtered(old, new, &o, &n, filter, opts, per, progress)
+                        encode_core(&o, &n, old_sha, new_sha, filter, opts, per, progress)
                     })
                 })
                 .collect();
@@ -173,15 +176,9 @@ pub fn encode_owned(
         filter.decode_in_place(&mut old, 0);
         filter.decode_in_place(&mut new, 0);
         let delta = delta?;
-        if best.as_ref().is_none_or(|b| delta.len() < b.len()) {
-            best = Some(delta);
-        }
+        keep_smaller(&mut best, delta);
     }
-    best.ok_or(Error::TooLarge {
-        what: "filter candidate list (empty)",
-        len: 0,
-        max: 0,
-    })
+    best.ok_or_else(no_candidate)
 }
 
 fn encode_candidates_in_place(
@@ -216,45 +213,33 @@ fn encode_candidates_in_place(
             opts.threads.max(1),
             progress,
         )?;
-        if best.as_ref().is_none_or(|b| delta.len() < b.len()) {
-            best = Some(delta);
-        }
+        keep_smaller(&mut best, delta);
     }
-    best.ok_or(Error::TooLarge {
+    best.ok_or_else(no_candidate)
+}
+
+/// Keeps the smaller of the best delta so far and a new candidate (the first on a tie).
+fn keep_smaller(best: &mut Option<Vec<u8>>, delta: Vec<u8>) {
+    if best.as_ref().is_none_or(|b| delta.len() < b.len()) {
+        *best = Some(delta);
+    }
+}
+
+/// The error for an empty candidate list (`candidates` always yields at least the unfiltered one).
+fn no_candidate() -> Error {
+    Error::TooLarge {
         what: "filter candidate list (empty)",
         len: 0,
         max: 0,
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn encode_filtered(
-    old: &[u8],
-    new: &[u8],
-    o: &[u8],
-    n: &[u8],
-    filter: Filtering,
-    opts: &EncodeOptions,
-    threads: usize,
-    progress: &(dyn Fn(EncodeStage) + Sync),
-) -> Result<Vec<u8>> {
-    let (old_sha, new_sha) = (sha256(old), sha256(new));
-    encode_core(o, n, &old_sha, &new_sha, filter, opts, threads, progress)
+    }
 }
 
 fn smallest(results: Vec<Result<Vec<u8>>>) -> Result<Vec<u8>> {
     let mut best: Option<Vec<u8>> = None;
     for r in results {
-        let d = r?;
-        if best.as_ref().is_none_or(|b| d.len() < b.len()) {
-            best = Some(d);
-        }
+        keep_smaller(&mut best, r?);
     }
-    best.ok_or(Error::TooLarge {
-        what: "filter candidate list (empty)",
-        len: 0,
-        max: 0,
-    })
+    best.ok_or_else(no_candidate)
 }
 
 fn candidates(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<Filtering> {
