@@ -55,6 +55,18 @@ pub(crate) enum Verdict {
     Torn(u64, u64),
 }
 
+impl Verdict {
+    /// What the operation reports once its effect on the cells is applied: `Ok` or the power loss.
+    fn outcome(self, op: &'static str, offset: u64) -> Result<()> {
+        match self {
+            Verdict::Proceed => Ok(()),
+            Verdict::CutBefore(step) | Verdict::CutAfter(step) | Verdict::Torn(step, _) => {
+                Err(Error::PowerLoss { op, offset, step })
+            }
+        }
+    }
+}
+
 impl PowerCut {
     /// Power never fails (still counts operations).
     pub fn never() -> PowerCut {
@@ -360,16 +372,7 @@ impl<const W: usize, const E: usize> NorFlash for SimFlash<W, E> {
                 }
             }
         }
-        match verdict {
-            Verdict::Proceed => Ok(()),
-            Verdict::CutBefore(step) | Verdict::CutAfter(step) | Verdict::Torn(step, _) => {
-                Err(Error::PowerLoss {
-                    op: "erase",
-                    offset: off,
-                    step,
-                })
-            }
-        }
+        verdict.outcome("erase", off)
     }
 
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<()> {
@@ -417,15 +420,6 @@ impl<const W: usize, const E: usize> NorFlash for SimFlash<W, E> {
                 programmed.fill(true);
             }
         }
-        match verdict {
-            Verdict::Proceed => Ok(()),
-            Verdict::CutBefore(step) | Verdict::CutAfter(step) | Verdict::Torn(step, _) => {
-                Err(Error::PowerLoss {
-                    op: "write",
-                    offset: off,
-                    step,
-                })
-            }
-        }
+        verdict.outcome("write", off)
     }
 }
