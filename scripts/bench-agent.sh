@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Benchmark (issue 4): device-agent installing one image through nginx into a simulated device (file slots,
+# simulated bootloader), against `curl -o FILE URL && sha256sum FILE` on the same served file, plus the
+# idle daemon's memory. Prints a markdown table: case | wall s | user s | sys s | peak RSS MiB.
+#   1. agent `install` of a SIZE_MIB image (default 1024): TUF refresh, stream into slot B with sha256 on
+#      the fly, fdatasync, read slot B back and check its sha256, trial boot, simulated reboot (exit 75)
+#   2. curl -o + sha256sum of the same file (no fsync); curl -o + sync -d (fdatasync, as the agent) + sha256sum
+#   3. the same agent install of a SMALL_MIB image (default 256): peak RSS must not grow with the size
+#   4. idle daemon: `run` on the up-to-date (committed) device after its first poll: VmRSS and VmHWM
+# Each timed case runs RUNS times (default 3), interleaved, and the fastest wall time is shown; caches are
+# warm on both sides (nginx serves from the page cache), and `sync` runs between cases, untimed.
+#   usage: scripts/bench-agent.sh [SIZE_MIB] [SMALL_MIB]   (needs nginx, curl, /usr/bin/time, python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB="${1:-1024}"
+SMALL_MIB="${2:-256}"
+RUNS="${RUNS:-3}"
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+TIME=/usr/bin/time
+for tool in "$TIME" "$NGINX" curl python3 sha256sum; do
+  command -v "$tool" >/dev/null || { echo "bench-agent: needs $tool" >&2; exit 2; }
+done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo build -q --release -p repo-tool -p device-agent
+cargo build -q --release -p ota-slot --example sim_device
+REL="$CARGO_TARGET_DIR/release"
+REPO_TOOL="$REL/repo-tool" AGENT="$REL/device-agent" SIM_DEVICE="$REL/examples/sim_device"
+HW=gw-bench CHANNEL=stable
+
+# Slots and images are large: keep them on disk (not a tmpfs /tmp).
+WORK="$(mktemp -d "${BENCH_DIR:-/var/tmp}/bench-agent.XXXXXX")"
+DAEMON=""
+cleanup() {
+  [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null
+  kill "$(cat "$WORK/ng/nginx.pid" 2>/dev/null)" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# One repository per image size (init + add of a random image, version 2.0.0), served by one nginx.
+"$REPO_TOOL" keys generate --dir "$WORK/keys" root targets snapshot timestamp >/dev/null
+make_repo() { # MIB: repository $WORK/srv/rMIB with one image; prints nothing
+  local mib=$1 repo="$WORK/srv/r$1" k="$WORK/keys"
+  mkdir -p "$repo"
+  "$REPO_TOOL" init --repo "$repo" --no-qr --keys-dir "$k" --root-key "$k/root.pub.json" \
+    --targets-key "$k/targets.pub.json" --snapshot-key "$k/snapshot.pub.json" \
+    --timestamp-key "$k/timestamp.pub.json" >/dev/null
+  head -c $((mib * 1024 * 1024)) /dev/urandom >"$WORK/fw-$mib.img"
+  "$REPO_TOOL" add --repo "$repo" --image "$WORK/fw-$mib.img" --version 2.0.0 --hardware "$HW" \
+    --channel "$CHANNEL" --deltas 0 --keys-dir "$k" >/dev/null
+  rm "$WORK/fw-$mib.img"
+}
+make_repo "$SIZE_MIB"
+make_repo "$SMALL_MIB"
+
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+mkdir -p "$WORK/ng"
+cat >"$WORK/ng/nginx.conf" <<CONF
+daemon on; master_process off; worker_processes 1; pid $WORK/ng/nginx.pid; error_log $WORK/ng/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $WORK/ng/b; proxy_temp_path $WORK/ng/p; fastcgi_temp_path $WORK/ng/f;
+  uwsgi_temp_path $WORK/ng/u; scgi_temp_path $WORK/ng/s; default_type application/octet-stream; sendfile on;
+  server { listen 127.0.0.1:$PORT; root $WORK/srv; location / { } } }
+CONF
+"$NGINX" -p "$WORK/ng" -c "$WORK/ng/nginx.conf" -e "$WORK/ng/error.log"
+sleep 0.5
+URL="http://127.0.0.1:$PORT"
+
+# The served image file of repository rMIB (the only large file under its targets/).
+image_url() { # MIB
+  local f
+  f="$(find "$WORK/srv/r$1/targets" -type f -size +1M | head -n1)"
+  [ -n "$f" ] || { echo "bench-agent: no image in $WORK/srv/r$1/targets" >&2; exit 1; }
+  echo "$URL/${f#"$WORK/srv/"}"
+}
+
+# A fresh simulated device for repository rMIB: slots of MIB each, booted from A, which holds
+# "1.0.0" (one empty erase unit: the install is all about slot B), provisioned against the repository.
+new_device() { # DIR MIB
+  local d=$1 mib=$2 cap=$(($2 * 1024 * 1024)) root="$WORK/srv/r$2/metadata/1.root.json"
+  rm -rf "$d"
+  "$SIM_DEVICE" "$d" "$cap"
+  cat >"$d/agent.toml" <<TOML
+state_dir = "$d/state"
+hardware_id = "$HW"
+channel = "$CHANNEL"
+
+[repository]
+metadata_url = "$URL/r$mib/metadata"
+targets_url = "$URL/r$mib/targets"
+request_timeout_secs = 30
+
+[slots.a]
+path = "$d/slot-a.img"
+capacity = $cap
+[slots.b]
+path = "$d/slot-b.img"
+capacity = $cap
+
+[boot]
+backend = "sim"
+env = "$d/bootenv"
+
+[poll]
+interval_secs = 86400
+jitter_percent = 0
+max_backoff_secs = 86400
+TOML
+  "$AGENT" --config "$d/agent.toml" provision --root "$root" \
+    --fingerprint "$(sha256sum "$root" | cut -d' ' -f1)" --running-version 1.0.0 --running-length 4096 \
+    >/dev/null
+}
+
+# timed NAME EXPECTED_STATUS CMD...: runs CMD under /usr/bin/time, appends "NAME wall user sys rss_kib".
+timed() {
+  local name=$1 want=$2 status=0
+  shift 2
+  "$TIME" -f "%e %U %S %M" -o "$WORK/time.out" "$@" >"$WORK/cmd.out" 2>"$WORK/cmd.err" || status=$?
+  if [ "$status" -ne "$want" ]; then
+    echo "bench-agent: $name exited $status (expected $want)" >&2
+    cat "$WORK/cmd.err" >&2
+    exit 1
+  fi
+  echo "$name|$(tail -n1 "$WORK/time.out")" >>"$WORK/results"
+}
+
+# The install must end verified: slot B holds 2.0.0 with the signed sha256, the trial of B is pending.
+check_installed() { # DIR
+  "$AGENT" --config "$1/agent.toml" status --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+b = s["slot_b"] or {}
+ok = s["state_name"] == "trial boot" and b.get("version") == "2.0.0" and s["booted"] == "b"
+if not ok:
+    sys.exit("bench-agent: install did not end verified: %s" % json.dumps(s))
+print(b["sha256"])'
+}
+
+agent_install() { # MIB LABEL
+  local d="$WORK/dev"
+  new_device "$d" "$1"
+  sync
+  timed "$2" 75 "$AGENT" --config "$d/agent.toml" install
+  check_installed "$d" >/dev/null
+}
+
+curl_case() { # MIB LABEL SYNC(0|1)
+  local url out="$WORK/curl.img"
+  url="$(image_url "$1")"
+  rm -f "$out"
+  sync
+  if [ "$3" = 1 ]; then
+    timed "$2" 0 sh -c 'curl -sS -o "$1" "$2" && sync -d "$1" && sha256sum "$1"' sh "$out" "$url"
+  else
+    timed "$2" 0 sh -c 'curl -sS -o "$1" "$2" && sha256sum "$1"' sh "$out" "$url"
+  fi
+  rm -f "$out"
+}
+
+: >"$WORK/results"
+A_BIG="agent install, $SIZE_MIB MiB"
+C_BIG="curl -o + sha256sum, $SIZE_MIB MiB"
+S_BIG="curl -o + sync -d + sha256sum, $SIZE_MIB MiB"
+A_SMALL="agent install, $SMALL_MIB MiB"
+C_SMALL="curl -o + sha256sum, $SMALL_MIB MiB"
+for _ in $(seq "$RUNS"); do
+  curl_case "$SIZE_MIB" "$C_BIG" 0
+  agent_install "$SIZE_MIB" "$A_BIG"
+  curl_case "$SIZE_MIB" "$S_BIG" 1
+  curl_case "$SMALL_MIB" "$C_SMALL" 0
+  agent_install "$SMALL_MIB" "$A_SMALL"
+done
+
+# The last big install: reboot into the trial, commit (no health checks configured), then the daemon idles.
+D="$WORK/dev"
+new_device "$D" "$SIZE_MIB"
+"$AGENT" --config "$D/agent.toml" install >/dev/null 2>&1 || [ $? -eq 75 ]
+INSTALLED_SHA="$(check_installed "$D")"
+for _ in 1 2 3; do
+  "$AGENT" --config "$D/agent.toml" run --once >/dev/null 2>&1 && break || [ $? -eq 75 ]
+done
+python3 - "$D" "$AGENT" "$INSTALLED_SHA" <<'PY'
+import json, subprocess, sys
+d, agent, sha = sys.argv[1:4]
+s = json.loads(subprocess.check_output([agent, "--config", d + "/agent.toml", "status", "--json"]))
+if not (s["state_name"] == "committed" and s["running_version"] == "2.0.0" and s["slot_b"]["sha256"] == sha):
+    sys.exit("bench-agent: the device did not commit 2.0.0: %s" % json.dumps(s))
+PY
+OTA_AGENT_LOG=info "$AGENT" --config "$D/agent.toml" run >"$WORK/daemon.out" 2>"$WORK/daemon.err" &
+DAEMON=$!
+for _ in $(seq 100); do
+  grep -q "next poll" "$WORK/daemon.err" && break
+  sleep 0.1
+done
+grep -q "next poll" "$WORK/daemon.err" || { echo "bench-agent: daemon never idled" >&2; cat "$WORK/daemon.err" >&2; exit 1; }
+grep -q "up to date" "$WORK/daemon.out" || { echo "bench-agent: daemon did not find the device up to date" >&2; exit 1; }
+sleep 1
+IDLE_RSS="$(awk '/^VmRSS:/{print $2}' "/proc/$DAEMON/status")"
+IDLE_HWM="$(awk '/^VmHWM:/{print $2}' "/proc/$DAEMON/status")"
+IDLE_THREADS="$(awk '/^Threads:/{print $2}' "/proc/$DAEMON/status")"
+kill "$DAEMON"
+wait "$DAEMON" 2>/dev/null || true
+DAEMON=""
+
+# Fastest run (by wall time) of each case.
+best() { # NAME -> "wall user sys rss_kib"
+  awk -F'|' -v n="$1" '$1==n{print $2}' "$WORK/results" | sort -n -k1,1 | head -n1
+}
+# Highest peak RSS over the runs of a case (memory must hold in every run, not only the fastest).
+max_rss() { awk -F'|' -v n="$1" '$1==n{split($2,f," "); if (f[4]>m) m=f[4]} END{print m}' "$WORK/results"; }
+
+echo
+echo "device-agent $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), fastest of $RUNS runs, $(df -PT "$WORK" | awk 'NR==2{print $2}') on $(df -P "$WORK" | awk 'NR==2{print $1}')"
+echo
+printf '| %-42s | %7s | %7s | %7s | %12s |\n' case "wall s" "user s" "sys s" "peak RSS MiB"
+printf '|%s|%s|%s|%s|%s|\n' "--------------------------------------------" "--------:" "--------:" "--------:" "-------------:"
+for name in "$A_BIG" "$C_BIG" "$S_BIG" "$A_SMALL" "$C_SMALL"; do
+  read -r wall user sys _ <<<"$(best "$name")"
+  printf '| %-42s | %7.2f | %7.2f | %7.2f | %12.1f |\n' "$name" "$wall" "$user" "$sys" "$(echo "$(max_rss "$name") / 1024" | bc -l)"
+done
+printf '| %-42s | %7s | %7s | %7s | %12s |\n' "agent daemon idle after one poll (VmRSS)" - - - \
+  "$(printf '%.1f' "$(echo "$IDLE_RSS / 1024" | bc -l)")"
+echo
+ratio() { echo "$(best "$1" | cut -d' ' -f1) / $(best "$2" | cut -d' ' -f1)" | bc -l; }
+printf 'agent / (curl + sha256sum): %.2fx   agent / (curl + fdatasync + sha256sum): %.2fx   (%s MiB)\n' \
+  "$(ratio "$A_BIG" "$C_BIG")" "$(ratio "$A_BIG" "$S_BIG")" "$SIZE_MIB"
+printf 'idle daemon: VmRSS %.1f MiB, VmHWM %.1f MiB, %s threads\n' "$(echo "$IDLE_RSS / 1024" | bc -l)" \
+  "$(echo "$IDLE_HWM / 1024" | bc -l)" "$IDLE_THREADS"
+echo "all runs (wall user sys rss_kib):"
+sed 's/^/  /' "$WORK/results"
