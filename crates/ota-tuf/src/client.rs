@@ -319,7 +319,7 @@ impl Client {
         // TUF 5.6.1: length from snapshot, else the configured maximum.
         let limit = meta.length.unwrap_or(self.config.limits.targets_max);
         let local = store::read(&self.dir, role, limit).and_then(|b| {
-            self.check_targets(role, delegator, &b, &meta)
+            self.check_targets(role, delegator, b, &meta)
                 .map_err(|e| tracing::debug!(role, "trusted copy unusable: {e}"))
                 .ok()
         });
@@ -334,9 +334,9 @@ impl Client {
                     format!("{base}{quoted}.json")
                 };
                 let bytes = fetch_required(&self.fetcher, &url, limit).await?;
-                let t = self.check_targets(role, delegator, &bytes, &meta)?;
+                let t = self.check_targets(role, delegator, bytes, &meta)?;
                 // TUF 5.6.6: persist as received.
-                store::write(&self.dir, role, &bytes)?;
+                store::write(&self.dir, role, t.bytes())?;
                 t
             }
         };
@@ -347,18 +347,18 @@ impl Client {
         Ok(targets)
     }
 
-    fn check_targets(&self, role: &str, delegator: &str, bytes: &[u8], meta: &MetaFile) -> Result<Targets> {
+    fn check_targets(&self, role: &str, delegator: &str, bytes: Vec<u8>, meta: &MetaFile) -> Result<Targets> {
         let session = self
             .session
             .as_ref()
             .ok_or_else(|| Error::Misuse("refresh first".into()))?;
         // TUF 5.6.2: hashes and length from snapshot (mix-and-match protection).
-        check_meta_file(role, bytes, meta)?;
-        let envelope = metadata::parse_envelope(role, bytes)?;
-        // TUF 5.6.3: signatures by the delegator's keys for this role.
-        if delegator == "root" {
-            self.root.verify("targets", &envelope)?;
-        } else {
+        check_meta_file(role, &bytes, meta)?;
+        // TUF 5.6.3: signatures by the delegator's keys for this role, checked before `signed` is read.
+        let targets = Targets::parse(role, bytes, |envelope| {
+            if delegator == "root" {
+                return self.root.verify("targets", envelope);
+            }
             let not_delegated = || Error::NotDelegated {
                 role: role.to_string(),
                 delegator: delegator.to_string(),
@@ -366,11 +366,8 @@ impl Client {
             let parent = session.roles.get(delegator).ok_or_else(not_delegated)?;
             let delegations = parent.delegations.as_ref().ok_or_else(not_delegated)?;
             let role_keys = delegations.role_keys(role).ok_or_else(not_delegated)?;
-            metadata::verify_threshold(role, delegator, &envelope, role_keys, &delegations.keys)?;
-        }
-        // The canonical copy is no longer needed: free it before the typed parse (peak memory).
-        drop(envelope);
-        let targets = Targets::parse(role, bytes)?;
+            metadata::verify_threshold(role, delegator, envelope, role_keys, &delegations.keys)
+        })?;
         // TUF 5.6.4: the version snapshot names.
         if targets.common.version != meta.version {
             return Err(Error::VersionMismatch {
@@ -409,8 +406,8 @@ impl Client {
             }
             let targets = self.load_targets(&role, &delegator).await?;
             // TUF 5.6.7.1: the first role (in pre-order) that lists the target wins.
-            if let Some(info) = targets.targets.get(name) {
-                return Ok(Some(info.clone()));
+            if let Some(info) = targets.get(&role, name)? {
+                return Ok(Some(info));
             }
             visited.insert(role.clone());
             if let Some(delegations) = &targets.delegations {
@@ -459,7 +456,7 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             };
-            names.extend(targets.targets.keys().cloned());
+            names.extend(targets.names().map(str::to_string));
             if let Some(d) = &targets.delegations {
                 let children: Vec<String> = match &d.roles {
                     DelegatedRoles::Listed(list) => list.iter().map(|r| r.name.clone()).collect(),

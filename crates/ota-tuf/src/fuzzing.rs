@@ -8,18 +8,33 @@ pub fn parse_and_verify(data: &[u8]) {
     let Ok(envelope) = metadata::parse_envelope("fuzz", data) else {
         return;
     };
-    // The canonical form must be stable: encoding it again gives the same bytes.
-    if let Ok(again) = serde_json::from_slice::<serde_json::Value>(&envelope.canonical) {
-        let mut twice = Vec::new();
-        if crate::canonical::encode(&again, &mut twice).is_ok() {
-            assert_eq!(twice, envelope.canonical, "canonical JSON is not idempotent");
+    // The canonical form must be stable (encoding it again gives the same bytes) and the one-pass
+    // encoder must agree with the sorting one.
+    if let Ok(canonical) = envelope.canonical("fuzz") {
+        if let Ok(again) = serde_json::from_slice::<serde_json::Value>(&canonical) {
+            let mut twice = Vec::new();
+            if crate::canonical::encode(&again, &mut twice).is_ok() {
+                assert_eq!(twice, canonical, "canonical JSON is not idempotent");
+            }
+        }
+        if let Ok(crate::canonical::CanonicalBytes(sorted)) = serde_json::from_str(envelope.signed) {
+            assert_eq!(
+                sorted, canonical,
+                "one-pass and sorting canonical encoders differ"
+            );
         }
     }
     let _ = Timestamp::parse(data);
     let _ = Snapshot::parse(data);
-    if let Ok(targets) = Targets::parse("targets", data) {
-        if let Some(d) = &targets.delegations {
-            for name in targets.targets.keys().take(16) {
+    // As the client does: only metadata whose `signed` has a canonical form (integers only) gets read.
+    if let Ok(targets) = Targets::parse("targets", data.to_vec(), |e| e.canonical("fuzz").map(drop)) {
+        // Every entry checked at load time must parse when asked for.
+        for name in targets.names().take(64) {
+            assert!(
+                matches!(targets.get("targets", name), Ok(Some(_))),
+                "a listed target does not parse: {name:?}"
+            );
+            if let Some(d) = &targets.delegations {
                 let _ = d.roles_for_target(name);
             }
         }

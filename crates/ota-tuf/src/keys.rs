@@ -6,8 +6,8 @@
 //! as securesystemslib and tough sign). A key of another type, or whose public value does not decode, is
 //! kept but never verifies anything, so one odd key does not make the metadata that lists it unreadable.
 
-use ed25519_dalek::Verifier as _;
 use serde::Deserialize;
+use sha2::Digest as _;
 
 /// A key as it appears in `keys` of root or `delegations.keys`.
 #[derive(Debug, Deserialize)]
@@ -65,23 +65,67 @@ impl TrustedKey {
         TrustedKey { key, identity }
     }
 
-    /// True when `sig` (raw bytes) is a valid signature of `message` by this key.
-    pub(crate) fn verifies(&self, message: &[u8], sig: &[u8]) -> bool {
+    /// Starts checking `sig` (raw bytes) as this key's signature over a message that will be fed in
+    /// pieces (the canonical JSON as it is produced). None when the signature cannot be valid whatever the
+    /// message (wrong size or encoding, unusable key, a weak ed25519 key or a small-order R, as
+    /// ed25519-dalek's `verify_strict` refuses).
+    pub(crate) fn start_check(&self, sig: &[u8]) -> Option<SignatureCheck<'_>> {
         match &self.key {
-            PublicKey::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig)
-                .map(|s| k.verify_strict(message, &s).is_ok())
-                .unwrap_or(false),
+            PublicKey::Ed25519(k) => {
+                let s = ed25519_dalek::Signature::from_slice(sig).ok()?;
+                let r = curve25519_dalek::edwards::CompressedEdwardsY(*s.r_bytes()).decompress()?;
+                if r.is_small_order() || k.is_weak() {
+                    return None;
+                }
+                k.verify_stream(&s)
+                    .ok()
+                    .map(|v| SignatureCheck::Ed25519(Box::new(v)))
+            }
             PublicKey::EcdsaP256(k) => {
-                let parsed = p256::ecdsa::Signature::from_der(sig)
-                    .or_else(|_| p256::ecdsa::Signature::from_slice(sig));
-                parsed.map(|s| k.verify(message, &s).is_ok()).unwrap_or(false)
+                let s = p256::ecdsa::Signature::from_der(sig)
+                    .or_else(|_| p256::ecdsa::Signature::from_slice(sig))
+                    .ok()?;
+                Some(SignatureCheck::EcdsaP256(k, s, sha2::Sha256::new()))
             }
             PublicKey::RsaPssSha256(k) => {
-                use sha2::Digest as _;
-                let digest = sha2::Sha256::digest(message);
-                k.verify(rsa::Pss::new::<sha2::Sha256>(), &digest, sig).is_ok()
+                Some(SignatureCheck::RsaPssSha256(k, sig.to_vec(), sha2::Sha256::new()))
             }
-            PublicKey::Unusable => false,
+            PublicKey::Unusable => None,
+        }
+    }
+}
+
+/// One signature being checked over a message fed in pieces: ed25519 (its SHA-512 runs over the message,
+/// RFC 8032 5.1.7), ecdsa-sha2-nistp256 and rsassa-pss-sha256 (both over the message's SHA-256).
+pub(crate) enum SignatureCheck<'k> {
+    Ed25519(Box<ed25519_dalek::StreamVerifier>),
+    EcdsaP256(
+        &'k p256::ecdsa::VerifyingKey,
+        p256::ecdsa::Signature,
+        sha2::Sha256,
+    ),
+    RsaPssSha256(&'k rsa::RsaPublicKey, Vec<u8>, sha2::Sha256),
+}
+
+impl SignatureCheck<'_> {
+    pub(crate) fn update(&mut self, piece: &[u8]) {
+        match self {
+            SignatureCheck::Ed25519(v) => v.update(piece),
+            SignatureCheck::EcdsaP256(_, _, h) | SignatureCheck::RsaPssSha256(_, _, h) => h.update(piece),
+        }
+    }
+
+    /// True when the signature is valid over everything fed in.
+    pub(crate) fn finish(self) -> bool {
+        match self {
+            SignatureCheck::Ed25519(v) => v.finalize_and_verify().is_ok(),
+            SignatureCheck::EcdsaP256(k, s, h) => {
+                use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
+                k.verify_prehash(&h.finalize(), &s).is_ok()
+            }
+            SignatureCheck::RsaPssSha256(k, s, h) => k
+                .verify(rsa::Pss::new::<sha2::Sha256>(), &h.finalize(), &s)
+                .is_ok(),
         }
     }
 }

@@ -5,19 +5,22 @@
 //! Every structural rule python-tuf's Metadata API enforces is enforced here too, so a repository one
 //! client reads the other reads the same way.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::keys::{KeyJson, TrustedKey};
+use crate::keys::{KeyJson, SignatureCheck, TrustedKey};
 use crate::{canonical, Error, Result, TargetInfo};
 
-/// The outer `{"signed": ..., "signatures": [...]}` of one metadata file.
-pub(crate) struct Envelope {
-    /// Canonical JSON of `signed`: the bytes the signatures are over.
-    pub(crate) canonical: Vec<u8>,
+/// The outer `{"signed": ..., "signatures": [...]}` of one metadata file, borrowed from the received
+/// bytes.
+pub(crate) struct Envelope<'a> {
+    /// The text of `signed` exactly as received; signatures are over its canonical form (TUF 4.2).
+    pub(crate) signed: &'a str,
     /// keyid -> raw signature bytes (undecodable hex kept as empty, which verifies nothing).
     pub(crate) signatures: HashMap<String, Vec<u8>>,
 }
@@ -29,8 +32,9 @@ struct SignatureJson {
 }
 
 #[derive(Deserialize)]
-struct EnvelopeJson {
-    signed: canonical::CanonicalBytes,
+struct EnvelopeJson<'a> {
+    #[serde(borrow)]
+    signed: &'a RawValue,
     signatures: Vec<SignatureJson>,
 }
 
@@ -47,11 +51,11 @@ fn signed_part<T: serde::de::DeserializeOwned>(role: &str, bytes: &[u8]) -> Resu
         .map_err(|e| Error::malformed(role, e.to_string()))
 }
 
-/// Parses the envelope of `role`'s metadata: the canonical form of `signed` (computed while parsing,
-/// without building a JSON tree) and the signatures. Duplicate keyids among signatures are refused (as
-/// python-tuf does): a signature list is a map from keyid to signature.
-pub(crate) fn parse_envelope(role: &str, bytes: &[u8]) -> Result<Envelope> {
-    let json: EnvelopeJson =
+/// Parses the envelope of `role`'s metadata: `signed` borrowed as raw text (checked to be JSON, not
+/// copied) and the signatures. Duplicate keyids among signatures are refused (as python-tuf does): a
+/// signature list is a map from keyid to signature.
+pub(crate) fn parse_envelope<'a>(role: &str, bytes: &'a [u8]) -> Result<Envelope<'a>> {
+    let json: EnvelopeJson<'a> =
         serde_json::from_slice(bytes).map_err(|e| Error::malformed(role, e.to_string()))?;
     let mut signatures = HashMap::with_capacity(json.signatures.len());
     for s in json.signatures {
@@ -63,14 +67,45 @@ pub(crate) fn parse_envelope(role: &str, bytes: &[u8]) -> Result<Envelope> {
             ));
         }
     }
-    let canonical = json.signed.0;
-    if canonical.first() != Some(&b'{') {
+    let signed = json.signed.get();
+    if !signed.starts_with('{') {
         return Err(Error::malformed(role, "`signed` is not an object"));
     }
-    Ok(Envelope {
-        canonical,
-        signatures,
-    })
+    Ok(Envelope { signed, signatures })
+}
+
+impl Envelope<'_> {
+    /// Feeds the canonical form of `signed` to `sink`, in pieces: one streaming pass when its objects'
+    /// keys arrive sorted (nothing buffered), else once more from a sorted copy. `restart` is called
+    /// before that second pass (the sink must forget what it got). Malformed when `signed` has no
+    /// canonical form (a non-integer number).
+    pub(crate) fn feed_canonical(
+        &self,
+        role: &str,
+        sink: &mut dyn FnMut(&[u8]),
+        restart: &mut dyn FnMut(),
+    ) -> Result<()> {
+        let not_canonical = |e: canonical::NotCanonical| Error::malformed(role, format!("`signed`: {}", e.0));
+        if canonical::stream_if_sorted(self.signed, sink).map_err(not_canonical)? {
+            return Ok(());
+        }
+        restart();
+        let canonical::CanonicalBytes(sorted) = serde_json::from_str(self.signed)
+            .map_err(|e| Error::malformed(role, format!("`signed`: {e}")))?;
+        sink(&sorted);
+        Ok(())
+    }
+
+    /// The canonical form of `signed` as one buffer (tests and the fuzz target).
+    pub(crate) fn canonical(&self, role: &str) -> Result<Vec<u8>> {
+        let out = std::cell::RefCell::new(Vec::new());
+        self.feed_canonical(
+            role,
+            &mut |piece| out.borrow_mut().extend_from_slice(piece),
+            &mut || out.borrow_mut().clear(),
+        )?;
+        Ok(out.into_inner())
+    }
 }
 
 /// Fields every role has (TUF 4.2).
@@ -104,33 +139,38 @@ struct CommonJson {
 }
 
 fn common(role: &str, expected_type: &str, bytes: &[u8]) -> Result<Common> {
-    let c: CommonJson = signed_part(role, bytes)?;
-    if c.ty != expected_type {
-        return Err(Error::malformed(
-            role,
-            format!("`_type` is {:?}, expected {expected_type:?}", c.ty),
-        ));
+    Common::from_json(role, expected_type, signed_part(role, bytes)?)
+}
+
+impl Common {
+    fn from_json(role: &str, expected_type: &str, c: CommonJson) -> Result<Common> {
+        if c.ty != expected_type {
+            return Err(Error::malformed(
+                role,
+                format!("`_type` is {:?}, expected {expected_type:?}", c.ty),
+            ));
+        }
+        let parts: Vec<&str> = c.spec_version.split('.').collect();
+        let numeric = parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if !(2..=3).contains(&parts.len()) || !numeric || parts.first() != Some(&"1") {
+            return Err(Error::malformed(
+                role,
+                format!("unsupported spec_version {:?}", c.spec_version),
+            ));
+        }
+        if c.version == 0 {
+            return Err(Error::malformed(role, "version must be at least 1"));
+        }
+        let expires = NaiveDateTime::parse_from_str(&c.expires, "%Y-%m-%dT%H:%M:%SZ")
+            .map_err(|e| Error::malformed(role, format!("`expires` {:?}: {e}", c.expires)))?
+            .and_utc();
+        Ok(Common {
+            version: c.version,
+            expires,
+        })
     }
-    let parts: Vec<&str> = c.spec_version.split('.').collect();
-    let numeric = parts
-        .iter()
-        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    if !(2..=3).contains(&parts.len()) || !numeric || parts.first() != Some(&"1") {
-        return Err(Error::malformed(
-            role,
-            format!("unsupported spec_version {:?}", c.spec_version),
-        ));
-    }
-    if c.version == 0 {
-        return Err(Error::malformed(role, "version must be at least 1"));
-    }
-    let expires = NaiveDateTime::parse_from_str(&c.expires, "%Y-%m-%dT%H:%M:%SZ")
-        .map_err(|e| Error::malformed(role, format!("`expires` {:?}: {e}", c.expires)))?
-        .and_utc();
-    Ok(Common {
-        version: c.version,
-        expires,
-    })
 }
 
 /// Which keys may sign a role and how many must (TUF 4.3 `roles`, 4.5 delegation `keyids`/`threshold`).
@@ -156,25 +196,42 @@ impl RoleKeys {
     }
 }
 
-/// Checks that at least `threshold` distinct keys of `role_keys` signed the canonical bytes (TUF 5.3.5,
-/// 5.4.2, 5.5.3, 5.6.3). Keys count once each by keyid AND by key value, so listing one key under two
-/// keyids cannot double its weight.
+/// Checks that at least `threshold` distinct keys of `role_keys` signed the canonical form of `signed`
+/// (TUF 5.3.5, 5.4.2, 5.5.3, 5.6.3). Keys count once each by keyid AND by key value, so listing one key
+/// under two keyids cannot double its weight. Every candidate signature is checked in the one pass that
+/// produces the canonical form.
 pub(crate) fn verify_threshold(
     role: &str,
     signer: &str,
-    envelope: &Envelope,
+    envelope: &Envelope<'_>,
     role_keys: &RoleKeys,
     keys: &HashMap<String, TrustedKey>,
 ) -> Result<()> {
-    let mut counted: HashSet<&[u8]> = HashSet::new();
-    for keyid in &role_keys.keyids {
-        let (Some(key), Some(sig)) = (keys.get(keyid), envelope.signatures.get(keyid)) else {
-            continue;
-        };
-        if !counted.contains(key.identity.as_slice()) && key.verifies(&envelope.canonical, sig) {
-            counted.insert(key.identity.as_slice());
-        }
-    }
+    let start = || -> Vec<(&[u8], SignatureCheck<'_>)> {
+        role_keys
+            .keyids
+            .iter()
+            .filter_map(|keyid| {
+                let (key, sig) = (keys.get(keyid)?, envelope.signatures.get(keyid)?);
+                Some((key.identity.as_slice(), key.start_check(sig)?))
+            })
+            .collect()
+    };
+    let checks = std::cell::RefCell::new(start());
+    envelope.feed_canonical(
+        role,
+        &mut |piece| {
+            for (_, check) in checks.borrow_mut().iter_mut() {
+                check.update(piece);
+            }
+        },
+        &mut || *checks.borrow_mut() = start(),
+    )?;
+    let counted: HashSet<&[u8]> = checks
+        .into_inner()
+        .into_iter()
+        .filter_map(|(identity, check)| check.finish().then_some(identity))
+        .collect();
     if (counted.len() as u64) < role_keys.threshold {
         return Err(Error::Threshold {
             role: role.to_string(),
@@ -242,7 +299,7 @@ impl Root {
     }
 
     /// Verifies `envelope` as metadata of top-level `role` under this root's keys.
-    pub(crate) fn verify(&self, role: &str, envelope: &Envelope) -> Result<()> {
+    pub(crate) fn verify(&self, role: &str, envelope: &Envelope<'_>) -> Result<()> {
         verify_threshold(role, "root", envelope, self.role(role)?, &self.keys)
     }
 
@@ -481,6 +538,7 @@ struct DelegationsJson {
     succinct_roles: Option<SuccinctJson>,
 }
 
+/// One target entry, parsed in full when a caller asks for it.
 #[derive(Deserialize)]
 struct TargetJson {
     length: u64,
@@ -489,45 +547,352 @@ struct TargetJson {
     custom: Option<Value>,
 }
 
+/// One target entry, checked when the role is loaded without keeping or allocating anything, so that
+/// [`TargetJson`] is sure to parse later: the same fields, duplicates and value types.
 #[derive(Deserialize)]
-struct TargetsJson {
-    targets: BTreeMap<String, TargetJson>,
+#[allow(dead_code)] // Only parsed: parsing is the check.
+struct TargetCheck {
+    length: u64,
+    hashes: HashesCheck,
     #[serde(default)]
-    delegations: Option<DelegationsJson>,
+    custom: Option<serde::de::IgnoredAny>,
+}
+
+/// `hashes` of a target entry: a non-empty object of hex strings (what [`decode_hashes`] accepts).
+struct HashesCheck;
+
+impl<'de> Deserialize<'de> for HashesCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<HashesCheck, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = HashesCheck;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of hex digests")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<HashesCheck, A::Error> {
+                use serde::de::Error as _;
+                let mut any = false;
+                while let Some((JsonStr(alg), JsonStr(digest))) =
+                    map.next_entry::<JsonStr<'de>, JsonStr<'de>>()?
+                {
+                    if digest.len() % 2 != 0 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(A::Error::custom(format!("hash {alg} is not hex")));
+                    }
+                    any = true;
+                }
+                if !any {
+                    return Err(A::Error::custom("`hashes` is empty"));
+                }
+                Ok(HashesCheck)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A JSON string, borrowed from the input when it has no escapes.
+struct JsonStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for JsonStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<JsonStr<'de>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = JsonStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<JsonStr<'de>, E> {
+                Ok(JsonStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<JsonStr<'de>, E> {
+                Ok(JsonStr(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> std::result::Result<JsonStr<'de>, E> {
+                Ok(JsonStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A range of the received bytes (u32: metadata is bounded far below 4 GiB).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    /// Where `part` (borrowed from `body`) lies in `body`.
+    fn of(body: &[u8], part: &str) -> Option<Span> {
+        let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+        if start.checked_add(part.len())? > body.len() {
+            return None;
+        }
+        Some(Span {
+            start: u32::try_from(start).ok()?,
+            len: u32::try_from(part.len()).ok()?,
+        })
+    }
+
+    fn text(self, body: &[u8]) -> &str {
+        let start = self.start as usize;
+        body.get(start..start + self.len as usize)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// A target's name: its text in the body, or (when it had JSON escapes) an index into the decoded names.
+#[derive(Debug, Clone, Copy)]
+enum NameRef {
+    InBody(Span),
+    Decoded(u32),
+}
+
+/// One target of a role: its name and where its entry is in the received bytes.
+#[derive(Debug, Clone, Copy)]
+struct TargetEntry {
+    name: NameRef,
+    entry: Span,
 }
 
 /// Verified targets metadata, top-level or delegated (TUF 4.5).
-#[derive(Debug, Clone)]
+///
+/// Compact: the received bytes are kept (they are the trusted copy anyway) with a sorted index of where
+/// each target's name and entry are in them, 16-20 bytes per target; a [`TargetInfo`] is parsed from
+/// its entry only when asked for. Every entry is checked when the role is loaded.
 pub(crate) struct Targets {
     pub(crate) common: Common,
-    pub(crate) targets: HashMap<String, TargetInfo>,
+    body: Vec<u8>,
+    /// Sorted by name, one entry per name (the last, when the JSON object repeats a name).
+    index: Vec<TargetEntry>,
+    decoded_names: Vec<Box<str>>,
     pub(crate) delegations: Option<Delegations>,
 }
 
-impl Targets {
-    pub(crate) fn parse(role: &str, bytes: &[u8]) -> Result<Targets> {
-        let common = common(role, "targets", bytes)?;
-        let json: TargetsJson = signed_part(role, bytes)?;
-        let mut targets = HashMap::with_capacity(json.targets.len());
-        for (name, t) in json.targets {
-            let hashes = decode_hashes(role, &format!("target {name:?}"), t.hashes)?;
-            let custom = t.custom.unwrap_or(Value::Null);
-            targets.insert(
-                name.clone(),
-                TargetInfo {
-                    name,
-                    length: t.length,
-                    hashes,
-                    custom,
-                },
-            );
+impl std::fmt::Debug for Targets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Targets")
+            .field("common", &self.common)
+            .field("bytes", &self.body.len())
+            .field("targets", &self.index.len())
+            .field("delegations", &self.delegations)
+            .finish()
+    }
+}
+
+/// The fields of a targets role's `signed` this client reads; `targets` as an index into the bytes.
+struct TargetsSigned {
+    common: CommonJson,
+    index: Vec<TargetEntry>,
+    decoded_names: Vec<Box<str>>,
+    delegations: Option<DelegationsJson>,
+}
+
+/// Reads a targets role's `signed` object (borrowed from `body`) in one pass.
+struct TargetsSignedSeed<'b> {
+    body: &'b [u8],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for TargetsSignedSeed<'_> {
+    type Value = TargetsSigned;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<TargetsSigned, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TargetsSignedSeed<'_> {
+    type Value = TargetsSigned;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the `signed` object of targets metadata")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<TargetsSigned, A::Error> {
+        use serde::de::Error as _;
+        fn once<T, E: serde::de::Error>(
+            slot: &mut Option<T>,
+            value: T,
+            field: &'static str,
+        ) -> std::result::Result<(), E> {
+            if slot.replace(value).is_some() {
+                return Err(E::duplicate_field(field));
+            }
+            Ok(())
         }
-        let delegations = json.delegations.map(|d| delegations(role, d)).transpose()?;
-        Ok(Targets {
-            common,
-            targets,
-            delegations,
+        let (mut ty, mut spec_version, mut version, mut expires) = (None, None, None, None);
+        let (mut targets, mut delegations) = (None, None);
+        while let Some(JsonStr(key)) = map.next_key::<JsonStr<'de>>()? {
+            match key.as_ref() {
+                "_type" => once(&mut ty, map.next_value::<String>()?, "_type")?,
+                "spec_version" => once(&mut spec_version, map.next_value::<String>()?, "spec_version")?,
+                "version" => once(&mut version, map.next_value::<u64>()?, "version")?,
+                "expires" => once(&mut expires, map.next_value::<String>()?, "expires")?,
+                "targets" => once(
+                    &mut targets,
+                    map.next_value_seed(TargetIndexSeed { body: self.body })?,
+                    "targets",
+                )?,
+                "delegations" => once(
+                    &mut delegations,
+                    map.next_value::<Option<DelegationsJson>>()?,
+                    "delegations",
+                )?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let (index, decoded_names) = targets.ok_or_else(|| A::Error::missing_field("targets"))?;
+        Ok(TargetsSigned {
+            common: CommonJson {
+                ty: ty.ok_or_else(|| A::Error::missing_field("_type"))?,
+                spec_version: spec_version.ok_or_else(|| A::Error::missing_field("spec_version"))?,
+                version: version.ok_or_else(|| A::Error::missing_field("version"))?,
+                expires: expires.ok_or_else(|| A::Error::missing_field("expires"))?,
+            },
+            index,
+            decoded_names,
+            delegations: delegations.flatten(),
         })
+    }
+}
+
+/// Reads the `targets` object: checks each entry and records where it is.
+struct TargetIndexSeed<'b> {
+    body: &'b [u8],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for TargetIndexSeed<'_> {
+    type Value = (Vec<TargetEntry>, Vec<Box<str>>);
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TargetIndexSeed<'_> {
+    type Value = (Vec<TargetEntry>, Vec<Box<str>>);
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object of target entries")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let outside = || A::Error::custom("target entry outside the received bytes");
+        let mut index = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        let mut decoded_names: Vec<Box<str>> = Vec::new();
+        while let Some(JsonStr(name)) = map.next_key::<JsonStr<'de>>()? {
+            let raw: &'de RawValue = map.next_value()?;
+            serde_json::from_str::<TargetCheck>(raw.get())
+                .map_err(|e| A::Error::custom(format!("target {name:?}: {e}")))?;
+            let entry = Span::of(self.body, raw.get()).ok_or_else(outside)?;
+            let name = match name {
+                Cow::Borrowed(n) => NameRef::InBody(Span::of(self.body, n).ok_or_else(outside)?),
+                Cow::Owned(n) => {
+                    decoded_names.push(n.into_boxed_str());
+                    NameRef::Decoded(u32::try_from(decoded_names.len() - 1).map_err(|_| outside())?)
+                }
+            };
+            index.push(TargetEntry { name, entry });
+        }
+        Ok((index, decoded_names))
+    }
+}
+
+impl Targets {
+    /// Parses `role`'s targets metadata from the received `bytes` (kept), after `verify` accepted its
+    /// envelope (the signature check runs before anything of `signed` is read).
+    pub(crate) fn parse(
+        role: &str,
+        bytes: Vec<u8>,
+        verify: impl FnOnce(&Envelope<'_>) -> Result<()>,
+    ) -> Result<Targets> {
+        let envelope = parse_envelope(role, &bytes)?;
+        verify(&envelope)?;
+        let mut de = serde_json::Deserializer::from_str(envelope.signed);
+        let signed = serde::de::DeserializeSeed::deserialize(TargetsSignedSeed { body: &bytes }, &mut de)
+            .and_then(|s| de.end().map(|()| s))
+            .map_err(|e| Error::malformed(role, e.to_string()))?;
+        drop(envelope);
+        let common = Common::from_json(role, "targets", signed.common)?;
+        let delegations = signed.delegations.map(|d| delegations(role, d)).transpose()?;
+        let mut targets = Targets {
+            common,
+            body: bytes,
+            index: signed.index,
+            decoded_names: signed.decoded_names,
+            delegations,
+        };
+        targets.sort_index();
+        Ok(targets)
+    }
+
+    /// Sorts the index by name; of repeated names the last one stays (as a JSON object read into a map).
+    fn sort_index(&mut self) {
+        let Targets {
+            body,
+            index,
+            decoded_names,
+            ..
+        } = self;
+        let name = |e: &TargetEntry| entry_name(body, decoded_names, e.name);
+        // Stable, and nearly free on the sorted input repositories write.
+        index.sort_by(|a, b| name(a).cmp(name(b)));
+        index.dedup_by(|later, kept| {
+            let same = name(later) == name(kept);
+            if same {
+                *kept = *later;
+            }
+            same
+        });
+    }
+
+    /// The received bytes (what is persisted).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Every target name this role lists, sorted.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.index
+            .iter()
+            .map(|e| entry_name(&self.body, &self.decoded_names, e.name))
+    }
+
+    /// The target `name` as this role lists it.
+    pub(crate) fn get(&self, role: &str, name: &str) -> Result<Option<TargetInfo>> {
+        let Ok(at) = self
+            .index
+            .binary_search_by(|e| entry_name(&self.body, &self.decoded_names, e.name).cmp(name))
+        else {
+            return Ok(None);
+        };
+        let Some(entry) = self.index.get(at) else {
+            return Ok(None);
+        };
+        let what = format!("target {name:?}");
+        let t: TargetJson = serde_json::from_str(entry.entry.text(&self.body))
+            .map_err(|e| Error::malformed(role, format!("{what}: {e}")))?;
+        Ok(Some(TargetInfo {
+            name: name.to_string(),
+            length: t.length,
+            hashes: decode_hashes(role, &what, t.hashes)?,
+            custom: t.custom.unwrap_or(Value::Null),
+        }))
+    }
+}
+
+fn entry_name<'t>(body: &'t [u8], decoded: &'t [Box<str>], name: NameRef) -> &'t str {
+    match name {
+        NameRef::InBody(span) => span.text(body),
+        NameRef::Decoded(i) => decoded.get(i as usize).map_or("", |n| n),
     }
 }
 
