@@ -8,8 +8,8 @@ use xz2::stream::{Action, Stream};
 
 use crate::filter::{Filtering, FILTER_BLOCK};
 use crate::format::{
-    ByteReader, ControlEntry, DeltaHeader, SegmentHeader, HEADER_LEN, SEGMENT_HEADER_LEN, STREAM_NAMES,
-    TAG_END, TAG_SEGMENT,
+    ByteReader, ControlEntry, DeltaHeader, SegmentHeader, CONTROL, EXTRA, HEADER_LEN, LITERALS,
+    LITERAL_LENGTHS, SEGMENT_HEADER_LEN, STREAM_NAMES, TAG_END, TAG_SEGMENT, ZERO_RUNS,
 };
 use crate::{Error, Result};
 
@@ -79,13 +79,16 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
     let header = DeltaHeader::parse(&head)?;
     let mut old = OldImage::new(old, header.old_len, header.filtering());
     let mut out = NewImage::new(new, header.new_len, header.filtering());
+    let [control_log, literal_log, extra_log] = header.window_logs;
     let mut streams = [
-        StreamDecoder::new(0, header.window_logs[0])?,
-        StreamDecoder::new(1, header.window_logs[1])?,
-        StreamDecoder::new(2, header.window_logs[2])?,
+        StreamDecoder::new(CONTROL, control_log)?,
+        StreamDecoder::new(EXTRA, extra_log)?,
+        StreamDecoder::new(ZERO_RUNS, header.runs_window_log)?,
+        StreamDecoder::new(LITERAL_LENGTHS, header.runs_window_log)?,
+        StreamDecoder::new(LITERALS, literal_log)?,
     ];
-    let mut control = Vec::new();
-    let mut extra = Vec::new();
+    // The buffered streams of one segment: control, extra, zero runs, literal lengths.
+    let mut buffers: [Vec<u8>; 4] = Default::default();
     let mut old_buf = vec![0u8; 32 * 1024];
     let mut diff_buf = vec![0u8; 32 * 1024];
     let mut old_pos: i64 = 0;
@@ -109,20 +112,29 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
         read_full(&mut delta, &mut body, seg_offset, "a segment header")?;
         let seg = SegmentHeader::parse(&body, seg_offset)?;
         segments += 1;
-        let [ctrl_dec, diff_dec, extra_dec] = &mut streams;
-
-        control.resize(seg.control_raw as usize, 0);
-        ctrl_dec.begin(u64::from(seg.control_zst));
-        ctrl_dec.read_exact(&mut delta, &mut control, seg_offset)?;
-        ctrl_dec.end(&mut delta, seg_offset)?;
-
-        extra.resize(seg.extra_raw as usize, 0);
-        extra_dec.begin(u64::from(seg.extra_zst));
-        extra_dec.read_exact(&mut delta, &mut extra, seg_offset)?;
-        extra_dec.end(&mut delta, seg_offset)?;
-
-        diff_dec.begin(u64::from(seg.diff_zst));
-        let mut entries = ByteReader::new(&control);
+        let raw = [seg.control_raw, seg.extra_raw, seg.zeros_raw, seg.lengths_raw];
+        for ((which, buf), raw) in buffers.iter_mut().enumerate().zip(raw) {
+            let dec = streams.get_mut(which).ok_or(Error::Malformed {
+                what: "stream index",
+                offset: seg_offset,
+                detail: format!("no stream {which}"),
+            })?;
+            buf.resize(raw as usize, 0);
+            dec.begin(u64::from(seg.compressed_len(which)));
+            dec.read_exact(&mut delta, buf, seg_offset)?;
+            dec.end(&mut delta, seg_offset)?;
+        }
+        let [control, extra, zeros, lengths] = &buffers;
+        let [_, _, _, _, literal_dec] = &mut streams;
+        literal_dec.begin(u64::from(seg.literals_xz));
+        let mut diff = DiffRuns {
+            zeros: ByteReader::new(zeros),
+            lengths: ByteReader::new(lengths),
+            zeros_left: 0,
+            literals_left: 0,
+            uncovered: seg.diff_raw,
+        };
+        let mut entries = ByteReader::new(control);
         let (mut diff_left, mut extra_at) = (seg.diff_raw, 0usize);
         while !entries.is_empty() {
             let entry = ControlEntry::read_from(&mut entries).ok_or_else(|| Error::Malformed {
@@ -164,7 +176,7 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
                     diff_buf.get_mut(..k).unwrap_or(&mut []),
                 );
                 old.read_at(old_pos as u64, ob)?;
-                diff_dec.read_exact(&mut delta, db, seg_offset)?;
+                diff.fill(db, literal_dec, &mut delta, seg_offset)?;
                 for (d, o) in db.iter_mut().zip(ob.iter()) {
                     *d = d.wrapping_add(*o);
                 }
@@ -208,7 +220,8 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
                 ),
             });
         }
-        diff_dec.end(&mut delta, seg_offset)?;
+        diff.finish(seg_offset)?;
+        literal_dec.end(&mut delta, seg_offset)?;
     }
     let end = delta.pos;
     let mut probe = [0u8; 1];
@@ -228,6 +241,84 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
         delta_len: end,
         segments,
     })
+}
+
+/// One segment's diff bytes, rebuilt from its (zero run, literal run) pairs and the literal stream.
+struct DiffRuns<'a> {
+    zeros: ByteReader<'a>,
+    lengths: ByteReader<'a>,
+    zeros_left: u64,
+    literals_left: u64,
+    /// Diff bytes of the segment that no pair read so far covers.
+    uncovered: u64,
+}
+
+impl DiffRuns<'_> {
+    fn fill<D: Read>(
+        &mut self,
+        out: &mut [u8],
+        literals: &mut StreamDecoder,
+        delta: &mut D,
+        seg_offset: u64,
+    ) -> Result<()> {
+        let mut at = 0usize;
+        while at < out.len() {
+            let want = out.len() - at;
+            if self.zeros_left > 0 {
+                let k = usize::try_from(self.zeros_left).unwrap_or(usize::MAX).min(want);
+                out.get_mut(at..at + k).unwrap_or(&mut []).fill(0);
+                self.zeros_left -= k as u64;
+                at += k;
+            } else if self.literals_left > 0 {
+                let k = usize::try_from(self.literals_left)
+                    .unwrap_or(usize::MAX)
+                    .min(want);
+                literals.read_exact(delta, out.get_mut(at..at + k).unwrap_or(&mut []), seg_offset)?;
+                self.literals_left -= k as u64;
+                at += k;
+            } else {
+                let bad = |detail: String| Error::Malformed {
+                    what: "diff run lengths",
+                    offset: seg_offset,
+                    detail,
+                };
+                let zeros = self
+                    .zeros
+                    .varint()
+                    .ok_or_else(|| bad("zero-run stream ended or holds an overlong varint".into()))?;
+                let literals = self
+                    .lengths
+                    .varint()
+                    .ok_or_else(|| bad("literal-length stream ended or holds an overlong varint".into()))?;
+                let covered = zeros.checked_add(literals).filter(|&c| c <= self.uncovered);
+                let Some(covered) = covered else {
+                    return Err(bad(format!(
+                        "a run of {zeros} zeros and {literals} literals exceeds the segment's {} diff bytes left",
+                        self.uncovered
+                    )));
+                };
+                self.uncovered -= covered;
+                (self.zeros_left, self.literals_left) = (zeros, literals);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every pair must have been used up by the segment's add steps.
+    fn finish(&self, seg_offset: u64) -> Result<()> {
+        let unused = (self.zeros.remaining(), self.lengths.remaining());
+        if unused != (0, 0) || self.zeros_left != 0 || self.literals_left != 0 || self.uncovered != 0 {
+            return Err(Error::Malformed {
+                what: "diff run lengths",
+                offset: seg_offset,
+                detail: format!(
+                    "{} zero-run and {} literal-length bytes, {} zeros and {} literals left unused",
+                    unused.0, unused.1, self.zeros_left, self.literals_left
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

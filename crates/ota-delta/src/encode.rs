@@ -6,8 +6,9 @@ use xz2::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
 
 use crate::filter::{plausible_filters, Filter, Filtering};
 use crate::format::{
-    ControlEntry, DeltaHeader, SegmentHeader, FORMAT_VERSION, MAX_WINDOW_LOG, MIN_WINDOW_LOG,
-    SEGMENT_CONTROL_MAX, SEGMENT_EXTRA_MAX, STREAM_NAMES, TAG_END,
+    put_varint, varint_len, ControlEntry, DeltaHeader, SegmentHeader, CONTROL, EXTRA, FORMAT_VERSION,
+    LITERALS, LITERAL_LENGTHS, MAX_WINDOW_LOG, MIN_WINDOW_LOG, SEGMENT_CONTROL_MAX, SEGMENT_EXTRA_MAX,
+    SEGMENT_RUNS_MAX, SIDE_MAX_WINDOW_LOG, STREAM_NAMES, TAG_END, ZERO_RUNS,
 };
 use crate::suffix::SuffixIndex;
 use crate::{Error, Result};
@@ -35,8 +36,10 @@ pub struct EncodeOptions {
     pub threads: usize,
     /// Filter candidates.
     pub filters: FilterChoice,
-    /// LZMA2 dictionary sizes (log2 bytes) of the control, diff and extra streams: the decoder's memory is
-    /// roughly the sum of the three dictionaries. Each is capped at [`MAX_WINDOW_LOG`] (and shrunk for small streams).
+    /// LZMA2 dictionary sizes (log2 bytes) of the control, diff literal and extra streams: the decoder's
+    /// memory is roughly the sum of the dictionaries. Each is capped at [`MAX_WINDOW_LOG`] (the control's at
+    /// [`crate::SIDE_MAX_WINDOW_LOG`]) and shrunk to the stream's size; the run-length streams always get
+    /// at most [`crate::SIDE_MAX_WINDOW_LOG`].
     pub window_logs: [u8; 3],
 }
 
@@ -448,45 +451,152 @@ struct Piece {
     old_start: usize,
 }
 
-/// Cuts steps into segments whose control and extra streams stay under the decoder's caps.
-fn segment(steps: &[Step]) -> Vec<Vec<Piece>> {
-    let mut segments = Vec::new();
-    let mut current: Vec<Piece> = Vec::new();
-    let (mut control, mut extra) = (0usize, 0usize);
-    const ENTRY_MAX: usize = 30;
-    let extra_cap = SEGMENT_EXTRA_MAX as usize;
-    for (k, step) in steps.iter().enumerate() {
-        let next_old = steps
-            .get(k + 1)
-            .map_or(step.old_start + step.add_len, |s| s.old_start);
-        let seek = next_old as i64 - (step.old_start + step.add_len) as i64;
-        let (mut add, mut copy, mut new_start, mut old_start) =
-            (step.add_len, step.copy_len, step.new_start, step.old_start);
-        loop {
-            if control + ENTRY_MAX > SEGMENT_CONTROL_MAX as usize || (extra == extra_cap && copy > 0) {
-                segments.push(std::mem::take(&mut current));
-                (control, extra) = (0, 0);
+/// Splits a diff into (zero run, literal run) pairs: format 2 codes the diff, mostly zeros, as the two
+/// run lengths and the nonzero literal bytes, each in its own stream.
+#[derive(Debug, Default)]
+struct RunTokenizer {
+    zeros: u64,
+    literals: u64,
+}
+
+impl RunTokenizer {
+    /// Feeds one diff byte; returns the pair that a zero byte following literals completes.
+    fn push(&mut self, diff: u8) -> Option<(u64, u64)> {
+        if diff != 0 {
+            self.literals += 1;
+            return None;
+        }
+        if self.literals == 0 {
+            self.zeros += 1;
+            return None;
+        }
+        let pair = (self.zeros, self.literals);
+        (self.zeros, self.literals) = (1, 0);
+        Some(pair)
+    }
+
+    /// The last pair (its literal run may be empty), if any byte is pending.
+    fn finish(&mut self) -> Option<(u64, u64)> {
+        let pair = (self.zeros, self.literals);
+        *self = RunTokenizer::default();
+        (pair != (0, 0)).then_some(pair)
+    }
+}
+
+/// Upper bound of one control entry's bytes (three varints).
+const ENTRY_MAX: usize = 30;
+/// Room kept in each run-length stream: the pair being completed and the segment's final pair.
+const PAIRS_RESERVE: usize = 2 * 10;
+
+/// Cuts steps into segments whose buffered streams (control, extra, zero runs, literal lengths) stay
+/// under the decoder's caps, and sums each stream's raw bytes (to size its dictionary).
+#[derive(Default)]
+struct Segmenter {
+    segments: Vec<Vec<Piece>>,
+    current: Vec<Piece>,
+    /// Raw bytes of the current segment per stream (control counted at [`ENTRY_MAX`] per entry).
+    fill: [usize; 5],
+    totals: [u64; 5],
+    runs: RunTokenizer,
+}
+
+impl Segmenter {
+    fn push(&mut self, piece: Piece) {
+        self.fill[CONTROL] += ENTRY_MAX;
+        self.fill[EXTRA] += piece.entry.copy_len as usize;
+        self.totals[CONTROL] += ENTRY_MAX as u64;
+        self.totals[EXTRA] += piece.entry.copy_len;
+        self.current.push(piece);
+    }
+
+    fn count_pair(&mut self, (zeros, literals): (u64, u64)) {
+        let (z, l) = (varint_len(zeros), varint_len(literals));
+        self.fill[ZERO_RUNS] += z;
+        self.fill[LITERAL_LENGTHS] += l;
+        self.totals[ZERO_RUNS] += z as u64;
+        self.totals[LITERAL_LENGTHS] += l as u64;
+        self.totals[LITERALS] += literals;
+    }
+
+    fn runs_full(&self) -> bool {
+        let cap = SEGMENT_RUNS_MAX as usize;
+        self.fill[ZERO_RUNS] + PAIRS_RESERVE > cap || self.fill[LITERAL_LENGTHS] + PAIRS_RESERVE > cap
+    }
+
+    /// Ends the current segment (its diff's last pair included).
+    fn cut(&mut self) {
+        if let Some(pair) = self.runs.finish() {
+            self.count_pair(pair);
+        }
+        if !self.current.is_empty() {
+            self.segments.push(std::mem::take(&mut self.current));
+        }
+        self.fill = [0; 5];
+    }
+
+    fn add_step(&mut self, step: &Step, seek: i64, o: &[u8], n: &[u8]) {
+        let (control_cap, extra_cap) = (SEGMENT_CONTROL_MAX as usize, SEGMENT_EXTRA_MAX as usize);
+        // Room for a piece cut inside the add and the next one: no cut may fall between diff bytes
+        // already tokenized into this segment and the piece that consumes them.
+        if self.fill[CONTROL] + 2 * ENTRY_MAX > control_cap || self.fill[EXTRA] >= extra_cap {
+            self.cut();
+        }
+        let (mut new_start, mut old_start, mut add) = (step.new_start, step.old_start, step.add_len);
+        let news = n
+            .get(step.new_start..step.new_start + step.add_len)
+            .unwrap_or(&[]);
+        let olds = o
+            .get(step.old_start..step.old_start + step.add_len)
+            .unwrap_or(&[]);
+        let mut placed = 0usize;
+        for (i, (a, b)) in news.iter().zip(olds).enumerate() {
+            let diff = a.wrapping_sub(*b);
+            let Some(pair) = self.runs.push(diff) else {
+                continue;
+            };
+            self.count_pair(pair);
+            if self.runs_full() {
+                // Byte i starts the next segment: the add so far becomes a piece of its own.
+                self.push(Piece {
+                    entry: ControlEntry {
+                        add_len: (i - placed) as u64,
+                        copy_len: 0,
+                        seek: 0,
+                    },
+                    new_start,
+                    old_start,
+                });
+                self.runs = RunTokenizer::default();
+                self.cut();
+                self.runs.push(diff);
+                (new_start, old_start, add) =
+                    (new_start + i - placed, old_start + i - placed, add - (i - placed));
+                placed = i;
             }
-            let room = extra_cap - extra;
+        }
+        // The rest of the add, then the copy, cut where the extra stream reaches its cap.
+        let mut copy = step.copy_len;
+        loop {
+            if self.fill[CONTROL] + ENTRY_MAX > control_cap || (self.fill[EXTRA] >= extra_cap && copy > 0) {
+                self.cut();
+            }
+            let room = extra_cap.saturating_sub(self.fill[EXTRA]);
             let (this_copy, this_seek, last) = if copy <= room {
                 (copy, seek, true)
             } else {
                 (room, 0, false)
             };
-            let entry = ControlEntry {
-                add_len: add as u64,
-                copy_len: this_copy as u64,
-                seek: this_seek,
-            };
-            current.push(Piece {
-                entry,
+            self.push(Piece {
+                entry: ControlEntry {
+                    add_len: add as u64,
+                    copy_len: this_copy as u64,
+                    seek: this_seek,
+                },
                 new_start,
                 old_start,
             });
-            control += ENTRY_MAX;
-            extra += this_copy;
             if last {
-                break;
+                return;
             }
             new_start += add + this_copy;
             old_start += add;
@@ -494,29 +604,57 @@ fn segment(steps: &[Step]) -> Vec<Vec<Piece>> {
             add = 0;
         }
     }
-    if !current.is_empty() {
-        segments.push(current);
+}
+
+/// Cuts steps into segments under the decoder's caps; also returns each stream's total raw bytes.
+fn segment(steps: &[Step], o: &[u8], n: &[u8]) -> (Vec<Vec<Piece>>, [u64; 5]) {
+    let mut segmenter = Segmenter::default();
+    for (k, step) in steps.iter().enumerate() {
+        let next_old = steps
+            .get(k + 1)
+            .map_or(step.old_start + step.add_len, |s| s.old_start);
+        let seek = next_old as i64 - (step.old_start + step.add_len) as i64;
+        segmenter.add_step(step, seek, o, n);
     }
-    segments
+    segmenter.cut();
+    (segmenter.segments, segmenter.totals)
 }
 
 /// The raw bytes one stream gets from one segment.
 fn stream_bytes(which: usize, pieces: &[Piece], o: &[u8], n: &[u8], out: &mut Vec<u8>) {
     out.clear();
+    let mut runs = RunTokenizer::default();
+    let emit = |(zeros, literals): (u64, u64), out: &mut Vec<u8>| match which {
+        ZERO_RUNS => put_varint(out, zeros),
+        LITERAL_LENGTHS => put_varint(out, literals),
+        _ => {}
+    };
     for p in pieces {
         match which {
-            0 => p.entry.write_to(out),
-            1 => {
-                let len = p.entry.add_len as usize;
-                let new_part = n.get(p.new_start..p.new_start + len).unwrap_or(&[]);
-                let old_part = o.get(p.old_start..p.old_start + len).unwrap_or(&[]);
-                out.extend(new_part.iter().zip(old_part).map(|(a, b)| a.wrapping_sub(*b)));
-            }
-            _ => {
+            CONTROL => p.entry.write_to(out),
+            EXTRA => {
                 let start = p.new_start + p.entry.add_len as usize;
                 out.extend_from_slice(n.get(start..start + p.entry.copy_len as usize).unwrap_or(&[]));
             }
+            _ => {
+                let len = p.entry.add_len as usize;
+                let new_part = n.get(p.new_start..p.new_start + len).unwrap_or(&[]);
+                let old_part = o.get(p.old_start..p.old_start + len).unwrap_or(&[]);
+                for (a, b) in new_part.iter().zip(old_part) {
+                    let diff = a.wrapping_sub(*b);
+                    if which == LITERALS {
+                        if diff != 0 {
+                            out.push(diff);
+                        }
+                    } else if let Some(pair) = runs.push(diff) {
+                        emit(pair, out);
+                    }
+                }
+            }
         }
+    }
+    if let Some(pair) = runs.finish() {
+        emit(pair, out);
     }
 }
 
@@ -549,8 +687,12 @@ fn pump(stream: &mut Stream, mut input: &[u8], action: Action, out: &mut Vec<u8>
     }
 }
 
+/// One stream's chunks, one per segment: (raw length, compressed bytes).
+type StreamChunks = Vec<(usize, Vec<u8>)>;
+
 /// Compresses one stream across all segments as one xz (LZMA2) stream, sync-flushed at each segment end
-/// so the decoder can finish a segment from its bytes alone while keeping the dictionary.
+/// so the decoder can finish a segment from its bytes alone while keeping the dictionary. Returns each
+/// segment's raw length and compressed chunk.
 fn compress_stream(
     which: usize,
     segments: &[Vec<Piece>],
@@ -558,7 +700,7 @@ fn compress_stream(
     n: &[u8],
     opts: &EncodeOptions,
     window_log: u8,
-) -> Result<Vec<Vec<u8>>> {
+) -> Result<StreamChunks> {
     let stream_name = STREAM_NAMES.get(which).copied().unwrap_or("stream");
     let err = |source: std::io::Error| Error::Compress {
         stream: stream_name,
@@ -571,8 +713,8 @@ fn compress_stream(
     }
     let mut lzma = LzmaOptions::new_preset(preset).map_err(xz_err)?;
     lzma.dict_size(1u32 << window_log);
-    if which == 1 {
-        // The diff stream is mostly zeros and small deltas: no literal context helps.
+    if matches!(which, ZERO_RUNS | LITERAL_LENGTHS | LITERALS) {
+        // Run lengths and bytewise differences: the previous byte and the position predict nothing.
         lzma.literal_context_bits(0).position_bits(0);
     }
     let mut filters = Filters::new();
@@ -592,7 +734,7 @@ fn compress_stream(
             &mut out,
         )
         .map_err(err)?;
-        chunks.push(out);
+        chunks.push((raw.len(), out));
     }
     Ok(chunks)
 }
@@ -606,22 +748,17 @@ fn write_delta(
     filter: Filtering,
     opts: &EncodeOptions,
 ) -> Result<Vec<u8>> {
-    let segments = segment(steps);
-    let mut totals = [0u64; 3];
-    for seg in &segments {
-        for p in seg {
-            totals[0] += 30;
-            totals[1] += p.entry.add_len;
-            totals[2] += p.entry.copy_len;
-        }
-    }
-    let window_logs = [
-        window_log_for(totals[0], opts.window_logs[0]),
-        window_log_for(totals[1], opts.window_logs[1]),
-        window_log_for(totals[2], opts.window_logs[2]),
-    ];
-    let compressed: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..3)
+    let (segments, totals) = segment(steps, o, n);
+    let [control_log, literal_log, extra_log] = opts.window_logs;
+    let runs_total = totals[ZERO_RUNS].max(totals[LITERAL_LENGTHS]);
+    let mut window_logs = [0u8; 5];
+    window_logs[CONTROL] = window_log_for(totals[CONTROL], control_log.min(SIDE_MAX_WINDOW_LOG));
+    window_logs[EXTRA] = window_log_for(totals[EXTRA], extra_log);
+    window_logs[ZERO_RUNS] = window_log_for(runs_total, SIDE_MAX_WINDOW_LOG);
+    window_logs[LITERAL_LENGTHS] = window_logs[ZERO_RUNS];
+    window_logs[LITERALS] = window_log_for(totals[LITERALS], literal_log);
+    let compressed: Vec<Result<StreamChunks>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..STREAM_NAMES.len())
             .zip(window_logs)
             .map(|(which, log)| {
                 let segments = &segments;
@@ -633,7 +770,7 @@ fn write_delta(
             .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect()
     });
-    let mut streams = Vec::with_capacity(3);
+    let mut streams = Vec::with_capacity(STREAM_NAMES.len());
     for c in compressed {
         streams.push(c?);
     }
@@ -646,34 +783,36 @@ fn write_delta(
         old_sha256: *old_sha,
         new_len: n.len() as u64,
         new_sha256: *new_sha,
-        window_logs,
+        window_logs: [window_logs[CONTROL], window_logs[LITERALS], window_logs[EXTRA]],
+        runs_window_log: window_logs[ZERO_RUNS],
     };
     let mut out = header.to_bytes().to_vec();
-    let empty = Vec::new();
+    let empty = (0, Vec::new());
+    let size = |len: usize| {
+        u32::try_from(len).map_err(|_| Error::TooLarge {
+            what: "segment stream chunk",
+            len: len as u64,
+            max: u64::from(u32::MAX),
+        })
+    };
     for (k, seg) in segments.iter().enumerate() {
         let chunk = |s: usize| streams.get(s).and_then(|c| c.get(k)).unwrap_or(&empty);
-        let (control, diff, extra) = (chunk(0), chunk(1), chunk(2));
-        let sizes = |len: usize| {
-            u32::try_from(len).map_err(|_| Error::TooLarge {
-                what: "compressed segment chunk",
-                len: len as u64,
-                max: u64::from(u32::MAX),
-            })
-        };
-        let mut control_raw = Vec::new();
-        stream_bytes(0, seg, o, n, &mut control_raw);
         let seg_header = SegmentHeader {
-            control_raw: sizes(control_raw.len())?,
-            control_zst: sizes(control.len())?,
-            extra_raw: sizes(seg.iter().map(|p| p.entry.copy_len as usize).sum())?,
-            extra_zst: sizes(extra.len())?,
+            control_raw: size(chunk(CONTROL).0)?,
+            control_xz: size(chunk(CONTROL).1.len())?,
+            extra_raw: size(chunk(EXTRA).0)?,
+            extra_xz: size(chunk(EXTRA).1.len())?,
+            zeros_raw: size(chunk(ZERO_RUNS).0)?,
+            zeros_xz: size(chunk(ZERO_RUNS).1.len())?,
+            lengths_raw: size(chunk(LITERAL_LENGTHS).0)?,
+            lengths_xz: size(chunk(LITERAL_LENGTHS).1.len())?,
             diff_raw: seg.iter().map(|p| p.entry.add_len).sum(),
-            diff_zst: sizes(diff.len())?,
+            literals_xz: size(chunk(LITERALS).1.len())?,
         };
         out.extend_from_slice(&seg_header.to_bytes());
-        out.extend_from_slice(control);
-        out.extend_from_slice(extra);
-        out.extend_from_slice(diff);
+        for which in 0..STREAM_NAMES.len() {
+            out.extend_from_slice(&chunk(which).1);
+        }
     }
     out.push(TAG_END);
     Ok(out)

@@ -3,17 +3,23 @@
 use crate::filter::{Filter, Filtering};
 use crate::{Error, Result};
 
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes and reads (2: the diff is coded as zero runs, literal lengths and
+/// literal bytes; version 1 coded it as one byte stream and is no longer read).
+pub const FORMAT_VERSION: u16 = 2;
 /// Size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 112;
-/// Largest LZMA2 dictionary (log2 bytes) a delta may declare for any of its three streams. Three
-/// dictionaries of at most 4 MiB keep the decoder's peak memory near 13 MiB whatever the image size.
+/// Largest LZMA2 dictionary (log2 bytes) a delta may declare for its literal and extra streams.
 pub const MAX_WINDOW_LOG: u8 = 22;
+/// Largest LZMA2 dictionary (log2 bytes) for the small side streams: control, zero runs and literal
+/// lengths. Two 4 MiB and three 1 MiB dictionaries keep the decoder's peak memory near 13 MiB whatever the
+/// image size.
+pub const SIDE_MAX_WINDOW_LOG: u8 = 20;
 /// Largest decoded control stream of one segment (the decoder buffers it).
 pub const SEGMENT_CONTROL_MAX: u32 = 64 * 1024;
 /// Largest decoded extra stream of one segment (the decoder buffers it).
 pub const SEGMENT_EXTRA_MAX: u32 = 1024 * 1024;
+/// Largest decoded zero-run stream, and literal-length stream, of one segment (the decoder buffers both).
+pub const SEGMENT_RUNS_MAX: u32 = 64 * 1024;
 /// Smallest dictionary log LZMA2 accepts (4 KiB).
 pub(crate) const MIN_WINDOW_LOG: u8 = 12;
 
@@ -21,8 +27,8 @@ pub(crate) const MAGIC: [u8; 8] = *b"OTADELTA";
 pub(crate) const CODEC_XZ: u8 = 1;
 pub(crate) const TAG_END: u8 = 0;
 pub(crate) const TAG_SEGMENT: u8 = 1;
-/// tag + 5 x u32 + u64.
-pub(crate) const SEGMENT_HEADER_LEN: usize = 1 + 4 * 5 + 8;
+/// tag + 9 x u32 + u64.
+pub(crate) const SEGMENT_HEADER_LEN: usize = 1 + 4 * 9 + 8;
 
 /// What a delta declares about itself: read it with [`crate::read_header`] before applying, to check that
 /// the running image is the delta's base (`old_len`, `old_sha256`) and to size the target (`new_len`).
@@ -40,8 +46,11 @@ pub struct DeltaHeader {
     pub new_len: u64,
     /// sha256 of the image the delta produces.
     pub new_sha256: [u8; 32],
-    /// LZMA2 dictionary logs of the control, diff and extra streams (each at most [`MAX_WINDOW_LOG`]).
+    /// LZMA2 dictionary logs of the control (at most [`SIDE_MAX_WINDOW_LOG`]), diff literal and extra
+    /// streams (at most [`MAX_WINDOW_LOG`]).
     pub window_logs: [u8; 3],
+    /// LZMA2 dictionary log of the zero-run and literal-length streams (at most [`SIDE_MAX_WINDOW_LOG`]).
+    pub runs_window_log: u8,
     /// The filter applies to instructions wholly inside image offsets `filter_start..filter_end` (the
     /// executable segments of an ELF file; `0..u64::MAX` for the whole image).
     pub filter_start: u64,
@@ -49,7 +58,14 @@ pub struct DeltaHeader {
     pub filter_end: u64,
 }
 
-pub(crate) const STREAM_NAMES: [&str; 3] = ["control", "diff", "extra"];
+/// The five streams, in the order their chunks follow each segment header.
+pub(crate) const STREAM_NAMES: [&str; 5] = ["control", "extra", "zero-run", "literal-length", "literal"];
+/// Indexes into [`STREAM_NAMES`].
+pub(crate) const CONTROL: usize = 0;
+pub(crate) const EXTRA: usize = 1;
+pub(crate) const ZERO_RUNS: usize = 2;
+pub(crate) const LITERAL_LENGTHS: usize = 3;
+pub(crate) const LITERALS: usize = 4;
 
 impl DeltaHeader {
     pub(crate) fn to_bytes(&self) -> [u8; HEADER_LEN] {
@@ -66,7 +82,7 @@ impl DeltaHeader {
         w.put(&self.new_len.to_le_bytes());
         w.put(&self.new_sha256);
         w.put(&self.window_logs);
-        w.put(&[0]);
+        w.put(&[self.runs_window_log]);
         w.put(&self.filter_start.to_le_bytes());
         w.put(&self.filter_end.to_le_bytes());
         out
@@ -115,7 +131,7 @@ impl DeltaHeader {
         let new_len = u64::from_le_bytes(r.array().ok_or(truncated("new_len"))?);
         let new_sha256 = r.array().ok_or(truncated("new_sha256"))?;
         let window_logs: [u8; 3] = r.array().ok_or(truncated("window logs"))?;
-        let [reserved]: [u8; 1] = r.array().ok_or(truncated("reserved"))?;
+        let [runs_window_log]: [u8; 1] = r.array().ok_or(truncated("runs window log"))?;
         let filter_start = u64::from_le_bytes(r.array().ok_or(truncated("filter_start"))?);
         let filter_end = u64::from_le_bytes(r.array().ok_or(truncated("filter_end"))?);
         if filter_start > filter_end {
@@ -125,12 +141,23 @@ impl DeltaHeader {
                 detail: format!("start {filter_start} is after end {filter_end}"),
             });
         }
-        for (name, &log) in STREAM_NAMES.iter().zip(window_logs.iter()) {
-            if log > MAX_WINDOW_LOG {
+        let [control_log, literal_log, extra_log] = window_logs;
+        let declared = [
+            ("control", control_log, SIDE_MAX_WINDOW_LOG),
+            ("literal", literal_log, MAX_WINDOW_LOG),
+            ("extra", extra_log, MAX_WINDOW_LOG),
+            (
+                "zero-run and literal-length",
+                runs_window_log,
+                SIDE_MAX_WINDOW_LOG,
+            ),
+        ];
+        for (name, log, max) in declared {
+            if log > max {
                 return Err(Error::WindowTooLarge {
                     stream: name,
                     declared: log,
-                    max: MAX_WINDOW_LOG,
+                    max,
                 });
             }
             if log < MIN_WINDOW_LOG {
@@ -141,13 +168,6 @@ impl DeltaHeader {
                 });
             }
         }
-        if reserved != 0 {
-            return Err(Error::Malformed {
-                what: "header reserved byte",
-                offset: 95,
-                detail: format!("must be 0, is {reserved}"),
-            });
-        }
         Ok(DeltaHeader {
             format_version: version,
             filter,
@@ -156,21 +176,28 @@ impl DeltaHeader {
             new_len,
             new_sha256,
             window_logs,
+            runs_window_log,
             filter_start,
             filter_end,
         })
     }
 }
 
-/// One segment's sizes, as written before its three compressed chunks.
+/// One segment's sizes, as written before its five compressed chunks: `raw` is the decoded length,
+/// `xz` the compressed one. The literal stream's decoded length is implied by the run tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct SegmentHeader {
     pub control_raw: u32,
-    pub control_zst: u32,
+    pub control_xz: u32,
     pub extra_raw: u32,
-    pub extra_zst: u32,
+    pub extra_xz: u32,
+    pub zeros_raw: u32,
+    pub zeros_xz: u32,
+    pub lengths_raw: u32,
+    pub lengths_xz: u32,
+    /// Diff bytes the segment's add steps consume (zero runs plus literals).
     pub diff_raw: u64,
-    pub diff_zst: u32,
+    pub literals_xz: u32,
 }
 
 impl SegmentHeader {
@@ -181,48 +208,65 @@ impl SegmentHeader {
             pos: 0,
         };
         w.put(&[TAG_SEGMENT]);
-        w.put(&self.control_raw.to_le_bytes());
-        w.put(&self.control_zst.to_le_bytes());
-        w.put(&self.extra_raw.to_le_bytes());
-        w.put(&self.extra_zst.to_le_bytes());
+        for v in [
+            self.control_raw,
+            self.control_xz,
+            self.extra_raw,
+            self.extra_xz,
+            self.zeros_raw,
+            self.zeros_xz,
+            self.lengths_raw,
+            self.lengths_xz,
+        ] {
+            w.put(&v.to_le_bytes());
+        }
         w.put(&self.diff_raw.to_le_bytes());
-        w.put(&self.diff_zst.to_le_bytes());
+        w.put(&self.literals_xz.to_le_bytes());
         out
     }
 
-    /// Parses the 28 bytes after a segment tag and checks the buffered streams' caps.
+    /// The compressed length of stream `which` (an index into [`STREAM_NAMES`]) in this segment.
+    pub(crate) fn compressed_len(&self, which: usize) -> u32 {
+        match which {
+            CONTROL => self.control_xz,
+            EXTRA => self.extra_xz,
+            ZERO_RUNS => self.zeros_xz,
+            LITERAL_LENGTHS => self.lengths_xz,
+            _ => self.literals_xz,
+        }
+    }
+
+    /// Parses the bytes after a segment tag and checks the buffered streams' caps.
     pub(crate) fn parse(body: &[u8; SEGMENT_HEADER_LEN - 1], offset: u64) -> Result<SegmentHeader> {
         let u32_at = |at: usize| u32::from_le_bytes(field(body, at));
-        let control_raw = u32_at(0);
-        let control_zst = u32_at(4);
-        let extra_raw = u32_at(8);
-        let extra_zst = u32_at(12);
-        let diff_raw = u64::from_le_bytes(field(body, 16));
-        let diff_zst = u32_at(24);
-        if control_raw > SEGMENT_CONTROL_MAX {
-            return Err(Error::Malformed {
-                what: "segment header",
-                offset,
-                detail: format!(
-                    "control stream of {control_raw} bytes exceeds the cap {SEGMENT_CONTROL_MAX}"
-                ),
-            });
+        let seg = SegmentHeader {
+            control_raw: u32_at(0),
+            control_xz: u32_at(4),
+            extra_raw: u32_at(8),
+            extra_xz: u32_at(12),
+            zeros_raw: u32_at(16),
+            zeros_xz: u32_at(20),
+            lengths_raw: u32_at(24),
+            lengths_xz: u32_at(28),
+            diff_raw: u64::from_le_bytes(field(body, 32)),
+            literals_xz: u32_at(40),
+        };
+        let caps = [
+            ("control", seg.control_raw, SEGMENT_CONTROL_MAX),
+            ("extra", seg.extra_raw, SEGMENT_EXTRA_MAX),
+            ("zero-run", seg.zeros_raw, SEGMENT_RUNS_MAX),
+            ("literal-length", seg.lengths_raw, SEGMENT_RUNS_MAX),
+        ];
+        for (name, raw, cap) in caps {
+            if raw > cap {
+                return Err(Error::Malformed {
+                    what: "segment header",
+                    offset,
+                    detail: format!("{name} stream of {raw} bytes exceeds the cap {cap}"),
+                });
+            }
         }
-        if extra_raw > SEGMENT_EXTRA_MAX {
-            return Err(Error::Malformed {
-                what: "segment header",
-                offset,
-                detail: format!("extra stream of {extra_raw} bytes exceeds the cap {SEGMENT_EXTRA_MAX}"),
-            });
-        }
-        Ok(SegmentHeader {
-            control_raw,
-            control_zst,
-            extra_raw,
-            extra_zst,
-            diff_raw,
-            diff_zst,
-        })
+        Ok(seg)
     }
 }
 
@@ -262,6 +306,11 @@ impl ControlEntry {
     }
 }
 
+/// Bytes [`put_varint`] writes for `v`.
+pub(crate) fn varint_len(v: u64) -> usize {
+    (64 - v.leading_zeros() as usize).max(1).div_ceil(7)
+}
+
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
@@ -270,7 +319,7 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -291,6 +340,11 @@ impl<'a> ByteReader<'a> {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
+    }
+
+    /// Bytes not yet read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
     }
 
     pub(crate) fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
@@ -352,6 +406,15 @@ mod tests {
             let mut r = ByteReader::new(&buf);
             assert_eq!(ControlEntry::read_from(&mut r), Some(e));
             assert!(r.is_empty());
+        }
+    }
+
+    #[test]
+    fn varint_len_matches_what_is_written() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, v);
+            assert_eq!(varint_len(v), buf.len(), "{v}");
         }
     }
 

@@ -5,7 +5,7 @@ use std::io::Cursor;
 
 use ota_delta::{
     apply, encode, read_header, verify_base, EncodeOptions, Error, Filter, FilterChoice, HEADER_LEN,
-    MAX_WINDOW_LOG,
+    MAX_WINDOW_LOG, SIDE_MAX_WINDOW_LOG,
 };
 use proptest::prelude::*;
 
@@ -223,10 +223,10 @@ fn header_fields_are_validated() {
     bad[0] = b'X';
     assert!(matches!(read_header(bad.as_slice()), Err(Error::BadMagic { .. })));
     let mut bad = delta.clone();
-    bad[8] = 2;
+    bad[8] = 1;
     assert!(matches!(
         read_header(bad.as_slice()),
-        Err(Error::UnsupportedVersion { got: 2, supported: 1 })
+        Err(Error::UnsupportedVersion { got: 1, supported: 2 })
     ));
     let mut bad = delta.clone();
     bad[10] = 77;
@@ -249,7 +249,8 @@ fn declared_window_above_the_cap_is_refused() {
     let delta = encode(b"old image", b"new image", &fast_opts()).unwrap();
     let header = read_header(delta.as_slice()).unwrap();
     assert!(header.window_logs.iter().all(|&w| w <= MAX_WINDOW_LOG));
-    for stream in 0..3 {
+    assert!(header.runs_window_log <= SIDE_MAX_WINDOW_LOG);
+    for stream in 0..4 {
         let mut bad = delta.clone();
         bad[92 + stream] = MAX_WINDOW_LOG + 1;
         let err = apply(Cursor::new(b"old image"), bad.as_slice(), &mut Vec::new()).unwrap_err();
@@ -262,25 +263,21 @@ fn declared_window_above_the_cap_is_refused() {
 
 #[test]
 fn stream_asking_for_a_larger_dictionary_than_declared_is_refused() {
-    // 1.5 MiB of changes get a 2 MiB diff dictionary; the header is then rewritten to claim a 4 KiB one:
-    // the decoder must refuse the stream rather than allocate what the stream asks for.
-    let old = noise(50, 3 << 19);
-    let new: Vec<u8> = old
-        .iter()
-        .enumerate()
-        .map(|(i, b)| if i % 3 == 0 { b ^ 1 } else { *b })
-        .collect();
+    // 2 MiB of new bytes without a match in old get a 2 MiB extra dictionary; the header is then rewritten
+    // to claim a 4 KiB one: the decoder must refuse the stream rather than allocate what it asks for.
+    let old = noise(50, 64 << 10);
+    let new = noise(51, 2 << 20);
     let opts = EncodeOptions {
         filters: FilterChoice::Only(vec![Filter::None]),
         ..fast_opts()
     };
     let delta = encode(&old, &new, &opts).unwrap();
     let header = read_header(delta.as_slice()).unwrap();
-    assert!(header.window_logs[1] >= 20, "{:?}", header.window_logs);
+    assert_eq!(header.window_logs[2], 21, "{:?}", header.window_logs);
     let mut bad = delta.clone();
-    bad[93] = 12;
+    bad[94] = 12;
     let err = apply(Cursor::new(&old), bad.as_slice(), &mut Vec::new()).unwrap_err();
-    assert!(matches!(err, Error::Decompress { stream: "diff", .. }), "{err}");
+    assert!(matches!(err, Error::Decompress { stream: "extra", .. }), "{err}");
 }
 
 proptest! {
@@ -354,26 +351,35 @@ fn xz(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A delta of one hand-made segment after `header`: the given raw control, extra, zero-run and
+/// literal-length bytes, `diff_raw`, and an already compressed literal chunk.
+fn crafted_delta(header: &[u8], raw: [&[u8]; 4], diff_raw: u64, literals_xz: &[u8]) -> Vec<u8> {
+    let mut crafted = header[..HEADER_LEN].to_vec();
+    crafted.push(1);
+    let chunks: Vec<Vec<u8>> = raw.iter().map(|r| xz(r)).collect();
+    for (r, c) in raw.iter().zip(&chunks) {
+        crafted.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        crafted.extend_from_slice(&(c.len() as u32).to_le_bytes());
+    }
+    crafted.extend_from_slice(&diff_raw.to_le_bytes());
+    crafted.extend_from_slice(&(literals_xz.len() as u32).to_le_bytes());
+    for c in &chunks {
+        crafted.extend_from_slice(c);
+    }
+    crafted.extend_from_slice(literals_xz);
+    crafted.push(0);
+    crafted
+}
+
 #[test]
-fn diff_stream_ending_before_the_control_entries_is_refused_not_hung() {
+fn literal_stream_ending_before_the_control_entries_is_refused_not_hung() {
     let old = vec![7u8; 64];
     let delta = encode(&old, &old, &fast_opts()).unwrap();
-    // Hand-made segment: one entry adding 10 bytes, but the diff stream holds 5 bytes and then junk.
-    let control = [10u8, 0, 0];
-    let (control_zst, extra_zst) = (xz(&control), xz(&[]));
-    let mut diff_zst = xz(&[0u8; 5]);
-    diff_zst.extend_from_slice(b"junk after the end of the stream");
-    let mut crafted = delta[..HEADER_LEN].to_vec();
-    crafted.push(1);
-    for v in [control.len(), control_zst.len(), 0, extra_zst.len()] {
-        crafted.extend_from_slice(&(v as u32).to_le_bytes());
-    }
-    crafted.extend_from_slice(&10u64.to_le_bytes());
-    crafted.extend_from_slice(&(diff_zst.len() as u32).to_le_bytes());
-    crafted.extend_from_slice(&control_zst);
-    crafted.extend_from_slice(&extra_zst);
-    crafted.extend_from_slice(&diff_zst);
-    crafted.push(0);
+    // One entry adding 10 bytes, one pair (0 zeros, 10 literals), but the literal stream holds 5 bytes
+    // and then junk.
+    let mut literals = xz(&[1u8; 5]);
+    literals.extend_from_slice(b"junk after the end of the stream");
+    let crafted = crafted_delta(&delta, [&[10, 0, 0], &[], &[0], &[10]], 10, &literals);
     let err = apply(Cursor::new(&old), crafted.as_slice(), &mut Vec::new()).unwrap_err();
     assert!(
         matches!(
@@ -387,7 +393,42 @@ fn diff_stream_ending_before_the_control_entries_is_refused_not_hung() {
     );
     assert!(
         err.to_string()
-            .contains("diff stream ended after 5 of the 10 bytes"),
+            .contains("literal stream ended after 5 of the 10 bytes"),
         "{err}"
     );
+}
+
+#[test]
+fn run_lengths_that_disagree_with_the_control_entries_are_refused() {
+    let old = vec![7u8; 64];
+    let delta = encode(&old, &old, &fast_opts()).unwrap();
+    let literals = xz(&[1u8; 10]);
+    let cases: [(&[u8], &[u8], &str); 4] = [
+        // A pair covering more diff bytes than the segment declares.
+        (
+            &[0x80, 0x80, 0x80, 0x80, 0x01],
+            &[10],
+            "exceeds the segment's 10 diff bytes left",
+        ),
+        // A zero run without its literal length, and the reverse.
+        (&[0], &[], "literal-length stream ended"),
+        (&[], &[10], "zero-run stream ended"),
+        // A pair left over after the add steps consumed the segment's diff.
+        (&[0, 0], &[10, 0], "1 zero-run and 1 literal-length bytes"),
+    ];
+    for (zeros, lengths, expected) in cases {
+        let crafted = crafted_delta(&delta, [&[10, 0, 0], &[], zeros, lengths], 10, &literals);
+        let err = apply(Cursor::new(&old), crafted.as_slice(), &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Malformed {
+                    what: "diff run lengths",
+                    ..
+                }
+            ),
+            "{expected}: {err}"
+        );
+        assert!(err.to_string().contains(expected), "{expected}: {err}");
+    }
 }
