@@ -19,12 +19,17 @@ use ota_tuf::{Client, ClientConfig, TargetInfo};
 use serde::Serialize;
 
 use crate::config::{AgentConfig, HealthConfig};
+use crate::delta::{
+    apply_spooled, check_base, remove_spool, ApplyFailure, DeltaFallback, DeltaPlan, SpoolSink,
+};
 use crate::error::{Error, Result};
 use crate::health::{run_checks, HealthReport};
 use crate::identity::{check_root_fingerprint, parse_fingerprint, DeviceIdentity};
 use crate::persist::write_atomic;
 use crate::select::{select, Decision, DeviceFacts, OfferedTarget};
-use crate::state::{next, DeviceRecord, Event, ImageRef, RecordFile, SlotImage, UpdateState};
+use crate::state::{
+    next, DeviceRecord, Event, ImageRef, InstallReport, InstallVia, RecordFile, SlotImage, UpdateState,
+};
 use crate::SlotId;
 
 /// Name of the TUF metadata directory inside the state directory.
@@ -49,6 +54,14 @@ impl<S> SlotPair<S> {
         match id {
             SlotId::A => &mut self.a,
             SlotId::B => &mut self.b,
+        }
+    }
+
+    /// Both slots at once: `(first, the other)` (a delta reads one while writing the other).
+    pub fn split_mut(&mut self, first: SlotId) -> (&mut S, &mut S) {
+        match first {
+            SlotId::A => (&mut self.a, &mut self.b),
+            SlotId::B => (&mut self.b, &mut self.a),
         }
     }
 }
@@ -228,6 +241,8 @@ pub struct Status {
     pub slot_b: Option<SlotImage>,
     /// Versions that failed here.
     pub failed: Vec<Version>,
+    /// How the last install got its bytes (delta or full image, bytes downloaded).
+    pub last_install: Option<InstallReport>,
 }
 
 /// A provisioned device: its slots, bootloader, identity, trusted metadata and update record.
@@ -307,6 +322,17 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         if record != self.record {
             self.file.save(&record)?;
             tracing::info!(state = %record.state, "update state");
+            self.record = record;
+        }
+        Ok(())
+    }
+
+    /// Changes the record outside the state machine (what the install is doing) and persists it.
+    fn update_record(&mut self, change: impl FnOnce(&mut DeviceRecord)) -> Result<()> {
+        let mut record = self.record.clone();
+        change(&mut record);
+        if record != self.record {
+            self.file.save(&record)?;
             self.record = record;
         }
         Ok(())
@@ -478,6 +504,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             slot_a: r.slot_a.clone(),
             slot_b: r.slot_b.clone(),
             failed: r.failed.clone(),
+            last_install: r.last_install.clone(),
         })
     }
 
@@ -511,8 +538,9 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         Ok((targets, decision))
     }
 
-    /// One poll: refresh the metadata, choose a release, and install it into the inactive slot. On
-    /// success the outcome asks for a reboot into the trial. Also resumes a download a restart cut short.
+    /// One poll: refresh the metadata, choose a release, and install it into the inactive slot (by delta
+    /// when one from the running image is offered and usable, else the full image). On success the
+    /// outcome asks for a reboot into the trial. Also resumes an install a restart cut short.
     pub async fn poll_once(&mut self) -> Result<Outcome> {
         let state = self.record.state.clone();
         if !state.is_final() && !matches!(state, UpdateState::Downloading { .. }) {
@@ -529,7 +557,8 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             if let Some(info) = same {
                 tracing::info!(target = %image.target, "resuming the interrupted install");
                 let info = info.clone();
-                return self.install(slot, image, &info).await;
+                let delta = self.delta_plan(&decision, &image, &targets);
+                return self.install(slot, image, &info, delta).await;
             }
             self.advance(
                 Event::DownloadFailed {
@@ -538,9 +567,10 @@ impl<S: Slot, B: BootControl> Device<S, B> {
                 |_| {},
             )?;
         }
-        let Decision::Install { image, .. } = decision else {
+        let Decision::Install { image, .. } = &decision else {
             return Ok(self.outcome(false, "up to date"));
         };
+        let image = image.clone();
         let Some(info) = targets.iter().find(|t| t.name == image.target).cloned() else {
             return Ok(self.outcome(false, "up to date"));
         };
@@ -569,15 +599,83 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             )?;
             return Err(err);
         }
-        self.install(slot, image, &info).await
+        let delta = self.delta_plan(&decision, &image, &targets);
+        self.install(slot, image, &info, delta).await
     }
 
-    /// Marks `slot` bad, streams the target into it, reads it back and checks the signed sha256, then
-    /// requests the trial. Storage and network errors leave the state at Downloading (resumed by the
-    /// next poll or start); a refused image (hash or length mismatch) ends the update as Failed.
-    async fn install(&mut self, slot: SlotId, image: ImageRef, info: &TargetInfo) -> Result<Outcome> {
+    /// The delta to try for `image`: `None` when the decision offers none from the running image, an
+    /// immediate fallback when the offered one cannot be used (see [`crate::delta::plan`]).
+    fn delta_plan(
+        &self,
+        decision: &Decision,
+        image: &ImageRef,
+        targets: &[TargetInfo],
+    ) -> Option<std::result::Result<DeltaPlan, DeltaFallback>> {
+        let Decision::Install {
+            image: chosen,
+            release,
+            delta: Some(choice),
+            ..
+        } = decision
+        else {
+            return None;
+        };
+        if chosen != image {
+            return None;
+        }
+        let offer = release.deltas.iter().find(|d| d.target == choice.target)?;
+        Some(crate::delta::plan(
+            offer,
+            image,
+            targets,
+            self.record.last_install.as_ref(),
+        ))
+    }
+
+    /// Marks `slot` bad, then fills it: by delta when `delta` is a usable plan (falling back to the full
+    /// image for any reason the delta cannot be used), else by streaming the full target into it. Reads
+    /// it back and checks the signed sha256, then requests the trial. Storage and network errors of the
+    /// full image leave the state at Downloading (resumed by the next poll or start); a refused image
+    /// (hash or length mismatch) ends the update as Failed.
+    async fn install(
+        &mut self,
+        slot: SlotId,
+        image: ImageRef,
+        info: &TargetInfo,
+        delta: Option<std::result::Result<DeltaPlan, DeltaFallback>>,
+    ) -> Result<Outcome> {
         let from = self.boot.booted()?;
+        if slot == from {
+            return Err(Error::Refused {
+                action: "install",
+                why: format!("slot {slot} is the running slot; only the inactive slot is ever written"),
+            });
+        }
         self.boot.mark_bad(slot)?;
+        let mut report = InstallReport {
+            version: image.version.clone(),
+            via: InstallVia::Full,
+            downloaded_bytes: 0,
+            delta_fallback: None,
+        };
+        if let Some(plan) = delta {
+            let target = plan
+                .as_ref()
+                .map_or_else(|_| String::new(), |p| p.target.name.clone());
+            let tried = match plan {
+                Ok(plan) => self.install_delta(slot, from, &image, &plan, &mut report).await?,
+                Err(reason) => Err(reason),
+            };
+            match tried {
+                Ok(()) => return self.installed(slot, from, &image, report),
+                Err(reason) => {
+                    tracing::warn!(delta = %target, %reason, "delta not used; installing the full image");
+                    report.via = InstallVia::Full;
+                    report.delta_fallback = Some(reason.to_string());
+                    self.update_record(|rec| rec.last_install = Some(report.clone()))?;
+                }
+            }
+        }
         let target_slot = self.slots.get_mut(slot);
         let mut writer = SlotWriter::new(&mut *target_slot, image.length)?;
         let mut sink = SlotSink {
@@ -586,6 +684,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         };
         let downloaded = self.client.download_target(info, &mut sink).await;
         let failure = sink.failure.take();
+        report.downloaded_bytes = report.downloaded_bytes.saturating_add(writer.position());
         if let Some(storage) = failure {
             return Err(Error::Storage(storage));
         }
@@ -617,15 +716,86 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             )?;
             return Err(err);
         }
+        self.installed(slot, from, &image, report)
+    }
+
+    /// Tries the delta: checks the running slot is its base, downloads it into the spool, decodes it
+    /// into `slot` and reads `slot` back. `Ok(Err(reason))`: fall back to the full image. `Err`: storage
+    /// or persistence failed (the full image would not fare better; the state stays Downloading).
+    async fn install_delta(
+        &mut self,
+        slot: SlotId,
+        from: SlotId,
+        image: &ImageRef,
+        plan: &DeltaPlan,
+        report: &mut InstallReport,
+    ) -> Result<std::result::Result<(), DeltaFallback>> {
+        if let Err(reason) = check_base(self.slots.get_mut(from), &plan.offer)? {
+            return Ok(Err(reason));
+        }
+        let spool = self.settings.state_dir.join(crate::delta::SPOOL_FILE);
+        let mut sink = match SpoolSink::create(&spool) {
+            Ok(sink) => sink,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        // Bounded by the signed length, checked against the signed hashes (TUF 5.7).
+        let fetched = self.client.download_target(&plan.target, &mut sink).await;
+        report.downloaded_bytes = report.downloaded_bytes.saturating_add(sink.written);
+        drop(sink);
+        if let Err(e) = fetched {
+            remove_spool(&spool);
+            return Ok(Err(DeltaFallback::Download(e)));
+        }
+        // Persisted before the inactive slot is written: a restart from here on installs the full image.
+        report.via = InstallVia::Delta {
+            target: plan.target.name.clone(),
+        };
+        self.update_record(|rec| rec.last_install = Some(report.clone()))?;
+        let (running, inactive) = self.slots.split_mut(from);
+        let applied = apply_spooled(&spool, &plan.offer, image, running, inactive);
+        remove_spool(&spool);
+        match applied {
+            Ok(summary) => tracing::info!(
+                delta = %plan.target.name,
+                segments = summary.segments,
+                bytes = summary.new_len,
+                "delta applied"
+            ),
+            Err(ApplyFailure::Storage(e)) => return Err(Error::Storage(e)),
+            Err(ApplyFailure::Fallback(reason)) => return Ok(Err(reason)),
+        }
+        let got = slot_sha256(&mut *self.slots.get_mut(slot), image.length)?;
+        if got != image.sha256.0 {
+            return Ok(Err(DeltaFallback::ReadBack {
+                expected: image.sha256.to_hex(),
+                got: hex::encode(got),
+            }));
+        }
+        Ok(Ok(()))
+    }
+
+    /// `slot` holds `image`, read back and verified: record it and how it came, then request the trial.
+    fn installed(
+        &mut self,
+        slot: SlotId,
+        from: SlotId,
+        image: &ImageRef,
+        report: InstallReport,
+    ) -> Result<Outcome> {
+        let how = report.to_string();
+        tracing::info!(slot = %slot, "installed {how}");
         let written = SlotImage {
             version: image.version.clone(),
             sha256: image.sha256,
             length: image.length,
         };
         self.advance(Event::Verified { from }, |rec| {
-            *rec.slot_mut(slot) = Some(written)
+            *rec.slot_mut(slot) = Some(written);
+            rec.last_install = Some(report);
         })?;
-        self.request_trial(slot)
+        let mut outcome = self.request_trial(slot)?;
+        outcome.note = format!("installed {how}; {}", outcome.note);
+        Ok(outcome)
     }
 }
 

@@ -12,12 +12,15 @@
 //!   [`device::Device::on_boot`] after every start, [`device::Device::poll_once`] to install;
 //!   [`device::provision`] pins the root of trust.
 //! - [`schedule::PollSchedule`]: polling interval, jitter and backoff.
+//! - [`delta`]: installs by binary delta from the running slot, with [`delta::DeltaFallback`] naming
+//!   why the full image was used instead.
 //!
 //! It does not sign or publish anything, does not implement TUF (that is `ota-tuf`) or talk to flash and
 //! bootloaders directly (that is `ota-slot`).
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod delta;
 pub mod device;
 mod error;
 pub mod health;

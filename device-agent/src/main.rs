@@ -279,6 +279,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 println!("floor       {}", s.floor);
                 println!("state       {}", s.state_text);
+                if let Some(last) = &s.last_install {
+                    println!("last        {last}");
+                }
                 if !s.failed.is_empty() {
                     let failed: Vec<String> = s.failed.iter().map(|v| v.to_string()).collect();
                     println!("failed      {}", failed.join(", "));

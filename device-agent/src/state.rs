@@ -203,6 +203,20 @@ impl fmt::Display for UpdateState {
     }
 }
 
+impl fmt::Display for InstallReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.via {
+            InstallVia::Delta { target } => write!(f, "{} by delta {target}", self.version)?,
+            InstallVia::Full => write!(f, "{} by full image", self.version)?,
+        }
+        write!(f, ", {} bytes downloaded", self.downloaded_bytes)?;
+        if let Some(why) = &self.delta_fallback {
+            write!(f, " (delta not used: {why})")?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -388,6 +402,39 @@ pub struct DeviceRecord {
     /// Versions whose install or trial failed; not retried (bounded, oldest forgotten first).
     #[serde(default)]
     pub failed: Vec<Version>,
+    /// How the last (or current) install got its bytes: by delta or full image, and how many were
+    /// downloaded. Also the restart rule for deltas: an install interrupted while applying a delta
+    /// starts over with the full image (the delta may be what stopped it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_install: Option<InstallReport>,
+}
+
+/// Where the bytes of an install came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InstallVia {
+    /// The full image, streamed into the inactive slot.
+    Full,
+    /// A binary delta applied to the running slot's image (issue 5).
+    Delta {
+        /// The delta's TUF target name.
+        target: String,
+    },
+}
+
+/// How one install went, for `status` and for the restart rule of [`DeviceRecord::last_install`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallReport {
+    /// The version installed.
+    pub version: Version,
+    /// The path used (while in progress: the path being tried).
+    pub via: InstallVia,
+    /// Bytes downloaded for this install (a delta that was tried and given up counts too).
+    pub downloaded_bytes: u64,
+    /// Why an offered delta was not used, when the full image was installed instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_fallback: Option<String>,
 }
 
 impl DeviceRecord {
@@ -400,6 +447,7 @@ impl DeviceRecord {
             slot_a: None,
             slot_b: None,
             failed: Vec::new(),
+            last_install: None,
         };
         *record.slot_mut(slot) = Some(image);
         record

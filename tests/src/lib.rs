@@ -122,6 +122,61 @@ impl TestRepo {
         report.added[0].0.clone()
     }
 
+    /// Publishes `image` as release `version` with a delta from the newest older release, made by
+    /// `ota_delta` and then passed through `tamper` (identity for an honest delta; the result is what
+    /// gets signed). Returns the release's target name and the delta's (name, bytes as published).
+    pub fn publish_with_delta(
+        &self,
+        version: &str,
+        image: &[u8],
+        tamper: impl Fn(Vec<u8>) -> Vec<u8>,
+    ) -> (String, String, Vec<u8>) {
+        let file = self.dir.path().join(format!("fw-{version}.bin"));
+        fs::write(&file, image).unwrap();
+        let spec = ReleaseSpec {
+            image: file,
+            version: version.into(),
+            hardware: vec![HARDWARE.into()],
+            channel: CHANNEL.into(),
+            rollout_percent: 100,
+            name: None,
+        };
+        let policy = repo_tool::deltas::DeltaPolicy {
+            keep: 1,
+            max_share_percent: 50,
+            ..repo_tool::deltas::DeltaPolicy::default()
+        };
+        // Fast settings: the tests need a real, small delta, not the smallest one.
+        let opts = ota_delta::EncodeOptions {
+            level: 6,
+            extreme: false,
+            threads: 2,
+            filters: ota_delta::FilterChoice::Only(vec![ota_delta::Filter::None]),
+            ..ota_delta::EncodeOptions::default()
+        };
+        let mut made = None;
+        let mut encoder = |old: &[u8], new: &[u8]| {
+            let delta = tamper(ota_delta::encode(old, new, &opts).map_err(|e| e.to_string())?);
+            made = Some(delta.clone());
+            Ok(delta)
+        };
+        let report = repo_tool::deltas::add_with_deltas(
+            &self.root_dir(),
+            &[spec],
+            &AddOptions::default(),
+            &self.ring,
+            &policy,
+            &mut encoder,
+        )
+        .unwrap();
+        assert!(report.skipped.is_empty(), "delta not kept: {:?}", report.skipped);
+        let delta = made.expect("no older release to make a delta from");
+        let names: Vec<&String> = report.add.added.iter().map(|(n, _, _)| n).collect();
+        let release = names.iter().find(|n| !n.ends_with(".delta")).unwrap();
+        let delta_name = names.iter().find(|n| n.ends_with(".delta")).unwrap();
+        ((*release).clone(), (*delta_name).clone(), delta)
+    }
+
     /// The file nginx serves for target `name` whose content hashes to `sha256`.
     pub fn target_file(&self, name: &str, image: &[u8]) -> PathBuf {
         let digest: [u8; 32] = Sha256::digest(image).into();
