@@ -80,6 +80,8 @@ for pair in "${pairs[@]}"; do
   echo
   echo "## $pair (old $old_size, new $new_size bytes)"
   echo
+  echo "Load average before this pair: $(cut -d' ' -f1-3 /proc/loadavg) (times depend on it; sizes do not)."
+  echo
   echo "| tool | patch bytes | % of new | gen s | gen RSS MiB | apply s | apply RSS MiB | result |"
   echo "|---|---:|---:|---:|---:|---:|---:|---|"
   best_other=""
