@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark: ota-tuf's client vs python-tuf's ngclient on the same 10,000-target repository (built with
 # python-tuf, served by nginx on 127.0.0.1). Measures a cold refresh (empty metadata dir: root probe,
-# timestamp, snapshot, targets) and a no-change refresh (everything trusted already), CPU time (user+sys)
-# and peak RSS with /usr/bin/time -v. Prints a markdown table.
-#   usage: scripts/bench-tuf.sh [N_TARGETS]   (default 10000; needs nginx, .venv with python-tuf)
+# timestamp, snapshot, targets) and a no-change refresh (everything trusted already): CPU time (user+sys)
+# and peak RSS of each client process. Prints a markdown table.
+#   usage: [RUNS=9] scripts/bench-tuf.sh [N_TARGETS]   (default 10000; needs nginx, .venv with python-tuf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-10000}"
 PY="${OTA_PYTHON_TUF:-$PWD/.venv/bin/python}"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
-TIME=/usr/bin/time
-[ -x "$TIME" ] || { echo "needs /usr/bin/time (apt-get install time)"; exit 1; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build -q --release -p ota-tuf --bin ota-tuf-client
 CLIENT="$CARGO_TARGET_DIR/release/ota-tuf-client"
@@ -41,38 +39,52 @@ if not os.path.exists(os.path.join(meta_dir, "root.json")):
 Updater(meta_dir, url + "/metadata/", bootstrap=None).refresh()
 PYEOF
 
-# measure NAME CMD...: prints "cpu_seconds peak_kib"
-measure() {
-  "$TIME" -v -o "$WORK/time.txt" "$@" >/dev/null
-  awk -F': ' '/User time/{u=$2} /System time/{s=$2} /Maximum resident/{m=$2} END{printf "%.3f %d\n", u+s, m}' "$WORK/time.txt"
-}
-best_of() { # run 5 times, keep the lowest CPU (and its RSS)
-  local best=""
-  for _ in 1 2 3 4 5; do
-    "$@" # prepare step (cold: wipe) is inside the command
-    r="$(measure "${CMD[@]}")"
-    if [ -z "$best" ] || awk -v a="$r" -v b="$best" 'BEGIN{split(a,x," ");split(b,y," ");exit !(x[1]<y[1])}'; then best="$r"; fi
-  done
-  echo "$best"
-}
-rs_cold_prep() { rm -rf "$WORK/m-rs"; mkdir -p "$WORK/m-rs"; "$CLIENT" --metadata-dir "$WORK/m-rs" init "$WORK/repo/initial_root.json"; }
-py_cold_prep() { rm -rf "$WORK/m-py"; }
-noop() { :; }
+# Each case runs RUNS times, a prepare step before each (the cold case wipes the metadata directory).
+# CPU: user+sys from the rusage wait4 returns for the client process, in microseconds (/usr/bin/time
+# prints only 10 ms steps). Peak RSS: from /usr/bin/time -f %M in separate runs, because a child forked
+# from Python inherits Python's RSS high-water mark until it execs. Reported: median and lowest CPU,
+# median peak RSS.
+RUNS="${RUNS:-9}"
+TIME=/usr/bin/time
+[ -x "$TIME" ] || { echo "needs /usr/bin/time (apt-get install time)"; exit 1; }
+cat >"$WORK/measure.py" <<'PYEOF'
+import os, statistics, subprocess, sys
+runs, prep, cmd = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+def run(argv):
+    subprocess.run(prep, shell=True, check=True, stdout=subprocess.DEVNULL)
+    with open(os.devnull, "wb") as null:
+        child = subprocess.Popen(argv, stdout=null)
+        _, status, ru = os.wait4(child.pid, 0)
+    if status != 0:
+        sys.exit(f"{argv[0]} failed: wait status {status}")
+    return ru.ru_utime + ru.ru_stime
+cpu = [run(cmd) for _ in range(runs)]
+rss = []
+for _ in range(runs):
+    run(["/usr/bin/time", "-f", "%M", "-o", os.environ["RSS_FILE"], *cmd])
+    with open(os.environ["RSS_FILE"]) as f:
+        rss.append(int(f.read().split()[-1]))  # KiB
+print(f"{statistics.median(cpu):.4f} {min(cpu):.4f} {statistics.median(rss):.0f}")
+PYEOF
+measure() { RSS_FILE="$WORK/rss.txt" "$PY" "$WORK/measure.py" "$RUNS" "$@"; }
+RS_PREP_COLD="rm -rf '$WORK/m-rs' && '$CLIENT' --metadata-dir '$WORK/m-rs' init '$WORK/repo/initial_root.json'"
+RS=("$CLIENT" --metadata-url "$URL/metadata" --metadata-dir "$WORK/m-rs" refresh)
+PY_CMD=("$PY" "$WORK/ngclient.py" "$WORK/m-py" "$URL" "$WORK/repo/initial_root.json")
+RS_COLD="$(measure "$RS_PREP_COLD" "${RS[@]}")"
+RS_WARM="$(measure true "${RS[@]}")"
+PY_COLD="$(measure "rm -rf '$WORK/m-py'" "${PY_CMD[@]}")"
+PY_WARM="$(measure true "${PY_CMD[@]}")"
 
-CMD=("$CLIENT" --metadata-url "$URL/metadata" --metadata-dir "$WORK/m-rs" refresh)
-RS_COLD="$(best_of rs_cold_prep)"; RS_WARM="$(best_of noop)"
-CMD=("$PY" "$WORK/ngclient.py" "$WORK/m-py" "$URL" "$WORK/repo/initial_root.json")
-PY_COLD="$(best_of py_cold_prep)"; PY_WARM="$(best_of noop)"
-
-SNAP=$(stat -c %s "$WORK/repo/repo/metadata/targets.json")
-echo "10,000-target repository: $N targets, targets.json $SNAP bytes; best of 5 runs; $(nproc) CPUs"
+SIZE=$(stat -c %s "$WORK/repo/repo/metadata/targets.json")
+echo "$N targets, targets.json $SIZE bytes; $RUNS runs per case; $(nproc) CPUs; load:$(uptime | sed 's/.*load average://')"
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); CPU = user+sys from wait4 rusage (median, lowest); RSS = /usr/bin/time %M (median)"
 echo
-echo "| refresh | ota-tuf CPU s | ngclient CPU s | CPU ratio | ota-tuf peak RSS MiB | ngclient peak RSS MiB | RSS ratio |"
-echo "|---|---|---|---|---|---|---|"
+echo "| refresh | ota-tuf CPU s (median / min) | ngclient CPU s (median / min) | CPU ratio (medians) | ota-tuf peak RSS MiB | ngclient peak RSS MiB | RSS ratio |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 row() {
-  read -r rc rm <<<"$2"; read -r pc pm <<<"$3"
-  awk -v n="$1" -v rc="$rc" -v rm="$rm" -v pc="$pc" -v pm="$pm" 'BEGIN{
-    printf "| %s | %.3f | %.3f | %.1fx | %.1f | %.1f | %.1fx |\n", n, rc, pc, (rc>0?pc/rc:0), rm/1024, pm/1024, pm/rm }'
+  read -r rc rmin rm <<<"$2"; read -r pc pmin pm <<<"$3"
+  awk -v n="$1" -v rc="$rc" -v rmin="$rmin" -v rm="$rm" -v pc="$pc" -v pmin="$pmin" -v pm="$pm" 'BEGIN{
+    printf "| %s | %.4f / %.4f | %.3f / %.3f | %.1fx | %.1f | %.1f | %.1fx |\n", n, rc, rmin, pc, pmin, (rc>0?pc/rc:0), rm/1024, pm/1024, pm/rm }'
 }
 row cold "$RS_COLD" "$PY_COLD"
 row no-change "$RS_WARM" "$PY_WARM"
