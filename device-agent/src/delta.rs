@@ -369,3 +369,223 @@ pub fn remove_spool(path: &Path) {
         Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove the delta spool"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ota_release::{Sha256Digest, Version};
+    use ota_slot::FileSlot;
+
+    const SLOT: u64 = 256 * 1024;
+
+    fn firmware(seed: u8, len: usize) -> Vec<u8> {
+        // Not compressible, like real code sections (xorshift).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(seed);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect()
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        v1: Vec<u8>,
+        v2: Vec<u8>,
+        offer: DeltaOffer,
+        image: ImageRef,
+        delta: Vec<u8>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let v1 = firmware(1, 100_000);
+            let mut v2 = v1.clone();
+            v2[40_000..41_000].copy_from_slice(&firmware(2, 1000));
+            let opts = ota_delta::EncodeOptions {
+                threads: 1,
+                level: 6,
+                extreme: false,
+                ..ota_delta::EncodeOptions::default()
+            };
+            let delta = ota_delta::encode(&v1, &v2, &opts).unwrap();
+            let offer = DeltaOffer {
+                base_version: "1.0.0".parse().unwrap(),
+                base_sha256: Sha256Digest::of(&v1),
+                base_length: v1.len() as u64,
+                target: "gw/deltas/1.0.0.delta".into(),
+                length: delta.len() as u64,
+            };
+            let image = ImageRef {
+                target: "gw/2.0.0.img".into(),
+                version: "2.0.0".parse().unwrap(),
+                sha256: Sha256Digest::of(&v2),
+                length: v2.len() as u64,
+            };
+            Fixture {
+                dir: tempfile::tempdir().unwrap(),
+                v1,
+                v2,
+                offer,
+                image,
+                delta,
+            }
+        }
+
+        /// Slot A running v1 (possibly altered), slot B holding other bytes.
+        fn slots(&self, running: &[u8]) -> (FileSlot, FileSlot) {
+            let mut a = FileSlot::create(self.dir.path().join("a.img"), SLOT).unwrap();
+            let b = FileSlot::create(self.dir.path().join("b.img"), SLOT).unwrap();
+            let mut w = SlotWriter::new(&mut a, running.len() as u64).unwrap();
+            w.write_all(running).unwrap();
+            w.finish().unwrap();
+            (a, b)
+        }
+
+        fn spool(&self, delta: &[u8]) -> PathBuf {
+            let p = self.dir.path().join(SPOOL_FILE);
+            std::fs::write(&p, delta).unwrap();
+            p
+        }
+
+        fn listed(&self) -> ota_tuf::TargetInfo {
+            ota_tuf::TargetInfo {
+                name: self.offer.target.clone(),
+                length: self.delta.len() as u64,
+                hashes: [("sha256".to_owned(), Sha256Digest::of(&self.delta).0.to_vec())].into(),
+                custom: serde_json::Value::Null,
+            }
+        }
+    }
+
+    #[test]
+    fn a_matching_delta_rebuilds_the_image_and_only_reads_the_running_slot() {
+        let f = Fixture::new();
+        let (mut a, mut b) = f.slots(&f.v1);
+        assert!(check_base(&mut a, &f.offer).unwrap().is_ok());
+        let spool = f.spool(&f.delta);
+        let summary = apply_spooled(&spool, &f.offer, &f.image, &mut a, &mut b).unwrap();
+        assert_eq!(summary.new_sha256, f.image.sha256.0);
+        let len = f.v2.len() as u64;
+        assert_eq!(ota_slot::slot_sha256(&mut b, len).unwrap(), f.image.sha256.0);
+        let v1_len = f.v1.len() as u64;
+        assert_eq!(
+            ota_slot::slot_sha256(&mut a, v1_len).unwrap(),
+            f.offer.base_sha256.0
+        );
+    }
+
+    #[test]
+    fn a_modified_running_slot_is_a_base_mismatch() {
+        let f = Fixture::new();
+        let mut altered = f.v1.clone();
+        altered[77] ^= 1;
+        let (mut a, _) = f.slots(&altered);
+        let reason = check_base(&mut a, &f.offer).unwrap().unwrap_err();
+        assert!(matches!(reason, DeltaFallback::BaseMismatch { .. }), "{reason}");
+        assert!(reason.to_string().contains("base mismatch"), "{reason}");
+        // A base longer than the slot is a mismatch too, not a storage error.
+        let mut long = f.offer.clone();
+        long.base_length = SLOT + 1;
+        let reason = check_base(&mut a, &long).unwrap().unwrap_err();
+        assert!(reason.to_string().contains("holds only"), "{reason}");
+    }
+
+    #[test]
+    fn a_corrupt_delta_is_refused_by_the_decoder() {
+        let f = Fixture::new();
+        let (mut a, mut b) = f.slots(&f.v1);
+        let mut bad = f.delta.clone();
+        let at = ota_delta::HEADER_LEN + (bad.len() - ota_delta::HEADER_LEN) / 2;
+        bad[at] ^= 0xff;
+        let spool = f.spool(&bad);
+        match apply_spooled(&spool, &f.offer, &f.image, &mut a, &mut b) {
+            Err(ApplyFailure::Fallback(DeltaFallback::Decode(e))) => {
+                assert!(!e.to_string().is_empty())
+            }
+            other => panic!("{other:?}"),
+        }
+        // Truncated: also the delta's fault.
+        let spool = f.spool(&f.delta[..f.delta.len() / 2]);
+        let got = apply_spooled(&spool, &f.offer, &f.image, &mut a, &mut b);
+        assert!(
+            matches!(got, Err(ApplyFailure::Fallback(DeltaFallback::Decode(_)))),
+            "{got:?}"
+        );
+        // Not a delta at all.
+        let spool = f.spool(b"<html>404</html>");
+        let got = apply_spooled(&spool, &f.offer, &f.image, &mut a, &mut b);
+        assert!(
+            matches!(got, Err(ApplyFailure::Fallback(DeltaFallback::Decode(_)))),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_header_contradicting_the_signed_metadata_is_refused_before_writing() {
+        let f = Fixture::new();
+        let (mut a, mut b) = f.slots(&f.v1);
+        let before = std::fs::read(f.dir.path().join("b.img")).unwrap();
+        let spool = f.spool(&f.delta);
+        let mut other_release = f.image.clone();
+        other_release.sha256 = Sha256Digest::of(b"another build");
+        match apply_spooled(&spool, &f.offer, &other_release, &mut a, &mut b) {
+            Err(ApplyFailure::Fallback(DeltaFallback::HeaderMismatch { field, .. })) => {
+                assert_eq!(field, "result sha256")
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut other_base = f.offer.clone();
+        other_base.base_sha256 = Sha256Digest::of(b"another base");
+        let got = apply_spooled(&spool, &other_base, &f.image, &mut a, &mut b);
+        assert!(
+            matches!(&got, Err(ApplyFailure::Fallback(DeltaFallback::HeaderMismatch { field, .. })) if *field == "base sha256"),
+            "{got:?}"
+        );
+        assert_eq!(
+            std::fs::read(f.dir.path().join("b.img")).unwrap(),
+            before,
+            "slot untouched"
+        );
+        // A missing spool is a fallback, not a crash.
+        let got = apply_spooled(&f.dir.path().join("gone"), &f.offer, &f.image, &mut a, &mut b);
+        assert!(
+            matches!(got, Err(ApplyFailure::Fallback(DeltaFallback::Spool { .. }))),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn plan_needs_a_listed_smaller_delta_not_interrupted_before() {
+        let f = Fixture::new();
+        let listed = [f.listed()];
+        let plan = plan(&f.offer, &f.image, &listed, None).unwrap();
+        assert_eq!(plan.target.name, f.offer.target);
+
+        let reason = super::plan(&f.offer, &f.image, &[], None).unwrap_err();
+        assert!(matches!(reason, DeltaFallback::NotListed { .. }), "{reason}");
+
+        let mut big = f.listed();
+        big.length = f.image.length;
+        let reason = super::plan(&f.offer, &f.image, &[big], None).unwrap_err();
+        assert!(matches!(reason, DeltaFallback::NotSmaller { .. }), "{reason}");
+
+        // The last attempt at this version was applying this delta when it stopped: full image.
+        let mut last = InstallReport {
+            version: f.image.version.clone(),
+            via: InstallVia::Delta {
+                target: f.offer.target.clone(),
+            },
+            downloaded_bytes: 10,
+            delta_fallback: None,
+        };
+        let reason = super::plan(&f.offer, &f.image, &listed, Some(&last)).unwrap_err();
+        assert!(reason.to_string().contains("interrupted"), "{reason}");
+        // ... but an earlier version's delta install says nothing about this one.
+        last.version = Version::new(1, 5, 0);
+        assert!(super::plan(&f.offer, &f.image, &listed, Some(&last)).is_ok());
+    }
+}
