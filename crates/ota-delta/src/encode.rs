@@ -110,7 +110,7 @@ pub fn encode_with_progress(
         // Hashed once here, not once per candidate thread.
         let (old_sha, new_sha) = (sha256(old), sha256(new));
         let (old_sha, new_sha) = (&old_sha, &new_sha);
-        let results: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
+        let results: Vec<Result<Candidate>> = std::thread::scope(|scope| {
             let handles: Vec<_> = candidates
                 .iter()
                 .enumerate()
@@ -133,7 +133,18 @@ pub fn encode_with_progress(
                 .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
                 .collect()
         });
-        return smallest(results);
+        let mut best: Option<Candidate> = None;
+        for r in results {
+            keep_smaller(&mut best, r?);
+        }
+        let best = best.ok_or_else(no_candidate)?;
+        if best.filter.filter == Filter::None {
+            return Ok(best.delta);
+        }
+        let (mut o, mut n) = (old.to_vec(), new.to_vec());
+        best.filter.encode_in_place(&mut o, 0);
+        best.filter.encode_in_place(&mut n, 0);
+        return try_raw_coding(best, &o, &n, old_sha, new_sha, opts, progress);
     }
     let (mut o, mut n) = (old.to_vec(), new.to_vec());
     encode_candidates_in_place(old, new, &mut o, &mut n, &candidates, opts, progress)
@@ -156,7 +167,7 @@ pub fn encode_owned(
     }
     let candidates = candidates(&old, &new, opts);
     let (old_sha, new_sha) = (sha256(&old), sha256(&new));
-    let mut best: Option<Vec<u8>> = None;
+    let mut best: Option<Candidate> = None;
     let count = candidates.len();
     for (index, &filter) in candidates.iter().enumerate() {
         progress(EncodeStage::Candidate {
@@ -178,10 +189,16 @@ pub fn encode_owned(
         );
         filter.decode_in_place(&mut old, 0);
         filter.decode_in_place(&mut new, 0);
-        let delta = delta?;
-        keep_smaller(&mut best, delta);
+        keep_smaller(&mut best, delta?);
     }
-    best.ok_or_else(no_candidate)
+    let best = best.ok_or_else(no_candidate)?;
+    let filter = best.filter;
+    if filter.filter == Filter::None {
+        return Ok(best.delta);
+    }
+    filter.encode_in_place(&mut old, 0);
+    filter.encode_in_place(&mut new, 0);
+    try_raw_coding(best, &old, &new, &old_sha, &new_sha, opts, progress)
 }
 
 fn encode_candidates_in_place(
@@ -194,7 +211,7 @@ fn encode_candidates_in_place(
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
     let (old_sha, new_sha) = (sha256(old), sha256(new));
-    let mut best: Option<Vec<u8>> = None;
+    let mut best: Option<Candidate> = None;
     let count = candidates.len();
     for (index, &filter) in candidates.iter().enumerate() {
         progress(EncodeStage::Candidate {
@@ -218,13 +235,68 @@ fn encode_candidates_in_place(
         )?;
         keep_smaller(&mut best, delta);
     }
-    best.ok_or_else(no_candidate)
+    let best = best.ok_or_else(no_candidate)?;
+    let filter = best.filter;
+    if filter.filter == Filter::None {
+        return Ok(best.delta);
+    }
+    o.copy_from_slice(old);
+    n.copy_from_slice(new);
+    filter.encode_in_place(o, 0);
+    filter.encode_in_place(n, 0);
+    try_raw_coding(best, o, n, &old_sha, &new_sha, opts, progress)
 }
 
-/// Keeps the smaller of the best delta so far and a new candidate (the first on a tie).
-fn keep_smaller(best: &mut Option<Vec<u8>>, delta: Vec<u8>) {
-    if best.as_ref().is_none_or(|b| delta.len() < b.len()) {
-        *best = Some(delta);
+/// One filter candidate's run-length-coded delta, with the matching that produced it.
+struct Candidate {
+    filter: Filtering,
+    delta: Vec<u8>,
+    steps: Vec<Step>,
+}
+
+/// When a machine-code filter won, codes its diff raw as well and keeps the smaller delta: after such a
+/// filter the diff keeps repeating multi-byte patterns that LZMA2 on the raw diff codes ~10% smaller (on
+/// the corpus's executables), at the cost of compressing every diff byte. `o` and `n` are the images
+/// through the candidate's filter.
+fn try_raw_coding(
+    best: Candidate,
+    o: &[u8],
+    n: &[u8],
+    old_sha: &[u8; 32],
+    new_sha: &[u8; 32],
+    opts: &EncodeOptions,
+    progress: &(dyn Fn(EncodeStage) + Sync),
+) -> Result<Vec<u8>> {
+    progress(EncodeStage::Compressing(best.filter.filter));
+    let raw = write_delta(
+        o,
+        n,
+        &best.steps,
+        old_sha,
+        new_sha,
+        best.filter,
+        opts,
+        DiffCoding::Raw,
+    )?;
+    let delta = if raw.len() < best.delta.len() {
+        raw
+    } else {
+        best.delta
+    };
+    progress(EncodeStage::Finished {
+        filter: best.filter.filter,
+        delta_len: delta.len() as u64,
+    });
+    Ok(delta)
+}
+
+/// Keeps the smaller of the best candidate so far and a new one (the first on a tie).
+fn keep_smaller(best: &mut Option<Candidate>, candidate: Candidate) {
+    if best
+        .as_ref()
+        .is_none_or(|b| candidate.delta.len() < b.delta.len())
+    {
+        *best = Some(candidate);
     }
 }
 
@@ -235,14 +307,6 @@ fn no_candidate() -> Error {
         len: 0,
         max: 0,
     }
-}
-
-fn smallest(results: Vec<Result<Vec<u8>>>) -> Result<Vec<u8>> {
-    let mut best: Option<Vec<u8>> = None;
-    for r in results {
-        keep_smaller(&mut best, r?);
-    }
-    best.ok_or_else(no_candidate)
 }
 
 fn candidates(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<Filtering> {
@@ -303,7 +367,7 @@ fn encode_core(
     opts: &EncodeOptions,
     threads: usize,
     progress: &(dyn Fn(EncodeStage) + Sync),
-) -> Result<Vec<u8>> {
+) -> Result<Candidate> {
     progress(EncodeStage::Indexing(filter.filter));
     let steps = {
         let index = SuffixIndex::new(o);
@@ -311,32 +375,14 @@ fn encode_core(
         match_parallel(&index, o, n, threads)
     };
     progress(EncodeStage::Compressing(filter.filter));
-    // Run-length coding wins on most pairs and compresses in a fraction of the time; after a machine-code
-    // filter the diff keeps repeating multi-byte patterns that LZMA2 on the raw diff codes 10% smaller.
-    let codings: &[DiffCoding] = if filter.filter == Filter::None {
-        &[DiffCoding::Runs]
-    } else {
-        &[DiffCoding::Runs, DiffCoding::Raw]
-    };
-    let results: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = codings
-            .iter()
-            .map(|&coding| {
-                let steps = &steps;
-                scope.spawn(move || write_delta(o, n, steps, old_sha, new_sha, filter, opts, coding))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
-    });
-    let delta = smallest(results)?;
+    // Run-length coding wins on most pairs and compresses in a fraction of the time; the winner may
+    // still try the raw coding (see `try_raw_coding`).
+    let delta = write_delta(o, n, &steps, old_sha, new_sha, filter, opts, DiffCoding::Runs)?;
     progress(EncodeStage::Finished {
         filter: filter.filter,
         delta_len: delta.len() as u64,
     });
-    Ok(delta)
+    Ok(Candidate { filter, delta, steps })
 }
 
 /// Splits new into `threads` ranges matched independently (a handful of extra steps at the seams).
