@@ -17,7 +17,9 @@
 //! The diff is mostly zeros (bytes that matched) with scattered small differences, so it is coded as
 //! run lengths: pairs (zero run, literal run) in two streams of varints, and the nonzero literal bytes in a
 //! third; this codes 5-20 times fewer bytes than the raw diff (so compression takes seconds, not minutes)
-//! and comes out smaller than LZMA2 on the raw diff on most binaries. The five streams (control, extra,
+//! and comes out smaller than LZMA2 on the raw diff on most binaries. When a machine-code filter wins,
+//! the encoder also codes that candidate's diff raw (one pair per segment whose literals are the whole
+//! diff, so the decoder needs no second path) and keeps the smaller. The five streams (control, extra,
 //! zero runs, literal lengths, literals) are compressed separately with xz/LZMA2 (they have very different
 //! statistics). Before matching, both images may be passed through a [`Filter`] that rewrites relative
 //! branch targets of x86-64 (`E8`/`E9` rel32) or ARM64 (`BL`/`B` imm26, `ADRP`) into absolute ones, as xz's
