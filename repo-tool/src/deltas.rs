@@ -10,10 +10,13 @@
 use std::fs;
 use std::path::Path;
 
-use ota_release::{DeltaOffer, DeltaTarget, OtaTarget, Sha256Digest};
+use ota_release::{DeltaOffer, DeltaTarget, HardwareId, OtaTarget, Release, Sha256Digest, Version};
+use tough::schema::Target;
+use tough::TargetName;
 
 use crate::error::{io, Error, Result};
 use crate::keys::KeyRing;
+use crate::meta::RepoState;
 use crate::publish::{add_with, ota_custom, tuf_target, AddOptions, AddReport, NewTarget, ReleaseSpec};
 use crate::stage::target_file_path;
 
@@ -28,13 +31,30 @@ pub struct DeltaPolicy {
     pub keep: usize,
     /// Keep a delta only if it is smaller than this percentage of the new full image (0 keeps none).
     pub max_share_percent: u8,
+    /// Build no delta for an image smaller than this many bytes. A device fetches a small image in
+    /// about one round trip anyway, so a delta saves it nothing worth a second file in the metadata
+    /// every device downloads, and encoding (reading both images, trying every filter) would be
+    /// most of the cost of publishing it. Default [`DeltaPolicy::DEFAULT_MIN_IMAGE_LEN`].
+    pub min_image_len: u64,
+}
+
+impl DeltaPolicy {
+    /// Default [`DeltaPolicy::min_image_len`]: 64 KiB.
+    pub const DEFAULT_MIN_IMAGE_LEN: u64 = 64 * 1024;
+
+    /// Whether deltas are built at all for a new image of `image_len` bytes.
+    pub fn wants_deltas_for(&self, image_len: u64) -> bool {
+        self.keep > 0 && self.max_share_percent > 0 && image_len >= self.min_image_len
+    }
 }
 
 impl Default for DeltaPolicy {
+    /// Deltas from the last 2 releases, kept under 50 % of the image, for images of 64 KiB or more.
     fn default() -> Self {
         DeltaPolicy {
             keep: 2,
             max_share_percent: 50,
+            min_image_len: DeltaPolicy::DEFAULT_MIN_IMAGE_LEN,
         }
     }
 }
@@ -70,8 +90,9 @@ pub struct DeltaAddReport {
 }
 
 /// [`crate::add`], offering deltas from the last `policy.keep` older releases of the same first
-/// hardware id and channel, keeping those worth it ([`DeltaPolicy::worth_keeping`]). Images are read
-/// whole into memory here: encoders need random access to both.
+/// hardware id and channel, keeping those worth it ([`DeltaPolicy::worth_keeping`]); images under
+/// [`DeltaPolicy::min_image_len`] get none. Images are read whole into memory here: encoders need
+/// random access to both.
 pub fn add_with_deltas(
     repo: &Path,
     releases: &[ReleaseSpec],
@@ -80,38 +101,29 @@ pub fn add_with_deltas(
     policy: &DeltaPolicy,
     encoder: &mut Encoder<'_>,
 ) -> Result<DeltaAddReport> {
-    let keep = policy.keep;
     let mut skipped = Vec::new();
     let add = add_with(repo, releases, opts, ring, |state, nt, stager| {
+        if !policy.wants_deltas_for(nt.staged.length) {
+            return Ok(Vec::new());
+        }
         let Some(OtaTarget::Release(mut release)) = ota_custom(&nt.target) else {
             return Ok(Vec::new());
         };
         let Some(hw) = release.hardware.first().cloned() else {
             return Ok(Vec::new());
         };
-        let mut bases = Vec::new();
-        for (_, t) in state.all_roles() {
-            for (name, target) in &t.targets {
-                if let Some(OtaTarget::Release(r)) = ota_custom(target) {
-                    if r.channel == release.channel && r.hardware.contains(&hw) && r.version < release.version
-                    {
-                        bases.push((r.version.clone(), name.raw().to_owned(), target.clone()));
-                    }
-                }
-            }
-        }
-        bases.sort_by(|a, b| b.0.cmp(&a.0));
-        bases.truncate(keep);
+        let bases = newest_older_releases(state, &release, &hw, policy.keep);
         if bases.is_empty() {
             return Ok(Vec::new());
         }
-        let new_bytes = fs::read(&nt.staged.temp).map_err(io("read staged image", &nt.staged.temp))?;
+        let new_bytes = fs::read(&nt.staged.path).map_err(io("read staged image", &nt.staged.path))?;
         let dir = nt.name.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
         let mut extra = Vec::new();
         for (version, base_name, base) in bases {
+            let base_name = base_name.raw();
             let digest = <[u8; 32]>::try_from(base.hashes.sha256.as_ref())
                 .map_err(|_| Error::Tough(format!("target {base_name} has a malformed sha256")))?;
-            let base_path = state.dir.join(target_file_path(&base_name, &digest));
+            let base_path = state.dir.join(target_file_path(base_name, &digest));
             let old = fs::read(&base_path).map_err(io("read base image", &base_path))?;
             let delta = encoder(&old, &new_bytes).map_err(|why| Error::InvalidInput {
                 what: format!("delta from {version} to {}", release.version),
@@ -130,12 +142,12 @@ pub fn add_with_deltas(
                 });
                 continue;
             }
-            let staged = stager.stage_bytes(&delta)?;
             let name = if dir.is_empty() {
                 format!("deltas/{version}.delta")
             } else {
                 format!("{dir}/deltas/{version}.delta")
             };
+            let staged = stager.stage_bytes(&name, &delta)?;
             release.deltas.push(DeltaOffer {
                 base_version: version.clone(),
                 base_sha256: Sha256Digest(digest),
@@ -155,11 +167,51 @@ pub fn add_with_deltas(
             extra.push(NewTarget { name, target, staged });
         }
         release.validate().map_err(|source| Error::Release {
-            image: nt.staged.temp.clone(),
+            image: nt.staged.path.clone(),
             source,
         })?;
         nt.target = tuf_target(&nt.staged, &OtaTarget::Release(release))?;
         Ok(extra)
     })?;
     Ok(DeltaAddReport { add, skipped })
+}
+
+/// The `keep` newest releases older than `release` on its channel for hardware `hw`, newest first:
+/// (version, target name, target). Every target of every role is looked at, so the scan reads the
+/// JSON fields it filters on in place and fully parses only the candidates it returns.
+fn newest_older_releases<'s>(
+    state: &'s RepoState,
+    release: &Release,
+    hw: &HardwareId,
+    keep: usize,
+) -> Vec<(Version, &'s TargetName, &'s Target)> {
+    let mut candidates = Vec::new();
+    for (_, t) in state.all_roles() {
+        for (name, target) in &t.targets {
+            let Some(ota) = target.custom.get(ota_release::CUSTOM_KEY) else {
+                continue;
+            };
+            let field = |k: &str| ota.get(k).and_then(|v| v.as_str());
+            let same_line = field("kind") == Some("release")
+                && field("channel") == Some(release.channel.as_str())
+                && ota
+                    .get("hardware")
+                    .and_then(|h| h.as_array())
+                    .is_some_and(|hs| hs.iter().any(|h| h.as_str() == Some(hw.as_str())));
+            if !same_line {
+                continue;
+            }
+            match field("version").map(ota_release::parse_version) {
+                Some(Ok(v)) if v < release.version => candidates.push((v, name, target)),
+                _ => {}
+            }
+        }
+    }
+    candidates.sort_by(|a, b| b.0.cmp(&a.0));
+    // Only valid releases are bases (as the device would see them).
+    candidates
+        .into_iter()
+        .filter(|(_, _, target)| matches!(ota_custom(target), Some(OtaTarget::Release(_))))
+        .take(keep)
+        .collect()
 }

@@ -1,5 +1,6 @@
 //! repo-tool command line: parses flags and calls the `repo_tool` library; see its crate doc.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -157,6 +158,10 @@ enum Command {
         /// Keep a delta only if smaller than this percentage of the full image.
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
         delta_max_share: u8,
+        /// Build no deltas for images smaller than this many bytes (a small image is fetched in
+        /// about one round trip anyway).
+        #[arg(long, value_name = "BYTES", default_value_t = DeltaPolicy::DEFAULT_MIN_IMAGE_LEN)]
+        delta_min_image: u64,
         #[command(flatten)]
         lifetimes: Lifetimes,
         #[command(flatten)]
@@ -347,6 +352,7 @@ fn run(cli: Cli) -> Result<()> {
             role,
             deltas,
             delta_max_share,
+            delta_min_image,
             lifetimes,
             signing,
         } => {
@@ -369,6 +375,7 @@ fn run(cli: Cli) -> Result<()> {
             let policy = DeltaPolicy {
                 keep: deltas,
                 max_share_percent: delta_max_share,
+                min_image_len: delta_min_image,
             };
             let report = add_with_deltas(
                 &repo,
@@ -385,10 +392,13 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             let report = report.add;
+            // One write for all lines, not one per line (a bulk add reports 10,000 targets).
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for (name, sha, len) in &report.added {
-                println!("added {name} ({len} bytes, sha256 {sha})");
+                writeln!(out, "added {name} ({len} bytes, sha256 {sha})")?;
             }
-            println!("{} version {} published", report.role, report.role_version);
+            writeln!(out, "{} version {} published", report.role, report.role_version)?;
+            out.flush()?;
         }
         Command::Refresh {
             repo,

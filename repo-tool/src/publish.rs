@@ -4,7 +4,7 @@
 //! it will need, stages target files, signs all new metadata in memory, and only then publishes
 //! (see `Publication`): new files first, `timestamp.json` last.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use crate::meta::{
     SPEC_VERSION, TARGETS_ROLE,
 };
 use crate::names::{check_file_stem, check_path_pattern, check_target_name, path_matches};
-use crate::stage::{target_file_path, TargetStager};
+use crate::stage::TargetStager;
 
 /// The keys and threshold of one role.
 #[derive(Debug, Clone)]
@@ -173,13 +173,13 @@ pub fn init(repo: &Path, spec: &InitSpec, ring: &KeyRing) -> Result<RootFingerpr
 
     let sha256 = ota_release::Sha256Digest::of(&root_bytes).to_hex();
     Publication {
-        target_files: Vec::new(),
         metadata: vec![
             ("1.root.json".into(), root_bytes),
             ("1.targets.json".into(), targets_bytes),
             ("1.snapshot.json".into(), snapshot_bytes),
         ],
         timestamp: Some(timestamp_bytes),
+        ..Publication::default()
     }
     .commit(repo)?;
     fs::create_dir_all(repo.join(meta::TARGETS_DIR))
@@ -263,12 +263,26 @@ pub(crate) fn build_release(spec: &ReleaseSpec) -> Result<Release> {
     Ok(release)
 }
 
-/// Every (hardware, channel, version) already published, with its target name (versions as written:
-/// semver's canonical text, which `add` always writes). Reads the few fields it needs straight from the
-/// JSON values, without building an `OtaTarget` per target: a single add to a 10,000-target repository
-/// stays fast.
-pub(crate) fn published_versions(state: &RepoState) -> BTreeMap<(String, String, String), String> {
-    let mut out = BTreeMap::new();
+/// A (hardware, channel, version) key: `\n` never occurs in a valid hardware id, channel or version, so
+/// distinct triples give distinct keys.
+fn release_key(out: &mut String, hardware: &str, channel: &str, version: &str) {
+    out.clear();
+    for (i, part) in [hardware, channel, version].into_iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(part);
+    }
+}
+
+/// Refuses the first release (in the order given) of `new` (release key → (index, target name)) whose
+/// (hardware, channel, version) is already published in any role. One pass over every target, reading
+/// the few fields it needs straight from the JSON values (versions as written: semver's canonical text,
+/// which `add` always writes), allocating nothing per target: a single add to a 10,000-target
+/// repository stays fast.
+fn refuse_published(state: &RepoState, new: &HashMap<String, (usize, String)>) -> Result<()> {
+    let mut key = String::new();
+    let mut first: Option<(usize, Error)> = None;
     for (_, t) in state.all_roles() {
         for (name, target) in &t.targets {
             let Some(ota) = target.custom.get(ota_release::CUSTOM_KEY) else {
@@ -281,20 +295,37 @@ pub(crate) fn published_versions(state: &RepoState) -> BTreeMap<(String, String,
             let (channel, version) = (field("channel"), field("version"));
             let hardware = ota.get("hardware").and_then(|h| h.as_array());
             for h in hardware.into_iter().flatten().filter_map(|h| h.as_str()) {
-                out.insert(
-                    (h.to_owned(), channel.to_owned(), version.to_owned()),
-                    name.raw().to_owned(),
-                );
+                release_key(&mut key, h, channel, version);
+                let Some((index, _)) = new.get(&key) else {
+                    continue;
+                };
+                if first.as_ref().is_none_or(|(i, _)| index < i) {
+                    let err = Error::DuplicateVersion {
+                        version: version.to_owned(),
+                        hardware: h.to_owned(),
+                        channel: channel.to_owned(),
+                        existing: name.raw().to_owned(),
+                    };
+                    first = Some((*index, err));
+                }
             }
         }
     }
-    out
+    match first {
+        Some((_, err)) => Err(err),
+        None => Ok(()),
+    }
 }
 
-/// The `ota` object of a target, when present and valid.
+/// The `ota` object of a target, when present and valid (as `OtaTarget::from_custom` reads it,
+/// without copying the target's whole `custom` map into a new JSON value first).
 pub(crate) fn ota_custom(target: &Target) -> Option<OtaTarget> {
-    let custom = serde_json::to_value(&target.custom).ok()?;
-    OtaTarget::from_custom(&custom).ok().flatten()
+    use serde::Deserialize;
+    let ota = OtaTarget::deserialize(target.custom.get(ota_release::CUSTOM_KEY)?).ok()?;
+    match &ota {
+        OtaTarget::Release(r) => r.validate().ok().map(|()| ota),
+        OtaTarget::Delta(_) => Some(ota),
+    }
 }
 
 fn check_delegated(state: &RepoState, role: &str, name: &str) -> Result<()> {
@@ -374,11 +405,13 @@ where
     top_role_keys(&root, RoleType::Snapshot)?.check_ring(ring)?;
     top_role_keys(&root, RoleType::Timestamp)?.check_ring(ring)?;
 
-    let mut published = published_versions(&state);
+    // (hardware, channel, version) of each new release → (its index, its target name).
+    let mut new_versions: HashMap<String, (usize, String)> = HashMap::new();
+    let mut key = String::new();
     let role_targets = state.role_targets(&role)?;
     let mut prepared = Vec::with_capacity(releases.len());
     let mut names = BTreeSet::new();
-    for spec in releases {
+    for (index, spec) in releases.iter().enumerate() {
         let release = build_release(spec)?;
         let first = release
             .hardware
@@ -395,21 +428,18 @@ where
         };
         check_target_name(&name)?;
         check_delegated(&state, &role, &name)?;
+        let version = release.version.to_string();
         for h in &release.hardware {
-            let key = (
-                h.to_string(),
-                release.channel.to_string(),
-                release.version.to_string(),
-            );
-            if let Some(existing) = published.get(&key) {
+            release_key(&mut key, h.as_str(), release.channel.as_str(), &version);
+            if let Some((_, existing)) = new_versions.get(&key) {
                 return Err(Error::DuplicateVersion {
-                    version: key.2,
-                    hardware: key.0,
-                    channel: key.1,
+                    version,
+                    hardware: h.to_string(),
+                    channel: release.channel.to_string(),
                     existing: existing.clone(),
                 });
             }
-            published.insert(key, name.clone());
+            new_versions.insert(key.clone(), (index, name.clone()));
         }
         let tname = TargetName::new(name.as_str())
             .map_err(|e| invalid(format!("target name {name:?}"), e.to_string()))?;
@@ -418,12 +448,13 @@ where
         }
         prepared.push((spec, release, name));
     }
+    refuse_published(&state, &new_versions)?;
 
-    // Every check passed: now read each image once.
-    let mut stager = TargetStager::new(repo)?;
+    // Every check passed: now read each image once, writing it under its final name.
+    let mut stager = TargetStager::new(repo);
     let mut new_targets = Vec::with_capacity(prepared.len());
     for (spec, release, name) in prepared {
-        let staged = stager.stage(&spec.image)?;
+        let staged = stager.stage(&spec.image, &name)?;
         let target = tuf_target(&staged, &OtaTarget::Release(release))?;
         let mut nt = NewTarget { name, target, staged };
         let more = extra(&state, &mut nt, &mut stager)?;
@@ -435,14 +466,14 @@ where
     let mut targets = state.take_role_targets(&role)?;
     targets.version = bump(targets.version)?;
     targets.expires = expiry_after(now()?, opts.expiries.targets)?;
-    let mut publication = Publication::default();
+    let mut publication = Publication {
+        target_files: stager.written_files(),
+        target_dirs: stager.new_dirs().to_vec(),
+        ..Publication::default()
+    };
     let mut added = Vec::with_capacity(new_targets.len());
     for nt in new_targets {
         let tname = TargetName::new(nt.name.as_str()).map_err(|e| invalid("target name", e.to_string()))?;
-        publication.target_files.push((
-            nt.staged.temp.clone(),
-            target_file_path(&nt.name, &nt.staged.sha256),
-        ));
         added.push((nt.name, hex::encode(nt.staged.sha256), nt.staged.length));
         targets.targets.insert(tname, nt.target);
     }
@@ -461,7 +492,7 @@ where
     publication.metadata.push((snap_name, snap_bytes));
     publication.timestamp = Some(ts_bytes);
     publication.commit(repo)?;
-    drop(stager);
+    stager.keep();
     Ok(AddReport {
         role,
         added,
@@ -521,7 +552,13 @@ pub fn releases_in_dir(
     for entry in entries {
         let entry = entry.map_err(crate::error::io("read image directory", dir))?;
         let path = entry.path();
-        if !path.is_file() {
+        // The directory entry's type costs no system call; only symlinks are followed with a stat.
+        let is_file = match entry.file_type() {
+            Ok(t) if t.is_symlink() => path.is_file(),
+            Ok(t) => t.is_file(),
+            Err(e) => return Err(crate::error::io("read image directory", &path)(e)),
+        };
+        if !is_file {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -678,13 +715,13 @@ pub fn delegate(repo: &Path, spec: &DelegateSpec, expiries: &Expiries, ring: &Ke
         ring,
     )?;
     Publication {
-        target_files: Vec::new(),
         metadata: vec![
             (format!("1.{}.json", spec.role), role_bytes),
             (format!("{tv}.targets.json"), targets_bytes),
             (snap_name, snap_bytes),
         ],
         timestamp: Some(ts),
+        ..Publication::default()
     }
     .commit(repo)
 }

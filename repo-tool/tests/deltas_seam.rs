@@ -40,6 +40,7 @@ fn deltas_from_the_last_releases_are_offered_and_published() {
         &DeltaPolicy {
             keep: 2,
             max_share_percent: 200,
+            min_image_len: 0,
         },
         &mut encoder,
     )
@@ -81,4 +82,52 @@ fn deltas_from_the_last_releases_are_offered_and_published() {
     };
     assert_eq!(d.release_target, "gw-a/stable/2.0.0/fw-2.0.0.bin");
     assert_eq!(d.base_version.to_string(), "1.1.0");
+}
+
+#[test]
+fn no_delta_is_built_for_an_image_under_the_minimum_size() {
+    let f = Fixture::new();
+    let online = f.online();
+    let small = DeltaPolicy::DEFAULT_MIN_IMAGE_LEN as usize - 1;
+    let v1 = f.image("fw-1.0.0.bin", small, 1);
+    repo_tool::add(
+        &f.repo(),
+        &[f.release(&v1, "1.0.0", "gw-a")],
+        &AddOptions::default(),
+        &online,
+    )
+    .unwrap();
+    let mut calls = 0;
+    let mut encoder = |_: &[u8], new: &[u8]| {
+        calls += 1;
+        Ok(new.to_vec())
+    };
+    let policy = DeltaPolicy {
+        max_share_percent: 200,
+        ..DeltaPolicy::default()
+    };
+    let v2 = f.image("fw-2.0.0.bin", small, 2);
+    let report = add_with_deltas(
+        &f.repo(),
+        &[f.release(&v2, "2.0.0", "gw-a")],
+        &AddOptions::default(),
+        &online,
+        &policy,
+        &mut encoder,
+    )
+    .unwrap();
+    assert_eq!(report.add.added.len(), 1, "{:?}", report.add.added);
+    // At the minimum size deltas are built again.
+    let v3 = f.image("fw-3.0.0.bin", small + 1, 3);
+    let report = add_with_deltas(
+        &f.repo(),
+        &[f.release(&v3, "3.0.0", "gw-a")],
+        &AddOptions::default(),
+        &online,
+        &policy,
+        &mut encoder,
+    )
+    .unwrap();
+    assert_eq!(calls, 2, "deltas from 2.0.0 and 1.0.0 for the 64 KiB image only");
+    assert_eq!(report.add.added.len(), 3, "{:?}", report.add.added);
 }
