@@ -8,7 +8,7 @@ use xz2::stream::{Action, Stream};
 
 use crate::filter::{Filtering, FILTER_BLOCK};
 use crate::format::{
-    ByteReader, ControlEntry, DeltaHeader, SegmentHeader, CONTROL, EXTRA, HEADER_LEN, LITERALS,
+    ByteReader, ControlReader, DeltaHeader, SegmentHeader, CONTROL, EXTRA, HEADER_LEN, LITERALS,
     LITERAL_LENGTHS, SEGMENT_HEADER_LEN, STREAM_NAMES, TAG_END, TAG_SEGMENT, ZERO_RUNS,
 };
 use crate::{Error, Result};
@@ -134,14 +134,13 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
             literals_left: 0,
             uncovered: seg.diff_raw,
         };
-        let mut entries = ByteReader::new(control);
+        let entries = ControlReader::new(control).ok_or_else(|| Error::Malformed {
+            what: "control stream",
+            offset: seg_offset,
+            detail: "entry count or field varints truncated or overlong, or bytes after the last seek".into(),
+        })?;
         let (mut diff_left, mut extra_at) = (seg.diff_raw, 0usize);
-        while !entries.is_empty() {
-            let entry = ControlEntry::read_from(&mut entries).ok_or_else(|| Error::Malformed {
-                what: "control entry",
-                offset: seg_offset,
-                detail: "truncated or overlong varint in the control stream".into(),
-            })?;
+        for entry in entries {
             // Add: old bytes plus diff bytes.
             if entry.add_len > diff_left {
                 return Err(Error::Malformed {

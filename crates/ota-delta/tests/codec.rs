@@ -375,11 +375,11 @@ fn crafted_delta(header: &[u8], raw: [&[u8]; 4], diff_raw: u64, literals_xz: &[u
 fn literal_stream_ending_before_the_control_entries_is_refused_not_hung() {
     let old = vec![7u8; 64];
     let delta = encode(&old, &old, &fast_opts()).unwrap();
-    // One entry adding 10 bytes, one pair (0 zeros, 10 literals), but the literal stream holds 5 bytes
+    // One entry (count 1) adding 10 bytes, one pair (0 zeros, 10 literals), but the literal stream holds 5 bytes
     // and then junk.
     let mut literals = xz(&[1u8; 5]);
     literals.extend_from_slice(b"junk after the end of the stream");
-    let crafted = crafted_delta(&delta, [&[10, 0, 0], &[], &[0], &[10]], 10, &literals);
+    let crafted = crafted_delta(&delta, [&[1, 10, 0, 0], &[], &[0], &[10]], 10, &literals);
     let err = apply(Cursor::new(&old), crafted.as_slice(), &mut Vec::new()).unwrap_err();
     assert!(
         matches!(
@@ -417,7 +417,7 @@ fn run_lengths_that_disagree_with_the_control_entries_are_refused() {
         (&[0, 0], &[10, 0], "1 zero-run and 1 literal-length bytes"),
     ];
     for (zeros, lengths, expected) in cases {
-        let crafted = crafted_delta(&delta, [&[10, 0, 0], &[], zeros, lengths], 10, &literals);
+        let crafted = crafted_delta(&delta, [&[1, 10, 0, 0], &[], zeros, lengths], 10, &literals);
         let err = apply(Cursor::new(&old), crafted.as_slice(), &mut Vec::new()).unwrap_err();
         assert!(
             matches!(
