@@ -45,8 +45,8 @@
 //! ```
 //! Each of the five streams is one continuous xz stream (LZMA2, no check: the result's sha256 is checked)
 //! across all segments (so its dictionary carries over), sync-flushed at every segment end, so the decoder
-//! can consume a segment as soon as it has read it. A control entry is three LEB128 varints: `add_len`,
-//! `copy_len`, zigzag `seek`. A segment's diff (`diff_raw` bytes, its add steps' in order) is the
+//! can consume a segment as soon as it has read it. A segment's control bytes are LEB128 varints grouped by
+//! field: the entry count, then every `add_len`, every `copy_len`, every zigzag `seek`. A segment's diff (`diff_raw` bytes, its add steps' in order) is the
 //! concatenation, over its pairs, of `zeros` zero bytes then `literals` bytes of the literal stream. The
 //! decoder buffers one segment's control, extra and run-length bytes (all capped) and streams the literals;
 //! old is read through a small block cache, new is written strictly sequentially. The dictionaries are
