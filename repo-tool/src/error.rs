@@ -113,6 +113,17 @@ pub enum Error {
         /// The role's path patterns, comma separated.
         paths: String,
     },
+    /// Another repo-tool command holds the repository's lock (see `RepoLock`).
+    #[error(
+        "repository busy: {lock_file} is locked by {holder}, another repo-tool command on this \
+         repository; run this command again when that one has finished"
+    )]
+    Locked {
+        /// The lock file.
+        lock_file: PathBuf,
+        /// Who holds it, as written in the lock file ("pid 1234 (add)").
+        holder: String,
+    },
     /// Serializing or signing metadata failed in tough.
     #[error("tough: {0}")]
     Tough(String),

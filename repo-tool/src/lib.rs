@@ -22,29 +22,33 @@
 //! Default target name: `<first-hardware-id>/<channel>/<version>/<basename>` ([`default_target_name`]),
 //! so a product line or channel is delegated with a pattern like `gw-a/*/*/*`.
 //! Expiry times are whole seconds (`YYYY-MM-DDTHH:MM:SSZ`).
+//! `.repo-tool.lock` ([`RepoLock`]) sits next to `metadata/` and `targets/`, outside what is served.
 //!
 //! # Publishing is atomic
-//! Every command checks all input and that the given keys meet every threshold it needs, streams each
-//! image once (hashing as it copies, fixed buffer), signs everything in memory, then writes new files
-//! (temp + fsync + rename, directories fsynced) and `timestamp.json` last. If any step fails, what it
-//! created is removed: the repository is left byte-for-byte as it was.
+//! Every command that changes a repository takes its lock ([`RepoLock`]; a second command fails at
+//! once, naming the holder), checks all input and that the given keys meet every threshold it needs,
+//! streams each image once (hashing as it copies, fixed buffer) to its final content-addressed name
+//! (no client asks for it before the metadata naming it is published), signs everything in memory,
+//! then writes new metadata (temp + fsync + rename, directories fsynced) and `timestamp.json` last.
+//! If any step fails, what it created is removed: the repository is left byte-for-byte as it was.
 //!
 //! # Speed
 //! Targets, snapshot and timestamp metadata are built from tough's schema types and signed with tough's
 //! `Sign` over their canonical JSON, not through `RepositoryEditor` (which re-reads and re-hashes every
 //! target). Canonical JSON is written by a small ASCII-only writer (targets entry by entry), checked
 //! byte for byte against olpc-cjson in unit tests, with olpc-cjson as the fallback for anything else.
-//! Bulk publishes flush the file system once (`syncfs`) instead of an fsync per file. Figures:
+//! Bulk publishes flush the file system once (`syncfs`) instead of an fsync per file, and write each
+//! small target file with one create and one write (no temp name, rename or staging directory).
+//! `add` builds no deltas for images under [`deltas::DeltaPolicy::min_image_len`] (64 KiB). Figures:
 //! `scripts/bench-repo-tool.sh`.
 //!
 //! # Not (yet) done
 //! Only root metadata is signed in steps by different people (`root stage/sign/publish`); other roles
 //! with thresholds above 1 need all their keys in one key ring. Delegations are one level deep (from
-//! top-level targets). Two commands running at once on one repository are not locked against each
-//! other: the second fails when it finds its new version files taken, and rolls back.
+//! top-level targets).
 //!
 //! Main types: [`KeyRing`], [`InitSpec`]/[`RoleSpec`], [`ReleaseSpec`]/[`AddOptions`], [`RootChange`],
-//! [`VerifyReport`], [`Listing`], [`Error`].
+//! [`VerifyReport`], [`Listing`], [`RepoLock`], [`Error`].
 #![deny(missing_docs)]
 
 mod atomic_file;
@@ -52,6 +56,7 @@ mod block;
 pub mod deltas;
 mod error;
 mod keys;
+mod lock;
 mod meta;
 mod names;
 mod publish;
@@ -65,6 +70,7 @@ pub use keys::{
     generate_key, key_id, read_public_key, GeneratedKey, KeyId, KeyRing, PRIVATE_KEY_SUFFIX,
     PUBLIC_KEY_SUFFIX,
 };
+pub use lock::{RepoLock, LOCK_FILE};
 pub use meta::{
     expiry_after, parse_lifetime, whole_seconds, Expiries, METADATA_DIR, SPEC_VERSION, TARGETS_DIR,
 };

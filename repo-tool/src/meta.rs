@@ -456,6 +456,14 @@ pub(crate) struct RepoState {
     pub delegated: BTreeMap<String, MetaFile<Targets>>,
 }
 
+/// The error for a directory without `metadata/`.
+pub(crate) fn not_a_repository(repo: &Path) -> Error {
+    Error::Repository {
+        repo: repo.to_owned(),
+        why: "no metadata/ directory: not a repository (run `repo-tool init` first)".into(),
+    }
+}
+
 /// Path of a metadata file by name inside a repository.
 pub(crate) fn meta_path(repo: &Path, file: &str) -> PathBuf {
     repo.join(METADATA_DIR).join(file)
@@ -466,10 +474,7 @@ impl RepoState {
     pub fn load(repo: &Path) -> Result<RepoState> {
         let mdir = repo.join(METADATA_DIR);
         if !mdir.is_dir() {
-            return Err(Error::Repository {
-                repo: repo.to_owned(),
-                why: "no metadata/ directory: not a repository (run `repo-tool init` first)".into(),
-            });
+            return Err(not_a_repository(repo));
         }
         let mut versions = Vec::new();
         for entry in fs::read_dir(&mdir).map_err(io("read directory", &mdir))? {

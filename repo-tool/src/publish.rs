@@ -20,6 +20,7 @@ use tough::TargetName;
 
 use crate::error::{invalid, Error, Result};
 use crate::keys::{key_id, KeyRing};
+use crate::lock::RepoLock;
 use crate::meta::{
     self, bump, expiry_after, metafile, now, top_role_keys, Expiries, Publication, RepoState, RoleKeySet,
     SPEC_VERSION, TARGETS_ROLE,
@@ -172,6 +173,12 @@ pub fn init(repo: &Path, spec: &InitSpec, ring: &KeyRing) -> Result<RootFingerpr
     let timestamp_bytes = timestamp_keys.sign_to_file(&timestamp, ring)?;
 
     let sha256 = ota_release::Sha256Digest::of(&root_bytes).to_hex();
+    // Everything is checked and signed: only now is anything created. Another `init` may have won
+    // the race since the check above.
+    let _lock = RepoLock::acquire_new(repo, "init")?;
+    if mdir.exists() {
+        return Err(Error::AlreadyExists { path: mdir });
+    }
     Publication {
         metadata: vec![
             ("1.root.json".into(), root_bytes),
@@ -397,6 +404,7 @@ where
     if releases.is_empty() {
         return Err(invalid("add", "no image given"));
     }
+    let _lock = RepoLock::acquire(repo, "add")?;
     let state = RepoState::load(repo)?;
     let role = opts.role.clone().unwrap_or_else(|| TARGETS_ROLE.to_owned());
     let root = state.root()?.signed.signed.clone();
@@ -607,6 +615,7 @@ pub struct RefreshOptions {
 /// Re-signs timestamp (and snapshot when asked) with a new expiry: the cron job that keeps a repository
 /// fresh. Fails before writing when a needed key is missing.
 pub fn refresh(repo: &Path, opts: &RefreshOptions, ring: &KeyRing) -> Result<()> {
+    let _lock = RepoLock::acquire(repo, "refresh")?;
     let state = RepoState::load(repo)?;
     let root = state.root()?.signed.signed.clone();
     let ts_keys = top_role_keys(&root, RoleType::Timestamp)?;
@@ -660,6 +669,7 @@ pub fn delegate(repo: &Path, spec: &DelegateSpec, expiries: &Expiries, ring: &Ke
     for p in &spec.paths {
         check_path_pattern(p)?;
     }
+    let _lock = RepoLock::acquire(repo, "delegate")?;
     let state = RepoState::load(repo)?;
     let root = state.root()?.signed.signed.clone();
     let targets_keys = top_role_keys(&root, RoleType::Targets)?;

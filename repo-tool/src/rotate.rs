@@ -207,6 +207,7 @@ pub fn root_sign(staged_path: &Path, repo: Option<&Path>, ring: &KeyRing) -> Res
 /// metadata with the new root's keys. Needs the snapshot and timestamp keys of the new root, and the
 /// targets keys if the targets role's keys changed.
 pub fn root_publish(repo: &Path, staged_path: &Path, expiries: &Expiries, ring: &KeyRing) -> Result<u64> {
+    let _lock = crate::lock::RepoLock::acquire(repo, "root publish")?;
     let state = RepoState::load(repo)?;
     let current = state.root()?.signed.signed.clone();
     let staged = read_staged(staged_path)?;

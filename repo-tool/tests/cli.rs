@@ -213,6 +213,67 @@ fn refresh_without_the_timestamp_key_exits_non_zero_with_a_clear_message() {
     );
 }
 
+/// Runs a command that must fail without waiting for anything: a command that blocked on the lock
+/// instead of failing is killed after a minute and fails the test.
+fn fails_without_waiting(dir: &Path, args: &[&str]) -> String {
+    let before = tree(&dir.join("repo"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_repo-tool"))
+        .current_dir(dir)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{args:?} waited for the lock instead of failing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{args:?} should have failed");
+    assert_eq!(tree(&dir.join("repo")), before, "{args:?} changed the repository");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn a_second_command_on_a_locked_repository_fails_at_once_naming_the_lock_and_its_holder() {
+    let t = setup();
+    let d = t.path();
+    ok(d, INIT);
+    fs::write(d.join("fw.bin"), vec![7u8; 3000]).unwrap();
+    let add: &[&str] = &[
+        "add",
+        "--repo",
+        "repo",
+        "--keys-dir",
+        "keys",
+        "--image",
+        "fw.bin",
+        "--version",
+        "1.0.0",
+        "--hardware",
+        "gw-a",
+        "--channel",
+        "stable",
+    ];
+    // This test process holds the lock, as a long bulk add in another terminal would.
+    let held = repo_tool::RepoLock::acquire(&d.join("repo"), "test holder").unwrap();
+    let holder = format!("pid {} (test holder)", std::process::id());
+    for args in [add, &["refresh", "--repo", "repo", "--keys-dir", "keys"]] {
+        let err = fails_without_waiting(d, args);
+        assert!(err.contains("repo/.repo-tool.lock is locked by"), "{err}");
+        assert!(err.contains(&holder), "{err}");
+    }
+    drop(held);
+    ok(d, add);
+    ok(d, &["verify", "--repo", "repo"]);
+    // The lock file is beside the served directories, never inside them.
+    assert!(d.join("repo").join(repo_tool::LOCK_FILE).is_file());
+}
+
 #[test]
 fn malformed_flags_are_refused_and_change_nothing() {
     let t = setup();

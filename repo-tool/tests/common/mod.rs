@@ -107,13 +107,17 @@ impl Fixture {
 }
 
 /// Every file and directory under `dir` with the sha256 of each file: equal fingerprints mean the tree
-/// is byte-for-byte the same.
+/// is byte-for-byte the same. The lock file is left out: every command that changes a repository
+/// writes its own pid and name into it, and it is not part of what is served.
 pub fn tree(dir: &Path) -> BTreeMap<PathBuf, Option<String>> {
     let mut out = BTreeMap::new();
     fn walk(root: &Path, d: &Path, out: &mut BTreeMap<PathBuf, Option<String>>) {
         for e in fs::read_dir(d).unwrap() {
             let p = e.unwrap().path();
             let rel = p.strip_prefix(root).unwrap().to_owned();
+            if rel == Path::new(repo_tool::LOCK_FILE) {
+                continue;
+            }
             if p.is_dir() {
                 out.insert(rel, None);
                 walk(root, &p, out);
