@@ -220,7 +220,8 @@ pub const WRITE_CHUNK: usize = 256 * 1024;
 ///
 /// Created for an exact image length, which is checked against the slot's capacity before anything is
 /// touched. Bytes are gathered into a bounded buffer ([`Slot::preferred_chunk`], at most [`WRITE_CHUNK`]
-/// or one write unit if that is larger), each
+/// or one write unit if that is larger) and written one chunk at a time; a whole chunk the caller hands
+/// over while the buffer is empty is written straight from the caller's bytes (no copy). Each
 /// erase block is erased just before the first write into it (never beyond the image), and
 /// [`SlotWriter::finish`] pads the last write unit with the slot's erased value and syncs. Memory past the
 /// image is left as it was.
@@ -283,26 +284,26 @@ impl<'a, S: Slot + ?Sized> SlotWriter<'a, S> {
         self.received
     }
 
-    /// Writes the buffer (already a multiple of the write unit) after erasing what it covers. Any failure
-    /// poisons the writer.
-    fn flush_buf(&mut self) -> Result<()> {
+    /// Writes `data` (a multiple of the write unit, at most one chunk) at the end of what was written,
+    /// after erasing what it covers. Any failure poisons the writer.
+    fn put(&mut self, data: &[u8]) -> Result<()> {
         if self.failed {
             return Err(Error::Refused {
                 what: "the slot writer already failed; the slot must be rewritten from the start".to_owned(),
             });
         }
-        let result = self.flush_buf_once();
+        let result = self.put_once(data);
         self.failed = result.is_err();
         result
     }
 
-    fn flush_buf_once(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
+    fn put_once(&mut self, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
             return Ok(());
         }
         let end = self
             .flushed
-            .checked_add(len64(self.buf.len()))
+            .checked_add(len64(data.len()))
             .ok_or(Error::TooLarge {
                 len: u64::MAX,
                 capacity: self.slot.capacity(),
@@ -315,10 +316,18 @@ impl<'a, S: Slot + ?Sized> SlotWriter<'a, S> {
             self.slot.erase(self.erased_to, erase_to - self.erased_to)?;
             self.erased_to = erase_to;
         }
-        self.slot.write(self.flushed, &self.buf)?;
+        self.slot.write(self.flushed, data)?;
         self.flushed = end;
-        self.buf.clear();
         Ok(())
+    }
+
+    /// Writes out the gathered bytes (a multiple of the write unit) and empties the buffer.
+    fn flush_buf(&mut self) -> Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.put(&buf);
+        self.buf = buf;
+        self.buf.clear();
+        result
     }
 
     fn accept(&mut self, mut data: &[u8]) -> Result<()> {
@@ -330,6 +339,15 @@ impl<'a, S: Slot + ?Sized> SlotWriter<'a, S> {
             });
         }
         while !data.is_empty() {
+            if self.buf.is_empty() && data.len() >= self.chunk {
+                // Whole chunks go to the slot straight from the caller's buffer (no copy): the same
+                // chunk-sized writes, at the same chunk-aligned offsets, as when gathered.
+                let (now, rest) = data.split_at(self.chunk);
+                self.put(now)?;
+                self.received += len64(now.len());
+                data = rest;
+                continue;
+            }
             let room = self.chunk - self.buf.len();
             let (now, rest) = data.split_at(room.min(data.len()));
             self.buf.extend_from_slice(now);

@@ -145,6 +145,24 @@ fn rewriting_a_slot_erases_ahead() {
 }
 
 #[test]
+fn big_writes_pass_through_as_the_same_sector_operations() {
+    // Whole chunks handed over with an empty buffer are written from the caller's bytes: the slot must
+    // see the same erases and writes (so the same power-cut points) as when the bytes arrive one by one.
+    let data = image(10_000, 4);
+    let mut runs = Vec::new();
+    for pieces in [1usize, 256, 700, 10_000] {
+        let power = PowerCut::never();
+        let flash = SimFlash::<4, 256>::new(16384, 0xFF, power.clone()).unwrap();
+        let mut slot = flash.slot(0, 16384).unwrap();
+        assert_eq!(write_in_chunks(&mut slot, &data, pieces), 10_000);
+        assert_eq!(&flash.memory().snapshot()[..10_000], &data[..]);
+        runs.push(power.ops());
+    }
+    // 40 sectors: one erase and one write each.
+    assert_eq!(runs, vec![80; 4], "operations per chunking (1, 256, 700, whole)");
+}
+
+#[test]
 fn power_cut_in_writer_surfaces_as_power_loss() {
     let flash = SimFlash::<4, 256>::new(65536, 0xFF, PowerCut::after(3, CutMode::Torn)).unwrap();
     let mut slot = flash.slot(0, 65536).unwrap();
