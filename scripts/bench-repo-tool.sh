@@ -3,8 +3,15 @@
 #   1. one bulk `add --dir` of N small targets (default 10,000 x 512 B) into a fresh repository
 #   2. one `add` of a single image into that N-target repository (median of 5)
 #   3. one `add` of a 1 GiB image (memory must not grow with image size: max RSS)
+#   4. `verify` of the N-target repository
+# and, when strace is installed, the system calls per target of a 1,000-target bulk add (a figure that,
+# unlike time, does not depend on machine load).
 # Usage: bash scripts/bench-repo-tool.sh [N] [IMAGE_MIB]
-# Wall time depends on machine load; user+sys CPU time is printed too.
+# Wall time depends on machine load; user+sys CPU time is printed too. Sys time also depends on the
+# file system's recent history: ext4 without a journal skips inodes freed in the last seconds to
+# minutes when it allocates new ones (`recently_deleted`), so creating 20,000 inodes right after
+# deleting many (a previous run's temp dir, a `cargo clean`) costs several times more; wait a minute
+# between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
@@ -53,6 +60,22 @@ run "add of one ${BIG_MIB} MiB image" "$BIN" add --repo big --image big.img --ve
   --channel stable --keys-dir keys
 run "verify of the $N-target repo" "$BIN" verify --repo repo
 
+syscalls=""
+if command -v strace >/dev/null; then
+  mkdir imgs1k
+  python3 - <<'PY'
+import os
+for i in range(1000):
+    with open(f"imgs1k/fw-1.{i // 1000}.{i % 1000}.bin", "wb") as f:
+        f.write(os.urandom(512))
+PY
+  init sc
+  strace -c -f -o strace.out "$BIN" add --repo sc --dir imgs1k --hardware gw-a --channel stable \
+    --keys-dir keys >/dev/null
+  total=$(awk '$NF == "total" {print $4}' strace.out)  # % time, seconds, usecs/call, calls, ...
+  syscalls="system calls per target in a 1,000-target bulk add (strace -c -f): $(echo "scale=1; $total / 1000" | bc)"
+fi
+
 echo
 echo "repo-tool $(git -C "$OLDPWD" rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '| %-44s | %8s | %8s | %8s | %11s |\n' case "wall s" "user s" "sys s" "max RSS MiB"
@@ -63,3 +86,5 @@ while read -r line; do
   name=${line% * * * *}
   printf '| %-44s | %8s | %8s | %8s | %11.1f |\n' "$name" "$wall" "$user" "$sys" "$(echo "$rss / 1024" | bc -l)"
 done <results
+[ -n "$syscalls" ] && echo && echo "$syscalls"
+exit 0
