@@ -4,12 +4,16 @@
 # idle daemon's memory. Prints a markdown table: case | wall s | user s | sys s | peak RSS MiB.
 #   1. agent `install` of a SIZE_MIB image (default 1024): TUF refresh, stream into slot B with sha256 on
 #      the fly, fdatasync, read slot B back and check its sha256, trial boot, simulated reboot (exit 75)
-#   2. curl -o + sha256sum of the same file (no fsync); curl -o + sync -d (fdatasync, as the agent) + sha256sum
+#   2. baselines on the same served file: `curl -o FILE URL && sha256sum FILE` (the issue's baseline; no
+#      fsync), the same with `sync -d FILE` (fdatasync of that file, as the agent does) before the hash, and
+#      both again with `openssl dgst -sha256` (SHA-NI like the agent's sha2; coreutils 9.1 sha256sum is ~5x
+#      slower), so the agent is also compared with the fastest hash
 #   3. the same agent install of a SMALL_MIB image (default 256): peak RSS must not grow with the size
 #   4. idle daemon: `run` on the up-to-date (committed) device after its first poll: VmRSS and VmHWM
 # Each timed case runs RUNS times (default 3), interleaved, and the fastest wall time is shown; caches are
 # warm on both sides (nginx serves from the page cache), and `sync` runs between cases, untimed.
-#   usage: scripts/bench-agent.sh [SIZE_MIB] [SMALL_MIB]   (needs nginx, curl, /usr/bin/time, python3)
+#   usage: scripts/bench-agent.sh [SIZE_MIB] [SMALL_MIB]   (needs nginx, curl, openssl, /usr/bin/time,
+#   python3, bc; RUNS=n to change the runs; BENCH_DIR=dir for the slots and images, default /var/tmp)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB="${1:-1024}"
@@ -17,7 +21,7 @@ SMALL_MIB="${2:-256}"
 RUNS="${RUNS:-3}"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 TIME=/usr/bin/time
-for tool in "$TIME" "$NGINX" curl python3 sha256sum; do
+for tool in "$TIME" "$NGINX" curl openssl python3 sha256sum bc; do
   command -v "$tool" >/dev/null || { echo "bench-agent: needs $tool" >&2; exit 2; }
 done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -44,10 +48,16 @@ make_repo() { # MIB: repository $WORK/srv/rMIB with one image; prints nothing
   mkdir -p "$repo"
   "$REPO_TOOL" init --repo "$repo" --no-qr --keys-dir "$k" --root-key "$k/root.pub.json" \
     --targets-key "$k/targets.pub.json" --snapshot-key "$k/snapshot.pub.json" \
-    --timestamp-key "$k/timestamp.pub.json" >/dev/null
+    --timestamp-key "$k/timestamp.pub.json" >/dev/null 2>"$WORK/repo-tool.err" || {
+    cat "$WORK/repo-tool.err" >&2
+    exit 1
+  }
   head -c $((mib * 1024 * 1024)) /dev/urandom >"$WORK/fw-$mib.img"
   "$REPO_TOOL" add --repo "$repo" --image "$WORK/fw-$mib.img" --version 2.0.0 --hardware "$HW" \
-    --channel "$CHANNEL" --deltas 0 --keys-dir "$k" >/dev/null
+    --channel "$CHANNEL" --deltas 0 --keys-dir "$k" >/dev/null 2>"$WORK/repo-tool.err" || {
+    cat "$WORK/repo-tool.err" >&2
+    exit 1
+  }
   rm "$WORK/fw-$mib.img"
 }
 make_repo "$SIZE_MIB"
@@ -144,16 +154,14 @@ agent_install() { # MIB LABEL
   check_installed "$d" >/dev/null
 }
 
-curl_case() { # MIB LABEL SYNC(0|1)
-  local url out="$WORK/curl.img"
+curl_case() { # MIB LABEL SYNC(0|1) HASH(sha256sum|openssl)
+  local url out="$WORK/curl.img" sync_cmd=true hash_cmd=sha256sum
   url="$(image_url "$1")"
+  [ "$3" = 1 ] && sync_cmd="sync -d"
+  [ "$4" = openssl ] && hash_cmd="openssl dgst -sha256"
   rm -f "$out"
   sync
-  if [ "$3" = 1 ]; then
-    timed "$2" 0 sh -c 'curl -sS -o "$1" "$2" && sync -d "$1" && sha256sum "$1"' sh "$out" "$url"
-  else
-    timed "$2" 0 sh -c 'curl -sS -o "$1" "$2" && sha256sum "$1"' sh "$out" "$url"
-  fi
+  timed "$2" 0 sh -c "curl -sS -o \"\$1\" \"\$2\" && $sync_cmd \"\$1\" && $hash_cmd \"\$1\"" sh "$out" "$url"
   rm -f "$out"
 }
 
@@ -161,13 +169,17 @@ curl_case() { # MIB LABEL SYNC(0|1)
 A_BIG="agent install, $SIZE_MIB MiB"
 C_BIG="curl -o + sha256sum, $SIZE_MIB MiB"
 S_BIG="curl -o + sync -d + sha256sum, $SIZE_MIB MiB"
+CO_BIG="curl -o + openssl sha256, $SIZE_MIB MiB"
+SO_BIG="curl -o + sync -d + openssl sha256, $SIZE_MIB MiB"
 A_SMALL="agent install, $SMALL_MIB MiB"
 C_SMALL="curl -o + sha256sum, $SMALL_MIB MiB"
 for _ in $(seq "$RUNS"); do
-  curl_case "$SIZE_MIB" "$C_BIG" 0
+  curl_case "$SIZE_MIB" "$C_BIG" 0 sha256sum
   agent_install "$SIZE_MIB" "$A_BIG"
-  curl_case "$SIZE_MIB" "$S_BIG" 1
-  curl_case "$SMALL_MIB" "$C_SMALL" 0
+  curl_case "$SIZE_MIB" "$S_BIG" 1 sha256sum
+  curl_case "$SIZE_MIB" "$CO_BIG" 0 openssl
+  curl_case "$SIZE_MIB" "$SO_BIG" 1 openssl
+  curl_case "$SMALL_MIB" "$C_SMALL" 0 sha256sum
   agent_install "$SMALL_MIB" "$A_SMALL"
 done
 
@@ -210,20 +222,25 @@ best() { # NAME -> "wall user sys rss_kib"
 max_rss() { awk -F'|' -v n="$1" '$1==n{split($2,f," "); if (f[4]>m) m=f[4]} END{print m}' "$WORK/results"; }
 
 echo
-echo "device-agent $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), fastest of $RUNS runs, $(df -PT "$WORK" | awk 'NR==2{print $2}') on $(df -P "$WORK" | awk 'NR==2{print $1}')"
+echo "device-agent $(git describe --always --dirty 2>/dev/null || echo "${BENCH_REV:-?}"), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), fastest of $RUNS runs, $(df -PT "$WORK" | awk 'NR==2{print $2}') on $(df -P "$WORK" | awk 'NR==2{print $1}')"
 echo
 printf '| %-42s | %7s | %7s | %7s | %12s |\n' case "wall s" "user s" "sys s" "peak RSS MiB"
 printf '|%s|%s|%s|%s|%s|\n' "--------------------------------------------" "--------:" "--------:" "--------:" "-------------:"
-for name in "$A_BIG" "$C_BIG" "$S_BIG" "$A_SMALL" "$C_SMALL"; do
+for name in "$A_BIG" "$C_BIG" "$S_BIG" "$CO_BIG" "$SO_BIG" "$A_SMALL" "$C_SMALL"; do
   read -r wall user sys _ <<<"$(best "$name")"
   printf '| %-42s | %7.2f | %7.2f | %7.2f | %12.1f |\n' "$name" "$wall" "$user" "$sys" "$(echo "$(max_rss "$name") / 1024" | bc -l)"
 done
 printf '| %-42s | %7s | %7s | %7s | %12s |\n' "agent daemon idle after one poll (VmRSS)" - - - \
   "$(printf '%.1f' "$(echo "$IDLE_RSS / 1024" | bc -l)")"
 echo
+# Wall ratio of the fastest runs, and CPU (user + sys) ratio of the least-CPU runs (steadier under load).
 ratio() { echo "$(best "$1" | cut -d' ' -f1) / $(best "$2" | cut -d' ' -f1)" | bc -l; }
-printf 'agent / (curl + sha256sum): %.2fx   agent / (curl + fdatasync + sha256sum): %.2fx   (%s MiB)\n' \
-  "$(ratio "$A_BIG" "$C_BIG")" "$(ratio "$A_BIG" "$S_BIG")" "$SIZE_MIB"
+cpu() { awk -F'|' -v n="$1" '$1==n{split($2,f," "); c=f[2]+f[3]; if (m=="" || c<m) m=c} END{print m}' "$WORK/results"; }
+cpu_ratio() { echo "$(cpu "$1") / $(cpu "$2")" | bc -l; }
+echo "agent install of $SIZE_MIB MiB against each baseline (wall of the fastest runs; CPU user+sys of the leanest):"
+for name in "$C_BIG" "$S_BIG" "$CO_BIG" "$SO_BIG"; do
+  printf '  vs %-44s wall %.2fx  CPU %.2fx\n' "${name%, *}:" "$(ratio "$A_BIG" "$name")" "$(cpu_ratio "$A_BIG" "$name")"
+done
 printf 'idle daemon: VmRSS %.1f MiB, VmHWM %.1f MiB, %s threads\n' "$(echo "$IDLE_RSS / 1024" | bc -l)" \
   "$(echo "$IDLE_HWM / 1024" | bc -l)" "$IDLE_THREADS"
 echo "all runs (wall user sys rss_kib):"
