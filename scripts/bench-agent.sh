@@ -222,15 +222,15 @@ best() { # NAME -> "wall user sys rss_kib"
 max_rss() { awk -F'|' -v n="$1" '$1==n{split($2,f," "); if (f[4]>m) m=f[4]} END{print m}' "$WORK/results"; }
 
 echo
-echo "device-agent $(git describe --always --dirty 2>/dev/null || echo "${BENCH_REV:-?}"), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), fastest of $RUNS runs, $(df -PT "$WORK" | awk 'NR==2{print $2}') on $(df -P "$WORK" | awk 'NR==2{print $1}')"
+echo "device-agent $(git describe --always --dirty 2>/dev/null || echo "${BENCH_REV:-?}"), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), fastest of $RUNS runs (peak RSS: the highest of them), $(df -PT "$WORK" | awk 'NR==2{print $2}') on $(df -P "$WORK" | awk 'NR==2{print $1}')"
 echo
-printf '| %-42s | %7s | %7s | %7s | %12s |\n' case "wall s" "user s" "sys s" "peak RSS MiB"
-printf '|%s|%s|%s|%s|%s|\n' "--------------------------------------------" "--------:" "--------:" "--------:" "-------------:"
+printf '| %-46s | %7s | %7s | %7s | %12s |\n' case "wall s" "user s" "sys s" "peak RSS MiB"
+printf '|%s|%s|%s|%s|%s|\n' "------------------------------------------------" "--------:" "--------:" "--------:" "-------------:"
 for name in "$A_BIG" "$C_BIG" "$S_BIG" "$CO_BIG" "$SO_BIG" "$A_SMALL" "$C_SMALL"; do
   read -r wall user sys _ <<<"$(best "$name")"
-  printf '| %-42s | %7.2f | %7.2f | %7.2f | %12.1f |\n' "$name" "$wall" "$user" "$sys" "$(echo "$(max_rss "$name") / 1024" | bc -l)"
+  printf '| %-46s | %7.2f | %7.2f | %7.2f | %12.1f |\n' "$name" "$wall" "$user" "$sys" "$(echo "$(max_rss "$name") / 1024" | bc -l)"
 done
-printf '| %-42s | %7s | %7s | %7s | %12s |\n' "agent daemon idle after one poll (VmRSS)" - - - \
+printf '| %-46s | %7s | %7s | %7s | %12s |\n' "agent daemon idle after one poll (VmRSS)" - - - \
   "$(printf '%.1f' "$(echo "$IDLE_RSS / 1024" | bc -l)")"
 echo
 # Wall ratio of the fastest runs, and CPU (user + sys) ratio of the least-CPU runs (steadier under load).
