@@ -198,6 +198,7 @@ s = json.loads(subprocess.check_output([agent, "--config", d + "/agent.toml", "s
 if not (s["state_name"] == "committed" and s["running_version"] == "2.0.0" and s["slot_b"]["sha256"] == sha):
     sys.exit("bench-agent: the device did not commit 2.0.0: %s" % json.dumps(s))
 PY
+: >"$WORK/daemon.err" # exists before the polling below looks at it (the background start may lag)
 OTA_AGENT_LOG=info "$AGENT" --config "$D/agent.toml" run >"$WORK/daemon.out" 2>"$WORK/daemon.err" &
 DAEMON=$!
 for _ in $(seq 100); do
