@@ -35,8 +35,14 @@ async fn check_target(client: &mut Client, name: &str, image: &[u8]) {
     assert_eq!(info.length, image.len() as u64, "{name}");
     assert_eq!(hex::encode(info.sha256().unwrap()), sha256_hex(image), "{name}");
     let mut body = Vec::new();
-    assert_eq!(client.download_target(&info, &mut body).await.unwrap(), info.length);
-    assert!(body == image, "{name}: downloaded bytes differ from the published image");
+    assert_eq!(
+        client.download_target(&info, &mut body).await.unwrap(),
+        info.length
+    );
+    assert!(
+        body == image,
+        "{name}: downloaded bytes differ from the published image"
+    );
 }
 
 #[tokio::test]
@@ -136,13 +142,29 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
         .into_iter()
         .map(|t| t.name)
         .collect();
-    assert_eq!(listed, ["gw-a/beta/2.0.0-rc1/fw-beta-2.0.0-rc1.bin", stable_name.as_str(), "recovery.bin"]);
+    assert_eq!(
+        listed,
+        [
+            "gw-a/beta/2.0.0-rc1/fw-beta-2.0.0-rc1.bin",
+            stable_name.as_str(),
+            "recovery.bin"
+        ]
+    );
     let mut stored: Vec<String> = fs::read_dir(&meta_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     stored.sort();
-    assert_eq!(stored, ["beta.json", "root.json", "snapshot.json", "targets.json", "timestamp.json"]);
+    assert_eq!(
+        stored,
+        [
+            "beta.json",
+            "root.json",
+            "snapshot.json",
+            "targets.json",
+            "timestamp.json"
+        ]
+    );
 
     // Root rotation: a second root key, root threshold 2, and the timestamp key replaced.
     let (_, root2) = public("root2");
@@ -161,7 +183,10 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
     repo_tool::root_sign(&staged, Some(&repo), &ring).unwrap();
     fs::remove_file(keys.join("timestamp1.pk8")).unwrap();
     let ring = KeyRing::from_dir(&keys).unwrap();
-    assert_eq!(repo_tool::root_publish(&repo, &staged, &Expiries::default(), &ring).unwrap(), 2);
+    assert_eq!(
+        repo_tool::root_publish(&repo, &staged, &Expiries::default(), &ring).unwrap(),
+        2
+    );
     let stable2 = firmware("1.1.0", 80_000);
     let stable2_name = repo_tool::add(
         &repo,
