@@ -3,8 +3,8 @@
 
 TEST-ONLY: every key is generated fresh in memory and thrown away; nothing here signs anything real.
 
-    make_repo.py full OUT [--no-consistent]   root rotations (ed25519/ecdsa/rsa keys, threshold change,
-                                              timestamp key rotation), nested, terminating, hash-prefix and
+    make_repo.py full OUT [--no-consistent]   root rotations (ed25519/ecdsa/rsa-pss keys, threshold change,
+                                              timestamp key rotation), nested (rsa-pkcs1v15 key), terminating, hash-prefix and
                                               succinct hash-bin delegations, targets in subdirectories
     make_repo.py attacks OUT                  states v1/, v2/, samever/, expired/, revoked/ of one repository
     make_repo.py bench OUT N                  one top-level targets role with N targets
@@ -160,6 +160,8 @@ def generate(keytype):
         return CryptoSigner.generate_ecdsa()
     if keytype == "rsa":
         return CryptoSigner.generate_rsa()
+    if keytype == "rsa-pkcs1":
+        return CryptoSigner.generate_rsa(scheme="rsa-pkcs1v15-sha256")
     return CryptoSigner.generate_ed25519()
 
 
@@ -202,7 +204,7 @@ def full(out, consistent):
     add("targets", "dir/sub/file.bin", "in a subdirectory\n")
     repo.delegate("targets", "a", paths=["a/*", "a/*/*"], keytype="ecdsa")
     add("a", "a/one.txt", "from role a\n")
-    repo.delegate("a", "a-nested", paths=["a/deep/*"], keytype="rsa")
+    repo.delegate("a", "a-nested", paths=["a/deep/*"], keytype="rsa-pkcs1")
     add("a-nested", "a/deep/x.txt", "nested delegation\n")
     repo.delegate("targets", "t", paths=["t/*"], terminating=True)
     add("t", "t/real.txt", "from terminating role t\n")

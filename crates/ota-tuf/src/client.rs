@@ -92,10 +92,13 @@ impl Client {
         self.update_root().await?;
         // TUF 5.3.10: the final root must not be expired.
         self.root.common.check_expiry("root", reference_time)?;
-        // TUF 5.3.11: after a rotation of timestamp or snapshot keys, forget the trusted timestamp and
-        // snapshot, so that a fast-forward attack with the old keys cannot block updates forever.
-        if self.root.key_identities("timestamp") != timestamp_keys
-            || self.root.key_identities("snapshot") != snapshot_keys
+        // TUF 5.3.11: after a rotation of timestamp or snapshot keys (a trusted key removed), forget the
+        // trusted timestamp and snapshot, so that a fast-forward attack with the old keys cannot block
+        // updates forever. Keys only added (or a threshold changed) keep the files, as python-tuf and the
+        // conformance suite expect; a trusted copy that no longer verifies is ignored when loaded anyway.
+        let removed = |old: &[Vec<u8>], new: &[Vec<u8>]| old.iter().any(|k| !new.contains(k));
+        if removed(&timestamp_keys, &self.root.key_identities("timestamp"))
+            || removed(&snapshot_keys, &self.root.key_identities("snapshot"))
         {
             tracing::info!("timestamp or snapshot keys rotated: deleting trusted timestamp and snapshot");
             store::remove(&self.dir, "timestamp")?;

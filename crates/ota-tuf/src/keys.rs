@@ -3,8 +3,10 @@
 //! Supported (keytype / scheme): `ed25519`/`ed25519` (hex public key), `ecdsa` or `ecdsa-sha2-nistp256` /
 //! `ecdsa-sha2-nistp256` (PEM SubjectPublicKeyInfo, or hex SEC1 point; DER or fixed-size signatures), and
 //! `rsa`/`rsassa-pss-sha256` (PEM SubjectPublicKeyInfo or PKCS#1; PSS with MGF1-SHA-256 and a 32-byte salt,
-//! as securesystemslib and tough sign). A key of another type, or whose public value does not decode, is
-//! kept but never verifies anything, so one odd key does not make the metadata that lists it unreadable.
+//! as securesystemslib and tough sign) and `rsa`/`rsa-pkcs1v15-sha256` (securesystemslib's other RSA scheme,
+//! the default of the tuf-conformance suite's simulator). A key of another type, or whose public value
+//! does not decode, is kept but never verifies anything, so one odd key does not make the metadata that
+//! lists it unreadable.
 
 use serde::Deserialize;
 use sha2::Digest as _;
@@ -29,6 +31,7 @@ pub(crate) enum PublicKey {
     Ed25519(ed25519_dalek::VerifyingKey),
     EcdsaP256(p256::ecdsa::VerifyingKey),
     RsaPssSha256(Box<rsa::RsaPublicKey>),
+    RsaPkcs1v15Sha256(Box<rsa::RsaPublicKey>),
     /// Unknown type or undecodable value: verifies nothing.
     Unusable,
 }
@@ -47,7 +50,8 @@ impl TrustedKey {
         let identity = match &key {
             PublicKey::Ed25519(k) => [b"ed25519:".as_slice(), k.as_bytes()].concat(),
             PublicKey::EcdsaP256(k) => [b"p256:".as_slice(), k.to_encoded_point(true).as_bytes()].concat(),
-            PublicKey::RsaPssSha256(k) => {
+            // One RSA key under two schemes is still one key.
+            PublicKey::RsaPssSha256(k) | PublicKey::RsaPkcs1v15Sha256(k) => {
                 use rsa::traits::PublicKeyParts;
                 [
                     b"rsa:".as_slice(),
@@ -90,13 +94,19 @@ impl TrustedKey {
             PublicKey::RsaPssSha256(k) => {
                 Some(SignatureCheck::RsaPssSha256(k, sig.to_vec(), sha2::Sha256::new()))
             }
+            PublicKey::RsaPkcs1v15Sha256(k) => Some(SignatureCheck::RsaPkcs1v15Sha256(
+                k,
+                sig.to_vec(),
+                sha2::Sha256::new(),
+            )),
             PublicKey::Unusable => None,
         }
     }
 }
 
 /// One signature being checked over a message fed in pieces: ed25519 (its SHA-512 runs over the message,
-/// RFC 8032 5.1.7), ecdsa-sha2-nistp256 and rsassa-pss-sha256 (both over the message's SHA-256).
+/// RFC 8032 5.1.7), ecdsa-sha2-nistp256, rsassa-pss-sha256 and rsa-pkcs1v15-sha256 (over the message's
+/// SHA-256).
 pub(crate) enum SignatureCheck<'k> {
     Ed25519(Box<ed25519_dalek::StreamVerifier>),
     EcdsaP256(
@@ -105,13 +115,22 @@ pub(crate) enum SignatureCheck<'k> {
         sha2::Sha256,
     ),
     RsaPssSha256(&'k rsa::RsaPublicKey, Vec<u8>, sha2::Sha256),
+    RsaPkcs1v15Sha256(&'k rsa::RsaPublicKey, Vec<u8>, sha2::Sha256),
 }
+
+/// The DER DigestInfo prefix of a SHA-256 digest in a PKCS#1 v1.5 signature (RFC 8017 9.2, note 1).
+const PKCS1_SHA256_PREFIX: [u8; 19] = [
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
+    0x04, 0x20,
+];
 
 impl SignatureCheck<'_> {
     pub(crate) fn update(&mut self, piece: &[u8]) {
         match self {
             SignatureCheck::Ed25519(v) => v.update(piece),
-            SignatureCheck::EcdsaP256(_, _, h) | SignatureCheck::RsaPssSha256(_, _, h) => h.update(piece),
+            SignatureCheck::EcdsaP256(_, _, h)
+            | SignatureCheck::RsaPssSha256(_, _, h)
+            | SignatureCheck::RsaPkcs1v15Sha256(_, _, h) => h.update(piece),
         }
     }
 
@@ -126,6 +145,13 @@ impl SignatureCheck<'_> {
             SignatureCheck::RsaPssSha256(k, s, h) => k
                 .verify(rsa::Pss::new::<sha2::Sha256>(), &h.finalize(), &s)
                 .is_ok(),
+            SignatureCheck::RsaPkcs1v15Sha256(k, s, h) => {
+                let padding = rsa::Pkcs1v15Sign {
+                    hash_len: Some(32),
+                    prefix: Box::new(PKCS1_SHA256_PREFIX),
+                };
+                k.verify(padding, &h.finalize(), &s).is_ok()
+            }
         }
     }
 }
@@ -149,13 +175,17 @@ fn decode(json: &KeyJson) -> PublicKey {
                 })
                 .map_or(PublicKey::Unusable, PublicKey::EcdsaP256)
         }
-        ("rsa", "rsassa-pss-sha256") => {
+        ("rsa", scheme @ ("rsassa-pss-sha256" | "rsa-pkcs1v15-sha256")) => {
             use rsa::pkcs1::DecodeRsaPublicKey as _;
             use rsa::pkcs8::DecodePublicKey as _;
-            rsa::RsaPublicKey::from_public_key_pem(public)
+            let key = rsa::RsaPublicKey::from_public_key_pem(public)
                 .ok()
-                .or_else(|| rsa::RsaPublicKey::from_pkcs1_pem(public).ok())
-                .map_or(PublicKey::Unusable, |k| PublicKey::RsaPssSha256(Box::new(k)))
+                .or_else(|| rsa::RsaPublicKey::from_pkcs1_pem(public).ok());
+            match (key, scheme) {
+                (None, _) => PublicKey::Unusable,
+                (Some(k), "rsassa-pss-sha256") => PublicKey::RsaPssSha256(Box::new(k)),
+                (Some(k), _) => PublicKey::RsaPkcs1v15Sha256(Box::new(k)),
+            }
         }
         _ => PublicKey::Unusable,
     }

@@ -13,8 +13,8 @@
 //! persisted as the exact bytes received, under unversioned names (`root.json`, `timestamp.json`,
 //! `snapshot.json`, `targets.json`, `<url-quoted role>.json`), each written atomically (temp file, fsync,
 //! rename, fsync the directory). Nothing else is kept in the metadata directory. Keys: ed25519,
-//! ecdsa-sha2-nistp256, rsassa-pss-sha256; hashes: sha256, sha512. Thresholds count distinct keys (by keyid
-//! and by key value). Every fetch is bounded ([`Limits`]) and has a timeout.
+//! ecdsa-sha2-nistp256, rsassa-pss-sha256, rsa-pkcs1v15-sha256; hashes: sha256, sha512. Thresholds count
+//! distinct keys (by keyid and by key value). Every fetch is bounded ([`Limits`]) and has a timeout.
 //!
 //! **What it does not do.** It never writes or signs metadata (the publisher uses tough for that), never
 //! picks which firmware to install (that is the device agent's job, reading [`TargetInfo::custom`]), and
