@@ -198,6 +198,12 @@ pub fn provision<S: Slot, B: BootControl>(
     })
 }
 
+/// Creates the state directory (0700) if it does not exist yet (provisioning's first step; the agent
+/// lock lives in it).
+pub fn create_state_dir(dir: &Path) -> Result<()> {
+    create_private_dir(dir)
+}
+
 fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {

@@ -150,6 +150,14 @@ pub enum Error {
         /// The booted slot.
         slot: crate::SlotId,
     },
+    /// Another agent process holds the state directory's lock (see `lock::AgentLock`).
+    #[error("another device-agent (pid {}) holds {path}; wait for it to finish or stop it", pid_text(*pid))]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's pid, when it could be read.
+        pid: Option<u32>,
+    },
     /// A health check failed to run at all (a misconfigured check, not an unhealthy device).
     #[error("health check {check}: {why}")]
     HealthCheck {
@@ -158,6 +166,10 @@ pub enum Error {
         /// What went wrong.
         why: String,
     },
+}
+
+fn pid_text(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
 }
 
 /// Result with this crate's [`Error`].

@@ -12,6 +12,7 @@
 //!   [`device::Device::on_boot`] after every start, [`device::Device::poll_once`] to install;
 //!   [`device::provision`] pins the root of trust.
 //! - [`schedule::PollSchedule`]: polling interval, jitter and backoff.
+//! - [`lock::AgentLock`]: one agent process at a time per state directory.
 //! - [`delta`]: installs by binary delta from the running slot, with [`delta::DeltaFallback`] naming
 //!   why the full image was used instead.
 //!
@@ -25,6 +26,7 @@ pub mod device;
 mod error;
 pub mod health;
 pub mod identity;
+pub mod lock;
 pub mod persist;
 pub mod schedule;
 pub mod select;

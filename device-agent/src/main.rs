@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use device_agent::config::{AgentConfig, BootBackend};
-use device_agent::device::{provision, Device, DeviceSettings, FactoryImage, Outcome, SlotPair};
+use device_agent::device::{
+    create_state_dir, provision, Device, DeviceSettings, FactoryImage, Outcome, SlotPair,
+};
+use device_agent::lock::AgentLock;
 use device_agent::schedule::PollSchedule;
 use device_agent::select::Decision;
 use device_agent::REBOOT_EXIT_CODE;
@@ -150,6 +153,19 @@ fn report(outcome: &Outcome) {
     println!("{}: {}", outcome.state.name(), outcome.note);
 }
 
+/// One poll of the daemon: takes the agent lock, opens the device afresh (so a command run since the
+/// last poll is seen), polls, and lets go of both. Some(code) when the agent must exit (reboot).
+async fn poll_cycle(config: &AgentConfig) -> Result<Option<ExitCode>> {
+    let _lock = AgentLock::acquire(&config.state_dir)?;
+    let mut device = open_device(config)?;
+    let outcome = device.poll_once().await?;
+    report(&outcome);
+    if outcome.reboot {
+        return reboot(config, device).map(Some);
+    }
+    Ok(None)
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     let config = AgentConfig::load(&cli.config)?;
     match cli.command {
@@ -159,6 +175,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             running_version,
             running_length,
         } => {
+            create_state_dir(&config.state_dir)?;
+            let _lock = AgentLock::acquire(&config.state_dir)?;
             let (mut slots, mut boot) = open_parts(&config)?;
             let factory = FactoryImage {
                 version: running_version,
@@ -187,26 +205,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { once } => {
-            let mut device = open_device(&config)?;
-            let outcome = device.on_boot().await?;
-            report(&outcome);
-            if outcome.reboot {
-                return reboot(&config, device);
+            // After every start: finish what the last run left (a refusal to start is fatal).
+            {
+                let _lock = AgentLock::acquire(&config.state_dir)?;
+                let mut device = open_device(&config)?;
+                let outcome = device.on_boot().await?;
+                report(&outcome);
+                if outcome.reboot {
+                    return reboot(&config, device);
+                }
             }
+            // Between polls the daemon holds neither the lock nor the device (its HTTP client, its
+            // metadata): an operator's command can run, and the idle daemon stays small.
             let mut schedule = PollSchedule::new(&config.poll);
             let mut rng = rand::thread_rng();
             loop {
-                let ok = match device.poll_once().await {
-                    Ok(outcome) => {
-                        report(&outcome);
-                        if outcome.reboot {
-                            return reboot(&config, device);
-                        }
-                        true
-                    }
-                    Err(e) if once => return Err(e.into()),
+                let ok = match poll_cycle(&config).await {
+                    Ok(Some(code)) => return Ok(code),
+                    Ok(None) => true,
+                    Err(e) if once => return Err(e),
                     Err(e) => {
-                        tracing::warn!(error = %e, "poll failed");
+                        tracing::warn!(error = format!("{e:#}"), "poll failed");
                         false
                     }
                 };
@@ -219,6 +238,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Check => {
+            let _lock = AgentLock::acquire(&config.state_dir)?;
             let mut device = open_device(&config)?;
             match device.check().await? {
                 Decision::UpToDate { skipped } => {
@@ -248,6 +268,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Install => {
+            let _lock = AgentLock::acquire(&config.state_dir)?;
             let mut device = open_device(&config)?;
             let outcome = device.poll_once().await?;
             report(&outcome);
@@ -257,6 +278,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
+            // No lock: read-only, and health checks run it while the daemon holds the lock.
             let mut device = open_device(&config)?;
             let s = device.status()?;
             if json {
@@ -290,11 +312,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::MarkGood => {
+            let _lock = AgentLock::acquire(&config.state_dir)?;
             let mut device = open_device(&config)?;
             report(&device.mark_good()?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback => {
+            let _lock = AgentLock::acquire(&config.state_dir)?;
             let mut device = open_device(&config)?;
             let outcome = device.rollback()?;
             report(&outcome);
