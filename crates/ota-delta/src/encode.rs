@@ -427,7 +427,10 @@ fn match_range(index: &SuffixIndex<'_>, o: &[u8], n: &[u8], lo: usize, hi: usize
     let n = n.get(..hi).unwrap_or(n);
     let mut steps = Vec::new();
     let (mut scan, mut len, mut pos) = (lo, 0usize, 0usize);
-    let (mut lastscan, mut lastpos, mut lastoffset) = (lo, 0usize, 0i64);
+    // A range starts aligned with the same offset in old (offset 0, as bsdiff starts), so `lastpos` must be
+    // `lo` too: starting it at 0 made a later range's first stretch a diff against old's beginning.
+    let start_pos = lo.min(old_len);
+    let (mut lastscan, mut lastpos, mut lastoffset) = (lo, start_pos, start_pos as i64 - lo as i64);
     let same_at = |new_i: usize, offset: i64| -> bool {
         let old_i = new_i as i64 + offset;
         old_i >= 0 && (old_i as usize) < old_len && byte(o, old_i as usize) == byte(n, new_i)
