@@ -106,18 +106,24 @@ impl TestRepo {
         self.nginx.url()
     }
 
-    /// Publishes `image` as release `version` for [`HARDWARE`] on [`CHANNEL`]; returns the target name.
-    pub fn publish(&self, version: &str, image: &[u8]) -> String {
+    /// Writes `image` beside the repository and describes it as release `version` for [`HARDWARE`] on
+    /// [`CHANNEL`], fully rolled out.
+    fn release_spec(&self, version: &str, image: &[u8]) -> ReleaseSpec {
         let file = self.dir.path().join(format!("fw-{version}.bin"));
         fs::write(&file, image).unwrap();
-        let spec = ReleaseSpec {
+        ReleaseSpec {
             image: file,
             version: version.into(),
             hardware: vec![HARDWARE.into()],
             channel: CHANNEL.into(),
             rollout_percent: 100,
             name: None,
-        };
+        }
+    }
+
+    /// Publishes `image` as release `version` for [`HARDWARE`] on [`CHANNEL`]; returns the target name.
+    pub fn publish(&self, version: &str, image: &[u8]) -> String {
+        let spec = self.release_spec(version, image);
         let report = repo_tool::add(&self.root_dir(), &[spec], &AddOptions::default(), &self.ring).unwrap();
         report.added[0].0.clone()
     }
@@ -131,16 +137,7 @@ impl TestRepo {
         image: &[u8],
         tamper: impl Fn(Vec<u8>) -> Vec<u8>,
     ) -> (String, String, Vec<u8>) {
-        let file = self.dir.path().join(format!("fw-{version}.bin"));
-        fs::write(&file, image).unwrap();
-        let spec = ReleaseSpec {
-            image: file,
-            version: version.into(),
-            hardware: vec![HARDWARE.into()],
-            channel: CHANNEL.into(),
-            rollout_percent: 100,
-            name: None,
-        };
+        let spec = self.release_spec(version, image);
         let policy = repo_tool::deltas::DeltaPolicy {
             keep: 1,
             max_share_percent: 50,
