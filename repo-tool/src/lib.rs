@@ -4,7 +4,8 @@
 //!
 //! It does: keys ([`generate_key`], [`KeyRing`] over tough's `KeySource`, so a key can live in a file
 //! now and a KMS/HSM later), [`init`], [`add`] (one image or a directory, with the `ota-release`
-//! custom fields), [`refresh`] (cron: re-sign timestamp/snapshot), [`delegate`], root rotation with
+//! custom fields), [`refresh`] (cron: re-sign timestamp/snapshot), [`delegate`] and [`delegate_from`]
+//! (delegations from top-level targets or, nested, from a delegated role), root rotation with
 //! thresholds held by different people ([`root_stage`] → [`root_sign`] on each holder's machine →
 //! [`root_publish`]), [`verify`] and [`list`]; [`deltas::add_with_deltas`] publishes a release with binary
 //! deltas from the last K releases of its hardware and channel, kept only when under a share of the image
@@ -74,10 +75,11 @@ pub use lock::{RepoLock, LOCK_FILE};
 pub use meta::{
     expiry_after, parse_lifetime, whole_seconds, Expiries, METADATA_DIR, SPEC_VERSION, TARGETS_DIR,
 };
-pub use names::{check_path_pattern, check_target_name, path_matches};
+pub use names::{check_path_pattern, check_target_name, path_matches, pattern_covers};
 pub use publish::{
-    add, default_target_name, delegate, init, refresh, releases_in_dir, version_from_file_name, AddOptions,
-    AddReport, DelegateSpec, InitSpec, RefreshOptions, ReleaseSpec, RoleSpec, RootFingerprint,
+    add, default_target_name, delegate, delegate_from, init, refresh, releases_in_dir,
+    version_from_file_name, AddOptions, AddReport, DelegateSpec, InitSpec, RefreshOptions, ReleaseSpec,
+    RoleSpec, RootFingerprint,
 };
 pub use qr::qr_for_terminal;
 pub use rotate::{parse_role, root_publish, root_sign, root_stage, RootChange, RootSignatures};

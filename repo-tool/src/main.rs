@@ -148,7 +148,7 @@ enum Command {
         /// Target name (default <hardware>/<channel>/<version>/<basename>); only with --image.
         #[arg(long, conflicts_with = "dir")]
         name: Option<String>,
-        /// Add into this delegated role instead of top-level targets.
+        /// Add into this delegated role (at any depth of the delegation tree) instead of top-level targets.
         #[arg(long)]
         role: Option<String>,
         /// Build deltas to each new release from this many of the newest older releases of the same
@@ -188,6 +188,10 @@ enum Command {
         /// The new role's name.
         #[arg(long)]
         role: String,
+        /// Delegate from this role (a delegated role, signed with its keys) instead of top-level
+        /// targets; the new role's patterns must lie inside this role's.
+        #[arg(long, default_value = "targets")]
+        from: String,
         /// Path pattern (`*` and `?` within one segment), e.g. gw-a/*/*/*; repeat for several.
         #[arg(long = "path", required = true)]
         paths: Vec<String>,
@@ -416,6 +420,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Delegate {
             repo,
             role,
+            from,
             paths,
             role_keys,
             threshold,
@@ -429,8 +434,8 @@ fn run(cli: Cli) -> Result<()> {
                 keys: role_spec(&role_keys, threshold)?,
                 terminating,
             };
-            repo_tool::delegate(&repo, &spec, &lifetimes.expiries(), &signing.load()?)?;
-            println!("delegated to role {role}");
+            repo_tool::delegate_from(&repo, &from, &spec, &lifetimes.expiries(), &signing.load()?)?;
+            println!("delegated to role {role} from {from}");
         }
         Command::Root { command } => root_command(command)?,
         Command::Verify { repo, warn_within } => {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::{
-    Hashes, Metafile, RoleType, Root, Signature, Signed, Snapshot, Target, Targets, Timestamp,
+    DelegatedRole, Hashes, Metafile, RoleType, Root, Signature, Signed, Snapshot, Target, Targets, Timestamp,
 };
 
 use crate::atomic_file;
@@ -452,8 +452,10 @@ pub(crate) struct RepoState {
     pub timestamp: MetaFile<Timestamp>,
     pub snapshot: MetaFile<Snapshot>,
     pub targets: MetaFile<Targets>,
-    /// Delegated roles (one level under top-level targets), by name.
+    /// Delegated roles, at any depth of the delegation tree (TUF 4.5), by name.
     pub delegated: BTreeMap<String, MetaFile<Targets>>,
+    /// The role that delegates to each delegated role (`targets` or another delegated role).
+    pub parents: BTreeMap<String, String>,
 }
 
 /// The error for a directory without `metadata/`.
@@ -528,15 +530,33 @@ impl RepoState {
         let tv = version_of("targets.json")?;
         let targets: MetaFile<Targets> =
             read_meta(&mdir.join(format!("{tv}.targets.json")), "targets metadata")?;
-        let mut delegated = BTreeMap::new();
-        if let Some(d) = &targets.signed.signed.delegations {
-            for role in &d.roles {
-                let v = version_of(&format!("{}.json", role.name))?;
+        // Walk the whole delegation tree. A role is loaded once, under the first role found delegating
+        // to it: a second delegation to the same name, or a cycle back to an ancestor, is not followed.
+        let mut delegated: BTreeMap<String, MetaFile<Targets>> = BTreeMap::new();
+        let mut parents = BTreeMap::new();
+        let mut pending = vec![TARGETS_ROLE.to_owned()];
+        while let Some(parent) = pending.pop() {
+            let meta = if parent == TARGETS_ROLE {
+                Some(&targets.signed.signed)
+            } else {
+                delegated.get(&parent).map(|m| &m.signed.signed)
+            };
+            let children: Vec<String> = meta
+                .and_then(|t| t.delegations.as_ref())
+                .map(|d| d.roles.iter().map(|r| r.name.clone()).collect())
+                .unwrap_or_default();
+            for name in children {
+                if name == TARGETS_ROLE || delegated.contains_key(&name) {
+                    continue;
+                }
+                let v = version_of(&format!("{name}.json"))?;
                 let m = read_meta(
-                    &mdir.join(format!("{v}.{}.json", role.name)),
+                    &mdir.join(format!("{v}.{name}.json")),
                     "delegated targets metadata",
                 )?;
-                delegated.insert(role.name.clone(), m);
+                delegated.insert(name.clone(), m);
+                parents.insert(name.clone(), parent.clone());
+                pending.push(name);
             }
         }
         Ok(RepoState {
@@ -546,6 +566,7 @@ impl RepoState {
             snapshot,
             targets,
             delegated,
+            parents,
         })
     }
 
@@ -562,8 +583,36 @@ impl RepoState {
         if role == TARGETS_ROLE {
             top_role_keys(&self.root()?.signed.signed, RoleType::Targets)
         } else {
-            delegated_role_keys(&self.targets.signed.signed, role)
+            delegated_role_keys(self.role_targets(self.parent_of(role)?)?, role)
         }
+    }
+
+    /// The role delegating to a delegated role.
+    pub fn parent_of(&self, role: &str) -> Result<&str> {
+        self.parents
+            .get(role)
+            .map(String::as_str)
+            .ok_or_else(|| invalid(format!("role {role:?}"), "no such delegated role"))
+    }
+
+    /// The delegation entries leading to `role`, from the role's own up to the one in top-level
+    /// targets (empty for `targets`). A client reaches a target of `role` only through all of them.
+    pub fn delegation_chain(&self, role: &str) -> Result<Vec<&DelegatedRole>> {
+        let mut chain = Vec::new();
+        let mut name = role;
+        // At most one entry per delegated role: the parents map is a tree by construction.
+        while name != TARGETS_ROLE && chain.len() <= self.parents.len() {
+            let parent = self.parent_of(name)?;
+            let entry = self
+                .role_targets(parent)?
+                .delegations
+                .as_ref()
+                .and_then(|d| d.roles.iter().find(|r| r.name == name))
+                .ok_or_else(|| invalid(format!("role {name:?}"), format!("not delegated by {parent}")))?;
+            chain.push(entry);
+            name = parent;
+        }
+        Ok(chain)
     }
 
     /// The targets metadata of a role.

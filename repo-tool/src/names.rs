@@ -117,9 +117,64 @@ fn glob_segment(pat: &[u8], s: &[u8]) -> bool {
     pat.get(p..).is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
 }
 
+/// Whether every target name matching path pattern `child` also matches `parent` (TUF 4.5: a role
+/// delegated by a delegated role is only reached for names its parent's patterns match). Segment by
+/// segment, like [`path_matches`]. Conservative: when this says no, the child may still be covered in
+/// some contrived case (`?*` under `*?`), and such a pattern is refused rather than trusted.
+pub fn pattern_covers(parent: &str, child: &str) -> bool {
+    let pat: Vec<&str> = parent.split('/').collect();
+    let sub: Vec<&str> = child.split('/').collect();
+    pat.len() == sub.len()
+        && pat
+            .iter()
+            .zip(&sub)
+            .all(|(p, c)| glob_covers(p.as_bytes(), c.as_bytes()))
+}
+
+/// Whether glob `p` matches glob `c` read as a string of tokens: a `*` of `p` takes any run of tokens
+/// (wildcards included), a `?` of `p` one token other than `*`, a literal only itself. Dynamic
+/// programming over (rest of `p`, rest of `c`): quadratic in two short patterns, no recursion.
+fn glob_covers(p: &[u8], c: &[u8]) -> bool {
+    let m = c.len();
+    let at = |v: &[bool], k: usize| v.get(k).copied().unwrap_or(false);
+    // next[j]: whether the rest of `p` after the current token covers c[j..]; the empty rest covers
+    // only the empty rest.
+    let mut next: Vec<bool> = (0..=m).map(|j| j == m).collect();
+    for &pc in p.iter().rev() {
+        let mut cur = vec![false; m + 1];
+        for j in (0..=m).rev() {
+            let covered = match (pc, c.get(j)) {
+                (b'*', _) => at(&next, j) || (j < m && at(&cur, j + 1)),
+                (_, None) => false,
+                (b'?', Some(&cc)) => cc != b'*' && at(&next, j + 1),
+                (lit, Some(&cc)) => cc == lit && at(&next, j + 1),
+            };
+            if let Some(slot) = cur.get_mut(j) {
+                *slot = covered;
+            }
+        }
+        next = cur;
+    }
+    at(&next, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn child_patterns_are_covered_only_by_wider_parent_patterns() {
+        assert!(pattern_covers("gw-a/*/*/*", "gw-a/beta/*/*"));
+        assert!(pattern_covers("gw-a/*/*/*", "gw-a/*/*/*"));
+        assert!(pattern_covers("*/*/*/*", "gw-a/beta/1.?.*/fw-*.bin"));
+        assert!(pattern_covers("a*", "a?*"));
+        assert!(pattern_covers("fw-?.bin", "fw-1.bin"));
+        assert!(!pattern_covers("gw-a/*/*/*", "gw-b/*/*/*"));
+        assert!(!pattern_covers("gw-a/*/*/*", "gw-a/*/*"));
+        assert!(!pattern_covers("gw-a/beta/*/*", "gw-a/*/*/*"));
+        assert!(!pattern_covers("fw-?.bin", "fw-*.bin"));
+        assert!(!pattern_covers("a*b", "a*"));
+    }
 
     #[test]
     fn star_does_not_cross_slashes() {

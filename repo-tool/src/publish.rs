@@ -25,7 +25,7 @@ use crate::meta::{
     self, bump, expiry_after, metafile, now, top_role_keys, Expiries, Publication, RepoState, RoleKeySet,
     SPEC_VERSION, TARGETS_ROLE,
 };
-use crate::names::{check_file_stem, check_path_pattern, check_target_name, path_matches};
+use crate::names::{check_file_stem, check_path_pattern, check_target_name, path_matches, pattern_covers};
 use crate::stage::TargetStager;
 
 /// The keys and threshold of one role.
@@ -335,40 +335,39 @@ pub(crate) fn ota_custom(target: &Target) -> Option<OtaTarget> {
     }
 }
 
+/// Refuses a target name that a client would not look up in `role`: it must match a path pattern of
+/// every delegation on the way from top-level targets to the role (TUF 5.6.7.2).
 fn check_delegated(state: &RepoState, role: &str, name: &str) -> Result<()> {
     if role == TARGETS_ROLE {
         return Ok(());
     }
-    let r = state
-        .targets
-        .signed
-        .signed
-        .delegations
-        .as_ref()
-        .and_then(|d| d.roles.iter().find(|r| r.name == role))
-        .ok_or_else(|| {
-            invalid(
-                format!("role {role:?}"),
-                "no such delegated role (see `repo-tool delegate`)",
-            )
-        })?;
-    let patterns: Vec<&str> = match &r.paths {
-        PathSet::Paths(p) => p.iter().map(|p| p.value()).collect(),
-        PathSet::PathHashPrefixes(_) => {
-            return Err(invalid(
-                format!("role {role:?}"),
-                "hash-prefix delegations are not supported",
-            ))
+    if !state.delegated.contains_key(role) {
+        return Err(invalid(
+            format!("role {role:?}"),
+            "no such delegated role (see `repo-tool delegate`)",
+        ));
+    }
+    for entry in state.delegation_chain(role)? {
+        let patterns = delegated_patterns(entry)?;
+        if !patterns.iter().any(|p| path_matches(p, name)) {
+            return Err(Error::NotDelegated {
+                name: name.to_owned(),
+                role: entry.name.clone(),
+                paths: patterns.join(", "),
+            });
         }
-    };
-    if patterns.iter().any(|p| path_matches(p, name)) {
-        Ok(())
-    } else {
-        Err(Error::NotDelegated {
-            name: name.to_owned(),
-            role: role.to_owned(),
-            paths: patterns.join(", "),
-        })
+    }
+    Ok(())
+}
+
+/// The path patterns of a delegation (hash-prefix delegations are refused).
+fn delegated_patterns(entry: &DelegatedRole) -> Result<Vec<&str>> {
+    match &entry.paths {
+        PathSet::Paths(p) => Ok(p.iter().map(|p| p.value()).collect()),
+        PathSet::PathHashPrefixes(_) => Err(invalid(
+            format!("role {:?}", entry.name),
+            "hash-prefix delegations are not supported",
+        )),
     }
 }
 
@@ -656,6 +655,24 @@ pub struct DelegateSpec {
 /// Delegates path patterns to a new role: top-level targets gains the delegation (signed by the targets
 /// keys), the role gets an empty `1.<role>.json` (signed by its own keys), then snapshot and timestamp.
 pub fn delegate(repo: &Path, spec: &DelegateSpec, expiries: &Expiries, ring: &KeyRing) -> Result<()> {
+    delegate_from(repo, TARGETS_ROLE, spec, expiries, ring)
+}
+
+/// Delegates path patterns from role `from` (`targets` or a delegated role at any depth, TUF 4.5) to a
+/// new role: `from` gains the delegation and a new version (signed by `from`'s keys, which the ring
+/// must hold), the new role gets an empty `1.<role>.json` (signed by its own keys), snapshot lists
+/// both, timestamp last.
+///
+/// Refused before anything is written: an unknown `from`, a role name already used anywhere in the
+/// tree, and a path pattern of the new role that the delegations leading to `from` do not cover (a
+/// client would never look for such a target in the new role).
+pub fn delegate_from(
+    repo: &Path,
+    from: &str,
+    spec: &DelegateSpec,
+    expiries: &Expiries,
+    ring: &KeyRing,
+) -> Result<()> {
     check_file_stem("role name", &spec.role)?;
     if ["root", "targets", "snapshot", "timestamp"].contains(&spec.role.as_str()) {
         return Err(invalid(
@@ -672,12 +689,52 @@ pub fn delegate(repo: &Path, spec: &DelegateSpec, expiries: &Expiries, ring: &Ke
     let _lock = RepoLock::acquire(repo, "delegate")?;
     let state = RepoState::load(repo)?;
     let root = state.root()?.signed.signed.clone();
-    let targets_keys = top_role_keys(&root, RoleType::Targets)?;
-    targets_keys.check_ring(ring)?;
-    let mut targets = state.targets.signed.signed.clone();
-    let delegations = targets.delegations.get_or_insert_with(Delegations::new);
+    if from != TARGETS_ROLE && !state.delegated.contains_key(from) {
+        let known: Vec<&str> = state.delegated.keys().map(String::as_str).collect();
+        return Err(invalid(
+            format!("--from role {from:?}"),
+            format!(
+                "no such role to delegate from; the repository has targets{}{}",
+                if known.is_empty() { "" } else { ", " },
+                known.join(", ")
+            ),
+        ));
+    }
+    if let Some(parent) = state.parents.get(&spec.role) {
+        return Err(invalid(
+            format!("role {:?}", spec.role),
+            format!("is already delegated (by {parent})"),
+        ));
+    }
+    // Every delegation on the way to `from` must let a client reach each new pattern.
+    for entry in state.delegation_chain(from)? {
+        let covering = delegated_patterns(entry)?;
+        if let Some(p) = spec
+            .paths
+            .iter()
+            .find(|p| !covering.iter().any(|c| pattern_covers(c, p)))
+        {
+            return Err(invalid(
+                format!("path pattern {p:?} of role {:?}", spec.role),
+                format!(
+                    "is not inside role {}'s delegated paths ({}): a client would never look for \
+                     such a target in {}",
+                    entry.name,
+                    covering.join(", "),
+                    spec.role
+                ),
+            ));
+        }
+    }
+    let parent_keys = state.targets_role_keys(from)?;
+    parent_keys.check_ring(ring)?;
+    let mut parent = state.role_targets(from)?.clone();
+    let delegations = parent.delegations.get_or_insert_with(Delegations::new);
     if delegations.roles.iter().any(|r| r.name == spec.role) {
-        return Err(invalid(format!("role {:?}", spec.role), "is already delegated"));
+        return Err(invalid(
+            format!("role {:?}", spec.role),
+            format!("is already delegated (by {from})"),
+        ));
     }
     let mut keys = HashMap::new();
     let rk = role_keys(&spec.role, &spec.keys, &mut keys)?;
@@ -697,12 +754,12 @@ pub fn delegate(repo: &Path, spec: &DelegateSpec, expiries: &Expiries, ring: &Ke
         terminating: spec.terminating,
         targets: None,
     });
-    let new_role_keys = meta::delegated_role_keys(&targets, &spec.role)?;
+    let new_role_keys = meta::delegated_role_keys(&parent, &spec.role)?;
     new_role_keys.check_ring(ring)?;
     let now = now()?;
-    targets.version = bump(targets.version)?;
-    targets.expires = expiry_after(now, expiries.targets)?;
-    let tv = targets.version;
+    parent.version = bump(parent.version)?;
+    parent.expires = expiry_after(now, expiries.targets)?;
+    let pv = parent.version;
     let one = NonZeroU64::MIN;
     let role_meta = Targets {
         spec_version: SPEC_VERSION.to_owned(),
@@ -713,12 +770,12 @@ pub fn delegate(repo: &Path, spec: &DelegateSpec, expiries: &Expiries, ring: &Ke
         _extra: HashMap::new(),
     };
     let role_bytes = new_role_keys.sign_to_file(&role_meta, ring)?;
-    let targets_bytes = targets_keys.sign_to_file(&targets, ring)?;
+    let parent_bytes = parent_keys.sign_targets_to_file(&parent, ring)?;
     let (snap_name, snap_bytes, ts) = meta::resign_snapshot_and_timestamp(
         &state,
         &root,
         &[
-            (TARGETS_ROLE.to_owned(), tv, targets_bytes.clone()),
+            (from.to_owned(), pv, parent_bytes.clone()),
             (spec.role.clone(), one, role_bytes.clone()),
         ],
         expiries,
@@ -727,7 +784,7 @@ pub fn delegate(repo: &Path, spec: &DelegateSpec, expiries: &Expiries, ring: &Ke
     Publication {
         metadata: vec![
             (format!("1.{}.json", spec.role), role_bytes),
-            (format!("{tv}.targets.json"), targets_bytes),
+            (format!("{pv}.{from}.json"), parent_bytes),
             (snap_name, snap_bytes),
         ],
         timestamp: Some(ts),

@@ -83,8 +83,9 @@ fn check_meta_entry(
 
 /// Verifies the whole repository as a client would at time `now`: the root chain (each version signed
 /// by a threshold of the previous root and of itself, TUF 5.3.4), timestamp → snapshot → targets →
-/// delegated roles (signatures, thresholds, versions, lengths and hashes), every target file's length
-/// and sha256 (streamed), delegated targets inside their paths, and expiries. Anything expiring within
+/// delegated roles at any depth (signatures, thresholds, versions, lengths and hashes), every target
+/// file's length and sha256 (streamed), delegated targets inside the paths of every delegation leading
+/// to their role, and expiries. Anything expiring within
 /// `warn_within` is a warning.
 pub fn verify(repo: &Path, now: jiff::Timestamp, warn_within: jiff::SignedDuration) -> Result<VerifyReport> {
     let state = RepoState::load(repo)?;
@@ -159,12 +160,20 @@ pub fn verify(repo: &Path, now: jiff::Timestamp, warn_within: jiff::SignedDurati
             "targets.json",
         );
     }
-    let delegations = targets.signed.delegations.clone().unwrap_or_default();
+    // Every delegated role at any depth (loaded once each: the state's walk keeps a visited set),
+    // checked against the delegation of the role that delegates to it.
+    let no_delegations = tough::schema::Delegations::new();
     for (name, m) in &state.delegated {
+        let parent = state.parent_of(name)?;
+        let delegations = state
+            .role_targets(parent)?
+            .delegations
+            .as_ref()
+            .unwrap_or(&no_delegations);
         if delegations.verify_role(&m.signed, name).is_err() {
-            report
-                .problems
-                .push(format!("role {name} is not signed by a threshold of its keys"));
+            report.problems.push(format!(
+                "role {name} is not signed by a threshold of its keys (as delegated by {parent})"
+            ));
         }
         check_expiry(&mut report, name, m.signed.signed.expires, now, warn_within);
         if let Some(e) = snap.signed.meta.get(&format!("{name}.json")) {
@@ -177,19 +186,30 @@ pub fn verify(repo: &Path, now: jiff::Timestamp, warn_within: jiff::SignedDurati
                 &format!("{name}.json"),
             );
         }
-        let patterns: Vec<String> = delegations
-            .roles
-            .iter()
-            .find(|r| &r.name == name)
-            .map(|r| match &r.paths {
-                PathSet::Paths(p) => p.iter().map(|p| p.value().to_owned()).collect(),
-                PathSet::PathHashPrefixes(_) => Vec::new(),
+        // A client looks a target up in this role only if every delegation on the way matches it.
+        let chain: Vec<(String, Vec<String>)> = state
+            .delegation_chain(name)?
+            .into_iter()
+            .map(|r| {
+                let patterns = match &r.paths {
+                    PathSet::Paths(p) => p.iter().map(|p| p.value().to_owned()).collect(),
+                    PathSet::PathHashPrefixes(_) => Vec::new(),
+                };
+                (r.name.clone(), patterns)
             })
-            .unwrap_or_default();
+            .collect();
         for t in m.signed.signed.targets.keys() {
-            if !patterns.iter().any(|p| path_matches(p, t.raw())) {
+            if let Some((via, _)) = chain
+                .iter()
+                .find(|(_, patterns)| !patterns.iter().any(|p| path_matches(p, t.raw())))
+            {
+                let how = if via == name {
+                    String::new()
+                } else {
+                    format!(" (of role {via})")
+                };
                 report.problems.push(format!(
-                    "role {name} lists {} outside its delegated paths",
+                    "role {name} lists {} outside its delegated paths{how}",
                     t.raw()
                 ));
             }

@@ -249,6 +249,81 @@ fn a_target_outside_the_delegated_paths_is_refused() {
 }
 
 #[test]
+fn a_nested_delegation_from_an_unknown_role_or_outside_the_parent_is_refused() {
+    let f = Fixture::new();
+    f.keys(&["product1", "beta1"]);
+    let mut ring = f.online();
+    ring.extend(f.ring(&["product1", "beta1"]));
+    let spec = |role: &str, path: &str, key: &str| DelegateSpec {
+        role: role.into(),
+        paths: vec![path.into()],
+        keys: f.role(&[key], 1),
+        terminating: false,
+    };
+    repo_tool::delegate(
+        &f.repo(),
+        &spec("product", "product/*/*/*", "product1"),
+        &Expiries::default(),
+        &ring,
+    )
+    .unwrap();
+    let nested = |from: &str, s: &DelegateSpec, ring: &repo_tool::KeyRing| {
+        repo_tool::delegate_from(&f.repo(), from, s, &Expiries::default(), ring)
+    };
+    let beta = spec("product-beta", "product/beta/*/*", "beta1");
+    refused(&f, "--from role \"nope\": no such role to delegate from", || {
+        nested("nope", &beta, &ring)
+    });
+    for outside in [
+        "other/beta/*/*",
+        "product/beta/*",
+        "*/beta/*/*",
+        "product/beta/*/*/*",
+    ] {
+        refused(
+            &f,
+            "is not inside role product's delegated paths (product/*/*/*)",
+            || nested("product", &spec("product-beta", outside, "beta1"), &ring),
+        );
+    }
+    // The parent signs: without its key nothing changes.
+    refused(&f, "role product needs 1 signature(s) but only 0", || {
+        nested("product", &beta, &f.online())
+    });
+    refused(&f, "is already delegated (by targets)", || {
+        nested("product", &spec("product", "product/x/*/*", "beta1"), &ring)
+    });
+
+    nested("product", &beta, &ring).unwrap();
+    // Deeper still: the grandchild must lie inside both ancestors' paths.
+    refused(&f, "is not inside role product-beta's delegated paths", || {
+        nested("product-beta", &spec("rc", "product/stable/*/*", "beta1"), &ring)
+    });
+    // `add` into the nested role: outside its paths, or without its key, is refused.
+    let img = f.image("fw.bin", 10, 1);
+    let opts = AddOptions {
+        role: Some("product-beta".into()),
+        ..Default::default()
+    };
+    refused(&f, "is not delegated to role product-beta", || {
+        repo_tool::add(&f.repo(), &[f.release(&img, "1.0.0", "product")], &opts, &ring)
+    });
+    let mut rel = f.release(&img, "1.0.0", "product");
+    rel.channel = "beta".into();
+    refused(&f, "role product-beta needs 1 signature(s) but only 0", || {
+        repo_tool::add(
+            &f.repo(),
+            std::slice::from_ref(&rel),
+            &opts,
+            &f.ring(&["product1", "snapshot1", "timestamp1"]),
+        )
+    });
+    repo_tool::add(&f.repo(), &[rel], &opts, &ring).unwrap();
+    let report = repo_tool::verify(&f.repo(), jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+#[test]
 fn keys_and_repositories_are_never_overwritten() {
     let f = Fixture::new();
     let before = fs::read(f.private("root1")).unwrap();

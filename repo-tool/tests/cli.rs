@@ -197,6 +197,99 @@ fn add_list_verify_refresh_through_the_binary() {
 }
 
 #[test]
+fn nested_delegation_through_the_binary() {
+    let t = setup();
+    let d = t.path();
+    ok(d, &["keys", "generate", "--dir", "keys", "product", "beta"]);
+    ok(d, INIT);
+    fn delegate<'a>(from: Option<&'a str>, role: &'a str, path: &'a str, key: &'a str) -> Vec<&'a str> {
+        let mut args = vec![
+            "delegate",
+            "--repo",
+            "repo",
+            "--keys-dir",
+            "keys",
+            "--role",
+            role,
+            "--path",
+            path,
+            "--role-key",
+            key,
+        ];
+        if let Some(from) = from {
+            args.extend(["--from", from]);
+        }
+        args
+    }
+    let out = ok(
+        d,
+        &delegate(None, "product", "product/*/*/*", "keys/product.pub.json"),
+    );
+    assert!(out.contains("delegated to role product from targets"), "{out}");
+    let err = fails(
+        d,
+        &delegate(
+            Some("nope"),
+            "product-beta",
+            "product/beta/*/*",
+            "keys/beta.pub.json",
+        ),
+    );
+    assert!(err.contains("no such role to delegate from"), "{err}");
+    let err = fails(
+        d,
+        &delegate(
+            Some("product"),
+            "product-beta",
+            "other/beta/*/*",
+            "keys/beta.pub.json",
+        ),
+    );
+    assert!(
+        err.contains("is not inside role product's delegated paths"),
+        "{err}"
+    );
+    let out = ok(
+        d,
+        &delegate(
+            Some("product"),
+            "product-beta",
+            "product/beta/*/*",
+            "keys/beta.pub.json",
+        ),
+    );
+    assert!(
+        out.contains("delegated to role product-beta from product"),
+        "{out}"
+    );
+    fs::write(d.join("fw.bin"), vec![3u8; 500]).unwrap();
+    ok(
+        d,
+        &[
+            "add",
+            "--repo",
+            "repo",
+            "--keys-dir",
+            "keys",
+            "--role",
+            "product-beta",
+            "--image",
+            "fw.bin",
+            "--version",
+            "0.9.0",
+            "--hardware",
+            "product",
+            "--channel",
+            "beta",
+        ],
+    );
+    let list = ok(d, &["list", "--repo", "repo"]);
+    assert!(list.contains("(role product-beta)"), "{list}");
+    let verify = ok(d, &["verify", "--repo", "repo"]);
+    assert!(verify.contains("1 target file(s) checked"), "{verify}");
+}
+
+#[test]
 fn refresh_without_the_timestamp_key_exits_non_zero_with_a_clear_message() {
     let t = setup();
     let d = t.path();

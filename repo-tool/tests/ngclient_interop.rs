@@ -1,7 +1,8 @@
 //! Interop (issue 2, "Must show"): python-tuf's ngclient refreshes and downloads every target of a
 //! repository built by repo-tool, served by real nginx: top-level and delegated targets, targets in
-//! subdirectories and at the top, after a root rotation that changes keys and thresholds, and after
-//! `refresh`; and it refuses an expired timestamp and a tampered target.
+//! subdirectories and at the top, in a nested delegated role (targets → product → product-beta), after
+//! a root rotation that changes keys and thresholds, and after `refresh`; and it refuses an expired
+//! timestamp and a tampered target.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -159,6 +160,85 @@ fn ngclient_fetches_every_target_across_delegation_rotation_and_refresh() {
     let report = repo_tool::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.root_versions, 2);
+}
+
+/// Nested delegation: targets → `product` (product/*/*/*) → `product-beta` (product/beta/*/*), each
+/// with its own key; a release added into the nested role is found by ngclient's pre-order search
+/// (TUF 5.6.7) through both delegations and downloaded, next to one in `product` itself.
+#[test]
+fn ngclient_finds_a_target_in_a_nested_delegated_role() {
+    let f = Fixture::new();
+    f.keys(&["product1", "beta1"]);
+    let repo = f.repo();
+    let mut ring = f.online();
+    ring.extend(f.ring(&["product1", "beta1"]));
+    let product = DelegateSpec {
+        role: "product".into(),
+        paths: vec!["product/*/*/*".into()],
+        keys: f.role(&["product1"], 1),
+        terminating: false,
+    };
+    repo_tool::delegate(&repo, &product, &Expiries::default(), &ring).unwrap();
+    let beta = DelegateSpec {
+        role: "product-beta".into(),
+        paths: vec!["product/beta/*/*".into()],
+        keys: f.role(&["beta1"], 1),
+        terminating: true,
+    };
+    // Only the parent's key (plus the new role's, snapshot and timestamp) is needed, not targets'.
+    let nested_ring = f.ring(&["product1", "beta1", "snapshot1", "timestamp1"]);
+    repo_tool::delegate_from(&repo, "product", &beta, &Expiries::default(), &nested_ring).unwrap();
+    // The parent got the delegation in a new version; snapshot lists the new role.
+    assert!(repo.join("metadata/2.product.json").is_file());
+    assert!(repo.join("metadata/1.product-beta.json").is_file());
+    let snapshot: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.join("metadata/3.snapshot.json")).unwrap()).unwrap();
+    assert_eq!(snapshot["signed"]["meta"]["product-beta.json"]["version"], 1);
+    assert_eq!(snapshot["signed"]["meta"]["product.json"]["version"], 2);
+
+    let img_beta = f.image("fw-beta.bin", 9000, 5);
+    let mut rel_beta = f.release(&img_beta, "2.0.0-beta.1", "product");
+    rel_beta.channel = "beta".into();
+    let opts = AddOptions {
+        role: Some("product-beta".into()),
+        ..Default::default()
+    };
+    let report = repo_tool::add(&repo, &[rel_beta], &opts, &nested_ring).unwrap();
+    assert_eq!((report.role.as_str(), report.role_version), ("product-beta", 2));
+    let img_stable = f.image("fw-stable.bin", 7000, 6);
+    let opts = AddOptions {
+        role: Some("product".into()),
+        ..Default::default()
+    };
+    repo_tool::add(&repo, &[f.release(&img_stable, "1.0.0", "product")], &opts, &ring).unwrap();
+
+    let report = repo_tool::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.targets_checked, 2);
+    let listing = repo_tool::list(&repo).unwrap();
+    let beta_releases = &listing.releases[&("product".to_owned(), "beta".to_owned())];
+    assert_eq!(beta_releases[0].role, "product-beta");
+    assert!(listing
+        .roles
+        .iter()
+        .any(|(r, v, _)| r == "product-beta" && *v == 2));
+
+    let nginx = ota_testbed::Nginx::serve(&repo);
+    let names = [
+        "product/beta/2.0.0-beta.1/fw-beta.bin",
+        "product/stable/1.0.0/fw-stable.bin",
+    ];
+    let run = ngclient(
+        &nginx.url(),
+        &repo.join("metadata/1.root.json"),
+        &f.dir.path().join("cache"),
+        &f.dir.path().join("downloads"),
+        &names,
+    );
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(run.target(names[0])["sha256"], sha256_file(&img_beta));
+    assert_eq!(run.target(names[0])["custom"]["ota"]["channel"], "beta");
+    assert_eq!(run.target(names[1])["sha256"], sha256_file(&img_stable));
 }
 
 #[test]
