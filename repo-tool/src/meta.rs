@@ -184,22 +184,11 @@ fn write_canonical_target(name: &str, t: &Target, out: &mut Vec<u8>) -> bool {
     }
     out.extend_from_slice(b":{");
     if !t.custom.is_empty() {
-        out.extend_from_slice(b"\"custom\":{");
-        let mut entries: Vec<(&String, &serde_json::Value)> = t.custom.iter().collect();
-        entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        for (i, (k, v)) in entries.into_iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            if !write_canonical_str(k, out) {
-                return false;
-            }
-            out.push(b':');
-            if !write_canonical_ascii(v, out) {
-                return false;
-            }
+        out.extend_from_slice(b"\"custom\":");
+        if !write_canonical_object(t.custom.iter(), out) {
+            return false;
         }
-        out.extend_from_slice(b"},");
+        out.push(b',');
     }
     out.extend_from_slice(b"\"hashes\":{\"sha256\":\"");
     out.extend_from_slice(hex_text.as_bytes());
@@ -230,7 +219,6 @@ fn write_canonical_str(s: &str, out: &mut Vec<u8>) -> bool {
 /// (then `out` holds garbage).
 fn write_canonical_ascii(v: &serde_json::Value, out: &mut Vec<u8>) -> bool {
     use serde_json::Value;
-    let string = write_canonical_str;
     match v {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
@@ -243,7 +231,7 @@ fn write_canonical_ascii(v: &serde_json::Value, out: &mut Vec<u8>) -> bool {
                 return false;
             }
         }
-        Value::String(s) => return string(s, out),
+        Value::String(s) => return write_canonical_str(s, out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -256,25 +244,33 @@ fn write_canonical_ascii(v: &serde_json::Value, out: &mut Vec<u8>) -> bool {
             }
             out.push(b']');
         }
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (k, val)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                if !string(k, out) {
-                    return false;
-                }
-                out.push(b':');
-                if !write_canonical_ascii(val, out) {
-                    return false;
-                }
-            }
-            out.push(b'}');
+        Value::Object(map) => return write_canonical_object(map.iter(), out),
+    }
+    true
+}
+
+/// Writes an object's members as canonical JSON: keys sorted by their bytes, values as in
+/// [`write_canonical_ascii`]; false (and garbage in `out`) if any key or value is not printable ASCII.
+fn write_canonical_object<'a>(
+    members: impl Iterator<Item = (&'a String, &'a serde_json::Value)>,
+    out: &mut Vec<u8>,
+) -> bool {
+    let mut entries: Vec<(&String, &serde_json::Value)> = members.collect();
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.push(b'{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if !write_canonical_str(k, out) {
+            return false;
+        }
+        out.push(b':');
+        if !write_canonical_ascii(v, out) {
+            return false;
         }
     }
+    out.push(b'}');
     true
 }
 
