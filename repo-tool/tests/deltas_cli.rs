@@ -12,20 +12,8 @@ use std::process::Command;
 
 use common::Fixture;
 use ota_release::OtaTarget;
+use ota_testbed::noise;
 use sha2::{Digest, Sha256};
-
-/// Incompressible, deterministic bytes (xorshift64), so a delta must actually find matches.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn add(f: &Fixture, image: &Path, version: &str) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_repo-tool"));
@@ -76,7 +64,7 @@ fn issue5_add_publishes_a_signed_delta_that_rebuilds_the_new_image() {
     let f = Fixture::new();
     let images = f.dir.path().join("images");
     fs::create_dir_all(&images).unwrap();
-    let v1 = noise(256 << 10, 1);
+    let v1 = noise(1, 256 << 10);
     let mut v2 = v1.clone();
     for at in [10usize, 4096, 100_000, 200_000, 262_000] {
         v2[at] ^= 0x5a;
@@ -132,7 +120,7 @@ fn issue5_add_publishes_a_signed_delta_that_rebuilds_the_new_image() {
 
     // v3 shares nothing with v1 or v2: both deltas are about the image's size, over 50%, not kept.
     let p3 = images.join("fw-3.0.0.bin");
-    fs::write(&p3, noise(256 << 10, 99)).unwrap();
+    fs::write(&p3, noise(99, 256 << 10)).unwrap();
     let out = add(&f, &p3, "3.0.0");
     assert_eq!(out.matches("not kept: delta from").count(), 2, "{out}");
     let targets = latest_targets(&f.repo());

@@ -7,6 +7,7 @@ use ota_delta::{
     apply, encode, read_header, verify_base, EncodeOptions, Error, Filter, FilterChoice, HEADER_LEN,
     MAX_WINDOW_LOG, SIDE_MAX_WINDOW_LOG,
 };
+use ota_testbed::noise;
 use proptest::prelude::*;
 
 fn fast_opts() -> EncodeOptions {
@@ -25,19 +26,6 @@ fn round_trip(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<u8> {
     assert_eq!(summary.new_len, new.len() as u64);
     assert_eq!(summary.delta_len, delta.len() as u64);
     delta
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// A synthetic x86-64 "text section": calls to a table of functions; `shift` moves the code by inserting

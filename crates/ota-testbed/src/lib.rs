@@ -2,6 +2,7 @@
 //!
 //! - [`Nginx`]: Debian's nginx serving a directory on an ephemeral loopback port, stopped on drop.
 //! - [`python_tuf`]: the interpreter of the python-tuf virtualenv that `scripts/test.sh` creates.
+//! - [`noise`]: deterministic incompressible bytes, for images a delta must really match.
 //!
 //! Missing tools are a test failure, never a skip: each function panics with a message that says how to
 //! install what is missing (`bash scripts/test.sh` installs everything).
@@ -15,6 +16,20 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// `len` deterministic, incompressible bytes (xorshift64 from `seed`), so failures reproduce and a delta
+/// or compressor cannot shrink them without finding real matches.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
 
 /// The workspace's root directory (where `Cargo.toml` with `[workspace]` lives).
 pub fn workspace_root() -> PathBuf {
