@@ -81,6 +81,55 @@ pub enum Error {
         /// The role's key ids, comma separated.
         keyids: String,
     },
+    /// A targets role's threshold cannot be met by the keys given to `add` or `delegate`: its keys are
+    /// held by different people, so the change must be staged and signed in steps.
+    #[error(
+        "role {role} needs {threshold} signature(s) but only {available} of its keys were given \
+         (its key ids: {keyids}); pass the missing keys with --key, or, when they are held by \
+         different people, stage the change with --stage FILE, have each holder run \
+         `repo-tool role sign --file FILE --key ...`, then `repo-tool role publish --file FILE`"
+    )]
+    ThresholdNeedsStaging {
+        /// The role.
+        role: String,
+        /// Signatures required.
+        threshold: u64,
+        /// Matching keys given.
+        available: u64,
+        /// The role's key ids, comma separated.
+        keyids: String,
+    },
+    /// A staged role does not have enough valid signatures yet to be published.
+    #[error(
+        "staged role {role} version {version} has {present} of the {threshold} valid signature(s) it \
+         needs (its key ids: {keyids}); add the missing ones with `repo-tool role sign`"
+    )]
+    StagedThresholdNotMet {
+        /// The role.
+        role: String,
+        /// Its staged version.
+        version: u64,
+        /// Valid signatures by the role's current keys over the staged bytes.
+        present: u64,
+        /// Signatures required by the role's current delegator.
+        threshold: u64,
+        /// The role's key ids, comma separated.
+        keyids: String,
+    },
+    /// A staged role does not follow the role's published version: someone published in between.
+    #[error(
+        "staged role {role} has version {staged}, but the repository's is {published} (0: none), and \
+         a staged version must be exactly the next one: someone published {role} in between; stage \
+         the change again"
+    )]
+    StaleStage {
+        /// The role.
+        role: String,
+        /// The staged version.
+        staged: u64,
+        /// The published version (0 when the role does not exist, e.g. someone removed it).
+        published: u64,
+    },
     /// A key could not be loaded from its key source or could not sign.
     #[error("key {source_name}: {why}")]
     Key {

@@ -43,13 +43,16 @@
 //! `add` builds no deltas for images under [`deltas::DeltaPolicy::min_image_len`] (64 KiB). Figures:
 //! `scripts/bench-repo-tool.sh`.
 //!
-//! # Not (yet) done
-//! Only root metadata is signed in steps by different people (`root stage/sign/publish`); other roles
-//! with thresholds above 1 need all their keys in one key ring. Delegations are one level deep (from
-//! top-level targets).
+//! # Thresholds held by different people
+//! Root: `root stage` → `root sign` on each holder's machine → `root publish` ([`root_stage`],
+//! [`root_sign`], [`root_publish`]). Any targets role (top-level or delegated, at any depth): `add
+//! --stage FILE` ([`AddOptions::stage`]) or `delegate --stage FILE` ([`delegate_stage`]) →
+//! `role sign` ([`role_sign`]) → `role publish` ([`role_publish`]), which refuses a threshold not
+//! met and a stage another publish has overtaken (see `staged_role`). Target files a stage wrote
+//! stay in `targets/` if the stage is abandoned (unreferenced, never served by metadata).
 //!
 //! Main types: [`KeyRing`], [`InitSpec`]/[`RoleSpec`], [`ReleaseSpec`]/[`AddOptions`], [`RootChange`],
-//! [`VerifyReport`], [`Listing`], [`RepoLock`], [`Error`].
+//! [`VerifyReport`], [`Listing`], [`RoleSignatures`], [`RepoLock`], [`Error`].
 #![deny(missing_docs)]
 
 mod atomic_file;
@@ -64,6 +67,7 @@ mod publish;
 mod qr;
 mod rotate;
 mod stage;
+mod staged_role;
 mod verify;
 
 pub use error::{Error, Result};
@@ -77,13 +81,14 @@ pub use meta::{
 };
 pub use names::{check_path_pattern, check_target_name, path_matches, pattern_covers};
 pub use publish::{
-    add, default_target_name, delegate, delegate_from, init, refresh, releases_in_dir,
+    add, default_target_name, delegate, delegate_from, delegate_stage, init, refresh, releases_in_dir,
     version_from_file_name, AddOptions, AddReport, DelegateSpec, InitSpec, RefreshOptions, ReleaseSpec,
     RoleSpec, RootFingerprint,
 };
 pub use qr::qr_for_terminal;
 pub use rotate::{parse_role, root_publish, root_sign, root_stage, RootChange, RootSignatures};
 pub use stage::target_file_path;
+pub use staged_role::{role_publish, role_sign, RoleSignatures};
 pub use tough::key_source::KeySource;
 pub use tough::schema::key::Key;
 pub use tough::schema::RoleType;

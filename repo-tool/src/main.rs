@@ -162,6 +162,11 @@ enum Command {
         /// about one round trip anyway).
         #[arg(long, value_name = "BYTES", default_value_t = DeltaPolicy::DEFAULT_MIN_IMAGE_LEN)]
         delta_min_image: u64,
+        /// Do not publish: write the target files and the role's next version, signed with the
+        /// role's keys given (maybe fewer than its threshold), to this new file; its key holders then
+        /// run `repo-tool role sign`, and `repo-tool role publish` publishes it.
+        #[arg(long, value_name = "FILE")]
+        stage: Option<PathBuf>,
         #[command(flatten)]
         lifetimes: Lifetimes,
         #[command(flatten)]
@@ -204,6 +209,11 @@ enum Command {
         /// Stop the search at this role for matching targets.
         #[arg(long)]
         terminating: bool,
+        /// Do not publish: write the delegating role's next version and the new role's first one,
+        /// signed with the keys given (maybe fewer than their thresholds), to this new file; see
+        /// `repo-tool role sign` and `repo-tool role publish`.
+        #[arg(long, value_name = "FILE")]
+        stage: Option<PathBuf>,
         #[command(flatten)]
         lifetimes: Lifetimes,
         #[command(flatten)]
@@ -213,6 +223,12 @@ enum Command {
     Root {
         #[command(subcommand)]
         command: RootCommand,
+    },
+    /// Targets roles (top-level or delegated) signed in steps: sign and publish a file staged by
+    /// `add --stage` or `delegate --stage`.
+    Role {
+        #[command(subcommand)]
+        command: RoleCommand,
     },
     /// Check the repository as a client would; non-zero exit on any problem.
     Verify {
@@ -290,6 +306,36 @@ enum RootCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum RoleCommand {
+    /// Sign a staged role file with the role keys you hold, then pass the file on.
+    Sign {
+        /// The staged role file.
+        #[arg(long)]
+        file: PathBuf,
+        /// The repository (checks against the role's current keys and threshold; without it, those
+        /// recorded in the file when it was staged).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        #[command(flatten)]
+        signing: SigningKeys,
+    },
+    /// Publish a staged role file once each staged role's threshold is met; needs the snapshot and
+    /// timestamp keys.
+    Publish {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The staged role file.
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
+        #[command(flatten)]
+        signing: SigningKeys,
+    },
+}
+
 fn role_spec(paths: &[PathBuf], threshold: u64) -> Result<repo_tool::RoleSpec> {
     let keys = paths
         .iter()
@@ -357,6 +403,7 @@ fn run(cli: Cli) -> Result<()> {
             deltas,
             delta_max_share,
             delta_min_image,
+            stage,
             lifetimes,
             signing,
         } => {
@@ -375,6 +422,7 @@ fn run(cli: Cli) -> Result<()> {
             let opts = repo_tool::AddOptions {
                 role,
                 expiries: lifetimes.expiries(),
+                stage: stage.clone(),
             };
             let policy = DeltaPolicy {
                 keep: deltas,
@@ -401,7 +449,10 @@ fn run(cli: Cli) -> Result<()> {
             for (name, sha, len) in &report.added {
                 writeln!(out, "added {name} ({len} bytes, sha256 {sha})")?;
             }
-            writeln!(out, "{} version {} published", report.role, report.role_version)?;
+            match (&report.staged, &stage) {
+                (Some(s), Some(file)) => print_staged(&mut out, std::slice::from_ref(s), file)?,
+                _ => writeln!(out, "{} version {} published", report.role, report.role_version)?,
+            }
             out.flush()?;
         }
         Command::Refresh {
@@ -425,6 +476,7 @@ fn run(cli: Cli) -> Result<()> {
             role_keys,
             threshold,
             terminating,
+            stage,
             lifetimes,
             signing,
         } => {
@@ -434,10 +486,26 @@ fn run(cli: Cli) -> Result<()> {
                 keys: role_spec(&role_keys, threshold)?,
                 terminating,
             };
-            repo_tool::delegate_from(&repo, &from, &spec, &lifetimes.expiries(), &signing.load()?)?;
-            println!("delegated to role {role} from {from}");
+            match stage {
+                Some(file) => {
+                    let status = repo_tool::delegate_stage(
+                        &repo,
+                        &from,
+                        &spec,
+                        &lifetimes.expiries(),
+                        &signing.load()?,
+                        &file,
+                    )?;
+                    print_staged(&mut std::io::stdout().lock(), &status, &file)?;
+                }
+                None => {
+                    repo_tool::delegate_from(&repo, &from, &spec, &lifetimes.expiries(), &signing.load()?)?;
+                    println!("delegated to role {role} from {from}");
+                }
+            }
         }
         Command::Root { command } => root_command(command)?,
+        Command::Role { command } => role_command(command)?,
         Command::Verify { repo, warn_within } => {
             let now = repo_tool::whole_seconds(jiff::Timestamp::now())?;
             let report = repo_tool::verify(&repo, now, warn_within)?;
@@ -524,6 +592,64 @@ fn root_command(command: RootCommand) -> Result<()> {
             println!("published root version {v}");
         }
     }
+    Ok(())
+}
+
+fn role_command(command: RoleCommand) -> Result<()> {
+    match command {
+        RoleCommand::Sign { file, repo, signing } => {
+            let status = repo_tool::role_sign(&file, repo.as_deref(), &signing.load()?)?;
+            for s in &status {
+                println!(
+                    "role {} version {}: {} of {} signature(s) present{}",
+                    s.role,
+                    s.version,
+                    s.present,
+                    s.threshold,
+                    if s.present >= s.threshold {
+                        "; ready for `repo-tool role publish`"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        RoleCommand::Publish {
+            repo,
+            file,
+            lifetimes,
+            signing,
+        } => {
+            for s in repo_tool::role_publish(&repo, &file, &lifetimes.expiries(), &signing.load()?)? {
+                println!(
+                    "published role {} version {} ({} of {} signatures)",
+                    s.role, s.version, s.present, s.threshold
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a staging command tells the user: each staged role's signatures and the next steps.
+fn print_staged(out: &mut impl Write, status: &[repo_tool::RoleSignatures], file: &Path) -> Result<()> {
+    for s in status {
+        writeln!(
+            out,
+            "staged role {} version {} in {}: {} of {} signature(s) present",
+            s.role,
+            s.version,
+            file.display(),
+            s.present,
+            s.threshold
+        )?;
+    }
+    writeln!(
+        out,
+        "next: each key holder runs `repo-tool role sign --file {0} --key KEY`, then \
+         `repo-tool role publish --repo REPO --file {0}` with the snapshot and timestamp keys",
+        file.display()
+    )?;
     Ok(())
 }
 

@@ -319,6 +319,25 @@ impl RoleKeySet {
         Ok(())
     }
 
+    /// [`RoleKeySet::check_ring`] for a targets role being changed by `add` or `delegate`: when the
+    /// threshold is not met, the error says how to stage the change and sign it in steps.
+    pub fn check_ring_or_stage(&self, ring: &KeyRing) -> Result<()> {
+        self.check_ring(ring).map_err(|e| match e {
+            Error::ThresholdNotMet {
+                role,
+                threshold,
+                available,
+                keyids,
+            } => Error::ThresholdNeedsStaging {
+                role,
+                threshold,
+                available,
+                keyids,
+            },
+            other => other,
+        })
+    }
+
     /// Signs `signed` with every key of the role held in the ring.
     #[cfg(test)]
     pub fn sign<T: Serialize>(&self, signed: T, ring: &KeyRing) -> Result<Signed<T>> {
@@ -341,14 +360,7 @@ impl RoleKeySet {
 
     fn sign_canonical_to_file(&self, msg: Vec<u8>, ring: &KeyRing) -> Result<Vec<u8>> {
         let signatures = self.signatures(&msg, ring)?;
-        let sigs = canonical(&signatures)?;
-        let mut out = Vec::with_capacity(msg.len() + sigs.len() + 32);
-        out.extend_from_slice(b"{\"signatures\":");
-        out.extend_from_slice(&sigs);
-        out.extend_from_slice(b",\"signed\":");
-        out.extend_from_slice(&msg);
-        out.push(b'}');
-        Ok(out)
+        envelope(&msg, &signatures)
     }
 
     fn signatures(&self, msg: &[u8], ring: &KeyRing) -> Result<Vec<Signature>> {
@@ -363,6 +375,20 @@ impl RoleKeySet {
             })
             .collect::<Result<Vec<_>>>()
     }
+}
+
+/// The bytes of a metadata file from the canonical signed part and its signatures: the canonical
+/// envelope is `{"signatures":[...],"signed":<canonical role>}` ("signatures" sorts before "signed"),
+/// so the signed bytes are spliced in as they are, never serialized twice.
+pub(crate) fn envelope(msg: &[u8], signatures: &[Signature]) -> Result<Vec<u8>> {
+    let sigs = canonical(&signatures)?;
+    let mut out = Vec::with_capacity(msg.len() + sigs.len() + 32);
+    out.extend_from_slice(b"{\"signatures\":");
+    out.extend_from_slice(&sigs);
+    out.extend_from_slice(b",\"signed\":");
+    out.extend_from_slice(msg);
+    out.push(b'}');
+    Ok(out)
 }
 
 /// The key set of a top-level role in a root.

@@ -27,6 +27,7 @@ use crate::meta::{
 };
 use crate::names::{check_file_stem, check_path_pattern, check_target_name, path_matches, pattern_covers};
 use crate::stage::TargetStager;
+use crate::staged_role::{write_stage, RoleSignatures, RoleTrust, StageEntry};
 
 /// The keys and threshold of one role.
 #[derive(Debug, Clone)]
@@ -221,6 +222,11 @@ pub struct AddOptions {
     pub role: Option<String>,
     /// Lifetimes for the re-signed metadata.
     pub expiries: Expiries,
+    /// Stage instead of publishing: write the target files (invisible to clients until signed
+    /// metadata names them) and the role's next version, signed with the ring's keys of the role
+    /// (maybe fewer than its threshold), to this new file, for `role sign` and `role publish`
+    /// (`crate::staged_role`). Snapshot and timestamp keys are not needed.
+    pub stage: Option<PathBuf>,
 }
 
 /// What [`add`] published.
@@ -232,6 +238,8 @@ pub struct AddReport {
     pub added: Vec<(String, String, u64)>,
     /// The new version of the role's metadata.
     pub role_version: u64,
+    /// With [`AddOptions::stage`]: the staged role's signatures so far (nothing was published).
+    pub staged: Option<RoleSignatures>,
 }
 
 /// The default target name of a release: `<first-hardware-id>/<channel>/<version>/<basename>`.
@@ -408,9 +416,11 @@ where
     let role = opts.role.clone().unwrap_or_else(|| TARGETS_ROLE.to_owned());
     let root = state.root()?.signed.signed.clone();
     let role_keys = state.targets_role_keys(&role)?;
-    role_keys.check_ring(ring)?;
-    top_role_keys(&root, RoleType::Snapshot)?.check_ring(ring)?;
-    top_role_keys(&root, RoleType::Timestamp)?.check_ring(ring)?;
+    if opts.stage.is_none() {
+        role_keys.check_ring_or_stage(ring)?;
+        top_role_keys(&root, RoleType::Snapshot)?.check_ring(ring)?;
+        top_role_keys(&root, RoleType::Timestamp)?.check_ring(ring)?;
+    }
 
     // (hardware, channel, version) of each new release → (its index, its target name).
     let mut new_versions: HashMap<String, (usize, String)> = HashMap::new();
@@ -485,6 +495,24 @@ where
         targets.targets.insert(tname, nt.target);
     }
     let role_version = targets.version;
+    if let Some(out) = &opts.stage {
+        let trust = RoleTrust::current(&state, &role)?;
+        // The target files are made durable before the staged file that names them exists.
+        publication.commit(repo)?;
+        let entry = StageEntry {
+            role: role.clone(),
+            trust,
+            metadata: targets,
+        };
+        let staged = write_stage(out, vec![entry], ring)?.into_iter().next();
+        stager.keep();
+        return Ok(AddReport {
+            role,
+            added,
+            role_version: role_version.get(),
+            staged,
+        });
+    }
     let role_bytes = role_keys.sign_targets_to_file(&targets, ring)?;
     let (snap_name, snap_bytes, ts_bytes) = meta::resign_snapshot_and_timestamp(
         &state,
@@ -504,6 +532,7 @@ where
         role,
         added,
         role_version: role_version.get(),
+        staged: None,
     })
 }
 
@@ -673,6 +702,32 @@ pub fn delegate_from(
     expiries: &Expiries,
     ring: &KeyRing,
 ) -> Result<()> {
+    delegate_with(repo, from, spec, expiries, ring, None).map(|_| ())
+}
+
+/// [`delegate_from`], staged instead of published (`crate::staged_role`): `from`'s next version (with
+/// the delegation) and the new role's first version, each signed with the ring's keys of that role
+/// (maybe fewer than its threshold), go to the new file `out` for `role sign` and `role publish`.
+/// Snapshot and timestamp keys are not needed. Returns each staged role's signatures so far.
+pub fn delegate_stage(
+    repo: &Path,
+    from: &str,
+    spec: &DelegateSpec,
+    expiries: &Expiries,
+    ring: &KeyRing,
+    out: &Path,
+) -> Result<Vec<RoleSignatures>> {
+    delegate_with(repo, from, spec, expiries, ring, Some(out))
+}
+
+fn delegate_with(
+    repo: &Path,
+    from: &str,
+    spec: &DelegateSpec,
+    expiries: &Expiries,
+    ring: &KeyRing,
+    stage: Option<&Path>,
+) -> Result<Vec<RoleSignatures>> {
     check_file_stem("role name", &spec.role)?;
     if ["root", "targets", "snapshot", "timestamp"].contains(&spec.role.as_str()) {
         return Err(invalid(
@@ -727,7 +782,9 @@ pub fn delegate_from(
         }
     }
     let parent_keys = state.targets_role_keys(from)?;
-    parent_keys.check_ring(ring)?;
+    if stage.is_none() {
+        parent_keys.check_ring_or_stage(ring)?;
+    }
     let mut parent = state.role_targets(from)?.clone();
     let delegations = parent.delegations.get_or_insert_with(Delegations::new);
     if delegations.roles.iter().any(|r| r.name == spec.role) {
@@ -755,7 +812,9 @@ pub fn delegate_from(
         targets: None,
     });
     let new_role_keys = meta::delegated_role_keys(&parent, &spec.role)?;
-    new_role_keys.check_ring(ring)?;
+    if stage.is_none() {
+        new_role_keys.check_ring_or_stage(ring)?;
+    }
     let now = now()?;
     parent.version = bump(parent.version)?;
     parent.expires = expiry_after(now, expiries.targets)?;
@@ -769,7 +828,27 @@ pub fn delegate_from(
         delegations: None,
         _extra: HashMap::new(),
     };
-    let role_bytes = new_role_keys.sign_to_file(&role_meta, ring)?;
+    if let Some(out) = stage {
+        let new_trust = parent
+            .delegations
+            .as_ref()
+            .and_then(|d| RoleTrust::of_delegation(d, &spec.role))
+            .ok_or_else(|| invalid(format!("role {:?}", spec.role), "lost its delegation"))?;
+        let entries = vec![
+            StageEntry {
+                role: from.to_owned(),
+                trust: RoleTrust::current(&state, from)?,
+                metadata: parent,
+            },
+            StageEntry {
+                role: spec.role.clone(),
+                trust: new_trust,
+                metadata: role_meta,
+            },
+        ];
+        return write_stage(out, entries, ring);
+    }
+    let role_bytes = new_role_keys.sign_targets_to_file(&role_meta, ring)?;
     let parent_bytes = parent_keys.sign_targets_to_file(&parent, ring)?;
     let (snap_name, snap_bytes, ts) = meta::resign_snapshot_and_timestamp(
         &state,
@@ -790,7 +869,8 @@ pub fn delegate_from(
         timestamp: Some(ts),
         ..Publication::default()
     }
-    .commit(repo)
+    .commit(repo)?;
+    Ok(Vec::new())
 }
 
 #[cfg(test)]

@@ -42,7 +42,8 @@ fn a_missing_key_for_a_role_is_refused() {
             &f.ring(&["snapshot1", "timestamp1"]),
         )
     });
-    assert!(matches!(err, Error::ThresholdNotMet { .. }));
+    assert!(matches!(err, Error::ThresholdNeedsStaging { .. }));
+    assert!(err.to_string().contains("--stage FILE"), "{err}");
     refused(&f, "role timestamp needs 1", || {
         repo_tool::add(
             &f.repo(),
