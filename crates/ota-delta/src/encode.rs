@@ -1,6 +1,8 @@
 //! The publisher side: bsdiff-style matching over a suffix array, per filter candidate, streams compressed
 //! separately with xz (LZMA2), smallest candidate kept.
 
+use std::borrow::Cow;
+
 use sha2::{Digest, Sha256};
 use xz2::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
 
@@ -87,10 +89,21 @@ pub enum EncodeStage {
 const PARALLEL_CANDIDATES_MAX: usize = 64 << 20;
 
 /// Builds a delta that turns `old` into `new`. Tries the filter candidates and returns the smallest.
-/// Peak memory is about 6x the larger image for large inputs (copies of both images plus a 4-byte suffix
-/// array entry per old byte); [`encode_owned`] saves the two copies.
+/// The unfiltered candidate works on the images as given; each machine-code candidate on a filtered
+/// copy of both, so peak memory is about 4 bytes of suffix array per old byte plus, with a filter
+/// candidate, copies of both images; [`encode_owned`] filters in place instead of copying.
 pub fn encode(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Result<Vec<u8>> {
     encode_with_progress(old, new, opts, &|_| {})
+}
+
+/// `data` through `filter`: borrowed when the filter changes nothing.
+fn filtered(data: &[u8], filter: Filtering) -> Cow<'_, [u8]> {
+    if filter.filter == Filter::None {
+        return Cow::Borrowed(data);
+    }
+    let mut copy = data.to_vec();
+    filter.encode_in_place(&mut copy, 0);
+    Cow::Owned(copy)
 }
 
 /// [`encode`] reporting its stages to `progress` (called from worker threads).
@@ -104,50 +117,53 @@ pub fn encode_with_progress(
     let candidates = candidates(old, new, opts);
     let threads = opts.threads.max(1);
     let count = candidates.len();
+    // Hashed once here, not once per candidate.
+    let (old_sha, new_sha) = (sha256(old), sha256(new));
+    let (old_sha, new_sha) = (&old_sha, &new_sha);
     // Small pairs: one thread per candidate (the suffix array build is single-threaded and dominates).
-    if threads >= 2 && count >= 2 && old.len().saturating_add(new.len()) <= PARALLEL_CANDIDATES_MAX {
-        let per = (threads / count).max(1);
-        // Hashed once here, not once per candidate thread.
-        let (old_sha, new_sha) = (sha256(old), sha256(new));
-        let (old_sha, new_sha) = (&old_sha, &new_sha);
+    let side_by_side =
+        threads >= 2 && count >= 2 && old.len().saturating_add(new.len()) <= PARALLEL_CANDIDATES_MAX;
+    let per = if side_by_side {
+        (threads / count).max(1)
+    } else {
+        threads
+    };
+    let run = |index: usize, filter: Filtering| {
+        progress(EncodeStage::Candidate {
+            filter: filter.filter,
+            index,
+            count,
+        });
+        let (o, n) = (filtered(old, filter), filtered(new, filter));
+        encode_core(&o, &n, old_sha, new_sha, filter, opts, per, progress)
+    };
+    let mut best: Option<Candidate> = None;
+    if side_by_side {
         let results: Vec<Result<Candidate>> = std::thread::scope(|scope| {
             let handles: Vec<_> = candidates
                 .iter()
                 .enumerate()
-                .map(|(index, &filter)| {
-                    scope.spawn(move || {
-                        progress(EncodeStage::Candidate {
-                            filter: filter.filter,
-                            index,
-                            count,
-                        });
-                        let (mut o, mut n) = (old.to_vec(), new.to_vec());
-                        filter.encode_in_place(&mut o, 0);
-                        filter.encode_in_place(&mut n, 0);
-                        encode_core(&o, &n, old_sha, new_sha, filter, opts, per, progress)
-                    })
-                })
+                .map(|(index, &filter)| scope.spawn(move || run(index, filter)))
                 .collect();
             handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
                 .collect()
         });
-        let mut best: Option<Candidate> = None;
         for r in results {
             keep_smaller(&mut best, r?);
         }
-        let best = best.ok_or_else(no_candidate)?;
-        if best.filter.filter == Filter::None {
-            return Ok(best.delta);
+    } else {
+        for (index, &filter) in candidates.iter().enumerate() {
+            keep_smaller(&mut best, run(index, filter)?);
         }
-        let (mut o, mut n) = (old.to_vec(), new.to_vec());
-        best.filter.encode_in_place(&mut o, 0);
-        best.filter.encode_in_place(&mut n, 0);
-        return try_raw_coding(best, &o, &n, old_sha, new_sha, opts, progress);
     }
-    let (mut o, mut n) = (old.to_vec(), new.to_vec());
-    encode_candidates_in_place(old, new, &mut o, &mut n, &candidates, opts, progress)
+    let best = best.ok_or_else(no_candidate)?;
+    if best.filter.filter == Filter::None {
+        return Ok(best.delta);
+    }
+    let (o, n) = (filtered(old, best.filter), filtered(new, best.filter));
+    try_raw_coding(best, &o, &n, old_sha, new_sha, opts, progress)
 }
 
 /// [`encode`] taking ownership of the images, so candidates are filtered in place instead of copied: peak
@@ -199,52 +215,6 @@ pub fn encode_owned(
     filter.encode_in_place(&mut old, 0);
     filter.encode_in_place(&mut new, 0);
     try_raw_coding(best, &old, &new, &old_sha, &new_sha, opts, progress)
-}
-
-fn encode_candidates_in_place(
-    old: &[u8],
-    new: &[u8],
-    o: &mut [u8],
-    n: &mut [u8],
-    candidates: &[Filtering],
-    opts: &EncodeOptions,
-    progress: &(dyn Fn(EncodeStage) + Sync),
-) -> Result<Vec<u8>> {
-    let (old_sha, new_sha) = (sha256(old), sha256(new));
-    let mut best: Option<Candidate> = None;
-    let count = candidates.len();
-    for (index, &filter) in candidates.iter().enumerate() {
-        progress(EncodeStage::Candidate {
-            filter: filter.filter,
-            index,
-            count,
-        });
-        o.copy_from_slice(old);
-        n.copy_from_slice(new);
-        filter.encode_in_place(o, 0);
-        filter.encode_in_place(n, 0);
-        let delta = encode_core(
-            o,
-            n,
-            &old_sha,
-            &new_sha,
-            filter,
-            opts,
-            opts.threads.max(1),
-            progress,
-        )?;
-        keep_smaller(&mut best, delta);
-    }
-    let best = best.ok_or_else(no_candidate)?;
-    let filter = best.filter;
-    if filter.filter == Filter::None {
-        return Ok(best.delta);
-    }
-    o.copy_from_slice(old);
-    n.copy_from_slice(new);
-    filter.encode_in_place(o, 0);
-    filter.encode_in_place(n, 0);
-    try_raw_coding(best, o, n, &old_sha, &new_sha, opts, progress)
 }
 
 /// One filter candidate's run-length-coded delta, with the matching that produced it.
