@@ -2,6 +2,7 @@
 //! separately with xz (LZMA2), smallest candidate kept.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 use xz2::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
@@ -355,7 +356,10 @@ fn encode_core(
     Ok(Candidate { filter, delta, steps })
 }
 
-/// Splits new into `threads` ranges matched independently (a handful of extra steps at the seams).
+/// Matches new against old on `threads` threads with exactly the steps of one thread: new is split into
+/// ranges, each scanned from its own start while recording its scanner states; then the scan of each
+/// range is carried on past its end until it reaches a state the next range recorded (from there the
+/// next range's steps are the sequential ones) or that range's end.
 fn match_parallel(index: &SuffixIndex<'_>, o: &[u8], n: &[u8], threads: usize) -> Vec<Step> {
     let parts = if n.len() < (1 << 20) { 1 } else { threads.max(1) };
     let chunk = n.len().div_ceil(parts).max(1);
@@ -363,19 +367,74 @@ fn match_parallel(index: &SuffixIndex<'_>, o: &[u8], n: &[u8], threads: usize) -
         .map(|i| (i * chunk, ((i + 1) * chunk).min(n.len())))
         .filter(|(a, b)| a < b)
         .collect();
-    if ranges.len() <= 1 {
-        return match_range(index, o, n, 0, n.len());
-    }
-    std::thread::scope(|scope| {
+    let mut scans: Vec<RangeScan> = std::thread::scope(|scope| {
         let handles: Vec<_> = ranges
             .iter()
-            .map(|&(lo, hi)| scope.spawn(move || match_range(index, o, n, lo, hi)))
+            .enumerate()
+            .map(|(k, &(lo, hi))| scope.spawn(move || RangeScan::run(index, o, n, lo, hi, k > 0)))
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
+            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect::<Vec<RangeScan>>()
     })
+    .into_iter()
+    .rev()
+    .collect();
+    let Some(mut merged) = scans.pop() else {
+        return Vec::new();
+    };
+    while let Some(next) = scans.pop() {
+        loop {
+            if merged.scanner.done(n.len()) {
+                return merged.steps;
+            }
+            if let Some(&at) = next.states.get(&merged.scanner.key()) {
+                merged
+                    .steps
+                    .extend_from_slice(next.steps.get(at..).unwrap_or(&[]));
+                merged.scanner = next.scanner;
+                break;
+            }
+            if merged.scanner.scan >= next.hi {
+                break;
+            }
+            merged.scanner.step(index, o, n, &mut merged.steps);
+        }
+    }
+    while !merged.scanner.done(n.len()) {
+        merged.scanner.step(index, o, n, &mut merged.steps);
+    }
+    merged.steps
+}
+
+/// One range's scan: its steps, the scanner paused at the range's end, and (for all but the first
+/// range) the step count at each scanner state it passed.
+struct RangeScan {
+    hi: usize,
+    steps: Vec<Step>,
+    scanner: Scanner,
+    states: HashMap<ScanKey, usize>,
+}
+
+impl RangeScan {
+    fn run(index: &SuffixIndex<'_>, o: &[u8], n: &[u8], lo: usize, hi: usize, record: bool) -> Self {
+        let mut scanner = Scanner::start(lo, o.len());
+        let mut steps = Vec::new();
+        let mut states = HashMap::new();
+        while scanner.scan < hi && !scanner.done(n.len()) {
+            if record {
+                states.entry(scanner.key()).or_insert(steps.len());
+            }
+            scanner.step(index, o, n, &mut steps);
+        }
+        RangeScan {
+            hi,
+            steps,
+            scanner,
+            states,
+        }
+    }
 }
 
 fn byte(data: &[u8], i: usize) -> Option<u8> {
@@ -392,20 +451,61 @@ const NEW_MATCH_GAIN: usize = 16;
 /// [`NEW_MATCH_GAIN`] bytes,
 /// extend the previous alignment forwards and this one backwards approximately (more than half the bytes
 /// equal), and emit a step for the gap.
-fn match_range(index: &SuffixIndex<'_>, o: &[u8], n: &[u8], lo: usize, hi: usize) -> Vec<Step> {
-    let old_len = o.len();
-    let n = n.get(..hi).unwrap_or(n);
-    let mut steps = Vec::new();
-    let (mut scan, mut len, mut pos) = (lo, 0usize, 0usize);
-    // A range starts aligned with the same offset in old (offset 0, as bsdiff starts), so `lastpos` must be
-    // `lo` too: starting it at 0 made a later range's first stretch a diff against old's beginning.
-    let start_pos = lo.min(old_len);
-    let (mut lastscan, mut lastpos, mut lastoffset) = (lo, start_pos, start_pos as i64 - lo as i64);
-    let same_at = |new_i: usize, offset: i64| -> bool {
-        let old_i = new_i as i64 + offset;
-        old_i >= 0 && (old_i as usize) < old_len && byte(o, old_i as usize) == byte(n, new_i)
-    };
-    while scan < hi {
+/// The scan's state between two iterations of bsdiff's outer loop: the same state always leads to the
+/// same steps, which lets [`match_parallel`] splice ranges scanned from different starts.
+#[derive(Debug, Clone, Copy)]
+struct Scanner {
+    scan: usize,
+    len: usize,
+    pos: usize,
+    lastscan: usize,
+    lastpos: usize,
+    lastoffset: i64,
+}
+
+/// What decides a [`Scanner`]'s future steps: where the next search starts (`scan + len`) and the
+/// current alignment.
+type ScanKey = (usize, usize, usize, i64);
+
+impl Scanner {
+    fn start(lo: usize, old_len: usize) -> Self {
+        // A range starts aligned with the same offset in old (offset 0, as bsdiff starts), so `lastpos`
+        // must be `lo` too: starting it at 0 made a later range's first stretch a diff against old's
+        // beginning.
+        let start_pos = lo.min(old_len);
+        Scanner {
+            scan: lo,
+            len: 0,
+            pos: 0,
+            lastscan: lo,
+            lastpos: start_pos,
+            lastoffset: start_pos as i64 - lo as i64,
+        }
+    }
+
+    fn done(&self, new_len: usize) -> bool {
+        self.scan >= new_len
+    }
+
+    fn key(&self) -> ScanKey {
+        (self.scan + self.len, self.lastscan, self.lastpos, self.lastoffset)
+    }
+
+    /// One iteration of the outer loop over all of `n`; pushes at most one step.
+    fn step(&mut self, index: &SuffixIndex<'_>, o: &[u8], n: &[u8], steps: &mut Vec<Step>) {
+        let Scanner {
+            mut scan,
+            mut len,
+            mut pos,
+            mut lastscan,
+            mut lastpos,
+            mut lastoffset,
+        } = *self;
+        let (old_len, hi) = (o.len(), n.len());
+        let same_at = |new_i: usize, offset: i64| -> bool {
+            let old_i = new_i as i64 + offset;
+            old_i >= 0 && (old_i as usize) < old_len && byte(o, old_i as usize) == byte(n, new_i)
+        };
         let mut oldscore = 0usize;
         scan += len;
         let mut scsc = scan;
@@ -484,8 +584,15 @@ fn match_range(index: &SuffixIndex<'_>, o: &[u8], n: &[u8], lo: usize, hi: usize
             lastpos = pos - lenb;
             lastoffset = pos as i64 - scan as i64;
         }
+        *self = Scanner {
+            scan,
+            len,
+            pos,
+            lastscan,
+            lastpos,
+            lastoffset,
+        };
     }
-    steps
 }
 
 /// A step cut to the segment caps, with its relative seek.
@@ -911,6 +1018,28 @@ fn write_delta(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Matching on several threads gives exactly the one-thread steps (ranges spliced where their scans
+    /// meet), on an image large enough to be split.
+    #[test]
+    fn parallel_matching_equals_sequential() {
+        let old: Vec<u8> = (0..1_600_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 & 0x3f)
+            .collect();
+        let mut new = old.clone();
+        for i in (0..new.len()).step_by(1013) {
+            new[i] = new[i].wrapping_add(1);
+        }
+        for at in [700_000, 500_000, 1000] {
+            new.splice(at..at, (0..300u32).map(|i| (i * 7) as u8));
+        }
+        let index = SuffixIndex::new(&old);
+        let one = format!("{:?}", match_parallel(&index, &old, &new, 1));
+        for threads in [2, 3] {
+            let many = format!("{:?}", match_parallel(&index, &old, &new, threads));
+            assert!(one == many, "{threads} threads differ from one");
+        }
+    }
 
     /// Both diff codings decode to the new image (the decoder does not know which one was used).
     #[test]
