@@ -2,8 +2,10 @@
 //! delta from each of the last `keep` releases of the same (first hardware id, channel), made by a
 //! caller-supplied encoder (in production `ota_delta::encode_with_progress`; this library does not encode).
 //!
-//! Each delta is published as its own target `<release-target-dir>/deltas/<base-version>.delta`
-//! (custom `OtaTarget::Delta`), and the release's custom metadata lists the `DeltaOffer`s. A delta is
+//! Each delta is published as its own target (custom `OtaTarget::Delta`)
+//! `<release-target-dir>/deltas/<base-version>.delta`, or
+//! `<release-target-dir>/deltas/<new-version>/<base-version>.delta` when the release's directory is
+//! shared by several releases (as with `<hw>/<channel>/<name>-<version>.bin`), and the release's custom metadata lists the `DeltaOffer`s. A delta is
 //! kept only when it is worth it: smaller than [`DeltaPolicy::max_share_percent`] of the full image
 //! (a device saves little by applying a delta nearly as large as the image, and the base must match).
 
@@ -142,11 +144,7 @@ pub fn add_with_deltas(
                 });
                 continue;
             }
-            let name = if dir.is_empty() {
-                format!("deltas/{version}.delta")
-            } else {
-                format!("{dir}/deltas/{version}.delta")
-            };
+            let name = delta_target_name(&dir, &release.version, &version);
             let staged = stager.stage_bytes(&name, &delta)?;
             release.deltas.push(DeltaOffer {
                 base_version: version.clone(),
@@ -174,6 +172,21 @@ pub fn add_with_deltas(
         Ok(extra)
     })?;
     Ok(DeltaAddReport { add, skipped })
+}
+
+/// The target name of the delta from `base` to release `new` whose target lives in directory `dir`:
+/// `<dir>/deltas/<base>.delta` when `dir` is the release's own version directory
+/// (`<hw>/<channel>/<version>`), else `<dir>/deltas/<new>/<base>.delta`, so that releases sharing a
+/// directory (`<hw>/<channel>/<name>-<version>.bin`, see `default_target_name`) never share a
+/// delta name.
+fn delta_target_name(dir: &str, new: &Version, base: &Version) -> String {
+    let new = new.to_string();
+    let own_dir = dir.rsplit('/').next() == Some(new.as_str());
+    match (dir.is_empty(), own_dir) {
+        (true, _) => format!("deltas/{new}/{base}.delta"),
+        (false, true) => format!("{dir}/deltas/{base}.delta"),
+        (false, false) => format!("{dir}/deltas/{new}/{base}.delta"),
+    }
 }
 
 /// The `keep` newest releases older than `release` on its channel for hardware `hw`, newest first:
@@ -214,4 +227,30 @@ fn newest_older_releases<'s>(
         .filter(|(_, _, target)| matches!(ota_custom(target), Some(OtaTarget::Release(_))))
         .take(keep)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_sharing_a_directory_never_share_a_delta_name() {
+        let v = |s: &str| ota_release::parse_version(s).unwrap();
+        let name = |dir: &str, new: &str, base: &str| delta_target_name(dir, &v(new), &v(base));
+        // A release in its own version directory keeps the short form.
+        assert_eq!(
+            name("gw/stable/2.0.0", "2.0.0", "1.0.0"),
+            "gw/stable/2.0.0/deltas/1.0.0.delta"
+        );
+        // Releases sharing gw/stable (fw-2.0.0.bin, fw-3.0.0.bin) get one directory per new version.
+        assert_eq!(
+            name("gw/stable", "2.0.0", "1.0.0"),
+            "gw/stable/deltas/2.0.0/1.0.0.delta"
+        );
+        assert_ne!(
+            name("gw/stable", "2.0.0", "1.0.0"),
+            name("gw/stable", "3.0.0", "1.0.0")
+        );
+        assert_eq!(name("", "2.0.0", "1.0.0"), "deltas/2.0.0/1.0.0.delta");
+    }
 }

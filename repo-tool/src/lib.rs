@@ -18,10 +18,13 @@
 //! metadata/1.root.json, 2.root.json, ...   every root version, kept forever
 //! metadata/timestamp.json                  the entry point, replaced last by every publish
 //! metadata/V.snapshot.json  V.targets.json  V.<role>.json
-//! targets/<dir>/<sha256-hex>.<basename>    e.g. targets/gw-a/stable/2.1.0/<sha>.fw.bin
+//! targets/<dir>/<sha256-hex>.<basename>    e.g. targets/gw-a/stable/<sha>.fw-2.1.0.bin
 //! ```
-//! Default target name: `<first-hardware-id>/<channel>/<version>/<basename>` ([`default_target_name`]),
-//! so a product line or channel is delegated with a pattern like `gw-a/*/*/*`.
+//! Default target name ([`default_target_name`]): `<first-hardware-id>/<channel>/<basename>` when the
+//! image's file name carries its version (`fw-2.1.0.bin`; always so in a bulk add, whose file names
+//! are `<name>-<semver>[.<ext>]`), else `<first-hardware-id>/<channel>/<version>/<basename>`. No
+//! directory per version in the common case: a 10,000-target bulk add creates 10,000 inodes, not
+//! 20,000. A product line or channel is delegated with patterns like `gw-a/*/*` and `gw-a/*/*/*`.
 //! Expiry times are whole seconds (`YYYY-MM-DDTHH:MM:SSZ`).
 //! `.repo-tool.lock` ([`RepoLock`]) sits next to `metadata/` and `targets/`, outside what is served.
 //!

@@ -145,7 +145,9 @@ enum Command {
         /// Percent of the fleet offered the release.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
         rollout: u8,
-        /// Target name (default <hardware>/<channel>/<version>/<basename>); only with --image.
+        /// Target name; only with --image. Default: <hardware>/<channel>/<basename> when the image's
+        /// file name carries the version (e.g. fw-1.2.0.bin; always so with --dir), else
+        /// <hardware>/<channel>/<version>/<basename>.
         #[arg(long, conflicts_with = "dir")]
         name: Option<String>,
         /// Add into this delegated role (at any depth of the delegation tree) instead of top-level targets.

@@ -379,6 +379,15 @@ pub fn role_publish(
                 published: current.map_or(0, NonZeroU64::get),
             });
         }
+        // The delegations leading to the role may have narrowed since it was staged: every target the
+        // stage adds must still be one a client would look up in this role (TUF 5.6.7.2).
+        if let Some(c) = current.and(state.role_targets(&s.role).ok()) {
+            for name in s.metadata.signed.targets.keys() {
+                if !c.targets.contains_key(name) {
+                    crate::publish::check_delegated(&state, &s.role, name.raw())?;
+                }
+            }
+        }
         if s.metadata.signed.expires <= now {
             return Err(crate::error::invalid(
                 format!("staged role {} version {version}", s.role),

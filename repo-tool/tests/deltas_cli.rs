@@ -74,16 +74,16 @@ fn issue5_add_publishes_a_signed_delta_that_rebuilds_the_new_image() {
     fs::write(&p2, &v2).unwrap();
     add(&f, &p1, "1.0.0");
     let out = add(&f, &p2, "2.0.0");
-    assert!(out.contains("gw-a/stable/2.0.0/deltas/1.0.0.delta"), "{out}");
+    assert!(out.contains("gw-a/stable/deltas/2.0.0/1.0.0.delta"), "{out}");
 
     let targets = latest_targets(&f.repo());
-    let release = release_of(&targets, "gw-a/stable/2.0.0/fw-2.0.0.bin");
+    let release = release_of(&targets, "gw-a/stable/fw-2.0.0.bin");
     assert_eq!(release.deltas.len(), 1, "{:?}", release.deltas);
     let offer = &release.deltas[0];
     assert_eq!(offer.base_version.to_string(), "1.0.0");
     assert_eq!(offer.base_sha256.0, <[u8; 32]>::from(Sha256::digest(&v1)));
     assert_eq!(offer.base_length, v1.len() as u64);
-    assert_eq!(offer.target, "gw-a/stable/2.0.0/deltas/1.0.0.delta");
+    assert_eq!(offer.target, "gw-a/stable/deltas/2.0.0/1.0.0.delta");
 
     // The delta target: signed length and sha256 match the file at the spec's path.
     let entry = &targets[offer.target.as_str()];
@@ -95,7 +95,7 @@ fn issue5_add_publishes_a_signed_delta_that_rebuilds_the_new_image() {
         Some(OtaTarget::Delta(d)) => {
             assert_eq!(d.base_version.to_string(), "1.0.0");
             assert_eq!(d.base_sha256.0, offer.base_sha256.0);
-            assert_eq!(d.release_target, "gw-a/stable/2.0.0/fw-2.0.0.bin");
+            assert_eq!(d.release_target, "gw-a/stable/fw-2.0.0.bin");
         }
         other => panic!("not a delta target: {other:?}"),
     }
@@ -124,14 +124,14 @@ fn issue5_add_publishes_a_signed_delta_that_rebuilds_the_new_image() {
     let out = add(&f, &p3, "3.0.0");
     assert_eq!(out.matches("not kept: delta from").count(), 2, "{out}");
     let targets = latest_targets(&f.repo());
-    let release = release_of(&targets, "gw-a/stable/3.0.0/fw-3.0.0.bin");
+    let release = release_of(&targets, "gw-a/stable/fw-3.0.0.bin");
     assert!(release.deltas.is_empty(), "{:?}", release.deltas);
     let delta_targets: Vec<&String> = targets
         .as_object()
         .unwrap()
         .keys()
-        .filter(|k| k.starts_with("gw-a/stable/3.0.0/deltas/"))
+        .filter(|k| k.starts_with("gw-a/stable/deltas/3.0.0/"))
         .collect();
     assert!(delta_targets.is_empty(), "{delta_targets:?}");
-    assert!(!f.repo().join("targets/gw-a/stable/3.0.0/deltas").exists());
+    assert!(!f.repo().join("targets/gw-a/stable/deltas/3.0.0").exists());
 }

@@ -56,9 +56,9 @@ fn deltas_from_the_last_releases_are_offered_and_published() {
     assert_eq!(
         names,
         [
-            "gw-a/stable/2.0.0/fw-2.0.0.bin",
-            "gw-a/stable/2.0.0/deltas/1.2.0.delta",
-            "gw-a/stable/2.0.0/deltas/1.1.0.delta"
+            "gw-a/stable/fw-2.0.0.bin",
+            "gw-a/stable/deltas/2.0.0/1.2.0.delta",
+            "gw-a/stable/deltas/2.0.0/1.1.0.delta"
         ]
     );
     let report = repo_tool::verify(&f.repo(), jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
@@ -68,7 +68,7 @@ fn deltas_from_the_last_releases_are_offered_and_published() {
         serde_json::from_slice(&std::fs::read(f.repo().join("metadata/5.targets.json")).unwrap()).unwrap();
     let t = &targets["signed"]["targets"];
     let Some(OtaTarget::Release(r)) =
-        OtaTarget::from_custom(&t["gw-a/stable/2.0.0/fw-2.0.0.bin"]["custom"]).unwrap()
+        OtaTarget::from_custom(&t["gw-a/stable/fw-2.0.0.bin"]["custom"]).unwrap()
     else {
         panic!("not a release")
     };
@@ -76,11 +76,11 @@ fn deltas_from_the_last_releases_are_offered_and_published() {
     assert_eq!(r.deltas[0].base_version.to_string(), "1.2.0");
     assert_eq!(r.deltas[0].length, 2008);
     let Some(OtaTarget::Delta(d)) =
-        OtaTarget::from_custom(&t["gw-a/stable/2.0.0/deltas/1.1.0.delta"]["custom"]).unwrap()
+        OtaTarget::from_custom(&t["gw-a/stable/deltas/2.0.0/1.1.0.delta"]["custom"]).unwrap()
     else {
         panic!("not a delta")
     };
-    assert_eq!(d.release_target, "gw-a/stable/2.0.0/fw-2.0.0.bin");
+    assert_eq!(d.release_target, "gw-a/stable/fw-2.0.0.bin");
     assert_eq!(d.base_version.to_string(), "1.1.0");
 }
 

@@ -74,7 +74,7 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
     };
     repo_tool::init(&repo, &spec, &ring).unwrap();
 
-    // Top-level releases: one under the default `<hardware>/<channel>/<version>/<file>` name, one at the
+    // Top-level releases: one under the default `<hardware>/<channel>/<file>` name, one at the
     // repository's top directory.
     let stable = firmware("1.0.0", 70_000);
     let top = firmware("top", 1_000);
@@ -89,13 +89,13 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
     )
     .unwrap();
     let stable_name = added.added[0].0.clone();
-    assert_eq!(stable_name, "gw-a/stable/1.0.0/fw-stable-1.0.0.bin");
+    assert_eq!(stable_name, "gw-a/stable/fw-stable-1.0.0.bin");
     // The beta channel is delegated to its own key, and a release goes into that role.
     repo_tool::delegate(
         &repo,
         &DelegateSpec {
             role: "beta".into(),
-            paths: vec!["*/beta/*/*".into()],
+            paths: vec!["*/beta/*".into()],
             keys: one(&beta_key),
             terminating: true,
         },
@@ -145,7 +145,7 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
     assert_eq!(
         listed,
         [
-            "gw-a/beta/2.0.0-rc1/fw-beta-2.0.0-rc1.bin",
+            "gw-a/beta/fw-beta-2.0.0-rc1.bin",
             stable_name.as_str(),
             "recovery.bin"
         ]
