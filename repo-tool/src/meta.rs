@@ -478,6 +478,9 @@ pub(crate) struct RepoState {
     pub delegated: BTreeMap<String, MetaFile<Targets>>,
     /// The role that delegates to each delegated role (`targets` or another delegated role).
     pub parents: BTreeMap<String, String>,
+    /// Delegations not followed because their role was already visited (TUF 5.6.7.1: clients skip
+    /// a visited role, which is what breaks delegation cycles): (delegating role, delegated role).
+    pub skipped_delegations: Vec<(String, String)>,
 }
 
 /// The error for a directory without `metadata/`.
@@ -556,6 +559,7 @@ impl RepoState {
         // to it: a second delegation to the same name, or a cycle back to an ancestor, is not followed.
         let mut delegated: BTreeMap<String, MetaFile<Targets>> = BTreeMap::new();
         let mut parents = BTreeMap::new();
+        let mut skipped_delegations = Vec::new();
         let mut pending = vec![TARGETS_ROLE.to_owned()];
         while let Some(parent) = pending.pop() {
             let meta = if parent == TARGETS_ROLE {
@@ -569,6 +573,7 @@ impl RepoState {
                 .unwrap_or_default();
             for name in children {
                 if name == TARGETS_ROLE || delegated.contains_key(&name) {
+                    skipped_delegations.push((parent.clone(), name));
                     continue;
                 }
                 let v = version_of(&format!("{name}.json"))?;
@@ -589,6 +594,7 @@ impl RepoState {
             targets,
             delegated,
             parents,
+            skipped_delegations,
         })
     }
 

@@ -19,7 +19,8 @@ use crate::stage::target_file_path;
 pub struct VerifyReport {
     /// Failures: a client would refuse the repository (or a target) because of each.
     pub problems: Vec<String>,
-    /// Metadata expiring within the warning window.
+    /// Metadata expiring within the warning window, and delegations a client skips (a cycle back
+    /// to a role on the way, a role delegated twice).
     pub warnings: Vec<String>,
     /// Target files whose length and hash were checked.
     pub targets_checked: usize,
@@ -214,6 +215,41 @@ pub fn verify(repo: &Path, now: jiff::Timestamp, warn_within: jiff::SignedDurati
                 ));
             }
         }
+    }
+
+    // TUF 5.6.7.1: a client skips a role it has visited, so such a delegation is never followed. Say
+    // which kind it is: a cycle (the role leads back to itself) or a second delegation of the name.
+    for (parent, child) in &state.skipped_delegations {
+        let mut ancestors = vec![parent.as_str()];
+        let mut at = parent.as_str();
+        while let Some(p) = state
+            .parents
+            .get(at)
+            .filter(|_| ancestors.len() <= state.parents.len())
+        {
+            ancestors.push(p);
+            at = p;
+        }
+        let why = if child == crate::meta::TARGETS_ROLE || ancestors.contains(&child.as_str()) {
+            let path: Vec<&str> = ancestors
+                .iter()
+                .rev()
+                .skip_while(|a| **a != child.as_str())
+                .copied()
+                .collect();
+            format!(
+                "delegation cycle: {} -> {child}; clients skip the repeated role (TUF 5.6.7.1), so \
+                 the delegation from {parent} to {child} is never followed",
+                path.join(" -> ")
+            )
+        } else {
+            format!(
+                "role {child} is delegated again by {parent} (first by {}); clients visit it once, \
+                 through the first delegation (TUF 5.6.7.1), so the one from {parent} is never followed",
+                state.parents.get(child).map_or("?", String::as_str)
+            )
+        };
+        report.warnings.push(why);
     }
 
     let mut buf = vec![0u8; 256 * 1024];
