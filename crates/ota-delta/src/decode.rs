@@ -8,7 +8,7 @@ use xz2::stream::{Action, Stream};
 
 use crate::filter::{Filtering, FILTER_BLOCK};
 use crate::format::{
-    ByteReader, ControlReader, DeltaHeader, SegmentHeader, CONTROL, EXTRA, HEADER_LEN, LITERALS,
+    ByteReader, ControlReader, DeltaHeader, RunCarry, SegmentHeader, CONTROL, EXTRA, HEADER_LEN, LITERALS,
     LITERAL_LENGTHS, SEGMENT_HEADER_LEN, STREAM_NAMES, TAG_END, TAG_SEGMENT, ZERO_RUNS,
 };
 use crate::{Error, Result};
@@ -133,6 +133,7 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
             zeros_left: 0,
             literals_left: 0,
             uncovered: seg.diff_raw,
+            carry: RunCarry::default(),
         };
         let entries = ControlReader::new(control).ok_or_else(|| Error::Malformed {
             what: "control stream",
@@ -175,10 +176,7 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
                     diff_buf.get_mut(..k).unwrap_or(&mut []),
                 );
                 old.read_at(old_pos as u64, ob)?;
-                diff.fill(db, literal_dec, &mut delta, seg_offset)?;
-                for (d, o) in db.iter_mut().zip(ob.iter()) {
-                    *d = d.wrapping_add(*o);
-                }
+                diff.add_to(ob, db, literal_dec, &mut delta, seg_offset)?;
                 out.push(db)?;
                 old_pos += k as i64;
                 left -= k as u64;
@@ -250,11 +248,16 @@ struct DiffRuns<'a> {
     literals_left: u64,
     /// Diff bytes of the segment that no pair read so far covers.
     uncovered: u64,
+    /// Carry state of the current literal run (see [`crate::CARRY_BYTES`]).
+    carry: RunCarry,
 }
 
 impl DiffRuns<'_> {
-    fn fill<D: Read>(
+    /// Writes to `out` the next `out.len()` bytes of the new image: `old` (as long as `out`) plus the
+    /// segment's next diff bytes.
+    fn add_to<D: Read>(
         &mut self,
+        old: &[u8],
         out: &mut [u8],
         literals: &mut StreamDecoder,
         delta: &mut D,
@@ -265,14 +268,21 @@ impl DiffRuns<'_> {
             let want = out.len() - at;
             if self.zeros_left > 0 {
                 let k = usize::try_from(self.zeros_left).unwrap_or(usize::MAX).min(want);
-                out.get_mut(at..at + k).unwrap_or(&mut []).fill(0);
+                let (dst, src) = (out.get_mut(at..at + k), old.get(at..at + k));
+                if let (Some(dst), Some(src)) = (dst, src) {
+                    dst.copy_from_slice(src);
+                }
                 self.zeros_left -= k as u64;
                 at += k;
             } else if self.literals_left > 0 {
                 let k = usize::try_from(self.literals_left)
                     .unwrap_or(usize::MAX)
                     .min(want);
-                literals.read_exact(delta, out.get_mut(at..at + k).unwrap_or(&mut []), seg_offset)?;
+                let dst = out.get_mut(at..at + k).unwrap_or(&mut []);
+                literals.read_exact(delta, dst, seg_offset)?;
+                for (d, o) in dst.iter_mut().zip(old.get(at..at + k).unwrap_or(&[])) {
+                    *d = self.carry.apply(*o, *d);
+                }
                 self.literals_left -= k as u64;
                 at += k;
             } else {
@@ -298,6 +308,7 @@ impl DiffRuns<'_> {
                 };
                 self.uncovered -= covered;
                 (self.zeros_left, self.literals_left) = (zeros, literals);
+                self.carry.start_run();
             }
         }
         Ok(())

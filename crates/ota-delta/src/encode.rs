@@ -9,8 +9,8 @@ use xz2::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
 
 use crate::filter::{plausible_filters, Filter, Filtering, FILTER_BLOCK};
 use crate::format::{
-    put_varint, varint_len, write_control, ControlEntry, DeltaHeader, SegmentHeader, CONTROL, EXTRA,
-    FORMAT_VERSION, LITERALS, LITERAL_LENGTHS, MAX_WINDOW_LOG, MIN_WINDOW_LOG, SEGMENT_CONTROL_MAX,
+    put_varint, varint_len, write_control, ControlEntry, DeltaHeader, RunCarry, SegmentHeader, CONTROL,
+    EXTRA, FORMAT_VERSION, LITERALS, LITERAL_LENGTHS, MAX_WINDOW_LOG, MIN_WINDOW_LOG, SEGMENT_CONTROL_MAX,
     SEGMENT_EXTRA_MAX, SEGMENT_RUNS_MAX, SIDE_MAX_WINDOW_LOG, STREAM_NAMES, TAG_END, ZERO_RUNS,
 };
 use crate::suffix::SuffixIndex;
@@ -717,7 +717,7 @@ enum DiffCoding {
     Raw,
 }
 
-/// Splits a diff into (zero run, literal run) pairs: format 2 codes the diff, mostly zeros, as the two
+/// Splits a diff into (zero run, literal run) pairs: the format codes the diff, mostly zeros, as the two
 /// run lengths and the literal bytes, each in its own stream.
 #[derive(Debug, Default)]
 struct RunTokenizer {
@@ -914,6 +914,7 @@ fn stream_bytes(which: usize, pieces: &[Piece], o: &[u8], n: &[u8], coding: Diff
         return;
     }
     let mut runs = RunTokenizer::new(coding);
+    let mut carry = RunCarry::default();
     let emit = |(zeros, literals): (u64, u64), out: &mut Vec<u8>| match which {
         ZERO_RUNS => put_varint(out, zeros),
         LITERAL_LENGTHS => put_varint(out, literals),
@@ -934,8 +935,12 @@ fn stream_bytes(which: usize, pieces: &[Piece], o: &[u8], n: &[u8], coding: Diff
                     let diff = a.wrapping_sub(*b);
                     if which == LITERALS {
                         if runs.is_literal(diff) {
-                            out.push(diff);
+                            if runs.literals == 0 {
+                                carry.start_run();
+                            }
+                            out.push(carry.literal(*b, *a));
                         }
+                        runs.push(diff);
                     } else if let Some(pair) = runs.push(diff) {
                         emit(pair, out);
                     }

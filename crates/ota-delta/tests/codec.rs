@@ -210,12 +210,15 @@ fn header_fields_are_validated() {
     let mut bad = delta.clone();
     bad[0] = b'X';
     assert!(matches!(read_header(bad.as_slice()), Err(Error::BadMagic { .. })));
-    let mut bad = delta.clone();
-    bad[8] = 1;
-    assert!(matches!(
-        read_header(bad.as_slice()),
-        Err(Error::UnsupportedVersion { got: 1, supported: 2 })
-    ));
+    // Versions 1 and 2 (no carry in literal runs) are refused, not misread.
+    for old_version in [1u8, 2] {
+        let mut bad = delta.clone();
+        bad[8] = old_version;
+        assert!(matches!(
+            read_header(bad.as_slice()),
+            Err(Error::UnsupportedVersion { got, supported: 3 }) if got == u16::from(old_version)
+        ));
+    }
     let mut bad = delta.clone();
     bad[10] = 77;
     assert!(matches!(
