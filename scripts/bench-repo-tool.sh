@@ -9,9 +9,10 @@
 # Usage: bash scripts/bench-repo-tool.sh [N] [IMAGE_MIB]
 # Wall time depends on machine load; user+sys CPU time is printed too. Sys time also depends on the
 # file system's recent history: ext4 without a journal skips inodes freed in the last seconds to
-# minutes when it allocates new ones (`recently_deleted`), so creating 20,000 inodes right after
-# deleting many (a previous run's temp dir, a `cargo clean`) costs several times more; wait a minute
-# between runs.
+# minutes when it allocates new ones (`recently_deleted`), so creating 10,000 inodes (one file per
+# target: the default name has no version directory when the file name carries the version) right
+# after deleting many (a previous run's temp dir, a `cargo clean`) costs several times more; wait a
+# minute between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}

@@ -225,12 +225,21 @@ fn read_stage(path: &Path) -> Result<StagedRoles> {
         path: path.to_owned(),
         why: e.to_string(),
     })?;
+    let malformed = |why: String| Error::Malformed {
+        what: "staged role file",
+        path: path.to_owned(),
+        why,
+    };
     if staged.staged_roles.is_empty() {
-        return Err(Error::Malformed {
-            what: "staged role file",
-            path: path.to_owned(),
-            why: "stages no role".into(),
-        });
+        return Err(malformed("stages no role".into()));
+    }
+    let mut roles = std::collections::BTreeSet::new();
+    if let Some(s) = staged
+        .staged_roles
+        .iter()
+        .find(|s| !roles.insert(s.role.as_str()))
+    {
+        return Err(malformed(format!("stages role {} twice", s.role)));
     }
     Ok(staged)
 }
