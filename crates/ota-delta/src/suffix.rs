@@ -5,25 +5,38 @@
 pub(crate) struct SuffixIndex<'a> {
     old: &'a [u8],
     sa: Vec<i32>,
-    /// `buckets[k]`: the rank of the first suffix whose first two bytes (big-endian) are `>= k`
-    /// ([`BUCKETS`] + 1 entries): the search starts inside the needle's two-byte bucket, skipping the
-    /// first ~16 steps of the binary search and their cache misses.
+    /// `buckets[k]`: the rank of the first suffix whose first `prefix_len` bytes (big-endian, padded
+    /// with zeros past the end) are `>= k`: the search starts inside the needle's bucket, skipping the
+    /// first 16 (or 24) steps of the binary search and their cache misses.
     buckets: Vec<u32>,
+    /// Bytes of the bucket key: 2 (a 256 KiB table), or 3 for old images of [`WIDE_BUCKETS_MIN`] bytes
+    /// and more (a 64 MiB table, under a quarter of their suffix array), where the two-byte buckets
+    /// still left ~10 steps.
+    prefix_len: usize,
 }
 
-/// Two-byte prefixes.
-const BUCKETS: usize = 1 << 16;
+/// Old images from this size on get three-byte buckets.
+const WIDE_BUCKETS_MIN: usize = 32 << 20;
 
-/// Start rank of every two-byte bucket; the one-byte suffix `c` sorts first in bucket `c << 8`.
-fn bucket_starts(old: &[u8]) -> Vec<u32> {
-    let mut counts = vec![0u32; BUCKETS + 1];
-    let mut prev: Option<u8> = None;
+/// The bucket key of `bytes` (its first `prefix_len` bytes, zero-padded).
+fn bucket_key(bytes: &[u8], prefix_len: usize) -> usize {
+    (0..prefix_len).fold(0, |key, i| {
+        key << 8 | usize::from(bytes.get(i).copied().unwrap_or(0))
+    })
+}
+
+/// Start rank of every bucket (`256^prefix_len + 1` entries); a suffix shorter than the key sorts first
+/// in the bucket of its zero-padded key.
+fn bucket_starts(old: &[u8], prefix_len: usize) -> Vec<u32> {
+    let mut counts = vec![0u32; (1usize << (8 * prefix_len)) + 1];
+    let mask = (1usize << (8 * prefix_len)) - 1;
+    // The key of the suffix at i, rolled from the one at i + 1.
+    let mut key = 0usize;
     for &b in old.iter().rev() {
-        let key = usize::from(b) << 8 | usize::from(prev.unwrap_or(0));
-        if let Some(c) = counts.get_mut(key + 1) {
+        key = (key >> 8) | usize::from(b) << (8 * (prefix_len - 1));
+        if let Some(c) = counts.get_mut((key & mask) + 1) {
             *c += 1;
         }
-        prev = Some(b);
     }
     let mut sum = 0u32;
     for c in &mut counts {
@@ -36,6 +49,10 @@ fn bucket_starts(old: &[u8]) -> Vec<u32> {
 impl<'a> SuffixIndex<'a> {
     /// `old.len()` must fit in `i32` (checked by the encoder before).
     pub(crate) fn new(old: &'a [u8]) -> Self {
+        Self::with_prefix_len(old, if old.len() >= WIDE_BUCKETS_MIN { 3 } else { 2 })
+    }
+
+    fn with_prefix_len(old: &'a [u8], prefix_len: usize) -> Self {
         let mut sa = vec![0i32; old.len()];
         if !old.is_empty() {
             // libsais, single-threaded: 30% faster than divsufsort on the corpus; its OpenMP build spins
@@ -50,8 +67,13 @@ impl<'a> SuffixIndex<'a> {
                 divsufsort::sort_in_place(old, &mut sa);
             }
         }
-        let buckets = bucket_starts(old);
-        SuffixIndex { old, sa, buckets }
+        let buckets = bucket_starts(old, prefix_len);
+        SuffixIndex {
+            old,
+            sa,
+            buckets,
+            prefix_len,
+        }
     }
 
     fn suffix(&self, rank: usize) -> (usize, &'a [u8]) {
@@ -70,10 +92,10 @@ impl<'a> SuffixIndex<'a> {
         }
         let last = self.sa.len() - 1;
         let (mut lo, mut hi) = (0usize, last);
-        if let [a, b, ..] = *needle {
+        if needle.len() >= self.prefix_len {
             // Every suffix ranked before the bucket is smaller than the needle and every one from its
             // end on is larger, so the binary search below ends on the same neighbours from here.
-            let key = usize::from(a) << 8 | usize::from(b);
+            let key = bucket_key(needle, self.prefix_len);
             let start = |k: usize| self.buckets.get(k).map_or(0, |&r| r as usize);
             lo = start(key).max(1) - 1;
             hi = start(key + 1).max(lo + 1).min(last);
@@ -178,7 +200,6 @@ mod tests {
         let old: Vec<u8> = (0..3000u32)
             .map(|i| [0u8, 1, 255, 7][(i * 31 % 11 % 4) as usize])
             .collect();
-        let idx = SuffixIndex::new(&old);
         let needles: Vec<Vec<u8>> = vec![
             vec![0],
             vec![255],
@@ -186,19 +207,27 @@ mod tests {
             vec![255, 255, 255],
             vec![0, 0, 0, 0, 0, 0, 9],
             vec![7, 9],
+            vec![1, 255, 7, 0, 1],
+            old[old.len() - 2..].to_vec(),
+            [&old[old.len() - 2..], &[0u8, 0][..]].concat(),
             vec![8, 8],
             vec![old[old.len() - 1], 0],
             old[old.len() - 5..].to_vec(),
             [&old[old.len() - 5..], &[255u8][..]].concat(),
         ];
-        for needle in needles {
-            let best = (0..old.len())
-                .map(|p| common_prefix(&old[p..], &needle))
-                .max()
-                .unwrap();
-            let (pos, len) = idx.longest_match(&needle);
-            assert_eq!(len, best, "needle {needle:?}");
-            assert_eq!(common_prefix(&old[pos..], &needle), len);
+        for prefix_len in [2, 3] {
+            let idx = SuffixIndex::with_prefix_len(&old, prefix_len);
+            for needle in &needles {
+                let best = (0..old.len())
+                    .map(|p| common_prefix(&old[p..], needle))
+                    .max()
+                    .unwrap();
+                let (pos, len) = idx.longest_match(needle);
+                assert_eq!(len, best, "needle {needle:?}, {prefix_len}-byte buckets");
+                assert_eq!(common_prefix(&old[pos..], needle), len);
+            }
+            let two = SuffixIndex::with_prefix_len(b"ab", prefix_len);
+            assert_eq!(two.longest_match(b"abc"), (0, 2));
         }
         let single = SuffixIndex::new(b"x");
         assert_eq!(single.longest_match(b"xy"), (0, 1));
