@@ -272,6 +272,7 @@ impl DiffRuns<'_> {
                 if let (Some(dst), Some(src)) = (dst, src) {
                     dst.copy_from_slice(src);
                 }
+                self.carry.unchanged();
                 self.zeros_left -= k as u64;
                 at += k;
             } else if self.literals_left > 0 {
@@ -308,7 +309,6 @@ impl DiffRuns<'_> {
                 };
                 self.uncovered -= covered;
                 (self.zeros_left, self.literals_left) = (zeros, literals);
-                self.carry.start_run();
             }
         }
         Ok(())

@@ -935,12 +935,10 @@ fn stream_bytes(which: usize, pieces: &[Piece], o: &[u8], n: &[u8], coding: Diff
                     let diff = a.wrapping_sub(*b);
                     if which == LITERALS {
                         if runs.is_literal(diff) {
-                            if runs.literals == 0 {
-                                carry.start_run();
-                            }
                             out.push(carry.literal(*b, *a));
+                        } else {
+                            carry.unchanged();
                         }
-                        runs.push(diff);
                     } else if let Some(pair) = runs.push(diff) {
                         emit(pair, out);
                     }

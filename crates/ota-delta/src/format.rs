@@ -3,11 +3,12 @@
 use crate::filter::{Filter, Filtering};
 use crate::{Error, Result};
 
-/// The format version this build writes and reads (3: the first [`CARRY_BYTES`] literals of each literal
-/// run are a little-endian integer added to old with carry; version 2 added every literal bytewise, version
-/// 1 coded the diff as one byte stream; neither is read any more).
-pub const FORMAT_VERSION: u16 = 3;
-/// Literals at the start of each literal run that form one little-endian integer added to the old bytes
+/// The format version this build writes and reads (4: the first [`CARRY_BYTES`] changed bytes of each run
+/// of changed bytes are a little-endian integer added to old with carry; version 3 started a run at each
+/// (zero run, literal run) pair, so a raw-coded diff got no carry; version 2 added every literal bytewise,
+/// version 1 coded the diff as one byte stream; none of them is read any more).
+pub const FORMAT_VERSION: u16 = 4;
+/// Bytes at the start of each run of changed bytes that form one little-endian integer added to the old bytes
 /// with carry (rather than byte by byte): a rel32 or pointer that moved by the same distance then gets the
 /// same literal bytes whether or not its low byte wrapped, which LZMA2 codes as repeats (15% smaller literal
 /// stream on the corpus's executables). 8 covers a 64-bit pointer.
@@ -292,37 +293,51 @@ pub(crate) struct ControlEntry {
     pub seek: i64,
 }
 
-/// The carry state of the literal run being applied: literals `0..CARRY_BYTES` of a run are added with
-/// carry, later ones (and zero runs) bytewise. Encoder and decoder both step it once per diff byte.
+/// The carry state of a segment's diff, stepped once per diff byte in order by encoder and decoder alike.
+/// A run of changed bytes (new != old) starts after an unchanged byte or at the segment start; its bytes
+/// `0..CARRY_BYTES` are added with carry, later ones bytewise. Runs are defined by the bytes themselves,
+/// not by the (zero run, literal run) pairs, so a raw-coded diff (every byte a literal) gets the carry too.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct RunCarry {
-    /// Index of the next literal in its run.
+    /// Index of the next byte in its run of changed bytes.
     index: u64,
     carry: u8,
+    /// Whether the previous byte changed (so the next one continues its run).
+    prev_changed: bool,
 }
 
 impl RunCarry {
-    /// A new literal run starts (its first literal gets no carry in).
-    pub(crate) fn start_run(&mut self) {
-        *self = RunCarry::default();
+    /// A byte of a zero run (copied from old, unchanged).
+    pub(crate) fn unchanged(&mut self) {
+        self.prev_changed = false;
     }
 
     /// The new byte for literal `lit` over `old` (decoder side).
     pub(crate) fn apply(&mut self, old: u8, lit: u8) -> u8 {
+        self.start_if_new_run();
         let sum = u16::from(old) + u16::from(lit) + u16::from(self.carry);
-        self.step(sum);
-        sum as u8
+        let new = sum as u8;
+        self.step(sum, new != old);
+        new
     }
 
     /// The literal that turns `old` into `new` (encoder side; the inverse of [`RunCarry::apply`]).
     pub(crate) fn literal(&mut self, old: u8, new: u8) -> u8 {
+        self.start_if_new_run();
         let lit = new.wrapping_sub(old).wrapping_sub(self.carry);
         let sum = u16::from(old) + u16::from(lit) + u16::from(self.carry);
-        self.step(sum);
+        self.step(sum, new != old);
         lit
     }
 
-    fn step(&mut self, sum: u16) {
+    fn start_if_new_run(&mut self) {
+        if !self.prev_changed {
+            (self.index, self.carry) = (0, 0);
+        }
+    }
+
+    fn step(&mut self, sum: u16, changed: bool) {
+        self.prev_changed = changed;
         self.index = self.index.saturating_add(1);
         self.carry = if self.index < CARRY_BYTES {
             (sum >> 8) as u8
@@ -532,7 +547,6 @@ mod tests {
     fn run_carry_round_trips_and_repeats_moved_displacements() {
         let literals = |old: &[u8], new: &[u8]| -> Vec<u8> {
             let mut carry = RunCarry::default();
-            carry.start_run();
             old.iter().zip(new).map(|(o, n)| carry.literal(*o, *n)).collect()
         };
         // 0x75e4 - 0x0890 and 0x7567 - 0x0890: bytewise diffs 70 f8 and 70 f7, one integer difference.
@@ -543,7 +557,6 @@ mod tests {
         for len in 1..old.len() {
             let lits = literals(&old[..len], &new[..len]);
             let mut carry = RunCarry::default();
-            carry.start_run();
             let back: Vec<u8> = old[..len]
                 .iter()
                 .zip(&lits)

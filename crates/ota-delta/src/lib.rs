@@ -26,10 +26,10 @@
 //! BCJ filters do, so that code that merely moved matches exactly; the decoder filters old reads and undoes
 //! the filter on its output. The encoder tries every plausible filter and keeps the smallest delta.
 //!
-//! # Format (version 3)
+//! # Format (version 4)
 //! ```text
 //! header (112 bytes, little endian)
-//!   0  magic "OTADELTA"          8  format version u16 (3)  10 filter id u8   11 codec id u8 (1 = xz/LZMA2)
+//!   0  magic "OTADELTA"          8  format version u16 (4)  10 filter id u8   11 codec id u8 (1 = xz/LZMA2)
 //!   12 old_len u64   20 old_sha256 [32]   52 new_len u64   60 new_sha256 [32]
 //!   92 dictionary logs u8 x4: control (<= SIDE_MAX_WINDOW_LOG), literals, extra (<= MAX_WINDOW_LOG),
 //!      zero runs and literal lengths (<= SIDE_MAX_WINDOW_LOG)
@@ -47,9 +47,10 @@
 //! across all segments (so its dictionary carries over), sync-flushed at every segment end, so the decoder
 //! can consume a segment as soon as it has read it. A segment's control bytes are LEB128 varints grouped by
 //! field: the entry count, then every `add_len`, every `copy_len`, every zigzag `seek`. A segment's diff (`diff_raw` bytes, its add steps' in order) is the
-//! concatenation, over its pairs, of `zeros` zero bytes then `literals` bytes of the literal stream; the
-//! first [`CARRY_BYTES`] literals of a pair are one little-endian integer added to the old bytes with
-//! carry (the carry out of the last of them is dropped), the rest are added bytewise. The
+//! concatenation, over its pairs, of `zeros` zero bytes then `literals` bytes of the literal stream. Bytes
+//! are added to old in runs of changed bytes (new != old; a run starts at the segment start or after an
+//! unchanged byte): a run's first [`CARRY_BYTES`] bytes are one little-endian integer added with carry
+//! (the carry out of the last of them is dropped), the rest bytewise. The
 //! decoder buffers one segment's control, extra and run-length bytes (all capped) and streams the literals;
 //! old is read through a small block cache, new is written strictly sequentially. The dictionaries are
 //! capped: a header declaring more is refused before anything is allocated, and liblzma's memory limit
