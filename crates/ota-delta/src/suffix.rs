@@ -1,5 +1,5 @@
-//! Suffix array of the old image (divsufsort: O(n), 4 bytes per input byte) and the longest-match search
-//! bsdiff uses over it.
+//! Suffix array of the old image (libsais: O(n), 4 bytes per input byte) and the longest-match search
+//! bsdiff uses over it, started in a bucket table of two- or three-byte prefixes.
 
 /// The old image and its sorted suffixes.
 pub(crate) struct SuffixIndex<'a> {
