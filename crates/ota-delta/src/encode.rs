@@ -117,6 +117,17 @@ pub fn encode_with_progress(
 ) -> Result<Vec<u8>> {
     check_sizes(old, new)?;
     let candidates = candidates(old, new, opts);
+    encode_borrowed(old, new, &candidates, opts, progress)
+}
+
+/// [`encode_with_progress`] over chosen candidates.
+fn encode_borrowed(
+    old: &[u8],
+    new: &[u8],
+    candidates: &[Filtering],
+    opts: &EncodeOptions,
+    progress: &(dyn Fn(EncodeStage) + Sync),
+) -> Result<Vec<u8>> {
     let threads = opts.threads.max(1);
     let count = candidates.len();
     // Hashed once here, not once per candidate.
@@ -170,8 +181,9 @@ pub fn encode_with_progress(
 
 /// [`encode`] taking ownership of the images, so candidates are filtered in place instead of copied: peak
 /// memory about 4x the old image plus 1x the new (plus xz's match finders while compressing) for large
-/// pairs, whose candidates run one after the other, each using all threads. Small pairs (under 64 MiB
-/// together) go through [`encode_with_progress`], candidates side by side.
+/// pairs, whose candidates run one after the other, each using all threads, and for any pair left with
+/// one candidate. Small pairs (under 64 MiB together) with several candidates run them side by side on
+/// copies, as [`encode_with_progress`] does.
 pub fn encode_owned(
     mut old: Vec<u8>,
     mut new: Vec<u8>,
@@ -179,11 +191,11 @@ pub fn encode_owned(
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
     check_sizes(&old, &new)?;
-    if old.len().saturating_add(new.len()) <= PARALLEL_CANDIDATES_MAX {
-        // Small enough to copy: candidates run side by side.
-        return encode_with_progress(&old, &new, opts, progress);
-    }
     let candidates = candidates(&old, &new, opts);
+    if candidates.len() >= 2 && old.len().saturating_add(new.len()) <= PARALLEL_CANDIDATES_MAX {
+        // Small enough to copy: candidates run side by side.
+        return encode_borrowed(&old, &new, &candidates, opts, progress);
+    }
     let (old_sha, new_sha) = (sha256(&old), sha256(&new));
     let mut best: Option<Candidate> = None;
     let count = candidates.len();
