@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 use xz2::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
@@ -116,8 +117,8 @@ pub fn encode_with_progress(
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
     check_sizes(old, new)?;
-    let candidates = candidates(old, new, opts);
-    encode_borrowed(old, new, &candidates, opts, progress)
+    let (candidates, unfiltered_index) = candidates(old, new, opts);
+    encode_borrowed(old, new, &candidates, unfiltered_index, opts, progress)
 }
 
 /// [`encode_with_progress`] over chosen candidates.
@@ -125,6 +126,7 @@ fn encode_borrowed(
     old: &[u8],
     new: &[u8],
     candidates: &[Filtering],
+    unfiltered_index: Option<SuffixIndex<'_>>,
     opts: &EncodeOptions,
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
@@ -141,6 +143,7 @@ fn encode_borrowed(
     } else {
         threads
     };
+    let unfiltered_index = Mutex::new(unfiltered_index);
     let run = |index: usize, filter: Filtering| {
         progress(EncodeStage::Candidate {
             filter: filter.filter,
@@ -148,7 +151,11 @@ fn encode_borrowed(
             count,
         });
         let (o, n) = (filtered(old, filter), filtered(new, filter));
-        encode_core(&o, &n, old_sha, new_sha, filter, opts, per, progress)
+        let built = match filter.filter {
+            Filter::None => unfiltered_index.lock().ok().and_then(|mut i| i.take()),
+            _ => None,
+        };
+        encode_core(&o, &n, old_sha, new_sha, filter, built, opts, per, progress)
     };
     let mut best: Option<Candidate> = None;
     if side_by_side {
@@ -191,11 +198,16 @@ pub fn encode_owned(
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
     check_sizes(&old, &new)?;
-    let candidates = candidates(&old, &new, opts);
-    if candidates.len() >= 2 && old.len().saturating_add(new.len()) <= PARALLEL_CANDIDATES_MAX {
-        // Small enough to copy: candidates run side by side.
-        return encode_borrowed(&old, &new, &candidates, opts, progress);
+    let (candidates, unfiltered_index) = candidates(&old, &new, opts);
+    let unfiltered_only = matches!(candidates.as_slice(), [c] if c.filter == Filter::None);
+    if unfiltered_only
+        || (candidates.len() >= 2 && old.len().saturating_add(new.len()) <= PARALLEL_CANDIDATES_MAX)
+    {
+        // Nothing to filter, or small enough to copy: candidates run side by side.
+        return encode_borrowed(&old, &new, &candidates, unfiltered_index, opts, progress);
     }
+    // The images are filtered in place below.
+    drop(unfiltered_index);
     let (old_sha, new_sha) = (sha256(&old), sha256(&new));
     let mut best: Option<Candidate> = None;
     let count = candidates.len();
@@ -213,6 +225,7 @@ pub fn encode_owned(
             &old_sha,
             &new_sha,
             filter,
+            None,
             opts,
             opts.threads.max(1),
             progress,
@@ -293,9 +306,31 @@ fn no_candidate() -> Error {
     }
 }
 
-fn candidates(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<Filtering> {
-    match &opts.filters {
-        FilterChoice::Auto => probe_candidates(old, new, plausible_filters(old, new), opts),
+/// The candidates to run, and the unfiltered old image's suffix array when `None` is among them and it was
+/// built while the probe ran (on a core the probe leaves idle: the array is needed whenever the probe
+/// keeps `None`, three pairs out of five on the corpus).
+fn candidates<'a>(
+    old: &'a [u8],
+    new: &[u8],
+    opts: &EncodeOptions,
+) -> (Vec<Filtering>, Option<SuffixIndex<'a>>) {
+    let list = match &opts.filters {
+        FilterChoice::Auto => {
+            let plausible = plausible_filters(old, new);
+            if plausible.len() < 2 || opts.threads < 2 {
+                return (probe_candidates(old, new, plausible, opts), None);
+            }
+            let (chosen, index) = std::thread::scope(|scope| {
+                let index = scope.spawn(|| SuffixIndex::new(old));
+                let chosen = probe_candidates(old, new, plausible, opts);
+                let index = index
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (chosen, index)
+            });
+            let keep = chosen.iter().any(|c| c.filter == Filter::None);
+            return (chosen, keep.then_some(index));
+        }
         FilterChoice::Only(list) => {
             // Same spans as Auto would pick for these filters.
             let auto = plausible_filters(old, new);
@@ -313,7 +348,8 @@ fn candidates(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<Filtering> {
             }
             out
         }
-    }
+    };
+    (list, None)
 }
 
 /// Bytes of new each probe window matches, and of old around the same relative offset it matches against.
@@ -451,13 +487,15 @@ fn encode_core(
     old_sha: &[u8; 32],
     new_sha: &[u8; 32],
     filter: Filtering,
+    built: Option<SuffixIndex<'_>>,
     opts: &EncodeOptions,
     threads: usize,
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Candidate> {
     progress(EncodeStage::Indexing(filter.filter));
     let steps = {
-        let index = SuffixIndex::new(o);
+        // `built` is the suffix array of `o` when the caller had it already.
+        let index = built.unwrap_or_else(|| SuffixIndex::new(o));
         progress(EncodeStage::Matching(filter.filter));
         match_parallel(&index, o, n, threads)
     };
