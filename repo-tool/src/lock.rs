@@ -30,8 +30,17 @@ pub const LOCK_FILE: &str = ".repo-tool.lock";
 #[derive(Debug)]
 pub struct RepoLock {
     path: PathBuf,
-    // Closing the file releases the lock.
-    _file: fs::File,
+    file: fs::File,
+}
+
+impl Drop for RepoLock {
+    /// Unlocks explicitly instead of relying on the close: a `flock` belongs to the open file
+    /// description, and a child forked by another thread of this process (a test spawning nginx or
+    /// python, a caller running a hook) shares it until it execs, so closing our descriptor alone
+    /// could leave the lock held for that moment and the next command would find it taken.
+    fn drop(&mut self) {
+        let _ = flock(&self.file, FlockOperation::Unlock);
+    }
 }
 
 impl RepoLock {
@@ -77,7 +86,7 @@ impl RepoLock {
             .and_then(|()| file.rewind())
             .and_then(|()| file.write_all(note.as_bytes()))
             .map_err(io("write lock file", &path))?;
-        Ok(RepoLock { path, _file: file })
+        Ok(RepoLock { path, file })
     }
 
     /// The lock file.
