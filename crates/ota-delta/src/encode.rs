@@ -429,16 +429,9 @@ fn probe_candidates(
         }
         Some(total)
     };
-    let sizes: Vec<Option<usize>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = candidates
-            .iter()
-            .map(|&c| scope.spawn(move || sample(c)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
-    });
+    // One thread: the other core builds the unfiltered suffix array meanwhile (see `candidates`), and
+    // the windows' buffers stay in one allocator arena instead of one per thread.
+    let sizes: Vec<Option<usize>> = candidates.iter().map(|&c| sample(c)).collect();
     let Some(sizes) = sizes.into_iter().collect::<Option<Vec<usize>>>() else {
         return candidates;
     };
