@@ -402,3 +402,65 @@ fn ngclient_downloads_targets_published_through_staged_roles() {
         sha256_file(&d.join("img/fw-b.bin"))
     );
 }
+
+/// A staged file is outside input (it travels between machines): a truncated, malformed or tampered
+/// one gets an error naming the file and what is wrong, never a panic, and changes nothing.
+#[test]
+fn a_malformed_truncated_or_tampered_stage_file_is_refused_naming_the_file() {
+    let t = setup();
+    let d = t.path();
+    fs::write(d.join("img/fw.bin"), b"firmware").unwrap();
+    fs::write(d.join("img/fw-2.bin"), b"firmware 2").unwrap();
+    ok(d, &add_args("img/fw.bin", "1.0.0", Some("stage.json"), &[ALICE]));
+    let staged = fs::read(d.join("stage.json")).unwrap();
+
+    // Staging into an existing file is refused before any target file is written.
+    let err = fails(d, &add_args("img/fw-2.bin", "2.0.0", Some("stage.json"), &[ALICE]));
+    assert!(err.contains("stage.json already exists"), "{err}");
+
+    let sign = ["role", "sign", "--file", "stage.json", "--key", BOB];
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", staged[..staged.len() / 2].to_vec()),
+        ("empty", Vec::new()),
+        ("not JSON", b"\x00\xffnot json".to_vec()),
+        ("no roles", br#"{"staged_roles":[]}"#.to_vec()),
+        ("wrong shape", br#"{"staged_roles":[{"role":"targets"}]}"#.to_vec()),
+    ];
+    let mut v: serde_json::Value = serde_json::from_slice(&staged).unwrap();
+    let entry = v["staged_roles"][0].clone();
+    v["staged_roles"].as_array_mut().unwrap().push(entry);
+    cases.push(("role twice", serde_json::to_vec(&v).unwrap()));
+    for (what, bytes) in &cases {
+        fs::write(d.join("stage.json"), bytes).unwrap();
+        for args in [&sign[..], PUBLISH] {
+            let out = repo_tool(d, args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{what}: {args:?} succeeded");
+            assert!(
+                err.contains("staged role file stage.json") && !err.contains("panicked"),
+                "{what}: {err}"
+            );
+        }
+        let err = fails(d, PUBLISH);
+        assert!(err.contains("stage.json"), "{what}: {err}");
+    }
+
+    // Tampered after signing (another target added to the signed part): both signatures are
+    // present, neither covers the bytes that would be published, so publish refuses.
+    fs::write(d.join("stage.json"), &staged).unwrap();
+    ok(d, &["role", "sign", "--file", "stage.json", "--key", BOB]);
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(d.join("stage.json")).unwrap()).unwrap();
+    v["staged_roles"][0]["metadata"]["signed"]["version"] = 7.into();
+    fs::write(d.join("stage.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+    let err = fails(d, PUBLISH);
+    assert!(err.contains("staged role targets has version 7"), "{err}");
+    v["staged_roles"][0]["metadata"]["signed"]["version"] = 2.into();
+    let targets = v["staged_roles"][0]["metadata"]["signed"]["targets"]
+        .as_object_mut()
+        .unwrap();
+    let (name, target) = targets.iter().next().map(|(n, t)| (n.clone(), t.clone())).unwrap();
+    targets.insert(format!("{name}.evil"), target);
+    fs::write(d.join("stage.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+    let err = fails(d, PUBLISH);
+    assert!(err.contains("has 0 of the 2 valid signature(s)"), "{err}");
+}
