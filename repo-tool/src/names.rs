@@ -54,6 +54,19 @@ pub fn check_file_stem(what: &str, name: &str) -> Result<()> {
     }
 }
 
+/// Checks the name of a delegated role: a file name stem (it names `V.<role>.json`) that is not a
+/// top-level role's name (TUF 5.6.7: top-level roles are never delegated).
+pub(crate) fn check_delegated_role_name(name: &str) -> Result<()> {
+    check_file_stem("role name", name)?;
+    if ["root", "targets", "snapshot", "timestamp"].contains(&name) {
+        return Err(invalid(
+            format!("role name {name:?}"),
+            "is a top-level role's name",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a delegation path pattern: like a target name, but segments may use `*` and `?`.
 pub fn check_path_pattern(pattern: &str) -> Result<()> {
     let ok = !pattern.is_empty()

@@ -25,7 +25,9 @@ use crate::meta::{
     self, bump, expiry_after, metafile, now, top_role_keys, Expiries, Publication, RepoState, RoleKeySet,
     SPEC_VERSION, TARGETS_ROLE,
 };
-use crate::names::{check_file_stem, check_path_pattern, check_target_name, path_matches, pattern_covers};
+use crate::names::{
+    check_delegated_role_name, check_path_pattern, check_target_name, path_matches, pattern_covers,
+};
 use crate::stage::TargetStager;
 use crate::staged_role::{write_stage, RoleSignatures, RoleTrust, StageEntry};
 
@@ -761,13 +763,7 @@ fn delegate_with(
     ring: &KeyRing,
     stage: Option<&Path>,
 ) -> Result<Vec<RoleSignatures>> {
-    check_file_stem("role name", &spec.role)?;
-    if ["root", "targets", "snapshot", "timestamp"].contains(&spec.role.as_str()) {
-        return Err(invalid(
-            format!("role name {:?}", spec.role),
-            "is a top-level role's name",
-        ));
-    }
+    check_delegated_role_name(&spec.role)?;
     if spec.paths.is_empty() {
         return Err(invalid("delegation paths", "give at least one path pattern"));
     }

@@ -33,6 +33,7 @@ use crate::error::{io, Error, Result};
 use crate::keys::{KeyId, KeyRing};
 use crate::lock::RepoLock;
 use crate::meta::{self, Expiries, Publication, RepoState, TARGETS_ROLE};
+use crate::names::check_delegated_role_name;
 
 /// One role's next version, as staged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -292,6 +293,8 @@ fn current_trust(state: &RepoState, staged: &StagedRoles) -> Result<Vec<RoleTrus
             if s.role == TARGETS_ROLE || state.delegated.contains_key(&s.role) {
                 return RoleTrust::current(state, &s.role);
             }
+            // A role new to the repository: its name comes from the file and becomes a file name.
+            check_delegated_role_name(&s.role)?;
             staged
                 .staged_roles
                 .iter()

@@ -415,7 +415,10 @@ fn a_malformed_truncated_or_tampered_stage_file_is_refused_naming_the_file() {
     let staged = fs::read(d.join("stage.json")).unwrap();
 
     // Staging into an existing file is refused before any target file is written.
-    let err = fails(d, &add_args("img/fw-2.bin", "2.0.0", Some("stage.json"), &[ALICE]));
+    let err = fails(
+        d,
+        &add_args("img/fw-2.bin", "2.0.0", Some("stage.json"), &[ALICE]),
+    );
     assert!(err.contains("stage.json already exists"), "{err}");
 
     let sign = ["role", "sign", "--file", "stage.json", "--key", BOB];
@@ -424,7 +427,10 @@ fn a_malformed_truncated_or_tampered_stage_file_is_refused_naming_the_file() {
         ("empty", Vec::new()),
         ("not JSON", b"\x00\xffnot json".to_vec()),
         ("no roles", br#"{"staged_roles":[]}"#.to_vec()),
-        ("wrong shape", br#"{"staged_roles":[{"role":"targets"}]}"#.to_vec()),
+        (
+            "wrong shape",
+            br#"{"staged_roles":[{"role":"targets"}]}"#.to_vec(),
+        ),
     ];
     let mut v: serde_json::Value = serde_json::from_slice(&staged).unwrap();
     let entry = v["staged_roles"][0].clone();
@@ -458,9 +464,60 @@ fn a_malformed_truncated_or_tampered_stage_file_is_refused_naming_the_file() {
     let targets = v["staged_roles"][0]["metadata"]["signed"]["targets"]
         .as_object_mut()
         .unwrap();
-    let (name, target) = targets.iter().next().map(|(n, t)| (n.clone(), t.clone())).unwrap();
+    let (name, target) = targets
+        .iter()
+        .next()
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .unwrap();
     targets.insert(format!("{name}.evil"), target);
     fs::write(d.join("stage.json"), serde_json::to_vec(&v).unwrap()).unwrap();
     let err = fails(d, PUBLISH);
     assert!(err.contains("has 0 of the 2 valid signature(s)"), "{err}");
+}
+
+/// A role new to the repository takes its name from the staged file, and the name becomes a metadata
+/// file name: even signed by the delegator's threshold, a top-level role's name or one that is no
+/// plain file name stem is refused at publish, before anything is written.
+#[test]
+fn a_staged_new_role_with_a_top_level_or_path_like_name_is_refused() {
+    let t = setup();
+    let d = t.path();
+    ok(
+        d,
+        &[
+            "delegate",
+            "--repo",
+            "repo",
+            "--role",
+            "gw-b",
+            "--path",
+            "gw-b/*/*",
+            "--role-key",
+            "alice/gw-b-a.pub.json",
+            "--stage",
+            "stage.json",
+            "--key",
+            ALICE,
+            "--key",
+            "alice/gw-b-a.pk8",
+        ],
+    );
+    let staged: serde_json::Value = serde_json::from_slice(&fs::read(d.join("stage.json")).unwrap()).unwrap();
+    for name in ["snapshot", "../x", "a/b"] {
+        // Rename the new role in its delegation and its own entry, then have both holders sign.
+        let mut v = staged.clone();
+        v["staged_roles"][0]["metadata"]["signed"]["delegations"]["roles"][0]["name"] = name.into();
+        v["staged_roles"][1]["role"] = name.into();
+        for s in v["staged_roles"].as_array_mut().unwrap() {
+            s["metadata"]["signatures"] = serde_json::json!([]);
+        }
+        fs::write(d.join("stage.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+        ok(
+            d,
+            &["role", "sign", "--file", "stage.json", "--keys-dir", "alice"],
+        );
+        ok(d, &["role", "sign", "--file", "stage.json", "--key", BOB]);
+        let err = fails(d, PUBLISH);
+        assert!(err.contains(&format!("role name {name:?}")), "{name}: {err}");
+    }
 }
