@@ -8,38 +8,8 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{ngclient, sha256_file, tree};
-
-fn repo_tool(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_repo-tool"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = repo_tool(dir, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail; returns stderr and checks the repository did not change at all.
-fn fails(dir: &Path, args: &[&str]) -> String {
-    let before = tree(&dir.join("repo"));
-    let out = repo_tool(dir, args);
-    assert!(!out.status.success(), "{args:?} should have failed");
-    assert_eq!(tree(&dir.join("repo")), before, "{args:?} changed the repository");
-    String::from_utf8(out.stderr).unwrap()
-}
+use common::{fails, ngclient, ok, repo_tool, sha256_file};
 
 /// A repository whose top-level targets role needs 2 signatures, of `alice/targets-a` and
 /// `bob/targets-b`; the online keys (snapshot, timestamp) and root live in `online/`.

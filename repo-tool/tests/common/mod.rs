@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use repo_tool::{Expiries, InitSpec, KeyRing, ReleaseSpec, RoleSpec};
 use sha2::{Digest, Sha256};
@@ -176,4 +176,34 @@ pub fn ngclient(url: &str, trusted_root: &Path, cache: &Path, downloads: &Path, 
 
 pub fn sha256_file(p: &Path) -> String {
     hex::encode(Sha256::digest(fs::read(p).unwrap()))
+}
+
+/// Runs the real `repo-tool` binary in `dir`.
+pub fn repo_tool(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_repo-tool"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = repo_tool(dir, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail; returns stderr and checks `repo` did not change.
+pub fn fails(dir: &Path, args: &[&str]) -> String {
+    let before = tree(&dir.join("repo"));
+    let out = repo_tool(dir, args);
+    assert!(!out.status.success(), "{args:?} should have failed");
+    assert_eq!(tree(&dir.join("repo")), before, "{args:?} changed the repository");
+    String::from_utf8(out.stderr).unwrap()
 }
