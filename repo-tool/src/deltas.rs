@@ -5,9 +5,10 @@
 //! Each delta is published as its own target (custom `OtaTarget::Delta`)
 //! `<release-target-dir>/deltas/<base-version>.delta`, or
 //! `<release-target-dir>/deltas/<new-version>/<base-version>.delta` when the release's directory is
-//! shared by several releases (as with `<hw>/<channel>/<name>-<version>.bin`), and the release's custom metadata lists the `DeltaOffer`s. A delta is
-//! kept only when it is worth it: smaller than [`DeltaPolicy::max_share_percent`] of the full image
-//! (a device saves little by applying a delta nearly as large as the image, and the base must match).
+//! shared by several releases (as with `<hw>/<channel>/<name>-<version>.bin`), and the release's
+//! custom metadata lists the `DeltaOffer`s. A delta is kept only when it is worth it: smaller than
+//! [`DeltaPolicy::max_share_percent`] of the full image (a device saves little by applying a delta
+//! nearly as large as the image, and the base must match).
 
 use std::fs;
 use std::path::Path;
