@@ -255,12 +255,7 @@ fn a_nested_delegation_from_an_unknown_role_or_outside_the_parent_is_refused() {
     f.keys(&["product1", "beta1"]);
     let mut ring = f.online();
     ring.extend(f.ring(&["product1", "beta1"]));
-    let spec = |role: &str, path: &str, key: &str| DelegateSpec {
-        role: role.into(),
-        paths: vec![path.into()],
-        keys: f.role(&[key], 1),
-        terminating: false,
-    };
+    let spec = |role: &str, path: &str, key: &str| f.delegate_spec(role, path, key);
     repo_tool::delegate(
         &f.repo(),
         &spec("product", "product/*/*/*", "product1"),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aws_lc_rs::signature::Ed25519KeyPair;
 use common::Fixture;
-use repo_tool::{AddOptions, DelegateSpec, Expiries};
+use repo_tool::{AddOptions, Expiries};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -65,12 +65,7 @@ fn a_delegation_cycle_is_visited_once_and_reported_by_verify() {
     let repo = f.repo();
     let mut ring = f.online();
     ring.extend(f.ring(&["product1", "beta1"]));
-    let spec = |role: &str, path: &str, key: &str| DelegateSpec {
-        role: role.into(),
-        paths: vec![path.into()],
-        keys: f.role(&[key], 1),
-        terminating: false,
-    };
+    let spec = |role: &str, path: &str, key: &str| f.delegate_spec(role, path, key);
     repo_tool::delegate(
         &repo,
         &spec("product", "product/*/*", "product1"),

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use repo_tool::{Expiries, InitSpec, KeyRing, ReleaseSpec, RoleSpec};
+use repo_tool::{DelegateSpec, Expiries, InitSpec, KeyRing, ReleaseSpec, RoleSpec};
 use sha2::{Digest, Sha256};
 
 /// A temp dir with a `keys/` directory and a repository in `repo/`.
@@ -71,6 +71,16 @@ impl Fixture {
         RoleSpec {
             keys: names.iter().map(|n| self.public(n)).collect(),
             threshold,
+        }
+    }
+
+    /// A non-terminating delegation of one path pattern to `role`, signed by one key (threshold 1).
+    pub fn delegate_spec(&self, role: &str, path: &str, key: &str) -> DelegateSpec {
+        DelegateSpec {
+            role: role.into(),
+            paths: vec![path.into()],
+            keys: self.role(&[key], 1),
+            terminating: false,
         }
     }
 
