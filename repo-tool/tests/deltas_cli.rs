@@ -8,7 +8,6 @@ mod common;
 use std::fs;
 use std::io::Cursor;
 use std::path::Path;
-use std::process::Command;
 
 use common::Fixture;
 use ota_release::OtaTarget;
@@ -16,25 +15,26 @@ use ota_testbed::noise;
 use sha2::{Digest, Sha256};
 
 fn add(f: &Fixture, image: &Path, version: &str) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_repo-tool"));
-    cmd.arg("add")
-        .arg("--repo")
-        .arg(f.repo())
-        .arg("--image")
-        .arg(image)
-        .args(["--version", version, "--hardware", "gw-a", "--channel", "stable"])
-        .args(["--deltas", "2", "--delta-max-share", "50"]);
-    for k in ["targets1", "snapshot1", "timestamp1"] {
-        cmd.arg("--key").arg(f.private(k));
+    let (repo, image) = (f.repo().display().to_string(), image.display().to_string());
+    let keys: Vec<String> = ["targets1", "snapshot1", "timestamp1"]
+        .iter()
+        .map(|k| f.private(k).display().to_string())
+        .collect();
+    let mut args = vec!["add", "--repo", &repo, "--image", &image, "--version", version];
+    args.extend([
+        "--hardware",
+        "gw-a",
+        "--channel",
+        "stable",
+        "--deltas",
+        "2",
+        "--delta-max-share",
+        "50",
+    ]);
+    for k in &keys {
+        args.extend(["--key", k.as_str()]);
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "add {version} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::ok(f.dir.path(), &args)
 }
 
 /// The `signed.targets` map of the newest top-level targets metadata.

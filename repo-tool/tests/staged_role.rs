@@ -8,6 +8,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use common::{fails, ngclient, ok, repo_tool, sha256_file};
 
@@ -83,6 +84,16 @@ fn add_args<'a>(image: &'a str, version: &'a str, stage: Option<&'a str>, keys: 
         v.extend(["--key", k]);
     }
     v
+}
+
+/// The stage file `d/stage.json` as JSON, to tamper with.
+fn read_stage_json(d: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(d.join("stage.json")).unwrap()).unwrap()
+}
+
+/// Writes `v` back as `d/stage.json`.
+fn write_stage_json(d: &Path, v: &serde_json::Value) {
+    fs::write(d.join("stage.json"), serde_json::to_vec(v).unwrap()).unwrap();
 }
 
 const ALICE: &str = "alice/targets-a.pk8";
@@ -237,7 +248,7 @@ fn a_signature_from_a_wrong_key_is_refused() {
     let mut forged = sigs[0].clone();
     forged["keyid"] = bob_id.into();
     sigs.push(forged);
-    fs::write(d.join("stage.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+    write_stage_json(d, &v);
     let err = fails(d, PUBLISH);
     assert!(err.contains("has 1 of the 2 valid signature(s)"), "{err}");
 }
@@ -425,9 +436,9 @@ fn a_malformed_truncated_or_tampered_stage_file_is_refused_naming_the_file() {
     // present, neither covers the bytes that would be published, so publish refuses.
     fs::write(d.join("stage.json"), &staged).unwrap();
     ok(d, &["role", "sign", "--file", "stage.json", "--key", BOB]);
-    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(d.join("stage.json")).unwrap()).unwrap();
+    let mut v = read_stage_json(d);
     v["staged_roles"][0]["metadata"]["signed"]["version"] = 7.into();
-    fs::write(d.join("stage.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+    write_stage_json(d, &v);
     let err = fails(d, PUBLISH);
     assert!(err.contains("staged role targets has version 7"), "{err}");
     v["staged_roles"][0]["metadata"]["signed"]["version"] = 2.into();
@@ -440,7 +451,7 @@ fn a_malformed_truncated_or_tampered_stage_file_is_refused_naming_the_file() {
         .map(|(n, t)| (n.clone(), t.clone()))
         .unwrap();
     targets.insert(format!("{name}.evil"), target);
-    fs::write(d.join("stage.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+    write_stage_json(d, &v);
     let err = fails(d, PUBLISH);
     assert!(err.contains("has 0 of the 2 valid signature(s)"), "{err}");
 }
@@ -472,7 +483,7 @@ fn a_staged_new_role_with_a_top_level_or_path_like_name_is_refused() {
             "alice/gw-b-a.pk8",
         ],
     );
-    let staged: serde_json::Value = serde_json::from_slice(&fs::read(d.join("stage.json")).unwrap()).unwrap();
+    let staged = read_stage_json(d);
     for name in ["snapshot", "../x", "a/b"] {
         // Rename the new role in its delegation and its own entry, then have both holders sign.
         let mut v = staged.clone();
@@ -481,7 +492,7 @@ fn a_staged_new_role_with_a_top_level_or_path_like_name_is_refused() {
         for s in v["staged_roles"].as_array_mut().unwrap() {
             s["metadata"]["signatures"] = serde_json::json!([]);
         }
-        fs::write(d.join("stage.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+        write_stage_json(d, &v);
         ok(
             d,
             &["role", "sign", "--file", "stage.json", "--keys-dir", "alice"],
