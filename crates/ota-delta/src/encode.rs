@@ -117,23 +117,27 @@ pub fn encode_with_progress(
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
     check_sizes(old, new)?;
-    let (candidates, unfiltered_index) = candidates(old, new, opts);
-    encode_borrowed(old, new, &candidates, unfiltered_index, opts, progress)
+    let prepared = prepare(old, new, opts);
+    encode_borrowed(old, new, prepared, opts, progress)
 }
 
 /// [`encode_with_progress`] over chosen candidates.
 fn encode_borrowed(
     old: &[u8],
     new: &[u8],
-    candidates: &[Filtering],
-    unfiltered_index: Option<SuffixIndex<'_>>,
+    prepared: Prepared<'_>,
     opts: &EncodeOptions,
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
     let threads = opts.threads.max(1);
+    let Prepared {
+        candidates,
+        index,
+        old_sha,
+        new_sha,
+    } = prepared;
+    let candidates = candidates.as_slice();
     let count = candidates.len();
-    // Hashed once here, not once per candidate.
-    let (old_sha, new_sha) = (sha256(old), sha256(new));
     let (old_sha, new_sha) = (&old_sha, &new_sha);
     // Small pairs: one thread per candidate (the suffix array build is single-threaded and dominates).
     let side_by_side =
@@ -143,19 +147,26 @@ fn encode_borrowed(
     } else {
         threads
     };
-    let unfiltered_index = Mutex::new(unfiltered_index);
-    let run = |index: usize, filter: Filtering| {
+    let unfiltered = candidates.iter().any(|c| c.filter == Filter::None);
+    let index = Mutex::new(index);
+    let run = |k: usize, filter: Filtering| {
         progress(EncodeStage::Candidate {
             filter: filter.filter,
-            index,
+            index: k,
             count,
         });
         let (o, n) = (filtered(old, filter), filtered(new, filter));
-        let built = match filter.filter {
-            Filter::None => unfiltered_index.lock().ok().and_then(|mut i| i.take()),
+        // The unfiltered index serves `None`, or lends its array to the first filtered candidate.
+        let taken = match (filter.filter, unfiltered) {
+            (Filter::None, _) | (_, false) => index.lock().ok().and_then(|mut i| i.take()),
             _ => None,
         };
-        encode_core(&o, &n, old_sha, new_sha, filter, built, opts, per, progress)
+        let source = match taken {
+            Some(built) if filter.filter == Filter::None => IndexSource::Built(built),
+            Some(other) => IndexSource::Buffer(other.into_buffer()),
+            None => IndexSource::Buffer(Vec::new()),
+        };
+        encode_core(&o, &n, old_sha, new_sha, filter, source, opts, per, progress)
     };
     let mut best: Option<Candidate> = None;
     if side_by_side {
@@ -198,17 +209,23 @@ pub fn encode_owned(
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
     check_sizes(&old, &new)?;
-    let (candidates, unfiltered_index) = candidates(&old, &new, opts);
+    let prepared = prepare(&old, &new, opts);
+    let candidates = prepared.candidates.clone();
     let unfiltered_only = matches!(candidates.as_slice(), [c] if c.filter == Filter::None);
     if unfiltered_only
         || (candidates.len() >= 2 && old.len().saturating_add(new.len()) <= PARALLEL_CANDIDATES_MAX)
     {
         // Nothing to filter, or small enough to copy: candidates run side by side.
-        return encode_borrowed(&old, &new, &candidates, unfiltered_index, opts, progress);
+        return encode_borrowed(&old, &new, prepared, opts, progress);
     }
-    // The images are filtered in place below.
-    drop(unfiltered_index);
-    let (old_sha, new_sha) = (sha256(&old), sha256(&new));
+    let Prepared {
+        index,
+        old_sha,
+        new_sha,
+        ..
+    } = prepared;
+    // The images are filtered in place below: the unfiltered index (if any) only lends its array.
+    let mut spare = index.map(SuffixIndex::into_buffer).unwrap_or_default();
     let mut best: Option<Candidate> = None;
     let count = candidates.len();
     for (index, &filter) in candidates.iter().enumerate() {
@@ -225,7 +242,7 @@ pub fn encode_owned(
             &old_sha,
             &new_sha,
             filter,
-            None,
+            IndexSource::Buffer(std::mem::take(&mut spare)),
             opts,
             opts.threads.max(1),
             progress,
@@ -274,6 +291,7 @@ fn try_raw_coding(
         best.filter,
         opts,
         DiffCoding::Raw,
+        true,
     )?;
     let delta = if raw.len() < best.delta.len() {
         raw
@@ -306,31 +324,58 @@ fn no_candidate() -> Error {
     }
 }
 
-/// The candidates to run, and the unfiltered old image's suffix array when `None` is among them and it was
-/// built while the probe ran (on a core the probe leaves idle: the array is needed whenever the probe
-/// keeps `None`, three pairs out of five on the corpus).
-fn candidates<'a>(
-    old: &'a [u8],
-    new: &[u8],
-    opts: &EncodeOptions,
-) -> (Vec<Filtering>, Option<SuffixIndex<'a>>) {
-    let list = match &opts.filters {
-        FilterChoice::Auto => {
-            let plausible = plausible_filters(old, new);
-            if plausible.len() < 2 || opts.threads < 2 {
-                return (probe_candidates(old, new, plausible, opts), None);
-            }
-            let (chosen, index) = std::thread::scope(|scope| {
-                let index = scope.spawn(|| SuffixIndex::new(old));
-                let chosen = probe_candidates(old, new, plausible, opts);
-                let index = index
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                (chosen, index)
-            });
-            let keep = chosen.iter().any(|c| c.filter == Filter::None);
-            return (chosen, keep.then_some(index));
+/// What the encoder settles before running candidates.
+struct Prepared<'a> {
+    /// The candidates to run.
+    candidates: Vec<Filtering>,
+    /// The unfiltered old image's suffix array, when built while the probe ran.
+    index: Option<SuffixIndex<'a>>,
+    /// sha256 of the images as given.
+    old_sha: [u8; 32],
+    new_sha: [u8; 32],
+}
+
+/// Below this combined input size the unfiltered suffix array is not built beside the probe: the probe's
+/// own buffers and xz encoders (~8 MiB) on top of it broke the 4x-inputs memory budget (systemd: 30 MiB
+/// for 6.4 MiB of input), and on such pairs the array takes a fraction of a second anyway.
+const SPECULATIVE_INDEX_MIN: usize = 16 << 20;
+
+/// The candidates to run, their hashes, and the unfiltered old image's suffix array when it was built
+/// while the probe ran (on a core the probe leaves idle: the array is needed whenever the probe keeps
+/// `None`, three pairs out of five on the corpus, and otherwise lends its allocation to the filtered
+/// candidate). The images are hashed meanwhile too.
+fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> {
+    let speculate = opts.filters == FilterChoice::Auto
+        && opts.threads >= 2
+        && old.len().saturating_add(new.len()) >= SPECULATIVE_INDEX_MIN;
+    if !speculate {
+        return Prepared {
+            candidates: candidates(old, new, opts),
+            index: None,
+            old_sha: sha256(old),
+            new_sha: sha256(new),
+        };
+    }
+    std::thread::scope(|scope| {
+        let index = scope.spawn(|| SuffixIndex::build(old, Vec::new(), true));
+        let candidates = candidates(old, new, opts);
+        let (old_sha, new_sha) = (sha256(old), sha256(new));
+        let index = index
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Prepared {
+            candidates,
+            index: Some(index),
+            old_sha,
+            new_sha,
         }
+    })
+}
+
+/// The candidates to run: for `Auto`, the plausible filters narrowed by the probe.
+fn candidates(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<Filtering> {
+    match &opts.filters {
+        FilterChoice::Auto => probe_candidates(old, new, plausible_filters(old, new), opts),
         FilterChoice::Only(list) => {
             // Same spans as Auto would pick for these filters.
             let auto = plausible_filters(old, new);
@@ -348,8 +393,7 @@ fn candidates<'a>(
             }
             out
         }
-    };
-    (list, None)
+    }
 }
 
 /// Bytes of new each probe window matches, and of old around the same relative offset it matches against.
@@ -423,6 +467,7 @@ fn probe_candidates(
                 filter,
                 &probe_opts,
                 DiffCoding::Runs,
+                false,
             )
             .ok()?
             .len();
@@ -473,6 +518,14 @@ struct Step {
     copy_len: usize,
 }
 
+/// Where a candidate's suffix array comes from.
+enum IndexSource<'a> {
+    /// Already built over the candidate's old image.
+    Built(SuffixIndex<'a>),
+    /// To be built, in this allocation (empty: a new one).
+    Buffer(Vec<i32>),
+}
+
 #[allow(clippy::too_many_arguments)]
 fn encode_core(
     o: &[u8],
@@ -480,22 +533,34 @@ fn encode_core(
     old_sha: &[u8; 32],
     new_sha: &[u8; 32],
     filter: Filtering,
-    built: Option<SuffixIndex<'_>>,
+    index: IndexSource<'_>,
     opts: &EncodeOptions,
     threads: usize,
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Candidate> {
     progress(EncodeStage::Indexing(filter.filter));
     let steps = {
-        // `built` is the suffix array of `o` when the caller had it already.
-        let index = built.unwrap_or_else(|| SuffixIndex::new(o));
+        let index = match index {
+            IndexSource::Built(index) => index,
+            IndexSource::Buffer(buffer) => SuffixIndex::build(o, buffer, threads >= 2),
+        };
         progress(EncodeStage::Matching(filter.filter));
         match_parallel(&index, o, n, threads)
     };
     progress(EncodeStage::Compressing(filter.filter));
     // Run-length coding wins on most pairs and compresses in a fraction of the time; the winner may
     // still try the raw coding (see `try_raw_coding`).
-    let delta = write_delta(o, n, &steps, old_sha, new_sha, filter, opts, DiffCoding::Runs)?;
+    let delta = write_delta(
+        o,
+        n,
+        &steps,
+        old_sha,
+        new_sha,
+        filter,
+        opts,
+        DiffCoding::Runs,
+        true,
+    )?;
     progress(EncodeStage::Finished {
         filter: filter.filter,
         delta_len: delta.len() as u64,
@@ -959,12 +1024,36 @@ fn segment(steps: &[Step], o: &[u8], n: &[u8], coding: DiffCoding) -> (Vec<Vec<P
     (segmenter.segments, segmenter.totals)
 }
 
-/// The raw bytes one stream gets from one segment.
-fn stream_bytes(which: usize, pieces: &[Piece], o: &[u8], n: &[u8], coding: DiffCoding, out: &mut Vec<u8>) {
-    out.clear();
+/// Raw bytes handed to xz at a time: a raw-coded segment's literal stream is its whole diff (3.3 MB on
+/// systemd), which is no longer built in one buffer beside the encoder.
+const FEED_CHUNK: usize = 64 << 10;
+
+/// The raw bytes one stream gets from one segment, handed to `feed` in pieces of about [`FEED_CHUNK`]
+/// bytes (`buf` holds a piece); returns their total length.
+#[allow(clippy::too_many_arguments)]
+fn stream_bytes(
+    which: usize,
+    pieces: &[Piece],
+    o: &[u8],
+    n: &[u8],
+    coding: DiffCoding,
+    buf: &mut Vec<u8>,
+    feed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<usize> {
+    buf.clear();
+    let mut total = 0usize;
+    let mut flush = |buf: &mut Vec<u8>, at_least: usize| -> std::io::Result<()> {
+        if buf.len() >= at_least && !buf.is_empty() {
+            total += buf.len();
+            feed(buf)?;
+            buf.clear();
+        }
+        Ok(())
+    };
     if which == CONTROL {
-        write_control(pieces.iter().map(|p| p.entry), out);
-        return;
+        write_control(pieces.iter().map(|p| p.entry), buf);
+        flush(buf, 0)?;
+        return Ok(total);
     }
     let mut runs = RunTokenizer::new(coding);
     let mut carry = RunCarry::default();
@@ -978,30 +1067,36 @@ fn stream_bytes(which: usize, pieces: &[Piece], o: &[u8], n: &[u8], coding: Diff
             CONTROL => {}
             EXTRA => {
                 let start = p.new_start + p.entry.add_len as usize;
-                out.extend_from_slice(n.get(start..start + p.entry.copy_len as usize).unwrap_or(&[]));
+                buf.extend_from_slice(n.get(start..start + p.entry.copy_len as usize).unwrap_or(&[]));
             }
             _ => {
                 let len = p.entry.add_len as usize;
                 let new_part = n.get(p.new_start..p.new_start + len).unwrap_or(&[]);
                 let old_part = o.get(p.old_start..p.old_start + len).unwrap_or(&[]);
-                for (a, b) in new_part.iter().zip(old_part) {
-                    let diff = a.wrapping_sub(*b);
-                    if which == LITERALS {
-                        if runs.is_literal(diff) {
-                            out.push(carry.literal(*b, *a));
-                        } else {
-                            carry.unchanged();
+                for (new_piece, old_piece) in new_part.chunks(FEED_CHUNK).zip(old_part.chunks(FEED_CHUNK)) {
+                    for (a, b) in new_piece.iter().zip(old_piece) {
+                        let diff = a.wrapping_sub(*b);
+                        if which == LITERALS {
+                            if runs.is_literal(diff) {
+                                buf.push(carry.literal(*b, *a));
+                            } else {
+                                carry.unchanged();
+                            }
+                        } else if let Some(pair) = runs.push(diff) {
+                            emit(pair, buf);
                         }
-                    } else if let Some(pair) = runs.push(diff) {
-                        emit(pair, out);
                     }
+                    flush(buf, FEED_CHUNK)?;
                 }
             }
         }
+        flush(buf, FEED_CHUNK)?;
     }
     if let Some(pair) = runs.finish() {
-        emit(pair, out);
+        emit(pair, buf);
     }
+    flush(buf, 0)?;
+    Ok(total)
 }
 
 fn window_log_for(total: u64, wanted: u8) -> u8 {
@@ -1078,9 +1173,11 @@ fn compress_stream(
     let mut raw = Vec::new();
     let mut chunks = Vec::with_capacity(segments.len());
     for (k, seg) in segments.iter().enumerate() {
-        stream_bytes(which, seg, o, n, coding, &mut raw);
         let mut out = Vec::new();
-        pump(&mut stream, &raw, Action::Run, &mut out).map_err(err)?;
+        let raw_len = stream_bytes(which, seg, o, n, coding, &mut raw, &mut |piece| {
+            pump(&mut stream, piece, Action::Run, &mut out)
+        })
+        .map_err(err)?;
         let last = k + 1 == segments.len();
         pump(
             &mut stream,
@@ -1089,11 +1186,13 @@ fn compress_stream(
             &mut out,
         )
         .map_err(err)?;
-        chunks.push((raw.len(), out));
+        chunks.push((raw_len, out));
     }
     Ok(chunks)
 }
 
+/// Serializes `steps` as a delta; the five streams are compressed on one thread each when `parallel`,
+/// else one after the other on this thread (the probe: one xz encoder alive at a time).
 #[allow(clippy::too_many_arguments)]
 fn write_delta(
     o: &[u8],
@@ -1104,6 +1203,7 @@ fn write_delta(
     filter: Filtering,
     opts: &EncodeOptions,
     coding: DiffCoding,
+    parallel: bool,
 ) -> Result<Vec<u8>> {
     let (segments, totals) = segment(steps, o, n, coding);
     let [control_log, literal_log, extra_log] = opts.window_logs;
@@ -1118,19 +1218,26 @@ fn write_delta(
         DiffCoding::Raw => literal_log.min(RAW_LITERAL_WINDOW_LOG),
     };
     window_logs[LITERALS] = window_log_for(totals[LITERALS], literal_log);
-    let compressed: Vec<Result<StreamChunks>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..STREAM_NAMES.len())
+    let compressed: Vec<Result<StreamChunks>> = if !parallel {
+        (0..STREAM_NAMES.len())
             .zip(window_logs)
-            .map(|(which, log)| {
-                let segments = &segments;
-                scope.spawn(move || compress_stream(which, segments, o, n, opts, log, coding))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .map(|(which, log)| compress_stream(which, &segments, o, n, opts, log, coding))
             .collect()
-    });
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..STREAM_NAMES.len())
+                .zip(window_logs)
+                .map(|(which, log)| {
+                    let segments = &segments;
+                    scope.spawn(move || compress_stream(which, segments, o, n, opts, log, coding))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        })
+    };
     let mut streams = Vec::with_capacity(STREAM_NAMES.len());
     for c in compressed {
         streams.push(c?);
@@ -1225,7 +1332,10 @@ mod tests {
         };
         for coding in [DiffCoding::Runs, DiffCoding::Raw] {
             let filter = Filter::None.everywhere();
-            let delta = write_delta(&old, &new, &steps, &old_sha, &new_sha, filter, &opts, coding).unwrap();
+            let delta = write_delta(
+                &old, &new, &steps, &old_sha, &new_sha, filter, &opts, coding, true,
+            )
+            .unwrap();
             let mut out = Vec::new();
             crate::apply(std::io::Cursor::new(&old), delta.as_slice(), &mut out).unwrap();
             assert!(out == new, "{coding:?} does not round-trip");

@@ -46,27 +46,64 @@ fn bucket_starts(old: &[u8], prefix_len: usize) -> Vec<u32> {
     counts
 }
 
+/// Old images from this size on get their bucket table counted on a second thread while libsais sorts.
+const PARALLEL_BUCKETS_MIN: usize = 4 << 20;
+
+/// The sorted suffixes of `old`, in `buffer`'s allocation.
+fn sort_suffixes(old: &[u8], mut sa: Vec<i32>) -> Vec<i32> {
+    if sa.capacity() < old.len() {
+        sa = vec![0i32; old.len()];
+    } else {
+        sa.clear();
+        sa.resize(old.len(), 0);
+    }
+    if !old.is_empty() {
+        // libsais, single-threaded: 30% faster than divsufsort on the corpus; its OpenMP build spins
+        // badly when the cores are shared (10x slower under load). An error only reports bad
+        // arguments (lengths checked above), which would leave an unsorted array: fall back then.
+        let sorted = libsais::SuffixArrayConstruction::for_text(old)
+            .in_borrowed_buffer(&mut sa)
+            .single_threaded()
+            .run()
+            .is_ok();
+        if !sorted {
+            divsufsort::sort_in_place(old, &mut sa);
+        }
+    }
+    sa
+}
+
 impl<'a> SuffixIndex<'a> {
     /// `old.len()` must fit in `i32` (checked by the encoder before).
     pub(crate) fn new(old: &'a [u8]) -> Self {
-        Self::with_prefix_len(old, if old.len() >= WIDE_BUCKETS_MIN { 3 } else { 2 })
+        Self::build(old, Vec::new(), false)
     }
 
-    fn with_prefix_len(old: &'a [u8], prefix_len: usize) -> Self {
-        let mut sa = vec![0i32; old.len()];
-        if !old.is_empty() {
-            // libsais, single-threaded: 30% faster than divsufsort on the corpus; its OpenMP build spins
-            // badly when the cores are shared (10x slower under load). An error only reports bad
-            // arguments (lengths checked above), which would leave an unsorted array: fall back then.
-            let sorted = libsais::SuffixArrayConstruction::for_text(old)
-                .in_borrowed_buffer(&mut sa)
-                .single_threaded()
-                .run()
-                .is_ok();
-            if !sorted {
-                divsufsort::sort_in_place(old, &mut sa);
-            }
+    /// [`SuffixIndex::new`] in `buffer`'s allocation (another index's array: see [`SuffixIndex::into_buffer`]),
+    /// with the bucket table counted on a second thread when `parallel` and `old` is large.
+    pub(crate) fn build(old: &'a [u8], buffer: Vec<i32>, parallel: bool) -> Self {
+        let prefix_len = if old.len() >= WIDE_BUCKETS_MIN { 3 } else { 2 };
+        if parallel && old.len() >= PARALLEL_BUCKETS_MIN {
+            let (sa, buckets) = std::thread::scope(|scope| {
+                let buckets = scope.spawn(|| bucket_starts(old, prefix_len));
+                let sa = sort_suffixes(old, buffer);
+                let buckets = buckets
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (sa, buckets)
+            });
+            return SuffixIndex {
+                old,
+                sa,
+                buckets,
+                prefix_len,
+            };
         }
+        Self::with_prefix_len(old, buffer, prefix_len)
+    }
+
+    fn with_prefix_len(old: &'a [u8], buffer: Vec<i32>, prefix_len: usize) -> Self {
+        let sa = sort_suffixes(old, buffer);
         let buckets = bucket_starts(old, prefix_len);
         SuffixIndex {
             old,
@@ -74,6 +111,13 @@ impl<'a> SuffixIndex<'a> {
             buckets,
             prefix_len,
         }
+    }
+
+    /// The suffix array's allocation, for the next index to reuse: freeing it and allocating another of
+    /// the same size made glibc raise its mmap threshold past it and serve the second from the heap,
+    /// which kept the freed bytes resident (systemd's generation peak +13 MiB).
+    pub(crate) fn into_buffer(self) -> Vec<i32> {
+        self.sa
     }
 
     fn suffix(&self, rank: usize) -> (usize, &'a [u8]) {
@@ -193,6 +237,22 @@ mod tests {
         }
     }
 
+    /// An index built in another index's array, with its bucket table counted on a second thread, is
+    /// the same index as a fresh one.
+    #[test]
+    fn reused_buffer_and_parallel_buckets_give_the_same_index() {
+        let old: Vec<u8> = (0..(PARALLEL_BUCKETS_MIN as u32 + 4099))
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 21) as u8)
+            .collect();
+        let other: Vec<u8> = old.iter().rev().copied().collect();
+        let fresh = SuffixIndex::new(&old);
+        let lent = SuffixIndex::new(&other).into_buffer();
+        let reused = SuffixIndex::build(&old, lent, true);
+        assert!(fresh.sa == reused.sa, "suffix arrays differ");
+        assert!(fresh.buckets == reused.buckets, "bucket tables differ");
+        assert_eq!(fresh.prefix_len, reused.prefix_len);
+    }
+
     /// Needles around the two-byte bucket edges (first and last bucket, empty buckets, one-byte suffix,
     /// one-byte needles) still find the longest match.
     #[test]
@@ -216,7 +276,7 @@ mod tests {
             [&old[old.len() - 5..], &[255u8][..]].concat(),
         ];
         for prefix_len in [2, 3] {
-            let idx = SuffixIndex::with_prefix_len(&old, prefix_len);
+            let idx = SuffixIndex::with_prefix_len(&old, Vec::new(), prefix_len);
             for needle in &needles {
                 let best = (0..old.len())
                     .map(|p| common_prefix(&old[p..], needle))
@@ -226,7 +286,7 @@ mod tests {
                 assert_eq!(len, best, "needle {needle:?}, {prefix_len}-byte buckets");
                 assert_eq!(common_prefix(&old[pos..], needle), len);
             }
-            let two = SuffixIndex::with_prefix_len(b"ab", prefix_len);
+            let two = SuffixIndex::with_prefix_len(b"ab", Vec::new(), prefix_len);
             assert_eq!(two.longest_match(b"abc"), (0, 2));
         }
         let single = SuffixIndex::new(b"x");
