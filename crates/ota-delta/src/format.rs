@@ -3,11 +3,12 @@
 use crate::filter::{Filter, Filtering};
 use crate::{Error, Result};
 
-/// The format version this build writes and reads (4: the first [`CARRY_BYTES`] changed bytes of each run
-/// of changed bytes are a little-endian integer added to old with carry; version 3 started a run at each
-/// (zero run, literal run) pair, so a raw-coded diff got no carry; version 2 added every literal bytewise,
-/// version 1 coded the diff as one byte stream; none of them is read any more).
-pub const FORMAT_VERSION: u16 = 4;
+/// The format version this build writes and reads (5: filter ids 3 and 4, x86-64 RIP-relative operands
+/// alone and with calls/jumps; 4: the first [`CARRY_BYTES`] changed bytes of each run of changed bytes are a
+/// little-endian integer added to old with carry; version 3 started a run at each (zero run, literal run)
+/// pair, so a raw-coded diff got no carry; version 2 added every literal bytewise, version 1 coded the diff
+/// as one byte stream; none of them is read any more).
+pub const FORMAT_VERSION: u16 = 5;
 /// Bytes at the start of each run of changed bytes that form one little-endian integer added to the old bytes
 /// with carry (rather than byte by byte): a rel32 or pointer that moved by the same distance then gets the
 /// same literal bytes whether or not its low byte wrapped, which LZMA2 codes as repeats (15% smaller literal

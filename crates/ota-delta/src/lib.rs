@@ -22,15 +22,16 @@
 //! diff, so the decoder needs no second path) and keeps the smaller. The five streams (control, extra,
 //! zero runs, literal lengths, literals) are compressed separately with xz/LZMA2 (they have very different
 //! statistics). Before matching, both images may be passed through a [`Filter`] that rewrites relative
-//! branch targets of x86-64 (`E8`/`E9` rel32) or ARM64 (`BL`/`B` imm26, `ADRP`) into absolute ones, as xz's
-//! BCJ filters do, so that code that merely moved matches exactly; the decoder filters old reads and undoes
+//! branch targets of x86-64 (`E8`/`E9` rel32, RIP-relative disp32 operands) or ARM64 (`BL`/`B` imm26,
+//! `ADRP`) into absolute ones, as xz's BCJ filters do, so that code that merely moved matches exactly; the decoder filters old reads and undoes
 //! the filter on its output. The encoder tries the plausible filters and keeps the smallest delta; a sample
 //! of four windows picks one alone when it wins there clearly.
 //!
-//! # Format (version 4)
+//! # Format (version 5)
 //! ```text
 //! header (112 bytes, little endian)
-//!   0  magic "OTADELTA"          8  format version u16 (4)  10 filter id u8   11 codec id u8 (1 = xz/LZMA2)
+//!   0  magic "OTADELTA"          8  format version u16 (5)  10 filter id u8   11 codec id u8 (1 = xz/LZMA2)
+//!      (filter ids: 0 none, 1 x86 calls/jumps, 2 arm64, 3 x86 RIP-relative, 4 x86 calls/jumps and RIP-relative)
 //!   12 old_len u64   20 old_sha256 [32]   52 new_len u64   60 new_sha256 [32]
 //!   92 dictionary logs u8 x4: control (<= SIDE_MAX_WINDOW_LOG), literals, extra (<= MAX_WINDOW_LOG),
 //!      zero runs and literal lengths (<= SIDE_MAX_WINDOW_LOG)

@@ -210,13 +210,13 @@ fn header_fields_are_validated() {
     let mut bad = delta.clone();
     bad[0] = b'X';
     assert!(matches!(read_header(bad.as_slice()), Err(Error::BadMagic { .. })));
-    // Versions 1 to 3 (other diff codings) are refused, not misread.
-    for old_version in [1u8, 2, 3] {
+    // Versions 1 to 4 (other diff codings, fewer filters) are refused, not misread.
+    for old_version in [1u8, 2, 3, 4] {
         let mut bad = delta.clone();
         bad[8] = old_version;
         assert!(matches!(
             read_header(bad.as_slice()),
-            Err(Error::UnsupportedVersion { got, supported: 4 }) if got == u16::from(old_version)
+            Err(Error::UnsupportedVersion { got, supported: 5 }) if got == u16::from(old_version)
         ));
     }
     let mut bad = delta.clone();
