@@ -243,6 +243,24 @@ pub mod fuzzing {
                 assert_eq!(summary.new_len, out.len() as u64);
             }
         }
+        // Every filter inverts on any bytes at any block-aligned start, over any span.
+        let start = u64::from(first) * crate::filter::FILTER_BLOCK as u64;
+        let lo = u64::from(first) * 37 % (rest.len() as u64 + 1);
+        for filter in crate::Filter::ALL {
+            for span in [
+                filter.everywhere(),
+                crate::filter::Filtering {
+                    filter,
+                    lo,
+                    hi: lo + 4096,
+                },
+            ] {
+                let mut buf = rest.to_vec();
+                span.encode_in_place(&mut buf, start);
+                span.decode_in_place(&mut buf, start);
+                assert!(buf == rest, "filter {filter} does not invert");
+            }
+        }
         if first & 1 == 1 && rest.len() < 4096 {
             let (old, new) = rest.split_at(rest.len() / 2);
             let opts = super::EncodeOptions {
