@@ -242,11 +242,19 @@ fn rip_modrm_at(block: &[u8], i: usize) -> Option<usize> {
         }
         // VEX (2- and 3-byte) and EVEX prefixes: in 64-bit code these bytes are never LDS/LES/BOUND.
         0xC5 => Some(i + 3),
-        0xC4 => Some(i + 4),
-        0x62 => Some(i + 5),
+        // Opcode maps 0F, 0F 38, 0F 3A only; EVEX's fixed bits (P0 bits 3:2 zero, P1 bit 2 one): other
+        // values are ModRM bytes of the previous instruction (`mov rbp, rax` is `48 89 C5`).
+        0xC4 => matches!(block.get(i + 1)? & 0x1F, 1..=3).then_some(i + 4),
+        0x62 => (block.get(i + 1)? & 0x0C == 0 && block.get(i + 2)? & 0x04 != 0).then_some(i + 5),
         _ if rip_opcode(op) => Some(i + 1),
         _ => None,
     }
+}
+
+/// Whether ModRM byte `m` after opcode `op` is a RIP-relative operand worth converting: `FF /3`, `/5`
+/// and `/7` (far or undefined forms) are more often bytes of other instructions.
+fn rip_operand(op: u8, m: u8) -> bool {
+    m & 0xC7 == 0x05 && (op != 0xFF || matches!((m >> 3) & 7, 0 | 1 | 2 | 4 | 6))
 }
 
 /// Adds (`encode`) or subtracts `pc` from the rel32 at `at` when its top byte is `00`/`FF`; the result is
@@ -292,7 +300,7 @@ fn x86_block(block: &mut [u8], block_start: u64, from: usize, to: usize, encode:
         if units.rip {
             if let Some(modrm) = rip_modrm_at(block, i) {
                 let fits = modrm + 5 <= end;
-                if fits && modrm + 1 >= guard && block.get(modrm).is_some_and(|&m| m & 0xC7 == 0x05) {
+                if fits && modrm + 1 >= guard && block.get(modrm).is_some_and(|&m| rip_operand(op, m)) {
                     let pc = low32(block_start.wrapping_add(modrm as u64 + 5));
                     convert_rel32(block, modrm + 1, pc, encode);
                     i = modrm + 5;
@@ -300,9 +308,11 @@ fn x86_block(block: &mut [u8], block_start: u64, from: usize, to: usize, encode:
                     continue;
                 }
                 guard = guard.max(modrm + 1);
-            } else if op == 0x0F {
-                // The second opcode byte was read.
+            } else if op == 0x0F || op == 0xC4 {
+                // The byte after the opcode or escape was read.
                 guard = guard.max(i + 2);
+            } else if op == 0x62 {
+                guard = guard.max(i + 3);
             }
         }
         i += 1;
