@@ -28,7 +28,7 @@ enum Command {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
-        /// Only this filter (none, x86, arm64); default: try the plausible ones, keep the smallest.
+        /// Only this filter (none, x86, arm64, x86-rip, x86-full); default: try the plausible ones, keep the smallest.
         #[arg(long)]
         filter: Option<String>,
         /// Print each stage to stderr.
@@ -69,7 +69,9 @@ fn main() -> anyhow::Result<()> {
                 let f = ota_delta::Filter::ALL
                     .into_iter()
                     .find(|f| f.name() == name)
-                    .with_context(|| format!("unknown filter {name:?} (none, x86, arm64)"))?;
+                    .with_context(|| {
+                        format!("unknown filter {name:?} (none, x86, arm64, x86-rip, x86-full)")
+                    })?;
                 opts.filters = ota_delta::FilterChoice::Only(vec![f]);
             }
             let start = Instant::now();
