@@ -79,8 +79,9 @@ impl<'a> SuffixIndex<'a> {
         Self::build(old, Vec::new(), false)
     }
 
-    /// [`SuffixIndex::new`] in `buffer`'s allocation (another index's array: see [`SuffixIndex::into_buffer`]),
-    /// with the bucket table counted on a second thread when `parallel` and `old` is large.
+    /// [`SuffixIndex::new`] in `buffer`'s allocation (another index's array, see
+    /// [`SuffixIndex::into_buffer`]), with the bucket table counted on a second thread when `parallel` and
+    /// `old` is large.
     pub(crate) fn build(old: &'a [u8], buffer: Vec<i32>, parallel: bool) -> Self {
         let prefix_len = if old.len() >= WIDE_BUCKETS_MIN { 3 } else { 2 };
         if parallel && old.len() >= PARALLEL_BUCKETS_MIN {
