@@ -357,11 +357,26 @@ fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> 
         && opts.threads >= 2
         && old.len().saturating_add(new.len()) >= SPECULATIVE_INDEX_MIN;
     if !speculate {
+        let (candidates, (old_sha, new_sha)) = if opts.threads >= 2 {
+            // The probe on a thread of its own, whose allocator arena keeps what it freed for the
+            // matching threads that reuse it: on this thread that memory stayed beside the suffix
+            // array (systemd's peak +4 MiB).
+            std::thread::scope(|scope| {
+                let candidates = scope.spawn(|| candidates(old, new, opts));
+                let hashes = (sha256(old), sha256(new));
+                let candidates = candidates
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (candidates, hashes)
+            })
+        } else {
+            (candidates(old, new, opts), (sha256(old), sha256(new)))
+        };
         return Prepared {
-            candidates: candidates(old, new, opts),
+            candidates,
             index: None,
-            old_sha: sha256(old),
-            new_sha: sha256(new),
+            old_sha,
+            new_sha,
         };
     }
     std::thread::scope(|scope| {
