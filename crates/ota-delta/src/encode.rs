@@ -167,7 +167,11 @@ fn encode_borrowed(
             Some(other) => IndexSource::Buffer(other.into_buffer()),
             None => IndexSource::Buffer(Vec::new()),
         };
-        encode_core(&o, &n, old_sha, new_sha, filter, source, opts, per, progress)
+        // A lone candidate codes its diff both ways at once (see `encode_core`).
+        let raw_too = count == 1 && raw_coding_may_pay(filter.filter);
+        encode_core(
+            &o, &n, old_sha, new_sha, filter, source, opts, per, raw_too, progress,
+        )
     };
     let mut best: Option<Candidate> = None;
     if side_by_side {
@@ -191,7 +195,7 @@ fn encode_borrowed(
         }
     }
     let best = best.ok_or_else(no_candidate)?;
-    if !raw_coding_may_pay(best.filter.filter) {
+    if best.raw_tried || !raw_coding_may_pay(best.filter.filter) {
         return Ok(best.delta);
     }
     let (o, n) = (filtered(old, best.filter), filtered(new, best.filter));
@@ -246,6 +250,7 @@ pub fn encode_owned(
             IndexSource::Buffer(std::mem::take(&mut spare)),
             opts,
             opts.threads.max(1),
+            count == 1 && raw_coding_may_pay(filter.filter),
             progress,
         );
         filter.decode_in_place(&mut old, 0);
@@ -254,7 +259,7 @@ pub fn encode_owned(
     }
     let best = best.ok_or_else(no_candidate)?;
     let filter = best.filter;
-    if !raw_coding_may_pay(filter.filter) {
+    if best.raw_tried || !raw_coding_may_pay(filter.filter) {
         return Ok(best.delta);
     }
     filter.encode_in_place(&mut old, 0);
@@ -267,6 +272,8 @@ struct Candidate {
     filter: Filtering,
     delta: Vec<u8>,
     steps: Vec<Step>,
+    /// Whether `delta` is already the smaller of the run-length and the raw coding.
+    raw_tried: bool,
 }
 
 /// When a machine-code filter won, codes its diff raw as well and keeps the smaller delta: after such a
@@ -557,6 +564,7 @@ fn encode_core(
     index: IndexSource<'_>,
     opts: &EncodeOptions,
     threads: usize,
+    raw_too: bool,
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Candidate> {
     progress(EncodeStage::Indexing(filter.filter));
@@ -569,6 +577,54 @@ fn encode_core(
         match_parallel(&index, o, n, threads)
     };
     progress(EncodeStage::Compressing(filter.filter));
+    if raw_too && threads >= 2 {
+        // The raw coding's literal stream (one xz stream over the whole diff) takes seconds on one
+        // thread: the run-length coding is compressed on another meanwhile, its streams one after the
+        // other (one more xz encoder alive, not five), instead of before it.
+        let (runs, raw) = std::thread::scope(|scope| {
+            let raw = scope.spawn(|| {
+                write_delta(
+                    o,
+                    n,
+                    &steps,
+                    old_sha,
+                    new_sha,
+                    filter,
+                    opts,
+                    DiffCoding::Raw,
+                    true,
+                )
+            });
+            let runs = write_delta(
+                o,
+                n,
+                &steps,
+                old_sha,
+                new_sha,
+                filter,
+                opts,
+                DiffCoding::Runs,
+                false,
+            );
+            let raw = raw
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (runs, raw)
+        });
+        let (runs, raw) = (runs?, raw?);
+        // The same choice as `try_raw_coding`.
+        let delta = if raw.len() < runs.len() { raw } else { runs };
+        progress(EncodeStage::Finished {
+            filter: filter.filter,
+            delta_len: delta.len() as u64,
+        });
+        return Ok(Candidate {
+            filter,
+            delta,
+            steps,
+            raw_tried: true,
+        });
+    }
     // Run-length coding wins on most pairs and compresses in a fraction of the time; the winner may
     // still try the raw coding (see `try_raw_coding`).
     let delta = write_delta(
@@ -586,7 +642,12 @@ fn encode_core(
         filter: filter.filter,
         delta_len: delta.len() as u64,
     });
-    Ok(Candidate { filter, delta, steps })
+    Ok(Candidate {
+        filter,
+        delta,
+        steps,
+        raw_tried: false,
+    })
 }
 
 /// Bytes of new per matching range, at least, when there are more ranges than threads.
@@ -1371,6 +1432,52 @@ mod tests {
                 one == short,
                 "{threads} threads with short ranges differ from one"
             );
+        }
+    }
+
+    /// A lone machine-code candidate codes its diff both ways at once on two threads: the same delta as
+    /// one thread, which codes them one after the other, and it applies.
+    #[test]
+    fn lone_candidate_writes_both_codings_at_once_with_the_same_result() {
+        // Call-like bytes (E8 rel32) whose targets move by 0x40 in new, among noise.
+        let old: Vec<u8> = (0..400_000u32)
+            .flat_map(|i| {
+                let x = i.wrapping_mul(2_654_435_761) >> 20;
+                [
+                    0xe8,
+                    x as u8,
+                    (x >> 8) as u8 & 0x0f,
+                    0,
+                    0,
+                    (i % 7) as u8,
+                    0x90,
+                    0x48,
+                ]
+            })
+            .take(400_000)
+            .collect();
+        let mut new = old.clone();
+        for i in (0..new.len() - 8).step_by(8) {
+            if new[i] == 0xe8 {
+                new[i + 1] = new[i + 1].wrapping_sub(0x40);
+            }
+        }
+        new.splice(5000..5000, *b"inserted bytes");
+        for filter in [Filter::X86, Filter::X86Full] {
+            let opts = |threads| EncodeOptions {
+                level: 3,
+                threads,
+                filters: FilterChoice::Only(vec![filter]),
+                ..EncodeOptions::default()
+            };
+            let one = encode(&old, &new, &opts(1)).unwrap();
+            let two = encode(&old, &new, &opts(2)).unwrap();
+            assert!(one == two, "{filter:?}: two threads give another delta");
+            let owned = encode_owned(old.clone(), new.clone(), &opts(2), &|_| {}).unwrap();
+            assert!(one == owned, "{filter:?}: encode_owned gives another delta");
+            let mut out = Vec::new();
+            crate::apply(std::io::Cursor::new(&old), two.as_slice(), &mut out).unwrap();
+            assert!(out == new, "{filter:?} does not round-trip");
         }
     }
 
