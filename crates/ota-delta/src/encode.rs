@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
 use xz2::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
@@ -386,20 +386,44 @@ fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> 
             new_sha,
         };
     }
-    std::thread::scope(|scope| {
-        let index = scope.spawn(|| SuffixIndex::build(old, Vec::new(), true));
-        let candidates = candidates(old, new, opts);
+    // The probe (if any) is set up here while the other thread sorts; that thread then takes the
+    // probe's samples left, if any (on the 10 MB pairs the array takes ~0.5 s, the probe's 12 samples
+    // ~0.8 s on one thread).
+    let probe: OnceLock<Probe<'_>> = OnceLock::new();
+    let (decided, index, old_sha, new_sha) = std::thread::scope(|scope| {
+        let shared = &probe;
+        let index = scope.spawn(move || {
+            let index = SuffixIndex::build(old, Vec::new(), true);
+            if let Some(probe) = shared.get() {
+                probe.work();
+            }
+            index
+        });
+        let decided = match Probe::plan(old, new, plausible_filters(old, new), opts) {
+            Choice::Decided(list) => Some(list),
+            Choice::Probe(p) => {
+                shared.get_or_init(|| p).work();
+                None
+            }
+        };
         let (old_sha, new_sha) = (sha256(old), sha256(new));
         let index = index
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        Prepared {
-            candidates,
-            index: Some(index),
-            old_sha,
-            new_sha,
-        }
-    })
+        (decided, index, old_sha, new_sha)
+    });
+    // Every sample is done: both threads that took jobs have returned from `work`.
+    let candidates = match (decided, probe.into_inner()) {
+        (Some(list), _) => list,
+        (None, Some(probe)) => probe.decide(),
+        (None, None) => vec![Filter::None.everywhere()],
+    };
+    Prepared {
+        candidates,
+        index: Some(index),
+        old_sha,
+        new_sha,
+    }
 }
 
 /// The candidates to run: for `Auto`, the plausible filters narrowed by the probe.
@@ -437,87 +461,157 @@ fn probe_candidates(
     candidates: Vec<Filtering>,
     opts: &EncodeOptions,
 ) -> Vec<Filtering> {
-    if candidates.len() < 2 || new.len() <= PROBE_NEW * 2 {
-        return candidates;
-    }
-    let block = FILTER_BLOCK;
-    // Middle of the widest filtered span, inside new.
-    let (lo, hi) = candidates
-        .iter()
-        .filter(|c| c.filter != Filter::None)
-        .map(|c| (c.lo, c.hi))
-        .fold((u64::MAX, 0u64), |(a, b), (l, h)| (a.min(l), b.max(h)));
-    let new_len = new.len() as u64;
-    let (lo, hi) = (lo.min(new_len), hi.min(new_len));
-    let (lo, hi) = if hi > lo { (lo, hi) } else { (0, new_len) };
-    // Window pairs (old start, old end, new start, new end), spread over the span.
-    let windows: Vec<(usize, usize, usize, usize)> = (0..PROBE_WINDOWS)
-        .map(|k| {
-            let at = lo + (hi - lo) * (2 * k as u64 + 1) / (2 * PROBE_WINDOWS as u64);
-            let middle = usize::try_from(at).unwrap_or(0);
-            let new_start = middle.saturating_sub(PROBE_NEW / 2) / block * block;
-            let new_end = (new_start + PROBE_NEW).min(new.len());
-            let old_middle =
-                usize::try_from(middle as u128 * old.len() as u128 / new.len() as u128).unwrap_or(0);
-            let old_start = old_middle.saturating_sub(PROBE_OLD / 2) / block * block;
-            let old_end = (old_start + PROBE_OLD).min(old.len());
-            (old_start, old_end, new_start, new_end)
-        })
-        .collect();
-    let probe_opts = EncodeOptions {
-        level: 6,
-        extreme: false,
-        ..opts.clone()
-    };
-    let sample = |filter: Filtering| -> Option<usize> {
-        let mut total = 0;
-        for &(old_start, old_end, new_start, new_end) in &windows {
-            let mut o = old.get(old_start..old_end)?.to_vec();
-            let mut n = new.get(new_start..new_end)?.to_vec();
-            filter.encode_in_place(&mut o, old_start as u64);
-            filter.encode_in_place(&mut n, new_start as u64);
-            let index = SuffixIndex::new(&o);
-            let steps = match_parallel(&index, &o, &n, 1);
-            let zero = [0u8; 32];
-            total += write_delta(
-                &o,
-                &n,
-                &steps,
-                &zero,
-                &zero,
-                filter,
-                &probe_opts,
-                DiffCoding::Runs,
-                false,
-            )
-            .ok()?
-            .len();
+    match Probe::plan(old, new, candidates, opts) {
+        Choice::Decided(list) => list,
+        Choice::Probe(probe) => {
+            probe.work();
+            probe.decide()
         }
-        Some(total)
-    };
-    // One thread: the other core builds the unfiltered suffix array meanwhile (see `candidates`), and
-    // the windows' buffers stay in one allocator arena instead of one per thread.
-    let sizes: Vec<Option<usize>> = candidates.iter().map(|&c| sample(c)).collect();
-    let Some(sizes) = sizes.into_iter().collect::<Option<Vec<usize>>>() else {
-        return candidates;
-    };
-    let Some((best, &best_size)) = sizes.iter().enumerate().min_by_key(|&(_, &s)| s) else {
-        return candidates;
-    };
-    // Candidates the sample cannot tell apart from the best.
-    let close: Vec<Filtering> = candidates
-        .iter()
-        .zip(&sizes)
-        .filter(|&(_, &s)| best_size * 1000 > s * (1000 - PROBE_MARGIN_PERMILLE))
-        .map(|(&c, _)| c)
-        .collect();
-    // The unfiltered candidate among them runs alone: it is the cheapest (no raw coding try, its suffix
-    // array may be built already), and running several side by side doubles the time and the memory for
-    // a few percent at most (lightningcss: x86-rip 1% smaller in the sample, 0.2% larger in full).
-    match close.iter().find(|c| c.filter == Filter::None) {
-        Some(&unfiltered) => vec![unfiltered],
-        None if close.is_empty() => candidates.get(best).map_or(candidates.clone(), |&c| vec![c]),
-        None => close,
+    }
+}
+
+/// The candidates, or the probe that will pick them.
+enum Choice<'a> {
+    /// No probe needed.
+    Decided(Vec<Filtering>),
+    /// To sample first.
+    Probe(Probe<'a>),
+}
+
+/// The probe's samples, one job per (candidate, window), taken in turn by every thread that calls
+/// [`Probe::work`]: the probe's own, and the thread that built the unfiltered suffix array once it is
+/// done (see `prepare`).
+struct Probe<'a> {
+    old: &'a [u8],
+    new: &'a [u8],
+    candidates: Vec<Filtering>,
+    /// (old start, old end, new start, new end).
+    windows: Vec<(usize, usize, usize, usize)>,
+    opts: EncodeOptions,
+    next_job: AtomicUsize,
+    /// Each job's sample delta size (`None`: not done, or it failed).
+    sizes: Mutex<Vec<Option<usize>>>,
+}
+
+impl<'a> Probe<'a> {
+    /// The probe over `candidates`' windows, or the candidates themselves when there is nothing to
+    /// choose (one candidate, or new too small for the windows).
+    fn plan(old: &'a [u8], new: &'a [u8], candidates: Vec<Filtering>, opts: &EncodeOptions) -> Choice<'a> {
+        if candidates.len() < 2 || new.len() <= PROBE_NEW * 2 {
+            return Choice::Decided(candidates);
+        }
+        let block = FILTER_BLOCK;
+        // Middle of the widest filtered span, inside new.
+        let (lo, hi) = candidates
+            .iter()
+            .filter(|c| c.filter != Filter::None)
+            .map(|c| (c.lo, c.hi))
+            .fold((u64::MAX, 0u64), |(a, b), (l, h)| (a.min(l), b.max(h)));
+        let new_len = new.len() as u64;
+        let (lo, hi) = (lo.min(new_len), hi.min(new_len));
+        let (lo, hi) = if hi > lo { (lo, hi) } else { (0, new_len) };
+        // Window pairs (old start, old end, new start, new end), spread over the span.
+        let windows: Vec<(usize, usize, usize, usize)> = (0..PROBE_WINDOWS)
+            .map(|k| {
+                let at = lo + (hi - lo) * (2 * k as u64 + 1) / (2 * PROBE_WINDOWS as u64);
+                let middle = usize::try_from(at).unwrap_or(0);
+                let new_start = middle.saturating_sub(PROBE_NEW / 2) / block * block;
+                let new_end = (new_start + PROBE_NEW).min(new.len());
+                let old_middle =
+                    usize::try_from(middle as u128 * old.len() as u128 / new.len() as u128).unwrap_or(0);
+                let old_start = old_middle.saturating_sub(PROBE_OLD / 2) / block * block;
+                let old_end = (old_start + PROBE_OLD).min(old.len());
+                (old_start, old_end, new_start, new_end)
+            })
+            .collect();
+        let jobs = candidates.len() * windows.len();
+        Choice::Probe(Probe {
+            old,
+            new,
+            candidates,
+            windows,
+            opts: EncodeOptions {
+                level: 6,
+                extreme: false,
+                ..opts.clone()
+            },
+            next_job: AtomicUsize::new(0),
+            sizes: Mutex::new(vec![None; jobs]),
+        })
+    }
+
+    /// One window's sample delta size through one candidate's filter.
+    fn sample(&self, filter: Filtering, window: (usize, usize, usize, usize)) -> Option<usize> {
+        let (old_start, old_end, new_start, new_end) = window;
+        let mut o = self.old.get(old_start..old_end)?.to_vec();
+        let mut n = self.new.get(new_start..new_end)?.to_vec();
+        filter.encode_in_place(&mut o, old_start as u64);
+        filter.encode_in_place(&mut n, new_start as u64);
+        let index = SuffixIndex::new(&o);
+        let steps = match_parallel(&index, &o, &n, 1);
+        let zero = [0u8; 32];
+        let delta = write_delta(
+            &o,
+            &n,
+            &steps,
+            &zero,
+            &zero,
+            filter,
+            &self.opts,
+            DiffCoding::Runs,
+            false,
+        );
+        delta.ok().map(|d| d.len())
+    }
+
+    /// Takes jobs until none is left.
+    fn work(&self) {
+        let per = self.windows.len().max(1);
+        loop {
+            let job = self.next_job.fetch_add(1, Ordering::Relaxed);
+            let (Some(&filter), Some(&window)) =
+                (self.candidates.get(job / per), self.windows.get(job % per))
+            else {
+                return;
+            };
+            let size = self.sample(filter, window);
+            if let Ok(mut sizes) = self.sizes.lock() {
+                if let Some(slot) = sizes.get_mut(job) {
+                    *slot = size;
+                }
+            }
+        }
+    }
+
+    /// The candidates left once every job is done (every thread that worked has returned).
+    fn decide(self) -> Vec<Filtering> {
+        let candidates = self.candidates;
+        let per = self.windows.len().max(1);
+        let Ok(jobs) = self.sizes.into_inner() else {
+            return candidates;
+        };
+        let sizes: Option<Vec<usize>> = jobs.chunks(per).map(|c| c.iter().copied().sum()).collect();
+        let Some(sizes) = sizes else {
+            return candidates;
+        };
+        let Some((best, &best_size)) = sizes.iter().enumerate().min_by_key(|&(_, &s)| s) else {
+            return candidates;
+        };
+        // Candidates the sample cannot tell apart from the best.
+        let close: Vec<Filtering> = candidates
+            .iter()
+            .zip(&sizes)
+            .filter(|&(_, &s)| best_size * 1000 > s * (1000 - PROBE_MARGIN_PERMILLE))
+            .map(|(&c, _)| c)
+            .collect();
+        // The unfiltered candidate among them runs alone: it is the cheapest (no raw coding try, its suffix
+        // array may be built already), and running several side by side doubles the time and the memory
+        // for a few percent at most (lightningcss: x86-rip 1% smaller in the sample, 0.2% larger in full).
+        match close.iter().find(|c| c.filter == Filter::None) {
+            Some(&unfiltered) => vec![unfiltered],
+            None if close.is_empty() => candidates.get(best).map_or(candidates.clone(), |&c| vec![c]),
+            None => close,
+        }
     }
 }
 
