@@ -400,7 +400,7 @@ pub(crate) fn filtering_for(old: &[u8], new: &[u8], filter: Filter) -> Filtering
 }
 
 /// File offsets spanned by the executable PT_LOAD segments of a 64-bit little-endian ELF file.
-fn elf_exec_span(data: &[u8]) -> Option<(u64, u64)> {
+pub(crate) fn elf_exec_span(data: &[u8]) -> Option<(u64, u64)> {
     if data.get(..7)? != b"\x7fELF\x02\x01\x01" {
         return None;
     }

@@ -24,8 +24,8 @@
 //! statistics). Before matching, both images may be passed through a [`Filter`] that rewrites relative
 //! branch targets of x86-64 (`E8`/`E9` rel32, RIP-relative disp32 operands) or ARM64 (`BL`/`B` imm26,
 //! `ADRP`) into absolute ones, as xz's BCJ filters do, so that code that merely moved matches exactly; the decoder filters old reads and undoes
-//! the filter on its output. The encoder tries the plausible filters and keeps the smallest delta; a sample
-//! of four windows picks one alone when it wins there clearly.
+//! the filter on its output. A sample of four windows picks, among the plausible filters, the one that
+//! runs in full.
 //!
 //! # Format (version 5)
 //! ```text
