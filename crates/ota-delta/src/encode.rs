@@ -349,20 +349,51 @@ struct Prepared<'a> {
     new_sha: [u8; 32],
 }
 
-/// Below this combined input size the unfiltered suffix array is not built beside the probe: the probe's
-/// own buffers and xz encoders (~8 MiB) on top of it broke the 4x-inputs memory budget (systemd: 30 MiB
-/// for 6.4 MiB of input), and on such pairs the array takes a fraction of a second anyway.
-const SPECULATIVE_INDEX_MIN: usize = 16 << 20;
+/// From this combined input size on, the unfiltered suffix array is built beside the probe (rootfs: 2.4 s
+/// against the probe's ~1 s; `None` wins there). Below it the array takes about as long as the probe
+/// (~0.5 s on the 10 MB pairs) and a filter wins on every ELF pair of the corpus, so the array was built
+/// for nothing: the probe gets both cores instead (see [`PARALLEL_PROBE_MIN`]).
+const SPECULATIVE_INDEX_MIN: usize = 64 << 20;
+/// From this combined input size on (and below [`SPECULATIVE_INDEX_MIN`]), the probe's samples run on
+/// both threads. Below it, on one thread of its own: the unfiltered array or the samples of a second
+/// thread on top of the probe's buffers broke the 4x-inputs memory budget (systemd: 27-30 MB for 6.4
+/// MiB of input).
+const PARALLEL_PROBE_MIN: usize = 16 << 20;
 
 /// The candidates to run, their hashes, and the unfiltered old image's suffix array when it was built
 /// while the probe ran (on a core the probe leaves idle: the array is needed whenever the probe keeps
 /// `None`, three pairs out of five on the corpus, and otherwise lends its allocation to the filtered
 /// candidate). The images are hashed meanwhile too.
 fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> {
-    let speculate = opts.filters == FilterChoice::Auto
-        && opts.threads >= 2
-        && old.len().saturating_add(new.len()) >= SPECULATIVE_INDEX_MIN;
-    if !speculate {
+    let combined = old.len().saturating_add(new.len());
+    let auto = opts.filters == FilterChoice::Auto && opts.threads >= 2;
+    if auto && (PARALLEL_PROBE_MIN..SPECULATIVE_INDEX_MIN).contains(&combined) {
+        // The probe's samples on both threads, then only the winner's array is built.
+        let (candidates, (old_sha, new_sha)) = match Probe::plan(old, new, plausible_filters(old, new), opts)
+        {
+            Choice::Decided(list) => (list, (sha256(old), sha256(new))),
+            Choice::Probe(probe) => {
+                let hashes = std::thread::scope(|scope| {
+                    let shared = &probe;
+                    let helper = scope.spawn(move || shared.work());
+                    let hashes = (sha256(old), sha256(new));
+                    shared.work();
+                    helper
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    hashes
+                });
+                (probe.decide(), hashes)
+            }
+        };
+        return Prepared {
+            candidates,
+            index: None,
+            old_sha,
+            new_sha,
+        };
+    }
+    if !(auto && combined >= SPECULATIVE_INDEX_MIN) {
         let (candidates, (old_sha, new_sha)) = if opts.threads >= 2 {
             // The probe on a thread of its own, whose allocator arena keeps what it freed for the
             // matching threads that reuse it: on this thread that memory stayed beside the suffix
