@@ -1066,9 +1066,9 @@ const RAW_LITERAL_WINDOW_LOG: u8 = 19;
 /// Splits a diff into (zero run, literal run) pairs: the format codes the diff, mostly zeros, as the two
 /// run lengths and the literal bytes, each in its own stream. With [`DiffCoding::Runs`], a gap of at most
 /// [`RUN_GAP`] zero bytes between nonzero ones stays inside the literal run (as zero literals) in the new
-/// image's data (after its executable segments): fewer, more regular pairs. Zeros after a literal run are pending until a
-/// nonzero byte absorbs them, a zero beyond the gap ends the run, or the add ends ([`Self::end_of_add`]),
-/// so a piece never leaves zeros of its own undecided.
+/// image's data (after its executable segments): fewer, more regular pairs. Zeros after a literal run are
+/// pending until a nonzero byte absorbs them, a zero beyond the gap ends the run, or the add ends
+/// ([`Self::end_of_add`]), so a piece never leaves zeros of its own undecided.
 #[derive(Debug, Default)]
 struct RunTokenizer {
     coding: DiffCoding,

@@ -14,24 +14,26 @@
 //! which are extended approximately forwards and backwards; each step of the patch is a control entry
 //! `(add_len, copy_len, seek)`: add `add_len` bytes of "diff" (new minus old, bytewise) to old starting at
 //! the current old offset, then copy `copy_len` literal "extra" bytes, then move the old offset by `seek`.
-//! The diff is mostly zeros (bytes that matched) with scattered small differences, so it is coded as
-//! run lengths: pairs (zero run, literal run) in two streams of varints, and the nonzero literal bytes in a
-//! third; this codes 5-20 times fewer bytes than the raw diff (so compression takes seconds, not minutes)
-//! and comes out smaller than LZMA2 on the raw diff on most binaries. When a machine-code filter wins,
-//! the encoder also codes that candidate's diff raw (one pair per segment whose literals are the whole
-//! diff, so the decoder needs no second path) and keeps the smaller. The five streams (control, extra,
-//! zero runs, literal lengths, literals) are compressed separately with xz/LZMA2 (they have very different
-//! statistics). Before matching, both images may be passed through a [`Filter`] that rewrites relative
-//! branch targets of x86-64 (`E8`/`E9` rel32, RIP-relative disp32 operands) or ARM64 (`BL`/`B` imm26,
-//! `ADRP`) into absolute ones, as xz's BCJ filters do, so that code that merely moved matches exactly; the decoder filters old reads and undoes
-//! the filter on its output. A sample of four windows picks, among the plausible filters, the one that
-//! runs in full.
+//! The diff is mostly zeros (bytes that matched) with scattered small differences, so it is coded as run
+//! lengths: pairs (zero run, literal run) in two streams of varints, and the literal bytes in a third (in
+//! an ELF file's data, a gap of up to 4 zeros stays inside a literal run); this codes 5-20 times fewer bytes
+//! than the raw diff (so compression takes seconds, not minutes) and comes out smaller than LZMA2 on the raw
+//! diff on most binaries. When a filter that converts calls wins (`x86`, `x86-full`, `arm64`), the encoder
+//! also codes that candidate's diff raw (one pair per segment whose literals are the whole diff, so the
+//! decoder needs no second path) and keeps the smaller. The five streams (control, extra, zero runs,
+//! literal lengths, literals) are compressed separately with xz/LZMA2 (they have very different statistics).
+//! Before matching, both images may be passed through a [`Filter`] that rewrites relative branch targets of
+//! x86-64 (`E8`/`E9` rel32, RIP-relative disp32 operands) or ARM64 (`BL`/`B` imm26, `ADRP`) into absolute
+//! ones, as xz's BCJ filters do, so that code that merely moved matches exactly; the decoder filters old
+//! reads and undoes the filter on its output. A sample of four windows picks, among the plausible filters,
+//! the one that runs in full.
 //!
 //! # Format (version 5)
 //! ```text
 //! header (112 bytes, little endian)
 //!   0  magic "OTADELTA"          8  format version u16 (5)  10 filter id u8   11 codec id u8 (1 = xz/LZMA2)
-//!      (filter ids: 0 none, 1 x86 calls/jumps, 2 arm64, 3 x86 RIP-relative, 4 x86 calls/jumps and RIP-relative)
+//!      (filter ids: 0 none, 1 x86 calls/jumps, 2 arm64, 3 x86 RIP-relative,
+//!       4 x86 calls/jumps and RIP-relative)
 //!   12 old_len u64   20 old_sha256 [32]   52 new_len u64   60 new_sha256 [32]
 //!   92 dictionary logs u8 x4: control (<= SIDE_MAX_WINDOW_LOG), literals, extra (<= MAX_WINDOW_LOG),
 //!      zero runs and literal lengths (<= SIDE_MAX_WINDOW_LOG)
@@ -48,14 +50,14 @@
 //! Each of the five streams is one continuous xz stream (LZMA2, no check: the result's sha256 is checked)
 //! across all segments (so its dictionary carries over), sync-flushed at every segment end, so the decoder
 //! can consume a segment as soon as it has read it. A segment's control bytes are LEB128 varints grouped by
-//! field: the entry count, then every `add_len`, every `copy_len`, every zigzag `seek`. A segment's diff (`diff_raw` bytes, its add steps' in order) is the
-//! concatenation, over its pairs, of `zeros` zero bytes then `literals` bytes of the literal stream. Bytes
-//! are added to old in runs of changed bytes (new != old; a run starts at the segment start or after an
-//! unchanged byte): a run's first [`CARRY_BYTES`] bytes are one little-endian integer added with carry
-//! (the carry out of the last of them is dropped), the rest bytewise. The
-//! decoder buffers one segment's control, extra and run-length bytes (all capped) and streams the literals;
-//! old is read through a small block cache, new is written strictly sequentially. The dictionaries are
-//! capped: a header declaring more is refused before anything is allocated, and liblzma's memory limit
+//! field: the entry count, then every `add_len`, every `copy_len`, every zigzag `seek`. A segment's diff
+//! (`diff_raw` bytes, its add steps' in order) is the concatenation, over its pairs, of `zeros` zero bytes
+//! then `literals` bytes of the literal stream. Bytes are added to old in runs of changed bytes (new != old;
+//! a run starts at the segment start or after an unchanged byte): a run's first [`CARRY_BYTES`] bytes are one
+//! little-endian integer added with carry (the carry out of the last of them is dropped), the rest bytewise.
+//! The decoder buffers one segment's control, extra and run-length bytes (all capped) and streams the
+//! literals; old is read through a small block cache, new is written strictly sequentially. The dictionaries
+//! are capped: a header declaring more is refused before anything is allocated, and liblzma's memory limit
 //! refuses a stream whose own header asks for more than the delta header declared.
 #![deny(missing_docs)]
 
