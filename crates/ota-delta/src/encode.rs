@@ -688,35 +688,16 @@ fn encode_core(
         match_parallel(&index, o, n, threads)
     };
     progress(EncodeStage::Compressing(filter.filter));
+    let write = |coding: DiffCoding, parallel: bool| {
+        write_delta(o, n, &steps, old_sha, new_sha, filter, opts, coding, parallel)
+    };
     if raw_too && threads >= 2 {
         // The raw coding's literal stream (one xz stream over the whole diff) takes seconds on one
         // thread: the run-length coding is compressed on another meanwhile, its streams one after the
         // other (one more xz encoder alive, not five), instead of before it.
         let (runs, raw) = std::thread::scope(|scope| {
-            let raw = scope.spawn(|| {
-                write_delta(
-                    o,
-                    n,
-                    &steps,
-                    old_sha,
-                    new_sha,
-                    filter,
-                    opts,
-                    DiffCoding::Raw,
-                    true,
-                )
-            });
-            let runs = write_delta(
-                o,
-                n,
-                &steps,
-                old_sha,
-                new_sha,
-                filter,
-                opts,
-                DiffCoding::Runs,
-                false,
-            );
+            let raw = scope.spawn(|| write(DiffCoding::Raw, true));
+            let runs = write(DiffCoding::Runs, false);
             let raw = raw
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -738,17 +719,7 @@ fn encode_core(
     }
     // Run-length coding wins on most pairs and compresses in a fraction of the time; the winner may
     // still try the raw coding (see `try_raw_coding`).
-    let delta = write_delta(
-        o,
-        n,
-        &steps,
-        old_sha,
-        new_sha,
-        filter,
-        opts,
-        DiffCoding::Runs,
-        true,
-    )?;
+    let delta = write(DiffCoding::Runs, true)?;
     progress(EncodeStage::Finished {
         filter: filter.filter,
         delta_len: delta.len() as u64,
