@@ -61,10 +61,12 @@
 //! refuses a stream whose own header asks for more than the delta header declared.
 #![deny(missing_docs)]
 
+mod coding;
 mod decode;
 mod encode;
 mod filter;
 mod format;
+mod matching;
 mod suffix;
 
 pub use decode::{apply, read_header, verify_base, ApplySummary};

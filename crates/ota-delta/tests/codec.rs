@@ -132,46 +132,6 @@ fn image_larger_than_segment_caps_round_trips() {
     round_trip(&old, &new, &fast_opts());
 }
 
-/// An x86-64 ELF file: 64-byte header and one executable PT_LOAD segment at 4096..8192 (data follows it).
-fn elf_with_data(len: usize) -> Vec<u8> {
-    let mut elf = noise(12, len);
-    elf[..64].fill(0);
-    elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
-    elf[18] = 0x3e;
-    elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
-    elf[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
-    elf[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
-    elf[64..120].fill(0);
-    elf[64..68].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    elf[68..72].copy_from_slice(&5u32.to_le_bytes()); // R+X
-    elf[72..80].copy_from_slice(&4096u64.to_le_bytes()); // p_offset
-    elf[96..104].copy_from_slice(&4096u64.to_le_bytes()); // p_filesz
-    elf
-}
-
-/// In an ELF file's data the run-length coding keeps short zero gaps inside literal runs, and a segment
-/// may end while zeros after a literal run are still undecided: changes a few bytes apart all through the
-/// data (over 64 KiB of run lengths, so several segments) still rebuild the new image exactly.
-#[test]
-fn scattered_changes_in_elf_data_round_trip_across_segments() {
-    let old = elf_with_data(3 << 20);
-    let mut new = old.clone();
-    let (mut at, mut k) = (8192usize, 0usize);
-    while at < new.len() {
-        new[at] = new[at].wrapping_add(1 + (k % 3) as u8);
-        at += 2 + (k * 7 % 11);
-        k += 1;
-    }
-    let opts = EncodeOptions {
-        filters: FilterChoice::Only(vec![Filter::None]),
-        ..fast_opts()
-    };
-    let delta = round_trip(&old, &new, &opts);
-    let mut out = Vec::new();
-    let summary = apply(Cursor::new(&old), delta.as_slice(), &mut out).unwrap();
-    assert!(summary.segments >= 2, "only {} segment(s)", summary.segments);
-}
-
 #[test]
 fn mismatching_base_is_detected_before_and_after() {
     let old = noise(20, 200_000);
