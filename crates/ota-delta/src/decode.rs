@@ -517,7 +517,9 @@ struct OldImage<O> {
     cache: Vec<(u64, Vec<u8>)>,
 }
 
-const OLD_CACHE_BLOCKS: usize = 4;
+/// Blocks of the old image kept (filtered): 16 (1 MiB) cut lightningcss's apply from 0.40 to 0.32 s against
+/// 4, its x86-rip blocks being filtered again less often, for 0.8 MiB more; 64 gave 0.21 s at 8.3 MiB.
+const OLD_CACHE_BLOCKS: usize = 16;
 
 impl<O: Read + Seek> OldImage<O> {
     fn new(reader: O, len: u64, filter: Filtering) -> Self {
