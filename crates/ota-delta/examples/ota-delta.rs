@@ -28,7 +28,8 @@ enum Command {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
-        /// Only this filter (none, x86, arm64, x86-rip, x86-full); default: try the plausible ones, keep the smallest.
+        /// Only this filter (none, x86, arm64, x86-rip, x86-full); default: try the plausible ones, keep the
+        /// smallest.
         #[arg(long)]
         filter: Option<String>,
         /// Print each stage to stderr.
@@ -70,7 +71,8 @@ fn main() -> anyhow::Result<()> {
                     .into_iter()
                     .find(|f| f.name() == name)
                     .with_context(|| {
-                        format!("unknown filter {name:?} (none, x86, arm64, x86-rip, x86-full)")
+                        let known: Vec<&str> = ota_delta::Filter::ALL.iter().map(|f| f.name()).collect();
+                        format!("unknown filter {name:?} (known: {})", known.join(", "))
                     })?;
                 opts.filters = ota_delta::FilterChoice::Only(vec![f]);
             }

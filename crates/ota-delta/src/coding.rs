@@ -343,11 +343,11 @@ fn stream_bytes(
     };
     for p in pieces {
         match which {
-            CONTROL => {}
             EXTRA => {
                 let start = p.new_start + p.entry.add_len as usize;
                 buf.extend_from_slice(n.get(start..start + p.entry.copy_len as usize).unwrap_or(&[]));
             }
+            // The diff's streams: zero runs, literal lengths, literals (control returned above).
             _ => {
                 let len = p.entry.add_len as usize;
                 let new_part = n.get(p.new_start..p.new_start + len).unwrap_or(&[]);

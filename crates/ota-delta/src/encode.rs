@@ -297,16 +297,21 @@ fn try_raw_coding(
         DiffCoding::Raw,
         true,
     )?;
-    let delta = if raw.len() < best.delta.len() {
-        raw
-    } else {
-        best.delta
-    };
+    let delta = smaller_coding(best.delta, raw);
     progress(EncodeStage::Finished {
         filter: best.filter.filter,
         delta_len: delta.len() as u64,
     });
     Ok(delta)
+}
+
+/// The smaller of a candidate's run-length and raw codings (the run-length one on a tie).
+fn smaller_coding(runs: Vec<u8>, raw: Vec<u8>) -> Vec<u8> {
+    if raw.len() < runs.len() {
+        raw
+    } else {
+        runs
+    }
 }
 
 /// Whether [`try_raw_coding`] is worth its time after `filter`: after filters that make calls absolute
@@ -692,8 +697,7 @@ fn encode_core(
             (runs, raw)
         });
         let (runs, raw) = (runs?, raw?);
-        // The same choice as `try_raw_coding`.
-        let delta = if raw.len() < runs.len() { raw } else { runs };
+        let delta = smaller_coding(runs, raw);
         progress(EncodeStage::Finished {
             filter: filter.filter,
             delta_len: delta.len() as u64,

@@ -84,28 +84,27 @@ impl<'a> SuffixIndex<'a> {
     /// `old` is large.
     pub(crate) fn build(old: &'a [u8], buffer: Vec<i32>, parallel: bool) -> Self {
         let prefix_len = if old.len() >= WIDE_BUCKETS_MIN { 3 } else { 2 };
-        if parallel && old.len() >= PARALLEL_BUCKETS_MIN {
-            let (sa, buckets) = std::thread::scope(|scope| {
+        Self::with_prefix_len(
+            old,
+            buffer,
+            prefix_len,
+            parallel && old.len() >= PARALLEL_BUCKETS_MIN,
+        )
+    }
+
+    fn with_prefix_len(old: &'a [u8], buffer: Vec<i32>, prefix_len: usize, parallel: bool) -> Self {
+        let (sa, buckets) = if parallel {
+            std::thread::scope(|scope| {
                 let buckets = scope.spawn(|| bucket_starts(old, prefix_len));
                 let sa = sort_suffixes(old, buffer);
                 let buckets = buckets
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                 (sa, buckets)
-            });
-            return SuffixIndex {
-                old,
-                sa,
-                buckets,
-                prefix_len,
-            };
-        }
-        Self::with_prefix_len(old, buffer, prefix_len)
-    }
-
-    fn with_prefix_len(old: &'a [u8], buffer: Vec<i32>, prefix_len: usize) -> Self {
-        let sa = sort_suffixes(old, buffer);
-        let buckets = bucket_starts(old, prefix_len);
+            })
+        } else {
+            (sort_suffixes(old, buffer), bucket_starts(old, prefix_len))
+        };
         SuffixIndex {
             old,
             sa,
@@ -277,7 +276,7 @@ mod tests {
             [&old[old.len() - 5..], &[255u8][..]].concat(),
         ];
         for prefix_len in [2, 3] {
-            let idx = SuffixIndex::with_prefix_len(&old, Vec::new(), prefix_len);
+            let idx = SuffixIndex::with_prefix_len(&old, Vec::new(), prefix_len, false);
             for needle in &needles {
                 let best = (0..old.len())
                     .map(|p| common_prefix(&old[p..], needle))
@@ -287,7 +286,7 @@ mod tests {
                 assert_eq!(len, best, "needle {needle:?}, {prefix_len}-byte buckets");
                 assert_eq!(common_prefix(&old[pos..], needle), len);
             }
-            let two = SuffixIndex::with_prefix_len(b"ab", Vec::new(), prefix_len);
+            let two = SuffixIndex::with_prefix_len(b"ab", Vec::new(), prefix_len, false);
             assert_eq!(two.longest_match(b"abc"), (0, 2));
         }
         let single = SuffixIndex::new(b"x");
