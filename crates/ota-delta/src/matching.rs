@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::suffix::SuffixIndex;
+use crate::suffix::{common_prefix, SuffixIndex, GRAM_LEN};
 
 /// One bsdiff step in absolute coordinates (the relative seek is derived when serializing).
 #[derive(Debug, Clone, Copy)]
@@ -147,7 +147,9 @@ fn byte(data: &[u8], i: usize) -> Option<u8> {
 /// How many more bytes a new exact match must cover than the current alignment matches over the same
 /// span before the scan switches to it. bsdiff uses 8; every switch costs a control entry (about 2.5
 /// compressed bytes, mostly the seek), and 16 gave 3-5% smaller deltas on the corpus's shared libraries.
-const NEW_MATCH_GAIN: usize = 16;
+/// A switch needs a match of more than this many bytes: where the index's gram filter rules out one of
+/// [`GRAM_LEN`] bytes, the scan skips the search.
+const NEW_MATCH_GAIN: usize = GRAM_LEN - 1;
 
 /// bsdiff's scan (Colin Percival, "Naive differences of executable code"), over new[lo..hi): find exact
 /// matches with the suffix array, accept one when it beats the current alignment by more than
@@ -213,7 +215,17 @@ impl Scanner {
         scan += len;
         let mut scsc = scan;
         while scan < hi {
-            (pos, len) = index.longest_match(n.get(scan..).unwrap_or(&[]));
+            let needle = n.get(scan..).unwrap_or(&[]);
+            (pos, len) = if index.may_match_long(needle) {
+                index.longest_match(needle)
+            } else {
+                // No match here could beat the alignment by NEW_MATCH_GAIN bytes, so only one the
+                // alignment covers exactly could stop the scan: take the alignment's own (shorter than
+                // GRAM_LEN) instead of searching for the longest.
+                let aligned = usize::try_from(scan as i64 + lastoffset).unwrap_or(old_len);
+                let len = common_prefix(o.get(aligned..).unwrap_or(&[]), needle);
+                (aligned.min(old_len), len)
+            };
             while scsc < scan + len {
                 if same_at(scsc, lastoffset) {
                     oldscore += 1;

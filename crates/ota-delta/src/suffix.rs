@@ -1,5 +1,6 @@
 //! Suffix array of the old image (libsais: O(n), 4 bytes per input byte) and the longest-match search
-//! bsdiff uses over it, started in a bucket table of two- or three-byte prefixes.
+//! bsdiff uses over it, started in a bucket table of two- or three-byte prefixes; beside it, a filter
+//! that tells when a search cannot find a match of [`GRAM_LEN`] bytes or more.
 
 /// The old image and its sorted suffixes.
 pub(crate) struct SuffixIndex<'a> {
@@ -13,6 +14,61 @@ pub(crate) struct SuffixIndex<'a> {
     /// and more (a 64 MiB table, under a quarter of their suffix array), where the two-byte buckets
     /// still left ~10 steps.
     prefix_len: usize,
+    grams: GramFilter,
+}
+
+/// Length of the strings [`GramFilter`] records: a needle whose first `GRAM_LEN` bytes occur nowhere in
+/// old has no match of `GRAM_LEN` bytes or more.
+pub(crate) const GRAM_LEN: usize = 17;
+
+/// Which [`GRAM_LEN`]-byte strings occur in old: a Bloom filter with one hash and about 2 bits per old
+/// byte (an eighth of the suffix array's memory). It may answer "maybe" for a string old lacks (about
+/// 40% of the time at that load), never "no" for one old has. Most of bsdiff's searches land where old
+/// and new differ every few bytes and find short matches; there, one probe of this filter replaces a
+/// binary search with its cache misses (matching on the corpus's 10 MB pairs: 0.6-0.9 s -> 0.3-0.6 s).
+#[derive(Default)]
+struct GramFilter {
+    words: Vec<u64>,
+    /// Right shift that turns a 64-bit hash into a bit index.
+    shift: u32,
+}
+
+/// Hash of the first [`GRAM_LEN`] bytes of `bytes` (`None` when shorter).
+fn gram_hash(bytes: &[u8]) -> Option<u64> {
+    let word =
+        |at: usize| -> Option<u64> { Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?)) };
+    let (a, b, c) = (word(0)?, word(8)?, u64::from(*bytes.get(16)?));
+    let mixed = (a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b).wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ c;
+    Some(mixed.wrapping_mul(0x1656_67B1_9E37_79F9))
+}
+
+impl GramFilter {
+    fn build(old: &[u8]) -> Self {
+        let bits = old.len().saturating_mul(2).max(64).next_power_of_two();
+        let shift = 64 - bits.trailing_zeros();
+        let mut words = vec![0u64; bits / 64];
+        for start in 0..old.len().saturating_sub(GRAM_LEN - 1) {
+            let Some(hash) = old.get(start..).and_then(gram_hash) else {
+                break;
+            };
+            let bit = (hash >> shift) as usize;
+            if let Some(word) = words.get_mut(bit / 64) {
+                *word |= 1 << (bit % 64);
+            }
+        }
+        GramFilter { words, shift }
+    }
+
+    /// Whether the first [`GRAM_LEN`] bytes of `needle` may occur in old (always, for a shorter needle).
+    fn may_occur(&self, needle: &[u8]) -> bool {
+        let Some(hash) = gram_hash(needle) else {
+            return true;
+        };
+        let bit = (hash >> self.shift) as usize;
+        self.words
+            .get(bit / 64)
+            .is_none_or(|word| word >> (bit % 64) & 1 == 1)
+    }
 }
 
 /// Old images from this size on get three-byte buckets.
@@ -81,7 +137,7 @@ impl<'a> SuffixIndex<'a> {
 
     /// [`SuffixIndex::new`] in `buffer`'s allocation (another index's array, see
     /// [`SuffixIndex::into_buffer`]), with the bucket table counted on a second thread when `parallel` and
-    /// `old` is large.
+    /// `old` is large (and the [`GramFilter`] with it).
     pub(crate) fn build(old: &'a [u8], buffer: Vec<i32>, parallel: bool) -> Self {
         let prefix_len = if old.len() >= WIDE_BUCKETS_MIN { 3 } else { 2 };
         Self::with_prefix_len(
@@ -93,23 +149,25 @@ impl<'a> SuffixIndex<'a> {
     }
 
     fn with_prefix_len(old: &'a [u8], buffer: Vec<i32>, prefix_len: usize, parallel: bool) -> Self {
-        let (sa, buckets) = if parallel {
+        let tables = || (bucket_starts(old, prefix_len), GramFilter::build(old));
+        let (sa, (buckets, grams)) = if parallel {
             std::thread::scope(|scope| {
-                let buckets = scope.spawn(|| bucket_starts(old, prefix_len));
+                let tables = scope.spawn(tables);
                 let sa = sort_suffixes(old, buffer);
-                let buckets = buckets
+                let tables = tables
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                (sa, buckets)
+                (sa, tables)
             })
         } else {
-            (sort_suffixes(old, buffer), bucket_starts(old, prefix_len))
+            (sort_suffixes(old, buffer), tables())
         };
         SuffixIndex {
             old,
             sa,
             buckets,
             prefix_len,
+            grams,
         }
     }
 
@@ -127,6 +185,11 @@ impl<'a> SuffixIndex<'a> {
             .and_then(|&p| usize::try_from(p).ok())
             .unwrap_or(self.old.len());
         (start, self.old.get(start..).unwrap_or(&[]))
+    }
+
+    /// Whether old may hold a match of [`GRAM_LEN`] bytes or more for `needle` (false: it has none).
+    pub(crate) fn may_match_long(&self, needle: &[u8]) -> bool {
+        self.grams.may_occur(needle)
     }
 
     /// The old offset whose suffix shares the longest prefix with `needle` (one of them), and its length.
@@ -250,7 +313,33 @@ mod tests {
         let reused = SuffixIndex::build(&old, lent, true);
         assert!(fresh.sa == reused.sa, "suffix arrays differ");
         assert!(fresh.buckets == reused.buckets, "bucket tables differ");
+        assert!(fresh.grams.words == reused.grams.words, "gram filters differ");
         assert_eq!(fresh.prefix_len, reused.prefix_len);
+    }
+
+    /// The gram filter never rules out a string old holds (every window of old, and needles that run
+    /// past old's end), and rules out most strings old lacks.
+    #[test]
+    fn gram_filter_has_no_false_negatives() {
+        let old: Vec<u8> = (0..50_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 & 0x3f)
+            .collect();
+        let idx = SuffixIndex::new(&old);
+        for start in 0..old.len() {
+            assert!(idx.may_match_long(&old[start..]), "window at {start} ruled out");
+        }
+        let mut ruled_out = 0;
+        for start in 0..10_000 {
+            let mut needle = old[start..start + GRAM_LEN].to_vec();
+            needle[GRAM_LEN / 2] ^= 0x80; // old's bytes are all below 0x40: nowhere in old
+            if !idx.may_match_long(&needle) {
+                ruled_out += 1;
+            }
+        }
+        assert!(
+            ruled_out > 5_000,
+            "only {ruled_out} of 10000 absent strings ruled out"
+        );
     }
 
     /// Needles around the two-byte bucket edges (first and last bucket, empty buckets, one-byte suffix,
