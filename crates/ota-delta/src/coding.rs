@@ -2,7 +2,7 @@
 //! steps cut into segments under the decoder's caps, and each of the five streams compressed with xz
 //! (LZMA2) across segments.
 
-use xz2::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
+use xz2::stream::{Action, Check, Filters, LzmaOptions, MatchFinder, Mode, Status, Stream};
 
 use crate::filter::{elf_exec_span, Filtering};
 use crate::format::{
@@ -21,75 +21,88 @@ struct Piece {
     old_start: usize,
 }
 
-/// How the encoder splits the diff into (zero run, literal run) pairs. The decoder reads both alike.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) enum DiffCoding {
-    /// Zero runs and nonzero literals: few bytes left for LZMA2 to code.
-    #[default]
-    Runs,
-    /// One pair per segment, every diff byte a literal: the raw diff goes to LZMA2 (as bsdiff does).
-    Raw,
+/// How the encoder splits the diff into (zero run, literal run) pairs. The decoder reads every way alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DiffCoding {
+    /// Offset in new where its data starts: the end of its executable segments. Before it (code), zero
+    /// runs are cut wherever they start; `usize::MAX` for an image that is no ELF file.
+    pub data_from: usize,
+    /// How zeros are coded in the data.
+    pub data: DataZeros,
 }
 
-/// Largest dictionary (log2 bytes) for a raw-coded literal stream. Its matches are short-range repeats of
-/// diff patterns: on the corpus's x86 pairs 512 KiB codes it as small as 4 MiB does (systemd 59,342 bytes
-/// against 59,382; esbuild 202,246 against 201,938) while the encoder's match finder shrinks from ~37-50
-/// MiB to ~9 MiB, and the decoder's dictionary with it.
+/// How a [`DiffCoding`] codes zero diff bytes in the data (after the executable segments).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum DataZeros {
+    /// Gaps of at most [`RUN_GAP`] zeros stay inside literal runs; longer ones are zero runs.
+    /// Relocations, .rodata, .eh_frame and pointers give fewer, more regular pairs (lightningcss 8,100
+    /// bytes smaller); in code the gaps cost bytes (1,600 on lightningcss, 1,800 on numpy).
+    #[default]
+    Gaps,
+    /// Every diff byte of the data is a literal, zeros too: LZMA2 gets the data's raw diff (as bsdiff
+    /// does), whose tables repeat multi-byte patterns at fixed strides. On the corpus this wins only on
+    /// the Go executable (esbuild: 217,287 bytes against 226,620; its .rodata and .gopclntab), and loses
+    /// 2-4% on the C and Rust ones; the probe's data windows choose. The literal stream is then mostly
+    /// zeros and is compressed in LZMA2's fast mode: 9 extreme took 7 s on esbuild for 10% less.
+    Literals,
+}
+
+impl DiffCoding {
+    /// The coding of diffs against `new` (the new image as matched), with `data` in its data.
+    pub(crate) fn for_image(new: &[u8], data: DataZeros) -> Self {
+        let data_from = elf_exec_span(new)
+            .and_then(|(_, hi)| usize::try_from(hi).ok())
+            .unwrap_or(usize::MAX);
+        DiffCoding { data_from, data }
+    }
+}
+
+/// Largest dictionary (log2 bytes) for a literal stream with [`DataZeros::Literals`]. Its matches are
+/// short-range repeats of diff patterns: when all of the diff went raw, 512 KiB coded it as small as 4
+/// MiB did (systemd 59,342 bytes against 59,382; esbuild 202,246 against 201,938) with a match finder
+/// of ~9 MiB instead of ~37-50 MiB, and the decoder's dictionary shrinks with it.
 const RAW_LITERAL_WINDOW_LOG: u8 = 19;
 
 /// Splits a diff into (zero run, literal run) pairs: the format codes the diff, mostly zeros, as the two
-/// run lengths and the literal bytes, each in its own stream. With [`DiffCoding::Runs`], a gap of at most
-/// [`RUN_GAP`] zero bytes between nonzero ones stays inside the literal run (as zero literals) in the new
-/// image's data (after its executable segments): fewer, more regular pairs. Zeros after a literal run are
-/// pending until a nonzero byte absorbs them, a zero beyond the gap ends the run, or the add ends
-/// ([`Self::end_of_add`]), so a piece never leaves zeros of its own undecided.
-#[derive(Debug, Default)]
+/// run lengths and the literal bytes, each in its own stream. In the new image's data (see
+/// [`DiffCoding`]), a gap of zero bytes between nonzero ones may stay inside the literal run (as zero
+/// literals). Zeros after a literal run are pending until a nonzero byte absorbs them, a zero beyond the
+/// gap ends the run, or the add ends ([`Self::end_of_add`]), so a piece never leaves zeros of its own
+/// undecided.
+#[derive(Debug)]
 struct RunTokenizer {
     coding: DiffCoding,
-    /// New-image offset from which gaps are kept in literal runs: the end of the new image's executable
-    /// segments (gaps help relocations, .rodata, .eh_frame and pointers: lightningcss 8,100 bytes smaller
-    /// with x86-rip; in code they cost: 1,600 bytes on lightningcss, 1,800 on numpy); never for images
-    /// that are no ELF file.
-    gap_from: usize,
     zeros: u64,
     literals: u64,
     /// Zero bytes after the literal run, not yet decided.
     pending: u64,
 }
 
-/// Longest gap of zero diff bytes kept inside a literal run by [`DiffCoding::Runs`].
+/// Longest gap of zero diff bytes kept inside a literal run by [`DataZeros::Gaps`].
 const RUN_GAP: u64 = 4;
 
 impl RunTokenizer {
     /// A tokenizer for diffs of `new` (the new image as matched).
-    fn new(coding: DiffCoding, new: &[u8]) -> Self {
-        let gap_from = match coding {
-            DiffCoding::Runs => elf_exec_span(new)
-                .and_then(|(_, hi)| usize::try_from(hi).ok())
-                .unwrap_or(usize::MAX),
-            DiffCoding::Raw => usize::MAX,
-        };
+    fn new(coding: DiffCoding) -> Self {
         RunTokenizer {
             coding,
-            gap_from,
-            ..RunTokenizer::default()
+            zeros: 0,
+            literals: 0,
+            pending: 0,
         }
     }
 
     /// A tokenizer like this one, at the start of a segment.
     fn fresh(&self) -> Self {
-        RunTokenizer {
-            coding: self.coding,
-            gap_from: self.gap_from,
-            ..RunTokenizer::default()
-        }
+        RunTokenizer::new(self.coding)
     }
 
+    /// Longest run of zeros at new offset `pos` that stays inside a literal run.
     fn gap(&self, pos: usize) -> u64 {
-        if pos >= self.gap_from {
-            RUN_GAP
-        } else {
-            0
+        match self.coding.data {
+            _ if pos < self.coding.data_from => 0,
+            DataZeros::Gaps => RUN_GAP,
+            DataZeros::Literals => u64::MAX,
         }
     }
 
@@ -97,7 +110,7 @@ impl RunTokenizer {
     /// pending ones then start the next zero run).
     /// `pos` is the byte's offset in the new image.
     fn push(&mut self, diff: u8, pos: usize) -> Option<(u64, u64)> {
-        if diff != 0 || self.coding == DiffCoding::Raw {
+        if diff != 0 {
             self.literals += self.pending + 1;
             self.pending = 0;
             return None;
@@ -151,7 +164,6 @@ const GAP_PAIR_RESERVE: usize = 10;
 
 /// Cuts steps into segments whose buffered streams (control, extra, zero runs, literal lengths) stay
 /// under the decoder's caps, and sums each stream's raw bytes (to size its dictionary).
-#[derive(Default)]
 struct Segmenter {
     segments: Vec<Vec<Piece>>,
     current: Vec<Piece>,
@@ -181,7 +193,7 @@ impl Segmenter {
 
     fn runs_full(&self) -> bool {
         let cap = SEGMENT_RUNS_MAX as usize;
-        let reserve = if self.runs.gap_from == usize::MAX {
+        let reserve = if self.runs.coding.data_from == usize::MAX {
             PAIRS_RESERVE
         } else {
             PAIRS_RESERVE + GAP_PAIR_RESERVE
@@ -288,8 +300,11 @@ impl Segmenter {
 /// Cuts steps into segments under the decoder's caps; also returns each stream's total raw bytes.
 fn segment(steps: &[Step], o: &[u8], n: &[u8], coding: DiffCoding) -> (Vec<Vec<Piece>>, [u64; 5]) {
     let mut segmenter = Segmenter {
-        runs: RunTokenizer::new(coding, n),
-        ..Segmenter::default()
+        segments: Vec::new(),
+        current: Vec::new(),
+        fill: [0; 5],
+        totals: [0; 5],
+        runs: RunTokenizer::new(coding),
     };
     for (k, step) in steps.iter().enumerate() {
         let next_old = steps
@@ -302,8 +317,8 @@ fn segment(steps: &[Step], o: &[u8], n: &[u8], coding: DiffCoding) -> (Vec<Vec<P
     (segmenter.segments, segmenter.totals)
 }
 
-/// Raw bytes handed to xz at a time: a raw-coded segment's literal stream is its whole diff (3.3 MB on
-/// systemd), which is no longer built in one buffer beside the encoder.
+/// Raw bytes handed to xz at a time: with [`DataZeros::Literals`] a segment's literal stream holds its
+/// data's whole diff (megabytes), which is not built in one buffer beside the encoder.
 const FEED_CHUNK: usize = 64 << 10;
 
 /// The raw bytes one stream gets from one segment, handed to `feed` in pieces of about [`FEED_CHUNK`]
@@ -333,7 +348,7 @@ fn stream_bytes(
         flush(buf, 0)?;
         return Ok(total);
     }
-    let mut runs = RunTokenizer::new(coding, n);
+    let mut runs = RunTokenizer::new(coding);
     let mut carry = RunCarry::default();
     let mut pending: Vec<(u8, u8)> = Vec::new();
     let emit = |(zeros, literals): (u64, u64), out: &mut Vec<u8>| match which {
@@ -368,7 +383,7 @@ fn stream_bytes(
                         // otherwise; the carry steps through them in order either way.
                         if runs.pending() > pending.len() as u64 {
                             pending.push((*b, *a));
-                        } else if diff != 0 || runs.coding == DiffCoding::Raw {
+                        } else if diff != 0 {
                             for (ob, nb) in pending.drain(..) {
                                 buf.push(carry.literal(ob, nb));
                             }
@@ -470,6 +485,13 @@ fn compress_stream(
         }
         _ => {}
     }
+    if which == LITERALS && coding.data == DataZeros::Literals {
+        // Mostly zeros (see `DataZeros::Literals`): on esbuild's 2.6 MB, 124,001 bytes in 0.28 s,
+        // against 106,810 in 1.9 s at 9 extreme and 117,756 in 0.7 s at 6.
+        lzma.mode(Mode::Fast)
+            .match_finder(MatchFinder::HashChain4)
+            .nice_len(273);
+    }
     let mut filters = Filters::new();
     filters.lzma2(&lzma);
     let mut stream = Stream::new_stream_encoder(&filters, Check::None).map_err(xz_err)?;
@@ -516,9 +538,9 @@ pub(crate) fn write_delta(
     window_logs[EXTRA] = window_log_for(totals[EXTRA], extra_log);
     window_logs[ZERO_RUNS] = window_log_for(runs_total, SIDE_MAX_WINDOW_LOG);
     window_logs[LITERAL_LENGTHS] = window_logs[ZERO_RUNS];
-    let literal_log = match coding {
-        DiffCoding::Runs => literal_log,
-        DiffCoding::Raw => literal_log.min(RAW_LITERAL_WINDOW_LOG),
+    let literal_log = match coding.data {
+        DataZeros::Gaps => literal_log,
+        DataZeros::Literals => literal_log.min(RAW_LITERAL_WINDOW_LOG),
     };
     window_logs[LITERALS] = window_log_for(totals[LITERALS], literal_log);
     let compressed: Vec<Result<StreamChunks>> = if !parallel {
@@ -593,13 +615,13 @@ pub(crate) fn write_delta(
 mod tests {
     use super::*;
     use crate::encode::sha256;
-    use crate::filter::Filter;
+    use crate::filter::{write_test_elf_header, Filter};
     use crate::matching::match_parallel;
     use crate::suffix::SuffixIndex;
 
-    /// Both diff codings decode to the new image (the decoder does not know which one was used).
+    /// Every diff coding decodes to the new image (the decoder does not know which one was used).
     #[test]
-    fn both_diff_codings_round_trip() {
+    fn every_diff_coding_round_trips() {
         let old: Vec<u8> = (0..300_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
@@ -615,7 +637,10 @@ mod tests {
             level: 3,
             ..EncodeOptions::default()
         };
-        for coding in [DiffCoding::Runs, DiffCoding::Raw] {
+        let codings = [DataZeros::Gaps, DataZeros::Literals]
+            .into_iter()
+            .flat_map(|data| [0, 100_000, usize::MAX].map(|data_from| DiffCoding { data_from, data }));
+        for coding in codings {
             let filter = Filter::None.everywhere();
             let delta = write_delta(
                 &old, &new, &steps, &old_sha, &new_sha, filter, &opts, coding, true,
@@ -629,22 +654,14 @@ mod tests {
 
     /// In an ELF file's data (after its executable segments) short zero gaps stay inside literal runs: the
     /// delta round-trips, including segments cut where zeros were pending (the run-length streams of this
-    /// pair exceed a segment's cap several times), and codes fewer pairs than without gaps.
+    /// pair exceed a segment's cap several times), and codes fewer pairs than without gaps. With every
+    /// data zero a literal, it round-trips too and codes fewer pairs still.
     #[test]
     fn zero_gaps_in_elf_data_round_trip_across_segment_cuts() {
         let mut old: Vec<u8> = (0..2_000_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        // ELF64 x86-64 header with one executable PT_LOAD over bytes 0..4096.
-        old[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
-        old[18] = 0x3e;
-        old[32..40].copy_from_slice(&64u64.to_le_bytes());
-        old[54..56].copy_from_slice(&56u16.to_le_bytes());
-        old[56..58].copy_from_slice(&1u16.to_le_bytes());
-        old[64..68].copy_from_slice(&1u32.to_le_bytes());
-        old[68..72].copy_from_slice(&5u32.to_le_bytes());
-        old[72..80].copy_from_slice(&0u64.to_le_bytes());
-        old[96..104].copy_from_slice(&4096u64.to_le_bytes());
+        write_test_elf_header(&mut old, 4096);
         let mut new = old.clone();
         // Changed bytes with gaps of 1 to 9 unchanged bytes, in code and in data.
         let mut at = 200;
@@ -657,10 +674,14 @@ mod tests {
         let (old_sha, new_sha) = (sha256(&old), sha256(&new));
         let index = SuffixIndex::new(&old);
         let steps = match_parallel(&index, &old, &new, 1);
-        let (segments, totals) = segment(&steps, &old, &new, DiffCoding::Runs);
+        let gaps = DiffCoding::for_image(&new, DataZeros::Gaps);
+        assert_eq!(gaps.data_from, 4096);
+        let (segments, totals) = segment(&steps, &old, &new, gaps);
         assert!(segments.len() >= 2, "{} segments", segments.len());
-        let mut plain = RunTokenizer::new(DiffCoding::Runs, &new);
-        plain.gap_from = usize::MAX;
+        let mut plain = RunTokenizer::new(DiffCoding {
+            data_from: usize::MAX,
+            data: DataZeros::Gaps,
+        });
         let mut pairs = 0u64;
         for (i, (a, b)) in new.iter().zip(&old).enumerate() {
             pairs += u64::from(plain.push(a.wrapping_sub(*b), i).is_some());
@@ -674,21 +695,18 @@ mod tests {
             level: 1,
             ..EncodeOptions::default()
         };
+        let literals = DiffCoding::for_image(&new, DataZeros::Literals);
+        let (_, literal_totals) = segment(&steps, &old, &new, literals);
+        assert!(literal_totals[ZERO_RUNS] < totals[ZERO_RUNS]);
         let filter = Filter::None.everywhere();
-        let delta = write_delta(
-            &old,
-            &new,
-            &steps,
-            &old_sha,
-            &new_sha,
-            filter,
-            &opts,
-            DiffCoding::Runs,
-            true,
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        crate::apply(std::io::Cursor::new(&old), delta.as_slice(), &mut out).unwrap();
-        assert!(out == new, "gapped runs do not round-trip");
+        for coding in [gaps, literals] {
+            let delta = write_delta(
+                &old, &new, &steps, &old_sha, &new_sha, filter, &opts, coding, true,
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            crate::apply(std::io::Cursor::new(&old), delta.as_slice(), &mut out).unwrap();
+            assert!(out == new, "{coding:?} does not round-trip");
+        }
     }
 }

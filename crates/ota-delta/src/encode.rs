@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
 
-use crate::coding::{write_delta, DiffCoding};
+use crate::coding::{write_delta, DataZeros, DiffCoding};
 use crate::filter::{filtering_for, plausible_filters, Filter, Filtering, FILTER_BLOCK};
 use crate::format::MAX_WINDOW_LOG;
 use crate::matching::{match_parallel, Step};
@@ -132,6 +132,7 @@ fn encode_borrowed(
         index,
         old_sha,
         new_sha,
+        codings,
     } = prepared;
     let candidates = candidates.as_slice();
     let count = candidates.len();
@@ -163,10 +164,11 @@ fn encode_borrowed(
             Some(other) => IndexSource::Buffer(other.into_buffer()),
             None => IndexSource::Buffer(Vec::new()),
         };
-        // A lone candidate codes its diff both ways at once (see `encode_core`).
-        let raw_too = count == 1 && raw_coding_may_pay(filter.filter);
+        // A lone candidate writes every data coding to try at once (see `encode_core`); several write
+        // the likelier one, and the winner the other after.
+        let codings = if count == 1 { codings } else { codings.first() };
         encode_core(
-            &o, &n, old_sha, new_sha, filter, source, opts, per, raw_too, progress,
+            &o, &n, old_sha, new_sha, filter, source, opts, per, codings, progress,
         )
     };
     let mut best: Option<Candidate> = None;
@@ -191,11 +193,11 @@ fn encode_borrowed(
         }
     }
     let best = best.ok_or_else(no_candidate)?;
-    if best.raw_tried || !raw_coding_may_pay(best.filter.filter) {
+    let Some(other) = codings.left_after(best.tried) else {
         return Ok(best.delta);
-    }
+    };
     let (o, n) = (filtered(old, best.filter), filtered(new, best.filter));
-    try_raw_coding(best, &o, &n, old_sha, new_sha, opts, progress)
+    try_other_coding(best, other, &o, &n, old_sha, new_sha, opts, progress)
 }
 
 /// [`encode`] taking ownership of the images, so candidates are filtered in place instead of copied: peak
@@ -223,6 +225,7 @@ pub fn encode_owned(
         index,
         old_sha,
         new_sha,
+        codings,
         ..
     } = prepared;
     // The images are filtered in place below: the unfiltered index (if any) only lends its array.
@@ -246,7 +249,7 @@ pub fn encode_owned(
             IndexSource::Buffer(std::mem::take(&mut spare)),
             opts,
             opts.threads.max(1),
-            count == 1 && raw_coding_may_pay(filter.filter),
+            if count == 1 { codings } else { codings.first() },
             progress,
         );
         filter.decode_in_place(&mut old, 0);
@@ -255,29 +258,95 @@ pub fn encode_owned(
     }
     let best = best.ok_or_else(no_candidate)?;
     let filter = best.filter;
-    if best.raw_tried || !raw_coding_may_pay(filter.filter) {
+    let Some(other) = codings.left_after(best.tried) else {
         return Ok(best.delta);
-    }
+    };
     filter.encode_in_place(&mut old, 0);
     filter.encode_in_place(&mut new, 0);
-    try_raw_coding(best, &old, &new, &old_sha, &new_sha, opts, progress)
+    try_other_coding(best, other, &old, &new, &old_sha, &new_sha, opts, progress)
 }
 
-/// One filter candidate's run-length-coded delta, with the matching that produced it.
+/// One filter candidate's delta, with the matching that produced it.
 struct Candidate {
     filter: Filtering,
     delta: Vec<u8>,
     steps: Vec<Step>,
-    /// Whether `delta` is already the smaller of the run-length and the raw coding.
-    raw_tried: bool,
+    /// The codings `delta` is the smallest of.
+    tried: Codings,
 }
 
-/// When a machine-code filter won, codes its diff raw as well and keeps the smaller delta: after such a
-/// filter the diff keeps repeating multi-byte patterns that LZMA2 on the raw diff codes ~10% smaller (on
-/// the corpus's executables), at the cost of compressing every diff byte. `o` and `n` are the images
-/// through the candidate's filter.
-fn try_raw_coding(
+/// The diff codings a candidate writes, keeping the smallest delta: where the new image's data starts
+/// (found on the image as given: a filter may rewrite its ELF header) and how its zeros are coded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Codings {
+    data_from: usize,
+    which: DataCodings,
+}
+
+/// Which codings of the data's zeros (see [`DataZeros`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataCodings {
+    /// This one: the probe's data windows chose it, or the image has no data to code either way.
+    One(DataZeros),
+    /// Both (no probe sampled the data).
+    Both,
+}
+
+impl Codings {
+    /// The codings for `new`, the image as given: `which`, or one when it has no data.
+    fn for_image(new: &[u8], which: DataCodings) -> Self {
+        let data_from = DiffCoding::for_image(new, DataZeros::Gaps).data_from;
+        let which = if data_from < new.len() {
+            which
+        } else {
+            DataCodings::One(DataZeros::Gaps)
+        };
+        Codings { data_from, which }
+    }
+
+    fn coding(self, data: DataZeros) -> DiffCoding {
+        DiffCoding {
+            data_from: self.data_from,
+            data,
+        }
+    }
+
+    /// The coding to write first (gaps when both are to be tried: smaller on most of the corpus).
+    fn first(self) -> Codings {
+        let zeros = match self.which {
+            DataCodings::One(zeros) => zeros,
+            DataCodings::Both => DataZeros::Gaps,
+        };
+        Codings {
+            which: DataCodings::One(zeros),
+            ..self
+        }
+    }
+
+    /// The one coding of a [`Codings::first`].
+    fn coding_chosen(self) -> DiffCoding {
+        match self.which {
+            DataCodings::One(zeros) => self.coding(zeros),
+            DataCodings::Both => self.coding(DataZeros::Gaps),
+        }
+    }
+
+    /// The coding still to try once `tried` was written, if any.
+    fn left_after(self, tried: Codings) -> Option<DiffCoding> {
+        match (self.which, tried.which) {
+            (DataCodings::Both, DataCodings::One(DataZeros::Gaps)) => Some(self.coding(DataZeros::Literals)),
+            (DataCodings::Both, DataCodings::One(DataZeros::Literals)) => Some(self.coding(DataZeros::Gaps)),
+            _ => None,
+        }
+    }
+}
+
+/// Writes the winner's diff with the `other` coding of its data too and keeps the smaller delta. `o` and
+/// `n` are the images through the candidate's filter.
+#[allow(clippy::too_many_arguments)]
+fn try_other_coding(
     best: Candidate,
+    other: DiffCoding,
     o: &[u8],
     n: &[u8],
     old_sha: &[u8; 32],
@@ -286,7 +355,7 @@ fn try_raw_coding(
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
     progress(EncodeStage::Compressing(best.filter.filter));
-    let raw = write_delta(
+    let delta = write_delta(
         o,
         n,
         &best.steps,
@@ -294,10 +363,10 @@ fn try_raw_coding(
         new_sha,
         best.filter,
         opts,
-        DiffCoding::Raw,
+        other,
         true,
     )?;
-    let delta = smaller_coding(best.delta, raw);
+    let delta = smaller(best.delta, delta);
     progress(EncodeStage::Finished {
         filter: best.filter.filter,
         delta_len: delta.len() as u64,
@@ -305,20 +374,13 @@ fn try_raw_coding(
     Ok(delta)
 }
 
-/// The smaller of a candidate's run-length and raw codings (the run-length one on a tie).
-fn smaller_coding(runs: Vec<u8>, raw: Vec<u8>) -> Vec<u8> {
-    if raw.len() < runs.len() {
-        raw
+/// The smaller of two deltas (the first on a tie).
+fn smaller(first: Vec<u8>, second: Vec<u8>) -> Vec<u8> {
+    if second.len() < first.len() {
+        second
     } else {
-        runs
+        first
     }
-}
-
-/// Whether [`try_raw_coding`] is worth its time after `filter`: after filters that make calls absolute
-/// (systemd, esbuild: raw 15% smaller); not unfiltered, nor after RIP-relative operands alone (numpy: raw
-/// larger, 5 s more).
-fn raw_coding_may_pay(filter: Filter) -> bool {
-    !matches!(filter, Filter::None | Filter::X86Rip)
 }
 
 /// Keeps the smaller of the best candidate so far and a new one (the first on a tie).
@@ -344,6 +406,8 @@ fn no_candidate() -> Error {
 struct Prepared<'a> {
     /// The candidates to run.
     candidates: Vec<Filtering>,
+    /// The codings to write.
+    codings: Codings,
     /// The unfiltered old image's suffix array, when built while the probe ran.
     index: Option<SuffixIndex<'a>>,
     /// sha256 of the images as given.
@@ -351,29 +415,40 @@ struct Prepared<'a> {
     new_sha: [u8; 32],
 }
 
-/// From this combined input size on, the unfiltered suffix array is built beside the probe (rootfs: 2.4 s
-/// against the probe's ~1 s; `None` wins there). Below it the array takes about as long as the probe
-/// (~0.5 s on the 10 MB pairs) and a filter wins on every ELF pair of the corpus, so the array was built
-/// for nothing: the probe gets both cores instead (see [`PARALLEL_PROBE_MIN`]).
-const SPECULATIVE_INDEX_MIN: usize = 64 << 20;
-/// From this combined input size on (and below [`SPECULATIVE_INDEX_MIN`]), the probe's samples run on
-/// both threads. Below it, on one thread of its own: the unfiltered array or the samples of a second
-/// thread on top of the probe's buffers broke the 4x-inputs memory budget (systemd: 27-30 MB for 6.4
-/// MiB of input).
-const PARALLEL_PROBE_MIN: usize = 16 << 20;
+/// What the probe settles: the candidates to run and which data codings to write.
+struct Selection {
+    candidates: Vec<Filtering>,
+    data: DataCodings,
+}
 
-/// The candidates to run, their hashes, and the unfiltered old image's suffix array when it was built
-/// while the probe ran (on a core the probe leaves idle: the array is needed whenever the probe keeps
-/// `None`, three pairs out of five on the corpus, and otherwise lends its allocation to the filtered
-/// candidate). The images are hashed meanwhile too.
+/// From this combined input size on, the unfiltered suffix array is built beside the probe (rootfs: 2.4 s
+/// against the probe's ~1 s; `None` wins there). Below it the array takes longer than the probe (~0.5 s
+/// against ~0.15 s on the 10 MB pairs) and a filter wins on every ELF pair of the corpus, so the array
+/// was built for nothing: the probe gets both cores instead.
+const SPECULATIVE_INDEX_MIN: usize = 64 << 20;
+
+/// The candidates and codings to run, the images' hashes, and the unfiltered old image's suffix array
+/// when it was built while the probe ran (on a core the probe leaves idle: the array is needed whenever
+/// the probe keeps `None`, and otherwise lends its allocation to the filtered candidate). The images are
+/// hashed meanwhile too.
 fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> {
     let combined = old.len().saturating_add(new.len());
+    let prepared = |selection: Selection, index, (old_sha, new_sha)| Prepared {
+        codings: Codings::for_image(new, selection.data),
+        candidates: selection.candidates,
+        index,
+        old_sha,
+        new_sha,
+    };
     let auto = opts.filters == FilterChoice::Auto && opts.threads >= 2;
-    if auto && (PARALLEL_PROBE_MIN..SPECULATIVE_INDEX_MIN).contains(&combined) {
+    if !auto {
+        let selection = select(old, new, opts);
+        return prepared(selection, None, (sha256(old), sha256(new)));
+    }
+    if combined < SPECULATIVE_INDEX_MIN {
         // The probe's samples on both threads, then only the winner's array is built.
-        let (candidates, (old_sha, new_sha)) = match Probe::plan(old, new, plausible_filters(old, new), opts)
-        {
-            Choice::Decided(list) => (list, (sha256(old), sha256(new))),
+        let (selection, hashes) = match Probe::plan(old, new, plausible_filters(old, new), opts) {
+            Choice::Decided(selection) => (selection, (sha256(old), sha256(new))),
             Choice::Probe(probe) => {
                 let hashes = std::thread::scope(|scope| {
                     let shared = &probe;
@@ -388,41 +463,12 @@ fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> 
                 (probe.decide(), hashes)
             }
         };
-        return Prepared {
-            candidates,
-            index: None,
-            old_sha,
-            new_sha,
-        };
-    }
-    if !(auto && combined >= SPECULATIVE_INDEX_MIN) {
-        let (candidates, (old_sha, new_sha)) = if opts.threads >= 2 {
-            // The probe on a thread of its own, whose allocator arena keeps what it freed for the
-            // matching threads that reuse it: on this thread that memory stayed beside the suffix
-            // array (systemd's peak +4 MiB).
-            std::thread::scope(|scope| {
-                let candidates = scope.spawn(|| candidates(old, new, opts));
-                let hashes = (sha256(old), sha256(new));
-                let candidates = candidates
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                (candidates, hashes)
-            })
-        } else {
-            (candidates(old, new, opts), (sha256(old), sha256(new)))
-        };
-        return Prepared {
-            candidates,
-            index: None,
-            old_sha,
-            new_sha,
-        };
+        return prepared(selection, None, hashes);
     }
     // The probe (if any) is set up here while the other thread sorts; that thread then takes the
-    // probe's samples left, if any (on the 10 MB pairs the array takes ~0.5 s, the probe's 12 samples
-    // ~0.8 s on one thread).
+    // probe's samples left, if any.
     let probe: OnceLock<Probe<'_>> = OnceLock::new();
-    let (decided, index, old_sha, new_sha) = std::thread::scope(|scope| {
+    let (decided, index, hashes) = std::thread::scope(|scope| {
         let shared = &probe;
         let index = scope.spawn(move || {
             let index = SuffixIndex::build(old, Vec::new(), true);
@@ -432,106 +478,124 @@ fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> 
             index
         });
         let decided = match Probe::plan(old, new, plausible_filters(old, new), opts) {
-            Choice::Decided(list) => Some(list),
+            Choice::Decided(selection) => Some(selection),
             Choice::Probe(p) => {
                 shared.get_or_init(|| p).work();
                 None
             }
         };
-        let (old_sha, new_sha) = (sha256(old), sha256(new));
+        let hashes = (sha256(old), sha256(new));
         let index = index
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (decided, index, old_sha, new_sha)
+        (decided, index, hashes)
     });
     // Every sample is done: both threads that took jobs have returned from `work`.
-    let candidates = match (decided, probe.into_inner()) {
-        (Some(list), _) => list,
+    let selection = match (decided, probe.into_inner()) {
+        (Some(selection), _) => selection,
         (None, Some(probe)) => probe.decide(),
-        (None, None) => vec![Filter::None.everywhere()],
+        (None, None) => Selection {
+            candidates: vec![Filter::None.everywhere()],
+            data: DataCodings::Both,
+        },
     };
-    Prepared {
-        candidates,
-        index: Some(index),
-        old_sha,
-        new_sha,
-    }
+    prepared(selection, Some(index), hashes)
 }
 
-/// The candidates to run: for `Auto`, the plausible filters narrowed by the probe.
-fn candidates(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<Filtering> {
+/// The candidates and codings to run, on this thread: for `Auto`, the plausible filters narrowed by the
+/// probe; for `Only`, the filters given and both data codings.
+fn select(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Selection {
     match &opts.filters {
-        FilterChoice::Auto => probe_candidates(old, new, plausible_filters(old, new), opts),
+        FilterChoice::Auto => match Probe::plan(old, new, plausible_filters(old, new), opts) {
+            Choice::Decided(selection) => selection,
+            Choice::Probe(probe) => {
+                probe.work();
+                probe.decide()
+            }
+        },
         FilterChoice::Only(list) => {
             // Same spans as Auto would pick for these filters.
-            let mut out: Vec<Filtering> = list.iter().map(|&f| filtering_for(old, new, f)).collect();
-            if out.is_empty() {
-                out.push(Filter::None.everywhere());
+            let mut candidates: Vec<Filtering> = list.iter().map(|&f| filtering_for(old, new, f)).collect();
+            if candidates.is_empty() {
+                candidates.push(Filter::None.everywhere());
             }
-            out
+            Selection {
+                candidates,
+                data: DataCodings::Both,
+            }
         }
     }
 }
 
 /// Bytes of new each probe window matches, and of old around the same relative offset it matches against.
-const PROBE_NEW: usize = 256 << 10;
-const PROBE_OLD: usize = 512 << 10;
-/// Windows the probe samples.
+/// Halving them from 256 and 512 KiB halved the probe's time and kept every pick of the corpus, though
+/// closer: lightningcss's x86-rip 1.1% smaller than none in the sample (1% before, 0.8% in full).
+const PROBE_NEW: usize = 128 << 10;
+const PROBE_OLD: usize = 256 << 10;
+/// Windows the probe samples in the filtered span, and in the data after the executable segments.
 const PROBE_WINDOWS: usize = 4;
-/// Narrows `candidates` to the one a sample says wins: each candidate encodes a
-/// window of new (in the middle of the filtered span, [`PROBE_NEW`] bytes) against the old bytes at
-/// the same relative offset ([`PROBE_OLD`] bytes), xz at preset 6 (same sizes as 9 extreme on these
-/// windows). On the corpus the sample's margins (x86 vs none, runs coding) were 20% (systemd), 5.3%
-/// (esbuild), 12.8% (lightningcss), 5.8% (numpy), 65% (rootfs), all on the side the full run picks; with
-/// the x86-64 RIP-relative filters (x86-full, x86-rip and none) the closest call is lightningcss, x86-rip
-/// 1% smaller than none in the sample and 0.9% in full.
-fn probe_candidates(
-    old: &[u8],
-    new: &[u8],
-    candidates: Vec<Filtering>,
-    opts: &EncodeOptions,
-) -> Vec<Filtering> {
-    match Probe::plan(old, new, candidates, opts) {
-        Choice::Decided(list) => list,
-        Choice::Probe(probe) => {
-            probe.work();
-            probe.decide()
-        }
-    }
-}
+
+/// (old start, old end, new start, new end).
+type Window = (usize, usize, usize, usize);
 
 /// The candidates, or the probe that will pick them.
 enum Choice<'a> {
     /// No probe needed.
-    Decided(Vec<Filtering>),
+    Decided(Selection),
     /// To sample first.
     Probe(Probe<'a>),
 }
 
-/// The probe's samples, one job per (candidate, window), taken in turn by every thread that calls
-/// [`Probe::work`]: the probe's own, and the thread that built the unfiltered suffix array once it is
-/// done (see `prepare`).
+/// A sample that picks what runs in full. Each filter candidate encodes [`PROBE_WINDOWS`] windows of new
+/// ([`PROBE_NEW`] bytes, spread over the filtered span) against the old bytes at the same relative offset
+/// ([`PROBE_OLD`] bytes), xz at preset 6 (same sizes as 9 extreme on these windows); the smallest total
+/// wins alone. On the corpus the margins were 20% (systemd), 5.3% (esbuild), 1.1% (lightningcss, x86-rip
+/// against none; 0.8% in full), 5.8% (numpy) and 65% (rootfs), all on the side the full run picks.
+/// Windows of the data after the executable segments, unfiltered, are coded both ways (see
+/// [`DataZeros`]) to pick one. Jobs (one per candidate and window, then one per data window) are taken
+/// in turn by every thread that calls [`Probe::work`].
 struct Probe<'a> {
     old: &'a [u8],
     new: &'a [u8],
     candidates: Vec<Filtering>,
-    /// (old start, old end, new start, new end).
-    windows: Vec<(usize, usize, usize, usize)>,
+    windows: Vec<Window>,
+    data_windows: Vec<Window>,
     opts: EncodeOptions,
     next_job: AtomicUsize,
-    /// Each job's sample delta size (`None`: not done, or it failed).
-    sizes: Mutex<Vec<Option<usize>>>,
+    /// Each job's sample delta sizes (`None`: not done, or it failed): one per candidate window, two
+    /// (gaps, literals) per data window.
+    sizes: Mutex<Vec<Option<[usize; 2]>>>,
+}
+
+/// [`PROBE_WINDOWS`] window pairs spread over new[lo..hi), with old at the same relative offsets.
+fn windows_over(old: &[u8], new: &[u8], lo: u64, hi: u64) -> Vec<Window> {
+    let block = FILTER_BLOCK;
+    (0..PROBE_WINDOWS)
+        .map(|k| {
+            let at = lo + (hi - lo) * (2 * k as u64 + 1) / (2 * PROBE_WINDOWS as u64);
+            let middle = usize::try_from(at).unwrap_or(0);
+            let new_start = middle.saturating_sub(PROBE_NEW / 2) / block * block;
+            let new_end = (new_start + PROBE_NEW).min(new.len());
+            let old_middle =
+                usize::try_from(middle as u128 * old.len() as u128 / new.len().max(1) as u128).unwrap_or(0);
+            let old_start = old_middle.saturating_sub(PROBE_OLD / 2) / block * block;
+            let old_end = (old_start + PROBE_OLD).min(old.len());
+            (old_start, old_end, new_start, new_end)
+        })
+        .collect()
 }
 
 impl<'a> Probe<'a> {
     /// The probe over `candidates`' windows, or the candidates themselves when there is nothing to
-    /// choose (one candidate, or new too small for the windows).
+    /// choose (one candidate, or new too small for the windows; both data codings are tried then).
     fn plan(old: &'a [u8], new: &'a [u8], candidates: Vec<Filtering>, opts: &EncodeOptions) -> Choice<'a> {
         if candidates.len() < 2 || new.len() <= PROBE_NEW * 2 {
-            return Choice::Decided(candidates);
+            return Choice::Decided(Selection {
+                candidates,
+                data: DataCodings::Both,
+            });
         }
-        let block = FILTER_BLOCK;
-        // Middle of the widest filtered span, inside new.
+        // The widest filtered span, inside new.
         let (lo, hi) = candidates
             .iter()
             .filter(|c| c.filter != Filter::None)
@@ -540,26 +604,19 @@ impl<'a> Probe<'a> {
         let new_len = new.len() as u64;
         let (lo, hi) = (lo.min(new_len), hi.min(new_len));
         let (lo, hi) = if hi > lo { (lo, hi) } else { (0, new_len) };
-        // Window pairs (old start, old end, new start, new end), spread over the span.
-        let windows: Vec<(usize, usize, usize, usize)> = (0..PROBE_WINDOWS)
-            .map(|k| {
-                let at = lo + (hi - lo) * (2 * k as u64 + 1) / (2 * PROBE_WINDOWS as u64);
-                let middle = usize::try_from(at).unwrap_or(0);
-                let new_start = middle.saturating_sub(PROBE_NEW / 2) / block * block;
-                let new_end = (new_start + PROBE_NEW).min(new.len());
-                let old_middle =
-                    usize::try_from(middle as u128 * old.len() as u128 / new.len() as u128).unwrap_or(0);
-                let old_start = old_middle.saturating_sub(PROBE_OLD / 2) / block * block;
-                let old_end = (old_start + PROBE_OLD).min(old.len());
-                (old_start, old_end, new_start, new_end)
-            })
-            .collect();
-        let jobs = candidates.len() * windows.len();
+        let windows = windows_over(old, new, lo, hi);
+        let data_from = DiffCoding::for_image(new, DataZeros::Gaps).data_from;
+        let data_windows = match new.len().checked_sub(data_from) {
+            Some(data_len) if data_len > PROBE_NEW * 2 => windows_over(old, new, data_from as u64, new_len),
+            _ => Vec::new(),
+        };
+        let jobs = candidates.len() * windows.len() + data_windows.len();
         Choice::Probe(Probe {
             old,
             new,
             candidates,
             windows,
+            data_windows,
             opts: EncodeOptions {
                 level: 6,
                 extreme: false,
@@ -570,8 +627,8 @@ impl<'a> Probe<'a> {
         })
     }
 
-    /// One window's sample delta size through one candidate's filter.
-    fn sample(&self, filter: Filtering, window: (usize, usize, usize, usize)) -> Option<usize> {
+    /// One window's sample delta sizes through one candidate's filter, with each of `codings`.
+    fn sample(&self, filter: Filtering, window: Window, codings: &[DiffCoding]) -> Option<[usize; 2]> {
         let (old_start, old_end, new_start, new_end) = window;
         let mut o = self.old.get(old_start..old_end)?.to_vec();
         let mut n = self.new.get(new_start..new_end)?.to_vec();
@@ -580,57 +637,81 @@ impl<'a> Probe<'a> {
         let index = SuffixIndex::new(&o);
         let steps = match_parallel(&index, &o, &n, 1);
         let zero = [0u8; 32];
-        let delta = write_delta(
-            &o,
-            &n,
-            &steps,
-            &zero,
-            &zero,
-            filter,
-            &self.opts,
-            DiffCoding::Runs,
-            false,
-        );
-        delta.ok().map(|d| d.len())
+        let mut sizes = [0usize; 2];
+        for (size, &coding) in sizes.iter_mut().zip(codings) {
+            let delta = write_delta(&o, &n, &steps, &zero, &zero, filter, &self.opts, coding, false);
+            *size = delta.ok()?.len();
+        }
+        Some(sizes)
     }
 
     /// Takes jobs until none is left.
     fn work(&self) {
         let per = self.windows.len().max(1);
+        let code_jobs = self.candidates.len() * self.windows.len();
+        // A window of code is coded as the full run codes code; a data window is all data.
+        let code = [DiffCoding {
+            data_from: usize::MAX,
+            data: DataZeros::Gaps,
+        }];
+        let data = [DataZeros::Gaps, DataZeros::Literals].map(|data| DiffCoding { data_from: 0, data });
         loop {
             let job = self.next_job.fetch_add(1, Ordering::Relaxed);
-            let (Some(&filter), Some(&window)) =
-                (self.candidates.get(job / per), self.windows.get(job % per))
-            else {
-                return;
+            let sizes = if job < code_jobs {
+                let (Some(&filter), Some(&window)) =
+                    (self.candidates.get(job / per), self.windows.get(job % per))
+                else {
+                    return;
+                };
+                self.sample(filter, window, &code)
+            } else {
+                let Some(&window) = self.data_windows.get(job - code_jobs) else {
+                    return;
+                };
+                self.sample(Filter::None.everywhere(), window, &data)
             };
-            let size = self.sample(filter, window);
-            if let Ok(mut sizes) = self.sizes.lock() {
-                if let Some(slot) = sizes.get_mut(job) {
-                    *slot = size;
+            if let Ok(mut all) = self.sizes.lock() {
+                if let Some(slot) = all.get_mut(job) {
+                    *slot = sizes;
                 }
             }
         }
     }
 
-    /// The candidates left once every job is done (every thread that worked has returned).
-    fn decide(self) -> Vec<Filtering> {
-        let candidates = self.candidates;
+    /// What runs in full, once every job is done (every thread that worked has returned).
+    fn decide(self) -> Selection {
+        let mut selection = Selection {
+            candidates: self.candidates,
+            data: DataCodings::Both,
+        };
         let per = self.windows.len().max(1);
+        let code_jobs = selection.candidates.len() * self.windows.len();
         let Ok(jobs) = self.sizes.into_inner() else {
-            return candidates;
+            return selection;
         };
-        let sizes: Option<Vec<usize>> = jobs.chunks(per).map(|c| c.iter().copied().sum()).collect();
-        let Some(sizes) = sizes else {
-            return candidates;
-        };
-        let Some((best, _)) = sizes.iter().enumerate().min_by_key(|&(_, &s)| s) else {
-            return candidates;
-        };
+        let (code, data) = jobs.split_at(code_jobs.min(jobs.len()));
+        let totals: Option<Vec<usize>> = code
+            .chunks(per)
+            .map(|c| c.iter().map(|s| s.map(|[size, _]| size)).sum())
+            .collect();
         // The best sample's candidate runs alone, however close the others came: running several side by
-        // side doubles the time and the memory for a few percent at most (lightningcss: x86-rip 1%
-        // smaller than unfiltered in the sample, 0.9% in full).
-        candidates.get(best).map_or(candidates.clone(), |&c| vec![c])
+        // side doubles the time and the memory for a few percent at most.
+        if let Some((best, _)) = totals.iter().flatten().enumerate().min_by_key(|&(_, &size)| size) {
+            if let Some(&chosen) = selection.candidates.get(best) {
+                selection.candidates = vec![chosen];
+            }
+        }
+        let data_totals: Option<[usize; 2]> = data
+            .iter()
+            .try_fold([0, 0], |[g, l], s| s.map(|[sg, sl]| [g + sg, l + sl]));
+        if let (Some([gaps, literals]), false) = (data_totals, data.is_empty()) {
+            selection.data = DataCodings::One(if literals < gaps {
+                DataZeros::Literals
+            } else {
+                DataZeros::Gaps
+            });
+        }
+        selection
     }
 }
 
@@ -668,7 +749,7 @@ fn encode_core(
     index: IndexSource<'_>,
     opts: &EncodeOptions,
     threads: usize,
-    raw_too: bool,
+    codings: Codings,
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Candidate> {
     progress(EncodeStage::Indexing(filter.filter));
@@ -684,34 +765,24 @@ fn encode_core(
     let write = |coding: DiffCoding, parallel: bool| {
         write_delta(o, n, &steps, old_sha, new_sha, filter, opts, coding, parallel)
     };
-    if raw_too && threads >= 2 {
-        // The raw coding's literal stream (one xz stream over the whole diff) takes seconds on one
-        // thread: the run-length coding is compressed on another meanwhile, its streams one after the
-        // other (one more xz encoder alive, not five), instead of before it.
-        let (runs, raw) = std::thread::scope(|scope| {
-            let raw = scope.spawn(|| write(DiffCoding::Raw, true));
-            let runs = write(DiffCoding::Runs, false);
-            let raw = raw
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (runs, raw)
-        });
-        let (runs, raw) = (runs?, raw?);
-        let delta = smaller_coding(runs, raw);
-        progress(EncodeStage::Finished {
-            filter: filter.filter,
-            delta_len: delta.len() as u64,
-        });
-        return Ok(Candidate {
-            filter,
-            delta,
-            steps,
-            raw_tried: true,
-        });
-    }
-    // Run-length coding wins on most pairs and compresses in a fraction of the time; the winner may
-    // still try the raw coding (see `try_raw_coding`).
-    let delta = write(DiffCoding::Runs, true)?;
+    let first = codings.first();
+    let delta = match (codings.left_after(first), threads >= 2) {
+        (Some(other), true) => {
+            // Both codings at once: the first's streams one after the other on this thread (one more
+            // xz encoder alive, not five), the other's on threads of their own.
+            let (first, other) = std::thread::scope(|scope| {
+                let other = scope.spawn(|| write(other, true));
+                let first = write(first.coding_chosen(), false);
+                let other = other
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (first, other)
+            });
+            smaller(first?, other?)
+        }
+        (Some(other), false) => smaller(write(first.coding_chosen(), false)?, write(other, false)?),
+        (None, _) => write(first.coding_chosen(), true)?,
+    };
     progress(EncodeStage::Finished {
         filter: filter.filter,
         delta_len: delta.len() as u64,
@@ -720,7 +791,7 @@ fn encode_core(
         filter,
         delta,
         steps,
-        raw_tried: false,
+        tried: codings,
     })
 }
 
@@ -728,8 +799,9 @@ fn encode_core(
 mod tests {
     use super::*;
 
-    /// A lone machine-code candidate codes its diff both ways at once on two threads: the same delta as
-    /// one thread, which codes them one after the other, and it applies.
+    /// A lone machine-code candidate with no probe to pick the data's coding codes its diff both ways at
+    /// once on two threads: the same delta as one thread, which codes them one after the other, and it
+    /// applies.
     #[test]
     fn lone_candidate_writes_both_codings_at_once_with_the_same_result() {
         // Call-like bytes (E8 rel32) whose targets move by 0x40 in new, among noise.
@@ -749,13 +821,21 @@ mod tests {
             })
             .take(400_000)
             .collect();
+        let mut old = old;
+        crate::filter::write_test_elf_header(&mut old, 200_000);
         let mut new = old.clone();
-        for i in (0..new.len() - 8).step_by(8) {
+        for i in (0..200_000).step_by(8) {
             if new[i] == 0xe8 {
                 new[i + 1] = new[i + 1].wrapping_sub(0x40);
             }
         }
+        // A table in the data whose entries all move by the same amount.
+        for i in (200_000..new.len()).step_by(24) {
+            new[i] = new[i].wrapping_add(0x18);
+        }
         new.splice(5000..5000, *b"inserted bytes");
+        let codings = Codings::for_image(&new, DataCodings::Both);
+        assert_eq!(codings.which, DataCodings::Both, "no data to code both ways");
         for filter in [Filter::X86, Filter::X86Full] {
             let opts = |threads| EncodeOptions {
                 level: 3,

@@ -472,6 +472,21 @@ fn elf_machines(data: &[u8]) -> Vec<Filter> {
     out
 }
 
+/// Writes an ELF64 x86-64 header over the start of `image` with one executable PT_LOAD over bytes
+/// `0..exec_len`: what follows is the image's data.
+#[cfg(test)]
+pub(crate) fn write_test_elf_header(image: &mut [u8], exec_len: u64) {
+    image[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    image[18] = 0x3e;
+    image[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    image[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    image[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    image[64..68].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    image[68..72].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    image[72..80].copy_from_slice(&0u64.to_le_bytes()); // p_offset
+    image[96..104].copy_from_slice(&exec_len.to_le_bytes()); // p_filesz
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
