@@ -106,6 +106,28 @@ impl RunTokenizer {
         }
     }
 
+    /// While no literal run is open, takes the unchanged bytes of `new` against `old` from `at` on, 8 at
+    /// a time, straight into the zero run: most of an add is where old and new agree, and byte by byte
+    /// it took 0.6-0.8 s per stream on rootfs. Returns how many it took (a multiple of 8). No zero is
+    /// pending then, and the byte before was unchanged (or none), so the caller has nothing to step.
+    fn take_unchanged(&mut self, new: &[u8], old: &[u8], at: usize) -> usize {
+        if self.literals != 0 {
+            return 0;
+        }
+        let mut taken = 0;
+        while let (Some(a), Some(b)) = (
+            new.get(at + taken..at + taken + 8),
+            old.get(at + taken..at + taken + 8),
+        ) {
+            if a != b {
+                break;
+            }
+            taken += 8;
+        }
+        self.zeros += taken as u64;
+        taken
+    }
+
     /// Feeds one diff byte; returns the pair that a zero byte beyond the gap completes (that zero and the
     /// pending ones then start the next zero run).
     /// `pos` is the byte's offset in the new image.
@@ -227,9 +249,16 @@ impl Segmenter {
             .get(step.old_start..step.old_start + step.add_len)
             .unwrap_or(&[]);
         let mut placed = 0usize;
-        for (i, (a, b)) in news.iter().zip(olds).enumerate() {
-            let diff = a.wrapping_sub(*b);
-            let Some(pair) = self.runs.push(diff, step.new_start + i) else {
+        let mut next = 0usize;
+        while let (Some(a), Some(b)) = (news.get(next), olds.get(next)) {
+            let i = next;
+            let taken = self.runs.take_unchanged(news, olds, i);
+            if taken > 0 {
+                next += taken;
+                continue;
+            }
+            next += 1;
+            let Some(pair) = self.runs.push(a.wrapping_sub(*b), step.new_start + i) else {
                 continue;
             };
             self.count_pair(pair);
@@ -369,7 +398,15 @@ fn stream_bytes(
                 let old_part = o.get(p.old_start..p.old_start + len).unwrap_or(&[]);
                 let mut pos = p.new_start;
                 for (new_piece, old_piece) in new_part.chunks(FEED_CHUNK).zip(old_part.chunks(FEED_CHUNK)) {
-                    for (a, b) in new_piece.iter().zip(old_piece) {
+                    let mut next = 0usize;
+                    while let (Some(a), Some(b)) = (new_piece.get(next), old_piece.get(next)) {
+                        let taken = runs.take_unchanged(new_piece, old_piece, next);
+                        if taken > 0 {
+                            debug_assert!(pending.is_empty());
+                            (next, pos) = (next + taken, pos + taken);
+                            continue;
+                        }
+                        next += 1;
                         let diff = a.wrapping_sub(*b);
                         let pair = runs.push(diff, pos);
                         pos += 1;
