@@ -853,4 +853,40 @@ mod tests {
             assert!(out == new, "{filter:?} does not round-trip");
         }
     }
+
+    /// The probe keeps the candidate with the smallest total over its windows (not the one that wins
+    /// most windows), picks the data coding with the smaller total, and tries both codings when a data
+    /// sample failed or there was no data to sample.
+    #[test]
+    fn probe_keeps_the_smallest_totals() {
+        let (old, new) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        let candidates = vec![
+            Filter::None.everywhere(),
+            Filter::X86Rip.everywhere(),
+            Filter::X86Full.everywhere(),
+        ];
+        let probe = |data_windows: usize, sizes: Vec<Option<[usize; 2]>>| Probe {
+            old: &old,
+            new: &new,
+            candidates: candidates.clone(),
+            windows: vec![(0, 0, 0, 0); 2],
+            data_windows: vec![(0, 0, 0, 0); data_windows],
+            opts: EncodeOptions::default(),
+            next_job: AtomicUsize::new(0),
+            sizes: Mutex::new(sizes),
+        };
+        let s = |size: usize| Some([size, 0]);
+        // None wins one window by a little, x86-rip the other by a lot; the data is smaller as literals.
+        let code = vec![s(100), s(500), s(101), s(300), s(150), s(400)];
+        let data = vec![Some([70, 60]), Some([50, 55])];
+        let picked = probe(2, [code.clone(), data].concat()).decide();
+        assert_eq!(picked.candidates, vec![candidates[1]]);
+        assert_eq!(picked.data, DataCodings::One(DataZeros::Literals));
+        let picked = probe(2, [code.clone(), vec![Some([70, 80]), Some([50, 45])]].concat()).decide();
+        assert_eq!(picked.data, DataCodings::One(DataZeros::Gaps));
+        let picked = probe(2, [code.clone(), vec![Some([70, 60]), None]].concat()).decide();
+        assert_eq!(picked.candidates, vec![candidates[1]]);
+        assert_eq!(picked.data, DataCodings::Both);
+        assert_eq!(probe(0, code).decide().data, DataCodings::Both);
+    }
 }
