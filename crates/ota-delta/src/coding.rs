@@ -1,6 +1,6 @@
-//! Writing a delta from matching steps: the diff cut into (zero run, literal run) pairs or coded raw, the
-//! steps cut into segments under the decoder's caps, and each of the five streams compressed with xz
-//! (LZMA2) across segments.
+//! Writing a delta from matching steps: the diff cut into (zero run, literal run) pairs (see
+//! [`DiffCoding`]), the steps cut into segments under the decoder's caps, and each of the five streams
+//! compressed with xz (LZMA2) across segments.
 
 use xz2::stream::{Action, Check, Filters, LzmaOptions, MatchFinder, Mode, Status, Stream};
 

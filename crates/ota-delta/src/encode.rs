@@ -96,14 +96,52 @@ pub fn encode(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Result<Vec<u8>> {
     encode_with_progress(old, new, opts, &|_| {})
 }
 
-/// `data` through `filter`: borrowed when the filter changes nothing.
-fn filtered(data: &[u8], filter: Filtering) -> Cow<'_, [u8]> {
+/// `old` and `new` through `filter` (on two threads when `threads` allows): borrowed when the filter
+/// changes nothing.
+fn filtered<'a>(old: &'a [u8], new: &'a [u8], filter: Filtering, threads: usize) -> [Cow<'a, [u8]>; 2] {
     if filter.filter == Filter::None {
-        return Cow::Borrowed(data);
+        return [Cow::Borrowed(old), Cow::Borrowed(new)];
     }
-    let mut copy = data.to_vec();
-    filter.encode_in_place(&mut copy, 0);
-    Cow::Owned(copy)
+    let copy = |data: &[u8]| {
+        let mut copy = data.to_vec();
+        filter.encode_in_place(&mut copy, 0);
+        Cow::Owned(copy)
+    };
+    if threads < 2 {
+        return [copy(old), copy(new)];
+    }
+    std::thread::scope(|scope| {
+        let old = scope.spawn(|| copy(old));
+        let new = copy(new);
+        let old = old
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        [old, new]
+    })
+}
+
+/// Brings `old` and `new`, filtered in place by `from`, to `to` (on two threads when `threads` allows:
+/// the filter runs before the suffix sort, on its critical path).
+fn refilter(old: &mut [u8], new: &mut [u8], from: Filtering, to: Filtering, threads: usize) {
+    if from == to {
+        return;
+    }
+    let swap = |image: &mut [u8]| {
+        from.decode_in_place(image, 0);
+        to.encode_in_place(image, 0);
+    };
+    if threads < 2 {
+        swap(old);
+        swap(new);
+        return;
+    }
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| swap(old));
+        swap(new);
+        other
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    });
 }
 
 /// [`encode`] reporting its stages to `progress` (called from worker threads).
@@ -153,7 +191,7 @@ fn encode_borrowed(
             index: k,
             count,
         });
-        let (o, n) = (filtered(old, filter), filtered(new, filter));
+        let [o, n] = filtered(old, new, filter, per);
         // The unfiltered index serves `None`, or lends its array to the first filtered candidate.
         let taken = match (filter.filter, unfiltered) {
             (Filter::None, _) | (_, false) => index.lock().ok().and_then(|mut i| i.take()),
@@ -196,7 +234,7 @@ fn encode_borrowed(
     let Some(other) = codings.left_after(best.tried) else {
         return Ok(best.delta);
     };
-    let (o, n) = (filtered(old, best.filter), filtered(new, best.filter));
+    let [o, n] = filtered(old, new, best.filter, threads);
     try_other_coding(best, other, &o, &n, old_sha, new_sha, opts, progress)
 }
 
@@ -232,14 +270,17 @@ pub fn encode_owned(
     let mut spare = index.map(SuffixIndex::into_buffer).unwrap_or_default();
     let mut best: Option<Candidate> = None;
     let count = candidates.len();
+    let threads = opts.threads.max(1);
+    // What the images are filtered with now: restored only for another candidate, not after the last.
+    let mut current = Filter::None.everywhere();
     for (index, &filter) in candidates.iter().enumerate() {
         progress(EncodeStage::Candidate {
             filter: filter.filter,
             index,
             count,
         });
-        filter.encode_in_place(&mut old, 0);
-        filter.encode_in_place(&mut new, 0);
+        refilter(&mut old, &mut new, current, filter, threads);
+        current = filter;
         let delta = encode_core(
             &old,
             &new,
@@ -248,21 +289,17 @@ pub fn encode_owned(
             filter,
             IndexSource::Buffer(std::mem::take(&mut spare)),
             opts,
-            opts.threads.max(1),
+            threads,
             if count == 1 { codings } else { codings.first() },
             progress,
         );
-        filter.decode_in_place(&mut old, 0);
-        filter.decode_in_place(&mut new, 0);
         keep_smaller(&mut best, delta?);
     }
     let best = best.ok_or_else(no_candidate)?;
-    let filter = best.filter;
     let Some(other) = codings.left_after(best.tried) else {
         return Ok(best.delta);
     };
-    filter.encode_in_place(&mut old, 0);
-    filter.encode_in_place(&mut new, 0);
+    refilter(&mut old, &mut new, current, best.filter, threads);
     try_other_coding(best, other, &old, &new, &old_sha, &new_sha, opts, progress)
 }
 
