@@ -5,7 +5,8 @@
 #   bash scripts/bench-delta.sh [CORPUS_DIR] [PAIR...]      (default corpus: ../corpus-data or $OTA_CORPUS)
 # Installs what it needs when missing: Debian zstd, xdelta3, time; PyPI bsdiff4 and detools in a venv
 # ($BENCH_VENV, default .tmp/bench-venv). Every patch is applied and compared with the new file; a tool
-# whose output differs is marked FAIL. Timings are wall clock from /usr/bin/time -v on this machine.
+# whose output differs is marked FAIL. Timings are wall clock from /usr/bin/time -v on this machine, the
+# median of $BENCH_RUNS runs (default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -38,15 +39,26 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 cargo build -q --release -p ota-delta --example ota-delta
 OTA="$CARGO_TARGET_DIR/release/examples/ota-delta"
 
-# measure cmd...: runs cmd under /usr/bin/time -v; sets SECS and RSS_MIB; 1 on failure.
+# Runs of each command: wall times on a shared 2-core VM vary by 10-25 % from run to run, so each figure
+# is the median of RUNS runs (the peak RSS is the largest of them).
+RUNS=${BENCH_RUNS:-3}
+
+# measure cmd...: runs cmd RUNS times under /usr/bin/time -v; sets SECS (median wall time) and RSS_MIB
+# (largest peak RSS); 1 on failure.
 measure() {
-  local log="$WORK/time.log"
-  if ! /usr/bin/time -v -o "$log" "$@" >"$WORK/cmd.out" 2>&1; then
-    sed 's/^/    /' "$WORK/cmd.out" | tail -5 >&2
-    return 1
-  fi
-  SECS=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,p,":"); s=0; for(i=1;i<=n;i++) s=s*60+p[i]; printf "%.2f", s}' "$log")
-  RSS_MIB=$(awk -F': ' '/Maximum resident set size/ {printf "%.1f", $2/1024}' "$log")
+  local log="$WORK/time.log" times=() rss=0 r secs kib
+  for ((r = 0; r < RUNS; r++)); do
+    if ! /usr/bin/time -v -o "$log" "$@" >"$WORK/cmd.out" 2>&1; then
+      sed 's/^/    /' "$WORK/cmd.out" | tail -5 >&2
+      return 1
+    fi
+    secs=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,p,":"); s=0; for(i=1;i<=n;i++) s=s*60+p[i]; printf "%.2f", s}' "$log")
+    kib=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
+    times+=("$secs")
+    [ "$kib" -gt "$rss" ] && rss=$kib
+  done
+  SECS=$(printf '%s\n' "${times[@]}" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')
+  RSS_MIB=$(awk -v k="$rss" 'BEGIN {printf "%.1f", k/1024}')
 }
 
 # command CMD for (enc|app) TOOL OLD NEW PATCH OUT
@@ -74,6 +86,7 @@ fi
 
 echo "# Delta benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, corpus $CORPUS"
 echo "# ota-delta $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'); sizes in bytes, RSS = peak resident set"
+echo "# times: median of $RUNS runs; RSS: the largest of them"
 for pair in "${pairs[@]}"; do
   old="$CORPUS/$pair/old"; new="$CORPUS/$pair/new"
   new_size=$(stat -c %s "$new"); old_size=$(stat -c %s "$old")
