@@ -204,7 +204,7 @@ fn encode_borrowed(
         };
         // A lone candidate writes every data coding to try at once (see `encode_core`); several write
         // the likelier one, and the winner the other after.
-        let codings = if count == 1 { codings } else { codings.first() };
+        let codings = if count == 1 { codings } else { codings.first_only() };
         encode_core(
             &o, &n, old_sha, new_sha, filter, source, opts, per, codings, progress,
         )
@@ -290,7 +290,7 @@ pub fn encode_owned(
             IndexSource::Buffer(std::mem::take(&mut spare)),
             opts,
             threads,
-            if count == 1 { codings } else { codings.first() },
+            if count == 1 { codings } else { codings.first_only() },
             progress,
         );
         keep_smaller(&mut best, delta?);
@@ -348,33 +348,31 @@ impl Codings {
         }
     }
 
-    /// The coding to write first (gaps when both are to be tried: smaller on most of the corpus).
-    fn first(self) -> Codings {
-        let zeros = match self.which {
-            DataCodings::One(zeros) => zeros,
-            DataCodings::Both => DataZeros::Gaps,
-        };
-        Codings {
-            which: DataCodings::One(zeros),
-            ..self
-        }
-    }
-
-    /// The one coding of a [`Codings::first`].
-    fn coding_chosen(self) -> DiffCoding {
+    /// The coding written first, or alone: gaps when both are to be tried (smaller on most of the
+    /// corpus).
+    fn first(self) -> DiffCoding {
         match self.which {
             DataCodings::One(zeros) => self.coding(zeros),
             DataCodings::Both => self.coding(DataZeros::Gaps),
         }
     }
 
-    /// The coding still to try once `tried` was written, if any.
-    fn left_after(self, tried: Codings) -> Option<DiffCoding> {
-        match (self.which, tried.which) {
-            (DataCodings::Both, DataCodings::One(DataZeros::Gaps)) => Some(self.coding(DataZeros::Literals)),
-            (DataCodings::Both, DataCodings::One(DataZeros::Literals)) => Some(self.coding(DataZeros::Gaps)),
-            _ => None,
+    /// The coding written after [`Codings::first`], when both are to be tried.
+    fn second(self) -> Option<DiffCoding> {
+        (self.which == DataCodings::Both).then(|| self.coding(DataZeros::Literals))
+    }
+
+    /// Only the first coding: for candidates run side by side (the winner writes the second after).
+    fn first_only(self) -> Codings {
+        Codings {
+            which: DataCodings::One(self.first().data),
+            ..self
         }
+    }
+
+    /// The coding left to try after a candidate wrote `tried`.
+    fn left_after(self, tried: Codings) -> Option<DiffCoding> {
+        self.second().filter(|_| tried.second().is_none())
     }
 }
 
@@ -802,23 +800,22 @@ fn encode_core(
     let write = |coding: DiffCoding, parallel: bool| {
         write_delta(o, n, &steps, old_sha, new_sha, filter, opts, coding, parallel)
     };
-    let first = codings.first();
-    let delta = match (codings.left_after(first), threads >= 2) {
-        (Some(other), true) => {
+    let delta = match (codings.second(), threads >= 2) {
+        (Some(second), true) => {
             // Both codings at once: the first's streams one after the other on this thread (one more
-            // xz encoder alive, not five), the other's on threads of their own.
-            let (first, other) = std::thread::scope(|scope| {
-                let other = scope.spawn(|| write(other, true));
-                let first = write(first.coding_chosen(), false);
-                let other = other
+            // xz encoder alive, not five), the second's on threads of their own.
+            let (first, second) = std::thread::scope(|scope| {
+                let second = scope.spawn(|| write(second, true));
+                let first = write(codings.first(), false);
+                let second = second
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                (first, other)
+                (first, second)
             });
-            smaller(first?, other?)
+            smaller(first?, second?)
         }
-        (Some(other), false) => smaller(write(first.coding_chosen(), false)?, write(other, false)?),
-        (None, _) => write(first.coding_chosen(), true)?,
+        (Some(second), false) => smaller(write(codings.first(), false)?, write(second, false)?),
+        (None, _) => write(codings.first(), true)?,
     };
     progress(EncodeStage::Finished {
         filter: filter.filter,
