@@ -82,7 +82,7 @@ struct RunTokenizer {
 const RUN_GAP: u64 = 4;
 
 impl RunTokenizer {
-    /// A tokenizer for diffs of `new` (the new image as matched).
+    /// A tokenizer that splits as `coding` says, at the start of a diff.
     fn new(coding: DiffCoding) -> Self {
         RunTokenizer {
             coding,
