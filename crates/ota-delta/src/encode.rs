@@ -323,20 +323,23 @@ struct Codings {
 /// Which codings of the data's zeros (see [`DataZeros`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DataCodings {
-    /// This one: the probe's data windows chose it, or the image has no data to code either way.
+    /// This one: windows of the data chose it, or the image has no data to code either way.
     One(DataZeros),
-    /// Both (no probe sampled the data).
+    /// Both, keeping the smaller delta: the data is too small to sample.
     Both,
+    /// The one [`PROBE_WINDOWS`] windows of the data say is smaller, sampled on the candidate's own
+    /// images while its suffix array is built (on the core the sort leaves idle).
+    Sample,
 }
 
 impl Codings {
-    /// The codings for `new`, the image as given: `which`, or one when it has no data.
-    fn for_image(new: &[u8], which: DataCodings) -> Self {
+    /// The codings for `new`, the image as given.
+    fn for_image(new: &[u8]) -> Self {
         let data_from = DiffCoding::for_image(new, DataZeros::Gaps).data_from;
-        let which = if data_from < new.len() {
-            which
-        } else {
-            DataCodings::One(DataZeros::Gaps)
+        let which = match new.len().checked_sub(data_from) {
+            None | Some(0) => DataCodings::One(DataZeros::Gaps),
+            Some(data_len) if data_len > PROBE_NEW * 2 => DataCodings::Sample,
+            Some(_) => DataCodings::Both,
         };
         Codings { data_from, which }
     }
@@ -348,12 +351,24 @@ impl Codings {
         }
     }
 
+    /// These codings with a [`DataCodings::Sample`] settled on `o` and `n` (the candidate's images).
+    fn sampled(self, o: &[u8], n: &[u8], opts: &EncodeOptions) -> Codings {
+        if self.which != DataCodings::Sample {
+            return self;
+        }
+        let data = sample_data_zeros(o, n, self.data_from, opts);
+        Codings {
+            which: DataCodings::One(data),
+            ..self
+        }
+    }
+
     /// The coding written first, or alone: gaps when both are to be tried (smaller on most of the
     /// corpus).
     fn first(self) -> DiffCoding {
         match self.which {
             DataCodings::One(zeros) => self.coding(zeros),
-            DataCodings::Both => self.coding(DataZeros::Gaps),
+            DataCodings::Both | DataCodings::Sample => self.coding(DataZeros::Gaps),
         }
     }
 
@@ -362,17 +377,54 @@ impl Codings {
         (self.which == DataCodings::Both).then(|| self.coding(DataZeros::Literals))
     }
 
-    /// Only the first coding: for candidates run side by side (the winner writes the second after).
+    /// Only the first coding (or the sampled one): for candidates run side by side (the winner writes
+    /// the second after).
     fn first_only(self) -> Codings {
-        Codings {
-            which: DataCodings::One(self.first().data),
-            ..self
+        match self.which {
+            DataCodings::Both => Codings {
+                which: DataCodings::One(self.first().data),
+                ..self
+            },
+            _ => self,
         }
     }
 
     /// The coding left to try after a candidate wrote `tried`.
     fn left_after(self, tried: Codings) -> Option<DiffCoding> {
         self.second().filter(|_| tried.second().is_none())
+    }
+}
+
+/// Which coding of the zeros in new's data (from `data_from` on) codes [`PROBE_WINDOWS`] windows of it
+/// smaller, each matched against old at the same relative offset and coded both ways at xz preset 6.
+/// On the corpus: esbuild's Go tables 12% smaller as literals (4% in full), systemd 0.8% larger (3.5%),
+/// lightningcss 6% larger (4%), numpy 2.6% larger (2%).
+fn sample_data_zeros(o: &[u8], n: &[u8], data_from: usize, opts: &EncodeOptions) -> DataZeros {
+    let opts = EncodeOptions {
+        level: 6,
+        extreme: false,
+        ..opts.clone()
+    };
+    // Both codings' sizes for one window.
+    let window_sizes = |(old_start, old_end, new_start, new_end): Window| -> Option<[usize; 2]> {
+        let (ow, nw) = (o.get(old_start..old_end)?, n.get(new_start..new_end)?);
+        let index = SuffixIndex::new(ow);
+        let steps = match_parallel(&index, ow, nw, 1);
+        let zero = [0u8; 32];
+        let size = |data| {
+            // The whole window is data.
+            let coding = DiffCoding { data_from: 0, data };
+            let filter = Filter::None.everywhere();
+            write_delta(ow, nw, &steps, &zero, &zero, filter, &opts, coding, false).map(|d| d.len())
+        };
+        Some([size(DataZeros::Gaps).ok()?, size(DataZeros::Literals).ok()?])
+    };
+    let windows = windows_over(o, n, data_from as u64, n.len() as u64);
+    let mut sizes = windows.into_iter().map(window_sizes);
+    let totals = sizes.try_fold([0, 0], |[g, l], s| s.map(|[sg, sl]| [g + sg, l + sl]));
+    match totals {
+        Some([gaps, literals]) if literals < gaps => DataZeros::Literals,
+        _ => DataZeros::Gaps,
     }
 }
 
@@ -450,12 +502,6 @@ struct Prepared<'a> {
     new_sha: [u8; 32],
 }
 
-/// What the probe settles: the candidates to run and which data codings to write.
-struct Selection {
-    candidates: Vec<Filtering>,
-    data: DataCodings,
-}
-
 /// From this combined input size on, the unfiltered suffix array is built beside the probe (rootfs: 2.4 s
 /// against the probe's ~1 s; `None` wins there). Below it the array takes longer than the probe (~0.5 s
 /// against ~0.15 s on the 10 MB pairs) and a filter wins on every ELF pair of the corpus, so the array
@@ -468,22 +514,22 @@ const SPECULATIVE_INDEX_MIN: usize = 64 << 20;
 /// hashed meanwhile too.
 fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> {
     let combined = old.len().saturating_add(new.len());
-    let prepared = |selection: Selection, index, (old_sha, new_sha)| Prepared {
-        codings: Codings::for_image(new, selection.data),
-        candidates: selection.candidates,
+    let prepared = |candidates, index, (old_sha, new_sha)| Prepared {
+        codings: Codings::for_image(new),
+        candidates,
         index,
         old_sha,
         new_sha,
     };
     let auto = opts.filters == FilterChoice::Auto && opts.threads >= 2;
     if !auto {
-        let selection = select(old, new, opts);
-        return prepared(selection, None, (sha256(old), sha256(new)));
+        let candidates = candidates(old, new, opts);
+        return prepared(candidates, None, (sha256(old), sha256(new)));
     }
     if combined < SPECULATIVE_INDEX_MIN {
         // The probe's samples on both threads, then only the winner's array is built.
-        let (selection, hashes) = match Probe::plan(old, new, plausible_filters(old, new), opts) {
-            Choice::Decided(selection) => (selection, (sha256(old), sha256(new))),
+        let (candidates, hashes) = match Probe::plan(old, new, plausible_filters(old, new), opts) {
+            Choice::Decided(list) => (list, (sha256(old), sha256(new))),
             Choice::Probe(probe) => {
                 let hashes = std::thread::scope(|scope| {
                     let shared = &probe;
@@ -498,7 +544,7 @@ fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> 
                 (probe.decide(), hashes)
             }
         };
-        return prepared(selection, None, hashes);
+        return prepared(candidates, None, hashes);
     }
     // The probe (if any) is set up here while the other thread sorts; that thread then takes the
     // probe's samples left, if any.
@@ -513,7 +559,7 @@ fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> 
             index
         });
         let decided = match Probe::plan(old, new, plausible_filters(old, new), opts) {
-            Choice::Decided(selection) => Some(selection),
+            Choice::Decided(list) => Some(list),
             Choice::Probe(p) => {
                 shared.get_or_init(|| p).work();
                 None
@@ -526,23 +572,19 @@ fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> 
         (decided, index, hashes)
     });
     // Every sample is done: both threads that took jobs have returned from `work`.
-    let selection = match (decided, probe.into_inner()) {
-        (Some(selection), _) => selection,
+    let candidates = match (decided, probe.into_inner()) {
+        (Some(list), _) => list,
         (None, Some(probe)) => probe.decide(),
-        (None, None) => Selection {
-            candidates: vec![Filter::None.everywhere()],
-            data: DataCodings::Both,
-        },
+        (None, None) => vec![Filter::None.everywhere()],
     };
-    prepared(selection, Some(index), hashes)
+    prepared(candidates, Some(index), hashes)
 }
 
-/// The candidates and codings to run, on this thread: for `Auto`, the plausible filters narrowed by the
-/// probe; for `Only`, the filters given and both data codings.
-fn select(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Selection {
+/// The candidates to run, on this thread: for `Auto`, the plausible filters narrowed by the probe.
+fn candidates(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<Filtering> {
     match &opts.filters {
         FilterChoice::Auto => match Probe::plan(old, new, plausible_filters(old, new), opts) {
-            Choice::Decided(selection) => selection,
+            Choice::Decided(list) => list,
             Choice::Probe(probe) => {
                 probe.work();
                 probe.decide()
@@ -550,14 +592,11 @@ fn select(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Selection {
         },
         FilterChoice::Only(list) => {
             // Same spans as Auto would pick for these filters.
-            let mut candidates: Vec<Filtering> = list.iter().map(|&f| filtering_for(old, new, f)).collect();
-            if candidates.is_empty() {
-                candidates.push(Filter::None.everywhere());
+            let mut out: Vec<Filtering> = list.iter().map(|&f| filtering_for(old, new, f)).collect();
+            if out.is_empty() {
+                out.push(Filter::None.everywhere());
             }
-            Selection {
-                candidates,
-                data: DataCodings::Both,
-            }
+            out
         }
     }
 }
@@ -567,7 +606,7 @@ fn select(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Selection {
 /// closer: lightningcss's x86-rip 1.1% smaller than none in the sample (1% before, 0.8% in full).
 const PROBE_NEW: usize = 128 << 10;
 const PROBE_OLD: usize = 256 << 10;
-/// Windows the probe samples in the filtered span, and in the data after the executable segments.
+/// Windows the probe samples in the filtered span (and [`sample_data_zeros`] in the data).
 const PROBE_WINDOWS: usize = 4;
 
 /// (old start, old end, new start, new end).
@@ -576,7 +615,7 @@ type Window = (usize, usize, usize, usize);
 /// The candidates, or the probe that will pick them.
 enum Choice<'a> {
     /// No probe needed.
-    Decided(Selection),
+    Decided(Vec<Filtering>),
     /// To sample first.
     Probe(Probe<'a>),
 }
@@ -586,20 +625,16 @@ enum Choice<'a> {
 /// ([`PROBE_OLD`] bytes), xz at preset 6 (same sizes as 9 extreme on these windows); the smallest total
 /// wins alone. On the corpus the margins were 20% (systemd), 5.3% (esbuild), 1.1% (lightningcss, x86-rip
 /// against none; 0.8% in full), 5.8% (numpy) and 65% (rootfs), all on the side the full run picks.
-/// Windows of the data after the executable segments, unfiltered, are coded both ways (see
-/// [`DataZeros`]) to pick one. Jobs (one per candidate and window, then one per data window) are taken
-/// in turn by every thread that calls [`Probe::work`].
+/// Jobs (one per candidate and window) are taken in turn by every thread that calls [`Probe::work`].
 struct Probe<'a> {
     old: &'a [u8],
     new: &'a [u8],
     candidates: Vec<Filtering>,
     windows: Vec<Window>,
-    data_windows: Vec<Window>,
     opts: EncodeOptions,
     next_job: AtomicUsize,
-    /// Each job's sample delta sizes (`None`: not done, or it failed): one per candidate window, two
-    /// (gaps, literals) per data window.
-    sizes: Mutex<Vec<Option<[usize; 2]>>>,
+    /// Each job's sample delta size (`None`: not done, or it failed).
+    sizes: Mutex<Vec<Option<usize>>>,
 }
 
 /// [`PROBE_WINDOWS`] window pairs spread over new[lo..hi), with old at the same relative offsets.
@@ -622,13 +657,10 @@ fn windows_over(old: &[u8], new: &[u8], lo: u64, hi: u64) -> Vec<Window> {
 
 impl<'a> Probe<'a> {
     /// The probe over `candidates`' windows, or the candidates themselves when there is nothing to
-    /// choose (one candidate, or new too small for the windows; both data codings are tried then).
+    /// choose (one candidate, or new too small for the windows).
     fn plan(old: &'a [u8], new: &'a [u8], candidates: Vec<Filtering>, opts: &EncodeOptions) -> Choice<'a> {
         if candidates.len() < 2 || new.len() <= PROBE_NEW * 2 {
-            return Choice::Decided(Selection {
-                candidates,
-                data: DataCodings::Both,
-            });
+            return Choice::Decided(candidates);
         }
         // The widest filtered span, inside new.
         let (lo, hi) = candidates
@@ -640,18 +672,12 @@ impl<'a> Probe<'a> {
         let (lo, hi) = (lo.min(new_len), hi.min(new_len));
         let (lo, hi) = if hi > lo { (lo, hi) } else { (0, new_len) };
         let windows = windows_over(old, new, lo, hi);
-        let data_from = DiffCoding::for_image(new, DataZeros::Gaps).data_from;
-        let data_windows = match new.len().checked_sub(data_from) {
-            Some(data_len) if data_len > PROBE_NEW * 2 => windows_over(old, new, data_from as u64, new_len),
-            _ => Vec::new(),
-        };
-        let jobs = candidates.len() * windows.len() + data_windows.len();
+        let jobs = candidates.len() * windows.len();
         Choice::Probe(Probe {
             old,
             new,
             candidates,
             windows,
-            data_windows,
             opts: EncodeOptions {
                 level: 6,
                 extreme: false,
@@ -662,8 +688,8 @@ impl<'a> Probe<'a> {
         })
     }
 
-    /// One window's sample delta sizes through one candidate's filter, with each of `codings`.
-    fn sample(&self, filter: Filtering, window: Window, codings: &[DiffCoding]) -> Option<[usize; 2]> {
+    /// One window's sample delta size through one candidate's filter.
+    fn sample(&self, filter: Filtering, window: Window) -> Option<usize> {
         let (old_start, old_end, new_start, new_end) = window;
         let mut o = self.old.get(old_start..old_end)?.to_vec();
         let mut n = self.new.get(new_start..new_end)?.to_vec();
@@ -672,81 +698,51 @@ impl<'a> Probe<'a> {
         let index = SuffixIndex::new(&o);
         let steps = match_parallel(&index, &o, &n, 1);
         let zero = [0u8; 32];
-        let mut sizes = [0usize; 2];
-        for (size, &coding) in sizes.iter_mut().zip(codings) {
-            let delta = write_delta(&o, &n, &steps, &zero, &zero, filter, &self.opts, coding, false);
-            *size = delta.ok()?.len();
-        }
-        Some(sizes)
+        // A window of code is coded as the full run codes code.
+        let coding = DiffCoding {
+            data_from: usize::MAX,
+            data: DataZeros::Gaps,
+        };
+        let delta = write_delta(&o, &n, &steps, &zero, &zero, filter, &self.opts, coding, false);
+        delta.ok().map(|d| d.len())
     }
 
     /// Takes jobs until none is left.
     fn work(&self) {
         let per = self.windows.len().max(1);
-        let code_jobs = self.candidates.len() * self.windows.len();
-        // A window of code is coded as the full run codes code; a data window is all data.
-        let code = [DiffCoding {
-            data_from: usize::MAX,
-            data: DataZeros::Gaps,
-        }];
-        let data = [DataZeros::Gaps, DataZeros::Literals].map(|data| DiffCoding { data_from: 0, data });
         loop {
             let job = self.next_job.fetch_add(1, Ordering::Relaxed);
-            let sizes = if job < code_jobs {
-                let (Some(&filter), Some(&window)) =
-                    (self.candidates.get(job / per), self.windows.get(job % per))
-                else {
-                    return;
-                };
-                self.sample(filter, window, &code)
-            } else {
-                let Some(&window) = self.data_windows.get(job - code_jobs) else {
-                    return;
-                };
-                self.sample(Filter::None.everywhere(), window, &data)
+            let (Some(&filter), Some(&window)) =
+                (self.candidates.get(job / per), self.windows.get(job % per))
+            else {
+                return;
             };
-            if let Ok(mut all) = self.sizes.lock() {
-                if let Some(slot) = all.get_mut(job) {
-                    *slot = sizes;
+            let size = self.sample(filter, window);
+            if let Ok(mut sizes) = self.sizes.lock() {
+                if let Some(slot) = sizes.get_mut(job) {
+                    *slot = size;
                 }
             }
         }
     }
 
-    /// What runs in full, once every job is done (every thread that worked has returned).
-    fn decide(self) -> Selection {
-        let mut selection = Selection {
-            candidates: self.candidates,
-            data: DataCodings::Both,
-        };
+    /// The candidates left once every job is done (every thread that worked has returned).
+    fn decide(self) -> Vec<Filtering> {
+        let candidates = self.candidates;
         let per = self.windows.len().max(1);
-        let code_jobs = selection.candidates.len() * self.windows.len();
         let Ok(jobs) = self.sizes.into_inner() else {
-            return selection;
+            return candidates;
         };
-        let (code, data) = jobs.split_at(code_jobs.min(jobs.len()));
-        let totals: Option<Vec<usize>> = code
-            .chunks(per)
-            .map(|c| c.iter().map(|s| s.map(|[size, _]| size)).sum())
-            .collect();
+        let sizes: Option<Vec<usize>> = jobs.chunks(per).map(|c| c.iter().copied().sum()).collect();
+        let Some(sizes) = sizes else {
+            return candidates;
+        };
+        let Some((best, _)) = sizes.iter().enumerate().min_by_key(|&(_, &s)| s) else {
+            return candidates;
+        };
         // The best sample's candidate runs alone, however close the others came: running several side by
         // side doubles the time and the memory for a few percent at most.
-        if let Some((best, _)) = totals.iter().flatten().enumerate().min_by_key(|&(_, &size)| size) {
-            if let Some(&chosen) = selection.candidates.get(best) {
-                selection.candidates = vec![chosen];
-            }
-        }
-        let data_totals: Option<[usize; 2]> = data
-            .iter()
-            .try_fold([0, 0], |[g, l], s| s.map(|[sg, sl]| [g + sg, l + sl]));
-        if let (Some([gaps, literals]), false) = (data_totals, data.is_empty()) {
-            selection.data = DataCodings::One(if literals < gaps {
-                DataZeros::Literals
-            } else {
-                DataZeros::Gaps
-            });
-        }
-        selection
+        candidates.get(best).map_or(candidates.clone(), |&c| vec![c])
     }
 }
 
@@ -765,6 +761,12 @@ fn check_sizes(old: &[u8], new: &[u8]) -> Result<()> {
 pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
+
+/// From this old-image size on, a candidate's data is sampled beside its suffix sort (numpy: 0.05 s
+/// sooner); below it, before the sort: the samples' buffers on top of the suffix array broke systemd's
+/// 4x-inputs memory budget (27.2 MiB of 25.6), and so did sampling on two threads before the sort
+/// (their allocator arenas kept up to 2 MiB resident).
+const SAMPLE_BESIDE_SORT_MIN: usize = 8 << 20;
 
 /// Where a candidate's suffix array comes from.
 enum IndexSource<'a> {
@@ -788,13 +790,29 @@ fn encode_core(
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Candidate> {
     progress(EncodeStage::Indexing(filter.filter));
-    let steps = {
-        let index = match index {
+    let (steps, codings) = {
+        let build = |index| match index {
             IndexSource::Built(index) => index,
             IndexSource::Buffer(buffer) => SuffixIndex::build(o, buffer, threads >= 2),
         };
+        let beside = threads >= 2 && o.len() >= SAMPLE_BESIDE_SORT_MIN;
+        let (index, codings) = if beside && codings.which == DataCodings::Sample {
+            // The data is sampled while old is sorted: the sort keeps one core, the tables beside it
+            // a fraction of the other.
+            std::thread::scope(|scope| {
+                let sampled = scope.spawn(|| codings.sampled(o, n, opts));
+                let index = build(index);
+                let codings = sampled
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (index, codings)
+            })
+        } else {
+            let codings = codings.sampled(o, n, opts);
+            (build(index), codings)
+        };
         progress(EncodeStage::Matching(filter.filter));
-        match_parallel(&index, o, n, threads)
+        (match_parallel(&index, o, n, threads), codings)
     };
     progress(EncodeStage::Compressing(filter.filter));
     let write = |coding: DiffCoding, parallel: bool| {
@@ -868,7 +886,7 @@ mod tests {
             new[i] = new[i].wrapping_add(0x18);
         }
         new.splice(5000..5000, *b"inserted bytes");
-        let codings = Codings::for_image(&new, DataCodings::Both);
+        let codings = Codings::for_image(&new);
         assert_eq!(codings.which, DataCodings::Both, "no data to code both ways");
         for filter in [Filter::X86, Filter::X86Full] {
             let opts = |threads| EncodeOptions {
@@ -889,38 +907,101 @@ mod tests {
     }
 
     /// The probe keeps the candidate with the smallest total over its windows (not the one that wins
-    /// most windows), picks the data coding with the smaller total, and tries both codings when a data
-    /// sample failed or there was no data to sample.
+    /// most windows), and keeps every candidate when a sample failed.
     #[test]
-    fn probe_keeps_the_smallest_totals() {
+    fn probe_keeps_the_smallest_total() {
         let (old, new) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
         let candidates = vec![
             Filter::None.everywhere(),
             Filter::X86Rip.everywhere(),
             Filter::X86Full.everywhere(),
         ];
-        let probe = |data_windows: usize, sizes: Vec<Option<[usize; 2]>>| Probe {
+        let probe = |sizes: Vec<Option<usize>>| Probe {
             old: &old,
             new: &new,
             candidates: candidates.clone(),
             windows: vec![(0, 0, 0, 0); 2],
-            data_windows: vec![(0, 0, 0, 0); data_windows],
             opts: EncodeOptions::default(),
             next_job: AtomicUsize::new(0),
             sizes: Mutex::new(sizes),
         };
-        let s = |size: usize| Some([size, 0]);
-        // None wins one window by a little, x86-rip the other by a lot; the data is smaller as literals.
-        let code = vec![s(100), s(500), s(101), s(300), s(150), s(400)];
-        let data = vec![Some([70, 60]), Some([50, 55])];
-        let picked = probe(2, [code.clone(), data].concat()).decide();
-        assert_eq!(picked.candidates, vec![candidates[1]]);
-        assert_eq!(picked.data, DataCodings::One(DataZeros::Literals));
-        let picked = probe(2, [code.clone(), vec![Some([70, 80]), Some([50, 45])]].concat()).decide();
-        assert_eq!(picked.data, DataCodings::One(DataZeros::Gaps));
-        let picked = probe(2, [code.clone(), vec![Some([70, 60]), None]].concat()).decide();
-        assert_eq!(picked.candidates, vec![candidates[1]]);
-        assert_eq!(picked.data, DataCodings::Both);
-        assert_eq!(probe(0, code).decide().data, DataCodings::Both);
+        // None wins one window by a little, x86-rip the other by a lot.
+        let sizes = vec![Some(100), Some(500), Some(101), Some(300), Some(150), Some(400)];
+        assert_eq!(probe(sizes.clone()).decide(), vec![candidates[1]]);
+        let mut failed = sizes;
+        failed[4] = None;
+        assert_eq!(probe(failed).decide(), candidates);
+    }
+
+    /// Windows of an ELF file's data pick the coding of its zeros that is smaller on the whole data:
+    /// gaps for single changed bytes at a fixed or varying stride, literals for a table of fields that
+    /// grow by a few different amounts.
+    #[test]
+    fn data_windows_pick_the_coding_that_is_smaller_in_full() {
+        let code_len = 64 << 10;
+        let old: Vec<u8> = (0..(2u32 << 20))
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut old = old;
+        crate::filter::write_test_elf_header(&mut old, code_len as u64);
+        let strided = |stride: usize, step: usize| {
+            let mut new = old.clone();
+            let mut at = code_len;
+            let mut k = 0usize;
+            while at < new.len() {
+                new[at] = new[at].wrapping_add(0x18);
+                at += stride + (k * step) % 61;
+                k += 1;
+            }
+            new
+        };
+        let opts = EncodeOptions {
+            level: 6,
+            ..EncodeOptions::default()
+        };
+        // A table of 32-bit fields every 16 bytes, each grown by one of 7 amounts.
+        let mut table = old.clone();
+        for (k, at) in (code_len..table.len() - 4).step_by(16).enumerate() {
+            let field = u32::from_le_bytes([table[at], table[at + 1], table[at + 2], table[at + 3]]);
+            let grown = field.wrapping_add(0x10000 + (k as u32 % 7) * 8);
+            table[at..at + 4].copy_from_slice(&grown.to_le_bytes());
+        }
+        let mut picks = Vec::new();
+        for new in [strided(24, 0), strided(40, 7), table] {
+            let codings = Codings::for_image(&new);
+            assert_eq!(codings.which, DataCodings::Sample);
+            let index = SuffixIndex::new(&old);
+            let steps = match_parallel(&index, &old, &new, 1);
+            let (old_sha, new_sha) = (sha256(&old), sha256(&new));
+            let full = |data| {
+                write_delta(
+                    &old,
+                    &new,
+                    &steps,
+                    &old_sha,
+                    &new_sha,
+                    Filter::None.everywhere(),
+                    &opts,
+                    codings.coding(data),
+                    true,
+                )
+                .unwrap()
+                .len()
+            };
+            let (gaps, literals) = (full(DataZeros::Gaps), full(DataZeros::Literals));
+            let smaller = if literals < gaps {
+                DataZeros::Literals
+            } else {
+                DataZeros::Gaps
+            };
+            let picked = sample_data_zeros(&old, &new, codings.data_from, &opts);
+            assert_eq!(picked, smaller, "gaps {gaps}, literals {literals}");
+            picks.push(picked);
+        }
+        assert_eq!(
+            picks,
+            [DataZeros::Gaps, DataZeros::Gaps, DataZeros::Literals],
+            "the cases no longer cover both codings"
+        );
     }
 }
