@@ -657,6 +657,16 @@ mod tests {
     use crate::matching::match_parallel;
     use crate::suffix::SuffixIndex;
 
+    /// Writes `steps` as a delta with `coding` and checks that it turns `old` into `new`.
+    fn assert_round_trips(old: &[u8], new: &[u8], steps: &[Step], opts: &EncodeOptions, coding: DiffCoding) {
+        let (old_sha, new_sha) = (sha256(old), sha256(new));
+        let filter = Filter::None.everywhere();
+        let delta = write_delta(old, new, steps, &old_sha, &new_sha, filter, opts, coding, true).unwrap();
+        let mut out = Vec::new();
+        crate::apply(std::io::Cursor::new(old), delta.as_slice(), &mut out).unwrap();
+        assert!(out == new, "{coding:?} does not round-trip");
+    }
+
     /// Every diff coding decodes to the new image (the decoder does not know which one was used).
     #[test]
     fn every_diff_coding_round_trips() {
@@ -668,7 +678,6 @@ mod tests {
             new[i] = new[i].wrapping_add(3);
         }
         new.splice(1000..1000, *b"inserted bytes");
-        let (old_sha, new_sha) = (sha256(&old), sha256(&new));
         let index = SuffixIndex::new(&old);
         let steps = match_parallel(&index, &old, &new, 1);
         let opts = EncodeOptions {
@@ -679,14 +688,7 @@ mod tests {
             .into_iter()
             .flat_map(|data| [0, 100_000, usize::MAX].map(|data_from| DiffCoding { data_from, data }));
         for coding in codings {
-            let filter = Filter::None.everywhere();
-            let delta = write_delta(
-                &old, &new, &steps, &old_sha, &new_sha, filter, &opts, coding, true,
-            )
-            .unwrap();
-            let mut out = Vec::new();
-            crate::apply(std::io::Cursor::new(&old), delta.as_slice(), &mut out).unwrap();
-            assert!(out == new, "{coding:?} does not round-trip");
+            assert_round_trips(&old, &new, &steps, &opts, coding);
         }
     }
 
@@ -709,7 +711,6 @@ mod tests {
             at += 2 + k % 9;
             k += 1;
         }
-        let (old_sha, new_sha) = (sha256(&old), sha256(&new));
         let index = SuffixIndex::new(&old);
         let steps = match_parallel(&index, &old, &new, 1);
         let gaps = DiffCoding::for_image(&new, DataZeros::Gaps);
@@ -736,15 +737,8 @@ mod tests {
         let literals = DiffCoding::for_image(&new, DataZeros::Literals);
         let (_, literal_totals) = segment(&steps, &old, &new, literals);
         assert!(literal_totals[ZERO_RUNS] < totals[ZERO_RUNS]);
-        let filter = Filter::None.everywhere();
         for coding in [gaps, literals] {
-            let delta = write_delta(
-                &old, &new, &steps, &old_sha, &new_sha, filter, &opts, coding, true,
-            )
-            .unwrap();
-            let mut out = Vec::new();
-            crate::apply(std::io::Cursor::new(&old), delta.as_slice(), &mut out).unwrap();
-            assert!(out == new, "{coding:?} does not round-trip");
+            assert_round_trips(&old, &new, &steps, &opts, coding);
         }
     }
 }
