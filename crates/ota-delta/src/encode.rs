@@ -508,6 +508,10 @@ struct Prepared<'a> {
 /// against ~0.15 s on the 10 MB pairs) and a filter wins on every ELF pair of the corpus, so the array
 /// was built for nothing: the probe gets both cores instead.
 const SPECULATIVE_INDEX_MIN: usize = 64 << 20;
+/// From this combined input size on, the probe's samples run on both threads. Below it, on one thread of
+/// its own: samples taken on this thread too left up to 1.5 MiB of its heap resident beside the suffix
+/// array (systemd).
+const PARALLEL_PROBE_MIN: usize = 16 << 20;
 
 /// The candidates and codings to run, the images' hashes, and the unfiltered old image's suffix array
 /// when it was built while the probe ran (on a core the probe leaves idle: the array is needed whenever
@@ -536,7 +540,9 @@ fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> 
                     let shared = &probe;
                     let helper = scope.spawn(move || shared.work());
                     let hashes = (sha256(old), sha256(new));
-                    shared.work();
+                    if combined >= PARALLEL_PROBE_MIN {
+                        shared.work();
+                    }
                     helper
                         .join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -764,9 +770,10 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// From this old-image size on, a candidate's data is sampled beside its suffix sort (numpy: 0.05 s
-/// sooner); below it, before the sort: the samples' buffers on top of the suffix array broke systemd's
-/// 4x-inputs memory budget (27.2 MiB of 25.6), and so did sampling on two threads before the sort
-/// (their allocator arenas kept up to 2 MiB resident).
+/// sooner); below it, before the sort, on a thread of its own. On systemd, whose memory budget is 4x
+/// its 6.4 MiB of input, the samples' buffers cost: beside the sort 27.2 MiB at the peak; before it on
+/// this thread (or on two) 24.9-26.7 MB in a third of the runs, where the freed samples stayed resident
+/// in this thread's heap; on a thread of its own 23.1-23.4 MB in 14 runs out of 14.
 const SAMPLE_BESIDE_SORT_MIN: usize = 8 << 20;
 
 /// Where a candidate's suffix array comes from.
@@ -809,7 +816,13 @@ fn encode_core(
                 (index, codings)
             })
         } else {
-            let codings = codings.sampled(o, n, opts);
+            // On a thread of its own: see `SAMPLE_BESIDE_SORT_MIN`.
+            let codings = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| codings.sampled(o, n, opts))
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
             (build(index), codings)
         };
         progress(EncodeStage::Matching(filter.filter));
