@@ -328,7 +328,7 @@ enum DataCodings {
     /// Both, keeping the smaller delta: the data is too small to sample.
     Both,
     /// The one [`PROBE_WINDOWS`] windows of the data say is smaller, sampled on the candidate's own
-    /// images while its suffix array is built (on the core the sort leaves idle).
+    /// images (see [`sample_data_zeros`]; where, see [`SAMPLE_BESIDE_SORT_MIN`]).
     Sample,
 }
 
