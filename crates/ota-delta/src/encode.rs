@@ -804,26 +804,28 @@ fn encode_core(
             IndexSource::Buffer(buffer) => SuffixIndex::build(o, buffer, threads >= 2),
         };
         let beside = threads >= 2 && o.len() >= SAMPLE_BESIDE_SORT_MIN;
-        let (index, codings) = if beside && codings.which == DataCodings::Sample {
+        let (index, codings) = match codings.which {
             // The data is sampled while old is sorted: the sort keeps one core, the tables beside it
             // a fraction of the other.
-            std::thread::scope(|scope| {
+            DataCodings::Sample if beside => std::thread::scope(|scope| {
                 let sampled = scope.spawn(|| codings.sampled(o, n, opts));
                 let index = build(index);
                 let codings = sampled
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                 (index, codings)
-            })
-        } else {
-            // On a thread of its own: see `SAMPLE_BESIDE_SORT_MIN`.
-            let codings = std::thread::scope(|scope| {
-                scope
-                    .spawn(|| codings.sampled(o, n, opts))
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            });
-            (build(index), codings)
+            }),
+            // Before the sort, on a thread of its own: see `SAMPLE_BESIDE_SORT_MIN`.
+            DataCodings::Sample => {
+                let codings = std::thread::scope(|scope| {
+                    scope
+                        .spawn(|| codings.sampled(o, n, opts))
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                });
+                (build(index), codings)
+            }
+            DataCodings::One(_) | DataCodings::Both => (build(index), codings),
         };
         progress(EncodeStage::Matching(filter.filter));
         (match_parallel(&index, o, n, threads), codings)
