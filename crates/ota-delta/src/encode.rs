@@ -13,7 +13,7 @@ use crate::filter::{filtering_for, plausible_filters, Filter, Filtering, FILTER_
 use crate::format::MAX_WINDOW_LOG;
 use crate::matching::{match_parallel, Step};
 use crate::suffix::SuffixIndex;
-use crate::{Error, Result};
+use crate::{run_both, Error, Result};
 
 /// Which pre-filters the encoder tries.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -107,17 +107,8 @@ fn filtered<'a>(old: &'a [u8], new: &'a [u8], filter: Filtering, threads: usize)
         filter.encode_in_place(&mut copy, 0);
         Cow::Owned(copy)
     };
-    if threads < 2 {
-        return [copy(old), copy(new)];
-    }
-    std::thread::scope(|scope| {
-        let old = scope.spawn(|| copy(old));
-        let new = copy(new);
-        let old = old
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        [old, new]
-    })
+    let (old, new) = run_both(threads >= 2, || copy(old), || copy(new));
+    [old, new]
 }
 
 /// Brings `old` and `new`, filtered in place by `from`, to `to` (on two threads when `threads` allows:
@@ -130,18 +121,7 @@ fn refilter(old: &mut [u8], new: &mut [u8], from: Filtering, to: Filtering, thre
         from.decode_in_place(image, 0);
         to.encode_in_place(image, 0);
     };
-    if threads < 2 {
-        swap(old);
-        swap(new);
-        return;
-    }
-    std::thread::scope(|scope| {
-        let other = scope.spawn(|| swap(old));
-        swap(new);
-        other
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    });
+    run_both(threads >= 2, || swap(old), || swap(new));
 }
 
 /// [`encode`] reporting its stages to `progress` (called from worker threads).
@@ -202,9 +182,7 @@ fn encode_borrowed(
             Some(other) => IndexSource::Buffer(other.into_buffer()),
             None => IndexSource::Buffer(Vec::new()),
         };
-        // A lone candidate writes every data coding to try at once (see `encode_core`); several write
-        // the likelier one, and the winner the other after.
-        let codings = if count == 1 { codings } else { codings.first_only() };
+        let codings = codings.per_candidate(count);
         encode_core(
             &o, &n, old_sha, new_sha, filter, source, opts, per, codings, progress,
         )
@@ -290,7 +268,7 @@ pub fn encode_owned(
             IndexSource::Buffer(std::mem::take(&mut spare)),
             opts,
             threads,
-            if count == 1 { codings } else { codings.first_only() },
+            codings.per_candidate(count),
             progress,
         );
         keep_smaller(&mut best, delta?);
@@ -377,11 +355,11 @@ impl Codings {
         (self.which == DataCodings::Both).then(|| self.coding(DataZeros::Literals))
     }
 
-    /// Only the first coding (or the sampled one): for candidates run side by side (the winner writes
-    /// the second after).
-    fn first_only(self) -> Codings {
+    /// What one of `count` candidates writes: all of these when alone; else only the first (or the
+    /// sampled one), and the winner writes the second after (see [`Codings::left_after`]).
+    fn per_candidate(self, count: usize) -> Codings {
         match self.which {
-            DataCodings::Both => Codings {
+            DataCodings::Both if count > 1 => Codings {
                 which: DataCodings::One(self.first().data),
                 ..self
             },
@@ -536,18 +514,17 @@ fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> 
         let (candidates, hashes) = match Probe::plan(old, new, plausible_filters(old, new), opts) {
             Choice::Decided(list) => (list, (sha256(old), sha256(new))),
             Choice::Probe(probe) => {
-                let hashes = std::thread::scope(|scope| {
-                    let shared = &probe;
-                    let helper = scope.spawn(move || shared.work());
-                    let hashes = (sha256(old), sha256(new));
-                    if combined >= PARALLEL_PROBE_MIN {
-                        shared.work();
-                    }
-                    helper
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    hashes
-                });
+                let ((), hashes) = run_both(
+                    true,
+                    || probe.work(),
+                    || {
+                        let hashes = (sha256(old), sha256(new));
+                        if combined >= PARALLEL_PROBE_MIN {
+                            probe.work();
+                        }
+                        hashes
+                    },
+                );
                 (probe.decide(), hashes)
             }
         };
@@ -807,14 +784,10 @@ fn encode_core(
         let (index, codings) = match codings.which {
             // The data is sampled while old is sorted: the sort keeps one core, the tables beside it
             // a fraction of the other.
-            DataCodings::Sample if beside => std::thread::scope(|scope| {
-                let sampled = scope.spawn(|| codings.sampled(o, n, opts));
-                let index = build(index);
-                let codings = sampled
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            DataCodings::Sample if beside => {
+                let (codings, index) = run_both(true, || codings.sampled(o, n, opts), || build(index));
                 (index, codings)
-            }),
+            }
             // Before the sort, on a thread of its own: see `SAMPLE_BESIDE_SORT_MIN`.
             DataCodings::Sample => {
                 let codings = std::thread::scope(|scope| {
@@ -834,22 +807,19 @@ fn encode_core(
     let write = |coding: DiffCoding, parallel: bool| {
         write_delta(o, n, &steps, old_sha, new_sha, filter, opts, coding, parallel)
     };
-    let delta = match (codings.second(), threads >= 2) {
-        (Some(second), true) => {
+    let parallel = threads >= 2;
+    let delta = match codings.second() {
+        Some(second) => {
             // Both codings at once: the first's streams one after the other on this thread (one more
             // xz encoder alive, not five), the second's on threads of their own.
-            let (first, second) = std::thread::scope(|scope| {
-                let second = scope.spawn(|| write(second, true));
-                let first = write(codings.first(), false);
-                let second = second
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                (first, second)
-            });
+            let (second, first) = run_both(
+                parallel,
+                || write(second, parallel),
+                || write(codings.first(), false),
+            );
             smaller(first?, second?)
         }
-        (Some(second), false) => smaller(write(codings.first(), false)?, write(second, false)?),
-        (None, _) => write(codings.first(), true)?,
+        None => write(codings.first(), parallel)?,
     };
     progress(EncodeStage::Finished {
         filter: filter.filter,

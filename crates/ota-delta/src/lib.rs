@@ -225,6 +225,27 @@ pub enum Error {
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Runs `here` on this thread and, when `parallel`, `beside` on a thread of its own meanwhile (else after
+/// `here`); returns both results. A panic in `beside` is resumed on this thread.
+pub(crate) fn run_both<A: Send, B>(
+    parallel: bool,
+    beside: impl FnOnce() -> A + Send,
+    here: impl FnOnce() -> B,
+) -> (A, B) {
+    if !parallel {
+        let b = here();
+        return (beside(), b);
+    }
+    std::thread::scope(|scope| {
+        let other = scope.spawn(beside);
+        let b = here();
+        let a = other
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (a, b)
+    })
+}
+
 /// Entry points for `cargo fuzz` (see `fuzz/fuzz_targets/delta_decode.rs`). Not a stable API.
 #[doc(hidden)]
 pub mod fuzzing {

@@ -2,6 +2,8 @@
 //! bsdiff uses over it, started in a bucket table of two- or three-byte prefixes; beside it, a filter
 //! that tells when a search cannot find a match of [`GRAM_LEN`] bytes or more.
 
+use crate::run_both;
+
 /// The old image and its sorted suffixes.
 pub(crate) struct SuffixIndex<'a> {
     old: &'a [u8],
@@ -165,18 +167,7 @@ impl<'a> SuffixIndex<'a> {
             };
             (bucket_starts(old, prefix_len), grams)
         };
-        let (sa, (buckets, grams)) = if parallel {
-            std::thread::scope(|scope| {
-                let tables = scope.spawn(tables);
-                let sa = sort_suffixes(old, buffer);
-                let tables = tables
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                (sa, tables)
-            })
-        } else {
-            (sort_suffixes(old, buffer), tables())
-        };
+        let ((buckets, grams), sa) = run_both(parallel, tables, || sort_suffixes(old, buffer));
         SuffixIndex {
             old,
             sa,
