@@ -156,7 +156,7 @@ pub async fn run(
     // A fresh repository with freshly generated keys, and the factory image published into it.
     let ring = make_keys(&keys_dir)?;
     let spec = init_spec(&keys_dir)?;
-    let fingerprint = repo_tool::init(&repo, &spec, &ring).map_err(Error::Publish)?;
+    let fingerprint = ota_publish::init(&repo, &spec, &ring).map_err(Error::Publish)?;
     let image_len = scenario.image_bytes();
     let mirror = FaultyMirror::start(&repo, scenario.faults.network.clone(), scenario.seed).await?;
     let layout = AbFlashLayout::new(image_len, ERASE_SIZE, WRITE_SIZE).map_err(Error::Slot)?;
@@ -294,28 +294,29 @@ pub async fn run(
 }
 
 /// One key per top-level role (threshold 1), generated for this drill only.
-fn make_keys(dir: &Path) -> Result<repo_tool::KeyRing> {
+fn make_keys(dir: &Path) -> Result<ota_publish::KeyRing> {
     for role in ["root", "targets", "snapshot", "timestamp"] {
-        repo_tool::generate_key(dir, role).map_err(Error::Publish)?;
+        ota_publish::generate_key(dir, role).map_err(Error::Publish)?;
     }
-    repo_tool::KeyRing::from_dir(dir).map_err(Error::Publish)
+    ota_publish::KeyRing::from_dir(dir).map_err(Error::Publish)
 }
 
-fn init_spec(dir: &Path) -> Result<repo_tool::InitSpec> {
-    let role = |name: &str| -> Result<repo_tool::RoleSpec> {
-        let key = repo_tool::read_public_key(&dir.join(format!("{name}{}", repo_tool::PUBLIC_KEY_SUFFIX)))
-            .map_err(Error::Publish)?;
-        Ok(repo_tool::RoleSpec {
+fn init_spec(dir: &Path) -> Result<ota_publish::InitSpec> {
+    let role = |name: &str| -> Result<ota_publish::RoleSpec> {
+        let key =
+            ota_publish::read_public_key(&dir.join(format!("{name}{}", ota_publish::PUBLIC_KEY_SUFFIX)))
+                .map_err(Error::Publish)?;
+        Ok(ota_publish::RoleSpec {
             keys: vec![key],
             threshold: 1,
         })
     };
-    Ok(repo_tool::InitSpec {
+    Ok(ota_publish::InitSpec {
         root: role("root")?,
         targets: role("targets")?,
         snapshot: role("snapshot")?,
         timestamp: role("timestamp")?,
-        expiries: repo_tool::Expiries::default(),
+        expiries: ota_publish::Expiries::default(),
     })
 }
 
@@ -341,7 +342,7 @@ fn publish(
     version: &str,
     hardware: &[String],
     rollout_percent: u8,
-    ring: &repo_tool::KeyRing,
+    ring: &ota_publish::KeyRing,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let s = &fleet.scenario;
     let boards: Vec<String> = if hardware.is_empty() {
@@ -363,7 +364,7 @@ fn publish(
             path: path.clone(),
             source,
         })?;
-        specs.push(repo_tool::ReleaseSpec {
+        specs.push(ota_publish::ReleaseSpec {
             image: path,
             version: version.to_owned(),
             hardware: vec![board.clone()],
@@ -374,7 +375,7 @@ fn publish(
         images.insert(board.clone(), bytes);
     }
     let report =
-        repo_tool::add(repo, &specs, &repo_tool::AddOptions::default(), ring).map_err(Error::Publish)?;
+        ota_publish::add(repo, &specs, &ota_publish::AddOptions::default(), ring).map_err(Error::Publish)?;
     let newest = timestamp_version(&repo.join("metadata").join("timestamp.json"));
     fleet.timestamp_version.store(newest, Ordering::Relaxed);
     let mut signed = fleet.signed.write().map_err(|_| Error::Poisoned)?;
@@ -429,7 +430,7 @@ fn provision_device(
     work: &Path,
     index: u32,
     factory_images: &BTreeMap<String, Vec<u8>>,
-    fingerprint: &repo_tool::RootFingerprint,
+    fingerprint: &ota_publish::RootFingerprint,
 ) -> Result<SimDevice> {
     let s = &fleet.scenario;
     let name = device_name(index);

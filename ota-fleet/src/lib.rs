@@ -69,7 +69,7 @@ pub enum Error {
     },
     /// repo-tool refused to build or publish the drill's repository.
     #[error("publishing the drill's repository: {0}")]
-    Publish(#[source] repo_tool::Error),
+    Publish(#[source] ota_publish::Error),
     /// A simulated flash or bootloader could not be set up.
     #[error("simulated flash: {0}")]
     Slot(#[source] ota_slot::Error),

@@ -1,4 +1,4 @@
-//! repo-tool command line: parses flags and calls the `repo_tool` library; see its crate doc.
+//! repo-tool command line: parses flags and calls the `ota_publish` library; see its crate doc.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ota_delta::EncodeStage;
-use repo_tool::deltas::{add_with_deltas, DeltaPolicy};
-use repo_tool::{Expiries, KeyRing};
+use ota_publish::deltas::{add_with_deltas, DeltaPolicy};
+use ota_publish::{Expiries, KeyRing};
 
 #[derive(Parser)]
 #[command(
@@ -70,7 +70,7 @@ impl Lifetimes {
 }
 
 fn lifetime(s: &str) -> std::result::Result<jiff::SignedDuration, String> {
-    repo_tool::parse_lifetime(s).map_err(|e| e.to_string())
+    ota_publish::parse_lifetime(s).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -338,19 +338,19 @@ enum RoleCommand {
     },
 }
 
-fn role_spec(paths: &[PathBuf], threshold: u64) -> Result<repo_tool::RoleSpec> {
+fn role_spec(paths: &[PathBuf], threshold: u64) -> Result<ota_publish::RoleSpec> {
     let keys = paths
         .iter()
-        .map(|p| repo_tool::read_public_key(p))
-        .collect::<repo_tool::Result<Vec<_>>>()?;
-    Ok(repo_tool::RoleSpec { keys, threshold })
+        .map(|p| ota_publish::read_public_key(p))
+        .collect::<ota_publish::Result<Vec<_>>>()?;
+    Ok(ota_publish::RoleSpec { keys, threshold })
 }
 
-fn split_pair<'a>(flag: &str, s: &'a str) -> Result<(repo_tool::RoleType, &'a str)> {
+fn split_pair<'a>(flag: &str, s: &'a str) -> Result<(ota_publish::RoleType, &'a str)> {
     let Some((role, value)) = s.split_once('=') else {
         bail!("--{flag} {s:?}: expected ROLE=VALUE, e.g. timestamp=keys/ts2.pub.json");
     };
-    Ok((repo_tool::parse_role(role)?, value))
+    Ok((ota_publish::parse_role(role)?, value))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -359,7 +359,7 @@ fn run(cli: Cli) -> Result<()> {
             command: KeysCommand::Generate { dir, names },
         } => {
             for name in names {
-                let k = repo_tool::generate_key(&dir, &name)?;
+                let k = ota_publish::generate_key(&dir, &name)?;
                 println!("{name}\t{}\t{}", k.keyid, k.private_path.display());
             }
         }
@@ -377,19 +377,19 @@ fn run(cli: Cli) -> Result<()> {
             lifetimes,
             signing,
         } => {
-            let spec = repo_tool::InitSpec {
+            let spec = ota_publish::InitSpec {
                 root: role_spec(&root_keys, root_threshold)?,
                 targets: role_spec(&targets_keys, targets_threshold)?,
                 snapshot: role_spec(&snapshot_keys, snapshot_threshold)?,
                 timestamp: role_spec(&timestamp_keys, timestamp_threshold)?,
                 expiries: lifetimes.expiries(),
             };
-            let fp = repo_tool::init(&repo, &spec, &signing.load()?)?;
+            let fp = ota_publish::init(&repo, &spec, &signing.load()?)?;
             println!("created {}", repo.display());
             println!("root fingerprint (sha256 of {}):", fp.path.display());
             println!("{}", fp.sha256);
             if !no_qr {
-                println!("{}", repo_tool::qr_for_terminal(&fp.sha256)?);
+                println!("{}", ota_publish::qr_for_terminal(&fp.sha256)?);
             }
         }
         Command::Add {
@@ -410,7 +410,7 @@ fn run(cli: Cli) -> Result<()> {
             signing,
         } => {
             let releases = match (image, dir) {
-                (Some(image), None) => vec![repo_tool::ReleaseSpec {
+                (Some(image), None) => vec![ota_publish::ReleaseSpec {
                     image,
                     version: version.context("--version is required with --image")?,
                     hardware,
@@ -418,10 +418,10 @@ fn run(cli: Cli) -> Result<()> {
                     rollout_percent: rollout,
                     name,
                 }],
-                (None, Some(dir)) => repo_tool::releases_in_dir(&dir, &hardware, &channel, rollout)?,
+                (None, Some(dir)) => ota_publish::releases_in_dir(&dir, &hardware, &channel, rollout)?,
                 _ => bail!("give exactly one of --image or --dir"),
             };
-            let opts = repo_tool::AddOptions {
+            let opts = ota_publish::AddOptions {
                 role,
                 expiries: lifetimes.expiries(),
                 stage: stage.clone(),
@@ -463,11 +463,11 @@ fn run(cli: Cli) -> Result<()> {
             lifetimes,
             signing,
         } => {
-            let opts = repo_tool::RefreshOptions {
+            let opts = ota_publish::RefreshOptions {
                 snapshot,
                 expiries: lifetimes.expiries(),
             };
-            repo_tool::refresh(&repo, &opts, &signing.load()?)?;
+            ota_publish::refresh(&repo, &opts, &signing.load()?)?;
             println!("refreshed {}", repo.display());
         }
         Command::Delegate {
@@ -482,7 +482,7 @@ fn run(cli: Cli) -> Result<()> {
             lifetimes,
             signing,
         } => {
-            let spec = repo_tool::DelegateSpec {
+            let spec = ota_publish::DelegateSpec {
                 role: role.clone(),
                 paths,
                 keys: role_spec(&role_keys, threshold)?,
@@ -490,7 +490,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             match stage {
                 Some(file) => {
-                    let status = repo_tool::delegate_stage(
+                    let status = ota_publish::delegate_stage(
                         &repo,
                         &from,
                         &spec,
@@ -501,7 +501,7 @@ fn run(cli: Cli) -> Result<()> {
                     print_staged(&mut std::io::stdout().lock(), &status, &file)?;
                 }
                 None => {
-                    repo_tool::delegate_from(&repo, &from, &spec, &lifetimes.expiries(), &signing.load()?)?;
+                    ota_publish::delegate_from(&repo, &from, &spec, &lifetimes.expiries(), &signing.load()?)?;
                     println!("delegated to role {role} from {from}");
                 }
             }
@@ -509,8 +509,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Root { command } => root_command(command)?,
         Command::Role { command } => role_command(command)?,
         Command::Verify { repo, warn_within } => {
-            let now = repo_tool::whole_seconds(jiff::Timestamp::now())?;
-            let report = repo_tool::verify(&repo, now, warn_within)?;
+            let now = ota_publish::whole_seconds(jiff::Timestamp::now())?;
+            let report = ota_publish::verify(&repo, now, warn_within)?;
             for w in &report.warnings {
                 println!("warning: {w}");
             }
@@ -540,7 +540,7 @@ fn root_command(command: RootCommand) -> Result<()> {
             thresholds,
             lifetimes,
         } => {
-            let mut change = repo_tool::RootChange {
+            let mut change = ota_publish::RootChange {
                 expiries: lifetimes.expiries(),
                 ..Default::default()
             };
@@ -548,7 +548,7 @@ fn root_command(command: RootCommand) -> Result<()> {
                 let (role, path) = split_pair("add-key", s)?;
                 change
                     .add_keys
-                    .push((role, repo_tool::read_public_key(Path::new(path))?));
+                    .push((role, ota_publish::read_public_key(Path::new(path))?));
             }
             for s in &remove_keys {
                 let (role, id) = split_pair("remove-key", s)?;
@@ -561,7 +561,7 @@ fn root_command(command: RootCommand) -> Result<()> {
                     .with_context(|| format!("--threshold {s:?}: not a number"))?;
                 change.thresholds.push((role, n));
             }
-            let v = repo_tool::root_stage(&repo, &change, &out)?;
+            let v = ota_publish::root_stage(&repo, &change, &out)?;
             println!(
                 "staged root version {v} in {}; sign it with `repo-tool root sign`",
                 out.display()
@@ -572,7 +572,7 @@ fn root_command(command: RootCommand) -> Result<()> {
             repo,
             signing,
         } => {
-            let s = repo_tool::root_sign(&staged, repo.as_deref(), &signing.load()?)?;
+            let s = ota_publish::root_sign(&staged, repo.as_deref(), &signing.load()?)?;
             println!(
                 "root version {}: {}/{} signatures of the new root's keys",
                 s.version, s.new_root.0, s.new_root.1
@@ -590,7 +590,7 @@ fn root_command(command: RootCommand) -> Result<()> {
             lifetimes,
             signing,
         } => {
-            let v = repo_tool::root_publish(&repo, &staged, &lifetimes.expiries(), &signing.load()?)?;
+            let v = ota_publish::root_publish(&repo, &staged, &lifetimes.expiries(), &signing.load()?)?;
             println!("published root version {v}");
         }
     }
@@ -600,7 +600,7 @@ fn root_command(command: RootCommand) -> Result<()> {
 fn role_command(command: RoleCommand) -> Result<()> {
     match command {
         RoleCommand::Sign { file, repo, signing } => {
-            let status = repo_tool::role_sign(&file, repo.as_deref(), &signing.load()?)?;
+            let status = ota_publish::role_sign(&file, repo.as_deref(), &signing.load()?)?;
             for s in &status {
                 println!(
                     "role {} version {}: {} of {} signature(s) present{}",
@@ -622,7 +622,7 @@ fn role_command(command: RoleCommand) -> Result<()> {
             lifetimes,
             signing,
         } => {
-            for s in repo_tool::role_publish(&repo, &file, &lifetimes.expiries(), &signing.load()?)? {
+            for s in ota_publish::role_publish(&repo, &file, &lifetimes.expiries(), &signing.load()?)? {
                 println!(
                     "published role {} version {} ({} of {} signatures)",
                     s.role, s.version, s.present, s.threshold
@@ -634,7 +634,7 @@ fn role_command(command: RoleCommand) -> Result<()> {
 }
 
 /// What a staging command tells the user: each staged role's signatures and the next steps.
-fn print_staged(out: &mut impl Write, status: &[repo_tool::RoleSignatures], file: &Path) -> Result<()> {
+fn print_staged(out: &mut impl Write, status: &[ota_publish::RoleSignatures], file: &Path) -> Result<()> {
     for s in status {
         writeln!(
             out,
@@ -682,7 +682,7 @@ fn encode_delta_with_progress_bar(old: &[u8], new: &[u8]) -> std::result::Result
 }
 
 fn print_listing(repo: &Path) -> Result<()> {
-    let listing = repo_tool::list(repo)?;
+    let listing = ota_publish::list(repo)?;
     println!("{:<12} {:>8}  expires", "role", "version");
     for (role, version, expires) in &listing.roles {
         println!("{role:<12} {version:>8}  {expires}");

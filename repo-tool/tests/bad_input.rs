@@ -7,13 +7,13 @@ mod common;
 use std::fs;
 
 use common::{tree, Fixture};
-use repo_tool::{AddOptions, DelegateSpec, Error, Expiries, RefreshOptions, RoleType, RootChange};
+use ota_publish::{AddOptions, DelegateSpec, Error, Expiries, RefreshOptions, RoleType, RootChange};
 
 /// Runs `op`, expects an error whose text contains `needle`, and checks the repository is unchanged.
 fn refused<T: std::fmt::Debug>(
     f: &Fixture,
     needle: &str,
-    op: impl FnOnce() -> repo_tool::Result<T>,
+    op: impl FnOnce() -> ota_publish::Result<T>,
 ) -> Error {
     let before = tree(&f.repo());
     let err = op().expect_err("the command must be refused");
@@ -35,7 +35,7 @@ fn a_missing_key_for_a_role_is_refused() {
     let img = f.image("fw.bin", 10, 1);
     let rel = [f.release(&img, "1.0.0", "gw-a")];
     let err = refused(&f, "role targets needs 1 signature(s) but only 0", || {
-        repo_tool::add(
+        ota_publish::add(
             &f.repo(),
             &rel,
             &AddOptions::default(),
@@ -45,7 +45,7 @@ fn a_missing_key_for_a_role_is_refused() {
     assert!(matches!(err, Error::ThresholdNeedsStaging { .. }));
     assert!(err.to_string().contains("--stage FILE"), "{err}");
     refused(&f, "role timestamp needs 1", || {
-        repo_tool::add(
+        ota_publish::add(
             &f.repo(),
             &rel,
             &AddOptions::default(),
@@ -53,7 +53,7 @@ fn a_missing_key_for_a_role_is_refused() {
         )
     });
     refused(&f, "role timestamp needs 1", || {
-        repo_tool::refresh(&f.repo(), &RefreshOptions::default(), &f.ring(&["snapshot1"]))
+        ota_publish::refresh(&f.repo(), &RefreshOptions::default(), &f.ring(&["snapshot1"]))
     });
 }
 
@@ -66,7 +66,7 @@ fn a_wrong_key_for_a_role_is_refused() {
         &f,
         "role targets needs 1 signature(s) but only 0 of its keys",
         || {
-            repo_tool::add(
+            ota_publish::add(
                 &f.repo(),
                 &[f.release(&img, "1.0.0", "gw-a")],
                 &AddOptions::default(),
@@ -76,9 +76,9 @@ fn a_wrong_key_for_a_role_is_refused() {
     );
     // A root key that belongs to neither the current nor the staged root cannot sign a staged root.
     let staged = f.dir.path().join("staged.json");
-    repo_tool::root_stage(&f.repo(), &RootChange::default(), &staged).unwrap();
+    ota_publish::root_stage(&f.repo(), &RootChange::default(), &staged).unwrap();
     refused(&f, "none of the given keys is a root key", || {
-        repo_tool::root_sign(&staged, Some(&f.repo()), &f.ring(&["stranger"]))
+        ota_publish::root_sign(&staged, Some(&f.repo()), &f.ring(&["stranger"]))
     });
 }
 
@@ -94,7 +94,7 @@ fn a_threshold_that_is_not_met_is_refused() {
         keys: f.role(&["gw1", "gw2"], 2),
         terminating: false,
     };
-    repo_tool::delegate(&f.repo(), &spec, &Expiries::default(), &ring).unwrap();
+    ota_publish::delegate(&f.repo(), &spec, &Expiries::default(), &ring).unwrap();
     let img = f.image("fw.bin", 10, 1);
     let opts = AddOptions {
         role: Some("gw".into()),
@@ -103,7 +103,7 @@ fn a_threshold_that_is_not_met_is_refused() {
     let mut one_of_two = f.online();
     one_of_two.extend(f.ring(&["gw1"]));
     refused(&f, "role gw needs 2 signature(s) but only 1", || {
-        repo_tool::add(&f.repo(), &[f.release(&img, "1.0.0", "gw")], &opts, &one_of_two)
+        ota_publish::add(&f.repo(), &[f.release(&img, "1.0.0", "gw")], &opts, &one_of_two)
     });
 
     // Root rotation to a new key, signed only by the new key: the current root's threshold is unmet.
@@ -113,10 +113,10 @@ fn a_threshold_that_is_not_met_is_refused() {
         remove_keys: vec![(RoleType::Root, f.key_id("root1"))],
         ..Default::default()
     };
-    repo_tool::root_stage(&f.repo(), &change, &staged).unwrap();
-    repo_tool::root_sign(&staged, None, &f.ring(&["root2"])).unwrap();
+    ota_publish::root_stage(&f.repo(), &change, &staged).unwrap();
+    ota_publish::root_sign(&staged, None, &f.ring(&["root2"])).unwrap();
     refused(&f, "the current root's threshold", || {
-        repo_tool::root_publish(&f.repo(), &staged, &Expiries::default(), &f.online())
+        ota_publish::root_publish(&f.repo(), &staged, &Expiries::default(), &f.online())
     });
     // Threshold larger than the number of keys.
     let bad = RootChange {
@@ -124,7 +124,7 @@ fn a_threshold_that_is_not_met_is_refused() {
         ..Default::default()
     };
     refused(&f, "a threshold must be 1 to the number of keys", || {
-        repo_tool::root_stage(&f.repo(), &bad, &f.dir.path().join("bad.json"))
+        ota_publish::root_stage(&f.repo(), &bad, &f.dir.path().join("bad.json"))
     });
 }
 
@@ -132,7 +132,7 @@ fn a_threshold_that_is_not_met_is_refused() {
 fn a_duplicate_version_is_refused_even_under_another_name_or_role() {
     let f = Fixture::new();
     let img = f.image("fw.bin", 10, 1);
-    repo_tool::add(
+    ota_publish::add(
         &f.repo(),
         &[f.release(&img, "1.0.0", "gw-a")],
         &AddOptions::default(),
@@ -144,7 +144,7 @@ fn a_duplicate_version_is_refused_even_under_another_name_or_role() {
         &f,
         "version 1.0.0 is already published for hardware gw-a on channel stable",
         || {
-            repo_tool::add(
+            ota_publish::add(
                 &f.repo(),
                 &[f.release(&other, "1.0.0", "gw-a")],
                 &AddOptions::default(),
@@ -156,7 +156,7 @@ fn a_duplicate_version_is_refused_even_under_another_name_or_role() {
     // The same version twice within one bulk add.
     let a = f.image("a.bin", 5, 3);
     refused(&f, "version 2.0.0 is already published", || {
-        repo_tool::add(
+        ota_publish::add(
             &f.repo(),
             &[f.release(&a, "2.0.0", "gw-a"), f.release(&other, "2.0.0", "gw-a")],
             &AddOptions::default(),
@@ -166,14 +166,14 @@ fn a_duplicate_version_is_refused_even_under_another_name_or_role() {
     // The same version on another channel is a different release.
     let mut beta = f.release(&other, "1.0.0", "gw-a");
     beta.channel = "beta".into();
-    repo_tool::add(&f.repo(), &[beta], &AddOptions::default(), &f.online()).unwrap();
+    ota_publish::add(&f.repo(), &[beta], &AddOptions::default(), &f.online()).unwrap();
 }
 
 #[test]
 fn malformed_versions_names_and_fields_are_refused() {
     let f = Fixture::new();
     let img = f.image("fw.bin", 10, 1);
-    let add = |spec| repo_tool::add(&f.repo(), &[spec], &AddOptions::default(), &f.online());
+    let add = |spec| ota_publish::add(&f.repo(), &[spec], &AddOptions::default(), &f.online());
     refused(&f, "invalid version \"1.x\"", || {
         add(f.release(&img, "1.x", "gw-a"))
     });
@@ -197,7 +197,7 @@ fn an_unreadable_image_is_refused_even_after_others_were_staged() {
     let good = f.image("good.bin", 100_000, 1);
     let missing = f.dir.path().join("images/missing.bin");
     let err = refused(&f, "read image", || {
-        repo_tool::add(
+        ota_publish::add(
             &f.repo(),
             &[
                 f.release(&good, "1.0.0", "gw-a"),
@@ -210,7 +210,7 @@ fn an_unreadable_image_is_refused_even_after_others_were_staged() {
     assert!(err.to_string().contains("missing.bin"), "{err}");
     let dir = f.dir.path().join("images");
     refused(&f, "not a regular file", || {
-        repo_tool::add(
+        ota_publish::add(
             &f.repo(),
             &[f.release(&dir, "1.0.0", "gw-a")],
             &AddOptions::default(),
@@ -231,21 +231,21 @@ fn a_target_outside_the_delegated_paths_is_refused() {
         keys: f.role(&["gw"], 1),
         terminating: false,
     };
-    repo_tool::delegate(&f.repo(), &spec, &Expiries::default(), &ring).unwrap();
+    ota_publish::delegate(&f.repo(), &spec, &Expiries::default(), &ring).unwrap();
     let img = f.image("fw.bin", 10, 1);
     let opts = AddOptions {
         role: Some("gw".into()),
         ..Default::default()
     };
     refused(&f, "is not delegated to role gw", || {
-        repo_tool::add(&f.repo(), &[f.release(&img, "1.0.0", "other")], &opts, &ring)
+        ota_publish::add(&f.repo(), &[f.release(&img, "1.0.0", "other")], &opts, &ring)
     });
     let opts = AddOptions {
         role: Some("nope".into()),
         ..Default::default()
     };
     refused(&f, "no such delegated role", || {
-        repo_tool::add(&f.repo(), &[f.release(&img, "1.0.0", "gw")], &opts, &ring)
+        ota_publish::add(&f.repo(), &[f.release(&img, "1.0.0", "gw")], &opts, &ring)
     });
 }
 
@@ -256,15 +256,15 @@ fn a_nested_delegation_from_an_unknown_role_or_outside_the_parent_is_refused() {
     let mut ring = f.online();
     ring.extend(f.ring(&["product1", "beta1"]));
     let spec = |role: &str, path: &str, key: &str| f.delegate_spec(role, path, key);
-    repo_tool::delegate(
+    ota_publish::delegate(
         &f.repo(),
         &spec("product", "product/*/*/*", "product1"),
         &Expiries::default(),
         &ring,
     )
     .unwrap();
-    let nested = |from: &str, s: &DelegateSpec, ring: &repo_tool::KeyRing| {
-        repo_tool::delegate_from(&f.repo(), from, s, &Expiries::default(), ring)
+    let nested = |from: &str, s: &DelegateSpec, ring: &ota_publish::KeyRing| {
+        ota_publish::delegate_from(&f.repo(), from, s, &Expiries::default(), ring)
     };
     let beta = spec("product-beta", "product/beta/*/*", "beta1");
     refused(&f, "--from role \"nope\": no such role to delegate from", || {
@@ -302,20 +302,20 @@ fn a_nested_delegation_from_an_unknown_role_or_outside_the_parent_is_refused() {
         ..Default::default()
     };
     refused(&f, "is not delegated to role product-beta", || {
-        repo_tool::add(&f.repo(), &[f.release(&img, "1.0.0", "product")], &opts, &ring)
+        ota_publish::add(&f.repo(), &[f.release(&img, "1.0.0", "product")], &opts, &ring)
     });
     let mut rel = f.release(&img, "1.0.0", "product");
     rel.channel = "beta".into();
     refused(&f, "role product-beta needs 1 signature(s) but only 0", || {
-        repo_tool::add(
+        ota_publish::add(
             &f.repo(),
             std::slice::from_ref(&rel),
             &opts,
             &f.ring(&["product1", "snapshot1", "timestamp1"]),
         )
     });
-    repo_tool::add(&f.repo(), &[rel], &opts, &ring).unwrap();
-    let report = repo_tool::verify(&f.repo(), jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+    ota_publish::add(&f.repo(), &[rel], &opts, &ring).unwrap();
+    let report = ota_publish::verify(&f.repo(), jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
 }
 
@@ -323,10 +323,10 @@ fn a_nested_delegation_from_an_unknown_role_or_outside_the_parent_is_refused() {
 fn keys_and_repositories_are_never_overwritten() {
     let f = Fixture::new();
     let before = fs::read(f.private("root1")).unwrap();
-    let err = repo_tool::generate_key(&f.key_dir(), "root1").unwrap_err();
+    let err = ota_publish::generate_key(&f.key_dir(), "root1").unwrap_err();
     assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
     assert_eq!(fs::read(f.private("root1")).unwrap(), before);
-    let spec = repo_tool::InitSpec {
+    let spec = ota_publish::InitSpec {
         root: f.role(&["root1"], 1),
         targets: f.role(&["targets1"], 1),
         snapshot: f.role(&["snapshot1"], 1),
@@ -334,7 +334,7 @@ fn keys_and_repositories_are_never_overwritten() {
         expiries: Expiries::default(),
     };
     refused(&f, "already exists", || {
-        repo_tool::init(
+        ota_publish::init(
             &f.repo(),
             &spec,
             &f.ring(&["root1", "targets1", "snapshot1", "timestamp1"]),
@@ -350,7 +350,7 @@ fn a_publish_that_fails_halfway_is_rolled_back() {
     fs::write(f.repo().join("metadata/2.targets.json"), b"stray").unwrap();
     let img = f.image("fw.bin", 300_000, 1);
     refused(&f, "2.targets.json already exists", || {
-        repo_tool::add(
+        ota_publish::add(
             &f.repo(),
             &[f.release(&img, "1.0.0", "gw-a")],
             &AddOptions::default(),

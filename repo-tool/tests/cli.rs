@@ -325,7 +325,7 @@ fn a_second_command_on_a_locked_repository_fails_at_once_naming_the_lock_and_its
         "stable",
     ];
     // This test process holds the lock, as a long bulk add in another terminal would.
-    let held = repo_tool::RepoLock::acquire(&d.join("repo"), "test holder").unwrap();
+    let held = ota_publish::RepoLock::acquire(&d.join("repo"), "test holder").unwrap();
     let holder = format!("pid {} (test holder)", std::process::id());
     for args in [add, &["refresh", "--repo", "repo", "--keys-dir", "keys"]] {
         let err = fails_without_waiting(d, args);
@@ -336,7 +336,7 @@ fn a_second_command_on_a_locked_repository_fails_at_once_naming_the_lock_and_its
     ok(d, add);
     ok(d, &["verify", "--repo", "repo"]);
     // The lock file is beside the served directories, never inside them.
-    assert!(d.join("repo").join(repo_tool::LOCK_FILE).is_file());
+    assert!(d.join("repo").join(ota_publish::LOCK_FILE).is_file());
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aws_lc_rs::signature::Ed25519KeyPair;
 use common::Fixture;
-use repo_tool::{AddOptions, Expiries};
+use ota_publish::{AddOptions, Expiries};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -66,14 +66,14 @@ fn a_delegation_cycle_is_visited_once_and_reported_by_verify() {
     let mut ring = f.online();
     ring.extend(f.ring(&["product1", "beta1"]));
     let spec = |role: &str, path: &str, key: &str| f.delegate_spec(role, path, key);
-    repo_tool::delegate(
+    ota_publish::delegate(
         &repo,
         &spec("product", "product/*/*", "product1"),
         &Expiries::default(),
         &ring,
     )
     .unwrap();
-    repo_tool::delegate_from(
+    ota_publish::delegate_from(
         &repo,
         "product",
         &spec("product-beta", "product/beta/*", "beta1"),
@@ -118,7 +118,7 @@ fn a_delegation_cycle_is_visited_once_and_reported_by_verify() {
     // repeated role, so the repository still works).
     let r = repo.clone();
     let report = finishes("verify", move || {
-        repo_tool::verify(&r, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap()
+        ota_publish::verify(&r, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap()
     });
     assert!(report.is_ok(), "{:?}", report.problems);
     let cycle: Vec<_> = report
@@ -136,7 +136,7 @@ fn a_delegation_cycle_is_visited_once_and_reported_by_verify() {
 
     // list shows each role once.
     let r = repo.clone();
-    let listing = finishes("list", move || repo_tool::list(&r).unwrap());
+    let listing = finishes("list", move || ota_publish::list(&r).unwrap());
     let mut roles: Vec<&str> = listing.roles.iter().map(|(r, _, _)| r.as_str()).collect();
     roles.sort_unstable();
     roles.dedup();
@@ -160,11 +160,11 @@ fn a_delegation_cycle_is_visited_once_and_reported_by_verify() {
             f.ring(&["product1", "beta1", "snapshot1", "timestamp1"]),
         );
         let report = finishes("add --role", move || {
-            repo_tool::add(&r, &[rel], &opts, &ring).unwrap()
+            ota_publish::add(&r, &[rel], &opts, &ring).unwrap()
         });
         assert_eq!(report.role, role);
     }
-    let report = repo_tool::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+    let report = ota_publish::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.targets_checked, 2);
 }

@@ -101,7 +101,7 @@ fn issue5_add_publishes_a_signed_delta_that_rebuilds_the_new_image() {
     }
     let delta = fs::read(
         f.repo()
-            .join(repo_tool::target_file_path(&offer.target, &signed_sha)),
+            .join(ota_publish::target_file_path(&offer.target, &signed_sha)),
     )
     .unwrap();
     assert_eq!(delta.len() as u64, signed_len);

@@ -5,9 +5,9 @@
 mod common;
 
 use common::Fixture;
+use ota_publish::deltas::{add_with_deltas, DeltaPolicy};
+use ota_publish::AddOptions;
 use ota_release::OtaTarget;
-use repo_tool::deltas::{add_with_deltas, DeltaPolicy};
-use repo_tool::AddOptions;
 
 #[test]
 fn deltas_from_the_last_releases_are_offered_and_published() {
@@ -15,7 +15,7 @@ fn deltas_from_the_last_releases_are_offered_and_published() {
     let online = f.online();
     for (i, v) in ["1.0.0", "1.1.0", "1.2.0"].iter().enumerate() {
         let img = f.image(&format!("fw-{v}.bin"), 1000 + i, i as u8);
-        repo_tool::add(
+        ota_publish::add(
             &f.repo(),
             &[f.release(&img, v, "gw-a")],
             &AddOptions::default(),
@@ -61,7 +61,7 @@ fn deltas_from_the_last_releases_are_offered_and_published() {
             "gw-a/stable/deltas/2.0.0/1.1.0.delta"
         ]
     );
-    let report = repo_tool::verify(&f.repo(), jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+    let report = ota_publish::verify(&f.repo(), jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
 
     let targets: serde_json::Value =
@@ -90,7 +90,7 @@ fn no_delta_is_built_for_an_image_under_the_minimum_size() {
     let online = f.online();
     let small = DeltaPolicy::DEFAULT_MIN_IMAGE_LEN as usize - 1;
     let v1 = f.image("fw-1.0.0.bin", small, 1);
-    repo_tool::add(
+    ota_publish::add(
         &f.repo(),
         &[f.release(&v1, "1.0.0", "gw-a")],
         &AddOptions::default(),

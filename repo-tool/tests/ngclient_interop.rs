@@ -10,7 +10,7 @@ mod common;
 use std::fs;
 
 use common::{ngclient, sha256_file, Fixture};
-use repo_tool::{AddOptions, DelegateSpec, Expiries, RefreshOptions, RoleType, RootChange};
+use ota_publish::{AddOptions, DelegateSpec, Expiries, RefreshOptions, RoleType, RootChange};
 
 #[test]
 fn ngclient_fetches_every_target_across_delegation_rotation_and_refresh() {
@@ -24,7 +24,7 @@ fn ngclient_fetches_every_target_across_delegation_rotation_and_refresh() {
     let img_top = f.image("plain.bin", 1234, 2);
     let mut top = f.release(&img_top, "1.0.0", "gw-t");
     top.name = Some("plain.bin".into());
-    repo_tool::add(
+    ota_publish::add(
         &repo,
         &[f.release(&img_a, "1.0.0", "gw-a"), top],
         &AddOptions::default(),
@@ -41,7 +41,7 @@ fn ngclient_fetches_every_target_across_delegation_rotation_and_refresh() {
             )
         })
         .collect();
-    repo_tool::add(&repo, &bulk, &AddOptions::default(), &online).unwrap();
+    ota_publish::add(&repo, &bulk, &AddOptions::default(), &online).unwrap();
 
     // A delegated product line with a threshold of 2.
     let spec = DelegateSpec {
@@ -52,15 +52,15 @@ fn ngclient_fetches_every_target_across_delegation_rotation_and_refresh() {
     };
     let mut ring = f.online();
     ring.extend(f.ring(&["gw-b1", "gw-b2"]));
-    repo_tool::delegate(&repo, &spec, &Expiries::default(), &ring).unwrap();
+    ota_publish::delegate(&repo, &spec, &Expiries::default(), &ring).unwrap();
     let img_b = f.image("fw-b.bin", 5000, 3);
     let opts = AddOptions {
         role: Some("gw-b".into()),
         ..Default::default()
     };
-    repo_tool::add(&repo, &[f.release(&img_b, "2.0.0", "gw-b")], &opts, &ring).unwrap();
+    ota_publish::add(&repo, &[f.release(&img_b, "2.0.0", "gw-b")], &opts, &ring).unwrap();
     assert!(
-        repo_tool::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO)
+        ota_publish::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO)
             .unwrap()
             .is_ok()
     );
@@ -105,17 +105,17 @@ fn ngclient_fetches_every_target_across_delegation_rotation_and_refresh() {
         thresholds: vec![(RoleType::Root, 2)],
         expiries: Expiries::default(),
     };
-    assert_eq!(repo_tool::root_stage(&repo, &change, &staged).unwrap(), 2);
-    let s = repo_tool::root_sign(&staged, Some(&repo), &f.ring(&["root1"])).unwrap();
+    assert_eq!(ota_publish::root_stage(&repo, &change, &staged).unwrap(), 2);
+    let s = ota_publish::root_sign(&staged, Some(&repo), &f.ring(&["root1"])).unwrap();
     assert_eq!((s.current_root, s.new_root), (Some((1, 1)), (0, 2)));
-    repo_tool::root_sign(&staged, None, &f.ring(&["root2a"])).unwrap();
+    ota_publish::root_sign(&staged, None, &f.ring(&["root2a"])).unwrap();
     let new_online = f.ring(&["targets1", "snapshot1", "timestamp2"]);
-    let err = repo_tool::root_publish(&repo, &staged, &Expiries::default(), &new_online).unwrap_err();
+    let err = ota_publish::root_publish(&repo, &staged, &Expiries::default(), &new_online).unwrap_err();
     assert!(err.to_string().contains("needs 2 signature(s)"), "{err}");
-    let s = repo_tool::root_sign(&staged, None, &f.ring(&["root2b"])).unwrap();
+    let s = ota_publish::root_sign(&staged, None, &f.ring(&["root2b"])).unwrap();
     assert_eq!(s.new_root, (2, 2));
     assert_eq!(
-        repo_tool::root_publish(&repo, &staged, &Expiries::default(), &new_online).unwrap(),
+        ota_publish::root_publish(&repo, &staged, &Expiries::default(), &new_online).unwrap(),
         2
     );
     assert!(repo.join("metadata/1.root.json").exists() && repo.join("metadata/2.root.json").exists());
@@ -140,9 +140,9 @@ fn ngclient_fetches_every_target_across_delegation_rotation_and_refresh() {
         snapshot: true,
         ..Default::default()
     };
-    repo_tool::refresh(&repo, &opts, &new_online).unwrap();
+    ota_publish::refresh(&repo, &opts, &new_online).unwrap();
     let img_a2 = f.image("fw-a.bin", 80_000, 4);
-    repo_tool::add(
+    ota_publish::add(
         &repo,
         &[f.release(&img_a2, "1.1.0", "gw-a")],
         &AddOptions::default(),
@@ -157,7 +157,7 @@ fn ngclient_fetches_every_target_across_delegation_rotation_and_refresh() {
         run.target("gw-a/stable/1.1.0/fw-a.bin")["sha256"],
         sha256_file(&img_a2)
     );
-    let report = repo_tool::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+    let report = ota_publish::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.root_versions, 2);
 }
@@ -178,7 +178,7 @@ fn ngclient_finds_a_target_in_a_nested_delegated_role() {
         keys: f.role(&["product1"], 1),
         terminating: false,
     };
-    repo_tool::delegate(&repo, &product, &Expiries::default(), &ring).unwrap();
+    ota_publish::delegate(&repo, &product, &Expiries::default(), &ring).unwrap();
     let beta = DelegateSpec {
         role: "product-beta".into(),
         paths: vec!["product/beta/*/*".into()],
@@ -187,7 +187,7 @@ fn ngclient_finds_a_target_in_a_nested_delegated_role() {
     };
     // Only the parent's key (plus the new role's, snapshot and timestamp) is needed, not targets'.
     let nested_ring = f.ring(&["product1", "beta1", "snapshot1", "timestamp1"]);
-    repo_tool::delegate_from(&repo, "product", &beta, &Expiries::default(), &nested_ring).unwrap();
+    ota_publish::delegate_from(&repo, "product", &beta, &Expiries::default(), &nested_ring).unwrap();
     // The parent got the delegation in a new version; snapshot lists the new role.
     assert!(repo.join("metadata/2.product.json").is_file());
     assert!(repo.join("metadata/1.product-beta.json").is_file());
@@ -203,19 +203,19 @@ fn ngclient_finds_a_target_in_a_nested_delegated_role() {
         role: Some("product-beta".into()),
         ..Default::default()
     };
-    let report = repo_tool::add(&repo, &[rel_beta], &opts, &nested_ring).unwrap();
+    let report = ota_publish::add(&repo, &[rel_beta], &opts, &nested_ring).unwrap();
     assert_eq!((report.role.as_str(), report.role_version), ("product-beta", 2));
     let img_stable = f.image("fw-stable.bin", 7000, 6);
     let opts = AddOptions {
         role: Some("product".into()),
         ..Default::default()
     };
-    repo_tool::add(&repo, &[f.release(&img_stable, "1.0.0", "product")], &opts, &ring).unwrap();
+    ota_publish::add(&repo, &[f.release(&img_stable, "1.0.0", "product")], &opts, &ring).unwrap();
 
-    let report = repo_tool::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+    let report = ota_publish::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.targets_checked, 2);
-    let listing = repo_tool::list(&repo).unwrap();
+    let listing = ota_publish::list(&repo).unwrap();
     let beta_releases = &listing.releases[&("product".to_owned(), "beta".to_owned())];
     assert_eq!(beta_releases[0].role, "product-beta");
     assert!(listing
@@ -245,7 +245,7 @@ fn ngclient_finds_a_target_in_a_nested_delegated_role() {
 fn ngclient_refuses_an_expired_timestamp() {
     let f = Fixture::new();
     let img = f.image("fw.bin", 100, 1);
-    repo_tool::add(
+    ota_publish::add(
         &f.repo(),
         &[f.release(&img, "1.0.0", "gw-a")],
         &AddOptions::default(),
@@ -259,7 +259,7 @@ fn ngclient_refuses_an_expired_timestamp() {
             ..Default::default()
         },
     };
-    repo_tool::refresh(&f.repo(), &opts, &f.online()).unwrap();
+    ota_publish::refresh(&f.repo(), &opts, &f.online()).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let nginx = ota_testbed::Nginx::serve(&f.repo());
     let root = f.repo().join("metadata/1.root.json");
@@ -276,7 +276,7 @@ fn ngclient_refuses_an_expired_timestamp() {
         "{}",
         run.stderr
     );
-    let report = repo_tool::verify(&f.repo(), jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+    let report = ota_publish::verify(&f.repo(), jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
     assert!(
         report.problems.iter().any(|p| p.contains("timestamp expired")),
         "{:?}",
@@ -288,7 +288,7 @@ fn ngclient_refuses_an_expired_timestamp() {
 fn ngclient_refuses_a_tampered_target() {
     let f = Fixture::new();
     let img = f.image("fw.bin", 4096, 1);
-    let report = repo_tool::add(
+    let report = ota_publish::add(
         &f.repo(),
         &[f.release(&img, "1.0.0", "gw-a")],
         &AddOptions::default(),
@@ -311,7 +311,7 @@ fn ngclient_refuses_a_tampered_target() {
     );
     assert!(!run.ok);
     assert!(run.stderr.contains("LengthOrHashMismatchError"), "{}", run.stderr);
-    let report = repo_tool::verify(&f.repo(), jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+    let report = ota_publish::verify(&f.repo(), jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
     assert!(
         report
             .problems

@@ -240,8 +240,8 @@ fn a_signature_from_a_wrong_key_is_refused() {
 
     // A forged signature under bob's key id (alice's signature bytes) does not count at publish.
     let mut v: serde_json::Value = serde_json::from_slice(&staged).unwrap();
-    let bob_key = repo_tool::read_public_key(&d.join("bob/targets-b.pub.json")).unwrap();
-    let bob_id = repo_tool::key_id(&bob_key).unwrap();
+    let bob_key = ota_publish::read_public_key(&d.join("bob/targets-b.pub.json")).unwrap();
+    let bob_id = ota_publish::key_id(&bob_key).unwrap();
     let sigs = v["staged_roles"][0]["metadata"]["signatures"]
         .as_array_mut()
         .unwrap();
@@ -261,16 +261,16 @@ fn ngclient_downloads_targets_published_through_staged_roles() {
     let t = setup();
     let d = t.path();
     let ring = |keys: &[&str]| {
-        repo_tool::KeyRing::from_files(&keys.iter().map(|k| d.join(k)).collect::<Vec<_>>()).unwrap()
+        ota_publish::KeyRing::from_files(&keys.iter().map(|k| d.join(k)).collect::<Vec<_>>()).unwrap()
     };
     let online = ring(&[SNAPSHOT, TIMESTAMP]);
     let repo = d.join("repo");
-    let expiries = repo_tool::Expiries::default();
+    let expiries = ota_publish::Expiries::default();
 
     // Top-level targets, threshold 2: alice stages, bob signs, publish.
     fs::write(d.join("img/fw-a.bin"), b"gateway a firmware").unwrap();
     let stage_a = d.join("stage-a.json");
-    let release = repo_tool::ReleaseSpec {
+    let release = ota_publish::ReleaseSpec {
         image: d.join("img/fw-a.bin"),
         version: "1.0.0".into(),
         hardware: vec!["gw-a".into()],
@@ -278,32 +278,32 @@ fn ngclient_downloads_targets_published_through_staged_roles() {
         rollout_percent: 100,
         name: None,
     };
-    let opts = repo_tool::AddOptions {
+    let opts = ota_publish::AddOptions {
         stage: Some(stage_a.clone()),
         ..Default::default()
     };
-    let report = repo_tool::add(&repo, std::slice::from_ref(&release), &opts, &ring(&[ALICE])).unwrap();
+    let report = ota_publish::add(&repo, std::slice::from_ref(&release), &opts, &ring(&[ALICE])).unwrap();
     let staged = report.staged.unwrap();
     assert_eq!((staged.present, staged.threshold), (1, 2));
-    repo_tool::role_sign(&stage_a, None, &ring(&[BOB])).unwrap();
-    repo_tool::role_publish(&repo, &stage_a, &expiries, &online).unwrap();
+    ota_publish::role_sign(&stage_a, None, &ring(&[BOB])).unwrap();
+    ota_publish::role_publish(&repo, &stage_a, &expiries, &online).unwrap();
 
     // A delegated role gw-b of threshold 2 (keys gw-b-a with alice, gw-b-b with bob), delegated by
     // targets (threshold 2) in a staged `delegate`.
-    let spec = repo_tool::DelegateSpec {
+    let spec = ota_publish::DelegateSpec {
         role: "gw-b".into(),
         paths: vec!["gw-b/*/*/*".into(), "gw-b/*/*".into()],
-        keys: repo_tool::RoleSpec {
+        keys: ota_publish::RoleSpec {
             keys: vec![
-                repo_tool::read_public_key(&d.join("alice/gw-b-a.pub.json")).unwrap(),
-                repo_tool::read_public_key(&d.join("bob/gw-b-b.pub.json")).unwrap(),
+                ota_publish::read_public_key(&d.join("alice/gw-b-a.pub.json")).unwrap(),
+                ota_publish::read_public_key(&d.join("bob/gw-b-b.pub.json")).unwrap(),
             ],
             threshold: 2,
         },
         terminating: true,
     };
     let stage_d = d.join("stage-d.json");
-    let status = repo_tool::delegate_stage(
+    let status = ota_publish::delegate_stage(
         &repo,
         "targets",
         &spec,
@@ -317,35 +317,35 @@ fn ngclient_downloads_targets_published_through_staged_roles() {
         .map(|s| (s.role.as_str(), s.version, s.present))
         .collect();
     assert_eq!(counts, [("targets", 3, 1), ("gw-b", 1, 1)]);
-    let err = repo_tool::role_publish(&repo, &stage_d, &expiries, &online).unwrap_err();
+    let err = ota_publish::role_publish(&repo, &stage_d, &expiries, &online).unwrap_err();
     assert!(
         err.to_string().contains("targets version 3 has 1 of the 2"),
         "{err}"
     );
-    let status = repo_tool::role_sign(&stage_d, Some(&repo), &ring(&[BOB, "bob/gw-b-b.pk8"])).unwrap();
+    let status = ota_publish::role_sign(&stage_d, Some(&repo), &ring(&[BOB, "bob/gw-b-b.pk8"])).unwrap();
     assert!(
         status.iter().all(|s| s.present == 2 && s.threshold == 2),
         "{status:?}"
     );
-    repo_tool::role_publish(&repo, &stage_d, &expiries, &online).unwrap();
+    ota_publish::role_publish(&repo, &stage_d, &expiries, &online).unwrap();
 
     // A release into gw-b, staged by bob this time, signed by alice.
     fs::write(d.join("img/fw-b.bin"), b"gateway b firmware").unwrap();
     let stage_b = d.join("stage-b.json");
-    let release_b = repo_tool::ReleaseSpec {
+    let release_b = ota_publish::ReleaseSpec {
         image: d.join("img/fw-b.bin"),
         hardware: vec!["gw-b".into()],
         ..release
     };
-    let opts = repo_tool::AddOptions {
+    let opts = ota_publish::AddOptions {
         role: Some("gw-b".into()),
         stage: Some(stage_b.clone()),
         ..Default::default()
     };
-    let err = repo_tool::add(
+    let err = ota_publish::add(
         &repo,
         std::slice::from_ref(&release_b),
-        &repo_tool::AddOptions {
+        &ota_publish::AddOptions {
             stage: None,
             ..opts.clone()
         },
@@ -357,11 +357,11 @@ fn ngclient_downloads_targets_published_through_staged_roles() {
             .contains("role gw-b needs 2 signature(s) but only 1"),
         "{err}"
     );
-    repo_tool::add(&repo, &[release_b], &opts, &ring(&["bob/gw-b-b.pk8"])).unwrap();
-    repo_tool::role_sign(&stage_b, None, &ring(&["alice/gw-b-a.pk8"])).unwrap();
-    let published = repo_tool::role_publish(&repo, &stage_b, &expiries, &online).unwrap();
+    ota_publish::add(&repo, &[release_b], &opts, &ring(&["bob/gw-b-b.pk8"])).unwrap();
+    ota_publish::role_sign(&stage_b, None, &ring(&["alice/gw-b-a.pk8"])).unwrap();
+    let published = ota_publish::role_publish(&repo, &stage_b, &expiries, &online).unwrap();
     assert_eq!((published[0].role.as_str(), published[0].version), ("gw-b", 2));
-    let report = repo_tool::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+    let report = ota_publish::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
 
     let nginx = ota_testbed::Nginx::serve(&repo);

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use ota_publish::{AddOptions, InitSpec, KeyRing, ReleaseSpec, RoleSpec};
 use ota_slot::{FileSlot, SimBootloader, SlotId, SlotWriter};
 use ota_testbed::Nginx;
-use repo_tool::{AddOptions, InitSpec, KeyRing, ReleaseSpec, RoleSpec};
 use sha2::{Digest, Sha256};
 
 /// The hardware id the simulated devices report.
@@ -59,8 +59,8 @@ impl TestRepo {
         let keys = dir.path().join("keys");
         let mut spec_keys = Vec::new();
         for role in ["root", "targets", "snapshot", "timestamp"] {
-            let k = repo_tool::generate_key(&keys, role).unwrap();
-            spec_keys.push(repo_tool::read_public_key(&k.public_path).unwrap());
+            let k = ota_publish::generate_key(&keys, role).unwrap();
+            spec_keys.push(ota_publish::read_public_key(&k.public_path).unwrap());
         }
         let ring = KeyRing::from_dir(&keys).unwrap();
         let role = |i: usize| RoleSpec {
@@ -76,7 +76,7 @@ impl TestRepo {
         };
         let repo = dir.path().join("repo");
         fs::create_dir_all(&repo).unwrap();
-        let fp = repo_tool::init(&repo, &spec, &ring).unwrap();
+        let fp = ota_publish::init(&repo, &spec, &ring).unwrap();
         let nginx = Nginx::serve(&repo);
         TestRepo {
             dir,
@@ -124,7 +124,7 @@ impl TestRepo {
     /// Publishes `image` as release `version` for [`HARDWARE`] on [`CHANNEL`]; returns the target name.
     pub fn publish(&self, version: &str, image: &[u8]) -> String {
         let spec = self.release_spec(version, image);
-        let report = repo_tool::add(&self.root_dir(), &[spec], &AddOptions::default(), &self.ring).unwrap();
+        let report = ota_publish::add(&self.root_dir(), &[spec], &AddOptions::default(), &self.ring).unwrap();
         report.added[0].0.clone()
     }
 
@@ -138,10 +138,10 @@ impl TestRepo {
         tamper: impl Fn(Vec<u8>) -> Vec<u8>,
     ) -> (String, String, Vec<u8>) {
         let spec = self.release_spec(version, image);
-        let policy = repo_tool::deltas::DeltaPolicy {
+        let policy = ota_publish::deltas::DeltaPolicy {
             keep: 1,
             max_share_percent: 50,
-            ..repo_tool::deltas::DeltaPolicy::default()
+            ..ota_publish::deltas::DeltaPolicy::default()
         };
         // Fast settings: the tests need a real, small delta, not the smallest one.
         let opts = ota_delta::EncodeOptions {
@@ -159,7 +159,7 @@ impl TestRepo {
             made = Some(delta.clone());
             Ok(delta)
         };
-        let report = repo_tool::deltas::add_with_deltas(
+        let report = ota_publish::deltas::add_with_deltas(
             &self.root_dir(),
             &[spec],
             &AddOptions::default(),
@@ -179,7 +179,7 @@ impl TestRepo {
     /// The file nginx serves for target `name` whose content hashes to `sha256`.
     pub fn target_file(&self, name: &str, image: &[u8]) -> PathBuf {
         let digest: [u8; 32] = Sha256::digest(image).into();
-        self.root_dir().join(repo_tool::target_file_path(name, &digest))
+        self.root_dir().join(ota_publish::target_file_path(name, &digest))
     }
 }
 

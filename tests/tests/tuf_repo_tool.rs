@@ -8,9 +8,9 @@ use std::fs;
 use std::path::Path;
 
 use ota_e2e::{firmware, sha256_hex};
+use ota_publish::{AddOptions, DelegateSpec, Expiries, InitSpec, KeyRing, ReleaseSpec, RoleSpec, RootChange};
 use ota_testbed::Nginx;
 use ota_tuf::{Client, ClientConfig, Error};
-use repo_tool::{AddOptions, DelegateSpec, Expiries, InitSpec, KeyRing, ReleaseSpec, RoleSpec, RootChange};
 
 fn release(dir: &Path, version: &str, channel: &str, image: &[u8], name: Option<&str>) -> ReleaseSpec {
     let file = dir.join(format!("fw-{channel}-{version}.bin"));
@@ -50,15 +50,15 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
     let work = tempfile::tempdir().unwrap();
     let keys = work.path().join("keys");
     let public = |name: &str| {
-        let k = repo_tool::generate_key(&keys, name).unwrap();
-        (k.keyid, repo_tool::read_public_key(&k.public_path).unwrap())
+        let k = ota_publish::generate_key(&keys, name).unwrap();
+        (k.keyid, ota_publish::read_public_key(&k.public_path).unwrap())
     };
     let (_, root1) = public("root1");
     let (_, targets_key) = public("targets");
     let (_, snapshot_key) = public("snapshot");
     let (ts1_id, ts1) = public("timestamp1");
     let (_, beta_key) = public("beta");
-    let one = |k: &repo_tool::Key| RoleSpec {
+    let one = |k: &ota_publish::Key| RoleSpec {
         keys: vec![k.clone()],
         threshold: 1,
     };
@@ -72,13 +72,13 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
         timestamp: one(&ts1),
         expiries: Expiries::default(),
     };
-    repo_tool::init(&repo, &spec, &ring).unwrap();
+    ota_publish::init(&repo, &spec, &ring).unwrap();
 
     // Top-level releases: one under the default `<hardware>/<channel>/<file>` name, one at the
     // repository's top directory.
     let stable = firmware("1.0.0", 70_000);
     let top = firmware("top", 1_000);
-    let added = repo_tool::add(
+    let added = ota_publish::add(
         &repo,
         &[
             release(work.path(), "1.0.0", "stable", &stable, None),
@@ -91,7 +91,7 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
     let stable_name = added.added[0].0.clone();
     assert_eq!(stable_name, "gw-a/stable/fw-stable-1.0.0.bin");
     // The beta channel is delegated to its own key, and a release goes into that role.
-    repo_tool::delegate(
+    ota_publish::delegate(
         &repo,
         &DelegateSpec {
             role: "beta".into(),
@@ -108,7 +108,7 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
         role: Some("beta".into()),
         ..AddOptions::default()
     };
-    let beta_name = repo_tool::add(
+    let beta_name = ota_publish::add(
         &repo,
         &[release(work.path(), "2.0.0-rc1", "beta", &beta, None)],
         &beta_opts,
@@ -170,8 +170,8 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
     let (_, root2) = public("root2");
     let (_, ts2) = public("timestamp2");
     let ring = KeyRing::from_dir(&keys).unwrap();
-    let root_role = repo_tool::parse_role("root").unwrap();
-    let timestamp_role = repo_tool::parse_role("timestamp").unwrap();
+    let root_role = ota_publish::parse_role("root").unwrap();
+    let timestamp_role = ota_publish::parse_role("timestamp").unwrap();
     let change = RootChange {
         add_keys: vec![(root_role, root2), (timestamp_role, ts2)],
         remove_keys: vec![(timestamp_role, ts1_id)],
@@ -179,16 +179,16 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
         expiries: Expiries::default(),
     };
     let staged = work.path().join("2.root.staged.json");
-    assert_eq!(repo_tool::root_stage(&repo, &change, &staged).unwrap(), 2);
-    repo_tool::root_sign(&staged, Some(&repo), &ring).unwrap();
+    assert_eq!(ota_publish::root_stage(&repo, &change, &staged).unwrap(), 2);
+    ota_publish::root_sign(&staged, Some(&repo), &ring).unwrap();
     fs::remove_file(keys.join("timestamp1.pk8")).unwrap();
     let ring = KeyRing::from_dir(&keys).unwrap();
     assert_eq!(
-        repo_tool::root_publish(&repo, &staged, &Expiries::default(), &ring).unwrap(),
+        ota_publish::root_publish(&repo, &staged, &Expiries::default(), &ring).unwrap(),
         2
     );
     let stable2 = firmware("1.1.0", 80_000);
-    let stable2_name = repo_tool::add(
+    let stable2_name = ota_publish::add(
         &repo,
         &[release(work.path(), "1.1.0", "stable", &stable2, None)],
         &AddOptions::default(),
@@ -213,12 +213,12 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
 
     // Freeze: a timestamp that expires a second after signing, read after it expired, is refused.
     let short = Expiries {
-        timestamp: repo_tool::parse_lifetime("1s").unwrap(),
+        timestamp: ota_publish::parse_lifetime("1s").unwrap(),
         ..Expiries::default()
     };
-    repo_tool::refresh(
+    ota_publish::refresh(
         &repo,
-        &repo_tool::RefreshOptions {
+        &ota_publish::RefreshOptions {
             snapshot: false,
             expiries: short,
         },
@@ -233,7 +233,7 @@ async fn ota_tuf_client_follows_a_repo_tool_repository() {
         "expected an expired timestamp, got: {err}"
     );
     // A fresh timestamp makes the repository usable again.
-    repo_tool::refresh(&repo, &repo_tool::RefreshOptions::default(), &ring).unwrap();
+    ota_publish::refresh(&repo, &ota_publish::RefreshOptions::default(), &ring).unwrap();
     client.refresh().await.unwrap();
     check_target(&mut client, &stable2_name, &stable2).await;
 }

@@ -41,8 +41,7 @@ fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf> {
         .open(&tmp)
         .map_err(io_error("create temp file", &tmp))
         .and_then(|mut file| {
-            file.write_all(bytes)
-                .map_err(io_error("write temp file", &tmp))?;
+            file.write_all(bytes).map_err(io_error("write temp file", &tmp))?;
             file.sync_all().map_err(io_error("fsync temp file", &tmp))
         });
     match written {

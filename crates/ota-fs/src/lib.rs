@@ -72,14 +72,7 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// A closure turning an `io::Error` into [`Error::Io`] for `action` on `path`, for `map_err`.
-pub fn io_error(
-    action: &'static str,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(std::io::Error) -> Error {
+pub fn io_error(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
-    move |source| Error::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| Error::Io { action, path, source }
 }

@@ -100,7 +100,10 @@ mod tests {
         assert!(err.to_string().contains("pid 1 (add)"), "{err}");
         drop(first);
         let again = FileLock::acquire(&path, 0o600, "pid 2 (refresh)").unwrap();
-        assert_eq!(std::fs::read_to_string(again.path()).unwrap(), "pid 2 (refresh)\n");
+        assert_eq!(
+            std::fs::read_to_string(again.path()).unwrap(),
+            "pid 2 (refresh)\n"
+        );
     }
 
     #[test]

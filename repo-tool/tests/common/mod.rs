@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use repo_tool::{DelegateSpec, Expiries, InitSpec, KeyRing, ReleaseSpec, RoleSpec};
+use ota_publish::{DelegateSpec, Expiries, InitSpec, KeyRing, ReleaseSpec, RoleSpec};
 use sha2::{Digest, Sha256};
 
 /// A temp dir with a `keys/` directory and a repository in `repo/`.
@@ -26,7 +26,7 @@ impl Fixture {
             timestamp: f.role(&["timestamp1"], 1),
             expiries: Expiries::default(),
         };
-        repo_tool::init(
+        ota_publish::init(
             &f.repo(),
             &spec,
             &f.ring(&["root1", "targets1", "snapshot1", "timestamp1"]),
@@ -51,7 +51,7 @@ impl Fixture {
 
     pub fn keys(&self, names: &[&str]) {
         for n in names {
-            repo_tool::generate_key(&self.key_dir(), n).unwrap();
+            ota_publish::generate_key(&self.key_dir(), n).unwrap();
         }
     }
 
@@ -59,12 +59,12 @@ impl Fixture {
         self.key_dir().join(format!("{name}.pk8"))
     }
 
-    pub fn public(&self, name: &str) -> repo_tool::Key {
-        repo_tool::read_public_key(&self.key_dir().join(format!("{name}.pub.json"))).unwrap()
+    pub fn public(&self, name: &str) -> ota_publish::Key {
+        ota_publish::read_public_key(&self.key_dir().join(format!("{name}.pub.json"))).unwrap()
     }
 
     pub fn key_id(&self, name: &str) -> String {
-        repo_tool::key_id(&self.public(name)).unwrap()
+        ota_publish::key_id(&self.public(name)).unwrap()
     }
 
     pub fn role(&self, names: &[&str], threshold: u64) -> RoleSpec {
@@ -125,7 +125,7 @@ pub fn tree(dir: &Path) -> BTreeMap<PathBuf, Option<String>> {
         for e in fs::read_dir(d).unwrap() {
             let p = e.unwrap().path();
             let rel = p.strip_prefix(root).unwrap().to_owned();
-            if rel == Path::new(repo_tool::LOCK_FILE) {
+            if rel == Path::new(ota_publish::LOCK_FILE) {
                 continue;
             }
             if p.is_dir() {

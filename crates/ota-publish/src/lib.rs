@@ -1,4 +1,4 @@
-//! repo-tool: builds and maintains the TUF repository (spec 1.0) of firmware releases that devices
+//! ota-publish: builds and maintains the TUF repository (spec 1.0) of firmware releases that devices
 //! update from. The `repo-tool` binary is a thin command line over these functions; tests, the demo
 //! and the fleet drill call them in-process.
 //!
