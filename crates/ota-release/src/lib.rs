@@ -25,6 +25,9 @@ use sha2::{Digest, Sha256};
 
 pub use semver::Version;
 
+mod waves;
+pub use waves::{PlanError, RolloutPlan, RolloutSeed, Wave, WaveOpens, WavePlace, MAX_WAVES, WHOLE_FLEET_BP};
+
 /// The key under a TUF target's `custom` object that holds an [`OtaTarget`].
 pub const CUSTOM_KEY: &str = "ota";
 
