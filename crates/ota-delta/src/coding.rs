@@ -10,7 +10,7 @@ use crate::format::{
     EXTRA, FORMAT_VERSION, LITERALS, LITERAL_LENGTHS, MAX_WINDOW_LOG, MIN_WINDOW_LOG, SEGMENT_CONTROL_MAX,
     SEGMENT_EXTRA_MAX, SEGMENT_RUNS_MAX, SIDE_MAX_WINDOW_LOG, STREAM_NAMES, TAG_END, ZERO_RUNS,
 };
-use crate::matching::Step;
+use crate::matching::{signed, Step};
 use crate::{EncodeOptions, Error, Result};
 
 /// A step cut to the segment caps, with its relative seek.
@@ -199,7 +199,7 @@ struct Segmenter {
 impl Segmenter {
     fn push(&mut self, piece: Piece) {
         self.fill[CONTROL] += ENTRY_MAX;
-        self.fill[EXTRA] += piece.entry.copy_len as usize;
+        self.fill[EXTRA] += in_memory(piece.entry.copy_len);
         self.totals[CONTROL] += ENTRY_MAX as u64;
         self.totals[EXTRA] += piece.entry.copy_len;
         self.current.push(piece);
@@ -327,6 +327,14 @@ impl Segmenter {
     }
 }
 
+/// A control entry's length as a usize: entries are made from steps over the in-memory images (usize
+/// offsets, under `i32::MAX` bytes by `check_sizes`), so the u64 always fits.
+#[allow(clippy::cast_possible_truncation)] // the value came from a usize, see above
+#[inline]
+fn in_memory(len: u64) -> usize {
+    len as usize
+}
+
 /// Cuts steps into segments under the decoder's caps; also returns each stream's total raw bytes.
 fn segment(steps: &[Step], o: &[u8], n: &[u8], coding: DiffCoding) -> (Vec<Vec<Piece>>, [u64; 5]) {
     let mut segmenter = Segmenter {
@@ -340,7 +348,7 @@ fn segment(steps: &[Step], o: &[u8], n: &[u8], coding: DiffCoding) -> (Vec<Vec<P
         let next_old = steps
             .get(k + 1)
             .map_or(step.old_start + step.add_len, |s| s.old_start);
-        let seek = next_old as i64 - (step.old_start + step.add_len) as i64;
+        let seek = signed(next_old) - signed(step.old_start + step.add_len);
         segmenter.add_step(step, seek, o, n);
     }
     segmenter.cut();
@@ -389,12 +397,12 @@ fn stream_bytes(
     for p in pieces {
         match which {
             EXTRA => {
-                let start = p.new_start + p.entry.add_len as usize;
-                buf.extend_from_slice(n.get(start..start + p.entry.copy_len as usize).unwrap_or(&[]));
+                let start = p.new_start + in_memory(p.entry.add_len);
+                buf.extend_from_slice(n.get(start..start + in_memory(p.entry.copy_len)).unwrap_or(&[]));
             }
             // The diff's streams: zero runs, literal lengths, literals (control returned above).
             _ => {
-                let len = p.entry.add_len as usize;
+                let len = in_memory(p.entry.add_len);
                 let new_part = n.get(p.new_start..p.new_start + len).unwrap_or(&[]);
                 let old_part = o.get(p.old_start..p.old_start + len).unwrap_or(&[]);
                 let mut pos = p.new_start;
@@ -671,7 +679,7 @@ mod tests {
     #[test]
     fn every_diff_coding_round_trips() {
         let old: Vec<u8> = (0..300_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
             .collect();
         let mut new = old.clone();
         for i in (0..new.len()).step_by(97) {
@@ -699,7 +707,7 @@ mod tests {
     #[test]
     fn zero_gaps_in_elf_data_round_trip_across_segment_cuts() {
         let mut old: Vec<u8> = (0..2_000_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
             .collect();
         write_test_elf_header(&mut old, 4096);
         let mut new = old.clone();
@@ -707,7 +715,7 @@ mod tests {
         let mut at = 200;
         let mut k = 0usize;
         while at < new.len() {
-            new[at] = new[at].wrapping_add(1 + (k % 5) as u8);
+            new[at] = new[at].wrapping_add(1 + u8::try_from(k % 5).unwrap());
             at += 2 + k % 9;
             k += 1;
         }

@@ -158,16 +158,18 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
             let add_end = i64::try_from(entry.add_len)
                 .ok()
                 .and_then(|a| old_pos.checked_add(a));
-            match add_end {
-                Some(end) if old_pos >= 0 && end as u64 <= header.old_len => {}
-                _ => {
-                    return Err(Error::OldOutOfBounds {
-                        offset: old_pos,
-                        end: add_end.unwrap_or(i64::MAX),
-                        old_len: header.old_len,
-                    })
-                }
-            }
+            // Both ends as unsigned offsets: a negative start or an end past old is refused here.
+            let span = add_end.and_then(|end| {
+                let start = u64::try_from(old_pos).ok()?;
+                (u64::try_from(end).ok()? <= header.old_len).then_some((start, end))
+            });
+            let Some((mut at, end)) = span else {
+                return Err(Error::OldOutOfBounds {
+                    offset: old_pos,
+                    end: add_end.unwrap_or(i64::MAX),
+                    old_len: header.old_len,
+                });
+            };
             let mut left = entry.add_len;
             while left > 0 {
                 let k = usize::try_from(left).unwrap_or(usize::MAX).min(old_buf.len());
@@ -175,12 +177,13 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
                     old_buf.get_mut(..k).unwrap_or(&mut []),
                     diff_buf.get_mut(..k).unwrap_or(&mut []),
                 );
-                old.read_at(old_pos as u64, ob)?;
+                old.read_at(at, ob)?;
                 diff.add_to(ob, db, literal_dec, &mut delta, seg_offset)?;
                 out.push(db)?;
-                old_pos += k as i64;
+                at += k as u64;
                 left -= k as u64;
             }
+            old_pos = end;
             // Copy: literal extra bytes.
             let copy_end = usize::try_from(entry.copy_len)
                 .ok()
@@ -535,8 +538,7 @@ impl<O: Read + Seek> OldImage<O> {
     fn read_at(&mut self, mut pos: u64, out: &mut [u8]) -> Result<()> {
         let mut filled = 0;
         while filled < out.len() {
-            let block = pos / FILTER_BLOCK as u64;
-            let at = (pos % FILTER_BLOCK as u64) as usize;
+            let (block, at) = block_and_offset(pos);
             let data = self.block(block)?;
             let avail = data.get(at..).unwrap_or(&[]);
             let want = out.len() - filled;
@@ -564,7 +566,7 @@ impl<O: Read + Seek> OldImage<O> {
             }
         } else {
             let start = index * FILTER_BLOCK as u64;
-            let len = self.len.saturating_sub(start).min(FILTER_BLOCK as u64) as usize;
+            let len = block_len(self.len.saturating_sub(start));
             let mut buf = if self.cache.len() >= OLD_CACHE_BLOCKS {
                 self.cache.pop().map(|(_, b)| b).unwrap_or_default()
             } else {
@@ -601,6 +603,18 @@ impl<O: Read + Seek> OldImage<O> {
         }
         Ok(self.cache.first().map(|(_, b)| b.as_slice()).unwrap_or(&[]))
     }
+}
+
+/// The filter block holding old offset `pos`, and `pos`'s offset in it.
+fn block_and_offset(pos: u64) -> (u64, usize) {
+    let block = FILTER_BLOCK as u64;
+    // The remainder is below FILTER_BLOCK, itself a usize: the conversion cannot fail.
+    (pos / block, usize::try_from(pos % block).unwrap_or(0))
+}
+
+/// Bytes of a block that starts `left` bytes before the end of old: `left`, capped at FILTER_BLOCK.
+fn block_len(left: u64) -> usize {
+    usize::try_from(left).map_or(FILTER_BLOCK, |left| left.min(FILTER_BLOCK))
 }
 
 /// The new image: one filter block buffered, unfiltered, hashed and written in order.

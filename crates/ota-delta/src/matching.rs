@@ -140,6 +140,15 @@ impl RangeScan {
     }
 }
 
+/// An offset or length in an image as i64, for bsdiff's signed offset arithmetic. Never wraps: the
+/// encoder refuses images of more than `i32::MAX` bytes (`check_sizes`, for divsufsort's i32 indexes), and
+/// a checked conversion would add a branch to the extension loops.
+#[allow(clippy::cast_possible_wrap)] // at most i32::MAX, see above
+#[inline]
+pub(crate) fn signed(offset: usize) -> i64 {
+    offset as i64
+}
+
 fn byte(data: &[u8], i: usize) -> Option<u8> {
     data.get(i).copied()
 }
@@ -184,7 +193,7 @@ impl Scanner {
             pos: 0,
             lastscan: lo,
             lastpos: start_pos,
-            lastoffset: start_pos as i64 - lo as i64,
+            lastoffset: signed(start_pos) - signed(lo),
         }
     }
 
@@ -208,8 +217,8 @@ impl Scanner {
         } = *self;
         let (old_len, hi) = (o.len(), n.len());
         let same_at = |new_i: usize, offset: i64| -> bool {
-            let old_i = new_i as i64 + offset;
-            old_i >= 0 && (old_i as usize) < old_len && byte(o, old_i as usize) == byte(n, new_i)
+            let old_i = signed(new_i) + offset;
+            usize::try_from(old_i).is_ok_and(|old_i| old_i < old_len && byte(o, old_i) == byte(n, new_i))
         };
         let mut oldscore = 0usize;
         scan += len;
@@ -222,7 +231,7 @@ impl Scanner {
                 // No match here could beat the alignment by NEW_MATCH_GAIN bytes, so only one the
                 // alignment covers exactly could stop the scan: take the alignment's own (shorter than
                 // GRAM_LEN) instead of searching for the longest.
-                let aligned = usize::try_from(scan as i64 + lastoffset).unwrap_or(old_len);
+                let aligned = usize::try_from(signed(scan) + lastoffset).unwrap_or(old_len);
                 let len = common_prefix(o.get(aligned..).unwrap_or(&[]), needle);
                 (aligned.min(old_len), len)
             };
@@ -249,7 +258,7 @@ impl Scanner {
                     s += 1;
                 }
                 i += 1;
-                if s * 2 - i as i64 > sf * 2 - lenf as i64 {
+                if s * 2 - signed(i) > sf * 2 - signed(lenf) {
                     sf = s;
                     lenf = i;
                 }
@@ -263,7 +272,7 @@ impl Scanner {
                     if byte(o, pos - i) == byte(n, scan - i) {
                         s += 1;
                     }
-                    if s * 2 - i as i64 > sb * 2 - lenb as i64 {
+                    if s * 2 - signed(i) > sb * 2 - signed(lenb) {
                         sb = s;
                         lenb = i;
                     }
@@ -297,7 +306,7 @@ impl Scanner {
             });
             lastscan = scan - lenb;
             lastpos = pos - lenb;
-            lastoffset = pos as i64 - scan as i64;
+            lastoffset = signed(pos) - signed(scan);
         }
         *self = Scanner {
             scan,
@@ -319,14 +328,14 @@ mod tests {
     #[test]
     fn parallel_matching_equals_sequential() {
         let old: Vec<u8> = (0..1_600_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 & 0x3f)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0] & 0x3f)
             .collect();
         let mut new = old.clone();
         for i in (0..new.len()).step_by(1013) {
             new[i] = new[i].wrapping_add(1);
         }
         for at in [700_000, 500_000, 1000] {
-            new.splice(at..at, (0..300u32).map(|i| (i * 7) as u8));
+            new.splice(at..at, (0..300u32).map(|i| (i * 7).to_le_bytes()[0]));
         }
         let index = SuffixIndex::new(&old);
         let one = format!("{:?}", match_parallel(&index, &old, &new, 1));
