@@ -110,12 +110,14 @@ cp "$scratch/bin/base/ota-delta" "$inputs/pairs/elf-ota-delta.old"
 cp "$scratch/bin/head/ota-delta" "$inputs/pairs/elf-ota-delta.new"
 pairs=(fw app elf-python elf-ota-delta)
 
-# Every command at a fixed instant (frozen clock); the monotonic clock is left alone for thread timers.
+# Every command at a fixed instant: `-f` with an absolute date stops the clock there (a plain
+# `faketime DATE` only starts it there, and a slow `add` then signed expiries a second later). The monotonic
+# clock is left alone for thread timers.
 export FAKETIME_DONT_FAKE_MONOTONIC=1
 at() { # at "YYYY-MM-DD HH:MM:SS" CMD...
     local when=$1
     shift
-    faketime "$when" "$@"
+    faketime -f "$when" "$@"
 }
 (cd "$inputs" && at "2026-12-01 08:00:00" "$scratch/bin/base/repo-tool" keys generate --dir keys \
     root targets snapshot timestamp product >/dev/null)
