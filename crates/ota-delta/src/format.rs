@@ -149,33 +149,7 @@ impl DeltaHeader {
                 detail: format!("start {filter_start} is after end {filter_end}"),
             });
         }
-        let [control_log, literal_log, extra_log] = window_logs;
-        let declared = [
-            ("control", control_log, SIDE_MAX_WINDOW_LOG),
-            ("literal", literal_log, MAX_WINDOW_LOG),
-            ("extra", extra_log, MAX_WINDOW_LOG),
-            (
-                "zero-run and literal-length",
-                runs_window_log,
-                SIDE_MAX_WINDOW_LOG,
-            ),
-        ];
-        for (name, log, max) in declared {
-            if log > max {
-                return Err(Error::WindowTooLarge {
-                    stream: name,
-                    declared: log,
-                    max,
-                });
-            }
-            if log < MIN_WINDOW_LOG {
-                return Err(Error::Malformed {
-                    what: "header window log",
-                    offset: 92,
-                    detail: format!("{name} window log {log} is below LZMA2's minimum {MIN_WINDOW_LOG}"),
-                });
-            }
-        }
+        check_window_logs(window_logs, runs_window_log)?;
         Ok(DeltaHeader {
             format_version: version,
             filter,
@@ -189,6 +163,39 @@ impl DeltaHeader {
             filter_end,
         })
     }
+}
+
+/// The header's dictionary logs, each within LZMA2's minimum and its stream's cap (checked before any
+/// decoder allocates a dictionary).
+fn check_window_logs(window_logs: [u8; 3], runs_window_log: u8) -> Result<()> {
+    let [control_log, literal_log, extra_log] = window_logs;
+    let declared = [
+        ("control", control_log, SIDE_MAX_WINDOW_LOG),
+        ("literal", literal_log, MAX_WINDOW_LOG),
+        ("extra", extra_log, MAX_WINDOW_LOG),
+        (
+            "zero-run and literal-length",
+            runs_window_log,
+            SIDE_MAX_WINDOW_LOG,
+        ),
+    ];
+    for (name, log, max) in declared {
+        if log > max {
+            return Err(Error::WindowTooLarge {
+                stream: name,
+                declared: log,
+                max,
+            });
+        }
+        if log < MIN_WINDOW_LOG {
+            return Err(Error::Malformed {
+                what: "header window log",
+                offset: 92,
+                detail: format!("{name} window log {log} is below LZMA2's minimum {MIN_WINDOW_LOG}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One segment's sizes, as written before its five compressed chunks: `raw` is the decoded length,

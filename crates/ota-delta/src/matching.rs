@@ -153,6 +153,72 @@ fn byte(data: &[u8], i: usize) -> Option<u8> {
     data.get(i).copied()
 }
 
+/// How far the previous match (at `last` = (new, old)) extends forwards and the new one (at `next`)
+/// backwards, approximately (bsdiff: while more than half the bytes match), their overlap resolved at
+/// the best split.
+fn extensions(o: &[u8], n: &[u8], last: (usize, usize), next: (usize, usize)) -> (usize, usize) {
+    let ((lastscan, lastpos), (scan, pos)) = (last, next);
+    let mut lenf = forward_extension(o, n, last, scan);
+    let mut lenb = if scan < n.len() {
+        backward_extension(o, n, lastscan, next)
+    } else {
+        0
+    };
+    if lastscan + lenf > scan - lenb {
+        let overlap = (lastscan + lenf) - (scan - lenb);
+        let (mut s, mut ss, mut lens) = (0i64, 0i64, 0usize);
+        for i in 0..overlap {
+            if byte(n, lastscan + lenf - overlap + i) == byte(o, lastpos + lenf - overlap + i) {
+                s += 1;
+            }
+            if byte(n, scan - lenb + i) == byte(o, pos - lenb + i) {
+                s -= 1;
+            }
+            if s > ss {
+                ss = s;
+                lens = i + 1;
+            }
+        }
+        lenf = lenf + lens - overlap;
+        lenb -= lens;
+    }
+    (lenf, lenb)
+}
+
+/// Forward extension of the previous match at `(lastscan, lastpos)`, up to the new match at `scan`.
+fn forward_extension(o: &[u8], n: &[u8], (lastscan, lastpos): (usize, usize), scan: usize) -> usize {
+    let (mut s, mut sf, mut lenf) = (0i64, 0i64, 0usize);
+    let mut i = 0usize;
+    while lastscan + i < scan && lastpos + i < o.len() {
+        if byte(o, lastpos + i) == byte(n, lastscan + i) {
+            s += 1;
+        }
+        i += 1;
+        if s * 2 - signed(i) > sf * 2 - signed(lenf) {
+            sf = s;
+            lenf = i;
+        }
+    }
+    lenf
+}
+
+/// Backward extension of the new match at `(scan, pos)`, down to the previous one at `lastscan`.
+fn backward_extension(o: &[u8], n: &[u8], lastscan: usize, (scan, pos): (usize, usize)) -> usize {
+    let (mut s, mut sb, mut lenb) = (0i64, 0i64, 0usize);
+    let mut i = 1usize;
+    while scan >= lastscan + i && pos >= i {
+        if byte(o, pos - i) == byte(n, scan - i) {
+            s += 1;
+        }
+        if s * 2 - signed(i) > sb * 2 - signed(lenb) {
+            sb = s;
+            lenb = i;
+        }
+        i += 1;
+    }
+    lenb
+}
+
 /// How many more bytes a new exact match must cover than the current alignment matches over the same
 /// span before the scan switches to it. bsdiff uses 8; every switch costs a control entry (about 2.5
 /// compressed bytes, mostly the seek), and 16 gave 3-5% smaller deltas on the corpus's shared libraries.
@@ -250,54 +316,7 @@ impl Scanner {
             scan += 1;
         }
         if len != oldscore || scan == hi {
-            // Forward extension of the previous match.
-            let (mut s, mut sf, mut lenf) = (0i64, 0i64, 0usize);
-            let mut i = 0usize;
-            while lastscan + i < scan && lastpos + i < old_len {
-                if byte(o, lastpos + i) == byte(n, lastscan + i) {
-                    s += 1;
-                }
-                i += 1;
-                if s * 2 - signed(i) > sf * 2 - signed(lenf) {
-                    sf = s;
-                    lenf = i;
-                }
-            }
-            // Backward extension of the new match.
-            let mut lenb = 0usize;
-            if scan < hi {
-                let (mut s, mut sb) = (0i64, 0i64);
-                let mut i = 1usize;
-                while scan >= lastscan + i && pos >= i {
-                    if byte(o, pos - i) == byte(n, scan - i) {
-                        s += 1;
-                    }
-                    if s * 2 - signed(i) > sb * 2 - signed(lenb) {
-                        sb = s;
-                        lenb = i;
-                    }
-                    i += 1;
-                }
-            }
-            // Resolve an overlap between the two extensions at the best split.
-            if lastscan + lenf > scan - lenb {
-                let overlap = (lastscan + lenf) - (scan - lenb);
-                let (mut s, mut ss, mut lens) = (0i64, 0i64, 0usize);
-                for i in 0..overlap {
-                    if byte(n, lastscan + lenf - overlap + i) == byte(o, lastpos + lenf - overlap + i) {
-                        s += 1;
-                    }
-                    if byte(n, scan - lenb + i) == byte(o, pos - lenb + i) {
-                        s -= 1;
-                    }
-                    if s > ss {
-                        ss = s;
-                        lens = i + 1;
-                    }
-                }
-                lenf = lenf + lens - overlap;
-                lenb -= lens;
-            }
+            let (lenf, lenb) = extensions(o, n, (lastscan, lastpos), (scan, pos));
             steps.push(Step {
                 new_start: lastscan,
                 old_start: lastpos,
