@@ -108,7 +108,9 @@ cp "$inputs/images/app-2.1.0.bin" "$inputs/pairs/app.new"
 # A second real ELF pair: two builds of the same program (the ota-delta example at base and at head).
 cp "$scratch/bin/base/ota-delta" "$inputs/pairs/elf-ota-delta.old"
 cp "$scratch/bin/head/ota-delta" "$inputs/pairs/elf-ota-delta.new"
-pairs=(fw app elf-python elf-ota-delta)
+# Encodes: a pair with the filter the encoder picks, or PAIR@FILTER forced, so every filter's inverse in the
+# decoder runs (the picks here are none and x86-rip).
+encodes=(fw app elf-python elf-ota-delta elf-python@x86 elf-python@x86-full elf-python@arm64)
 
 # Every command at a fixed instant: `-f` with an absolute date stops the clock there (a plain
 # `faketime DATE` only starts it there, and a slow `add` then signed expiries a second later). The monotonic
@@ -158,10 +160,12 @@ run_side() { # run_side SIDE
     step "2026-12-02 09:00:00" "$rt" list --repo repo
     step "2026-12-02 09:00:00" "$rt" verify --repo repo
     local od=$bin/ota-delta
-    for p in "${pairs[@]}"; do
-        "$od" encode --threads 2 "$inputs/pairs/$p.old" "$inputs/pairs/$p.new" "deltas/$p.delta" \
-            >>out/ota-delta.log 2>&1
-        "$od" info "deltas/$p.delta" >>out/ota-delta.log 2>&1
+    for e in "${encodes[@]}"; do
+        local p=${e%@*} filter=()
+        [[ $e == *@* ]] && filter=(--filter "${e#*@}")
+        "$od" encode --threads 2 "${filter[@]}" "$inputs/pairs/$p.old" "$inputs/pairs/$p.new" \
+            "deltas/$e.delta" >>out/ota-delta.log 2>&1
+        "$od" info "deltas/$e.delta" >>out/ota-delta.log 2>&1
     done
 }
 (run_side base)
@@ -170,12 +174,12 @@ run_side() { # run_side SIDE
 # --- compare ---------------------------------------------------------------------------------------------
 status=0
 row() { # row WHAT RESULT
-    printf '%-58s %s\n' "$1" "$2"
+    printf '%-62s %s\n' "$1" "$2"
     [[ $2 == identical* ]] || status=1
 }
 base=$scratch/run/base head=$scratch/run/head
-printf '%-58s %s\n' "compared (base ${base_commit:0:7} vs head ${head_commit:0:7})" "result"
-printf '%-58s %s\n' "----------------------------------------------------------" "---------"
+printf '%-62s %s\n' "compared (base ${base_commit:0:7} vs head ${head_commit:0:7})" "result"
+printf '%-62s %s\n' "--------------------------------------------------------------" "---------"
 # The repository without the lock file, which records the holder's pid.
 nfiles=$(find "$base/repo" -type f ! -name .repo-tool.lock | wc -l)
 nmeta=$(find "$base/repo/metadata" -type f | wc -l)
@@ -195,17 +199,20 @@ else
     row "repo-tool stdout+stderr (init..verify)" DIFFERENT
     diff "$base/out/repo-tool.log" "$head/out/repo-tool.log" | head -20 | sed 's/^/    /' || true
 fi
-for p in "${pairs[@]}"; do
-    size=$(stat -c %s "$base/deltas/$p.delta")
-    if cmp -s "$base/deltas/$p.delta" "$head/deltas/$p.delta"; then
-        row "ota-delta encode $p ($size bytes, cmp)" identical
+for e in "${encodes[@]}"; do
+    p=${e%@*}
+    size=$(stat -c %s "$base/deltas/$e.delta")
+    filter=$(grep -m1 -o 'filter: [A-Za-z0-9]*' <("$scratch/bin/base/ota-delta" info "$base/deltas/$e.delta"))
+    what="ota-delta encode $p (${filter#filter: }, $size bytes, cmp)"
+    if cmp -s "$base/deltas/$e.delta" "$head/deltas/$e.delta"; then
+        row "$what" identical
     else
-        row "ota-delta encode $p ($size bytes, cmp)" DIFFERENT
+        row "$what" DIFFERENT
     fi
     # Both decoders apply the base delta; each result must equal the new image.
     for side in base head; do
-        out=$scratch/run/$side/applied/$p.new
-        if "$scratch/bin/$side/ota-delta" apply "$inputs/pairs/$p.old" "$base/deltas/$p.delta" "$out" \
+        out=$scratch/run/$side/applied/$e.new
+        if "$scratch/bin/$side/ota-delta" apply "$inputs/pairs/$p.old" "$base/deltas/$e.delta" "$out" \
             >/dev/null 2>&1 && cmp -s "$out" "$inputs/pairs/$p.new"; then
             row "  $side decoder: apply base delta == new image" identical
         else
