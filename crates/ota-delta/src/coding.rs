@@ -10,7 +10,7 @@ use crate::format::{
     EXTRA, FORMAT_VERSION, LITERALS, LITERAL_LENGTHS, MAX_WINDOW_LOG, MIN_WINDOW_LOG, SEGMENT_CONTROL_MAX,
     SEGMENT_EXTRA_MAX, SEGMENT_RUNS_MAX, SIDE_MAX_WINDOW_LOG, STREAM_NAMES, TAG_END, ZERO_RUNS,
 };
-use crate::matching::Step;
+use crate::matching::{signed, Step};
 use crate::{EncodeOptions, Error, Result};
 
 /// A step cut to the segment caps, with its relative seek.
@@ -199,7 +199,7 @@ struct Segmenter {
 impl Segmenter {
     fn push(&mut self, piece: Piece) {
         self.fill[CONTROL] += ENTRY_MAX;
-        self.fill[EXTRA] += piece.entry.copy_len as usize;
+        self.fill[EXTRA] += in_memory(piece.entry.copy_len);
         self.totals[CONTROL] += ENTRY_MAX as u64;
         self.totals[EXTRA] += piece.entry.copy_len;
         self.current.push(piece);
@@ -242,6 +242,14 @@ impl Segmenter {
         if self.fill[CONTROL] + COUNT_MAX + 2 * ENTRY_MAX > control_cap || self.fill[EXTRA] >= extra_cap {
             self.cut();
         }
+        let (new_start, old_start, add) = self.tokenize_add(step, o, n);
+        self.push_add_and_copy(new_start, old_start, add, step.copy_len, seek);
+    }
+
+    /// Tokenizes the step's diff into (zero run, literal run) pairs, cutting the segment where the
+    /// run-length streams fill up (each cut ends a piece of the add); returns where the rest of the add
+    /// starts in new and old, and its length.
+    fn tokenize_add(&mut self, step: &Step, o: &[u8], n: &[u8]) -> (usize, usize, usize) {
         let (mut new_start, mut old_start, mut add) = (step.new_start, step.old_start, step.add_len);
         let news = n
             .get(step.new_start..step.new_start + step.add_len)
@@ -293,8 +301,20 @@ impl Segmenter {
         if let Some(pair) = self.runs.end_of_add() {
             self.count_pair(pair);
         }
-        // The rest of the add, then the copy, cut where the extra stream reaches its cap.
-        let mut copy = step.copy_len;
+        (new_start, old_start, add)
+    }
+
+    /// Pushes the rest of the add (already tokenized), then the copy, cut where the extra stream reaches
+    /// its cap; the last piece carries the step's seek.
+    fn push_add_and_copy(
+        &mut self,
+        mut new_start: usize,
+        mut old_start: usize,
+        mut add: usize,
+        mut copy: usize,
+        seek: i64,
+    ) {
+        let (control_cap, extra_cap) = (SEGMENT_CONTROL_MAX as usize, SEGMENT_EXTRA_MAX as usize);
         loop {
             if self.fill[CONTROL] + COUNT_MAX + ENTRY_MAX > control_cap
                 || (self.fill[EXTRA] >= extra_cap && copy > 0)
@@ -327,6 +347,14 @@ impl Segmenter {
     }
 }
 
+/// A control entry's length as a usize: entries are made from steps over the in-memory images (usize
+/// offsets, under `i32::MAX` bytes by `check_sizes`), so the u64 always fits.
+#[allow(clippy::cast_possible_truncation)] // the value came from a usize, see above
+#[inline]
+fn in_memory(len: u64) -> usize {
+    len as usize
+}
+
 /// Cuts steps into segments under the decoder's caps; also returns each stream's total raw bytes.
 fn segment(steps: &[Step], o: &[u8], n: &[u8], coding: DiffCoding) -> (Vec<Vec<Piece>>, [u64; 5]) {
     let mut segmenter = Segmenter {
@@ -340,7 +368,7 @@ fn segment(steps: &[Step], o: &[u8], n: &[u8], coding: DiffCoding) -> (Vec<Vec<P
         let next_old = steps
             .get(k + 1)
             .map_or(step.old_start + step.add_len, |s| s.old_start);
-        let seek = next_old as i64 - (step.old_start + step.add_len) as i64;
+        let seek = signed(next_old) - signed(step.old_start + step.add_len);
         segmenter.add_step(step, seek, o, n);
     }
     segmenter.cut();
@@ -378,81 +406,116 @@ fn stream_bytes(
         flush(buf, 0)?;
         return Ok(total);
     }
-    let mut runs = RunTokenizer::new(coding);
-    let mut carry = RunCarry::default();
-    let mut pending: Vec<(u8, u8)> = Vec::new();
-    let emit = |(zeros, literals): (u64, u64), out: &mut Vec<u8>| match which {
-        ZERO_RUNS => put_varint(out, zeros),
-        LITERAL_LENGTHS => put_varint(out, literals),
-        _ => {}
-    };
+    let mut diff = DiffStream::new(which, coding);
     for p in pieces {
-        match which {
-            EXTRA => {
-                let start = p.new_start + p.entry.add_len as usize;
-                buf.extend_from_slice(n.get(start..start + p.entry.copy_len as usize).unwrap_or(&[]));
-            }
+        if which == EXTRA {
+            let start = p.new_start + in_memory(p.entry.add_len);
+            buf.extend_from_slice(n.get(start..start + in_memory(p.entry.copy_len)).unwrap_or(&[]));
+        } else {
             // The diff's streams: zero runs, literal lengths, literals (control returned above).
-            _ => {
-                let len = p.entry.add_len as usize;
-                let new_part = n.get(p.new_start..p.new_start + len).unwrap_or(&[]);
-                let old_part = o.get(p.old_start..p.old_start + len).unwrap_or(&[]);
-                let mut pos = p.new_start;
-                for (new_piece, old_piece) in new_part.chunks(FEED_CHUNK).zip(old_part.chunks(FEED_CHUNK)) {
-                    let mut next = 0usize;
-                    while let (Some(a), Some(b)) = (new_piece.get(next), old_piece.get(next)) {
-                        let taken = runs.take_unchanged(new_piece, old_piece, next);
-                        if taken > 0 {
-                            debug_assert!(pending.is_empty());
-                            (next, pos) = (next + taken, pos + taken);
-                            continue;
-                        }
-                        next += 1;
-                        let diff = a.wrapping_sub(*b);
-                        let pair = runs.push(diff, pos);
-                        pos += 1;
-                        if which != LITERALS {
-                            if let Some(pair) = pair {
-                                emit(pair, buf);
-                            }
-                            continue;
-                        }
-                        // Pending zeros become literals when a nonzero byte absorbs them, unchanged bytes
-                        // otherwise; the carry steps through them in order either way.
-                        if runs.pending() > pending.len() as u64 {
-                            pending.push((*b, *a));
-                        } else if diff != 0 {
-                            for (ob, nb) in pending.drain(..) {
-                                buf.push(carry.literal(ob, nb));
-                            }
-                            buf.push(carry.literal(*b, *a));
-                        } else {
-                            for _ in pending.drain(..) {
-                                carry.unchanged();
-                            }
-                            carry.unchanged();
-                        }
-                    }
-                    flush(buf, FEED_CHUNK)?;
-                }
-                if let Some(pair) = runs.end_of_add() {
-                    emit(pair, buf);
-                }
-                for _ in pending.drain(..) {
-                    carry.unchanged();
-                }
+            let len = in_memory(p.entry.add_len);
+            let new_part = n.get(p.new_start..p.new_start + len).unwrap_or(&[]);
+            let old_part = o.get(p.old_start..p.old_start + len).unwrap_or(&[]);
+            let mut pos = p.new_start;
+            for (new_piece, old_piece) in new_part.chunks(FEED_CHUNK).zip(old_part.chunks(FEED_CHUNK)) {
+                pos = diff.chunk(new_piece, old_piece, pos, buf);
+                flush(buf, FEED_CHUNK)?;
             }
+            diff.end_of_add(buf);
         }
         flush(buf, FEED_CHUNK)?;
     }
-    if let Some(pair) = runs.finish() {
-        emit(pair, buf);
-    }
-    for (ob, nb) in pending.drain(..) {
-        buf.push(carry.literal(ob, nb));
-    }
+    diff.finish(buf);
     flush(buf, 0)?;
     Ok(total)
+}
+
+/// One of the diff's three streams (zero runs, literal lengths or literals) written from the add steps'
+/// bytes: the run tokenizer and, for the literals, the carry and the zeros pending inside a literal run.
+struct DiffStream {
+    which: usize,
+    runs: RunTokenizer,
+    carry: RunCarry,
+    pending: Vec<(u8, u8)>,
+}
+
+impl DiffStream {
+    fn new(which: usize, coding: DiffCoding) -> Self {
+        DiffStream {
+            which,
+            runs: RunTokenizer::new(coding),
+            carry: RunCarry::default(),
+            pending: Vec::new(),
+        }
+    }
+
+    fn emit(&self, (zeros, literals): (u64, u64), out: &mut Vec<u8>) {
+        match self.which {
+            ZERO_RUNS => put_varint(out, zeros),
+            LITERAL_LENGTHS => put_varint(out, literals),
+            _ => {}
+        }
+    }
+
+    /// Appends this stream's bytes for a chunk of an add: new and old bytes from new offset `pos`; returns
+    /// the offset after the chunk.
+    fn chunk(&mut self, new_piece: &[u8], old_piece: &[u8], mut pos: usize, buf: &mut Vec<u8>) -> usize {
+        let mut next = 0usize;
+        while let (Some(a), Some(b)) = (new_piece.get(next), old_piece.get(next)) {
+            let taken = self.runs.take_unchanged(new_piece, old_piece, next);
+            if taken > 0 {
+                debug_assert!(self.pending.is_empty());
+                (next, pos) = (next + taken, pos + taken);
+                continue;
+            }
+            next += 1;
+            let diff = a.wrapping_sub(*b);
+            let pair = self.runs.push(diff, pos);
+            pos += 1;
+            if self.which != LITERALS {
+                if let Some(pair) = pair {
+                    self.emit(pair, buf);
+                }
+                continue;
+            }
+            // Pending zeros become literals when a nonzero byte absorbs them, unchanged bytes
+            // otherwise; the carry steps through them in order either way.
+            if self.runs.pending() > self.pending.len() as u64 {
+                self.pending.push((*b, *a));
+            } else if diff != 0 {
+                for (ob, nb) in self.pending.drain(..) {
+                    buf.push(self.carry.literal(ob, nb));
+                }
+                buf.push(self.carry.literal(*b, *a));
+            } else {
+                for _ in self.pending.drain(..) {
+                    self.carry.unchanged();
+                }
+                self.carry.unchanged();
+            }
+        }
+        pos
+    }
+
+    /// At the end of an add, the last pair and the pending zeros (unchanged bytes, the add being over).
+    fn end_of_add(&mut self, buf: &mut Vec<u8>) {
+        if let Some(pair) = self.runs.end_of_add() {
+            self.emit(pair, buf);
+        }
+        for _ in self.pending.drain(..) {
+            self.carry.unchanged();
+        }
+    }
+
+    /// After the last piece: the last pair and any pending bytes as literals.
+    fn finish(&mut self, buf: &mut Vec<u8>) {
+        if let Some(pair) = self.runs.finish() {
+            self.emit(pair, buf);
+        }
+        for (ob, nb) in self.pending.drain(..) {
+            buf.push(self.carry.literal(ob, nb));
+        }
+    }
 }
 
 fn window_log_for(total: u64, wanted: u8) -> u8 {
@@ -569,42 +632,8 @@ pub(crate) fn write_delta(
     parallel: bool,
 ) -> Result<Vec<u8>> {
     let (segments, totals) = segment(steps, o, n, coding);
-    let [control_log, literal_log, extra_log] = opts.window_logs;
-    let runs_total = totals[ZERO_RUNS].max(totals[LITERAL_LENGTHS]);
-    let mut window_logs = [0u8; 5];
-    window_logs[CONTROL] = window_log_for(totals[CONTROL], control_log.min(SIDE_MAX_WINDOW_LOG));
-    window_logs[EXTRA] = window_log_for(totals[EXTRA], extra_log);
-    window_logs[ZERO_RUNS] = window_log_for(runs_total, SIDE_MAX_WINDOW_LOG);
-    window_logs[LITERAL_LENGTHS] = window_logs[ZERO_RUNS];
-    let literal_log = match coding.data {
-        DataZeros::Gaps => literal_log,
-        DataZeros::Literals => literal_log.min(RAW_LITERAL_WINDOW_LOG),
-    };
-    window_logs[LITERALS] = window_log_for(totals[LITERALS], literal_log);
-    let compressed: Vec<Result<StreamChunks>> = if !parallel {
-        (0..STREAM_NAMES.len())
-            .zip(window_logs)
-            .map(|(which, log)| compress_stream(which, &segments, o, n, opts, log, coding))
-            .collect()
-    } else {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..STREAM_NAMES.len())
-                .zip(window_logs)
-                .map(|(which, log)| {
-                    let segments = &segments;
-                    scope.spawn(move || compress_stream(which, segments, o, n, opts, log, coding))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
-        })
-    };
-    let mut streams = Vec::with_capacity(STREAM_NAMES.len());
-    for c in compressed {
-        streams.push(c?);
-    }
+    let window_logs = stream_window_logs(&totals, opts, coding);
+    let streams = compress_streams(&segments, o, n, opts, window_logs, coding, parallel)?;
     let header = DeltaHeader {
         format_version: FORMAT_VERSION,
         filter: filter.filter,
@@ -618,6 +647,62 @@ pub(crate) fn write_delta(
         runs_window_log: window_logs[ZERO_RUNS],
     };
     let mut out = header.to_bytes().to_vec();
+    write_segments(&segments, &streams, &mut out)?;
+    out.push(TAG_END);
+    Ok(out)
+}
+
+/// Each stream's dictionary log: as small as its total raw bytes allow, within the caps.
+fn stream_window_logs(totals: &[u64; 5], opts: &EncodeOptions, coding: DiffCoding) -> [u8; 5] {
+    let [control_log, literal_log, extra_log] = opts.window_logs;
+    let runs_total = totals[ZERO_RUNS].max(totals[LITERAL_LENGTHS]);
+    let mut window_logs = [0u8; 5];
+    window_logs[CONTROL] = window_log_for(totals[CONTROL], control_log.min(SIDE_MAX_WINDOW_LOG));
+    window_logs[EXTRA] = window_log_for(totals[EXTRA], extra_log);
+    window_logs[ZERO_RUNS] = window_log_for(runs_total, SIDE_MAX_WINDOW_LOG);
+    window_logs[LITERAL_LENGTHS] = window_logs[ZERO_RUNS];
+    let literal_log = match coding.data {
+        DataZeros::Gaps => literal_log,
+        DataZeros::Literals => literal_log.min(RAW_LITERAL_WINDOW_LOG),
+    };
+    window_logs[LITERALS] = window_log_for(totals[LITERALS], literal_log);
+    window_logs
+}
+
+/// Compresses the five streams, each on a thread of its own when `parallel`.
+fn compress_streams(
+    segments: &[Vec<Piece>],
+    o: &[u8],
+    n: &[u8],
+    opts: &EncodeOptions,
+    window_logs: [u8; 5],
+    coding: DiffCoding,
+    parallel: bool,
+) -> Result<Vec<StreamChunks>> {
+    let compressed: Vec<Result<StreamChunks>> = if !parallel {
+        (0..STREAM_NAMES.len())
+            .zip(window_logs)
+            .map(|(which, log)| compress_stream(which, segments, o, n, opts, log, coding))
+            .collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..STREAM_NAMES.len())
+                .zip(window_logs)
+                .map(|(which, log)| {
+                    scope.spawn(move || compress_stream(which, segments, o, n, opts, log, coding))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        })
+    };
+    compressed.into_iter().collect()
+}
+
+/// Appends each segment: its header (every stream's raw and compressed sizes), then its five chunks.
+fn write_segments(segments: &[Vec<Piece>], streams: &[StreamChunks], out: &mut Vec<u8>) -> Result<()> {
     let empty = (0, Vec::new());
     let size = |len: usize| {
         u32::try_from(len).map_err(|_| Error::TooLarge {
@@ -645,8 +730,7 @@ pub(crate) fn write_delta(
             out.extend_from_slice(&chunk(which).1);
         }
     }
-    out.push(TAG_END);
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -671,7 +755,7 @@ mod tests {
     #[test]
     fn every_diff_coding_round_trips() {
         let old: Vec<u8> = (0..300_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
             .collect();
         let mut new = old.clone();
         for i in (0..new.len()).step_by(97) {
@@ -699,7 +783,7 @@ mod tests {
     #[test]
     fn zero_gaps_in_elf_data_round_trip_across_segment_cuts() {
         let mut old: Vec<u8> = (0..2_000_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
             .collect();
         write_test_elf_header(&mut old, 4096);
         let mut new = old.clone();
@@ -707,7 +791,7 @@ mod tests {
         let mut at = 200;
         let mut k = 0usize;
         while at < new.len() {
-            new[at] = new[at].wrapping_add(1 + (k % 5) as u8);
+            new[at] = new[at].wrapping_add(1 + u8::try_from(k % 5).unwrap());
             at += 2 + k % 9;
             k += 1;
         }

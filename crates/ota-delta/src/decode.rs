@@ -77,148 +77,12 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
     let mut head = [0u8; HEADER_LEN];
     read_full(&mut delta, &mut head, 0, "the 112-byte delta header")?;
     let header = DeltaHeader::parse(&head)?;
-    let mut old = OldImage::new(old, header.old_len, header.filtering());
+    let mut decoder = SegmentDecoder::new(&header, old)?;
     let mut out = NewImage::new(new, header.new_len, header.filtering());
-    let [control_log, literal_log, extra_log] = header.window_logs;
-    let mut streams = [
-        StreamDecoder::new(CONTROL, control_log)?,
-        StreamDecoder::new(EXTRA, extra_log)?,
-        StreamDecoder::new(ZERO_RUNS, header.runs_window_log)?,
-        StreamDecoder::new(LITERAL_LENGTHS, header.runs_window_log)?,
-        StreamDecoder::new(LITERALS, literal_log)?,
-    ];
-    // The buffered streams of one segment: control, extra, zero runs, literal lengths.
-    let mut buffers: [Vec<u8>; 4] = Default::default();
-    let mut old_buf = vec![0u8; 32 * 1024];
-    let mut diff_buf = vec![0u8; 32 * 1024];
-    let mut old_pos: i64 = 0;
     let mut segments = 0u64;
-    loop {
-        let seg_offset = delta.pos;
-        let mut tag = [0u8; 1];
-        read_full(&mut delta, &mut tag, seg_offset, "a segment or end tag")?;
-        match tag[0] {
-            TAG_END => break,
-            TAG_SEGMENT => {}
-            other => {
-                return Err(Error::Malformed {
-                    what: "segment tag",
-                    offset: seg_offset,
-                    detail: format!("expected {TAG_SEGMENT} (segment) or {TAG_END} (end), got {other}"),
-                })
-            }
-        }
-        let mut body = [0u8; SEGMENT_HEADER_LEN - 1];
-        read_full(&mut delta, &mut body, seg_offset, "a segment header")?;
-        let seg = SegmentHeader::parse(&body, seg_offset)?;
+    while let Some((seg_offset, seg)) = next_segment(&mut delta)? {
         segments += 1;
-        let raw = [seg.control_raw, seg.extra_raw, seg.zeros_raw, seg.lengths_raw];
-        for ((which, buf), raw) in buffers.iter_mut().enumerate().zip(raw) {
-            let dec = streams.get_mut(which).ok_or(Error::Malformed {
-                what: "stream index",
-                offset: seg_offset,
-                detail: format!("no stream {which}"),
-            })?;
-            buf.resize(raw as usize, 0);
-            dec.begin(u64::from(seg.compressed_len(which)));
-            dec.read_exact(&mut delta, buf, seg_offset)?;
-            dec.end(&mut delta, seg_offset)?;
-        }
-        let [control, extra, zeros, lengths] = &buffers;
-        let [_, _, _, _, literal_dec] = &mut streams;
-        literal_dec.begin(u64::from(seg.literals_xz));
-        let mut diff = DiffRuns {
-            zeros: ByteReader::new(zeros),
-            lengths: ByteReader::new(lengths),
-            zeros_left: 0,
-            literals_left: 0,
-            uncovered: seg.diff_raw,
-            carry: RunCarry::default(),
-        };
-        let entries = ControlReader::new(control).ok_or_else(|| Error::Malformed {
-            what: "control stream",
-            offset: seg_offset,
-            detail: "entry count or field varints truncated or overlong, or bytes after the last seek".into(),
-        })?;
-        let (mut diff_left, mut extra_at) = (seg.diff_raw, 0usize);
-        for entry in entries {
-            // Add: old bytes plus diff bytes.
-            if entry.add_len > diff_left {
-                return Err(Error::Malformed {
-                    what: "control entry",
-                    offset: seg_offset,
-                    detail: format!(
-                        "adds {} bytes but the segment has {diff_left} diff bytes left",
-                        entry.add_len
-                    ),
-                });
-            }
-            diff_left -= entry.add_len;
-            out.reserve(entry.add_len)?;
-            let add_end = i64::try_from(entry.add_len)
-                .ok()
-                .and_then(|a| old_pos.checked_add(a));
-            match add_end {
-                Some(end) if old_pos >= 0 && end as u64 <= header.old_len => {}
-                _ => {
-                    return Err(Error::OldOutOfBounds {
-                        offset: old_pos,
-                        end: add_end.unwrap_or(i64::MAX),
-                        old_len: header.old_len,
-                    })
-                }
-            }
-            let mut left = entry.add_len;
-            while left > 0 {
-                let k = usize::try_from(left).unwrap_or(usize::MAX).min(old_buf.len());
-                let (ob, db) = (
-                    old_buf.get_mut(..k).unwrap_or(&mut []),
-                    diff_buf.get_mut(..k).unwrap_or(&mut []),
-                );
-                old.read_at(old_pos as u64, ob)?;
-                diff.add_to(ob, db, literal_dec, &mut delta, seg_offset)?;
-                out.push(db)?;
-                old_pos += k as i64;
-                left -= k as u64;
-            }
-            // Copy: literal extra bytes.
-            let copy_end = usize::try_from(entry.copy_len)
-                .ok()
-                .and_then(|c| extra_at.checked_add(c));
-            let literal =
-                copy_end
-                    .and_then(|end| extra.get(extra_at..end))
-                    .ok_or_else(|| Error::Malformed {
-                        what: "control entry",
-                        offset: seg_offset,
-                        detail: format!(
-                            "copies {} extra bytes but the segment has {} left",
-                            entry.copy_len,
-                            extra.len() - extra_at
-                        ),
-                    })?;
-            out.reserve(entry.copy_len)?;
-            out.push(literal)?;
-            extra_at += literal.len();
-            // Seek: the cursor may leave the image between steps; reads are checked.
-            old_pos = old_pos.checked_add(entry.seek).ok_or_else(|| Error::Malformed {
-                what: "control entry",
-                offset: seg_offset,
-                detail: format!("seek {} overflows the old cursor {old_pos}", entry.seek),
-            })?;
-        }
-        if diff_left != 0 || extra_at != extra.len() {
-            return Err(Error::Malformed {
-                what: "segment",
-                offset: seg_offset,
-                detail: format!(
-                    "control entries leave {diff_left} diff and {} extra bytes unused",
-                    extra.len() - extra_at
-                ),
-            });
-        }
-        diff.finish(seg_offset)?;
-        literal_dec.end(&mut delta, seg_offset)?;
+        decoder.segment(&seg, seg_offset, &mut delta, &mut out)?;
     }
     let end = delta.pos;
     let mut probe = [0u8; 1];
@@ -240,6 +104,229 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
     })
 }
 
+/// Reads the next segment tag and, unless it is the end tag, the segment's header and its offset.
+fn next_segment<D: Read>(delta: &mut CountingReader<D>) -> Result<Option<(u64, SegmentHeader)>> {
+    let seg_offset = delta.pos;
+    let mut tag = [0u8; 1];
+    read_full(delta, &mut tag, seg_offset, "a segment or end tag")?;
+    match tag[0] {
+        TAG_END => return Ok(None),
+        TAG_SEGMENT => {}
+        other => {
+            return Err(Error::Malformed {
+                what: "segment tag",
+                offset: seg_offset,
+                detail: format!("expected {TAG_SEGMENT} (segment) or {TAG_END} (end), got {other}"),
+            })
+        }
+    }
+    let mut body = [0u8; SEGMENT_HEADER_LEN - 1];
+    read_full(delta, &mut body, seg_offset, "a segment header")?;
+    Ok(Some((seg_offset, SegmentHeader::parse(&body, seg_offset)?)))
+}
+
+/// What carries over from segment to segment: the five xz streams (their dictionaries span the delta), the
+/// buffers of the four streams a segment holds whole, and the cursor in old.
+struct SegmentDecoder<O> {
+    /// Control, extra, zero runs, literal lengths: each segment's share decoded whole into `buffers`.
+    buffered: [StreamDecoder; 4],
+    buffers: [Vec<u8>; 4],
+    /// The literal stream, read as the add steps need it.
+    literals: StreamDecoder,
+    old: OldCursor<O>,
+}
+
+impl<O: Read + Seek> SegmentDecoder<O> {
+    fn new(header: &DeltaHeader, old: O) -> Result<Self> {
+        let [control_log, literal_log, extra_log] = header.window_logs;
+        Ok(SegmentDecoder {
+            buffered: [
+                StreamDecoder::new(CONTROL, control_log)?,
+                StreamDecoder::new(EXTRA, extra_log)?,
+                StreamDecoder::new(ZERO_RUNS, header.runs_window_log)?,
+                StreamDecoder::new(LITERAL_LENGTHS, header.runs_window_log)?,
+            ],
+            buffers: Default::default(),
+            literals: StreamDecoder::new(LITERALS, literal_log)?,
+            old: OldCursor {
+                image: OldImage::new(old, header.old_len, header.filtering()),
+                pos: 0,
+                old_buf: vec![0u8; 32 * 1024],
+                diff_buf: vec![0u8; 32 * 1024],
+            },
+        })
+    }
+
+    /// Decodes one segment (its header already read): buffers its four streams, then runs its control
+    /// entries, each an add, a copy and a seek, and checks that they used every byte the segment declares.
+    fn segment<D: Read, W: Write>(
+        &mut self,
+        seg: &SegmentHeader,
+        seg_offset: u64,
+        delta: &mut CountingReader<D>,
+        out: &mut NewImage<W>,
+    ) -> Result<()> {
+        self.read_buffers(seg, seg_offset, delta)?;
+        let SegmentDecoder {
+            buffers: [control, extra, zeros, lengths],
+            literals,
+            old,
+            ..
+        } = self;
+        literals.begin(u64::from(seg.literals_xz));
+        let mut diff = DiffRuns::new(zeros, lengths, seg.diff_raw);
+        let entries = ControlReader::new(control).ok_or_else(|| Error::Malformed {
+            what: "control stream",
+            offset: seg_offset,
+            detail: "entry count or field varints truncated or overlong, or bytes after the last seek".into(),
+        })?;
+        let (mut diff_left, mut extra_at) = (seg.diff_raw, 0usize);
+        let mut add = AddStep {
+            diff: &mut diff,
+            literals: &mut *literals,
+            delta: &mut *delta,
+            seg_offset,
+        };
+        for entry in entries {
+            if entry.add_len > diff_left {
+                return Err(Error::Malformed {
+                    what: "control entry",
+                    offset: seg_offset,
+                    detail: format!(
+                        "adds {} bytes but the segment has {diff_left} diff bytes left",
+                        entry.add_len
+                    ),
+                });
+            }
+            diff_left -= entry.add_len;
+            old.add(entry.add_len, &mut add, out)?;
+            extra_at = copy_extra(extra, extra_at, entry.copy_len, seg_offset, out)?;
+            old.seek(entry.seek, seg_offset)?;
+        }
+        if diff_left != 0 || extra_at != extra.len() {
+            return Err(Error::Malformed {
+                what: "segment",
+                offset: seg_offset,
+                detail: format!(
+                    "control entries leave {diff_left} diff and {} extra bytes unused",
+                    extra.len() - extra_at
+                ),
+            });
+        }
+        diff.finish(seg_offset)?;
+        literals.end(delta, seg_offset)
+    }
+
+    /// Decodes the segment's share of the control, extra, zero-run and literal-length streams whole (their
+    /// raw sizes are capped by [`SegmentHeader::parse`]).
+    fn read_buffers<D: Read>(&mut self, seg: &SegmentHeader, seg_offset: u64, delta: &mut D) -> Result<()> {
+        let raw = [seg.control_raw, seg.extra_raw, seg.zeros_raw, seg.lengths_raw];
+        let streams = self.buffered.iter_mut().zip(&mut self.buffers).zip(raw);
+        for (which, ((dec, buf), raw)) in streams.enumerate() {
+            buf.resize(raw as usize, 0);
+            dec.begin(u64::from(seg.compressed_len(which)));
+            dec.read_exact(delta, buf, seg_offset)?;
+            dec.end(delta, seg_offset)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where an add step's diff bytes come from: the segment's runs and the literal stream in the delta.
+struct AddStep<'s, 'a, D> {
+    diff: &'s mut DiffRuns<'a>,
+    literals: &'s mut StreamDecoder,
+    delta: &'s mut D,
+    seg_offset: u64,
+}
+
+/// The cursor in old: it may leave the image between steps (a seek), but every read is checked.
+struct OldCursor<O> {
+    image: OldImage<O>,
+    pos: i64,
+    old_buf: Vec<u8>,
+    diff_buf: Vec<u8>,
+}
+
+impl<O: Read + Seek> OldCursor<O> {
+    /// The add step: `len` bytes of old from the cursor plus as many diff bytes, to `out`.
+    fn add<D: Read, W: Write>(
+        &mut self,
+        len: u64,
+        from: &mut AddStep<'_, '_, D>,
+        out: &mut NewImage<W>,
+    ) -> Result<()> {
+        out.reserve(len)?;
+        let old_len = self.image.len;
+        let add_end = i64::try_from(len).ok().and_then(|a| self.pos.checked_add(a));
+        // Both ends as unsigned offsets: a negative start or an end past old is refused here.
+        let span = add_end.and_then(|end| {
+            let start = u64::try_from(self.pos).ok()?;
+            (u64::try_from(end).ok()? <= old_len).then_some((start, end))
+        });
+        let Some((mut at, end)) = span else {
+            return Err(Error::OldOutOfBounds {
+                offset: self.pos,
+                end: add_end.unwrap_or(i64::MAX),
+                old_len,
+            });
+        };
+        let mut left = len;
+        while left > 0 {
+            let k = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(self.old_buf.len());
+            let (ob, db) = (
+                self.old_buf.get_mut(..k).unwrap_or(&mut []),
+                self.diff_buf.get_mut(..k).unwrap_or(&mut []),
+            );
+            self.image.read_at(at, ob)?;
+            from.diff
+                .add_to(ob, db, from.literals, from.delta, from.seg_offset)?;
+            out.push(db)?;
+            at += k as u64;
+            left -= k as u64;
+        }
+        self.pos = end;
+        Ok(())
+    }
+
+    /// The seek step: moves the cursor by `by`, anywhere an i64 reaches.
+    fn seek(&mut self, by: i64, seg_offset: u64) -> Result<()> {
+        self.pos = self.pos.checked_add(by).ok_or_else(|| Error::Malformed {
+            what: "control entry",
+            offset: seg_offset,
+            detail: format!("seek {by} overflows the old cursor {}", self.pos),
+        })?;
+        Ok(())
+    }
+}
+
+/// The copy step: `len` literal bytes of the segment's extra stream from `extra_at` to `out`; returns the
+/// new position in `extra`.
+fn copy_extra<W: Write>(
+    extra: &[u8],
+    extra_at: usize,
+    len: u64,
+    seg_offset: u64,
+    out: &mut NewImage<W>,
+) -> Result<usize> {
+    let copy_end = usize::try_from(len).ok().and_then(|c| extra_at.checked_add(c));
+    let literal = copy_end
+        .and_then(|end| extra.get(extra_at..end))
+        .ok_or_else(|| Error::Malformed {
+            what: "control entry",
+            offset: seg_offset,
+            detail: format!(
+                "copies {len} extra bytes but the segment has {} left",
+                extra.len() - extra_at
+            ),
+        })?;
+    out.reserve(len)?;
+    out.push(literal)?;
+    Ok(extra_at + literal.len())
+}
+
 /// One segment's diff bytes, rebuilt from its (zero run, literal run) pairs and the literal stream.
 struct DiffRuns<'a> {
     zeros: ByteReader<'a>,
@@ -252,7 +339,19 @@ struct DiffRuns<'a> {
     carry: RunCarry,
 }
 
-impl DiffRuns<'_> {
+impl<'a> DiffRuns<'a> {
+    /// The runs of a segment of `diff_raw` diff bytes, from its zero-run and literal-length streams.
+    fn new(zeros: &'a [u8], lengths: &'a [u8], diff_raw: u64) -> Self {
+        DiffRuns {
+            zeros: ByteReader::new(zeros),
+            lengths: ByteReader::new(lengths),
+            zeros_left: 0,
+            literals_left: 0,
+            uncovered: diff_raw,
+            carry: RunCarry::default(),
+        }
+    }
+
     /// Writes to `out` the next `out.len()` bytes of the new image: `old` (as long as `out`) plus the
     /// segment's next diff bytes.
     fn add_to<D: Read>(
@@ -287,30 +386,36 @@ impl DiffRuns<'_> {
                 self.literals_left -= k as u64;
                 at += k;
             } else {
-                let bad = |detail: String| Error::Malformed {
-                    what: "diff run lengths",
-                    offset: seg_offset,
-                    detail,
-                };
-                let zeros = self
-                    .zeros
-                    .varint()
-                    .ok_or_else(|| bad("zero-run stream ended or holds an overlong varint".into()))?;
-                let literals = self
-                    .lengths
-                    .varint()
-                    .ok_or_else(|| bad("literal-length stream ended or holds an overlong varint".into()))?;
-                let covered = zeros.checked_add(literals).filter(|&c| c <= self.uncovered);
-                let Some(covered) = covered else {
-                    return Err(bad(format!(
-                        "a run of {zeros} zeros and {literals} literals exceeds the segment's {} diff bytes left",
-                        self.uncovered
-                    )));
-                };
-                self.uncovered -= covered;
-                (self.zeros_left, self.literals_left) = (zeros, literals);
+                self.next_pair(seg_offset)?;
             }
         }
+        Ok(())
+    }
+
+    /// Reads the next (zero run, literal run) pair, which must lie within the segment's diff bytes.
+    fn next_pair(&mut self, seg_offset: u64) -> Result<()> {
+        let bad = |detail: String| Error::Malformed {
+            what: "diff run lengths",
+            offset: seg_offset,
+            detail,
+        };
+        let zeros = self
+            .zeros
+            .varint()
+            .ok_or_else(|| bad("zero-run stream ended or holds an overlong varint".into()))?;
+        let literals = self
+            .lengths
+            .varint()
+            .ok_or_else(|| bad("literal-length stream ended or holds an overlong varint".into()))?;
+        let covered = zeros.checked_add(literals).filter(|&c| c <= self.uncovered);
+        let Some(covered) = covered else {
+            return Err(bad(format!(
+                "a run of {zeros} zeros and {literals} literals exceeds the segment's {} diff bytes left",
+                self.uncovered
+            )));
+        };
+        self.uncovered -= covered;
+        (self.zeros_left, self.literals_left) = (zeros, literals);
         Ok(())
     }
 
@@ -535,8 +640,7 @@ impl<O: Read + Seek> OldImage<O> {
     fn read_at(&mut self, mut pos: u64, out: &mut [u8]) -> Result<()> {
         let mut filled = 0;
         while filled < out.len() {
-            let block = pos / FILTER_BLOCK as u64;
-            let at = (pos % FILTER_BLOCK as u64) as usize;
+            let (block, at) = block_and_offset(pos);
             let data = self.block(block)?;
             let avail = data.get(at..).unwrap_or(&[]);
             let want = out.len() - filled;
@@ -564,7 +668,7 @@ impl<O: Read + Seek> OldImage<O> {
             }
         } else {
             let start = index * FILTER_BLOCK as u64;
-            let len = self.len.saturating_sub(start).min(FILTER_BLOCK as u64) as usize;
+            let len = block_len(self.len.saturating_sub(start));
             let mut buf = if self.cache.len() >= OLD_CACHE_BLOCKS {
                 self.cache.pop().map(|(_, b)| b).unwrap_or_default()
             } else {
@@ -601,6 +705,18 @@ impl<O: Read + Seek> OldImage<O> {
         }
         Ok(self.cache.first().map(|(_, b)| b.as_slice()).unwrap_or(&[]))
     }
+}
+
+/// The filter block holding old offset `pos`, and `pos`'s offset in it.
+fn block_and_offset(pos: u64) -> (u64, usize) {
+    let block = FILTER_BLOCK as u64;
+    // The remainder is below FILTER_BLOCK, itself a usize: the conversion cannot fail.
+    (pos / block, usize::try_from(pos % block).unwrap_or(0))
+}
+
+/// Bytes of a block that starts `left` bytes before the end of old: `left`, capped at FILTER_BLOCK.
+fn block_len(left: u64) -> usize {
+    usize::try_from(left).map_or(FILTER_BLOCK, |left| left.min(FILTER_BLOCK))
 }
 
 /// The new image: one filter block buffered, unfiltered, hashed and written in order.

@@ -848,7 +848,7 @@ mod tests {
                 let x = i.wrapping_mul(2_654_435_761) >> 20;
                 [
                     0xe8,
-                    x as u8,
+                    x.to_le_bytes()[0],
                     (x >> 8) as u8 & 0x0f,
                     0,
                     0,
@@ -926,7 +926,7 @@ mod tests {
     fn data_windows_pick_the_coding_that_is_smaller_in_full() {
         let code_len = 64 << 10;
         let old: Vec<u8> = (0..(2u32 << 20))
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
             .collect();
         let mut old = old;
         crate::filter::write_test_elf_header(&mut old, code_len as u64);
@@ -949,7 +949,7 @@ mod tests {
         let mut table = old.clone();
         for (k, at) in (code_len..table.len() - 4).step_by(16).enumerate() {
             let field = u32::from_le_bytes([table[at], table[at + 1], table[at + 2], table[at + 3]]);
-            let grown = field.wrapping_add(0x10000 + (k as u32 % 7) * 8);
+            let grown = field.wrapping_add(0x10000 + (u32::try_from(k % 7).unwrap()) * 8);
             table[at..at + 4].copy_from_slice(&grown.to_le_bytes());
         }
         let mut picks = Vec::new();

@@ -272,7 +272,8 @@ fn convert_rel32(block: &mut [u8], at: usize, pc: u32, encode: bool) {
             } else {
                 rel.wrapping_sub(pc)
             };
-            let v = (((v << 7) as i32) >> 7) as u32;
+            // Sign extension from bit 24: reinterpret, shift arithmetically, reinterpret back.
+            let v = ((v << 7).cast_signed() >> 7).cast_unsigned();
             put_word(block, at, v);
         }
     }
@@ -542,7 +543,9 @@ mod tests {
 
     #[test]
     fn restricted_filter_leaves_bytes_outside_its_span_alone_and_inverts() {
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| [0xE8, i as u8, 0, 0, 0]).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| [0xE8, i.to_le_bytes()[0], 0, 0, 0])
+            .collect();
         let f = Filtering {
             filter: Filter::X86,
             lo: 70_001,
@@ -612,7 +615,7 @@ mod tests {
                 seed ^= seed << 17;
                 let r = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32;
                 if alphabet.is_empty() {
-                    r as u8
+                    r.to_le_bytes()[0]
                 } else {
                     alphabet[r as usize % alphabet.len()]
                 }
@@ -679,7 +682,7 @@ mod tests {
         // 132 (a 32-byte insertion before them).
         let code_at = |pos: usize| {
             let mut v = vec![0x90u8; 400];
-            let disp = |end: usize| 0x9000u32.wrapping_sub(end as u32).to_le_bytes();
+            let disp = |end: usize| 0x9000u32.wrapping_sub(u32::try_from(end).unwrap()).to_le_bytes();
             v[pos..pos + 3].copy_from_slice(&[0x48, 0x8D, 0x05]);
             v[pos + 3..pos + 7].copy_from_slice(&disp(pos + 7));
             v[pos + 7..pos + 10].copy_from_slice(&[0x0F, 0x10, 0x05]);

@@ -149,33 +149,7 @@ impl DeltaHeader {
                 detail: format!("start {filter_start} is after end {filter_end}"),
             });
         }
-        let [control_log, literal_log, extra_log] = window_logs;
-        let declared = [
-            ("control", control_log, SIDE_MAX_WINDOW_LOG),
-            ("literal", literal_log, MAX_WINDOW_LOG),
-            ("extra", extra_log, MAX_WINDOW_LOG),
-            (
-                "zero-run and literal-length",
-                runs_window_log,
-                SIDE_MAX_WINDOW_LOG,
-            ),
-        ];
-        for (name, log, max) in declared {
-            if log > max {
-                return Err(Error::WindowTooLarge {
-                    stream: name,
-                    declared: log,
-                    max,
-                });
-            }
-            if log < MIN_WINDOW_LOG {
-                return Err(Error::Malformed {
-                    what: "header window log",
-                    offset: 92,
-                    detail: format!("{name} window log {log} is below LZMA2's minimum {MIN_WINDOW_LOG}"),
-                });
-            }
-        }
+        check_window_logs(window_logs, runs_window_log)?;
         Ok(DeltaHeader {
             format_version: version,
             filter,
@@ -189,6 +163,39 @@ impl DeltaHeader {
             filter_end,
         })
     }
+}
+
+/// The header's dictionary logs, each within LZMA2's minimum and its stream's cap (checked before any
+/// decoder allocates a dictionary).
+fn check_window_logs(window_logs: [u8; 3], runs_window_log: u8) -> Result<()> {
+    let [control_log, literal_log, extra_log] = window_logs;
+    let declared = [
+        ("control", control_log, SIDE_MAX_WINDOW_LOG),
+        ("literal", literal_log, MAX_WINDOW_LOG),
+        ("extra", extra_log, MAX_WINDOW_LOG),
+        (
+            "zero-run and literal-length",
+            runs_window_log,
+            SIDE_MAX_WINDOW_LOG,
+        ),
+    ];
+    for (name, log, max) in declared {
+        if log > max {
+            return Err(Error::WindowTooLarge {
+                stream: name,
+                declared: log,
+                max,
+            });
+        }
+        if log < MIN_WINDOW_LOG {
+            return Err(Error::Malformed {
+                what: "header window log",
+                offset: 92,
+                detail: format!("{name} window log {log} is below LZMA2's minimum {MIN_WINDOW_LOG}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One segment's sizes, as written before its five compressed chunks: `raw` is the decoded length,
@@ -317,7 +324,7 @@ impl RunCarry {
     pub(crate) fn apply(&mut self, old: u8, lit: u8) -> u8 {
         self.start_if_new_run();
         let sum = u16::from(old) + u16::from(lit) + u16::from(self.carry);
-        let new = sum as u8;
+        let [new, _] = sum.to_le_bytes();
         self.step(sum, new != old);
         new
     }
@@ -340,11 +347,8 @@ impl RunCarry {
     fn step(&mut self, sum: u16, changed: bool) {
         self.prev_changed = changed;
         self.index = self.index.saturating_add(1);
-        self.carry = if self.index < CARRY_BYTES {
-            (sum >> 8) as u8
-        } else {
-            0
-        };
+        let [_, carry_out] = sum.to_le_bytes();
+        self.carry = if self.index < CARRY_BYTES { carry_out } else { 0 };
     }
 }
 
@@ -417,20 +421,27 @@ pub(crate) fn varint_len(v: u64) -> usize {
     (64 - v.leading_zeros() as usize).max(1).div_ceil(7)
 }
 
+// Zigzag maps signed to unsigned bit for bit (`cast_signed`/`cast_unsigned` reinterpret, never clamp).
 fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
+    ((v << 1) ^ (v >> 63)).cast_unsigned()
 }
 
 fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
+    (v >> 1).cast_signed() ^ -(v & 1).cast_signed()
 }
 
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out.push(low_byte(v) | 0x80);
         v >>= 7;
     }
-    out.push(v as u8);
+    out.push(low_byte(v));
+}
+
+/// The low 8 bits of `v`: a varint byte's 7 payload bits (the caller sets the continuation bit).
+fn low_byte(v: u64) -> u8 {
+    let [low, ..] = v.to_le_bytes();
+    low
 }
 
 /// A bounds-checked cursor over untrusted bytes: every read returns `Option`.
@@ -553,8 +564,8 @@ mod tests {
         // 0x75e4 - 0x0890 and 0x7567 - 0x0890: bytewise diffs 70 f8 and 70 f7, one integer difference.
         assert_eq!(literals(&[0xe4, 0x75], &[0x54, 0x6d]), vec![0x70, 0xf7]);
         assert_eq!(literals(&[0x67, 0x75], &[0xd7, 0x6c]), vec![0x70, 0xf7]);
-        let old: Vec<u8> = (0..40u32).map(|i| (i * 97 + 13) as u8).collect();
-        let new: Vec<u8> = (0..40u32).map(|i| (i * 31 + 250) as u8).collect();
+        let old: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(97).wrapping_add(13)).collect();
+        let new: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(31).wrapping_add(250)).collect();
         for len in 1..old.len() {
             let lits = literals(&old[..len], &new[..len]);
             let mut carry = RunCarry::default();

@@ -60,6 +60,14 @@
 //! are capped: a header declaring more is refused before anything is allocated, and liblzma's memory limit
 //! refuses a stream whose own header asks for more than the delta header declared.
 #![deny(missing_docs)]
+// Deltas come from outside: a narrowing or sign-changing `as` is either replaced by a checked conversion or
+// allowed on the smallest item with the reason it cannot lose bits.
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless
+)]
 
 mod coding;
 mod decode;

@@ -140,8 +140,83 @@ impl RangeScan {
     }
 }
 
+/// An offset or length in an image as i64, for bsdiff's signed offset arithmetic. Never wraps: the
+/// encoder refuses images of more than `i32::MAX` bytes (`check_sizes`, for divsufsort's i32 indexes), and
+/// a checked conversion would add a branch to the extension loops.
+#[allow(clippy::cast_possible_wrap)] // at most i32::MAX, see above
+#[inline]
+pub(crate) fn signed(offset: usize) -> i64 {
+    offset as i64
+}
+
 fn byte(data: &[u8], i: usize) -> Option<u8> {
     data.get(i).copied()
+}
+
+/// How far the previous match (at `last` = (new, old)) extends forwards and the new one (at `next`)
+/// backwards, approximately (bsdiff: while more than half the bytes match), their overlap resolved at
+/// the best split.
+fn extensions(o: &[u8], n: &[u8], last: (usize, usize), next: (usize, usize)) -> (usize, usize) {
+    let ((lastscan, lastpos), (scan, pos)) = (last, next);
+    let mut lenf = forward_extension(o, n, last, scan);
+    let mut lenb = if scan < n.len() {
+        backward_extension(o, n, lastscan, next)
+    } else {
+        0
+    };
+    if lastscan + lenf > scan - lenb {
+        let overlap = (lastscan + lenf) - (scan - lenb);
+        let (mut s, mut ss, mut lens) = (0i64, 0i64, 0usize);
+        for i in 0..overlap {
+            if byte(n, lastscan + lenf - overlap + i) == byte(o, lastpos + lenf - overlap + i) {
+                s += 1;
+            }
+            if byte(n, scan - lenb + i) == byte(o, pos - lenb + i) {
+                s -= 1;
+            }
+            if s > ss {
+                ss = s;
+                lens = i + 1;
+            }
+        }
+        lenf = lenf + lens - overlap;
+        lenb -= lens;
+    }
+    (lenf, lenb)
+}
+
+/// Forward extension of the previous match at `(lastscan, lastpos)`, up to the new match at `scan`.
+fn forward_extension(o: &[u8], n: &[u8], (lastscan, lastpos): (usize, usize), scan: usize) -> usize {
+    let (mut s, mut sf, mut lenf) = (0i64, 0i64, 0usize);
+    let mut i = 0usize;
+    while lastscan + i < scan && lastpos + i < o.len() {
+        if byte(o, lastpos + i) == byte(n, lastscan + i) {
+            s += 1;
+        }
+        i += 1;
+        if s * 2 - signed(i) > sf * 2 - signed(lenf) {
+            sf = s;
+            lenf = i;
+        }
+    }
+    lenf
+}
+
+/// Backward extension of the new match at `(scan, pos)`, down to the previous one at `lastscan`.
+fn backward_extension(o: &[u8], n: &[u8], lastscan: usize, (scan, pos): (usize, usize)) -> usize {
+    let (mut s, mut sb, mut lenb) = (0i64, 0i64, 0usize);
+    let mut i = 1usize;
+    while scan >= lastscan + i && pos >= i {
+        if byte(o, pos - i) == byte(n, scan - i) {
+            s += 1;
+        }
+        if s * 2 - signed(i) > sb * 2 - signed(lenb) {
+            sb = s;
+            lenb = i;
+        }
+        i += 1;
+    }
+    lenb
 }
 
 /// How many more bytes a new exact match must cover than the current alignment matches over the same
@@ -184,7 +259,7 @@ impl Scanner {
             pos: 0,
             lastscan: lo,
             lastpos: start_pos,
-            lastoffset: start_pos as i64 - lo as i64,
+            lastoffset: signed(start_pos) - signed(lo),
         }
     }
 
@@ -208,8 +283,8 @@ impl Scanner {
         } = *self;
         let (old_len, hi) = (o.len(), n.len());
         let same_at = |new_i: usize, offset: i64| -> bool {
-            let old_i = new_i as i64 + offset;
-            old_i >= 0 && (old_i as usize) < old_len && byte(o, old_i as usize) == byte(n, new_i)
+            let old_i = signed(new_i) + offset;
+            usize::try_from(old_i).is_ok_and(|old_i| old_i < old_len && byte(o, old_i) == byte(n, new_i))
         };
         let mut oldscore = 0usize;
         scan += len;
@@ -222,7 +297,7 @@ impl Scanner {
                 // No match here could beat the alignment by NEW_MATCH_GAIN bytes, so only one the
                 // alignment covers exactly could stop the scan: take the alignment's own (shorter than
                 // GRAM_LEN) instead of searching for the longest.
-                let aligned = usize::try_from(scan as i64 + lastoffset).unwrap_or(old_len);
+                let aligned = usize::try_from(signed(scan) + lastoffset).unwrap_or(old_len);
                 let len = common_prefix(o.get(aligned..).unwrap_or(&[]), needle);
                 (aligned.min(old_len), len)
             };
@@ -241,54 +316,7 @@ impl Scanner {
             scan += 1;
         }
         if len != oldscore || scan == hi {
-            // Forward extension of the previous match.
-            let (mut s, mut sf, mut lenf) = (0i64, 0i64, 0usize);
-            let mut i = 0usize;
-            while lastscan + i < scan && lastpos + i < old_len {
-                if byte(o, lastpos + i) == byte(n, lastscan + i) {
-                    s += 1;
-                }
-                i += 1;
-                if s * 2 - i as i64 > sf * 2 - lenf as i64 {
-                    sf = s;
-                    lenf = i;
-                }
-            }
-            // Backward extension of the new match.
-            let mut lenb = 0usize;
-            if scan < hi {
-                let (mut s, mut sb) = (0i64, 0i64);
-                let mut i = 1usize;
-                while scan >= lastscan + i && pos >= i {
-                    if byte(o, pos - i) == byte(n, scan - i) {
-                        s += 1;
-                    }
-                    if s * 2 - i as i64 > sb * 2 - lenb as i64 {
-                        sb = s;
-                        lenb = i;
-                    }
-                    i += 1;
-                }
-            }
-            // Resolve an overlap between the two extensions at the best split.
-            if lastscan + lenf > scan - lenb {
-                let overlap = (lastscan + lenf) - (scan - lenb);
-                let (mut s, mut ss, mut lens) = (0i64, 0i64, 0usize);
-                for i in 0..overlap {
-                    if byte(n, lastscan + lenf - overlap + i) == byte(o, lastpos + lenf - overlap + i) {
-                        s += 1;
-                    }
-                    if byte(n, scan - lenb + i) == byte(o, pos - lenb + i) {
-                        s -= 1;
-                    }
-                    if s > ss {
-                        ss = s;
-                        lens = i + 1;
-                    }
-                }
-                lenf = lenf + lens - overlap;
-                lenb -= lens;
-            }
+            let (lenf, lenb) = extensions(o, n, (lastscan, lastpos), (scan, pos));
             steps.push(Step {
                 new_start: lastscan,
                 old_start: lastpos,
@@ -297,7 +325,7 @@ impl Scanner {
             });
             lastscan = scan - lenb;
             lastpos = pos - lenb;
-            lastoffset = pos as i64 - scan as i64;
+            lastoffset = signed(pos) - signed(scan);
         }
         *self = Scanner {
             scan,
@@ -319,14 +347,14 @@ mod tests {
     #[test]
     fn parallel_matching_equals_sequential() {
         let old: Vec<u8> = (0..1_600_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 & 0x3f)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0] & 0x3f)
             .collect();
         let mut new = old.clone();
         for i in (0..new.len()).step_by(1013) {
             new[i] = new[i].wrapping_add(1);
         }
         for at in [700_000, 500_000, 1000] {
-            new.splice(at..at, (0..300u32).map(|i| (i * 7) as u8));
+            new.splice(at..at, (0..300u32).map(|i| (i * 7).to_le_bytes()[0]));
         }
         let index = SuffixIndex::new(&old);
         let one = format!("{:?}", match_parallel(&index, &old, &new, 1));

@@ -57,7 +57,10 @@ impl GramFilter {
             let Some(hash) = old.get(start..).and_then(gram_hash) else {
                 break;
             };
-            let bit = (hash >> shift) as usize;
+            // `shift` leaves log2(bits) bits, an index below `bits` (a usize): the conversion never fails.
+            let Ok(bit) = usize::try_from(hash >> shift) else {
+                continue;
+            };
             if let Some(word) = words.get_mut(bit / 64) {
                 *word |= 1 << (bit % 64);
             }
@@ -74,7 +77,9 @@ impl GramFilter {
         let Some(hash) = gram_hash(needle) else {
             return true;
         };
-        let bit = (hash >> self.shift) as usize;
+        let Ok(bit) = usize::try_from(hash >> self.shift) else {
+            return true;
+        };
         self.words
             .get(bit / 64)
             .is_none_or(|word| word >> (bit % 64) & 1 == 1)
@@ -310,8 +315,8 @@ mod tests {
     /// the same index as a fresh one.
     #[test]
     fn reused_buffer_and_parallel_buckets_give_the_same_index() {
-        let old: Vec<u8> = (0..(PARALLEL_BUCKETS_MIN as u32 + 4099))
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 21) as u8)
+        let old: Vec<u8> = (0..(u32::try_from(PARALLEL_BUCKETS_MIN).unwrap() + 4099))
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 21).to_le_bytes()[0])
             .collect();
         let other: Vec<u8> = old.iter().rev().copied().collect();
         let fresh = SuffixIndex::new(&old);
@@ -328,7 +333,7 @@ mod tests {
     #[test]
     fn gram_filter_has_no_false_negatives() {
         let old: Vec<u8> = (0..50_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 & 0x3f)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0] & 0x3f)
             .collect();
         let grams = GramFilter::build(&old);
         for start in 0..old.len() {
