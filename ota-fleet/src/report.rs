@@ -270,9 +270,9 @@ impl DrillReport {
             svg: dir.join("report.svg"),
             html: dir.join("report.html"),
         };
-        write_atomically(&written.json, &json)?;
-        write_atomically(&written.svg, svg.as_bytes())?;
-        write_atomically(&written.html, html.as_bytes())?;
+        ota_fs::write_atomic(&written.json, &json, 0o644)?;
+        ota_fs::write_atomic(&written.svg, svg.as_bytes(), 0o644)?;
+        ota_fs::write_atomic(&written.html, html.as_bytes(), 0o644)?;
         Ok(written)
     }
 
@@ -580,23 +580,6 @@ impl DrillReport {
             esc(&self.table())
         )
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    let io = |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        d.sync_all().map_err(io)?;
-    }
-    Ok(())
 }
 
 /// XML/HTML text escaping.
