@@ -28,6 +28,14 @@
 //! them with [`ClientConfig::new`] / [`Limits::default`] and set fields. [`TargetInfo::verify_local`] is an
 //! addition (is a file already on disk this target?).
 #![deny(missing_docs)]
+// Lossy `as` casts: this crate parses bytes from outside, so every narrowing or sign change is a
+// try_from with an error, or allowed one by one with the reason.
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless
+)]
 
 mod canonical;
 mod client;
