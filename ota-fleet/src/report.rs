@@ -695,6 +695,65 @@ mod tests {
         assert!(html.contains("<svg") && html.contains("rolled back"));
     }
 
+    /// A report touching every branch of the chart: a broken invariant, an image matching no release,
+    /// a release published late that never settled, a zero outcome, injected faults.
+    fn chart_fixture() -> DrillReport {
+        let mut r = sample_report(true);
+        r.invariants.unbootable.push("dev-7: both slots empty".into());
+        for s in r.timeline.iter_mut().skip(6) {
+            s.running.insert("unknown".into(), 1);
+            s.updating = s.round;
+        }
+        if let Some(late) = r.releases.get_mut(1) {
+            late.published_round = 4;
+            late.settled_round = None;
+            late.converge_seconds = 2.25;
+            late.outcomes.insert(Outcome::Retrying, 3);
+            late.outcomes.insert(Outcome::NotOffered, 0);
+            late.bytes_downloaded = 5 << 30;
+        }
+        r.mirror = MirrorStats {
+            requests: 1234,
+            bytes: 987_654_321,
+            not_found: 17,
+            faults: [
+                ("none".to_owned(), 1000),
+                ("drop".to_owned(), 200),
+                ("stall".to_owned(), 34),
+            ]
+            .into(),
+        };
+        r.power_cuts = PowerCutCounts {
+            install: 3,
+            commit: 2,
+            rollback: 1,
+        };
+        r
+    }
+
+    /// The chart and the page are byte for byte what they were before the SVG writer was split into
+    /// functions (issue 21). `OTA_UPDATE_GOLDEN=1` rewrites the golden files after an intended change.
+    #[test]
+    fn svg_and_html_match_the_golden_files() {
+        let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        for (name, report) in [
+            ("sample", sample_report(false)),
+            ("every-branch", chart_fixture()),
+        ] {
+            let svg = report.svg();
+            let html = report.html(&svg);
+            for (ext, got) in [("svg", svg), ("html", html)] {
+                let path = golden.join(format!("report-{name}.{ext}"));
+                if std::env::var_os("OTA_UPDATE_GOLDEN").is_some() {
+                    std::fs::create_dir_all(&golden).unwrap();
+                    std::fs::write(&path, &got).unwrap();
+                }
+                let want = std::fs::read_to_string(&path).unwrap();
+                assert!(got == want, "{} differs from the chart drawn now", path.display());
+            }
+        }
+    }
+
     #[test]
     fn bytes_for_people() {
         assert_eq!(human_bytes(512), "512 B");
