@@ -32,7 +32,7 @@ use ota_slot::{
 use crate::mirror::FaultyMirror;
 use crate::report::{DrillReport, Invariants, Outcome, PowerCutCounts, ReleaseReport, Sample};
 use crate::rng;
-use crate::scenario::Scenario;
+use crate::scenario::{ReleasePlan, Scenario};
 use crate::{Error, Result};
 
 /// Flash write unit and erase unit of the simulated chips (a common small NOR geometry).
@@ -132,7 +132,47 @@ pub async fn run(
 ) -> Result<DrillReport> {
     scenario.validate()?;
     let started = Instant::now();
-    let scratch = match &options.work_dir {
+    let scratch = scratch_dir(options)?;
+    let mut drill = Drill::set_up(scenario, scratch.path(), started).await?;
+    let requests_before = drill.fleet.mirror.stats().requests;
+    drill.sample();
+    let mut releases = Vec::with_capacity(scenario.releases.len());
+    for (rel_index, plan) in scenario.releases.iter().enumerate() {
+        releases.push(drill.run_release(rel_index, plan, observer).await?);
+    }
+    let (final_versions, invariants, power_cuts) = drill.final_power_cycle().await;
+    let mirror = drill.fleet.mirror.stats();
+    let secs = drill.fleet_time.as_secs_f64();
+    let requests_per_second = if secs > 0.0 {
+        crate::report::f64_from_u64(mirror.requests.saturating_sub(requests_before)) / secs
+    } else {
+        0.0
+    };
+    let Drill {
+        round,
+        timeline,
+        devices,
+        ..
+    } = drill;
+    drop(devices);
+    Ok(DrillReport {
+        scenario: scenario.clone(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        rounds: round,
+        releases,
+        final_versions,
+        mirror,
+        requests_per_second,
+        power_cuts,
+        invariants,
+        timeline,
+    })
+}
+
+/// The drill's scratch directory: under `options.work_dir`, else in /dev/shm when it exists, else a
+/// temporary directory.
+fn scratch_dir(options: &DrillOptions) -> Result<tempfile::TempDir> {
+    match &options.work_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io {
                 path: dir.clone(),
@@ -148,79 +188,149 @@ pub async fn run(
     .map_err(|source| Error::Io {
         path: PathBuf::from("drill scratch directory"),
         source,
-    })?;
-    let work = scratch.path().to_owned();
-    let repo = work.join("repo");
-    let keys_dir = work.join("keys");
+    })
+}
 
-    // A fresh repository with freshly generated keys, and the factory image published into it.
-    let ring = make_keys(&keys_dir)?;
-    let spec = init_spec(&keys_dir)?;
-    let fingerprint = ota_publish::init(&repo, &spec, &ring).map_err(Error::Publish)?;
-    let image_len = scenario.image_bytes();
-    let mirror = FaultyMirror::start(&repo, scenario.faults.network.clone(), scenario.seed).await?;
-    let layout = AbFlashLayout::new(image_len, ERASE_SIZE, WRITE_SIZE).map_err(Error::Slot)?;
-    let fleet = Arc::new(Fleet {
-        scenario: scenario.clone(),
-        layout,
-        image_len,
-        signed: std::sync::RwLock::new(HashMap::new()),
-        mirror,
-        request_timeout: Duration::from_millis((scenario.faults.network.stall_ms * 4).max(2000)),
-        timestamp_version: AtomicU64::new(0),
-    });
-    let factory_images = publish(&fleet, &repo, &work, &scenario.factory_version, &[], 100, &ring)?;
+/// A drill in progress: the repository and its keys, the fleet, and what has been measured so far.
+struct Drill {
+    fleet: Arc<Fleet>,
+    ring: ota_publish::KeyRing,
+    work: PathBuf,
+    repo: PathBuf,
+    devices: Vec<Option<SimDevice>>,
+    started: Instant,
+    /// Rounds run so far.
+    round: u32,
+    /// Time spent stepping the fleet (publishing excluded), for the request rate.
+    fleet_time: Duration,
+    timeline: Vec<Sample>,
+}
 
-    // Provision the fleet: factory image in slot a, bootloader env, the agent's state directory.
-    let mut devices = Vec::with_capacity(usize::try_from(scenario.devices).unwrap_or(0));
-    for index in 0..scenario.devices {
-        let d = provision_device(&fleet, &work, index, &factory_images, &fingerprint)?;
-        devices.push(Some(d));
+impl Drill {
+    /// A fresh repository with freshly generated keys, the factory image published into it, the mirror
+    /// serving it, and the fleet provisioned: factory image in slot a, bootloader env, the agent's state
+    /// directory.
+    async fn set_up(scenario: &Scenario, work: &Path, started: Instant) -> Result<Drill> {
+        let repo = work.join("repo");
+        let keys_dir = work.join("keys");
+        let ring = make_keys(&keys_dir)?;
+        let spec = init_spec(&keys_dir)?;
+        let fingerprint = ota_publish::init(&repo, &spec, &ring).map_err(Error::Publish)?;
+        let image_len = scenario.image_bytes();
+        let mirror = FaultyMirror::start(&repo, scenario.faults.network.clone(), scenario.seed).await?;
+        let layout = AbFlashLayout::new(image_len, ERASE_SIZE, WRITE_SIZE).map_err(Error::Slot)?;
+        let fleet = Arc::new(Fleet {
+            scenario: scenario.clone(),
+            layout,
+            image_len,
+            signed: std::sync::RwLock::new(HashMap::new()),
+            mirror,
+            request_timeout: Duration::from_millis((scenario.faults.network.stall_ms * 4).max(2000)),
+            timestamp_version: AtomicU64::new(0),
+        });
+        let factory_images = publish(&fleet, &repo, work, &scenario.factory_version, &[], 100, &ring)?;
+        let mut devices = Vec::with_capacity(usize::try_from(scenario.devices).unwrap_or(0));
+        for index in 0..scenario.devices {
+            let d = provision_device(&fleet, work, index, &factory_images, &fingerprint)?;
+            devices.push(Some(d));
+        }
+        Ok(Drill {
+            fleet,
+            ring,
+            work: work.to_owned(),
+            repo,
+            devices,
+            started,
+            round: 0,
+            fleet_time: Duration::ZERO,
+            timeline: Vec::new(),
+        })
     }
 
-    let mut timeline = Vec::new();
-    let mut releases = Vec::new();
-    let mut round = 0u32;
-    let mut fleet_time = Duration::ZERO;
-    let requests_before = fleet.mirror.stats().requests;
-    sample(&fleet, &devices, round, started, &mut timeline);
+    /// Records the fleet as it stands now in the timeline.
+    fn sample(&mut self) {
+        sample(
+            &self.fleet,
+            &self.devices,
+            self.round,
+            self.started,
+            &mut self.timeline,
+        );
+    }
 
-    for (rel_index, plan) in scenario.releases.iter().enumerate() {
+    /// Publishes one release, runs rounds until the fleet settles on it or its window closes, and
+    /// reports where each device stands.
+    async fn run_release(
+        &mut self,
+        rel_index: usize,
+        plan: &ReleasePlan,
+        observer: &dyn DrillObserver,
+    ) -> Result<ReleaseReport> {
+        let fleet = Arc::clone(&self.fleet);
+        let scenario = &fleet.scenario;
         fleet.mirror.remember_stale_timestamp()?;
         publish(
             &fleet,
-            &repo,
-            &work,
+            &self.repo,
+            &self.work,
             &plan.version,
             &plan.hardware,
             plan.rollout_percent,
-            &ring,
+            &self.ring,
         )?;
-        let published_round = round;
+        let published_round = self.round;
         let published_at = Instant::now();
         let bytes_before = fleet.mirror.stats().bytes;
         let rel = u64::try_from(rel_index).unwrap_or(u64::MAX);
-        for d in devices.iter_mut().flatten() {
+        for d in self.devices.iter_mut().flatten() {
             d.settled = false;
             d.cut_plan = plan_cuts(scenario, d.index, rel);
         }
         observer.release_started(&plan.version, scenario.devices);
-        let mut settled_round = None;
-        for _ in 0..scenario.max_rounds_per_release {
-            round += 1;
+        let settled_round = self.run_rounds(&plan.version, rel, observer).await?;
+        let converge_seconds = published_at.elapsed().as_secs_f64();
+        let (offered, health_fail_injected, outcomes) = self.tally(plan, rel)?;
+        Ok(ReleaseReport {
+            version: plan.version.clone(),
+            published_round,
+            settled_round,
+            converge_seconds,
+            offered,
+            health_fail_injected,
+            outcomes,
+            bytes_downloaded: fleet.mirror.stats().bytes.saturating_sub(bytes_before),
+        })
+    }
+
+    /// Steps the fleet round by round, up to the release's window; the round by which every device
+    /// settled, if it did.
+    async fn run_rounds(
+        &mut self,
+        version: &str,
+        rel: u64,
+        observer: &dyn DrillObserver,
+    ) -> Result<Option<u32>> {
+        let devices_total = self.fleet.scenario.devices;
+        for _ in 0..self.fleet.scenario.max_rounds_per_release {
+            self.round += 1;
             let t = Instant::now();
-            step_round(&fleet, &mut devices, rel).await?;
-            fleet_time += t.elapsed();
-            sample(&fleet, &devices, round, started, &mut timeline);
-            let settled = devices.iter().flatten().filter(|d| d.settled).count();
+            step_round(&self.fleet, &mut self.devices, rel).await?;
+            self.fleet_time += t.elapsed();
+            self.sample();
+            let settled = self.devices.iter().flatten().filter(|d| d.settled).count();
             let settled = u32::try_from(settled).unwrap_or(u32::MAX);
-            observer.round_done(&plan.version, round, settled);
-            if settled == scenario.devices {
-                settled_round = Some(round);
-                break;
+            observer.round_done(version, self.round, settled);
+            if settled == devices_total {
+                return Ok(Some(self.round));
             }
         }
-        let converge_seconds = published_at.elapsed().as_secs_f64();
+        Ok(None)
+    }
+
+    /// Devices the release was offered to, those among them set to fail health checks, and every
+    /// device's outcome.
+    fn tally(&self, plan: &ReleasePlan, rel: u64) -> Result<(u32, u32, BTreeMap<Outcome, u32>)> {
+        let scenario = &self.fleet.scenario;
         let version = ota_release::parse_version(&plan.version).map_err(|e| Error::ScenarioInvalid {
             field: "releases.version".into(),
             why: e.to_string(),
@@ -228,7 +338,7 @@ pub async fn run(
         let mut outcomes: BTreeMap<Outcome, u32> = BTreeMap::new();
         let mut offered = 0;
         let mut health_fail_injected = 0;
-        for d in devices.iter().flatten() {
+        for d in self.devices.iter().flatten() {
             let is_offered = offered_to(scenario, plan, d);
             if is_offered {
                 offered += 1;
@@ -239,58 +349,33 @@ pub async fn run(
             let outcome = classify(d, &version, is_offered)?;
             *outcomes.entry(outcome).or_default() += 1;
         }
-        releases.push(ReleaseReport {
-            version: plan.version.clone(),
-            published_round,
-            settled_round,
-            converge_seconds,
-            offered,
-            health_fail_injected,
-            outcomes,
-            bytes_downloaded: fleet.mirror.stats().bytes.saturating_sub(bytes_before),
-        });
+        Ok((offered, health_fail_injected, outcomes))
     }
 
-    // Final power cycle of every device, no cut: it must boot a signed image.
-    let mut invariants = Invariants::default();
-    let mut power_cuts = PowerCutCounts::default();
-    let mut final_versions: BTreeMap<String, u32> = BTreeMap::new();
-    for d in devices.iter_mut().flatten() {
-        d.live = None;
-        d.needs_boot = true;
-        if let Err(e) = boot_and_check(&fleet, d, PowerCut::never()).await {
-            d.last_error = Some(e);
+    /// Final power cycle of every device, no cut: it must boot a signed image. Returns the versions
+    /// the fleet runs, the invariants and the power cuts injected over the whole drill.
+    async fn final_power_cycle(&mut self) -> (BTreeMap<String, u32>, Invariants, PowerCutCounts) {
+        let mut invariants = Invariants::default();
+        let mut power_cuts = PowerCutCounts::default();
+        let mut final_versions: BTreeMap<String, u32> = BTreeMap::new();
+        for d in self.devices.iter_mut().flatten() {
+            d.live = None;
+            d.needs_boot = true;
+            if let Err(e) = boot_and_check(&self.fleet, d, PowerCut::never()).await {
+                d.last_error = Some(e);
+            }
+            *final_versions.entry(d.running.clone()).or_default() += 1;
+            invariants.boots_checked += d.invariants.boots_checked;
+            invariants
+                .unbootable
+                .extend(d.invariants.unbootable.iter().cloned());
+            invariants.unsigned.extend(d.invariants.unsigned.iter().cloned());
+            power_cuts.install += d.cuts.install;
+            power_cuts.commit += d.cuts.commit;
+            power_cuts.rollback += d.cuts.rollback;
         }
-        *final_versions.entry(d.running.clone()).or_default() += 1;
-        invariants.boots_checked += d.invariants.boots_checked;
-        invariants
-            .unbootable
-            .extend(d.invariants.unbootable.iter().cloned());
-        invariants.unsigned.extend(d.invariants.unsigned.iter().cloned());
-        power_cuts.install += d.cuts.install;
-        power_cuts.commit += d.cuts.commit;
-        power_cuts.rollback += d.cuts.rollback;
+        (final_versions, invariants, power_cuts)
     }
-    let mirror = fleet.mirror.stats();
-    let secs = fleet_time.as_secs_f64();
-    let requests_per_second = if secs > 0.0 {
-        crate::report::f64_from_u64(mirror.requests.saturating_sub(requests_before)) / secs
-    } else {
-        0.0
-    };
-    drop(devices);
-    Ok(DrillReport {
-        scenario: scenario.clone(),
-        wall_seconds: started.elapsed().as_secs_f64(),
-        rounds: round,
-        releases,
-        final_versions,
-        mirror,
-        requests_per_second,
-        power_cuts,
-        invariants,
-        timeline,
-    })
 }
 
 /// One key per top-level role (threshold 1), generated for this drill only.

@@ -59,6 +59,9 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// A report file could not be written durably (the action and the path are in it).
+    #[error(transparent)]
+    File(#[from] ota_fs::Error),
     /// The loopback mirror could not start.
     #[error("mirror: could not {what}: {source}")]
     Mirror {

@@ -270,9 +270,9 @@ impl DrillReport {
             svg: dir.join("report.svg"),
             html: dir.join("report.html"),
         };
-        write_atomically(&written.json, &json)?;
-        write_atomically(&written.svg, svg.as_bytes())?;
-        write_atomically(&written.html, html.as_bytes())?;
+        ota_fs::write_atomic(&written.json, &json, 0o644)?;
+        ota_fs::write_atomic(&written.svg, svg.as_bytes(), 0o644)?;
+        ota_fs::write_atomic(&written.html, html.as_bytes(), 0o644)?;
         Ok(written)
     }
 
@@ -293,63 +293,60 @@ impl DrillReport {
     /// The chart: the fleet by running version over time (stacked), release publications marked, then
     /// one bar per release splitting the devices it was offered to by outcome, and the invariants.
     pub fn svg(&self) -> String {
-        const W: f64 = 960.0;
-        const LEFT: f64 = 70.0;
-        const RIGHT: f64 = 160.0;
-        const TOP: f64 = 96.0;
-        const PLOT_H: f64 = 260.0;
-        let bars_top = TOP + PLOT_H + 70.0;
-        let bar_h = 26.0;
-        let bar_gap = 40.0;
-        let n_rel = self.releases.len();
-        let h = bars_top + (bar_h + bar_gap) * f64_from(n_rel) + 70.0;
-        let plot_w = W - LEFT - RIGHT;
-        let devices = f64::from(self.scenario.devices.max(1));
-        let max_ms = self.timeline.last().map_or(1, |s| s.elapsed_ms.max(1));
-        let x_of = |ms: u64| LEFT + plot_w * f64_from_u64(ms) / f64_from_u64(max_ms);
-        let y_of = |n: f64| TOP + PLOT_H - PLOT_H * n / devices;
-
+        let chart = Chart::new(self);
         let mut svg = String::new();
-        let _ = write!(
-            svg,
-            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"##
-        );
-        let _ = write!(svg, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
-        let ok = self.invariants.hold();
-        let (banner_fill, banner_text) = if ok {
-            (
-                "#2e9e5b",
-                format!(
-                    "INVARIANTS HOLD: all {} devices bootable, all on signed images",
-                    self.scenario.devices
-                ),
-            )
-        } else {
-            (
-                "#c62828",
-                format!(
-                    "INVARIANTS BROKEN: {} unbootable, {} on unsigned images",
-                    self.invariants.unbootable.len(),
-                    self.invariants.unsigned.len()
-                ),
-            )
-        };
-        let _ = write!(
-            svg,
-            r##"<text x="{LEFT}" y="30" font-size="20" font-weight="bold" fill="#1f2933">Fleet drill: {} devices, seed {}, {:.1} s</text>"##,
-            self.scenario.devices, self.scenario.seed, self.wall_seconds
-        );
-        let _ = write!(
-            svg,
-            r##"<rect x="{LEFT}" y="42" width="{plot_w}" height="28" rx="4" fill="{banner_fill}"/><text x="{}" y="61" font-size="14" font-weight="bold" fill="#ffffff">{}</text>"##,
-            LEFT + 10.0,
-            esc(&banner_text)
-        );
+        chart.header(&mut svg);
+        chart.areas(&mut svg);
+        chart.axes(&mut svg);
+        chart.publications(&mut svg);
+        chart.legend(&mut svg);
+        chart.outcome_bars(&mut svg);
+        chart.footer(&mut svg);
+        svg.push_str("</svg>\n");
+        svg
+    }
 
-        // Stacked areas: the fleet by running version, bottom-up in release order.
-        let mut versions: Vec<String> = vec![self.scenario.factory_version.clone()];
-        versions.extend(self.scenario.releases.iter().map(|r| r.version.clone()));
-        let extra: Vec<String> = self
+    fn html(&self, svg: &str) -> String {
+        format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Fleet drill report</title>\
+             <style>body{{font-family:sans-serif;margin:24px;color:#1f2933}}pre{{background:#f5f7fa;padding:12px;\
+             overflow-x:auto}}</style></head><body>\n{svg}<h2>Summary</h2><pre>{}</pre>\
+             <p>Machine-readable: report.json.</p></body></html>\n",
+            esc(&self.table())
+        )
+    }
+}
+
+/// Chart geometry (SVG user units).
+const W: f64 = 960.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 160.0;
+const TOP: f64 = 96.0;
+const PLOT_H: f64 = 260.0;
+const BAR_H: f64 = 26.0;
+const BAR_GAP: f64 = 40.0;
+
+/// One drawing of a report: its geometry and the versions stacked, computed once; each method draws
+/// one part of [`DrillReport::svg`], in order.
+struct Chart<'r> {
+    report: &'r DrillReport,
+    /// Top of the first outcome bar.
+    bars_top: f64,
+    /// Width of the plot (and of a bar for the whole fleet).
+    plot_w: f64,
+    /// Fleet size, at least 1.
+    devices: f64,
+    /// The last sample's time, at least 1 ms: the right edge of the plot.
+    max_ms: u64,
+    /// Every version stacked, bottom-up: the factory's, the releases in order, then any other seen.
+    versions: Vec<String>,
+}
+
+impl<'r> Chart<'r> {
+    fn new(report: &'r DrillReport) -> Chart<'r> {
+        let mut versions: Vec<String> = vec![report.scenario.factory_version.clone()];
+        versions.extend(report.scenario.releases.iter().map(|r| r.version.clone()));
+        let extra: Vec<String> = report
             .timeline
             .iter()
             .flat_map(|s| s.running.keys())
@@ -359,10 +356,77 @@ impl DrillReport {
             .into_iter()
             .collect();
         versions.extend(extra);
-        let mut below: Vec<f64> = vec![0.0; self.timeline.len()];
-        for v in &versions {
-            let counts: Vec<f64> = self
-                .timeline
+        Chart {
+            report,
+            bars_top: TOP + PLOT_H + 70.0,
+            plot_w: W - LEFT - RIGHT,
+            devices: f64::from(report.scenario.devices.max(1)),
+            max_ms: report.timeline.last().map_or(1, |s| s.elapsed_ms.max(1)),
+            versions,
+        }
+    }
+
+    fn x_of(&self, ms: u64) -> f64 {
+        LEFT + self.plot_w * f64_from_u64(ms) / f64_from_u64(self.max_ms)
+    }
+
+    fn y_of(&self, n: f64) -> f64 {
+        TOP + PLOT_H - PLOT_H * n / self.devices
+    }
+
+    /// The top of the `i`th outcome bar (`i` = the release count: the outcome legend's row).
+    fn bar_y(&self, i: usize) -> f64 {
+        self.bars_top + (BAR_H + BAR_GAP) * f64_from(i)
+    }
+
+    /// The root element, the title and the invariants banner.
+    fn header(&self, svg: &mut String) {
+        let r = self.report;
+        let h = self.bar_y(r.releases.len()) + 70.0;
+        let plot_w = self.plot_w;
+        let _ = write!(
+            svg,
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"##
+        );
+        let _ = write!(svg, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
+        let (banner_fill, banner_text) = if r.invariants.hold() {
+            (
+                "#2e9e5b",
+                format!(
+                    "INVARIANTS HOLD: all {} devices bootable, all on signed images",
+                    r.scenario.devices
+                ),
+            )
+        } else {
+            (
+                "#c62828",
+                format!(
+                    "INVARIANTS BROKEN: {} unbootable, {} on unsigned images",
+                    r.invariants.unbootable.len(),
+                    r.invariants.unsigned.len()
+                ),
+            )
+        };
+        let _ = write!(
+            svg,
+            r##"<text x="{LEFT}" y="30" font-size="20" font-weight="bold" fill="#1f2933">Fleet drill: {} devices, seed {}, {:.1} s</text>"##,
+            r.scenario.devices, r.scenario.seed, r.wall_seconds
+        );
+        let _ = write!(
+            svg,
+            r##"<rect x="{LEFT}" y="42" width="{plot_w}" height="28" rx="4" fill="{banner_fill}"/><text x="{}" y="61" font-size="14" font-weight="bold" fill="#ffffff">{}</text>"##,
+            LEFT + 10.0,
+            esc(&banner_text)
+        );
+    }
+
+    /// Stacked areas: the fleet by running version, bottom-up; then the devices mid-update as a dark
+    /// line over them.
+    fn areas(&self, svg: &mut String) {
+        let timeline = &self.report.timeline;
+        let mut below: Vec<f64> = vec![0.0; timeline.len()];
+        for v in &self.versions {
+            let counts: Vec<f64> = timeline
                 .iter()
                 .map(|s| f64::from(s.running.get(v).copied().unwrap_or(0)))
                 .collect();
@@ -370,48 +434,50 @@ impl DrillReport {
                 continue;
             }
             let mut pts = String::new();
-            for (s, (b, c)) in self.timeline.iter().zip(below.iter().zip(&counts)) {
-                let _ = write!(pts, "{:.1},{:.1} ", x_of(s.elapsed_ms), y_of(b + c));
+            for (s, (b, c)) in timeline.iter().zip(below.iter().zip(&counts)) {
+                let _ = write!(pts, "{:.1},{:.1} ", self.x_of(s.elapsed_ms), self.y_of(b + c));
             }
-            for (s, b) in self.timeline.iter().zip(&below).rev() {
-                let _ = write!(pts, "{:.1},{:.1} ", x_of(s.elapsed_ms), y_of(*b));
+            for (s, b) in timeline.iter().zip(&below).rev() {
+                let _ = write!(pts, "{:.1},{:.1} ", self.x_of(s.elapsed_ms), self.y_of(*b));
             }
             let _ = write!(
                 svg,
                 r##"<polygon points="{pts}" fill="{}" fill-opacity="0.85" stroke="#ffffff" stroke-width="0.5"><title>running {}</title></polygon>"##,
-                self.version_colour(v),
+                self.report.version_colour(v),
                 esc(v)
             );
             for (b, c) in below.iter_mut().zip(&counts) {
                 *b += c;
             }
         }
-        // Devices mid-update, as a dark line over the areas.
         let mut line = String::new();
-        for s in &self.timeline {
+        for s in timeline {
             let _ = write!(
                 line,
                 "{:.1},{:.1} ",
-                x_of(s.elapsed_ms),
-                y_of(f64::from(s.updating))
+                self.x_of(s.elapsed_ms),
+                self.y_of(f64::from(s.updating))
             );
         }
         let _ = write!(
             svg,
             r##"<polyline points="{line}" fill="none" stroke="#1f2933" stroke-width="1.5" stroke-dasharray="4 2"/>"##
         );
-        // Axes.
+    }
+
+    /// Both axes with their ticks and titles.
+    fn axes(&self, svg: &mut String) {
         let _ = write!(
             svg,
             r##"<line x1="{LEFT}" y1="{}" x2="{}" y2="{}" stroke="#52606d"/><line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{}" stroke="#52606d"/>"##,
             TOP + PLOT_H,
-            LEFT + plot_w,
+            LEFT + self.plot_w,
             TOP + PLOT_H,
             TOP + PLOT_H
         );
         for k in 0..=4u32 {
-            let n = devices * f64::from(k) / 4.0;
-            let y = y_of(n);
+            let n = self.devices * f64::from(k) / 4.0;
+            let y = self.y_of(n);
             let _ = write!(
                 svg,
                 r##"<line x1="{}" y1="{y:.1}" x2="{LEFT}" y2="{y:.1}" stroke="#52606d"/><text x="{}" y="{:.1}" font-size="11" text-anchor="end" fill="#52606d">{:.0}</text>"##,
@@ -422,8 +488,8 @@ impl DrillReport {
             );
         }
         for k in 0..=5u32 {
-            let ms = max_ms * u64::from(k) / 5;
-            let x = x_of(ms);
+            let ms = self.max_ms * u64::from(k) / 5;
+            let x = self.x_of(ms);
             let _ = write!(
                 svg,
                 r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#52606d"/><text x="{x:.1}" y="{}" font-size="11" text-anchor="middle" fill="#52606d">{:.1} s</text>"##,
@@ -444,14 +510,18 @@ impl DrillReport {
             r##"<text x="{LEFT}" y="{}" font-size="13" font-weight="bold" fill="#1f2933">Fleet by running firmware over time</text>"##,
             TOP - 8.0
         );
-        // Release publications.
-        for r in &self.releases {
+    }
+
+    /// A dashed line where each release was published.
+    fn publications(&self, svg: &mut String) {
+        for r in &self.report.releases {
             let ms = self
+                .report
                 .timeline
                 .iter()
                 .find(|s| s.round == r.published_round)
                 .map_or(0, |s| s.elapsed_ms);
-            let x = x_of(ms);
+            let x = self.x_of(ms);
             let _ = write!(
                 svg,
                 r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{}" stroke="#1f2933" stroke-dasharray="2 3"/><text x="{:.1}" y="{}" font-size="11" fill="#1f2933">{} published</text>"##,
@@ -461,14 +531,17 @@ impl DrillReport {
                 esc(&r.version)
             );
         }
-        // Legend.
+    }
+
+    /// The versions' colours and the mid-update line, right of the plot.
+    fn legend(&self, svg: &mut String) {
         let mut ly = TOP + 6.0;
-        let lx = LEFT + plot_w + 16.0;
-        for v in &versions {
+        let lx = LEFT + self.plot_w + 16.0;
+        for v in &self.versions {
             let _ = write!(
                 svg,
                 r##"<rect x="{lx}" y="{ly}" width="14" height="14" fill="{}"/><text x="{}" y="{}" font-size="12" fill="#1f2933">running {}</text>"##,
-                self.version_colour(v),
+                self.report.version_colour(v),
                 lx + 20.0,
                 ly + 11.0,
                 esc(v)
@@ -484,38 +557,18 @@ impl DrillReport {
             lx + 20.0,
             ly + 11.0
         );
+    }
 
-        // Per-release outcome bars.
+    /// One bar per release, split by outcome, with its version and a line of numbers under it.
+    fn outcome_bars(&self, svg: &mut String) {
         let _ = write!(
             svg,
             r##"<text x="{LEFT}" y="{}" font-size="13" font-weight="bold" fill="#1f2933">Outcome per release (devices it was offered to, and the rest)</text>"##,
-            bars_top - 14.0
+            self.bars_top - 14.0
         );
-        for (i, r) in self.releases.iter().enumerate() {
-            let y = bars_top + (bar_h + bar_gap) * f64_from(i);
-            let mut x = LEFT;
-            for o in Outcome::ALL {
-                let n = r.count(o);
-                if n == 0 {
-                    continue;
-                }
-                let w = plot_w * f64::from(n) / devices;
-                let _ = write!(
-                    svg,
-                    r##"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{bar_h}" fill="{}"><title>{}: {n}</title></rect>"##,
-                    o.colour(),
-                    o.title()
-                );
-                if w > 28.0 {
-                    let _ = write!(
-                        svg,
-                        r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle" fill="#1f2933">{n}</text>"##,
-                        x + w / 2.0,
-                        y + 17.0
-                    );
-                }
-                x += w;
-            }
+        for (i, r) in self.report.releases.iter().enumerate() {
+            let y = self.bar_y(i);
+            self.outcome_segments(svg, r, y);
             let _ = write!(
                 svg,
                 r##"<text x="{}" y="{:.1}" font-size="13" font-weight="bold" text-anchor="end" fill="#1f2933">{}</text>"##,
@@ -530,14 +583,45 @@ impl DrillReport {
             let _ = write!(
                 svg,
                 r##"<text x="{LEFT}" y="{:.1}" font-size="11" fill="#52606d">{} health failures injected; {}; {} downloaded</text>"##,
-                y + bar_h + 14.0,
+                y + BAR_H + 14.0,
                 r.health_fail_injected,
                 converged,
                 human_bytes(r.bytes_downloaded)
             );
         }
+    }
+
+    /// The segments of one release's bar at height `y`, each labelled when wide enough.
+    fn outcome_segments(&self, svg: &mut String, r: &ReleaseReport, y: f64) {
+        let mut x = LEFT;
+        for o in Outcome::ALL {
+            let n = r.count(o);
+            if n == 0 {
+                continue;
+            }
+            let w = self.plot_w * f64::from(n) / self.devices;
+            let _ = write!(
+                svg,
+                r##"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{BAR_H}" fill="{}"><title>{}: {n}</title></rect>"##,
+                o.colour(),
+                o.title()
+            );
+            if w > 28.0 {
+                let _ = write!(
+                    svg,
+                    r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle" fill="#1f2933">{n}</text>"##,
+                    x + w / 2.0,
+                    y + 17.0
+                );
+            }
+            x += w;
+        }
+    }
+
+    /// The outcomes' colours, then the mirror's load and the power cuts.
+    fn footer(&self, svg: &mut String) {
         let mut lx = LEFT;
-        let ly = bars_top + (bar_h + bar_gap) * f64_from(n_rel) + 4.0;
+        let ly = self.bar_y(self.report.releases.len()) + 4.0;
         for o in Outcome::ALL {
             let _ = write!(
                 svg,
@@ -549,14 +633,14 @@ impl DrillReport {
             );
             lx += 140.0;
         }
-        let m = &self.mirror;
-        let p = &self.power_cuts;
+        let m = &self.report.mirror;
+        let p = &self.report.power_cuts;
         let _ = write!(
             svg,
             r##"<text x="{LEFT}" y="{}" font-size="11" fill="#52606d">mirror: {} requests ({:.0}/s), {} served, {} faulted; power cuts: {} install, {} commit, {} rollback</text>"##,
             ly + 36.0,
             m.requests,
-            self.requests_per_second,
+            self.report.requests_per_second,
             human_bytes(m.bytes),
             m.faults
                 .iter()
@@ -567,36 +651,7 @@ impl DrillReport {
             p.commit,
             p.rollback
         );
-        svg.push_str("</svg>\n");
-        svg
     }
-
-    fn html(&self, svg: &str) -> String {
-        format!(
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Fleet drill report</title>\
-             <style>body{{font-family:sans-serif;margin:24px;color:#1f2933}}pre{{background:#f5f7fa;padding:12px;\
-             overflow-x:auto}}</style></head><body>\n{svg}<h2>Summary</h2><pre>{}</pre>\
-             <p>Machine-readable: report.json.</p></body></html>\n",
-            esc(&self.table())
-        )
-    }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    let io = |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        d.sync_all().map_err(io)?;
-    }
-    Ok(())
 }
 
 /// XML/HTML text escaping.
@@ -710,6 +765,65 @@ mod tests {
         assert!(svg.contains("INVARIANTS HOLD"));
         let html = std::fs::read_to_string(&w.html).unwrap();
         assert!(html.contains("<svg") && html.contains("rolled back"));
+    }
+
+    /// A report touching every branch of the chart: a broken invariant, an image matching no release,
+    /// a release published late that never settled, a zero outcome, injected faults.
+    fn chart_fixture() -> DrillReport {
+        let mut r = sample_report(true);
+        r.invariants.unbootable.push("dev-7: both slots empty".into());
+        for s in r.timeline.iter_mut().skip(6) {
+            s.running.insert("unknown".into(), 1);
+            s.updating = s.round;
+        }
+        if let Some(late) = r.releases.get_mut(1) {
+            late.published_round = 4;
+            late.settled_round = None;
+            late.converge_seconds = 2.25;
+            late.outcomes.insert(Outcome::Retrying, 3);
+            late.outcomes.insert(Outcome::NotOffered, 0);
+            late.bytes_downloaded = 5 << 30;
+        }
+        r.mirror = MirrorStats {
+            requests: 1234,
+            bytes: 987_654_321,
+            not_found: 17,
+            faults: [
+                ("none".to_owned(), 1000),
+                ("drop".to_owned(), 200),
+                ("stall".to_owned(), 34),
+            ]
+            .into(),
+        };
+        r.power_cuts = PowerCutCounts {
+            install: 3,
+            commit: 2,
+            rollback: 1,
+        };
+        r
+    }
+
+    /// The chart and the page are byte for byte what they were before the SVG writer was split into
+    /// functions (issue 21). `OTA_UPDATE_GOLDEN=1` rewrites the golden files after an intended change.
+    #[test]
+    fn svg_and_html_match_the_golden_files() {
+        let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        for (name, report) in [
+            ("sample", sample_report(false)),
+            ("every-branch", chart_fixture()),
+        ] {
+            let svg = report.svg();
+            let html = report.html(&svg);
+            for (ext, got) in [("svg", svg), ("html", html)] {
+                let path = golden.join(format!("report-{name}.{ext}"));
+                if std::env::var_os("OTA_UPDATE_GOLDEN").is_some() {
+                    std::fs::create_dir_all(&golden).unwrap();
+                    std::fs::write(&path, &got).unwrap();
+                }
+                let want = std::fs::read_to_string(&path).unwrap();
+                assert!(got == want, "{} differs from the chart drawn now", path.display());
+            }
+        }
     }
 
     #[test]

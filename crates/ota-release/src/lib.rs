@@ -16,6 +16,14 @@
 //! Selection helpers ([`Release::is_for`], [`rollout_bucket`]) live here too, so that the publisher's
 //! `list` and the device's choice can never disagree on what "meant for this device" means.
 #![deny(missing_docs)]
+// Lossy `as` casts: this crate parses bytes from outside, so every narrowing or sign change is a
+// try_from with an error, or allowed one by one with the reason.
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless
+)]
 
 use std::fmt;
 use std::str::FromStr;

@@ -21,6 +21,9 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A durable write or bounded read failed (the action and the path are in it).
+    #[error(transparent)]
+    File(#[from] ota_fs::Error),
     /// The geometry of a slot or flash is impossible (zero units, capacity not a multiple of the erase
     /// unit, erase unit not a multiple of the write unit, region outside the device, ...).
     #[error("bad geometry: {what}")]

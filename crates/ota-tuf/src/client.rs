@@ -68,7 +68,7 @@ impl Client {
         let root = verify_self_signed_root(&bytes)?;
         Ok(Client {
             dir: metadata_dir.to_path_buf(),
-            fetcher: Fetcher::new(config.request_timeout)?,
+            fetcher: Fetcher::new(config.request_timeout, &config.http)?,
             config,
             root,
             session: None,
@@ -81,11 +81,13 @@ impl Client {
     }
 
     /// The spec's client workflow for the top-level roles: root rotation (TUF 5.3), timestamp (5.4),
-    /// snapshot (5.5), top-level targets (5.6). Delegated roles are loaded later, on demand.
+    /// snapshot (5.5), top-level targets (5.6). Delegated roles are loaded later, on demand. Expiry is
+    /// judged against one time read from [`ClientConfig::clock`] at the start.
     pub async fn refresh(&mut self) -> Result<()> {
         self.session = None;
-        // TUF 5.1: record the time at which the update began; every expiry check below uses it.
-        let reference_time = Utc::now();
+        // TUF 5.1: record the time at which the update began (from the caller's clock); every expiry
+        // check below uses it.
+        let reference_time = self.config.clock.now();
         let timestamp_keys = self.root.key_identities("timestamp");
         let snapshot_keys = self.root.key_identities("snapshot");
 

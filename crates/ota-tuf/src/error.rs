@@ -146,6 +146,10 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// A durable write or bounded read of the metadata directory failed (the action and the path are
+    /// in it).
+    #[error(transparent)]
+    File(#[from] ota_fs::Error),
     /// Writing a target into the caller's sink failed.
     #[error("{target}: writing to the sink failed: {source}")]
     Sink {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::time::Instant;
 
-use crate::{Error, Result};
+use crate::{Error, Http, Result};
 
 /// The HTTP side of the client.
 #[derive(Debug, Clone)]
@@ -23,12 +23,12 @@ pub(crate) enum Fetched {
 }
 
 impl Fetcher {
-    pub(crate) fn new(timeout: Duration) -> Result<Fetcher> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .read_timeout(timeout)
-            .build()
-            .map_err(|e| Error::Misuse(format!("cannot build the HTTP client: {e}")))?;
+    pub(crate) fn new(timeout: Duration, http: &Http) -> Result<Fetcher> {
+        let http = match http {
+            Http::Client(client) => client.clone(),
+            Http::Default => builder(timeout).build().map_err(cannot_build)?,
+            Http::PinnedCa(pem) => pinned(builder(timeout), pem)?.build().map_err(cannot_build)?,
+        };
         Ok(Fetcher { http, timeout })
     }
 
@@ -154,6 +154,30 @@ impl Fetcher {
         })?;
         Ok(written)
     }
+}
+
+fn builder(timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .read_timeout(timeout)
+}
+
+/// Trusts only the certificates of `pem` (at least one), none of the built-in roots.
+fn pinned(builder: reqwest::ClientBuilder, pem: &[u8]) -> Result<reqwest::ClientBuilder> {
+    let refused = |reason: String| Error::Misuse(format!("the pinned CA: {reason}"));
+    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| refused(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(refused("no PEM certificate in it".into()));
+    }
+    Ok(certs
+        .into_iter()
+        .fold(builder.tls_built_in_root_certs(false), |b, ca| {
+            b.add_root_certificate(ca)
+        }))
+}
+
+fn cannot_build(e: reqwest::Error) -> Error {
+    Error::Misuse(format!("cannot build the HTTP client: {e}"))
 }
 
 fn transport(url: &str, e: &reqwest::Error, timeout: Duration) -> Error {

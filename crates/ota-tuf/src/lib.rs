@@ -4,7 +4,7 @@
 //!
 //! **What it does.** Starting from a root provisioned on the device ([`Client::init`]), [`Client::refresh`]
 //! rotates root (TUF 5.3), then updates timestamp (5.4), snapshot (5.5) and top-level targets (5.6), judging
-//! expiry against one time captured at the start. [`Client::target`] searches the delegation tree lazily in
+//! expiry against one time captured at the start from the caller's [`Clock`]. [`Client::target`] searches the delegation tree lazily in
 //! pre-order depth-first order (5.6.7), loading only the roles that target needs; [`Client::all_targets`]
 //! lists every visible target. [`Client::download_target`] streams a target into any
 //! [`tokio::io::AsyncWrite`], bounded by its signed length and checked against every signed hash.
@@ -21,12 +21,21 @@
 //! never writes to a slot: the caller passes the sink.
 //!
 //! **Main types.** [`Client`] (the trusted state: metadata directory plus verified roles in memory),
-//! [`ClientConfig`] and [`Limits`] (where and how much), [`TargetInfo`] (one verified target), [`Error`].
+//! [`ClientConfig`] and [`Limits`] (where and how much), [`Clock`] and [`Http`] (the time and the HTTP
+//! client, passed in by the caller; [`ClientConfig::new`] picks the system clock and a client built here), [`TargetInfo`] (one verified target), [`Error`].
 //!
 //! **Deviations from the agreed interface**: [`ClientConfig`] and [`Limits`] are `#[non_exhaustive]`; build
 //! them with [`ClientConfig::new`] / [`Limits::default`] and set fields. [`TargetInfo::verify_local`] is an
 //! addition (is a file already on disk this target?).
 #![deny(missing_docs)]
+// Lossy `as` casts: this crate parses bytes from outside, so every narrowing or sign change is a
+// try_from with an error, or allowed one by one with the reason.
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless
+)]
 
 mod canonical;
 mod client;
@@ -42,7 +51,10 @@ pub mod fuzzing;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 pub use client::Client;
 pub use error::{Error, Result};
@@ -100,6 +112,56 @@ pub struct ClientConfig {
     /// Timeout for connecting, for each whole metadata request, and for each stall during a target
     /// download: 30 s.
     pub request_timeout: Duration,
+    /// Where the reference time of each refresh comes from (TUF 5.1: "fixed update start time"):
+    /// [`SystemClock`] by default; a drill or a test passes its own, so expiry is judged at a time it
+    /// chooses, without sleeping.
+    pub clock: Arc<dyn Clock>,
+    /// The HTTP client, or the TLS settings to build it with: [`Http::Default`] by default.
+    pub http: Http,
+}
+
+/// The source of the time an update judges expiry against, read once at the start of each
+/// [`Client::refresh`].
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system's clock ([`Utc::now`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock stopped at one instant: for tests and drills that judge expiry at a chosen time.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub DateTime<Utc>);
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0
+    }
+}
+
+/// How the client gets its HTTP client. Whatever the choice, every request still has the deadlines of
+/// [`ClientConfig::request_timeout`] and every body the bounds of [`Limits`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum Http {
+    /// Built here: [`ClientConfig::request_timeout`] as connect and read timeout, the built-in web PKI
+    /// roots.
+    #[default]
+    Default,
+    /// Built here like [`Http::Default`], but trusting only these CA certificates (PEM, one or more)
+    /// for HTTPS: the built-in roots are off, so only a server whose chain ends at one of them is
+    /// accepted.
+    PinnedCa(Vec<u8>),
+    /// The caller's client, used as it is (its TLS roots, client identity, proxy and timeouts).
+    Client(reqwest::Client),
 }
 
 impl ClientConfig {
@@ -110,6 +172,8 @@ impl ClientConfig {
             targets_base_url: targets_base_url.into(),
             limits: Limits::default(),
             request_timeout: Duration::from_secs(30),
+            clock: Arc::new(SystemClock),
+            http: Http::Default,
         }
     }
 }
@@ -160,5 +224,22 @@ impl TargetInfo {
             digests.update(buf.get(..n).unwrap_or_default());
         }
         Ok(digests.check(&self.name).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_pinned_ca_that_is_not_a_certificate_is_refused_at_load() {
+        let mut config = ClientConfig::new("http://127.0.0.1:1/m", "http://127.0.0.1:1/t");
+        config.http = Http::PinnedCa(b"not a certificate".to_vec());
+        let err = fetch::Fetcher::new(config.request_timeout, &config.http).unwrap_err();
+        assert!(
+            matches!(err, Error::Misuse(ref m) if m.contains("pinned CA")),
+            "{err}"
+        );
     }
 }

@@ -628,7 +628,7 @@ struct Span {
 impl Span {
     /// Where `part` (borrowed from `body`) lies in `body`.
     fn of(body: &[u8], part: &str) -> Option<Span> {
-        let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+        let start = part.as_ptr().addr().checked_sub(body.as_ptr().addr())?;
         if start.checked_add(part.len())? > body.len() {
             return None;
         }
@@ -639,8 +639,12 @@ impl Span {
     }
 
     fn text(self, body: &[u8]) -> &str {
-        let start = self.start as usize;
-        body.get(start..start + self.len as usize)
+        let range = || {
+            let start = usize::try_from(self.start).ok()?;
+            Some(start..start.checked_add(usize::try_from(self.len).ok()?)?)
+        };
+        range()
+            .and_then(|r| body.get(r))
             .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or_default()
     }
@@ -892,7 +896,10 @@ impl Targets {
 fn entry_name<'t>(body: &'t [u8], decoded: &'t [Box<str>], name: NameRef) -> &'t str {
     match name {
         NameRef::InBody(span) => span.text(body),
-        NameRef::Decoded(i) => decoded.get(i as usize).map_or("", |n| n),
+        NameRef::Decoded(i) => usize::try_from(i)
+            .ok()
+            .and_then(|i| decoded.get(i))
+            .map_or("", |n| n),
     }
 }
 

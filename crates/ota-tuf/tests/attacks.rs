@@ -5,10 +5,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
+
 use ota_testbed::Nginx;
-use ota_tuf::{Client, Error};
+use ota_tuf::{Client, Error, FixedClock};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The attack fixture's states and a live directory nginx serves; starts serving `v2`.
@@ -74,6 +77,39 @@ async fn freeze_with_expired_timestamp_is_refused() {
     client.refresh().await.unwrap();
     a.serve("expired");
     let err = client.refresh().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Expired { role, .. } if role == "timestamp"),
+        "{err}"
+    );
+}
+
+/// The reference time comes from the caller's clock: the same timestamp is accepted one second before
+/// its expiry and refused one second after, without sleeping. (The "expired" state's timestamp expired
+/// in the past; every other role there expires a year from now.)
+#[tokio::test]
+async fn expiry_is_judged_at_the_time_the_caller_passes() {
+    let a = Attack::new();
+    a.serve("expired");
+    let served = std::fs::read(a.root().join("metadata/timestamp.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&served).unwrap();
+    let expires: DateTime<Utc> = v["signed"]["expires"].as_str().unwrap().parse().unwrap();
+    let at = |time: DateTime<Utc>| {
+        let meta = tempfile::tempdir().unwrap();
+        Client::init(
+            meta.path(),
+            &std::fs::read(a.out.join("initial_root.json")).unwrap(),
+        )
+        .unwrap();
+        let mut config = common::config(&a.url());
+        config.clock = Arc::new(FixedClock(time));
+        let client = Client::load(meta.path(), config).unwrap();
+        (meta, client)
+    };
+
+    let (_meta, mut before) = at(expires - TimeDelta::seconds(1));
+    before.refresh().await.unwrap();
+    let (_meta, mut after) = at(expires + TimeDelta::seconds(1));
+    let err = after.refresh().await.unwrap_err();
     assert!(
         matches!(&err, Error::Expired { role, .. } if role == "timestamp"),
         "{err}"

@@ -13,7 +13,8 @@ use crate::slot::SlotId;
 ///
 /// `grub-editenv` rewrites its file in place, so a power cut in the middle could leave a broken block.
 /// Every change is therefore staged: the file is copied next to itself, edited there (set, then unset),
-/// fsynced, renamed over the original, and the directory fsynced; the old or the new block survives.
+/// and the edited block replaces the original through `ota_fs::write_atomic` (temp file, fsync, rename,
+/// fsync the directory); the old or the new block survives.
 /// GRUB finds the file's blocks anew at each boot, so the rename is safe for its `save_env`.
 ///
 /// The variables are those of [`crate::boot`]'s table; the grub.cfg snippet that honours them is
@@ -31,6 +32,9 @@ pub struct GrubEnv {
 impl GrubEnv {
     /// Most tries a trial may be given (what the grub.cfg if-chain counts to).
     pub const MAX_TRIES: u8 = 3;
+
+    /// The largest block this reads back (GRUB's is 1 KiB; anything far larger is not a grubenv).
+    const MAX_BLOCK_BYTES: u64 = 64 * 1024;
 
     /// The environment block at `file` (must exist; see [`GrubEnv::create`]). Running slot from
     /// `/proc/cmdline`.
@@ -80,58 +84,53 @@ impl GrubEnv {
         self.write(Some(&self.file), state)
     }
 
-    /// Writes the state: copy (or create) a temp block, edit it, fsync, rename over, fsync the directory.
+    /// Writes the state: edit a scratch copy of the block (or a new one) with `grub-editenv`, then
+    /// replace the block with it in one atomic write (`ota_fs::write_atomic`). The scratch copy is only
+    /// a workspace for the tool; a power cut leaves it behind harmlessly and the next write replaces it.
     fn write(&self, existing: Option<&Path>, state: &BootState) -> Result<()> {
-        let dir = match self.file.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let base = self
-            .file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{base}.ota-tmp"));
-        let result = (|| {
-            match existing {
-                Some(src) => std::fs::copy(src, &tmp)
-                    .map(drop)
-                    .map_err(|e| Error::io("copy", &tmp, e))?,
-                None => {
-                    let _ = std::fs::remove_file(&tmp);
-                    run_tool(&self.tool, &[tmp.as_os_str(), OsStr::new("create")])?;
-                }
-            }
-            let vars = state.to_vars();
-            let sets: Vec<String> = vars
-                .iter()
-                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
-                .collect();
-            let mut args: Vec<&OsStr> = vec![tmp.as_os_str(), OsStr::new("set")];
-            args.extend(sets.iter().map(OsStr::new));
-            run_tool(&self.tool, &args)?;
-            let unsets: Vec<&str> = vars
-                .iter()
-                .filter(|(_, v)| v.is_none())
-                .map(|(k, _)| *k)
-                .collect();
-            if !unsets.is_empty() {
-                let mut args: Vec<&OsStr> = vec![tmp.as_os_str(), OsStr::new("unset")];
-                args.extend(unsets.iter().map(OsStr::new));
-                run_tool(&self.tool, &args)?;
-            }
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| Error::io("fsync", &tmp, e))?;
-            std::fs::rename(&tmp, &self.file).map_err(|e| Error::io("rename", &self.file, e))?;
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::io("fsync", &dir, e))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let scratch = ota_fs::parent_dir(&self.file).join(format!(
+            ".{}.ota-edit",
+            self.file.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let result = self.edit(&scratch, existing, state).and_then(|()| {
+            let block = ota_fs::read_bounded(&scratch, Self::MAX_BLOCK_BYTES)?;
+            Ok(ota_fs::write_atomic(&self.file, &block, 0o644)?)
+        });
+        let _ = std::fs::remove_file(&scratch);
         result
+    }
+
+    /// Leaves at `scratch` a copy of `existing` (or a new block) with `state`'s variables set and the
+    /// others unset.
+    fn edit(&self, scratch: &Path, existing: Option<&Path>, state: &BootState) -> Result<()> {
+        match existing {
+            Some(src) => std::fs::copy(src, scratch)
+                .map(drop)
+                .map_err(|e| Error::io("copy", scratch, e))?,
+            None => {
+                let _ = std::fs::remove_file(scratch);
+                run_tool(&self.tool, &[scratch.as_os_str(), OsStr::new("create")])?;
+            }
+        }
+        let vars = state.to_vars();
+        let sets: Vec<String> = vars
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .collect();
+        let mut args: Vec<&OsStr> = vec![scratch.as_os_str(), OsStr::new("set")];
+        args.extend(sets.iter().map(OsStr::new));
+        run_tool(&self.tool, &args)?;
+        let unsets: Vec<&str> = vars
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if !unsets.is_empty() {
+            let mut args: Vec<&OsStr> = vec![scratch.as_os_str(), OsStr::new("unset")];
+            args.extend(unsets.iter().map(OsStr::new));
+            run_tool(&self.tool, &args)?;
+        }
+        Ok(())
     }
 }
 

@@ -7,14 +7,14 @@
 //!     --target-dir T --target-base-url TU download
 //! ```
 //! Exit 0 on complete success, 1 otherwise (including bad arguments). Downloads land at
-//! `T/<url-quoted target path>`, the same path every time; a file already there with the signed length and
-//! hashes is not fetched again.
+//! `T/<url-quoted target path>`, the same path every time, written atomically once verified; a file already
+//! there with the signed length and hashes is not fetched again.
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use ota_tuf::{Client, ClientConfig};
+use ota_tuf::{Client, ClientConfig, Limits};
 
 #[derive(Parser)]
 #[command(
@@ -86,8 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let metadata_dir = cli.metadata_dir.context("--metadata-dir is required")?;
     match cli.command {
         Command::Init { trusted_root } => {
-            let bytes = std::fs::read(&trusted_root)
-                .with_context(|| format!("reading {}", trusted_root.display()))?;
+            let bytes = ota_fs::read_bounded(&trusted_root, Limits::default().root_max)?;
             Client::init(&metadata_dir, &bytes)?;
         }
         Command::Refresh => {
@@ -116,6 +115,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Downloads into memory (bounded by the signed length), then writes the checked bytes in one atomic
+/// step, so the file at `path` is either the old one or the verified new one.
 async fn download(client: &mut Client, name: &str, target_dir: &Path) -> anyhow::Result<()> {
     let Some(info) = client.target(name).await? else {
         bail!("not found in any trusted targets role")
@@ -124,24 +125,8 @@ async fn download(client: &mut Client, name: &str, target_dir: &Path) -> anyhow:
     if info.verify_local(&path)? {
         return Ok(());
     }
-    let partial = target_dir.join(format!(".{}.partial", ota_tuf::quote_name(name)));
-    let file = tokio::fs::File::create(&partial)
-        .await
-        .with_context(|| format!("creating {}", partial.display()))?;
-    let mut sink = tokio::io::BufWriter::new(file);
-    let result = client.download_target(&info, &mut sink).await;
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&partial);
-        return Err(e.into());
-    }
-    let file = sink.into_inner();
-    file.sync_all()
-        .await
-        .with_context(|| format!("syncing {}", partial.display()))?;
-    drop(file);
-    std::fs::rename(&partial, &path).with_context(|| format!("renaming to {}", path.display()))?;
-    if let Ok(dir) = std::fs::File::open(target_dir) {
-        let _ = dir.sync_all();
-    }
+    let mut bytes = Vec::with_capacity(usize::try_from(info.length).unwrap_or(0));
+    client.download_target(&info, &mut bytes).await?;
+    ota_fs::write_atomic(&path, &bytes, 0o644)?;
     Ok(())
 }
