@@ -168,6 +168,58 @@ fn add_list_verify_refresh_through_the_binary() {
     ok(d, &["verify", "--repo", "repo"]);
 }
 
+/// Issue 21: `verify` exits 1 when it ran and found problems, 2 when it could not run at all, so a
+/// script can tell a damaged repository from a wrong path.
+#[test]
+fn issue_21_verify_exit_status_tells_problems_found_from_could_not_run() {
+    let t = setup();
+    let d = t.path();
+    ok(d, INIT);
+    fs::write(d.join("fw.bin"), vec![7u8; 3000]).unwrap();
+    let add = [
+        "add",
+        "--repo",
+        "repo",
+        "--keys-dir",
+        "keys",
+        "--image",
+        "fw.bin",
+        "--version",
+        "1.0.0",
+        "--hardware",
+        "gw-a",
+        "--channel",
+        "stable",
+    ];
+    ok(d, &add);
+    assert_eq!(repo_tool(d, &["verify", "--repo", "repo"]).status.code(), Some(0));
+
+    // Damaged: one byte of the published image changed.
+    let sha = sha256_file(&d.join("fw.bin"));
+    let image = d.join(format!("repo/targets/gw-a/stable/1.0.0/{sha}.fw.bin"));
+    let mut bytes = fs::read(&image).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&image, bytes).unwrap();
+    let damaged = repo_tool(d, &["verify", "--repo", "repo"]);
+    let stdout = String::from_utf8_lossy(&damaged.stdout);
+    assert_eq!(damaged.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("problem: "), "{stdout}");
+    assert!(String::from_utf8_lossy(&damaged.stderr).contains("1 problem(s) found"));
+
+    // Missing: nothing to check.
+    let missing = repo_tool(d, &["verify", "--repo", "no-such-repo"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-repo"));
+
+    // A usage error is "could not run" too, and `--help` documents the statuses.
+    assert_eq!(repo_tool(d, &["verify"]).status.code(), Some(2));
+    let help = ok(d, &["verify", "--help"]);
+    assert!(
+        help.contains("Exit status:") && help.contains("1  verify found problems"),
+        "{help}"
+    );
+}
+
 #[test]
 fn nested_delegation_through_the_binary() {
     let t = setup();

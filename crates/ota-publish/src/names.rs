@@ -67,7 +67,9 @@ pub(crate) fn check_delegated_role_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a delegation path pattern: like a target name, but segments may use `*` and `?`.
+/// Checks a delegation path pattern: like a target name, but segments may use `*` and `?`. Classes
+/// (`[...]`) match (see [`path_matches`]) but are refused here, because [`pattern_covers`] cannot yet
+/// tell whether a class pattern lies inside its parent's.
 pub fn check_path_pattern(pattern: &str) -> Result<()> {
     let ok = !pattern.is_empty()
         && pattern.split('/').all(|seg| {
@@ -91,43 +93,10 @@ pub fn check_path_pattern(pattern: &str) -> Result<()> {
 
 /// Whether a target name matches a delegation path pattern the way python-tuf matches it (TUF 4.5
 /// PATHPATTERN): segment by segment, so `*` and `?` never cross a `/`, and the segment counts must
-/// be equal.
+/// be equal. This is the device's matcher ([`ota_tuf::path_matches_pattern`]), so publisher and
+/// device agree on every pattern, `[...]` included (patterns from other tools may carry classes).
 pub fn path_matches(pattern: &str, name: &str) -> bool {
-    let pat: Vec<&str> = pattern.split('/').collect();
-    let got: Vec<&str> = name.split('/').collect();
-    pat.len() == got.len()
-        && pat
-            .iter()
-            .zip(&got)
-            .all(|(p, n)| glob_segment(p.as_bytes(), n.as_bytes()))
-}
-
-/// fnmatch of one segment with `*` (any run) and `?` (one byte).
-fn glob_segment(pat: &[u8], s: &[u8]) -> bool {
-    // Iterative matcher with one backtrack point: linear-ish, no recursion on hostile input.
-    let (mut p, mut i) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while i < s.len() {
-        match pat.get(p) {
-            Some(b'*') => {
-                star = Some((p, i));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || Some(&c) == s.get(i) => {
-                p += 1;
-                i += 1;
-            }
-            _ => match star {
-                Some((sp, si)) => {
-                    p = sp + 1;
-                    i = si + 1;
-                    star = Some((sp, si + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pat.get(p..).is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
+    ota_tuf::path_matches_pattern(name, pattern)
 }
 
 /// Whether every target name matching path pattern `child` also matches `parent` (TUF 4.5: a role
@@ -200,6 +169,9 @@ mod tests {
         assert!(path_matches("a*b*c", "aXXbYYc"));
         assert!(!path_matches("a*b*c", "aXXbYY"));
         assert!(path_matches("*", "anything"));
+        // Classes as python-tuf reads them, for patterns written by other tools.
+        assert!(path_matches("gw-[ab]/*", "gw-b/fw.bin"));
+        assert!(!path_matches("gw-[!ab]/*", "gw-b/fw.bin"));
     }
 
     #[test]

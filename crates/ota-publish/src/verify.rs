@@ -6,10 +6,10 @@ use std::io::Read;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use tough::schema::{PathSet, Root, Signed, Snapshot, Targets, Timestamp};
+use tough::schema::{PathSet, Root, Signed, Snapshot, Target, Targets, Timestamp};
 
 use crate::error::Result;
-use crate::meta::RepoState;
+use crate::meta::{MetaFile, RepoState};
 use crate::names::path_matches;
 use crate::publish::ota_custom;
 use crate::stage::target_file_path;
@@ -35,159 +35,165 @@ impl VerifyReport {
     }
 }
 
-fn check_expiry(
-    report: &mut VerifyReport,
-    role: &str,
-    expires: jiff::Timestamp,
+/// The checks [`verify`] runs, each adding to one report; `now` and the warning window are the
+/// same for all.
+struct Checks {
+    report: VerifyReport,
     now: jiff::Timestamp,
-    window: jiff::SignedDuration,
-) {
-    if expires <= now {
-        report.problems.push(format!("{role} expired at {expires}"));
-    } else if now.checked_add(window).map(|w| expires <= w).unwrap_or(true) {
-        report
-            .warnings
-            .push(format!("{role} expires at {expires}, within the warning window"));
-    }
+    warn_within: jiff::SignedDuration,
 }
 
-fn check_meta_entry(
-    report: &mut VerifyReport,
-    listed_in: &str,
-    entry: &tough::schema::Metafile,
-    version: u64,
-    bytes: &[u8],
-    file: &str,
-) {
-    if entry.version.get() != version {
-        report.problems.push(format!(
-            "{listed_in} lists {file} version {}, the file says {version}",
-            entry.version
-        ));
+impl Checks {
+    fn problem(&mut self, what: String) {
+        self.report.problems.push(what);
     }
-    if let Some(len) = entry.length {
-        if len != bytes.len() as u64 {
-            report.problems.push(format!(
-                "{listed_in} lists {file} length {len}, the file has {}",
-                bytes.len()
+
+    /// Expired is a problem; expiring within the warning window a warning.
+    fn expiry(&mut self, role: &str, expires: jiff::Timestamp) {
+        if expires <= self.now {
+            self.problem(format!("{role} expired at {expires}"));
+        } else if self
+            .now
+            .checked_add(self.warn_within)
+            .map(|w| expires <= w)
+            .unwrap_or(true)
+        {
+            self.report
+                .warnings
+                .push(format!("{role} expires at {expires}, within the warning window"));
+        }
+    }
+
+    /// The entry `listed_in` (timestamp or snapshot) has for `file` agrees with the file read:
+    /// version, and length and sha256 where listed (TUF 5.5.2, 5.6.2).
+    fn listed_entry(
+        &mut self,
+        listed_in: &str,
+        entry: &tough::schema::Metafile,
+        version: u64,
+        bytes: &[u8],
+        file: &str,
+    ) {
+        if entry.version.get() != version {
+            self.problem(format!(
+                "{listed_in} lists {file} version {}, the file says {version}",
+                entry.version
             ));
         }
-    }
-    if let Some(h) = &entry.hashes {
-        if h.sha256.as_ref() != Sha256::digest(bytes).as_slice() {
-            report
-                .problems
-                .push(format!("{listed_in} lists a different sha256 for {file}"));
-        }
-    }
-}
-
-/// Verifies the whole repository as a client would at time `now`: the root chain (each version signed
-/// by a threshold of the previous root and of itself, TUF 5.3.4), timestamp → snapshot → targets →
-/// delegated roles at any depth (signatures, thresholds, versions, lengths and hashes), every target
-/// file's length and sha256 (streamed), delegated targets inside the paths of every delegation leading
-/// to their role, and expiries. Anything expiring within
-/// `warn_within` is a warning.
-pub fn verify(repo: &Path, now: jiff::Timestamp, warn_within: jiff::SignedDuration) -> Result<VerifyReport> {
-    let state = RepoState::load(repo)?;
-    let mut report = VerifyReport::default();
-    let mut trusted: Option<&Root> = None;
-    for (i, r) in state.roots.iter().enumerate() {
-        let n = i as u64 + 1;
-        let root = &r.signed.signed;
-        if root.version.get() != n {
-            report
-                .problems
-                .push(format!("{n}.root.json says version {}", root.version));
-        }
-        if let Some(prev) = trusted {
-            if prev.verify_role(&r.signed).is_err() {
-                report.problems.push(format!(
-                    "{n}.root.json is not signed by a threshold of root version {}",
-                    n - 1
+        if let Some(len) = entry.length {
+            if len != bytes.len() as u64 {
+                self.problem(format!(
+                    "{listed_in} lists {file} length {len}, the file has {}",
+                    bytes.len()
                 ));
             }
         }
-        if root.verify_role(&r.signed).is_err() {
-            report.problems.push(format!(
-                "{n}.root.json is not signed by a threshold of its own root keys"
-            ));
+        if let Some(h) = &entry.hashes {
+            if h.sha256.as_ref() != Sha256::digest(bytes).as_slice() {
+                self.problem(format!("{listed_in} lists a different sha256 for {file}"));
+            }
         }
-        trusted = Some(root);
     }
-    report.root_versions = state.roots.len() as u64;
-    let root = &state.root()?.signed.signed;
-    check_expiry(&mut report, "root", root.expires, now, warn_within);
 
-    let ts: &Signed<Timestamp> = &state.timestamp.signed;
-    if root.verify_role(ts).is_err() {
-        report
-            .problems
-            .push("timestamp.json is not signed by a threshold of the timestamp keys".into());
+    /// TUF 5.3.4: each root version numbered in order, signed by a threshold of the previous root's
+    /// keys and of its own.
+    fn root_chain(&mut self, state: &RepoState) {
+        let mut trusted: Option<&Root> = None;
+        for (n, r) in (1u64..).zip(&state.roots) {
+            let root = &r.signed.signed;
+            if root.version.get() != n {
+                self.problem(format!("{n}.root.json says version {}", root.version));
+            }
+            if let Some(prev) = trusted {
+                if prev.verify_role(&r.signed).is_err() {
+                    self.problem(format!(
+                        "{n}.root.json is not signed by a threshold of root version {}",
+                        n - 1
+                    ));
+                }
+            }
+            if root.verify_role(&r.signed).is_err() {
+                self.problem(format!(
+                    "{n}.root.json is not signed by a threshold of its own root keys"
+                ));
+            }
+            trusted = Some(root);
+        }
+        self.report.root_versions = state.roots.len() as u64;
     }
-    check_expiry(&mut report, "timestamp", ts.signed.expires, now, warn_within);
-    let snap: &Signed<Snapshot> = &state.snapshot.signed;
-    if let Some(e) = ts.signed.meta.get("snapshot.json") {
-        check_meta_entry(
-            &mut report,
-            "timestamp",
-            e,
-            snap.signed.version.get(),
-            &state.snapshot.bytes,
-            "snapshot.json",
-        );
-    }
-    if root.verify_role(snap).is_err() {
-        report
-            .problems
-            .push("snapshot is not signed by a threshold of the snapshot keys".into());
-    }
-    check_expiry(&mut report, "snapshot", snap.signed.expires, now, warn_within);
 
-    let targets: &Signed<Targets> = &state.targets.signed;
-    if root.verify_role(targets).is_err() {
-        report
-            .problems
-            .push("targets is not signed by a threshold of the targets keys".into());
+    /// Timestamp: its signatures, its expiry, and the snapshot it lists is the snapshot present.
+    fn timestamp(&mut self, state: &RepoState, root: &Root) {
+        let ts: &Signed<Timestamp> = &state.timestamp.signed;
+        if root.verify_role(ts).is_err() {
+            self.problem("timestamp.json is not signed by a threshold of the timestamp keys".into());
+        }
+        self.expiry("timestamp", ts.signed.expires);
+        if let Some(e) = ts.signed.meta.get("snapshot.json") {
+            let snap = &state.snapshot;
+            self.listed_entry(
+                "timestamp",
+                e,
+                snap.signed.signed.version.get(),
+                &snap.bytes,
+                "snapshot.json",
+            );
+        }
     }
-    check_expiry(&mut report, "targets", targets.signed.expires, now, warn_within);
-    if let Some(e) = snap.signed.meta.get("targets.json") {
-        check_meta_entry(
-            &mut report,
-            "snapshot",
-            e,
-            targets.signed.version.get(),
-            &state.targets.bytes,
-            "targets.json",
-        );
+
+    /// Snapshot: its signatures and its expiry.
+    fn snapshot(&mut self, state: &RepoState, root: &Root) {
+        let snap: &Signed<Snapshot> = &state.snapshot.signed;
+        if root.verify_role(snap).is_err() {
+            self.problem("snapshot is not signed by a threshold of the snapshot keys".into());
+        }
+        self.expiry("snapshot", snap.signed.expires);
     }
-    // Every delegated role at any depth (loaded once each: the state's walk keeps a visited set),
-    // checked against the delegation of the role that delegates to it.
-    let no_delegations = tough::schema::Delegations::new();
-    for (name, m) in &state.delegated {
+
+    /// Top-level targets: its signatures, its expiry, and the version snapshot lists.
+    fn top_level_targets(&mut self, state: &RepoState, root: &Root) {
+        let targets: &Signed<Targets> = &state.targets.signed;
+        if root.verify_role(targets).is_err() {
+            self.problem("targets is not signed by a threshold of the targets keys".into());
+        }
+        self.expiry("targets", targets.signed.expires);
+        if let Some(e) = state.snapshot.signed.signed.meta.get("targets.json") {
+            self.listed_entry(
+                "snapshot",
+                e,
+                targets.signed.version.get(),
+                &state.targets.bytes,
+                "targets.json",
+            );
+        }
+    }
+
+    /// A delegated role: signed by a threshold of the keys its delegating role gives it, its
+    /// expiry, and the version snapshot lists.
+    fn delegated_role(&mut self, state: &RepoState, name: &str, m: &MetaFile<Targets>) -> Result<()> {
         let parent = state.parent_of(name)?;
+        let no_delegations = tough::schema::Delegations::new();
         let delegations = state
             .role_targets(parent)?
             .delegations
             .as_ref()
             .unwrap_or(&no_delegations);
         if delegations.verify_role(&m.signed, name).is_err() {
-            report.problems.push(format!(
+            self.problem(format!(
                 "role {name} is not signed by a threshold of its keys (as delegated by {parent})"
             ));
         }
-        check_expiry(&mut report, name, m.signed.signed.expires, now, warn_within);
-        if let Some(e) = snap.signed.meta.get(&format!("{name}.json")) {
-            check_meta_entry(
-                &mut report,
-                "snapshot",
-                e,
-                m.signed.signed.version.get(),
-                &m.bytes,
-                &format!("{name}.json"),
-            );
+        self.expiry(name, m.signed.signed.expires);
+        let file = format!("{name}.json");
+        if let Some(e) = state.snapshot.signed.signed.meta.get(&file) {
+            self.listed_entry("snapshot", e, m.signed.signed.version.get(), &m.bytes, &file);
         }
-        // A client looks a target up in this role only if every delegation on the way matches it.
+        Ok(())
+    }
+
+    /// A client looks a target up in a delegated role only if every delegation on the way matches
+    /// its name (TUF 5.6.7.2), so each target a role lists must lie inside all their paths.
+    fn delegated_paths(&mut self, state: &RepoState, name: &str, m: &MetaFile<Targets>) -> Result<()> {
         let chain: Vec<(String, Vec<String>)> = state
             .delegation_chain(name)?
             .into_iter()
@@ -209,84 +215,121 @@ pub fn verify(repo: &Path, now: jiff::Timestamp, warn_within: jiff::SignedDurati
                 } else {
                     format!(" (of role {via})")
                 };
-                report.problems.push(format!(
+                self.problem(format!(
                     "role {name} lists {} outside its delegated paths{how}",
                     t.raw()
                 ));
             }
         }
+        Ok(())
     }
 
-    // TUF 5.6.7.1: a client skips a role it has visited, so such a delegation is never followed. Say
-    // which kind it is: a cycle (the role leads back to itself) or a second delegation of the name.
-    for (parent, child) in &state.skipped_delegations {
-        let mut ancestors = vec![parent.as_str()];
-        let mut at = parent.as_str();
-        while let Some(p) = state
-            .parents
-            .get(at)
-            .filter(|_| ancestors.len() <= state.parents.len())
-        {
-            ancestors.push(p);
-            at = p;
+    /// TUF 5.6.7.1: a client skips a role it has visited, so such a delegation is never followed; a
+    /// warning for each.
+    fn skipped_delegations(&mut self, state: &RepoState) {
+        for (parent, child) in &state.skipped_delegations {
+            let why = skipped_delegation_warning(state, parent, child);
+            self.report.warnings.push(why);
         }
-        let why = if child == crate::meta::TARGETS_ROLE || ancestors.contains(&child.as_str()) {
-            let path: Vec<&str> = ancestors
-                .iter()
-                .rev()
-                .skip_while(|a| **a != child.as_str())
-                .copied()
-                .collect();
-            format!(
-                "delegation cycle: {} -> {child}; clients skip the repeated role (TUF 5.6.7.1), so \
-                 the delegation from {parent} to {child} is never followed",
-                path.join(" -> ")
-            )
-        } else {
-            format!(
-                "role {child} is delegated again by {parent} (first by {}); clients visit it once, \
-                 through the first delegation (TUF 5.6.7.1), so the one from {parent} is never followed",
-                state.parents.get(child).map_or("?", String::as_str)
-            )
-        };
-        report.warnings.push(why);
     }
 
-    let mut buf = vec![0u8; 256 * 1024];
-    for (role, t) in state.all_roles() {
-        for (name, target) in &t.targets {
-            let Ok(digest) = <[u8; 32]>::try_from(target.hashes.sha256.as_ref()) else {
-                report.problems.push(format!(
-                    "{role}: target {} has a sha256 that is not 32 bytes",
-                    name.raw()
-                ));
-                continue;
-            };
-            let path = repo.join(target_file_path(name.raw(), &digest));
-            match hash_file(&path, &mut buf) {
-                Ok((len, got)) => {
-                    if len != target.length {
-                        report.problems.push(format!(
-                            "{role}: {} has {len} bytes, metadata says {}",
-                            path.display(),
-                            target.length
-                        ));
-                    } else if got != digest {
-                        report
-                            .problems
-                            .push(format!("{role}: {} does not match its sha256", path.display()));
-                    }
-                }
-                Err(e) => report.problems.push(format!(
-                    "{role}: target {}: cannot read {}: {e}",
-                    name.raw(),
-                    path.display()
-                )),
+    /// Every target file of every role: its length and sha256 as listed (streamed).
+    fn target_files(&mut self, repo: &Path, state: &RepoState) {
+        let mut buf = vec![0u8; 256 * 1024];
+        for (role, t) in state.all_roles() {
+            for (name, target) in &t.targets {
+                self.target_file(repo, role, name.raw(), target, &mut buf);
+                self.report.targets_checked += 1;
             }
-            report.targets_checked += 1;
         }
     }
-    Ok(report)
+
+    fn target_file(&mut self, repo: &Path, role: &str, name: &str, target: &Target, buf: &mut [u8]) {
+        let Ok(digest) = <[u8; 32]>::try_from(target.hashes.sha256.as_ref()) else {
+            self.problem(format!("{role}: target {name} has a sha256 that is not 32 bytes"));
+            return;
+        };
+        let path = repo.join(target_file_path(name, &digest));
+        match hash_file(&path, buf) {
+            Ok((len, _)) if len != target.length => self.problem(format!(
+                "{role}: {} has {len} bytes, metadata says {}",
+                path.display(),
+                target.length
+            )),
+            Ok((_, got)) if got != digest => {
+                self.problem(format!("{role}: {} does not match its sha256", path.display()))
+            }
+            Ok(_) => {}
+            Err(e) => self.problem(format!(
+                "{role}: target {name}: cannot read {}: {e}",
+                path.display()
+            )),
+        }
+    }
+}
+
+/// Says which kind a skipped delegation is: a cycle (the role leads back to itself) or a second
+/// delegation of the name.
+fn skipped_delegation_warning(state: &RepoState, parent: &str, child: &str) -> String {
+    let mut ancestors = vec![parent];
+    let mut at = parent;
+    while let Some(p) = state
+        .parents
+        .get(at)
+        .filter(|_| ancestors.len() <= state.parents.len())
+    {
+        ancestors.push(p);
+        at = p;
+    }
+    if child == crate::meta::TARGETS_ROLE || ancestors.contains(&child) {
+        let path: Vec<&str> = ancestors
+            .iter()
+            .rev()
+            .skip_while(|a| **a != child)
+            .copied()
+            .collect();
+        format!(
+            "delegation cycle: {} -> {child}; clients skip the repeated role (TUF 5.6.7.1), so \
+             the delegation from {parent} to {child} is never followed",
+            path.join(" -> ")
+        )
+    } else {
+        format!(
+            "role {child} is delegated again by {parent} (first by {}); clients visit it once, \
+             through the first delegation (TUF 5.6.7.1), so the one from {parent} is never followed",
+            state.parents.get(child).map_or("?", String::as_str)
+        )
+    }
+}
+
+/// Verifies the whole repository as a client would at time `now`: the root chain (each version signed
+/// by a threshold of the previous root and of itself, TUF 5.3.4), timestamp → snapshot → targets →
+/// delegated roles at any depth (signatures, thresholds, versions, lengths and hashes), every target
+/// file's length and sha256 (streamed), delegated targets inside the paths of every delegation leading
+/// to their role, and expiries. Anything expiring within
+/// `warn_within` is a warning.
+pub fn verify(repo: &Path, now: jiff::Timestamp, warn_within: jiff::SignedDuration) -> Result<VerifyReport> {
+    let state = RepoState::load(repo)?;
+    let mut checks = Checks {
+        report: VerifyReport::default(),
+        now,
+        warn_within,
+    };
+    checks.root_chain(&state);
+    let root = &state.root()?.signed.signed;
+    checks.expiry("root", root.expires);
+    checks.timestamp(&state, root);
+    checks.snapshot(&state, root);
+    checks.top_level_targets(&state, root);
+    // Every delegated role at any depth (loaded once each: the state's walk keeps a visited set),
+    // checked against the delegation of the role that delegates to it.
+    for (name, m) in &state.delegated {
+        checks.delegated_role(&state, name, m)?;
+        checks.delegated_paths(&state, name, m)?;
+    }
+    checks.skipped_delegations(&state);
+    checks.target_files(repo, &state);
+    Ok(checks.report)
 }
 
 fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<(u64, [u8; 32])> {

@@ -22,7 +22,10 @@
 //!
 //! **Main types.** [`Client`] (the trusted state: metadata directory plus verified roles in memory),
 //! [`ClientConfig`] and [`Limits`] (where and how much), [`Clock`] and [`Http`] (the time and the HTTP
-//! client, passed in by the caller; [`ClientConfig::new`] picks the system clock and a client built here), [`TargetInfo`] (one verified target), [`Error`].
+//! client, passed in by the caller; [`ClientConfig::new`] picks the system clock and a client built here),
+//! [`TargetInfo`] (one verified target), [`Error`].
+//! [`path_matches_pattern`] is the workspace's one TUF path-pattern matcher (python-tuf's, segment by
+//! segment fnmatch), public so the publisher checks delegations with the same rule the device applies.
 //!
 //! **Deviations from the agreed interface**: [`ClientConfig`] and [`Limits`] are `#[non_exhaustive]`; build
 //! them with [`ClientConfig::new`] / [`Limits::default`] and set fields. [`TargetInfo::verify_local`] is an
@@ -58,7 +61,7 @@ use chrono::{DateTime, Utc};
 
 pub use client::Client;
 pub use error::{Error, Result};
-pub use paths::quote_name;
+pub use paths::{path_matches_pattern, quote_name};
 
 /// Bounds on everything the client downloads or walks. Defaults follow the specification's suggestions
 /// and python-tuf's.

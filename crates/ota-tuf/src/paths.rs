@@ -3,19 +3,19 @@
 
 use sha2::{Digest as _, Sha256};
 
-/// Shell-style pattern match of one path against one delegation pattern, segment by segment, so that `*`
-/// never crosses `/` (as python-tuf does): both are split on `/`, must have as many segments, and each
-/// segment must match with `*`, `?`, `[...]` and `[!...]`.
-pub(crate) fn path_matches_pattern(target: &str, pattern: &str) -> bool {
+/// Whether `target` matches the delegation path pattern `pattern` (TUF 4.5 PATHPATTERN), exactly as
+/// python-tuf decides it: both are split on `/` and must have as many segments, and each segment must
+/// match as Python's `fnmatch.fnmatchcase` matches it (`*` any run, `?` one character, `[seq]`,
+/// `[!seq]`), so `*` never crosses a `/`. The one matcher of the workspace: the publisher uses it too.
+pub fn path_matches_pattern(target: &str, pattern: &str) -> bool {
     let mut t = target.split('/');
     let mut p = pattern.split('/');
     loop {
         match (t.next(), p.next()) {
             (None, None) => return true,
             (Some(ts), Some(ps)) => {
-                let tc: Vec<char> = ts.chars().collect();
-                let pc: Vec<char> = ps.chars().collect();
-                if !fnmatch(&tc, &pc) {
+                let text: Vec<char> = ts.chars().collect();
+                if !segment_matches(&text, &tokens(ps)) {
                     return false;
                 }
             }
@@ -24,95 +24,185 @@ pub(crate) fn path_matches_pattern(target: &str, pattern: &str) -> bool {
     }
 }
 
-/// `fnmatch.fnmatchcase` on one segment. Iterative with one backtrack point for `*`, so it is linear-ish and
-/// cannot recurse deeply on hostile patterns.
-fn fnmatch(text: &[char], pattern: &[char]) -> bool {
+/// One element of a pattern segment, as `fnmatch.translate` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    /// `*`: any run of characters, the empty one included.
+    AnyRun,
+    /// `?`: any one character.
+    AnyChar,
+    /// `[...]`: one character of a set, or (`[!...]`) not of it.
+    Class(CharClass),
+    /// Any other character, and a `[` without a closing `]`.
+    Literal(char),
+}
+
+/// A bracket expression after Python's clean-up: inclusive ranges (a lone character is a range of
+/// one). Empty and not negated it matches nothing; empty and negated, any character.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CharClass {
+    negated: bool,
+    ranges: Vec<(char, char)>,
+}
+
+impl CharClass {
+    fn contains(&self, c: char) -> bool {
+        self.ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != self.negated
+    }
+}
+
+/// Reads a pattern segment into tokens the way `fnmatch.translate` does (Python 3.11).
+fn tokens(pattern: &str) -> Vec<Token> {
+    let p: Vec<char> = pattern.chars().collect();
+    let mut out = Vec::with_capacity(p.len());
+    let mut i = 0;
+    while let Some(&c) = p.get(i) {
+        i += 1;
+        let token = match c {
+            '*' => Token::AnyRun,
+            '?' => Token::AnyChar,
+            '[' => match bracket(&p, i) {
+                Some((class, next)) => {
+                    i = next;
+                    Token::Class(class)
+                }
+                None => Token::Literal('['),
+            },
+            c => Token::Literal(c),
+        };
+        out.push(token);
+    }
+    out
+}
+
+/// The bracket expression whose body starts at `start` (just after `[`), and the index after its `]`;
+/// `None` when no `]` closes it (the `[` is then a literal). A `]` first in the body (after an
+/// optional `!`) is a member, not the end.
+fn bracket(p: &[char], start: usize) -> Option<(CharClass, usize)> {
+    let mut end = start;
+    if p.get(end) == Some(&'!') {
+        end += 1;
+    }
+    if p.get(end) == Some(&']') {
+        end += 1;
+    }
+    while p.get(end).is_some_and(|c| *c != ']') {
+        end += 1;
+    }
+    let body = p.get(start..end).filter(|_| end < p.len())?;
+    Some((class_of(&range_chunks(body)), end + 1))
+}
+
+/// `fnmatch.translate`'s chunks of a bracket body: split at each `-` that makes a range (not the first
+/// member's, and not one right after a range), then ranges running backwards removed along with their
+/// ends. Between two chunks lies a range from the last character of one to the first of the next; a
+/// `-` inside a chunk is a member.
+fn range_chunks(body: &[char]) -> Vec<Vec<char>> {
+    let mut chunks: Vec<Vec<char>> = Vec::new();
+    let mut chunk_start = 0;
+    let mut search = if body.first() == Some(&'!') { 2 } else { 1 };
+    while let Some(dash) = body
+        .get(search..)
+        .and_then(|rest| rest.iter().position(|c| *c == '-'))
+        .map(|at| search + at)
+    {
+        chunks.push(body.get(chunk_start..dash).unwrap_or_default().to_vec());
+        chunk_start = dash + 1;
+        search = dash + 3;
+    }
+    match (body.get(chunk_start..).unwrap_or_default(), chunks.last_mut()) {
+        // A trailing `-` is a member of the last chunk.
+        ([], Some(last)) => last.push('-'),
+        (rest, _) => chunks.push(rest.to_vec()),
+    }
+    for k in (1..chunks.len()).rev() {
+        let backwards = matches!(
+            (chunks.get(k - 1).and_then(|c| c.last()), chunks.get(k).and_then(|c| c.first())),
+            (Some(lo), Some(hi)) if lo > hi
+        );
+        if backwards {
+            let next = chunks.remove(k);
+            if let Some(prev) = chunks.get_mut(k - 1) {
+                prev.pop();
+                prev.extend(next.into_iter().skip(1));
+            }
+        }
+    }
+    chunks
+}
+
+/// The set the chunks stand for, read as Python's `re` reads `[...]` built from them: a leading `!`
+/// negates (even one a removed range brought to the front, as in Python), a lone `!` matches any
+/// character, nothing at all matches nothing.
+fn class_of(chunks: &[Vec<char>]) -> CharClass {
+    // `None` is a range-making `-` between two chunks; `Some(c)` a member character.
+    let mut items: Vec<Option<char>> = Vec::new();
+    for (n, chunk) in chunks.iter().enumerate() {
+        if n > 0 {
+            items.push(None);
+        }
+        items.extend(chunk.iter().copied().map(Some));
+    }
+    let negated = items.first() == Some(&Some('!'));
+    let members = if negated {
+        items.get(1..).unwrap_or_default()
+    } else {
+        &items[..]
+    };
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    while let Some(item) = members.get(at) {
+        match (item, members.get(at + 1), members.get(at + 2)) {
+            (Some(lo), Some(None), Some(Some(hi))) => {
+                ranges.push((*lo, *hi));
+                at += 3;
+            }
+            (Some(c), _, _) => {
+                ranges.push((*c, *c));
+                at += 1;
+            }
+            // A `-` with no range around it is a member.
+            (None, _, _) => {
+                ranges.push(('-', '-'));
+                at += 1;
+            }
+        }
+    }
+    CharClass { negated, ranges }
+}
+
+/// Whether `text` (one segment) matches the tokens in full. Every token but `*` takes exactly one
+/// character, so one backtrack point (the last `*`) is enough: linear-ish, no recursion on hostile
+/// patterns.
+fn segment_matches(text: &[char], pattern: &[Token]) -> bool {
     let (mut ti, mut pi) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
-    while ti < text.len() {
+    while let Some(&c) = text.get(ti) {
         let step = match pattern.get(pi) {
-            Some('*') => {
+            Some(Token::AnyRun) => {
                 star = Some((pi, ti));
                 pi += 1;
                 continue;
             }
-            Some('?') => Some(1),
-            Some('[') => match class_match(pattern, pi, text.get(ti).copied()) {
-                ClassMatch::Matched(len) => Some(len),
-                ClassMatch::NotMatched => None,
-                ClassMatch::Literal => (text.get(ti) == Some(&'[')).then_some(1),
-            },
-            Some(c) => (text.get(ti) == Some(c)).then_some(1),
-            None => None,
+            Some(Token::AnyChar) => true,
+            Some(Token::Class(class)) => class.contains(c),
+            Some(Token::Literal(l)) => *l == c,
+            None => false,
         };
-        match step {
-            Some(len) => {
-                ti += 1;
-                pi += len;
-            }
-            None => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
+        if step {
+            ti += 1;
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
         }
     }
     pattern
         .get(pi..)
-        .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
-}
-
-enum ClassMatch {
-    /// The class matched; the pattern advances by this many chars.
-    Matched(usize),
-    NotMatched,
-    /// No closing `]`: the `[` is an ordinary character (as in Python's fnmatch).
-    Literal,
-}
-
-fn class_match(pattern: &[char], start: usize, c: Option<char>) -> ClassMatch {
-    let mut i = start + 1;
-    let negate = matches!(pattern.get(i), Some('!'));
-    if negate {
-        i += 1;
-    }
-    let body_start = i;
-    // A `]` right after `[` or `[!` is a member, not the end.
-    if pattern.get(i) == Some(&']') {
-        i += 1;
-    }
-    while pattern.get(i).is_some_and(|ch| *ch != ']') {
-        i += 1;
-    }
-    if pattern.get(i).is_none() {
-        return ClassMatch::Literal;
-    }
-    let body = pattern.get(body_start..i).unwrap_or_default();
-    let Some(c) = c else { return ClassMatch::NotMatched };
-    let mut found = false;
-    let mut j = 0;
-    while let Some(&lo) = body.get(j) {
-        if body.get(j + 1) == Some(&'-') && body.get(j + 2).is_some() {
-            let hi = body.get(j + 2).copied().unwrap_or(lo);
-            if lo <= c && c <= hi {
-                found = true;
-            }
-            j += 3;
-        } else {
-            if lo == c {
-                found = true;
-            }
-            j += 1;
-        }
-    }
-    if found != negate {
-        ClassMatch::Matched(i + 1 - start)
-    } else {
-        ClassMatch::NotMatched
-    }
+        .is_some_and(|rest| rest.iter().all(|t| *t == Token::AnyRun))
 }
 
 /// Lower-case hex SHA-256 of the target path, as `path_hash_prefixes` compares against.
@@ -187,6 +277,32 @@ mod tests {
         assert!(path_matches_pattern("abcabd", "*ab?"));
         assert!(!path_matches_pattern("", "?"));
         assert!(path_matches_pattern("", "*"));
+    }
+
+    /// Corners of Python's `fnmatch.translate`, each checked against Python 3.11.
+    #[test]
+    fn brackets_like_python_fnmatch() {
+        // A backward range is dropped with its ends: `[b-a]` matches nothing, `[!b-a]` anything.
+        assert!(!path_matches_pattern("a", "[b-a]"));
+        assert!(!path_matches_pattern("b", "[b-a]"));
+        assert!(path_matches_pattern("x", "[!b-a]"));
+        // ... and what follows it joins the previous chunk: `[b-a-0]` is {'-', '0'}.
+        assert!(path_matches_pattern("-", "[b-a-0]"));
+        assert!(path_matches_pattern("0", "[b-a-0]"));
+        assert!(!path_matches_pattern("a", "[b-a-0]"));
+        // A `!` a dropped range brings to the front negates.
+        assert!(path_matches_pattern("y", "[b-a!x]"));
+        assert!(!path_matches_pattern("x", "[b-a!x]"));
+        // First and last `-` are members; `]` first is a member.
+        assert!(path_matches_pattern("-", "[-a]"));
+        assert!(path_matches_pattern("-", "[a-]"));
+        assert!(path_matches_pattern("-", "[!a]"));
+        assert!(!path_matches_pattern("-", "[!-a]"));
+        assert!(path_matches_pattern("^", "[]-a]"));
+        assert!(path_matches_pattern("b", "[!]]"));
+        assert!(!path_matches_pattern("]", "[!]]"));
+        // `[!]` is not closed: literal characters.
+        assert!(path_matches_pattern("[!]", "[!]"));
     }
 
     #[test]

@@ -1,0 +1,369 @@
+//! The command line's clap definitions and the flags' small conversions (keys to load, lifetimes);
+//! running and printing each command lives in its group's module.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use ota_publish::deltas::DeltaPolicy;
+use ota_publish::{Expiries, KeyRing};
+
+/// Exit status when the command ran to its end (for `verify`: found no problem).
+pub const EXIT_OK: u8 = 0;
+/// Exit status when `verify` ran and found problems in the repository.
+pub const EXIT_PROBLEMS_FOUND: u8 = 1;
+/// Exit status when the command could not run: bad usage (clap's own exit status for usage errors
+/// is also 2), a missing or unreadable repository, missing keys, a refused change.
+pub const EXIT_COULD_NOT_RUN: u8 = 2;
+
+/// The exit statuses as `--help` documents them; scripts rely on them, so they stay as they are.
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  success (verify: no problem found)
+  1  verify found problems in the repository (each printed as `problem: ...`)
+  2  could not run: usage error, missing or unreadable repository or key, refused change";
+
+#[derive(Parser)]
+#[command(
+    name = "repo-tool",
+    version,
+    about = "Build and maintain a TUF repository of firmware releases",
+    after_help = EXIT_STATUS_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct SigningKeys {
+    /// A private key file (PKCS#8) to sign with; repeat for several.
+    #[arg(long = "key", value_name = "FILE")]
+    pub keys: Vec<PathBuf>,
+    /// A directory whose *.pk8 private keys may all be used to sign.
+    #[arg(long = "keys-dir", value_name = "DIR")]
+    pub keys_dir: Option<PathBuf>,
+}
+
+impl SigningKeys {
+    pub fn load(&self) -> Result<KeyRing> {
+        let mut ring = KeyRing::from_files(&self.keys)?;
+        if let Some(d) = &self.keys_dir {
+            ring.extend(KeyRing::from_dir(d)?);
+        }
+        Ok(ring)
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct Lifetimes {
+    /// Lifetime of root metadata signed by this command (e.g. 365d).
+    #[arg(long, default_value = "365d", value_parser = lifetime)]
+    pub root_expires: jiff::SignedDuration,
+    /// Lifetime of targets metadata (top-level and delegated).
+    #[arg(long, default_value = "90d", value_parser = lifetime)]
+    pub targets_expires: jiff::SignedDuration,
+    /// Lifetime of snapshot metadata.
+    #[arg(long, default_value = "7d", value_parser = lifetime)]
+    pub snapshot_expires: jiff::SignedDuration,
+    /// Lifetime of timestamp metadata.
+    #[arg(long, default_value = "1d", value_parser = lifetime)]
+    pub timestamp_expires: jiff::SignedDuration,
+}
+
+impl Lifetimes {
+    pub fn expiries(&self) -> Expiries {
+        Expiries {
+            root: self.root_expires,
+            targets: self.targets_expires,
+            snapshot: self.snapshot_expires,
+            timestamp: self.timestamp_expires,
+        }
+    }
+}
+
+fn lifetime(s: &str) -> std::result::Result<jiff::SignedDuration, String> {
+    ota_publish::parse_lifetime(s).map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Create a new repository and print its root fingerprint (text and QR code).
+    Init(InitArgs),
+    /// Publish firmware images (one with --image and --version, or a directory with --dir).
+    Add(AddArgs),
+    /// Re-sign timestamp (and snapshot with --snapshot) with a new expiry: run it from cron.
+    Refresh(RefreshArgs),
+    /// Delegate path patterns to a new targets role with its own keys.
+    Delegate(DelegateArgs),
+    /// Root rotation and key revocation, signed in steps by the holders of the root keys.
+    Root {
+        #[command(subcommand)]
+        command: RootCommand,
+    },
+    /// Targets roles (top-level or delegated) signed in steps: sign and publish a file staged by
+    /// `add --stage` or `delegate --stage`.
+    Role {
+        #[command(subcommand)]
+        command: RoleCommand,
+    },
+    /// Check the repository as a client would; exit status 1 on any problem found, 2 if it could not be
+    /// checked.
+    #[command(after_help = EXIT_STATUS_HELP)]
+    Verify(VerifyArgs),
+    /// Releases per hardware id and channel, and each role's version and expiry.
+    List {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Generate ed25519 keys: DIR/NAME.pk8 (private, 0600) and DIR/NAME.pub.json. Never overwrites.
+    Generate {
+        /// Directory for the key files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Key names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RootCommand {
+    /// Write the next root version, unsigned, to --out.
+    Stage {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The staged root file to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// ROLE=KEYFILE: add a key to a top-level role.
+        #[arg(long = "add-key")]
+        add_keys: Vec<String>,
+        /// ROLE=KEYID: remove (revoke) a key from a role.
+        #[arg(long = "remove-key")]
+        remove_keys: Vec<String>,
+        /// ROLE=N: set a role's threshold.
+        #[arg(long = "threshold")]
+        thresholds: Vec<String>,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
+    },
+    /// Sign a staged root with the root keys you hold, then pass the file on.
+    Sign {
+        /// The staged root file.
+        staged: PathBuf,
+        /// The repository (lets keys of the current root sign, and shows both thresholds).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        #[command(flatten)]
+        signing: SigningKeys,
+    },
+    /// Publish a staged root once the current and the new root thresholds are met.
+    Publish {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The staged root file.
+        staged: PathBuf,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
+        #[command(flatten)]
+        signing: SigningKeys,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RoleCommand {
+    /// Sign a staged role file with the role keys you hold, then pass the file on.
+    Sign {
+        /// The staged role file.
+        #[arg(long)]
+        file: PathBuf,
+        /// The repository (checks against the role's current keys and threshold; without it, those
+        /// recorded in the file when it was staged).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        #[command(flatten)]
+        signing: SigningKeys,
+    },
+    /// Publish a staged role file once each staged role's threshold is met; needs the snapshot and
+    /// timestamp keys.
+    Publish {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The staged role file.
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
+        #[command(flatten)]
+        signing: SigningKeys,
+    },
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Repository directory.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Public (or private) key files of the root role.
+    #[arg(long = "root-key", required = true)]
+    pub root_keys: Vec<PathBuf>,
+    /// Signatures needed for root.
+    #[arg(long, default_value_t = 1)]
+    pub root_threshold: u64,
+    /// Key files of the targets role.
+    #[arg(long = "targets-key", required = true)]
+    pub targets_keys: Vec<PathBuf>,
+    /// Signatures needed for targets.
+    #[arg(long, default_value_t = 1)]
+    pub targets_threshold: u64,
+    /// Key files of the snapshot role.
+    #[arg(long = "snapshot-key", required = true)]
+    pub snapshot_keys: Vec<PathBuf>,
+    /// Signatures needed for snapshot.
+    #[arg(long, default_value_t = 1)]
+    pub snapshot_threshold: u64,
+    /// Key files of the timestamp role.
+    #[arg(long = "timestamp-key", required = true)]
+    pub timestamp_keys: Vec<PathBuf>,
+    /// Signatures needed for timestamp.
+    #[arg(long, default_value_t = 1)]
+    pub timestamp_threshold: u64,
+    /// Do not print the QR code.
+    #[arg(long)]
+    pub no_qr: bool,
+    #[command(flatten)]
+    pub lifetimes: Lifetimes,
+    #[command(flatten)]
+    pub signing: SigningKeys,
+}
+
+#[derive(Args)]
+pub struct AddArgs {
+    /// Repository directory.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// The image file.
+    #[arg(
+        long,
+        conflicts_with = "dir",
+        required_unless_present = "dir",
+        requires = "version"
+    )]
+    pub image: Option<PathBuf>,
+    /// The image's semantic version.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Publish every file of this directory; names must be <name>-<semver>[.<ext>].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Compatible hardware id; repeat for several.
+    #[arg(long = "hardware", required = true)]
+    pub hardware: Vec<String>,
+    /// Release channel.
+    #[arg(long)]
+    pub channel: String,
+    /// Percent of the fleet offered the release.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub rollout: u8,
+    /// Target name; only with --image. Default: <hardware>/<channel>/<basename> when the image's
+    /// file name carries the version (e.g. fw-1.2.0.bin; always so with --dir), else
+    /// <hardware>/<channel>/<version>/<basename>.
+    #[arg(long, conflicts_with = "dir")]
+    pub name: Option<String>,
+    /// Add into this delegated role (at any depth of the delegation tree) instead of top-level targets.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Build deltas to each new release from this many of the newest older releases of the same
+    /// hardware id and channel (0: none).
+    #[arg(long = "deltas", default_value_t = 2)]
+    pub deltas: usize,
+    /// Keep a delta only if smaller than this percentage of the full image.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub delta_max_share: u8,
+    /// Build no deltas for images smaller than this many bytes (a small image is fetched in
+    /// about one round trip anyway).
+    #[arg(long, value_name = "BYTES", default_value_t = DeltaPolicy::DEFAULT_MIN_IMAGE_LEN)]
+    pub delta_min_image: u64,
+    /// Do not publish: write the target files and the role's next version, signed with the
+    /// role's keys given (maybe fewer than its threshold), to this new file; its key holders then
+    /// run `repo-tool role sign`, and `repo-tool role publish` publishes it.
+    #[arg(long, value_name = "FILE")]
+    pub stage: Option<PathBuf>,
+    #[command(flatten)]
+    pub lifetimes: Lifetimes,
+    #[command(flatten)]
+    pub signing: SigningKeys,
+}
+
+#[derive(Args)]
+pub struct RefreshArgs {
+    /// Repository directory.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Re-sign snapshot too.
+    #[arg(long)]
+    pub snapshot: bool,
+    #[command(flatten)]
+    pub lifetimes: Lifetimes,
+    #[command(flatten)]
+    pub signing: SigningKeys,
+}
+
+#[derive(Args)]
+pub struct DelegateArgs {
+    /// Repository directory.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// The new role's name.
+    #[arg(long)]
+    pub role: String,
+    /// Delegate from this role (a delegated role, signed with its keys) instead of top-level
+    /// targets; the new role's patterns must lie inside this role's.
+    #[arg(long, default_value = "targets")]
+    pub from: String,
+    /// Path pattern (`*` and `?` within one segment), e.g. gw-a/*/*/*; repeat for several.
+    #[arg(long = "path", required = true)]
+    pub paths: Vec<String>,
+    /// Key files of the new role.
+    #[arg(long = "role-key", required = true)]
+    pub role_keys: Vec<PathBuf>,
+    /// Signatures needed for the new role.
+    #[arg(long, default_value_t = 1)]
+    pub threshold: u64,
+    /// Stop the search at this role for matching targets.
+    #[arg(long)]
+    pub terminating: bool,
+    /// Do not publish: write the delegating role's next version and the new role's first one,
+    /// signed with the keys given (maybe fewer than their thresholds), to this new file; see
+    /// `repo-tool role sign` and `repo-tool role publish`.
+    #[arg(long, value_name = "FILE")]
+    pub stage: Option<PathBuf>,
+    #[command(flatten)]
+    pub lifetimes: Lifetimes,
+    #[command(flatten)]
+    pub signing: SigningKeys,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Repository directory.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Warn about metadata expiring within this time.
+    #[arg(long, default_value = "12h", value_parser = lifetime)]
+    pub warn_within: jiff::SignedDuration,
+}

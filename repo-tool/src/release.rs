@@ -1,0 +1,107 @@
+//! `repo-tool init` and `repo-tool add`: a new repository, and firmware releases into it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use ota_publish::deltas::{add_with_deltas, DeltaAddReport, DeltaPolicy};
+
+use crate::cli::{AddArgs, InitArgs};
+
+/// A role's keys (read from public or private key files) and threshold.
+pub fn role_spec(paths: &[PathBuf], threshold: u64) -> Result<ota_publish::RoleSpec> {
+    let keys = paths
+        .iter()
+        .map(|p| ota_publish::read_public_key(p))
+        .collect::<ota_publish::Result<Vec<_>>>()?;
+    Ok(ota_publish::RoleSpec { keys, threshold })
+}
+
+/// Runs `init` and prints the new root's fingerprint, as text and (unless `--no-qr`) a QR code.
+pub fn init(args: InitArgs) -> Result<()> {
+    let spec = ota_publish::InitSpec {
+        root: role_spec(&args.root_keys, args.root_threshold)?,
+        targets: role_spec(&args.targets_keys, args.targets_threshold)?,
+        snapshot: role_spec(&args.snapshot_keys, args.snapshot_threshold)?,
+        timestamp: role_spec(&args.timestamp_keys, args.timestamp_threshold)?,
+        expiries: args.lifetimes.expiries(),
+    };
+    let fp = ota_publish::init(&args.repo, &spec, &args.signing.load()?)?;
+    println!("created {}", args.repo.display());
+    println!("root fingerprint (sha256 of {}):", fp.path.display());
+    println!("{}", fp.sha256);
+    if !args.no_qr {
+        println!("{}", ota_publish::qr_for_terminal(&fp.sha256)?);
+    }
+    Ok(())
+}
+
+/// The releases `add` publishes: one image (`--image`, `--version`) or every file of `--dir`.
+fn releases_to_add(args: &AddArgs) -> Result<Vec<ota_publish::ReleaseSpec>> {
+    match (&args.image, &args.dir) {
+        (Some(image), None) => Ok(vec![ota_publish::ReleaseSpec {
+            image: image.clone(),
+            version: args
+                .version
+                .clone()
+                .context("--version is required with --image")?,
+            hardware: args.hardware.clone(),
+            channel: args.channel.clone(),
+            rollout_percent: args.rollout,
+            name: args.name.clone(),
+        }]),
+        (None, Some(dir)) => Ok(ota_publish::releases_in_dir(
+            dir,
+            &args.hardware,
+            &args.channel,
+            args.rollout,
+        )?),
+        _ => bail!("give exactly one of --image or --dir"),
+    }
+}
+
+/// Runs `add`: publishes (or with `--stage`, stages) the releases with their deltas, and prints each
+/// target added, each delta not kept, and the role version published or staged.
+pub fn add(args: AddArgs) -> Result<()> {
+    let releases = releases_to_add(&args)?;
+    let opts = ota_publish::AddOptions {
+        role: args.role.clone(),
+        expiries: args.lifetimes.expiries(),
+        stage: args.stage.clone(),
+    };
+    let policy = DeltaPolicy {
+        keep: args.deltas,
+        max_share_percent: args.delta_max_share,
+        min_image_len: args.delta_min_image,
+    };
+    let report = add_with_deltas(
+        &args.repo,
+        &releases,
+        &opts,
+        &args.signing.load()?,
+        &policy,
+        &mut crate::progress::encode_delta_with_progress_bar,
+    )?;
+    print_added(&report, &args)
+}
+
+fn print_added(report: &DeltaAddReport, args: &AddArgs) -> Result<()> {
+    for s in &report.skipped {
+        println!(
+            "not kept: delta from {} for {} ({} bytes, not under {}% of {} bytes)",
+            s.base_version, s.release_target, s.delta_len, args.delta_max_share, s.image_len
+        );
+    }
+    let report = &report.add;
+    // One write for all lines, not one per line (a bulk add reports 10,000 targets).
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (name, sha, len) in &report.added {
+        writeln!(out, "added {name} ({len} bytes, sha256 {sha})")?;
+    }
+    match (&report.staged, &args.stage) {
+        (Some(s), Some(file)) => crate::staging::print_staged(&mut out, std::slice::from_ref(s), file)?,
+        _ => writeln!(out, "{} version {} published", report.role, report.role_version)?,
+    }
+    out.flush()?;
+    Ok(())
+}
