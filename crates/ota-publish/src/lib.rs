@@ -58,9 +58,9 @@
 //! [`VerifyReport`], [`Listing`], [`RoleSignatures`], [`RepoLock`], [`Error`].
 #![deny(missing_docs)]
 
-mod atomic_file;
 mod block;
 pub mod deltas;
+mod digest;
 mod error;
 mod keys;
 mod lock;

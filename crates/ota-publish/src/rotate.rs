@@ -15,12 +15,12 @@ use std::path::Path;
 use tough::schema::key::Key;
 use tough::schema::{RoleType, Root, Signed};
 
-use crate::atomic_file;
 use crate::error::{invalid, io, Error, Result};
 use crate::keys::{key_id, KeyRing};
 use crate::meta::{
     self, bump, expiry_after, file_bytes, now, top_role_keys, Expiries, Publication, RepoState,
 };
+use crate::staged_role::STAGE_FILE_MODE;
 
 /// The top-level roles, by name.
 pub fn parse_role(name: &str) -> Result<RoleType> {
@@ -114,11 +114,8 @@ pub fn root_stage(repo: &Path, change: &RootChange, out: &Path) -> Result<u64> {
         signed: root,
         signatures: Vec::new(),
     };
-    if out.exists() {
-        return Err(Error::AlreadyExists { path: out.to_owned() });
-    }
-    atomic_file::write_new_durable(out, &file_bytes(&staged)?)?;
-    atomic_file::sync_dir(atomic_file::parent(out))?;
+    ota_fs::write_new(out, &file_bytes(&staged)?, STAGE_FILE_MODE)?;
+    ota_fs::sync_dir(ota_fs::parent_dir(out))?;
     Ok(version)
 }
 
@@ -194,7 +191,7 @@ pub fn root_sign(staged_path: &Path, repo: Option<&Path>, ring: &KeyRing) -> Res
             sig: sig.into(),
         });
     }
-    atomic_file::replace_durable(staged_path, &file_bytes(&staged)?)?;
+    ota_fs::write_atomic(staged_path, &file_bytes(&staged)?, STAGE_FILE_MODE)?;
     Ok(RootSignatures {
         version: staged.signed.version.get(),
         new_root: count(&staged.signed, &staged),

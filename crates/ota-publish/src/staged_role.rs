@@ -28,12 +28,15 @@ use serde::{Deserialize, Serialize};
 use tough::schema::key::Key;
 use tough::schema::{DelegatedRole, Delegations, PathSet, RoleType, Signature, Signed, Targets};
 
-use crate::atomic_file;
 use crate::error::{io, Error, Result};
 use crate::keys::{KeyId, KeyRing};
 use crate::lock::RepoLock;
 use crate::meta::{self, Expiries, Publication, RepoState, TARGETS_ROLE};
 use crate::names::check_delegated_role_name;
+
+/// Permission bits of a stage file before the umask: it holds no secret and travels between the key
+/// holders, so it is as readable as any file they create.
+pub(crate) const STAGE_FILE_MODE: u32 = 0o666;
 
 /// One role's next version, as staged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -210,8 +213,8 @@ pub(crate) fn write_stage(
         staged.staged_roles.push(s);
     }
     let status = status(&staged)?;
-    atomic_file::write_new_durable(out, &staged_bytes(&staged)?)?;
-    atomic_file::sync_dir(atomic_file::parent(out))?;
+    ota_fs::write_new(out, &staged_bytes(&staged)?, STAGE_FILE_MODE)?;
+    ota_fs::sync_dir(ota_fs::parent_dir(out))?;
     Ok(status)
 }
 
@@ -350,7 +353,7 @@ pub fn role_sign(staged_path: &Path, repo: Option<&Path>, ring: &KeyRing) -> Res
         });
     }
     let status = status(&staged)?;
-    atomic_file::replace_durable(staged_path, &staged_bytes(&staged)?)?;
+    ota_fs::write_atomic(staged_path, &staged_bytes(&staged)?, STAGE_FILE_MODE)?;
     Ok(status)
 }
 
