@@ -19,7 +19,7 @@ use tough::TargetName;
 
 use crate::error::{io, Error, Result};
 use crate::keys::KeyRing;
-use crate::meta::RepoState;
+use crate::loader::RepoState;
 use crate::publish::{add_with, ota_custom, tuf_target, AddOptions, AddReport, NewTarget, ReleaseSpec};
 use crate::stage::target_file_path;
 

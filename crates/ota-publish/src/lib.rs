@@ -59,10 +59,13 @@
 #![deny(missing_docs)]
 
 mod block;
+mod canonical;
 pub mod deltas;
 mod digest;
+mod editor;
 mod error;
 mod keys;
+mod loader;
 mod lock;
 mod meta;
 mod names;
@@ -71,6 +74,7 @@ mod qr;
 mod rotate;
 mod stage;
 mod staged_role;
+mod trust;
 mod verify;
 
 pub use error::{Error, Result};

@@ -31,7 +31,7 @@ impl RepoLock {
     /// created in it.
     pub fn acquire(repo: &Path, command: &str) -> Result<RepoLock> {
         if !repo.join(crate::meta::METADATA_DIR).is_dir() {
-            return Err(crate::meta::not_a_repository(repo));
+            return Err(crate::loader::not_a_repository(repo));
         }
         RepoLock::lock(repo, command)
     }

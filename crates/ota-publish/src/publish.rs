@@ -22,14 +22,12 @@ use crate::error::{invalid, Error, Result};
 use crate::keys::{key_id, KeyRing};
 use crate::lock::RepoLock;
 use crate::meta::{
-    self, bump, expiry_after, metafile, now, top_role_keys, Expiries, Publication, RepoState, RoleKeySet,
-    SPEC_VERSION, TARGETS_ROLE,
+    self, bump, expiry_after, metafile, now, Expiries, Publication, RepoState, SPEC_VERSION, TARGETS_ROLE,
 };
-use crate::names::{
-    check_delegated_role_name, check_path_pattern, check_target_name, path_matches, pattern_covers,
-};
+use crate::names::{check_delegated_role_name, check_path_pattern, check_target_name, pattern_covers};
 use crate::stage::TargetStager;
-use crate::staged_role::{write_stage, RoleSignatures, RoleTrust, StageEntry};
+use crate::staged_role::{write_stage, RoleSignatures, StageEntry};
+use crate::trust::{top_role_keys, RoleKeySet, RoleTrust};
 
 /// The keys and threshold of one role.
 #[derive(Debug, Clone)]
@@ -75,7 +73,7 @@ pub(crate) fn role_keys(
     }
     let mut ids = Vec::new();
     for k in &spec.keys {
-        let id = meta::decoded(&key_id(k)?)?;
+        let id = crate::trust::decoded(&key_id(k)?)?;
         if ids.contains(&id) {
             return Err(invalid(
                 format!("{what} keys"),
@@ -195,7 +193,7 @@ pub fn init(repo: &Path, spec: &InitSpec, ring: &KeyRing) -> Result<RootFingerpr
     fs::create_dir_all(repo.join(meta::TARGETS_DIR))
         .map_err(crate::error::io("create", repo.join("targets")))?;
     Ok(RootFingerprint {
-        path: meta::meta_path(repo, "1.root.json"),
+        path: crate::loader::meta_path(repo, "1.root.json"),
         sha256,
     })
 }
@@ -378,42 +376,6 @@ pub(crate) fn ota_custom(target: &Target) -> Option<OtaTarget> {
     }
 }
 
-/// Refuses a target name that a client would not look up in `role`: it must match a path pattern of
-/// every delegation on the way from top-level targets to the role (TUF 5.6.7.2).
-pub(crate) fn check_delegated(state: &RepoState, role: &str, name: &str) -> Result<()> {
-    if role == TARGETS_ROLE {
-        return Ok(());
-    }
-    if !state.delegated.contains_key(role) {
-        return Err(invalid(
-            format!("role {role:?}"),
-            "no such delegated role (see `repo-tool delegate`)",
-        ));
-    }
-    for entry in state.delegation_chain(role)? {
-        let patterns = delegated_patterns(entry)?;
-        if !patterns.iter().any(|p| path_matches(p, name)) {
-            return Err(Error::NotDelegated {
-                name: name.to_owned(),
-                role: entry.name.clone(),
-                paths: patterns.join(", "),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The path patterns of a delegation (hash-prefix delegations are refused).
-fn delegated_patterns(entry: &DelegatedRole) -> Result<Vec<&str>> {
-    match &entry.paths {
-        PathSet::Paths(p) => Ok(p.iter().map(|p| p.value()).collect()),
-        PathSet::PathHashPrefixes(_) => Err(invalid(
-            format!("role {:?}", entry.name),
-            "hash-prefix delegations are not supported",
-        )),
-    }
-}
-
 /// A prepared target: name, TUF entry, staged file.
 pub(crate) struct NewTarget {
     pub name: String,
@@ -479,7 +441,7 @@ where
             )?,
         };
         check_target_name(&name)?;
-        check_delegated(&state, &role, &name)?;
+        state.check_delegated(&role, &name)?;
         let version = release.version.to_string();
         for h in &release.hardware {
             release_key(&mut key, h.as_str(), release.channel.as_str(), &version);
@@ -531,7 +493,7 @@ where
     }
     let role_version = targets.version;
     if let Some(out) = &opts.stage {
-        let trust = RoleTrust::current(&state, &role)?;
+        let trust = state.role_trust(&role)?;
         // The target files are made durable before the staged file that names them exists.
         publication.commit(repo)?;
         let entry = StageEntry {
@@ -549,7 +511,7 @@ where
         });
     }
     let role_bytes = role_keys.sign_targets_to_file(&targets, ring)?;
-    let (snap_name, snap_bytes, ts_bytes) = meta::resign_snapshot_and_timestamp(
+    let (snap_name, snap_bytes, ts_bytes) = crate::editor::resign_snapshot_and_timestamp(
         &state,
         &root,
         &[(role.clone(), role_version, role_bytes.clone())],
@@ -686,12 +648,12 @@ pub fn refresh(repo: &Path, opts: &RefreshOptions, ring: &KeyRing) -> Result<()>
     let mut publication = Publication::default();
     if opts.snapshot {
         let (name, bytes, ts) =
-            meta::resign_snapshot_and_timestamp(&state, &root, &[], &opts.expiries, ring)?;
+            crate::editor::resign_snapshot_and_timestamp(&state, &root, &[], &opts.expiries, ring)?;
         publication.metadata.push((name, bytes));
         publication.timestamp = Some(ts);
     } else {
         let snap = &state.snapshot;
-        publication.timestamp = Some(meta::sign_timestamp(
+        publication.timestamp = Some(crate::editor::sign_timestamp(
             &state.timestamp.signed.signed,
             snap.signed.signed.version,
             &snap.bytes,
@@ -792,7 +754,7 @@ fn delegate_with(
     }
     // Every delegation on the way to `from` must let a client reach each new pattern.
     for entry in state.delegation_chain(from)? {
-        let covering = delegated_patterns(entry)?;
+        let covering = crate::loader::delegated_patterns(entry)?;
         if let Some(p) = spec
             .paths
             .iter()
@@ -840,7 +802,7 @@ fn delegate_with(
         terminating: spec.terminating,
         targets: None,
     });
-    let new_role_keys = meta::delegated_role_keys(&parent, &spec.role)?;
+    let new_role_keys = crate::trust::delegated_role_keys(&parent, &spec.role)?;
     if stage.is_none() {
         new_role_keys.check_ring_or_stage(ring)?;
     }
@@ -866,7 +828,7 @@ fn delegate_with(
         let entries = vec![
             StageEntry {
                 role: from.to_owned(),
-                trust: RoleTrust::current(&state, from)?,
+                trust: state.role_trust(from)?,
                 metadata: parent,
             },
             StageEntry {
@@ -879,7 +841,7 @@ fn delegate_with(
     }
     let role_bytes = new_role_keys.sign_targets_to_file(&role_meta, ring)?;
     let parent_bytes = parent_keys.sign_targets_to_file(&parent, ring)?;
-    let (snap_name, snap_bytes, ts) = meta::resign_snapshot_and_timestamp(
+    let (snap_name, snap_bytes, ts) = crate::editor::resign_snapshot_and_timestamp(
         &state,
         &root,
         &[

@@ -15,12 +15,12 @@ use std::path::Path;
 use tough::schema::key::Key;
 use tough::schema::{RoleType, Root, Signed};
 
+use crate::canonical::file_bytes;
 use crate::error::{invalid, io, Error, Result};
 use crate::keys::{key_id, KeyRing};
-use crate::meta::{
-    self, bump, expiry_after, file_bytes, now, top_role_keys, Expiries, Publication, RepoState,
-};
+use crate::meta::{self, bump, expiry_after, now, Expiries, Publication, RepoState};
 use crate::staged_role::STAGE_FILE_MODE;
+use crate::trust::top_role_keys;
 
 /// The top-level roles, by name.
 pub fn parse_role(name: &str) -> Result<RoleType> {
@@ -56,7 +56,7 @@ pub fn root_stage(repo: &Path, change: &RootChange, out: &Path) -> Result<u64> {
     root.version = bump(root.version)?;
     root.expires = expiry_after(now()?, change.expiries.root)?;
     for (role, key) in &change.add_keys {
-        let id = meta::decoded(&key_id(key)?)?;
+        let id = crate::trust::decoded(&key_id(key)?)?;
         let rk = root
             .roles
             .get_mut(role)
@@ -71,7 +71,7 @@ pub fn root_stage(repo: &Path, change: &RootChange, out: &Path) -> Result<u64> {
         root.keys.insert(id, key.clone());
     }
     for (role, id) in &change.remove_keys {
-        let dec = meta::decoded(id)?;
+        let dec = crate::trust::decoded(id)?;
         let rk = root
             .roles
             .get_mut(role)
@@ -144,7 +144,7 @@ fn count(root: &Root, staged: &Signed<Root>) -> (u64, u64) {
     let ids: HashSet<String> = root
         .roles
         .get(&RoleType::Root)
-        .map(|r| meta::hex_ids(&r.keyids).into_iter().collect())
+        .map(|r| crate::trust::hex_ids(&r.keyids).into_iter().collect())
         .unwrap_or_default();
     let threshold = root.roles.get(&RoleType::Root).map_or(0, |r| r.threshold.get());
     let n = staged
@@ -182,9 +182,9 @@ pub fn root_sign(staged_path: &Path, repo: Option<&Path>, ring: &KeyRing) -> Res
             ),
         });
     }
-    let msg = meta::canonical(&staged.signed)?;
+    let msg = crate::canonical::canonical(&staged.signed)?;
     for (id, sig) in ring.sign_with(&usable, &msg)? {
-        let keyid = meta::decoded(&id)?;
+        let keyid = crate::trust::decoded(&id)?;
         staged.signatures.retain(|s| s.keyid != keyid);
         staged.signatures.push(tough::schema::Signature {
             keyid,
@@ -253,7 +253,7 @@ pub fn root_publish(repo: &Path, staged_path: &Path, expiries: &Expiries, ring: 
         changed.push((meta::TARGETS_ROLE.to_owned(), v, bytes));
     }
     let (snap_name, snap_bytes, ts) =
-        meta::resign_snapshot_and_timestamp(&state, &new, &changed, expiries, ring)?;
+        crate::editor::resign_snapshot_and_timestamp(&state, &new, &changed, expiries, ring)?;
     let root_bytes = file_bytes(&staged)?;
     // Root goes before snapshot and timestamp in the write order; all are new files except timestamp.
     publication

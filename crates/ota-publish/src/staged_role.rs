@@ -19,20 +19,21 @@
 //! `keys` are copied from the delegator at stage time so a holder without the repository can see
 //! which keys count; publishing ignores them and reads the repository's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::num::NonZeroU64;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tough::schema::key::Key;
-use tough::schema::{DelegatedRole, Delegations, PathSet, RoleType, Signature, Signed, Targets};
+use tough::schema::{Signature, Signed, Targets};
 
 use crate::error::{io, Error, Result};
 use crate::keys::{KeyId, KeyRing};
 use crate::lock::RepoLock;
 use crate::meta::{self, Expiries, Publication, RepoState, TARGETS_ROLE};
 use crate::names::check_delegated_role_name;
+use crate::trust::{verify_signature, RoleTrust};
 
 /// Permission bits of a stage file before the umask: it holds no secret and travels between the key
 /// holders, so it is as readable as any file they create.
@@ -66,115 +67,6 @@ pub struct RoleSignatures {
     pub present: u64,
     /// Signatures needed.
     pub threshold: u64,
-}
-
-/// A role's keys (by id) and threshold.
-pub(crate) struct RoleTrust {
-    keys: BTreeMap<KeyId, Key>,
-    threshold: u64,
-}
-
-impl RoleTrust {
-    fn from_ids(
-        ids: &[tough::schema::decoded::Decoded<tough::schema::decoded::Hex>],
-        all: &HashMap<tough::schema::decoded::Decoded<tough::schema::decoded::Hex>, Key>,
-        threshold: NonZeroU64,
-    ) -> RoleTrust {
-        let keys = ids
-            .iter()
-            .filter_map(|id| all.get(id).map(|k| (hex::encode(id.as_ref()), k.clone())))
-            .collect();
-        RoleTrust {
-            keys,
-            threshold: threshold.get(),
-        }
-    }
-
-    pub(crate) fn of_delegation(delegations: &Delegations, role: &str) -> Option<RoleTrust> {
-        let entry: &DelegatedRole = delegations.roles.iter().find(|r| r.name == role)?;
-        Some(RoleTrust::from_ids(
-            &entry.keyids,
-            &delegations.keys,
-            entry.threshold,
-        ))
-    }
-
-    /// The current keys and threshold of a targets role in the repository (top-level targets from
-    /// root, a delegated role from its delegator).
-    pub(crate) fn current(state: &RepoState, role: &str) -> Result<RoleTrust> {
-        if role == TARGETS_ROLE {
-            let root = &state.root()?.signed.signed;
-            let rk = root
-                .roles
-                .get(&RoleType::Targets)
-                .ok_or_else(|| crate::error::invalid("root metadata", "lists no targets role"))?;
-            return Ok(RoleTrust::from_ids(&rk.keyids, &root.keys, rk.threshold));
-        }
-        let parent = state.parent_of(role)?;
-        state
-            .role_targets(parent)?
-            .delegations
-            .as_ref()
-            .and_then(|d| RoleTrust::of_delegation(d, role))
-            .ok_or_else(|| {
-                crate::error::invalid(format!("role {role:?}"), format!("not delegated by {parent}"))
-            })
-    }
-
-    fn key_ids(&self) -> String {
-        self.keys.keys().cloned().collect::<Vec<_>>().join(", ")
-    }
-
-    /// Valid signatures by distinct keys of this role over `msg` (the canonical signed part).
-    fn count_valid(&self, msg: &[u8], signatures: &[Signature]) -> u64 {
-        let mut seen = std::collections::BTreeSet::new();
-        for s in signatures {
-            let id = hex::encode(s.keyid.as_ref());
-            if let Some(key) = self.keys.get(&id) {
-                if !seen.contains(&id) && verify_signature(key, msg, s.sig.as_ref()) {
-                    seen.insert(id);
-                }
-            }
-        }
-        seen.len() as u64
-    }
-}
-
-/// Checks one signature with one key. Ed25519 (what `repo-tool keys generate` makes) is checked
-/// here; other key types through tough's own check, with the key as the only key of a role of
-/// threshold 1 (tough keeps its per-key check private).
-fn verify_signature(key: &Key, msg: &[u8], sig: &[u8]) -> bool {
-    if let Key::Ed25519 { keyval, .. } = key {
-        let public = aws_lc_rs::signature::UnparsedPublicKey::new(
-            &aws_lc_rs::signature::ED25519,
-            keyval.public.as_ref(),
-        );
-        return public.verify(msg, sig).is_ok();
-    }
-    let Ok(parsed) = serde_json::from_slice::<Targets>(msg) else {
-        return false;
-    };
-    let Ok(id) = key.key_id() else {
-        return false;
-    };
-    let mut delegations = Delegations::new();
-    delegations.keys.insert(id.clone(), key.clone());
-    delegations.roles.push(DelegatedRole {
-        name: "one-key".into(),
-        keyids: vec![id.clone()],
-        threshold: NonZeroU64::MIN,
-        paths: PathSet::Paths(Vec::new()),
-        terminating: false,
-        targets: None,
-    });
-    let signed = Signed {
-        signed: parsed,
-        signatures: vec![Signature {
-            keyid: id,
-            sig: sig.to_vec().into(),
-        }],
-    };
-    delegations.verify_role(&signed, "one-key").is_ok()
 }
 
 /// The bytes of `role`'s next version signed with the ring's keys of that role (maybe none), as an
@@ -253,9 +145,9 @@ fn sign_entry(s: &mut StagedRole, ids: &[KeyId], ring: &KeyRing) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    let msg = meta::canonical_targets(&s.metadata.signed)?;
+    let msg = crate::canonical::canonical_targets(&s.metadata.signed)?;
     for (id, sig) in ring.sign_with(ids, &msg)? {
-        let keyid = meta::decoded(&id)?;
+        let keyid = crate::trust::decoded(&id)?;
         s.metadata.signatures.retain(|x| x.keyid != keyid);
         s.metadata.signatures.push(Signature {
             keyid,
@@ -275,7 +167,7 @@ fn status(staged: &StagedRoles) -> Result<Vec<RoleSignatures>> {
                 keys: s.keys.clone(),
                 threshold: s.threshold,
             };
-            let msg = meta::canonical_targets(&s.metadata.signed)?;
+            let msg = crate::canonical::canonical_targets(&s.metadata.signed)?;
             Ok(RoleSignatures {
                 role: s.role.clone(),
                 version: s.metadata.signed.version.get(),
@@ -294,7 +186,7 @@ fn current_trust(state: &RepoState, staged: &StagedRoles) -> Result<Vec<RoleTrus
         .iter()
         .map(|s| {
             if s.role == TARGETS_ROLE || state.delegated.contains_key(&s.role) {
-                return RoleTrust::current(state, &s.role);
+                return state.role_trust(&s.role);
             }
             // A role new to the repository: its name comes from the file and becomes a file name.
             check_delegated_role_name(&s.role)?;
@@ -399,7 +291,7 @@ pub fn role_publish(
         if let Some(c) = current.and(state.role_targets(&s.role).ok()) {
             for name in s.metadata.signed.targets.keys() {
                 if !c.targets.contains_key(name) {
-                    crate::publish::check_delegated(&state, &s.role, name.raw())?;
+                    state.check_delegated(&s.role, name.raw())?;
                 }
             }
         }
@@ -409,7 +301,7 @@ pub fn role_publish(
                 format!("expired at {}; stage it again", s.metadata.signed.expires),
             ));
         }
-        let msg = meta::canonical_targets(&s.metadata.signed)?;
+        let msg = crate::canonical::canonical_targets(&s.metadata.signed)?;
         let present = trust.count_valid(&msg, &s.metadata.signatures);
         if present < trust.threshold {
             return Err(Error::StagedThresholdNotMet {
@@ -434,7 +326,7 @@ pub fn role_publish(
             })
             .cloned()
             .collect();
-        let bytes = meta::envelope(&msg, &signatures)?;
+        let bytes = crate::canonical::envelope(&msg, &signatures)?;
         changed.push((s.role.clone(), version, bytes.clone()));
         files.push((format!("{version}.{}.json", s.role), bytes));
         published.push(RoleSignatures {
@@ -445,7 +337,7 @@ pub fn role_publish(
         });
     }
     let (snap_name, snap_bytes, ts) =
-        meta::resign_snapshot_and_timestamp(&state, &root, &changed, expiries, ring)?;
+        crate::editor::resign_snapshot_and_timestamp(&state, &root, &changed, expiries, ring)?;
     // Children (listed after their delegator) first: every file is new until timestamp.json.
     files.reverse();
     files.push((snap_name, snap_bytes));
