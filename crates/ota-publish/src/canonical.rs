@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use tough::schema::{Signature, Signed, Target, Targets};
+use tough::schema::{Signature, Target, Targets};
 
 use crate::error::{Error, Result};
 
@@ -207,8 +207,9 @@ pub(crate) fn envelope(msg: &[u8], signatures: &[Signature]) -> Result<Vec<u8>> 
 }
 
 /// The bytes of a metadata file: canonical JSON of the whole signed envelope (deterministic and what
-/// every client parses).
-pub(crate) fn file_bytes<T: Serialize>(signed: &Signed<T>) -> Result<Vec<u8>> {
+/// every client parses). The unit tests check [`envelope`] gives the same bytes.
+#[cfg(test)]
+pub(crate) fn file_bytes<T: Serialize>(signed: &tough::schema::Signed<T>) -> Result<Vec<u8>> {
     canonical(signed)
 }
 

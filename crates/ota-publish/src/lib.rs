@@ -51,7 +51,7 @@
 //! [`root_sign`], [`root_publish`]). Any targets role (top-level or delegated, at any depth): `add
 //! --stage FILE` ([`AddOptions::stage`]) or `delegate --stage FILE` ([`delegate_stage`]) →
 //! `role sign` ([`role_sign`]) → `role publish` ([`role_publish`]), which refuses a threshold not
-//! met and a stage another publish has overtaken (see `staged_role`). Target files a stage wrote
+//! met and a stage another publish has overtaken (see `staged`). Target files a stage wrote
 //! stay in `targets/` if the stage is abandoned (unreferenced, never served by metadata).
 //!
 //! Main types: [`KeyRing`], [`InitSpec`]/[`RoleSpec`], [`ReleaseSpec`]/[`AddOptions`], [`RootChange`],
@@ -73,7 +73,7 @@ mod publish;
 mod qr;
 mod rotate;
 mod stage;
-mod staged_role;
+mod staged;
 mod trust;
 mod verify;
 
@@ -95,7 +95,7 @@ pub use publish::{
 pub use qr::qr_for_terminal;
 pub use rotate::{parse_role, root_publish, root_sign, root_stage, RootChange, RootSignatures};
 pub use stage::target_file_path;
-pub use staged_role::{role_publish, role_sign, RoleSignatures};
+pub use staged::{role_publish, role_sign, RoleSignatures};
 pub use tough::key_source::KeySource;
 pub use tough::schema::key::Key;
 pub use tough::schema::RoleType;

@@ -21,6 +21,8 @@ pub const SPEC_VERSION: &str = "1.0.31";
 pub const METADATA_DIR: &str = "metadata";
 /// The target files directory inside a repository.
 pub const TARGETS_DIR: &str = "targets";
+/// The root role's name (its metadata file is `V.root.json`).
+pub const ROOT_ROLE: &str = "root";
 /// The top-level targets role's name.
 pub const TARGETS_ROLE: &str = "targets";
 

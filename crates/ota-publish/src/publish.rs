@@ -26,7 +26,7 @@ use crate::meta::{
 };
 use crate::names::{check_delegated_role_name, check_path_pattern, check_target_name, pattern_covers};
 use crate::stage::TargetStager;
-use crate::staged_role::{write_stage, RoleSignatures, StageEntry};
+use crate::staged::{RoleSignatures, Stage, StagedRole};
 use crate::trust::{top_role_keys, RoleKeySet, RoleTrust};
 
 /// The keys and threshold of one role.
@@ -225,7 +225,7 @@ pub struct AddOptions {
     /// Stage instead of publishing: write the target files (invisible to clients until signed
     /// metadata names them) and the role's next version, signed with the ring's keys of the role
     /// (maybe fewer than its threshold), to this new file, for `role sign` and `role publish`
-    /// (`crate::staged_role`). Snapshot and timestamp keys are not needed.
+    /// (`crate::staged`). Snapshot and timestamp keys are not needed.
     pub stage: Option<PathBuf>,
 }
 
@@ -408,6 +408,9 @@ where
     if releases.is_empty() {
         return Err(invalid("add", "no image given"));
     }
+    if let Some(out) = &opts.stage {
+        Stage::refuse_existing(out)?;
+    }
     let _lock = RepoLock::acquire(repo, "add")?;
     let state = RepoState::load(repo)?;
     let role = opts.role.clone().unwrap_or_else(|| TARGETS_ROLE.to_owned());
@@ -496,12 +499,9 @@ where
         let trust = state.role_trust(&role)?;
         // The target files are made durable before the staged file that names them exists.
         publication.commit(repo)?;
-        let entry = StageEntry {
-            role: role.clone(),
-            trust,
-            metadata: targets,
-        };
-        let staged = write_stage(out, vec![entry], ring)?.into_iter().next();
+        let stage = Stage::new(vec![StagedRole::targets(&role, trust, targets)]);
+        let counts = stage.clone().create(out, ring)?;
+        let staged = stage.status(&counts).into_iter().next();
         stager.keep();
         return Ok(AddReport {
             role,
@@ -702,7 +702,7 @@ pub fn delegate_from(
     delegate_with(repo, from, spec, expiries, ring, None).map(|_| ())
 }
 
-/// [`delegate_from`], staged instead of published (`crate::staged_role`): `from`'s next version (with
+/// [`delegate_from`], staged instead of published (`crate::staged`): `from`'s next version (with
 /// the delegation) and the new role's first version, each signed with the ring's keys of that role
 /// (maybe fewer than its threshold), go to the new file `out` for `role sign` and `role publish`.
 /// Snapshot and timestamp keys are not needed. Returns each staged role's signatures so far.
@@ -731,6 +731,9 @@ fn delegate_with(
     }
     for p in &spec.paths {
         check_path_pattern(p)?;
+    }
+    if let Some(out) = stage {
+        Stage::refuse_existing(out)?;
     }
     let _lock = RepoLock::acquire(repo, "delegate")?;
     let state = RepoState::load(repo)?;
@@ -825,19 +828,12 @@ fn delegate_with(
             .as_ref()
             .and_then(|d| RoleTrust::of_delegation(d, &spec.role))
             .ok_or_else(|| invalid(format!("role {:?}", spec.role), "lost its delegation"))?;
-        let entries = vec![
-            StageEntry {
-                role: from.to_owned(),
-                trust: state.role_trust(from)?,
-                metadata: parent,
-            },
-            StageEntry {
-                role: spec.role.clone(),
-                trust: new_trust,
-                metadata: role_meta,
-            },
-        ];
-        return write_stage(out, entries, ring);
+        let stage = Stage::new(vec![
+            StagedRole::targets(from, state.role_trust(from)?, parent),
+            StagedRole::targets(&spec.role, new_trust, role_meta),
+        ]);
+        let counts = stage.clone().create(out, ring)?;
+        return Ok(stage.status(&counts));
     }
     let role_bytes = new_role_keys.sign_targets_to_file(&role_meta, ring)?;
     let parent_bytes = parent_keys.sign_targets_to_file(&parent, ring)?;

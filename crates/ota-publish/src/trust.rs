@@ -10,7 +10,9 @@ use std::num::NonZeroU64;
 use serde::Serialize;
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::key::Key;
-use tough::schema::{DelegatedRole, Delegations, PathSet, RoleType, Root, Signature, Signed, Targets};
+use tough::schema::{
+    DelegatedRole, Delegations, PathSet, RoleKeys, RoleType, Root, Signature, Signed, Targets,
+};
 
 use crate::canonical::{canonical, canonical_targets, envelope};
 use crate::error::{invalid, Error, Result};
@@ -141,10 +143,13 @@ pub(crate) fn delegated_role_keys(parent: &Targets, role: &str) -> Result<RoleKe
     })
 }
 
-/// A role's keys (by id) and threshold.
+/// A role's public keys (by id) and threshold: what counting valid signatures needs. Serialized
+/// as is into stage files (`{"threshold": N, "keys": {...}}`) so a holder without the repository
+/// sees which keys count.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RoleTrust {
-    pub keys: BTreeMap<KeyId, Key>,
     pub threshold: u64,
+    pub keys: BTreeMap<KeyId, Key>,
 }
 
 impl RoleTrust {
@@ -172,6 +177,16 @@ impl RoleTrust {
         ))
     }
 
+    /// The root role's trust in a root.
+    pub(crate) fn of_root(root: &Root) -> Result<RoleTrust> {
+        let rk = root
+            .roles
+            .get(&RoleType::Root)
+            .ok_or_else(|| invalid("root metadata", "lists no root role"))?;
+        Ok(RoleTrust::from_ids(&rk.keyids, &root.keys, rk.threshold))
+    }
+
+    /// The role's key ids, comma separated (for messages).
     pub fn key_ids(&self) -> String {
         self.keys.keys().cloned().collect::<Vec<_>>().join(", ")
     }
@@ -191,9 +206,10 @@ impl RoleTrust {
     }
 }
 
-/// Checks one signature with one key. Ed25519 (what `repo-tool keys generate` makes) is checked
-/// here; other key types through tough's own check, with the key as the only key of a role of
-/// threshold 1 (tough keeps its per-key check private).
+/// Checks one signature with one key over canonical signed bytes `msg`. Ed25519 (what `repo-tool keys
+/// generate` makes) is checked here; other key types through tough's own check, with the key as the
+/// only key of a role of threshold 1 (tough keeps its per-key check private), for the two kinds of
+/// metadata that are staged: targets and root.
 pub(crate) fn verify_signature(key: &Key, msg: &[u8], sig: &[u8]) -> bool {
     if let Key::Ed25519 { keyval, .. } = key {
         let public = aws_lc_rs::signature::UnparsedPublicKey::new(
@@ -202,30 +218,42 @@ pub(crate) fn verify_signature(key: &Key, msg: &[u8], sig: &[u8]) -> bool {
         );
         return public.verify(msg, sig).is_ok();
     }
-    let Ok(parsed) = serde_json::from_slice::<Targets>(msg) else {
-        return false;
-    };
     let Ok(id) = key.key_id() else {
         return false;
     };
-    let mut delegations = Delegations::new();
-    delegations.keys.insert(id.clone(), key.clone());
-    delegations.roles.push(DelegatedRole {
-        name: "one-key".into(),
-        keyids: vec![id.clone()],
-        threshold: NonZeroU64::MIN,
-        paths: PathSet::Paths(Vec::new()),
-        terminating: false,
-        targets: None,
-    });
-    let signed = Signed {
-        signed: parsed,
-        signatures: vec![Signature {
-            keyid: id,
-            sig: sig.to_vec().into(),
-        }],
-    };
-    delegations.verify_role(&signed, "one-key").is_ok()
+    let signatures = vec![Signature {
+        keyid: id.clone(),
+        sig: sig.to_vec().into(),
+    }];
+    if let Ok(signed) = serde_json::from_slice::<Targets>(msg) {
+        let mut delegations = Delegations::new();
+        delegations.keys.insert(id.clone(), key.clone());
+        delegations.roles.push(DelegatedRole {
+            name: "one-key".into(),
+            keyids: vec![id],
+            threshold: NonZeroU64::MIN,
+            paths: PathSet::Paths(Vec::new()),
+            terminating: false,
+            targets: None,
+        });
+        return delegations
+            .verify_role(&Signed { signed, signatures }, "one-key")
+            .is_ok();
+    }
+    if let Ok(signed) = serde_json::from_slice::<Root>(msg) {
+        let mut one_key = signed.clone();
+        one_key.keys = HashMap::from([(id.clone(), key.clone())]);
+        one_key.roles.insert(
+            RoleType::Root,
+            RoleKeys {
+                keyids: vec![id],
+                threshold: NonZeroU64::MIN,
+                _extra: HashMap::new(),
+            },
+        );
+        return one_key.verify_role(&Signed { signed, signatures }).is_ok();
+    }
+    false
 }
 
 #[cfg(test)]
