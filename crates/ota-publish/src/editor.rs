@@ -1,5 +1,7 @@
-//! Signing the new top of a repository after a change: snapshot and timestamp metadata over the
-//! changed targets files (TUF 5.5, 5.4). Every command that publishes ends here.
+//! The end of every command that changes a repository: signing the new top of the repository
+//! (snapshot and timestamp over the changed targets files, TUF 5.5, 5.4) and committing a
+//! [`Publication`] through a [`RepoStore`]: new metadata files, flush, `timestamp.json` last, or
+//! nothing at all if any step fails.
 
 use std::num::NonZeroU64;
 
@@ -9,6 +11,7 @@ use crate::error::Result;
 use crate::keys::KeyRing;
 use crate::loader::RepoState;
 use crate::meta::{bump, expiry_after, metafile, now, Expiries, SPEC_VERSION};
+use crate::store::RepoStore;
 use crate::trust::{top_role_keys, RoleKeySet};
 
 /// Builds new snapshot and timestamp metadata on top of `state`, with these targets files replaced
@@ -72,4 +75,39 @@ pub(crate) fn sign_timestamp(
     ts.meta
         .insert("snapshot.json".into(), metafile(snapshot_version, snapshot_bytes));
     keys.sign_to_file(&ts, ring)
+}
+
+/// The metadata a command publishes, once every check passed and everything is signed: new
+/// versioned metadata files, in write order, and the new `timestamp.json`. Target files are already
+/// in the store (put while the command ran).
+#[derive(Debug, Default)]
+pub(crate) struct Publication {
+    /// (file name in metadata/, bytes); must not exist yet.
+    pub metadata: Vec<(String, Vec<u8>)>,
+    /// New timestamp.json bytes.
+    pub timestamp: Option<Vec<u8>>,
+}
+
+impl Publication {
+    /// Writes the metadata, makes everything durable, then switches `timestamp.json`; on error the
+    /// store rolls back everything it wrote, target files included. On success the store keeps it.
+    pub fn commit(self, store: &mut dyn RepoStore) -> Result<()> {
+        let written = self.write(store);
+        match written {
+            Ok(()) => store.keep(),
+            Err(_) => store.roll_back(),
+        }
+        written
+    }
+
+    fn write(self, store: &mut dyn RepoStore) -> Result<()> {
+        for (name, bytes) in &self.metadata {
+            store.put_metadata(name, bytes)?;
+        }
+        store.flush()?;
+        if let Some(ts) = &self.timestamp {
+            store.replace_timestamp(ts)?;
+        }
+        Ok(())
+    }
 }

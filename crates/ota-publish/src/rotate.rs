@@ -52,7 +52,7 @@ pub struct RootChange {
 }
 
 /// Writes the next root version, unsigned, to the stage file `out` (which must not exist), as the
-/// one role of a stage ([`crate::staged`]). Returns its version.
+/// one role of a stage (the staged-signing flow every role shares). Returns its version.
 pub fn root_stage(repo: &Path, change: &RootChange, out: &Path) -> Result<u64> {
     Stage::refuse_existing(out)?;
     let state = RepoState::load(repo)?;

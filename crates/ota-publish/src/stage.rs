@@ -15,9 +15,10 @@
 //! was killed mid-write) is re-hashed and kept only if its bytes match its name; otherwise it is
 //! removed and written again (no client asks for it: no published metadata names those bytes).
 //!
-//! Everything a [`TargetStager`] creates (files and directories) is removed when it is dropped,
-//! unless [`TargetStager::keep`] was called after a successful publish. Nothing is fsynced here:
-//! `Publication::commit` makes the new files durable (an fsync each, or one `syncfs` for bulk adds).
+//! This is the target half of `crate::store::DirStore`. Everything a [`TargetStager`] creates (files
+//! and directories) is removed when it is dropped, unless [`TargetStager::keep`] was called after a
+//! successful publish. Nothing is fsynced here: `DirStore::flush` makes the new files durable (an
+//! fsync each, or one `syncfs` for bulk adds).
 
 use std::collections::HashSet;
 use std::fs;
@@ -32,12 +33,14 @@ use crate::error::{io, Error, Result};
 /// Read buffer; files up to this size are hashed in memory and written once under their final name.
 const BUF_LEN: usize = 256 * 1024;
 
-/// A target file under its final name inside the repository.
+/// A target file under its final name in the repository.
 #[derive(Debug, Clone)]
-pub(crate) struct StagedFile {
-    /// `<repo>/targets/<dir>/<sha256-hex>.<basename>`.
+pub struct StagedFile {
+    /// Where the store put it: `<repo>/targets/<dir>/<sha256-hex>.<basename>` for a directory.
     pub path: PathBuf,
+    /// SHA-256 of its bytes.
     pub sha256: [u8; 32],
+    /// Its length in bytes.
     pub length: u64,
 }
 
@@ -85,8 +88,19 @@ impl TargetStager {
     }
 
     /// The publish succeeded: keep every file and directory created.
-    pub fn keep(mut self) {
+    pub fn keep(&mut self) {
         self.kept = true;
+    }
+
+    /// Removes every file and directory created so far (an aborted publish).
+    pub fn remove_written(&mut self) {
+        for f in self.new_files.drain(..).rev() {
+            let _ = fs::remove_file(f);
+        }
+        for d in self.new_dirs.drain(..).rev() {
+            let _ = fs::remove_dir(&d);
+            self.known_dirs.remove(&d);
+        }
     }
 
     /// Copies `image` to the final path of target `name`, hashing as it goes (each byte read once).
@@ -257,14 +271,8 @@ impl TargetStager {
 
 impl Drop for TargetStager {
     fn drop(&mut self) {
-        if self.kept {
-            return;
-        }
-        for f in self.new_files.iter().rev() {
-            let _ = fs::remove_file(f);
-        }
-        for d in self.new_dirs.iter().rev() {
-            let _ = fs::remove_dir(d);
+        if !self.kept {
+            self.remove_written();
         }
     }
 }

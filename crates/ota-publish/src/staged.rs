@@ -35,12 +35,14 @@ use serde::{Deserialize, Serialize};
 use tough::schema::{RoleType, Root, Signature, Signed, Targets};
 
 use crate::canonical::{canonical, canonical_targets, envelope};
+use crate::editor::Publication;
 use crate::error::{invalid, io, Error, Result};
 use crate::keys::{KeyId, KeyRing};
 use crate::loader::RepoState;
 use crate::lock::RepoLock;
-use crate::meta::{bump, expiry_after, now, Expiries, Publication, ROOT_ROLE, TARGETS_ROLE};
+use crate::meta::{bump, expiry_after, now, Expiries, ROOT_ROLE, TARGETS_ROLE};
 use crate::names::check_delegated_role_name;
+use crate::store::DirStore;
 use crate::trust::{top_role_keys, verify_signature, RoleTrust};
 
 /// Permission bits of a stage file before the umask: it holds no secret and travels between the key
@@ -664,9 +666,8 @@ pub(crate) fn publish(
     Publication {
         metadata: files,
         timestamp: Some(ts),
-        ..Publication::default()
     }
-    .commit(repo)?;
+    .commit(&mut DirStore::new(repo))?;
     Ok(published)
 }
 
