@@ -51,6 +51,97 @@ pub(crate) struct RepoState {
     pub skipped_delegations: Vec<(String, String)>,
 }
 
+/// Every root version on disk, 1..N without gaps.
+fn read_root_chain(repo: &Path, mdir: &Path) -> Result<Vec<MetaFile<Root>>> {
+    let mut versions = Vec::new();
+    for entry in fs::read_dir(mdir).map_err(io("read directory", mdir))? {
+        let entry = entry.map_err(io("read directory", mdir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name
+            .strip_suffix(".root.json")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            versions.push(n);
+        }
+    }
+    versions.sort_unstable();
+    if versions.first() != Some(&1) || versions.iter().enumerate().any(|(i, v)| *v != i as u64 + 1) {
+        return Err(Error::Repository {
+            repo: repo.to_owned(),
+            why: format!("root versions on disk are {versions:?}; expected 1..N without gaps"),
+        });
+    }
+    versions
+        .iter()
+        .map(|v| read_meta(&mdir.join(format!("{v}.root.json")), "root metadata"))
+        .collect()
+}
+
+/// The metadata files a snapshot lists, to be read from a metadata directory.
+struct Listed<'a> {
+    repo: &'a Path,
+    mdir: &'a Path,
+    snapshot: &'a Snapshot,
+}
+
+/// The delegated roles found under top-level targets.
+struct DelegationTree {
+    delegated: BTreeMap<String, MetaFile<Targets>>,
+    parents: BTreeMap<String, String>,
+    skipped: Vec<(String, String)>,
+}
+
+impl Listed<'_> {
+    /// The version the snapshot lists for a metadata file.
+    fn version_of(&self, file: &str) -> Result<NonZeroU64> {
+        self.snapshot
+            .meta
+            .get(file)
+            .map(|m| m.version)
+            .ok_or_else(|| Error::Repository {
+                repo: self.repo.to_owned(),
+                why: format!("snapshot lists no {file}"),
+            })
+    }
+
+    /// Walks the whole delegation tree. A role is loaded once, under the first role found delegating
+    /// to it: a second delegation to the same name, or a cycle back to an ancestor, is not followed.
+    fn delegation_tree(&self, targets: &Targets) -> Result<DelegationTree> {
+        let mut tree = DelegationTree {
+            delegated: BTreeMap::new(),
+            parents: BTreeMap::new(),
+            skipped: Vec::new(),
+        };
+        let mut pending = vec![TARGETS_ROLE.to_owned()];
+        while let Some(parent) = pending.pop() {
+            let meta = if parent == TARGETS_ROLE {
+                Some(targets)
+            } else {
+                tree.delegated.get(&parent).map(|m| &m.signed.signed)
+            };
+            let children: Vec<String> = meta
+                .and_then(|t| t.delegations.as_ref())
+                .map(|d| d.roles.iter().map(|r| r.name.clone()).collect())
+                .unwrap_or_default();
+            for name in children {
+                if name == TARGETS_ROLE || tree.delegated.contains_key(&name) {
+                    tree.skipped.push((parent.clone(), name));
+                    continue;
+                }
+                let v = self.version_of(&format!("{name}.json"))?;
+                let m = read_meta(
+                    &self.mdir.join(format!("{v}.{name}.json")),
+                    "delegated targets metadata",
+                )?;
+                tree.delegated.insert(name.clone(), m);
+                tree.parents.insert(name.clone(), parent.clone());
+                pending.push(name);
+            }
+        }
+        Ok(tree)
+    }
+}
+
 /// The error for a directory without `metadata/`.
 pub(crate) fn not_a_repository(repo: &Path) -> Error {
     Error::Repository {
@@ -71,28 +162,7 @@ impl RepoState {
         if !mdir.is_dir() {
             return Err(not_a_repository(repo));
         }
-        let mut versions = Vec::new();
-        for entry in fs::read_dir(&mdir).map_err(io("read directory", &mdir))? {
-            let entry = entry.map_err(io("read directory", &mdir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(n) = name
-                .strip_suffix(".root.json")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                versions.push(n);
-            }
-        }
-        versions.sort_unstable();
-        if versions.first() != Some(&1) || versions.iter().enumerate().any(|(i, v)| *v != i as u64 + 1) {
-            return Err(Error::Repository {
-                repo: repo.to_owned(),
-                why: format!("root versions on disk are {versions:?}; expected 1..N without gaps"),
-            });
-        }
-        let roots = versions
-            .iter()
-            .map(|v| read_meta(&mdir.join(format!("{v}.root.json")), "root metadata"))
-            .collect::<Result<Vec<_>>>()?;
+        let roots = read_root_chain(repo, &mdir)?;
         let timestamp: MetaFile<Timestamp> = read_meta(&mdir.join("timestamp.json"), "timestamp metadata")?;
         let snap_version = timestamp
             .signed
@@ -108,61 +178,24 @@ impl RepoState {
             &mdir.join(format!("{snap_version}.snapshot.json")),
             "snapshot metadata",
         )?;
-        let version_of = |file: &str| {
-            snapshot
-                .signed
-                .signed
-                .meta
-                .get(file)
-                .map(|m| m.version)
-                .ok_or_else(|| Error::Repository {
-                    repo: repo.to_owned(),
-                    why: format!("snapshot lists no {file}"),
-                })
+        let listed = Listed {
+            repo,
+            mdir: &mdir,
+            snapshot: &snapshot.signed.signed,
         };
-        let tv = version_of("targets.json")?;
+        let tv = listed.version_of("targets.json")?;
         let targets: MetaFile<Targets> =
             read_meta(&mdir.join(format!("{tv}.targets.json")), "targets metadata")?;
-        // Walk the whole delegation tree. A role is loaded once, under the first role found delegating
-        // to it: a second delegation to the same name, or a cycle back to an ancestor, is not followed.
-        let mut delegated: BTreeMap<String, MetaFile<Targets>> = BTreeMap::new();
-        let mut parents = BTreeMap::new();
-        let mut skipped_delegations = Vec::new();
-        let mut pending = vec![TARGETS_ROLE.to_owned()];
-        while let Some(parent) = pending.pop() {
-            let meta = if parent == TARGETS_ROLE {
-                Some(&targets.signed.signed)
-            } else {
-                delegated.get(&parent).map(|m| &m.signed.signed)
-            };
-            let children: Vec<String> = meta
-                .and_then(|t| t.delegations.as_ref())
-                .map(|d| d.roles.iter().map(|r| r.name.clone()).collect())
-                .unwrap_or_default();
-            for name in children {
-                if name == TARGETS_ROLE || delegated.contains_key(&name) {
-                    skipped_delegations.push((parent.clone(), name));
-                    continue;
-                }
-                let v = version_of(&format!("{name}.json"))?;
-                let m = read_meta(
-                    &mdir.join(format!("{v}.{name}.json")),
-                    "delegated targets metadata",
-                )?;
-                delegated.insert(name.clone(), m);
-                parents.insert(name.clone(), parent.clone());
-                pending.push(name);
-            }
-        }
+        let tree = listed.delegation_tree(&targets.signed.signed)?;
         Ok(RepoState {
             dir: repo.to_owned(),
             roots,
             timestamp,
             snapshot,
             targets,
-            delegated,
-            parents,
-            skipped_delegations,
+            delegated: tree.delegated,
+            parents: tree.parents,
+            skipped_delegations: tree.skipped,
         })
     }
 
