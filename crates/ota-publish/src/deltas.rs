@@ -19,9 +19,10 @@ use tough::TargetName;
 
 use crate::error::{io, Error, Result};
 use crate::keys::KeyRing;
-use crate::meta::RepoState;
+use crate::loader::RepoState;
 use crate::publish::{add_with, ota_custom, tuf_target, AddOptions, AddReport, NewTarget, ReleaseSpec};
 use crate::stage::target_file_path;
+use crate::store::RepoStore;
 
 /// Encodes a delta from `old` to `new`; an error string aborts the whole `add`.
 pub type Encoder<'a> = dyn FnMut(&[u8], &[u8]) -> std::result::Result<Vec<u8>, String> + 'a;
@@ -105,7 +106,7 @@ pub fn add_with_deltas(
     encoder: &mut Encoder<'_>,
 ) -> Result<DeltaAddReport> {
     let mut skipped = Vec::new();
-    let add = add_with(repo, releases, opts, ring, |state, nt, stager| {
+    let add = add_with(repo, releases, opts, ring, |state, nt, store| {
         if !policy.wants_deltas_for(nt.staged.length) {
             return Ok(Vec::new());
         }
@@ -119,51 +120,29 @@ pub fn add_with_deltas(
         if bases.is_empty() {
             return Ok(Vec::new());
         }
-        let new_bytes = fs::read(&nt.staged.path).map_err(io("read staged image", &nt.staged.path))?;
+        let new_bytes = store.read_target(&nt.staged)?;
         let dir = nt.name.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
         let mut extra = Vec::new();
         for (version, base_name, base) in bases {
-            let base_name = base_name.raw();
-            let digest = <[u8; 32]>::try_from(base.hashes.sha256.as_ref())
-                .map_err(|_| Error::Tough(format!("target {base_name} has a malformed sha256")))?;
-            let base_path = state.dir.join(target_file_path(base_name, &digest));
-            let old = fs::read(&base_path).map_err(io("read base image", &base_path))?;
-            let delta = encoder(&old, &new_bytes).map_err(|why| Error::InvalidInput {
-                what: format!("delta from {version} to {}", release.version),
-                why,
-            })?;
-            let delta_len = u64::try_from(delta.len()).map_err(|_| Error::InvalidInput {
-                what: format!("delta from {version} to {}", release.version),
-                why: "longer than 2^64 bytes".to_owned(),
-            })?;
-            if !policy.worth_keeping(delta_len, nt.staged.length) {
-                skipped.push(SkippedDelta {
+            let base = BaseRelease {
+                version,
+                name: base_name.raw(),
+                target: base,
+            };
+            let new = NewImage {
+                target: nt,
+                bytes: &new_bytes,
+                dir: &dir,
+            };
+            match build_delta(state, &new, &base, &mut release, (policy, &mut *encoder), store)? {
+                Built::Kept(t) => extra.push(*t),
+                Built::NotWorthIt(delta_len) => skipped.push(SkippedDelta {
                     release_target: nt.name.clone(),
-                    base_version: version.to_string(),
+                    base_version: base.version.to_string(),
                     delta_len,
                     image_len: nt.staged.length,
-                });
-                continue;
-            }
-            let name = delta_target_name(&dir, &release.version, &version);
-            let staged = stager.stage_bytes(&name, &delta)?;
-            release.deltas.push(DeltaOffer {
-                base_version: version.clone(),
-                base_sha256: Sha256Digest(digest),
-                base_length: base.length,
-                target: name.clone(),
-                length: staged.length,
-            });
-            let target = tuf_target(
-                &staged,
-                &OtaTarget::Delta(DeltaTarget {
-                    base_version: version,
-                    base_sha256: Sha256Digest(digest),
-                    version: release.version.clone(),
-                    release_target: nt.name.clone(),
                 }),
-            )?;
-            extra.push(NewTarget { name, target, staged });
+            }
         }
         release.validate().map_err(|source| Error::Release {
             image: nt.staged.path.clone(),
@@ -173,6 +152,74 @@ pub fn add_with_deltas(
         Ok(extra)
     })?;
     Ok(DeltaAddReport { add, skipped })
+}
+
+/// An older release a delta starts from.
+struct BaseRelease<'a> {
+    version: Version,
+    name: &'a str,
+    target: &'a Target,
+}
+
+/// The new release's image, as staged.
+struct NewImage<'a> {
+    target: &'a NewTarget,
+    bytes: &'a [u8],
+    /// The directory of its target name.
+    dir: &'a str,
+}
+
+/// What [`build_delta`] did with one delta.
+enum Built {
+    /// Worth offering: its target, already in the store; the release lists the offer.
+    Kept(Box<NewTarget>),
+    /// Not smaller than the policy's share of the image: its length.
+    NotWorthIt(u64),
+}
+
+/// Encodes the delta from `base` to the new image and, if the policy keeps it (`keep`), puts it in
+/// the store as its own target and offers it in `release`.
+fn build_delta(
+    state: &RepoState,
+    new: &NewImage<'_>,
+    base: &BaseRelease<'_>,
+    release: &mut Release,
+    (policy, encoder): (&DeltaPolicy, &mut Encoder<'_>),
+    store: &mut dyn RepoStore,
+) -> Result<Built> {
+    let (version, base_name) = (&base.version, base.name);
+    let digest = <[u8; 32]>::try_from(base.target.hashes.sha256.as_ref())
+        .map_err(|_| Error::Tough(format!("target {base_name} has a malformed sha256")))?;
+    let base_path = state.dir.join(target_file_path(base_name, &digest));
+    let old = fs::read(&base_path).map_err(io("read base image", &base_path))?;
+    let what = || format!("delta from {version} to {}", release.version);
+    let delta = encoder(&old, new.bytes).map_err(|why| Error::InvalidInput { what: what(), why })?;
+    let delta_len = u64::try_from(delta.len()).map_err(|_| Error::InvalidInput {
+        what: what(),
+        why: "longer than 2^64 bytes".to_owned(),
+    })?;
+    if !policy.worth_keeping(delta_len, new.target.staged.length) {
+        return Ok(Built::NotWorthIt(delta_len));
+    }
+    let name = delta_target_name(new.dir, &release.version, version);
+    let staged = store.put_target_bytes(&name, &delta)?;
+    release.deltas.push(DeltaOffer {
+        base_version: version.clone(),
+        base_sha256: Sha256Digest(digest),
+        base_length: base.target.length,
+        target: name.clone(),
+        length: staged.length,
+    });
+    let target = tuf_target(
+        &staged,
+        &OtaTarget::Delta(DeltaTarget {
+            base_version: version.clone(),
+            base_sha256: Sha256Digest(digest),
+            version: release.version.clone(),
+            release_target: new.target.name.clone(),
+        }),
+    )?;
+    Ok(Built::Kept(Box::new(NewTarget { name, target, staged })))
 }
 
 /// The target name of the delta from `base` to release `new` whose target lives in directory `dir`:

@@ -173,6 +173,9 @@ pub enum Error {
         /// Who holds it, as written in the lock file ("pid 1234 (add)").
         holder: String,
     },
+    /// A durable-file operation failed in a way the variants above do not name.
+    #[error("file operation failed")]
+    File(#[source] ota_fs::Error),
     /// Serializing or signing metadata failed in tough.
     #[error("tough: {0}")]
     Tough(String),
@@ -180,6 +183,23 @@ pub enum Error {
 
 /// Result with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<ota_fs::Error> for Error {
+    /// Durable-file errors keep their cause: the lock's holder, the file that exists, the OS error.
+    fn from(e: ota_fs::Error) -> Error {
+        match e {
+            ota_fs::Error::Io { action, path, source } => Error::Io { action, path, source },
+            ota_fs::Error::AlreadyExists { path } => Error::AlreadyExists { path },
+            ota_fs::Error::Locked { lock_file, holder } => Error::Locked { lock_file, holder },
+            ota_fs::Error::TooLarge { path, len, limit } => Error::Malformed {
+                what: "file",
+                path,
+                why: format!("{len} bytes, more than the {limit} allowed"),
+            },
+            other => Error::File(other),
+        }
+    }
+}
 
 /// Shorthand for an [`Error::Io`] mapper.
 pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {

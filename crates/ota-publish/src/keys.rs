@@ -4,20 +4,21 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use tough::key_source::{KeySource, LocalKeySource};
 use tough::schema::key::Key;
 use tough::sign::Sign;
 
-use crate::atomic_file;
 use crate::error::{io, Error, Result};
 
 /// File name suffix of a private key (PKCS#8 DER, as tough's `parse_keypair` reads it).
 pub const PRIVATE_KEY_SUFFIX: &str = ".pk8";
 /// File name suffix of a public key (the TUF key object as JSON).
 pub const PUBLIC_KEY_SUFFIX: &str = ".pub.json";
+
+/// Permission bits of a public key file before the umask (it is meant to be handed around).
+const PUBLIC_KEY_MODE: u32 = 0o666;
 
 /// A key id: lowercase hex of the SHA-256 of the key's canonical JSON (TUF 4.2).
 pub type KeyId = String;
@@ -59,20 +60,17 @@ pub fn generate_key(dir: &Path, name: &str) -> Result<GeneratedKey> {
     let public_json = serde_json::to_vec_pretty(&public).map_err(|e| Error::Tough(e.to_string()))?;
 
     // create_new: never overwrite a key silently, even if one appeared since the check above.
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&private_path)
-        .map_err(io("create private key", &private_path))?;
-    f.write_all(pkcs8.as_ref())
+    let mut f = ota_fs::create_private(&private_path)?;
+    let written = f
+        .write_all(pkcs8.as_ref())
         .and_then(|()| f.sync_all())
-        .map_err(io("write private key", &private_path))?;
-    if let Err(e) = atomic_file::write_new_durable(&public_path, &public_json) {
+        .map_err(io("write private key", &private_path))
+        .and_then(|()| Ok(ota_fs::write_new(&public_path, &public_json, PUBLIC_KEY_MODE)?));
+    if let Err(e) = written {
         let _ = fs::remove_file(&private_path);
         return Err(e);
     }
-    atomic_file::sync_dir(dir)?;
+    ota_fs::sync_dir(dir)?;
     Ok(GeneratedKey {
         keyid,
         private_path,

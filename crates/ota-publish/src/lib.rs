@@ -2,16 +2,48 @@
 //! update from. The `repo-tool` binary is a thin command line over these functions; tests, the demo
 //! and the fleet drill call them in-process.
 //!
-//! It does: keys ([`generate_key`], [`KeyRing`] over tough's `KeySource`, so a key can live in a file
-//! now and a KMS/HSM later), [`init`], [`add`] (one image or a directory, with the `ota-release`
-//! custom fields), [`refresh`] (cron: re-sign timestamp/snapshot), [`delegate`] and [`delegate_from`]
-//! (delegations from top-level targets or, nested, from a delegated role), root rotation with
-//! thresholds held by different people ([`root_stage`] → [`root_sign`] on each holder's machine →
-//! [`root_publish`]), [`verify`] and [`list`]; [`deltas::add_with_deltas`] publishes a release with binary
-//! deltas from the last K releases of its hardware and channel, kept only when under a share of the image
+//! It does: keys ([`generate_key`], [`KeyRing`]), [`init`], [`add`] (one image or a directory, with
+//! the `ota-release` custom fields), [`refresh`] (cron: re-sign timestamp/snapshot), [`delegate`] and
+//! [`delegate_from`] (delegations from top-level targets or, nested, from a delegated role), signing
+//! in steps by different people for every role, root included ([`root_stage`]/[`delegate_stage`]/
+//! [`AddOptions::stage`] → [`root_sign`]/[`role_sign`] → [`root_publish`]/[`role_publish`]),
+//! [`verify`] and [`list`]; [`deltas::add_with_deltas`] publishes a release with binary deltas from the
+//! last K releases of its hardware and channel, kept only when under a share of the image
 //! ([`deltas::DeltaPolicy`]). It does not serve files (any static web server does), encode deltas
-//! (`ota-delta` does; the binary passes `ota_delta::encode_with_progress` to the seam) or run on devices
-//! (`ota-tuf` is the client).
+//! (`ota-delta` does; the binary passes `ota_delta::encode_with_progress` to the seam), run on devices
+//! (`ota-tuf` is the client) or write files by hand (`ota-fs` does every atomic write, private key
+//! file, lock and file-system flush).
+//!
+//! # Structure: a loader apart from an editor (as tough keeps `RepositoryLoader` and `RepositoryEditor`)
+//! Dependencies point down this list; no module imports one above it.
+//! ```text
+//! publish (init, add, refresh, delegate)   rotate (root stage/sign/publish)   deltas   verify
+//!        │                 │                       │
+//!        │                 └──────► staged: one stage file format and flow for every role
+//!        ▼                                 ▼
+//!  editor: Publication (new metadata files, timestamp last) ─► store: RepoStore trait, DirStore
+//!        │          snapshot/timestamp re-signing                  (stage: target files in a directory)
+//!        ▼
+//!  loader: RepoState (reads and checks what a client would find; changes nothing)
+//!        ▼
+//!  trust: RoleKeySet, RoleTrust, signature checks ─► keys (KeyRing), canonical (JSON), meta (names)
+//! ```
+//! - **Loader** (`loader`, `RepoState::load`): reads the repository as a client would, from
+//!   `timestamp.json` down the delegation tree, and answers questions (a role's metadata, its keys,
+//!   the delegations leading to it, whether a target name may be listed by it). Read-only.
+//! - **Editor** (`publish`, `staged`, `rotate`, `editor`): checks every input against the loaded
+//!   state, signs everything in memory, then commits a `Publication` through a [`RepoStore`].
+//! - **Store** ([`RepoStore`]): everything the editor may do to the files: put a content-addressed
+//!   target file, put a new versioned metadata file, flush, replace `timestamp.json` last, and roll
+//!   back what an aborted publish wrote. [`DirStore`] is the local directory (target files created in
+//!   place or hard-linked, metadata through `ota-fs`, one `syncfs` for bulk publishes); object storage
+//!   is another implementation of the same trait (atomic puts, no flush), without touching the editor.
+//! - **Key source**: the editor signs only through [`KeyRing`], which holds signers loaded from
+//!   tough's [`KeySource`] trait (`KeyRing::from_sources`). Key files are `LocalKeySource` today; a
+//!   PKCS#11 token is one more `KeySource` implementation (its `as_sign` returns a `Sign` whose
+//!   `sign` asks the token), passed to `KeyRing::from_sources`; nothing else changes. We use tough's
+//!   trait rather than our own because tough's `Sign` is what signs its schema types, and KMS and SSM
+//!   sources exist for it already; a second trait would only wrap it.
 //!
 //! # On disk (the TUF specification's layout, consistent snapshots)
 //! ```text
@@ -29,12 +61,13 @@
 //! `.repo-tool.lock` ([`RepoLock`]) sits next to `metadata/` and `targets/`, outside what is served.
 //!
 //! # Publishing is atomic
-//! Every command that changes a repository takes its lock ([`RepoLock`]; a second command fails at
-//! once, naming the holder), checks all input and that the given keys meet every threshold it needs,
-//! streams each image once (hashing as it copies, fixed buffer) to its final content-addressed name
-//! (no client asks for it before the metadata naming it is published), signs everything in memory,
-//! then writes new metadata (temp + fsync + rename, directories fsynced) and `timestamp.json` last.
-//! If any step fails, what it created is removed: the repository is left byte-for-byte as it was.
+//! Every command that changes a repository takes its lock ([`RepoLock`] over `ota_fs::FileLock`; a
+//! second command fails at once, naming the holder), checks all input and that the given keys meet
+//! every threshold it needs, streams each image once (hashing as it copies, fixed buffer) to its
+//! final content-addressed name (no client asks for it before the metadata naming it is published),
+//! signs everything in memory, then writes new metadata and `timestamp.json` last through the store.
+//! If any step fails, the store removes what it created: the repository is left byte-for-byte as it
+//! was.
 //!
 //! # Speed
 //! Targets, snapshot and timestamp metadata are built from tough's schema types and signed with tough's
@@ -46,23 +79,30 @@
 //! `add` builds no deltas for images under [`deltas::DeltaPolicy::min_image_len`] (64 KiB). Figures:
 //! `scripts/bench-repo-tool.sh`.
 //!
-//! # Thresholds held by different people
-//! Root: `root stage` → `root sign` on each holder's machine → `root publish` ([`root_stage`],
-//! [`root_sign`], [`root_publish`]). Any targets role (top-level or delegated, at any depth): `add
-//! --stage FILE` ([`AddOptions::stage`]) or `delegate --stage FILE` ([`delegate_stage`]) →
-//! `role sign` ([`role_sign`]) → `role publish` ([`role_publish`]), which refuses a threshold not
-//! met and a stage another publish has overtaken (see `staged_role`). Target files a stage wrote
-//! stay in `targets/` if the stage is abandoned (unreferenced, never served by metadata).
+//! # Thresholds held by different people: one flow for every role
+//! Any role, root included, can be staged to a file, signed there by each holder on their own machine
+//! and published once its thresholds are met (see `staged`). One file format for all:
+//! `{"staged_roles": [{"role", "threshold", "keys", "previous_root"?, "metadata"}]}`. Only the rules
+//! differ by role: a targets role (top-level or delegated, at any depth) needs the threshold its
+//! delegator sets and must be exactly the next version; root needs the thresholds of both the root it
+//! replaces and its own (TUF 5.3.4), must be the current version + 1, and re-signs targets when the
+//! targets keys change. Publishing refuses a threshold not met and a stage another publish has
+//! overtaken. Target files a stage wrote stay in `targets/` if the stage is abandoned (unreferenced,
+//! never served by metadata).
 //!
 //! Main types: [`KeyRing`], [`InitSpec`]/[`RoleSpec`], [`ReleaseSpec`]/[`AddOptions`], [`RootChange`],
-//! [`VerifyReport`], [`Listing`], [`RoleSignatures`], [`RepoLock`], [`Error`].
+//! [`RepoStore`]/[`DirStore`], [`VerifyReport`], [`Listing`], [`RoleSignatures`], [`RepoLock`],
+//! [`Error`].
 #![deny(missing_docs)]
 
-mod atomic_file;
 mod block;
+mod canonical;
 pub mod deltas;
+mod digest;
+mod editor;
 mod error;
 mod keys;
+mod loader;
 mod lock;
 mod meta;
 mod names;
@@ -70,7 +110,9 @@ mod publish;
 mod qr;
 mod rotate;
 mod stage;
-mod staged_role;
+mod staged;
+mod store;
+mod trust;
 mod verify;
 
 pub use error::{Error, Result};
@@ -91,7 +133,8 @@ pub use publish::{
 pub use qr::qr_for_terminal;
 pub use rotate::{parse_role, root_publish, root_sign, root_stage, RootChange, RootSignatures};
 pub use stage::target_file_path;
-pub use staged_role::{role_publish, role_sign, RoleSignatures};
+pub use staged::{role_publish, role_sign, RoleSignatures};
+pub use store::{DirStore, RepoStore, StoredTarget};
 pub use tough::key_source::KeySource;
 pub use tough::schema::key::Key;
 pub use tough::schema::RoleType;

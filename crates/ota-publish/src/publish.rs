@@ -18,18 +18,16 @@ use tough::schema::{
 };
 use tough::TargetName;
 
+use crate::editor::{resign_snapshot_and_timestamp, Publication};
 use crate::error::{invalid, Error, Result};
 use crate::keys::{key_id, KeyRing};
+use crate::loader::{delegated_patterns, RepoState};
 use crate::lock::RepoLock;
-use crate::meta::{
-    self, bump, expiry_after, metafile, now, top_role_keys, Expiries, Publication, RepoState, RoleKeySet,
-    SPEC_VERSION, TARGETS_ROLE,
-};
-use crate::names::{
-    check_delegated_role_name, check_path_pattern, check_target_name, path_matches, pattern_covers,
-};
-use crate::stage::TargetStager;
-use crate::staged_role::{write_stage, RoleSignatures, RoleTrust, StageEntry};
+use crate::meta::{self, bump, expiry_after, metafile, now, Expiries, SPEC_VERSION, TARGETS_ROLE};
+use crate::names::{check_delegated_role_name, check_path_pattern, check_target_name, pattern_covers};
+use crate::staged::{RoleSignatures, Stage, StagedRole};
+use crate::store::{DirStore, RepoStore};
+use crate::trust::{top_role_keys, RoleKeySet, RoleTrust};
 
 /// The keys and threshold of one role.
 #[derive(Debug, Clone)]
@@ -75,7 +73,7 @@ pub(crate) fn role_keys(
     }
     let mut ids = Vec::new();
     for k in &spec.keys {
-        let id = meta::decoded(&key_id(k)?)?;
+        let id = crate::trust::decoded(&key_id(k)?)?;
         if ids.contains(&id) {
             return Err(invalid(
                 format!("{what} keys"),
@@ -109,28 +107,7 @@ pub fn init(repo: &Path, spec: &InitSpec, ring: &KeyRing) -> Result<RootFingerpr
         return Err(Error::AlreadyExists { path: mdir });
     }
     let now = now()?;
-    let mut keys = HashMap::new();
-    let mut roles = HashMap::new();
-    roles.insert(RoleType::Root, role_keys("root", &spec.root, &mut keys)?);
-    roles.insert(RoleType::Targets, role_keys("targets", &spec.targets, &mut keys)?);
-    roles.insert(
-        RoleType::Snapshot,
-        role_keys("snapshot", &spec.snapshot, &mut keys)?,
-    );
-    roles.insert(
-        RoleType::Timestamp,
-        role_keys("timestamp", &spec.timestamp, &mut keys)?,
-    );
-    let one = NonZeroU64::MIN;
-    let root = Root {
-        spec_version: SPEC_VERSION.to_owned(),
-        consistent_snapshot: true,
-        version: one,
-        expires: expiry_after(now, spec.expiries.root)?,
-        keys,
-        roles,
-        _extra: HashMap::new(),
-    };
+    let root = first_root(spec, now)?;
     let sets: Vec<RoleKeySet> = [
         RoleType::Root,
         RoleType::Targets,
@@ -143,23 +120,79 @@ pub fn init(repo: &Path, spec: &InitSpec, ring: &KeyRing) -> Result<RootFingerpr
     for s in &sets {
         s.check_ring(ring)?;
     }
-    let [root_keys, targets_keys, snapshot_keys, timestamp_keys] = <[RoleKeySet; 4]>::try_from(sets)
-        .map_err(|_| Error::Tough("four top-level roles expected".into()))?;
+    let publication = sign_first_versions(&root, &sets, &spec.expiries, now, ring)?;
+    let sha256 = publication
+        .metadata
+        .first()
+        .map(|(_, root_bytes)| ota_release::Sha256Digest::of(root_bytes).to_hex())
+        .unwrap_or_default();
+    // Everything is checked and signed: only now is anything created. Another `init` may have won
+    // the race since the check above.
+    let _lock = RepoLock::acquire_new(repo, "init")?;
+    if mdir.exists() {
+        return Err(Error::AlreadyExists { path: mdir });
+    }
+    publication.commit(&mut DirStore::new(repo))?;
+    fs::create_dir_all(repo.join(meta::TARGETS_DIR))
+        .map_err(crate::error::io("create", repo.join("targets")))?;
+    Ok(RootFingerprint {
+        path: crate::loader::meta_path(repo, "1.root.json"),
+        sha256,
+    })
+}
 
+/// Version 1 of root: the four roles' keys and thresholds, consistent snapshots on.
+fn first_root(spec: &InitSpec, now: jiff::Timestamp) -> Result<Root> {
+    let mut keys = HashMap::new();
+    let mut roles = HashMap::new();
+    roles.insert(RoleType::Root, role_keys("root", &spec.root, &mut keys)?);
+    roles.insert(RoleType::Targets, role_keys("targets", &spec.targets, &mut keys)?);
+    roles.insert(
+        RoleType::Snapshot,
+        role_keys("snapshot", &spec.snapshot, &mut keys)?,
+    );
+    roles.insert(
+        RoleType::Timestamp,
+        role_keys("timestamp", &spec.timestamp, &mut keys)?,
+    );
+    Ok(Root {
+        spec_version: SPEC_VERSION.to_owned(),
+        consistent_snapshot: true,
+        version: NonZeroU64::MIN,
+        expires: expiry_after(now, spec.expiries.root)?,
+        keys,
+        roles,
+        _extra: HashMap::new(),
+    })
+}
+
+/// Version 1 of every top-level role, signed by its keys (`sets`: root, targets, snapshot,
+/// timestamp): `1.root.json` first.
+fn sign_first_versions(
+    root: &Root,
+    sets: &[RoleKeySet],
+    expiries: &Expiries,
+    now: jiff::Timestamp,
+    ring: &KeyRing,
+) -> Result<Publication> {
+    let [root_keys, targets_keys, snapshot_keys, timestamp_keys] = sets else {
+        return Err(Error::Tough("four top-level roles expected".into()));
+    };
+    let one = NonZeroU64::MIN;
     let targets = Targets {
         spec_version: SPEC_VERSION.to_owned(),
         version: one,
-        expires: expiry_after(now, spec.expiries.targets)?,
+        expires: expiry_after(now, expiries.targets)?,
         targets: HashMap::new(),
         delegations: Some(Delegations::new()),
         _extra: HashMap::new(),
     };
-    let root_bytes = root_keys.sign_to_file(&root, ring)?;
+    let root_bytes = root_keys.sign_to_file(root, ring)?;
     let targets_bytes = targets_keys.sign_to_file(&targets, ring)?;
     let mut snapshot = Snapshot::new(
         SPEC_VERSION.to_owned(),
         one,
-        expiry_after(now, spec.expiries.snapshot)?,
+        expiry_after(now, expiries.snapshot)?,
     );
     snapshot
         .meta
@@ -168,35 +201,18 @@ pub fn init(repo: &Path, spec: &InitSpec, ring: &KeyRing) -> Result<RootFingerpr
     let mut timestamp = Timestamp::new(
         SPEC_VERSION.to_owned(),
         one,
-        expiry_after(now, spec.expiries.timestamp)?,
+        expiry_after(now, expiries.timestamp)?,
     );
     timestamp
         .meta
         .insert("snapshot.json".into(), metafile(one, &snapshot_bytes));
-    let timestamp_bytes = timestamp_keys.sign_to_file(&timestamp, ring)?;
-
-    let sha256 = ota_release::Sha256Digest::of(&root_bytes).to_hex();
-    // Everything is checked and signed: only now is anything created. Another `init` may have won
-    // the race since the check above.
-    let _lock = RepoLock::acquire_new(repo, "init")?;
-    if mdir.exists() {
-        return Err(Error::AlreadyExists { path: mdir });
-    }
-    Publication {
+    Ok(Publication {
         metadata: vec![
             ("1.root.json".into(), root_bytes),
             ("1.targets.json".into(), targets_bytes),
             ("1.snapshot.json".into(), snapshot_bytes),
         ],
-        timestamp: Some(timestamp_bytes),
-        ..Publication::default()
-    }
-    .commit(repo)?;
-    fs::create_dir_all(repo.join(meta::TARGETS_DIR))
-        .map_err(crate::error::io("create", repo.join("targets")))?;
-    Ok(RootFingerprint {
-        path: meta::meta_path(repo, "1.root.json"),
-        sha256,
+        timestamp: Some(timestamp_keys.sign_to_file(&timestamp, ring)?),
     })
 }
 
@@ -227,7 +243,7 @@ pub struct AddOptions {
     /// Stage instead of publishing: write the target files (invisible to clients until signed
     /// metadata names them) and the role's next version, signed with the ring's keys of the role
     /// (maybe fewer than its threshold), to this new file, for `role sign` and `role publish`
-    /// (`crate::staged_role`). Snapshot and timestamp keys are not needed.
+    /// (`crate::staged`). Snapshot and timestamp keys are not needed.
     pub stage: Option<PathBuf>,
 }
 
@@ -378,42 +394,6 @@ pub(crate) fn ota_custom(target: &Target) -> Option<OtaTarget> {
     }
 }
 
-/// Refuses a target name that a client would not look up in `role`: it must match a path pattern of
-/// every delegation on the way from top-level targets to the role (TUF 5.6.7.2).
-pub(crate) fn check_delegated(state: &RepoState, role: &str, name: &str) -> Result<()> {
-    if role == TARGETS_ROLE {
-        return Ok(());
-    }
-    if !state.delegated.contains_key(role) {
-        return Err(invalid(
-            format!("role {role:?}"),
-            "no such delegated role (see `repo-tool delegate`)",
-        ));
-    }
-    for entry in state.delegation_chain(role)? {
-        let patterns = delegated_patterns(entry)?;
-        if !patterns.iter().any(|p| path_matches(p, name)) {
-            return Err(Error::NotDelegated {
-                name: name.to_owned(),
-                role: entry.name.clone(),
-                paths: patterns.join(", "),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The path patterns of a delegation (hash-prefix delegations are refused).
-fn delegated_patterns(entry: &DelegatedRole) -> Result<Vec<&str>> {
-    match &entry.paths {
-        PathSet::Paths(p) => Ok(p.iter().map(|p| p.value()).collect()),
-        PathSet::PathHashPrefixes(_) => Err(invalid(
-            format!("role {:?}", entry.name),
-            "hash-prefix delegations are not supported",
-        )),
-    }
-}
-
 /// A prepared target: name, TUF entry, staged file.
 pub(crate) struct NewTarget {
     pub name: String,
@@ -441,45 +421,82 @@ pub(crate) fn add_with<F>(
     mut extra: F,
 ) -> Result<AddReport>
 where
-    F: FnMut(&RepoState, &mut NewTarget, &mut TargetStager) -> Result<Vec<NewTarget>>,
+    F: FnMut(&RepoState, &mut NewTarget, &mut dyn RepoStore) -> Result<Vec<NewTarget>>,
 {
     if releases.is_empty() {
         return Err(invalid("add", "no image given"));
     }
+    if let Some(out) = &opts.stage {
+        Stage::refuse_existing(out)?;
+    }
     let _lock = RepoLock::acquire(repo, "add")?;
-    let state = RepoState::load(repo)?;
+    let mut state = RepoState::load(repo)?;
     let role = opts.role.clone().unwrap_or_else(|| TARGETS_ROLE.to_owned());
-    let root = state.root()?.signed.signed.clone();
     let role_keys = state.targets_role_keys(&role)?;
     if opts.stage.is_none() {
         role_keys.check_ring_or_stage(ring)?;
-        top_role_keys(&root, RoleType::Snapshot)?.check_ring(ring)?;
-        top_role_keys(&root, RoleType::Timestamp)?.check_ring(ring)?;
+        check_online_keys(&state, ring)?;
     }
+    let prepared = check_releases(&state, &role, releases)?;
 
+    // Every check passed: now read each image once, writing it under its final name.
+    let mut store = DirStore::new(repo);
+    let mut new_targets = Vec::with_capacity(prepared.len());
+    for (spec, release, name) in prepared {
+        let staged = store.put_target_file(&name, &spec.image)?;
+        let target = tuf_target(&staged, &OtaTarget::Release(release))?;
+        let mut nt = NewTarget { name, target, staged };
+        let more = extra(&state, &mut nt, &mut store)?;
+        new_targets.push(nt);
+        new_targets.extend(more);
+    }
+    let mut targets = state.take_role_targets(&role)?;
+    targets.version = bump(targets.version)?;
+    targets.expires = expiry_after(now()?, opts.expiries.targets)?;
+    let added = insert_targets(&mut targets, new_targets)?;
+    let role_version = targets.version.get();
+    let staged = match &opts.stage {
+        Some(out) => Some(stage_targets(&state, &role, targets, out, ring, &mut store)?),
+        None => {
+            let role_file = RoleFile::sign(&role, &targets, &role_keys, ring)?;
+            publish_roles(&state, vec![role_file], &opts.expiries, ring, &mut store)?;
+            None
+        }
+    };
+    Ok(AddReport {
+        role,
+        added,
+        role_version,
+        staged,
+    })
+}
+
+/// Refuses, before any work, a ring without the snapshot and timestamp keys a publish needs.
+fn check_online_keys(state: &RepoState, ring: &KeyRing) -> Result<()> {
+    let root = &state.root()?.signed.signed;
+    top_role_keys(root, RoleType::Snapshot)?.check_ring(ring)?;
+    top_role_keys(root, RoleType::Timestamp)?.check_ring(ring)
+}
+
+/// Checks every release before anything is written: a valid release, a valid target name that
+/// `role` may hold and that is new, and a (hardware, channel, version) published nowhere yet nor
+/// twice in this add. Returns each with its release fields and target name.
+fn check_releases<'r>(
+    state: &RepoState,
+    role: &str,
+    releases: &'r [ReleaseSpec],
+) -> Result<Vec<(&'r ReleaseSpec, Release, String)>> {
     // (hardware, channel, version) of each new release → (its index, its target name).
     let mut new_versions: HashMap<String, (usize, String)> = HashMap::new();
     let mut key = String::new();
-    let role_targets = state.role_targets(&role)?;
+    let role_targets = state.role_targets(role)?;
     let mut prepared = Vec::with_capacity(releases.len());
     let mut names = BTreeSet::new();
     for (index, spec) in releases.iter().enumerate() {
         let release = build_release(spec)?;
-        let first = release
-            .hardware
-            .first()
-            .ok_or_else(|| invalid("hardware", "at least one hardware id is required"))?;
-        let name = match &spec.name {
-            Some(n) => n.clone(),
-            None => default_target_name(
-                first.as_str(),
-                release.channel.as_str(),
-                &spec.version,
-                &spec.image,
-            )?,
-        };
+        let name = release_target_name(spec, &release)?;
         check_target_name(&name)?;
-        check_delegated(&state, &role, &name)?;
+        state.check_delegated(role, &name)?;
         let version = release.version.to_string();
         for h in &release.hardware {
             release_key(&mut key, h.as_str(), release.channel.as_str(), &version);
@@ -496,79 +513,109 @@ where
         let tname = TargetName::new(name.as_str())
             .map_err(|e| invalid(format!("target name {name:?}"), e.to_string()))?;
         if role_targets.targets.contains_key(&tname) || !names.insert(name.clone()) {
-            return Err(Error::DuplicateTarget { name, role });
+            return Err(Error::DuplicateTarget {
+                name,
+                role: role.to_owned(),
+            });
         }
         prepared.push((spec, release, name));
     }
-    refuse_published(&state, &new_versions)?;
+    refuse_published(state, &new_versions)?;
+    Ok(prepared)
+}
 
-    // Every check passed: now read each image once, writing it under its final name.
-    let mut stager = TargetStager::new(repo);
-    let mut new_targets = Vec::with_capacity(prepared.len());
-    for (spec, release, name) in prepared {
-        let staged = stager.stage(&spec.image, &name)?;
-        let target = tuf_target(&staged, &OtaTarget::Release(release))?;
-        let mut nt = NewTarget { name, target, staged };
-        let more = extra(&state, &mut nt, &mut stager)?;
-        new_targets.push(nt);
-        new_targets.extend(more);
+/// The target name of a release: the one given, else [`default_target_name`].
+fn release_target_name(spec: &ReleaseSpec, release: &Release) -> Result<String> {
+    if let Some(n) = &spec.name {
+        return Ok(n.clone());
     }
+    let first = release
+        .hardware
+        .first()
+        .ok_or_else(|| invalid("hardware", "at least one hardware id is required"))?;
+    default_target_name(
+        first.as_str(),
+        release.channel.as_str(),
+        &spec.version,
+        &spec.image,
+    )
+}
 
-    let mut state = state;
-    let mut targets = state.take_role_targets(&role)?;
-    targets.version = bump(targets.version)?;
-    targets.expires = expiry_after(now()?, opts.expiries.targets)?;
-    let mut publication = Publication {
-        target_files: stager.written_files(),
-        target_dirs: stager.new_dirs().to_vec(),
-        ..Publication::default()
-    };
+/// Adds the new targets to a role's metadata; returns (name, sha256 hex, length) of each.
+fn insert_targets(targets: &mut Targets, new_targets: Vec<NewTarget>) -> Result<Vec<(String, String, u64)>> {
     let mut added = Vec::with_capacity(new_targets.len());
     for nt in new_targets {
         let tname = TargetName::new(nt.name.as_str()).map_err(|e| invalid("target name", e.to_string()))?;
         added.push((nt.name, hex::encode(nt.staged.sha256), nt.staged.length));
         targets.targets.insert(tname, nt.target);
     }
-    let role_version = targets.version;
-    if let Some(out) = &opts.stage {
-        let trust = RoleTrust::current(&state, &role)?;
-        // The target files are made durable before the staged file that names them exists.
-        publication.commit(repo)?;
-        let entry = StageEntry {
-            role: role.clone(),
-            trust,
-            metadata: targets,
-        };
-        let staged = write_stage(out, vec![entry], ring)?.into_iter().next();
-        stager.keep();
-        return Ok(AddReport {
-            role,
-            added,
-            role_version: role_version.get(),
-            staged,
-        });
+    Ok(added)
+}
+
+/// `add --stage`: the target files are made durable, then the stage file that names them is
+/// written; the files stay only if it was.
+fn stage_targets(
+    state: &RepoState,
+    role: &str,
+    targets: Targets,
+    out: &Path,
+    ring: &KeyRing,
+    store: &mut dyn RepoStore,
+) -> Result<RoleSignatures> {
+    let trust = state.role_trust(role)?;
+    store.flush()?;
+    let stage = Stage::new(vec![StagedRole::targets(role, trust, targets)]);
+    let counts = stage.clone().create(out, ring)?;
+    store.keep();
+    stage
+        .status(&counts)
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Tough("a stage of one role reports no role".into()))
+}
+
+/// A targets role's next metadata file, signed.
+pub(crate) struct RoleFile {
+    role: String,
+    version: NonZeroU64,
+    bytes: Vec<u8>,
+}
+
+impl RoleFile {
+    /// Signs `targets` as role `role` with the ring's keys of `keys`.
+    pub(crate) fn sign(role: &str, targets: &Targets, keys: &RoleKeySet, ring: &KeyRing) -> Result<RoleFile> {
+        Ok(RoleFile {
+            role: role.to_owned(),
+            version: targets.version,
+            bytes: keys.sign_targets_to_file(targets, ring)?,
+        })
     }
-    let role_bytes = role_keys.sign_targets_to_file(&targets, ring)?;
-    let (snap_name, snap_bytes, ts_bytes) = meta::resign_snapshot_and_timestamp(
-        &state,
-        &root,
-        &[(role.clone(), role_version, role_bytes.clone())],
-        &opts.expiries,
-        ring,
-    )?;
-    publication
-        .metadata
-        .push((format!("{role_version}.{role}.json"), role_bytes));
-    publication.metadata.push((snap_name, snap_bytes));
-    publication.timestamp = Some(ts_bytes);
-    publication.commit(repo)?;
-    stager.keep();
-    Ok(AddReport {
-        role,
-        added,
-        role_version: role_version.get(),
-        staged: None,
-    })
+}
+
+/// Publishes new targets role files (in write order) with new snapshot and timestamp.
+fn publish_roles(
+    state: &RepoState,
+    files: Vec<RoleFile>,
+    expiries: &Expiries,
+    ring: &KeyRing,
+    store: &mut dyn RepoStore,
+) -> Result<()> {
+    let root = &state.root()?.signed.signed;
+    let changed: Vec<_> = files
+        .iter()
+        .map(|f| (f.role.clone(), f.version, f.bytes.clone()))
+        .collect();
+    let (snap_name, snap_bytes, ts) = resign_snapshot_and_timestamp(state, root, &changed, expiries, ring)?;
+    let mut metadata: Vec<_> = files
+        .into_iter()
+        .map(|f| (format!("{}.{}.json", f.version, f.role), f.bytes))
+        .collect();
+    metadata.push((snap_name, snap_bytes));
+    Publication {
+        metadata,
+        timestamp: Some(ts),
+    }
+    .commit(store)
 }
 
 /// A TUF target entry for a staged file with this OTA custom object.
@@ -685,13 +732,12 @@ pub fn refresh(repo: &Path, opts: &RefreshOptions, ring: &KeyRing) -> Result<()>
     ts_keys.check_ring(ring)?;
     let mut publication = Publication::default();
     if opts.snapshot {
-        let (name, bytes, ts) =
-            meta::resign_snapshot_and_timestamp(&state, &root, &[], &opts.expiries, ring)?;
+        let (name, bytes, ts) = resign_snapshot_and_timestamp(&state, &root, &[], &opts.expiries, ring)?;
         publication.metadata.push((name, bytes));
         publication.timestamp = Some(ts);
     } else {
         let snap = &state.snapshot;
-        publication.timestamp = Some(meta::sign_timestamp(
+        publication.timestamp = Some(crate::editor::sign_timestamp(
             &state.timestamp.signed.signed,
             snap.signed.signed.version,
             &snap.bytes,
@@ -700,7 +746,7 @@ pub fn refresh(repo: &Path, opts: &RefreshOptions, ring: &KeyRing) -> Result<()>
             ring,
         )?);
     }
-    publication.commit(repo)
+    publication.commit(&mut DirStore::new(repo))
 }
 
 /// A delegation from top-level targets to a new role (TUF 4.5 delegations).
@@ -740,7 +786,7 @@ pub fn delegate_from(
     delegate_with(repo, from, spec, expiries, ring, None).map(|_| ())
 }
 
-/// [`delegate_from`], staged instead of published (`crate::staged_role`): `from`'s next version (with
+/// [`delegate_from`], staged instead of published (`crate::staged`): `from`'s next version (with
 /// the delegation) and the new role's first version, each signed with the ring's keys of that role
 /// (maybe fewer than its threshold), go to the new file `out` for `role sign` and `role publish`.
 /// Snapshot and timestamp keys are not needed. Returns each staged role's signatures so far.
@@ -763,6 +809,58 @@ fn delegate_with(
     ring: &KeyRing,
     stage: Option<&Path>,
 ) -> Result<Vec<RoleSignatures>> {
+    check_delegate_spec(spec)?;
+    if let Some(out) = stage {
+        Stage::refuse_existing(out)?;
+    }
+    let _lock = RepoLock::acquire(repo, "delegate")?;
+    let state = RepoState::load(repo)?;
+    check_delegation_fits(&state, from, spec)?;
+    let parent_keys = state.targets_role_keys(from)?;
+    if stage.is_none() {
+        parent_keys.check_ring_or_stage(ring)?;
+    }
+    let mut parent = state.role_targets(from)?.clone();
+    add_delegation(&mut parent, from, spec)?;
+    let new_role_keys = crate::trust::delegated_role_keys(&parent, &spec.role)?;
+    if stage.is_none() {
+        new_role_keys.check_ring_or_stage(ring)?;
+    }
+    let now = now()?;
+    parent.version = bump(parent.version)?;
+    parent.expires = expiry_after(now, expiries.targets)?;
+    let role_meta = Targets {
+        spec_version: SPEC_VERSION.to_owned(),
+        version: NonZeroU64::MIN,
+        expires: expiry_after(now, expiries.targets)?,
+        targets: HashMap::new(),
+        delegations: None,
+        _extra: HashMap::new(),
+    };
+    if let Some(out) = stage {
+        let new_trust = parent
+            .delegations
+            .as_ref()
+            .and_then(|d| RoleTrust::of_delegation(d, &spec.role))
+            .ok_or_else(|| invalid(format!("role {:?}", spec.role), "lost its delegation"))?;
+        let stage = Stage::new(vec![
+            StagedRole::targets(from, state.role_trust(from)?, parent),
+            StagedRole::targets(&spec.role, new_trust, role_meta),
+        ]);
+        let counts = stage.clone().create(out, ring)?;
+        return Ok(stage.status(&counts));
+    }
+    // The new role's file first: every file is new until timestamp.json.
+    let files = vec![
+        RoleFile::sign(&spec.role, &role_meta, &new_role_keys, ring)?,
+        RoleFile::sign(from, &parent, &parent_keys, ring)?,
+    ];
+    publish_roles(&state, files, expiries, ring, &mut DirStore::new(repo))?;
+    Ok(Vec::new())
+}
+
+/// A valid role name and path patterns, at least one.
+fn check_delegate_spec(spec: &DelegateSpec) -> Result<()> {
     check_delegated_role_name(&spec.role)?;
     if spec.paths.is_empty() {
         return Err(invalid("delegation paths", "give at least one path pattern"));
@@ -770,9 +868,12 @@ fn delegate_with(
     for p in &spec.paths {
         check_path_pattern(p)?;
     }
-    let _lock = RepoLock::acquire(repo, "delegate")?;
-    let state = RepoState::load(repo)?;
-    let root = state.root()?.signed.signed.clone();
+    Ok(())
+}
+
+/// Refuses an unknown `from`, a role name already used anywhere in the tree, and a path pattern the
+/// delegations leading to `from` do not cover (a client would never look for such a target there).
+fn check_delegation_fits(state: &RepoState, from: &str, spec: &DelegateSpec) -> Result<()> {
     if from != TARGETS_ROLE && !state.delegated.contains_key(from) {
         let known: Vec<&str> = state.delegated.keys().map(String::as_str).collect();
         return Err(invalid(
@@ -790,7 +891,6 @@ fn delegate_with(
             format!("is already delegated (by {parent})"),
         ));
     }
-    // Every delegation on the way to `from` must let a client reach each new pattern.
     for entry in state.delegation_chain(from)? {
         let covering = delegated_patterns(entry)?;
         if let Some(p) = spec
@@ -810,11 +910,11 @@ fn delegate_with(
             ));
         }
     }
-    let parent_keys = state.targets_role_keys(from)?;
-    if stage.is_none() {
-        parent_keys.check_ring_or_stage(ring)?;
-    }
-    let mut parent = state.role_targets(from)?.clone();
+    Ok(())
+}
+
+/// Adds the delegation to `spec.role` (its keys, threshold and paths) to `from`'s metadata.
+fn add_delegation(parent: &mut Targets, from: &str, spec: &DelegateSpec) -> Result<()> {
     let delegations = parent.delegations.get_or_insert_with(Delegations::new);
     if delegations.roles.iter().any(|r| r.name == spec.role) {
         return Err(invalid(
@@ -840,66 +940,7 @@ fn delegate_with(
         terminating: spec.terminating,
         targets: None,
     });
-    let new_role_keys = meta::delegated_role_keys(&parent, &spec.role)?;
-    if stage.is_none() {
-        new_role_keys.check_ring_or_stage(ring)?;
-    }
-    let now = now()?;
-    parent.version = bump(parent.version)?;
-    parent.expires = expiry_after(now, expiries.targets)?;
-    let pv = parent.version;
-    let one = NonZeroU64::MIN;
-    let role_meta = Targets {
-        spec_version: SPEC_VERSION.to_owned(),
-        version: one,
-        expires: expiry_after(now, expiries.targets)?,
-        targets: HashMap::new(),
-        delegations: None,
-        _extra: HashMap::new(),
-    };
-    if let Some(out) = stage {
-        let new_trust = parent
-            .delegations
-            .as_ref()
-            .and_then(|d| RoleTrust::of_delegation(d, &spec.role))
-            .ok_or_else(|| invalid(format!("role {:?}", spec.role), "lost its delegation"))?;
-        let entries = vec![
-            StageEntry {
-                role: from.to_owned(),
-                trust: RoleTrust::current(&state, from)?,
-                metadata: parent,
-            },
-            StageEntry {
-                role: spec.role.clone(),
-                trust: new_trust,
-                metadata: role_meta,
-            },
-        ];
-        return write_stage(out, entries, ring);
-    }
-    let role_bytes = new_role_keys.sign_targets_to_file(&role_meta, ring)?;
-    let parent_bytes = parent_keys.sign_targets_to_file(&parent, ring)?;
-    let (snap_name, snap_bytes, ts) = meta::resign_snapshot_and_timestamp(
-        &state,
-        &root,
-        &[
-            (from.to_owned(), pv, parent_bytes.clone()),
-            (spec.role.clone(), one, role_bytes.clone()),
-        ],
-        expiries,
-        ring,
-    )?;
-    Publication {
-        metadata: vec![
-            (format!("1.{}.json", spec.role), role_bytes),
-            (format!("{pv}.{from}.json"), parent_bytes),
-            (snap_name, snap_bytes),
-        ],
-        timestamp: Some(ts),
-        ..Publication::default()
-    }
-    .commit(repo)?;
-    Ok(Vec::new())
+    Ok(())
 }
 
 #[cfg(test)]

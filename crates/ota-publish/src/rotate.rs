@@ -1,7 +1,10 @@
 //! Root rotation and key revocation with thresholds held by different people (TUF 5.3.4, 6.1).
 //!
-//! 1. [`root_stage`] writes the next root version (keys added or removed, thresholds changed) as an
-//!    ordinary TUF root file with no signatures.
+//! The steps are the one staged-signing flow of every role (`crate::staged`); what is root's own
+//! is building the next root from a [`RootChange`] and the thin commands over the flow:
+//!
+//! 1. [`root_stage`] writes the next root version (keys added or removed, thresholds changed) to a
+//!    stage file, unsigned.
 //! 2. Each holder runs [`root_sign`] with the keys they hold, on their own machine, and passes the file
 //!    on. Only keys of the current root's root role or of the new root's root role may sign.
 //! 3. [`root_publish`] checks that the signatures meet BOTH the current root's root threshold and the new
@@ -9,18 +12,17 @@
 //!    keys changed), snapshot and timestamp with the new keys, timestamp last.
 
 use std::collections::HashSet;
-use std::fs;
 use std::path::Path;
 
 use tough::schema::key::Key;
-use tough::schema::{RoleType, Root, Signed};
+use tough::schema::{RoleKeys, RoleType, Root};
 
-use crate::atomic_file;
-use crate::error::{invalid, io, Error, Result};
+use crate::error::{invalid, Result};
 use crate::keys::{key_id, KeyRing};
-use crate::meta::{
-    self, bump, expiry_after, file_bytes, now, top_role_keys, Expiries, Publication, RepoState,
-};
+use crate::loader::RepoState;
+use crate::meta::{bump, expiry_after, now, Expiries};
+use crate::staged::{Stage, StagedRole};
+use crate::trust::decoded;
 
 /// The top-level roles, by name.
 pub fn parse_role(name: &str) -> Result<RoleType> {
@@ -49,18 +51,27 @@ pub struct RootChange {
     pub expiries: Expiries,
 }
 
-/// Writes the next root version, unsigned, to `out` (which must not exist). Returns its version.
+/// Writes the next root version, unsigned, to the stage file `out` (which must not exist), as the
+/// one role of a stage (the staged-signing flow every role shares). Returns its version.
 pub fn root_stage(repo: &Path, change: &RootChange, out: &Path) -> Result<u64> {
+    Stage::refuse_existing(out)?;
     let state = RepoState::load(repo)?;
-    let mut root = state.root()?.signed.signed.clone();
+    let current = &state.root()?.signed.signed;
+    let mut root = current.clone();
     root.version = bump(root.version)?;
     root.expires = expiry_after(now()?, change.expiries.root)?;
+    apply_change(&mut root, change)?;
+    let version = root.version.get();
+    Stage::new(vec![StagedRole::root(root, current)?]).create(out, &KeyRing::new())?;
+    Ok(version)
+}
+
+/// Adds and removes keys and sets thresholds, then checks every role can still meet its threshold
+/// and drops keys no role uses any more (revocation leaves no trace).
+fn apply_change(root: &mut Root, change: &RootChange) -> Result<()> {
     for (role, key) in &change.add_keys {
-        let id = meta::decoded(&key_id(key)?)?;
-        let rk = root
-            .roles
-            .get_mut(role)
-            .ok_or_else(|| invalid(format!("role {role}"), "not in root"))?;
+        let id = decoded(&key_id(key)?)?;
+        let rk = role_keys_mut(root, role)?;
         if rk.keyids.contains(&id) {
             return Err(invalid(
                 format!("key {}", hex::encode(&id)),
@@ -71,11 +82,8 @@ pub fn root_stage(repo: &Path, change: &RootChange, out: &Path) -> Result<u64> {
         root.keys.insert(id, key.clone());
     }
     for (role, id) in &change.remove_keys {
-        let dec = meta::decoded(id)?;
-        let rk = root
-            .roles
-            .get_mut(role)
-            .ok_or_else(|| invalid(format!("role {role}"), "not in root"))?;
+        let dec = decoded(id)?;
+        let rk = role_keys_mut(root, role)?;
         let before = rk.keyids.len();
         rk.keyids.retain(|k| k != &dec);
         if rk.keyids.len() == before {
@@ -83,11 +91,7 @@ pub fn root_stage(repo: &Path, change: &RootChange, out: &Path) -> Result<u64> {
         }
     }
     for (role, t) in &change.thresholds {
-        let rk = root
-            .roles
-            .get_mut(role)
-            .ok_or_else(|| invalid(format!("role {role}"), "not in root"))?;
-        rk.threshold = std::num::NonZeroU64::new(*t)
+        role_keys_mut(root, role)?.threshold = std::num::NonZeroU64::new(*t)
             .ok_or_else(|| invalid(format!("{role} threshold"), "must be at least 1"))?;
     }
     for (role, rk) in &root.roles {
@@ -102,24 +106,19 @@ pub fn root_stage(repo: &Path, change: &RootChange, out: &Path) -> Result<u64> {
             ));
         }
     }
-    // Keys no role uses any more are dropped from the key list (revocation leaves no trace).
     let used: HashSet<_> = root
         .roles
         .values()
         .flat_map(|r| r.keyids.iter().cloned())
         .collect();
     root.keys.retain(|id, _| used.contains(id));
-    let version = root.version.get();
-    let staged = Signed {
-        signed: root,
-        signatures: Vec::new(),
-    };
-    if out.exists() {
-        return Err(Error::AlreadyExists { path: out.to_owned() });
-    }
-    atomic_file::write_new_durable(out, &file_bytes(&staged)?)?;
-    atomic_file::sync_dir(atomic_file::parent(out))?;
-    Ok(version)
+    Ok(())
+}
+
+fn role_keys_mut<'r>(root: &'r mut Root, role: &RoleType) -> Result<&'r mut RoleKeys> {
+    root.roles
+        .get_mut(role)
+        .ok_or_else(|| invalid(format!("role {role}"), "not in root"))
 }
 
 /// How far a staged root is from being publishable.
@@ -130,75 +129,31 @@ pub struct RootSignatures {
     /// Signatures by keys of the new root's root role, and its threshold.
     pub new_root: (u64, u64),
     /// Signatures by keys of the current root's root role, and its threshold (when the current root
-    /// was available).
+    /// is known: from the repository, or as recorded in the stage file).
     pub current_root: Option<(u64, u64)>,
 }
 
-fn read_staged(path: &Path) -> Result<Signed<Root>> {
-    let bytes = fs::read(path).map_err(io("read staged root", path))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
-        what: "staged root metadata",
-        path: path.to_owned(),
-        why: e.to_string(),
-    })
-}
-
-fn count(root: &Root, staged: &Signed<Root>) -> (u64, u64) {
-    let ids: HashSet<String> = root
-        .roles
-        .get(&RoleType::Root)
-        .map(|r| meta::hex_ids(&r.keyids).into_iter().collect())
-        .unwrap_or_default();
-    let threshold = root.roles.get(&RoleType::Root).map_or(0, |r| r.threshold.get());
-    let n = staged
-        .signatures
-        .iter()
-        .filter(|s| ids.contains(&hex::encode(s.keyid.as_ref())))
-        .count() as u64;
-    (n, threshold)
-}
-
 /// Adds signatures to a staged root with every ring key that is a root key of the new root or of the
-/// current root (`repo`, when given). Re-signing with a key replaces its earlier signature.
+/// current root (`repo`, when given; else as the stage file records it). Re-signing with a key
+/// replaces its earlier signature.
 pub fn root_sign(staged_path: &Path, repo: Option<&Path>, ring: &KeyRing) -> Result<RootSignatures> {
-    let mut staged = read_staged(staged_path)?;
-    let current = match repo {
-        Some(r) => Some(RepoState::load(r)?.root()?.signed.signed.clone()),
-        None => None,
+    refuse_non_root(staged_path)?;
+    let (stage, counts) = Stage::sign(staged_path, repo, ring)?;
+    let counts = counts.into_iter().next().unwrap_or_default();
+    let find = |which| {
+        counts
+            .iter()
+            .find(|(w, _, _)| *w == Some(which))
+            .map(|(_, present, threshold)| (*present, *threshold))
     };
-    let mut allowed: Vec<String> = top_role_keys(&staged.signed, RoleType::Root)?.keyids;
-    if let Some(c) = &current {
-        allowed.extend(top_role_keys(c, RoleType::Root)?.keyids);
-    }
-    let usable: Vec<String> = allowed.iter().filter(|id| ring.has(id)).cloned().collect();
-    if usable.is_empty() {
-        return Err(Error::Key {
-            source_name: ring.key_ids().join(", "),
-            why: format!(
-                "none of the given keys is a root key of the staged root{} (root key ids: {})",
-                if current.is_some() {
-                    " or the current root"
-                } else {
-                    ""
-                },
-                allowed.join(", ")
-            ),
-        });
-    }
-    let msg = meta::canonical(&staged.signed)?;
-    for (id, sig) in ring.sign_with(&usable, &msg)? {
-        let keyid = meta::decoded(&id)?;
-        staged.signatures.retain(|s| s.keyid != keyid);
-        staged.signatures.push(tough::schema::Signature {
-            keyid,
-            sig: sig.into(),
-        });
-    }
-    atomic_file::replace_durable(staged_path, &file_bytes(&staged)?)?;
     Ok(RootSignatures {
-        version: staged.signed.version.get(),
-        new_root: count(&staged.signed, &staged),
-        current_root: current.as_ref().map(|c| count(c, &staged)),
+        version: stage
+            .roles()
+            .first()
+            .and_then(|s| s.as_root())
+            .map_or(0, |r| r.signed.version.get()),
+        new_root: find("new").unwrap_or_default(),
+        current_root: find("current"),
     })
 }
 
@@ -207,63 +162,19 @@ pub fn root_sign(staged_path: &Path, repo: Option<&Path>, ring: &KeyRing) -> Res
 /// metadata with the new root's keys. Needs the snapshot and timestamp keys of the new root, and the
 /// targets keys if the targets role's keys changed.
 pub fn root_publish(repo: &Path, staged_path: &Path, expiries: &Expiries, ring: &KeyRing) -> Result<u64> {
-    let _lock = crate::lock::RepoLock::acquire(repo, "root publish")?;
-    let state = RepoState::load(repo)?;
-    let current = state.root()?.signed.signed.clone();
-    let staged = read_staged(staged_path)?;
-    let new = staged.signed.clone();
-    if Some(new.version) != current.version.checked_add(1) {
+    refuse_non_root(staged_path)?;
+    let published = crate::staged::publish(repo, staged_path, expiries, ring, "root publish")?;
+    Ok(published.first().map_or(0, |s| s.version))
+}
+
+/// `root sign` and `root publish` take a stage of root only.
+fn refuse_non_root(path: &Path) -> Result<()> {
+    let stage = Stage::read(path)?;
+    if stage.roles().iter().any(|s| s.as_root().is_none()) {
         return Err(invalid(
-            format!("staged root {}", staged_path.display()),
-            format!(
-                "has version {}; expected {} (the current root is {})",
-                new.version,
-                current.version.get() + 1,
-                current.version
-            ),
+            format!("staged root {}", path.display()),
+            "stages no root; use `repo-tool role sign` or `role publish` for it",
         ));
     }
-    let threshold_err = |which: &str, root: &Root| {
-        let (n, t) = count(root, &staged);
-        Error::ThresholdNotMet {
-            role: format!("root (the {which} root's threshold for version {})", new.version),
-            threshold: t,
-            available: n,
-            keyids: top_role_keys(root, RoleType::Root)
-                .map(|k| k.keyids.join(", "))
-                .unwrap_or_default(),
-        }
-    };
-    current
-        .verify_role(&staged)
-        .map_err(|_| threshold_err("current", &current))?;
-    new.verify_role(&staged).map_err(|_| threshold_err("new", &new))?;
-
-    let targets_changed = current.roles.get(&RoleType::Targets) != new.roles.get(&RoleType::Targets);
-    let mut publication = Publication::default();
-    let mut changed = Vec::new();
-    if targets_changed {
-        let keys = top_role_keys(&new, RoleType::Targets)?;
-        keys.check_ring(ring)?;
-        let mut targets = state.targets.signed.signed.clone();
-        targets.version = bump(targets.version)?;
-        targets.expires = expiry_after(now()?, expiries.targets)?;
-        let v = targets.version;
-        let bytes = keys.sign_to_file(&targets, ring)?;
-        publication
-            .metadata
-            .push((format!("{v}.targets.json"), bytes.clone()));
-        changed.push((meta::TARGETS_ROLE.to_owned(), v, bytes));
-    }
-    let (snap_name, snap_bytes, ts) =
-        meta::resign_snapshot_and_timestamp(&state, &new, &changed, expiries, ring)?;
-    let root_bytes = file_bytes(&staged)?;
-    // Root goes before snapshot and timestamp in the write order; all are new files except timestamp.
-    publication
-        .metadata
-        .insert(0, (format!("{}.root.json", new.version), root_bytes));
-    publication.metadata.push((snap_name, snap_bytes));
-    publication.timestamp = Some(ts);
-    publication.commit(repo)?;
-    Ok(new.version.get())
+    Ok(())
 }

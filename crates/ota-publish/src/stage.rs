@@ -13,30 +13,34 @@
 //!
 //! A file found already under its final name (same bytes published before, or left by a command that
 //! was killed mid-write) is re-hashed and kept only if its bytes match its name; otherwise it is
-//! replaced atomically.
+//! removed and written again (no client asks for it: no published metadata names those bytes).
 //!
-//! Everything a [`TargetStager`] creates (files and directories) is removed when it is dropped,
-//! unless [`TargetStager::keep`] was called after a successful publish. Nothing is fsynced here:
-//! `Publication::commit` makes the new files durable (an fsync each, or one `syncfs` for bulk adds).
+//! This is the target half of `crate::store::DirStore`. Everything a [`TargetStager`] creates (files
+//! and directories) is removed when it is dropped, unless [`TargetStager::keep`] was called after a
+//! successful publish. Nothing is fsynced here: `DirStore::flush` makes the new files durable (an
+//! fsync each, or one `syncfs` for bulk adds).
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::digest::{hash_file, read_full};
 use crate::error::{io, Error, Result};
 
 /// Read buffer; files up to this size are hashed in memory and written once under their final name.
 const BUF_LEN: usize = 256 * 1024;
 
-/// A target file under its final name inside the repository.
+/// A target file under its final name in the repository.
 #[derive(Debug, Clone)]
-pub(crate) struct StagedFile {
-    /// `<repo>/targets/<dir>/<sha256-hex>.<basename>`.
+pub struct StagedFile {
+    /// Where the store put it: `<repo>/targets/<dir>/<sha256-hex>.<basename>` for a directory.
     pub path: PathBuf,
+    /// SHA-256 of its bytes.
     pub sha256: [u8; 32],
+    /// Its length in bytes.
     pub length: u64,
 }
 
@@ -84,8 +88,19 @@ impl TargetStager {
     }
 
     /// The publish succeeded: keep every file and directory created.
-    pub fn keep(mut self) {
+    pub fn keep(&mut self) {
         self.kept = true;
+    }
+
+    /// Removes every file and directory created so far (an aborted publish).
+    pub fn remove_written(&mut self) {
+        for f in self.new_files.drain(..).rev() {
+            let _ = fs::remove_file(f);
+        }
+        for d in self.new_dirs.drain(..).rev() {
+            let _ = fs::remove_dir(&d);
+            self.known_dirs.remove(&d);
+        }
     }
 
     /// Copies `image` to the final path of target `name`, hashing as it goes (each byte read once).
@@ -185,7 +200,7 @@ impl TargetStager {
                 f.write_all(bytes).map_err(io("write", &staged.path))?;
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                self.reuse_or_replace(&staged, |tmp| fs::write(tmp, bytes).map_err(io("write", tmp)))?;
+                self.reuse_or_replace(&staged, |dest| fs::write(dest, bytes).map_err(io("write", dest)))?;
             }
             Err(e) => return Err(io("create", &staged.path)(e)),
         }
@@ -234,44 +249,30 @@ impl TargetStager {
     }
 
     /// `staged.path` exists already. Kept if its bytes are what its name says (published before);
-    /// otherwise (a leftover of a command killed mid-write) atomically replaced by a file that
-    /// `fill` creates at a temp path.
+    /// otherwise (a leftover of a command killed mid-write) removed and written again by `fill`. No
+    /// client reads it in between: no published metadata names a file with the wrong bytes.
     fn reuse_or_replace(
         &mut self,
         staged: &StagedFile,
         fill: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<()> {
-        if file_digest(&staged.path, &mut self.buf)? == (staged.sha256, staged.length) {
+        let buf = &mut self.buf;
+        buf.resize(BUF_LEN, 0);
+        let found = hash_file(&staged.path, buf).map_err(io("read", &staged.path))?;
+        if found == (staged.length, staged.sha256) {
             return Ok(());
         }
-        let tmp = crate::atomic_file::temp_path(&staged.path);
-        let _ = fs::remove_file(&tmp);
-        let res = fill(&tmp).and_then(|()| {
-            fs::rename(&tmp, &staged.path).map_err(io("replace a damaged target file", &staged.path))
-        });
-        match res {
-            Ok(()) => {
-                self.replaced_files.push(staged.path.clone());
-                Ok(())
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+        fs::remove_file(&staged.path).map_err(io("remove a damaged target file", &staged.path))?;
+        fill(&staged.path)?;
+        self.replaced_files.push(staged.path.clone());
+        Ok(())
     }
 }
 
 impl Drop for TargetStager {
     fn drop(&mut self) {
-        if self.kept {
-            return;
-        }
-        for f in self.new_files.iter().rev() {
-            let _ = fs::remove_file(f);
-        }
-        for d in self.new_dirs.iter().rev() {
-            let _ = fs::remove_dir(d);
+        if !self.kept {
+            self.remove_written();
         }
     }
 }
@@ -295,37 +296,6 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
     }
-}
-
-/// Reads until `buf` is full or the end of the file; returns the bytes read.
-fn read_full(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
-        match src.read(rest) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-/// SHA-256 and length of a file's bytes.
-fn file_digest(path: &Path, buf: &mut Vec<u8>) -> Result<([u8; 32], u64)> {
-    buf.resize(BUF_LEN, 0);
-    let mut f = fs::File::open(path).map_err(io("read", path))?;
-    let mut hasher = Sha256::new();
-    let mut length = 0u64;
-    loop {
-        let n = read_full(&mut f, buf).map_err(io("read", path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(buf.get(..n).unwrap_or_default());
-        length += n as u64;
-    }
-    Ok((hasher.finalize().into(), length))
 }
 
 /// Where a target file lives: `targets/<dir>/<sha256-hex>.<basename>` (TUF 5.7.3 with consistent
