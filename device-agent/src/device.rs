@@ -25,7 +25,6 @@ use crate::delta::{
 use crate::error::{Error, Result};
 use crate::health::{run_checks, HealthReport};
 use crate::identity::{check_root_fingerprint, parse_fingerprint, DeviceIdentity};
-use crate::persist::write_atomic;
 use crate::select::{select, Decision, DeviceFacts, OfferedTarget};
 use crate::state::{
     next, DeviceRecord, Event, ImageRef, InstallReport, InstallVia, RecordFile, SlotImage, UpdateState,
@@ -38,6 +37,8 @@ pub const METADATA_DIR: &str = "metadata";
 pub const PINNED_ROOT_FILE: &str = "root.sha256";
 /// Largest root.json accepted at provisioning (TUF 5.3.3's suggested bound).
 const MAX_ROOT_FILE: u64 = 512 * 1024;
+/// Largest pinned-root file accepted (64 hex digits and a newline; more is not ours).
+const MAX_PINNED_FILE: u64 = 4096;
 
 /// The two slots.
 #[derive(Debug)]
@@ -149,31 +150,28 @@ pub fn provision<S: Slot, B: BootControl>(
     slots: &mut SlotPair<S>,
     boot: &mut B,
 ) -> Result<ProvisionReport> {
-    use std::io::Read;
     let expected = parse_fingerprint(fingerprint)?;
-    let file = std::fs::File::open(root_path).map_err(Error::io("read root", root_path))?;
-    let mut root = Vec::new();
-    file.take(MAX_ROOT_FILE)
-        .read_to_end(&mut root)
-        .map_err(Error::io("read root", root_path))?;
+    let root = ota_fs::read_bounded(root_path, MAX_ROOT_FILE)?;
     check_root_fingerprint(root_path, &root, &expected)?;
     let root_hex = hex::encode(expected);
 
     create_private_dir(state_dir)?;
     let pinned_path = state_dir.join(PINNED_ROOT_FILE);
-    match std::fs::read_to_string(&pinned_path) {
-        Ok(pinned) if pinned.trim() == root_hex => {}
+    match ota_fs::read_bounded(&pinned_path, MAX_PINNED_FILE) {
         Ok(pinned) => {
-            return Err(Error::AlreadyProvisioned {
-                pinned: pinned.trim().to_owned(),
-                offered: root_hex,
-            })
+            let pinned = String::from_utf8_lossy(&pinned).trim().to_owned();
+            if pinned != root_hex {
+                return Err(Error::AlreadyProvisioned {
+                    pinned,
+                    offered: root_hex,
+                });
+            }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(ota_fs::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Client::init(&state_dir.join(METADATA_DIR), &root)?;
-            write_atomic(&pinned_path, format!("{root_hex}\n").as_bytes(), 0o644)?;
+            ota_fs::write_atomic(&pinned_path, format!("{root_hex}\n").as_bytes(), 0o644)?;
         }
-        Err(e) => return Err(Error::io("read pinned root", &pinned_path)(e)),
+        Err(e) => return Err(e.into()),
     }
 
     let (identity, key_created) = DeviceIdentity::create_or_load(&DeviceIdentity::path_in(state_dir))?;

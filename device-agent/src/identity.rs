@@ -5,9 +5,8 @@
 //! decides the device's rollout bucket). The agent refuses to start when the key is missing, unreadable,
 //! or readable by group or others.
 
-use std::fs::OpenOptions;
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
@@ -15,7 +14,6 @@ use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::persist::sync_dir;
 
 /// File name of the identity key in the state directory.
 pub const IDENTITY_FILE: &str = "identity.pk8";
@@ -54,18 +52,11 @@ impl DeviceIdentity {
             path: path.to_owned(),
             why: e.to_string(),
         })?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(Error::io("create identity key", path))?;
+        let mut file = ota_fs::create_private(path)?;
         file.write_all(der.as_bytes())
             .map_err(Error::io("write identity key", path))?;
         file.sync_all().map_err(Error::io("fsync identity key", path))?;
-        if let Some(dir) = path.parent() {
-            sync_dir(dir)?;
-        }
+        ota_fs::sync_dir(ota_fs::parent_dir(path))?;
         Ok((DeviceIdentity { key }, true))
     }
 
@@ -79,11 +70,7 @@ impl DeviceIdentity {
                 mode,
             });
         }
-        let file = std::fs::File::open(path).map_err(Error::io("read identity key", path))?;
-        let mut der = Vec::new();
-        file.take(MAX_KEY_FILE)
-            .read_to_end(&mut der)
-            .map_err(Error::io("read identity key", path))?;
+        let der = ota_fs::read_bounded(path, MAX_KEY_FILE)?;
         let key = SigningKey::from_pkcs8_der(&der).map_err(|e| Error::KeyFormat {
             path: path.to_owned(),
             why: e.to_string(),
@@ -191,6 +178,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("PKCS#8"));
+        // A file far larger than any key is refused before it is read whole.
+        std::fs::write(&g, vec![0u8; 1 << 20]).unwrap();
+        let err = DeviceIdentity::load(&g).unwrap_err();
+        assert!(
+            matches!(err, Error::File(ota_fs::Error::TooLarge { .. })),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,7 +27,6 @@ mod error;
 pub mod health;
 pub mod identity;
 pub mod lock;
-pub mod persist;
 pub mod schedule;
 pub mod select;
 pub mod state;

@@ -23,7 +23,6 @@ use ota_release::{Sha256Digest, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::persist::write_atomic;
 use crate::SlotId;
 
 /// Agent starts an in-progress state may see before the loop breaker ends the update.
@@ -509,18 +508,16 @@ impl RecordFile {
 
     /// Reads the record (bounded), refusing corrupt or unknown content.
     pub fn load(&self) -> Result<DeviceRecord> {
-        use std::io::Read;
-        let file = std::fs::File::open(&self.path).map_err(Error::io("read state file", &self.path))?;
-        let mut bytes = Vec::new();
-        file.take(MAX_STATE_FILE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(Error::io("read state file", &self.path))?;
-        if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_STATE_FILE {
-            return Err(Error::StateCorrupt {
-                path: self.path.clone(),
-                why: format!("larger than {MAX_STATE_FILE} bytes"),
-            });
-        }
+        let bytes = match ota_fs::read_bounded(&self.path, MAX_STATE_FILE) {
+            Ok(bytes) => bytes,
+            Err(ota_fs::Error::TooLarge { .. }) => {
+                return Err(Error::StateCorrupt {
+                    path: self.path.clone(),
+                    why: format!("larger than {MAX_STATE_FILE} bytes"),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
         serde_json::from_slice(&bytes).map_err(|e| Error::StateCorrupt {
             path: self.path.clone(),
             why: e.to_string(),
@@ -533,7 +530,7 @@ impl RecordFile {
             path: self.path.clone(),
             why: format!("cannot serialize: {e}"),
         })?;
-        write_atomic(&self.path, &bytes, 0o600)
+        Ok(ota_fs::write_atomic(&self.path, &bytes, 0o600)?)
     }
 }
 
