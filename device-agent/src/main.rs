@@ -314,13 +314,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::MarkGood => {
             let _lock = AgentLock::acquire(&config.state_dir)?;
             let mut device = open_device(&config)?;
-            report(&device.mark_good()?);
+            report(&device.mark_good().await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback => {
             let _lock = AgentLock::acquire(&config.state_dir)?;
             let mut device = open_device(&config)?;
-            let outcome = device.rollback()?;
+            let outcome = device.rollback().await?;
             report(&outcome);
             if outcome.reboot {
                 return reboot(&config, device);
