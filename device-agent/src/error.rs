@@ -163,6 +163,14 @@ pub enum Error {
         /// The holder's pid, when it could be read.
         pid: Option<u32>,
     },
+    /// The configured reboot command could not run, or failed.
+    #[error("reboot command {program:?}: {why}")]
+    RebootCommand {
+        /// The program (`boot.reboot_command`'s first word).
+        program: String,
+        /// What went wrong.
+        why: String,
+    },
     /// A health check failed to run at all (a misconfigured check, not an unhealthy device).
     #[error("health check {check}: {why}")]
     HealthCheck {

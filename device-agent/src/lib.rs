@@ -11,6 +11,8 @@
 //! - [`device::Device`]: the update core, generic over `ota_slot::Slot` and `ota_slot::BootControl`:
 //!   [`device::Device::on_boot`] after every start, [`device::Device::poll_once`] to install;
 //!   [`device::provision`] pins the root of trust.
+//! - [`daemon::run`]: the daemon's poll loop; [`daemon::open_device`] picks the configured slot and
+//!   bootloader backends, [`daemon::reboot`] is the reboot policy.
 //! - [`schedule::PollSchedule`]: polling interval, jitter and backoff.
 //! - [`lock::AgentLock`]: one agent process at a time per state directory.
 //! - [`delta`]: installs by binary delta from the running slot, with [`delta::DeltaFallback`] naming
@@ -21,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod daemon;
 pub mod delta;
 pub mod device;
 mod error;
