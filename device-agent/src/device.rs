@@ -24,7 +24,7 @@ use crate::delta::{
 };
 use crate::error::{Error, Result};
 use crate::health::{run_checks, HealthReport};
-use crate::identity::{check_root_fingerprint, parse_fingerprint, DeviceIdentity};
+use crate::identity::{check_root_fingerprint, parse_fingerprint, FileIdentity, IdentityKey};
 use crate::select::{select, Decision, DeviceFacts, OfferedTarget};
 use crate::state::{
     transition, Action, DeviceRecord, Event, ImageRef, InstallReport, InstallVia, RecordFile, SlotImage,
@@ -175,7 +175,7 @@ pub fn provision<S: Slot, B: BootControl>(
         Err(e) => return Err(e.into()),
     }
 
-    let (identity, key_created) = DeviceIdentity::create_or_load(&DeviceIdentity::path_in(state_dir))?;
+    let (identity, key_created) = FileIdentity::create_or_load(&FileIdentity::path_in(state_dir))?;
     let booted = boot.booted()?;
     let running = Sha256Digest(slot_sha256(slots.get_mut(booted), factory.length)?);
     let record_file = RecordFile::in_dir(state_dir);
@@ -213,6 +213,20 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(Error::io("create state directory", dir))
+}
+
+/// What provisioning leaves in the state directory besides the identity key.
+const PROVISIONED_FILES: &[&str] = &[PINNED_ROOT_FILE, "metadata/root.json", "state.json"];
+
+/// Refuses a state directory missing one of `files`, naming the first missing.
+fn require(dir: &Path, files: &[&'static str]) -> Result<()> {
+    match files.iter().find(|name| !dir.join(name).exists()) {
+        Some(missing) => Err(Error::NotProvisioned {
+            state_dir: dir.to_owned(),
+            missing,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Everything `status` shows.
@@ -255,32 +269,33 @@ pub struct Device<S: Slot, B: BootControl> {
     settings: DeviceSettings,
     slots: SlotPair<S>,
     boot: B,
-    identity: DeviceIdentity,
+    identity: Box<dyn IdentityKey>,
     file: RecordFile,
     record: DeviceRecord,
     client: Client,
 }
 
 impl<S: Slot, B: BootControl> Device<S, B> {
-    /// Opens a provisioned device; refuses when the identity key, the pinned root or the update record is
-    /// missing, or the key is readable by others.
+    /// Opens a provisioned device whose identity key is the file in the state directory; refuses when
+    /// the key, the pinned root or the update record is missing, or the key is readable by others.
     pub fn open(settings: DeviceSettings, slots: SlotPair<S>, boot: B) -> Result<Device<S, B>> {
         let dir = &settings.state_dir;
-        let need = |name: &'static str| {
-            if dir.join(name).exists() {
-                Ok(())
-            } else {
-                Err(Error::NotProvisioned {
-                    state_dir: dir.clone(),
-                    missing: name,
-                })
-            }
-        };
-        need(crate::identity::IDENTITY_FILE)?;
-        need(PINNED_ROOT_FILE)?;
-        need("metadata/root.json")?;
-        need("state.json")?;
-        let identity = DeviceIdentity::load(&DeviceIdentity::path_in(dir))?;
+        require(dir, &[crate::identity::IDENTITY_FILE])?;
+        require(dir, PROVISIONED_FILES)?;
+        let identity = FileIdentity::load(&FileIdentity::path_in(dir))?;
+        Device::open_with_identity(settings, slots, boot, Box::new(identity))
+    }
+
+    /// Opens a provisioned device whose identity key is held elsewhere (a token): the state directory
+    /// holds only the pinned root, the trusted metadata and the update record.
+    pub fn open_with_identity(
+        settings: DeviceSettings,
+        slots: SlotPair<S>,
+        boot: B,
+        identity: Box<dyn IdentityKey>,
+    ) -> Result<Device<S, B>> {
+        let dir = &settings.state_dir;
+        require(dir, PROVISIONED_FILES)?;
         let file = RecordFile::in_dir(dir);
         let record = file.load()?;
         let client = Client::load(&dir.join(METADATA_DIR), settings.repository.clone())?;
@@ -301,8 +316,8 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     }
 
     /// The device's identity.
-    pub fn identity(&self) -> &DeviceIdentity {
-        &self.identity
+    pub fn identity(&self) -> &dyn IdentityKey {
+        self.identity.as_ref()
     }
 
     /// The bootloader (simulations use it to play the reboot).

@@ -3,7 +3,8 @@
 //!
 //! Its one job is the device side of an update. Main types:
 //! - [`config::AgentConfig`]: the TOML configuration (`dist/agent.toml` is the annotated sample).
-//! - [`identity::DeviceIdentity`]: the device's ed25519 identity, made at provisioning (0600).
+//! - [`identity::IdentityKey`]: the device's ed25519 identity, whoever holds the private key;
+//!   [`identity::FileIdentity`] is the key file made at provisioning (0600).
 //! - [`state::UpdateState`] and [`state::transition`]: the update as an explicit state machine, persisted
 //!   in a [`state::DeviceRecord`] before every side effect ([`state::Action`]).
 //! - [`select::select`]: which signed release this device installs next.
