@@ -186,12 +186,20 @@ impl Default for PollConfig {
     }
 }
 
+/// Largest configuration file accepted (the annotated sample is a few KiB).
+const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
 impl AgentConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<AgentConfig> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+        let read_error = |source| Error::ConfigRead {
             path: path.to_owned(),
             source,
+        };
+        let bytes = ota_fs::read_bounded(path, MAX_CONFIG_FILE).map_err(read_error)?;
+        let text = String::from_utf8(bytes).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            why: format!("not UTF-8: {e}"),
         })?;
         Self::parse(&text, path)
     }

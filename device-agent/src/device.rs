@@ -24,11 +24,11 @@ use crate::delta::{
 };
 use crate::error::{Error, Result};
 use crate::health::{run_checks, HealthReport};
-use crate::identity::{check_root_fingerprint, parse_fingerprint, DeviceIdentity};
-use crate::persist::write_atomic;
+use crate::identity::{check_root_fingerprint, parse_fingerprint, FileIdentity, IdentityKey};
 use crate::select::{select, Decision, DeviceFacts, OfferedTarget};
 use crate::state::{
-    next, DeviceRecord, Event, ImageRef, InstallReport, InstallVia, RecordFile, SlotImage, UpdateState,
+    transition, Action, DeviceRecord, Event, ImageRef, InstallReport, InstallVia, RecordFile, SlotImage,
+    UpdateState,
 };
 use crate::SlotId;
 
@@ -38,6 +38,8 @@ pub const METADATA_DIR: &str = "metadata";
 pub const PINNED_ROOT_FILE: &str = "root.sha256";
 /// Largest root.json accepted at provisioning (TUF 5.3.3's suggested bound).
 const MAX_ROOT_FILE: u64 = 512 * 1024;
+/// Largest pinned-root file accepted (64 hex digits and a newline; more is not ours).
+const MAX_PINNED_FILE: u64 = 4096;
 
 /// The two slots.
 #[derive(Debug)]
@@ -149,34 +151,31 @@ pub fn provision<S: Slot, B: BootControl>(
     slots: &mut SlotPair<S>,
     boot: &mut B,
 ) -> Result<ProvisionReport> {
-    use std::io::Read;
     let expected = parse_fingerprint(fingerprint)?;
-    let file = std::fs::File::open(root_path).map_err(Error::io("read root", root_path))?;
-    let mut root = Vec::new();
-    file.take(MAX_ROOT_FILE)
-        .read_to_end(&mut root)
-        .map_err(Error::io("read root", root_path))?;
+    let root = ota_fs::read_bounded(root_path, MAX_ROOT_FILE)?;
     check_root_fingerprint(root_path, &root, &expected)?;
     let root_hex = hex::encode(expected);
 
     create_private_dir(state_dir)?;
     let pinned_path = state_dir.join(PINNED_ROOT_FILE);
-    match std::fs::read_to_string(&pinned_path) {
-        Ok(pinned) if pinned.trim() == root_hex => {}
+    match ota_fs::read_bounded(&pinned_path, MAX_PINNED_FILE) {
         Ok(pinned) => {
-            return Err(Error::AlreadyProvisioned {
-                pinned: pinned.trim().to_owned(),
-                offered: root_hex,
-            })
+            let pinned = String::from_utf8_lossy(&pinned).trim().to_owned();
+            if pinned != root_hex {
+                return Err(Error::AlreadyProvisioned {
+                    pinned,
+                    offered: root_hex,
+                });
+            }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(ota_fs::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Client::init(&state_dir.join(METADATA_DIR), &root)?;
-            write_atomic(&pinned_path, format!("{root_hex}\n").as_bytes(), 0o644)?;
+            ota_fs::write_atomic(&pinned_path, format!("{root_hex}\n").as_bytes(), 0o644)?;
         }
-        Err(e) => return Err(Error::io("read pinned root", &pinned_path)(e)),
+        Err(e) => return Err(e.into()),
     }
 
-    let (identity, key_created) = DeviceIdentity::create_or_load(&DeviceIdentity::path_in(state_dir))?;
+    let (identity, key_created) = FileIdentity::create_or_load(&FileIdentity::path_in(state_dir))?;
     let booted = boot.booted()?;
     let running = Sha256Digest(slot_sha256(slots.get_mut(booted), factory.length)?);
     let record_file = RecordFile::in_dir(state_dir);
@@ -214,6 +213,20 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(Error::io("create state directory", dir))
+}
+
+/// What provisioning leaves in the state directory besides the identity key.
+const PROVISIONED_FILES: &[&str] = &[PINNED_ROOT_FILE, "metadata/root.json", "state.json"];
+
+/// Refuses a state directory missing one of `files`, naming the first missing.
+fn require(dir: &Path, files: &[&'static str]) -> Result<()> {
+    match files.iter().find(|name| !dir.join(name).exists()) {
+        Some(missing) => Err(Error::NotProvisioned {
+            state_dir: dir.to_owned(),
+            missing,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Everything `status` shows.
@@ -256,32 +269,33 @@ pub struct Device<S: Slot, B: BootControl> {
     settings: DeviceSettings,
     slots: SlotPair<S>,
     boot: B,
-    identity: DeviceIdentity,
+    identity: Box<dyn IdentityKey>,
     file: RecordFile,
     record: DeviceRecord,
     client: Client,
 }
 
 impl<S: Slot, B: BootControl> Device<S, B> {
-    /// Opens a provisioned device; refuses when the identity key, the pinned root or the update record is
-    /// missing, or the key is readable by others.
+    /// Opens a provisioned device whose identity key is the file in the state directory; refuses when
+    /// the key, the pinned root or the update record is missing, or the key is readable by others.
     pub fn open(settings: DeviceSettings, slots: SlotPair<S>, boot: B) -> Result<Device<S, B>> {
         let dir = &settings.state_dir;
-        let need = |name: &'static str| {
-            if dir.join(name).exists() {
-                Ok(())
-            } else {
-                Err(Error::NotProvisioned {
-                    state_dir: dir.clone(),
-                    missing: name,
-                })
-            }
-        };
-        need(crate::identity::IDENTITY_FILE)?;
-        need(PINNED_ROOT_FILE)?;
-        need("metadata/root.json")?;
-        need("state.json")?;
-        let identity = DeviceIdentity::load(&DeviceIdentity::path_in(dir))?;
+        require(dir, &[crate::identity::IDENTITY_FILE])?;
+        require(dir, PROVISIONED_FILES)?;
+        let identity = FileIdentity::load(&FileIdentity::path_in(dir))?;
+        Device::open_with_identity(settings, slots, boot, Box::new(identity))
+    }
+
+    /// Opens a provisioned device whose identity key is held elsewhere (a token): the state directory
+    /// holds only the pinned root, the trusted metadata and the update record.
+    pub fn open_with_identity(
+        settings: DeviceSettings,
+        slots: SlotPair<S>,
+        boot: B,
+        identity: Box<dyn IdentityKey>,
+    ) -> Result<Device<S, B>> {
+        let dir = &settings.state_dir;
+        require(dir, PROVISIONED_FILES)?;
         let file = RecordFile::in_dir(dir);
         let record = file.load()?;
         let client = Client::load(&dir.join(METADATA_DIR), settings.repository.clone())?;
@@ -302,8 +316,8 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     }
 
     /// The device's identity.
-    pub fn identity(&self) -> &DeviceIdentity {
-        &self.identity
+    pub fn identity(&self) -> &dyn IdentityKey {
+        self.identity.as_ref()
     }
 
     /// The bootloader (simulations use it to play the reboot).
@@ -316,27 +330,34 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         (self.slots, self.boot)
     }
 
-    /// Applies `event`, lets `change` adjust the rest of the record, and persists the result before the
-    /// caller performs the side effect that follows.
-    fn advance(&mut self, event: Event, change: impl FnOnce(&mut DeviceRecord)) -> Result<()> {
+    /// Applies `event` to the record and saves it (temp file, fsync, rename, fsync dir) before returning
+    /// the side effect the new state asks for: persist, then act.
+    fn apply(&mut self, event: Event) -> Result<Action> {
+        self.apply_with(event, None)
+    }
+
+    /// [`Device::apply`], saving how the install went in the same write.
+    fn apply_with(&mut self, event: Event, last_install: Option<InstallReport>) -> Result<Action> {
         let mut record = self.record.clone();
-        record.state = next(record.state, event)?;
-        if let UpdateState::RolledBack { version, .. } = &record.state {
-            record.remember_failed(version.clone());
+        let action = record.apply(transition(record.state.clone(), event)?);
+        if let Some(report) = last_install {
+            record.last_install = Some(report);
         }
-        change(&mut record);
-        if record != self.record {
-            self.file.save(&record)?;
+        if record.state != self.record.state {
             tracing::info!(state = %record.state, "update state");
-            self.record = record;
         }
-        Ok(())
+        self.save(record)?;
+        Ok(action)
     }
 
     /// Changes the record outside the state machine (what the install is doing) and persists it.
     fn update_record(&mut self, change: impl FnOnce(&mut DeviceRecord)) -> Result<()> {
         let mut record = self.record.clone();
         change(&mut record);
+        self.save(record)
+    }
+
+    fn save(&mut self, record: DeviceRecord) -> Result<()> {
         if record != self.record {
             self.file.save(&record)?;
             self.record = record;
@@ -356,34 +377,50 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     /// forward of each state; see [`UpdateState`]). Runs the health checks when booted into a trial.
     pub async fn on_boot(&mut self) -> Result<Outcome> {
         let booted = self.boot.booted()?;
-        if !self.record.state.is_final() {
-            self.advance(Event::Restarted, |rec| {
-                // The loop breaker gave up on this install: do not try the release again.
-                if let UpdateState::Failed { version, .. } = &rec.state {
-                    let v = version.clone();
-                    rec.remember_failed(v);
+        let trial = self.boot.trial()?;
+        let action = self.apply(Event::Started { booted, trial })?;
+        self.drive(action, None).await
+    }
+
+    /// Performs `action`, then the action of each state it leads to (each saved before its own action),
+    /// until the caller must reboot or nothing is left to do. `why` explains a commit (health summary or
+    /// the operator) in the outcome's note.
+    async fn drive(&mut self, mut action: Action, mut why: Option<String>) -> Result<Outcome> {
+        loop {
+            let event = match action {
+                Action::Wait(note) => return Ok(self.outcome(false, note)),
+                Action::Install { slot } => {
+                    return Ok(self.outcome(false, format!("install into slot {slot} pending")))
                 }
-            })?;
-        }
-        match self.record.state.clone() {
-            UpdateState::Idle | UpdateState::Failed { .. } => Ok(self.outcome(false, "nothing pending")),
-            UpdateState::Downloading { .. } => {
-                Ok(self.outcome(false, "download interrupted; the next poll starts it over"))
-            }
-            UpdateState::Committed { slot, .. } => self.finish_commit(slot, booted),
-            UpdateState::RolledBack { slot, .. } => self.finish_rollback(slot, booted),
-            UpdateState::Installed { slot, .. } if booted == slot => {
-                // The trial was requested and booted, but the cut came before TrialBoot was saved.
-                self.advance(Event::TrialRequested, |_| {})?;
-                self.judge_trial(slot, booted).await
-            }
-            UpdateState::Installed { slot, .. } => self.request_trial(slot),
-            UpdateState::TrialBoot { slot, .. } => self.judge_trial(slot, booted).await,
+                Action::StartTrial { slot } => {
+                    self.boot.start_trial(slot, 1)?;
+                    Event::TrialStarted
+                }
+                Action::Reboot { slot } => {
+                    let note = format!("trial boot of slot {slot} requested: rebooting");
+                    return Ok(self.outcome(true, note));
+                }
+                Action::CheckHealth { .. } => {
+                    let report: HealthReport = run_checks(&self.settings.health).await;
+                    why = Some(report.summary());
+                    if report.healthy() {
+                        Event::Healthy
+                    } else {
+                        Event::Unhealthy {
+                            reason: report.summary(),
+                        }
+                    }
+                }
+                Action::FinishCommit { slot } => return self.finish_commit(slot, why.as_deref()),
+                Action::FinishRollback { slot } => return self.finish_rollback(slot),
+            };
+            action = self.apply(event)?;
         }
     }
 
     /// Makes the bootloader agree with a persisted commit.
-    fn finish_commit(&mut self, slot: SlotId, booted: SlotId) -> Result<Outcome> {
+    fn finish_commit(&mut self, slot: SlotId, why: Option<&str>) -> Result<Outcome> {
+        let booted = self.boot.booted()?;
         if self.boot.primary()? != slot || self.boot.trial()?.is_some() {
             self.boot.mark_good(slot)?;
         }
@@ -393,11 +430,15 @@ impl<S: Slot, B: BootControl> Device<S, B> {
                 format!("committed slot {slot} but running {booted}: rebooting into it"),
             ));
         }
-        Ok(self.outcome(false, format!("running committed slot {slot}")))
+        Ok(match why {
+            Some(why) => self.outcome(false, format!("committed slot {slot} ({why})")),
+            None => self.outcome(false, format!("running committed slot {slot}")),
+        })
     }
 
     /// Makes the bootloader agree with a persisted rollback, and gets off the rejected slot.
-    fn finish_rollback(&mut self, slot: SlotId, booted: SlotId) -> Result<Outcome> {
+    fn finish_rollback(&mut self, slot: SlotId) -> Result<Outcome> {
+        let booted = self.boot.booted()?;
         let trial_of_slot = self.boot.trial()?.is_some_and(|t| t.slot == slot);
         if booted == slot || trial_of_slot {
             self.boot.mark_bad(slot)?;
@@ -411,59 +452,16 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         ))
     }
 
-    /// Tells the bootloader to try `slot` once, then asks for the reboot.
-    fn request_trial(&mut self, slot: SlotId) -> Result<Outcome> {
-        self.boot.start_trial(slot, 1)?;
-        self.advance(Event::TrialRequested, |_| {})?;
-        Ok(self.outcome(true, format!("trial boot of slot {slot} requested: rebooting")))
-    }
-
-    /// In the trial state after a start: check health if the new slot runs, otherwise find out why not.
-    async fn judge_trial(&mut self, slot: SlotId, booted: SlotId) -> Result<Outcome> {
-        if booted == slot {
-            let report: HealthReport = run_checks(&self.settings.health).await;
-            if report.healthy() {
-                return self.commit(slot, &report.summary());
-            }
-            self.advance(
-                Event::Unhealthy {
-                    reason: report.summary(),
-                },
-                |_| {},
-            )?;
-            return self.finish_rollback(slot, booted);
-        }
-        match self.boot.trial()? {
-            Some(t) if t.slot == slot && t.tries_left > 0 => {
-                Ok(self.outcome(true, format!("trial of slot {slot} still pending: rebooting")))
-            }
-            _ => {
-                self.advance(Event::FellBack, |_| {})?;
-                self.finish_rollback(slot, booted)
-            }
-        }
-    }
-
-    fn commit(&mut self, slot: SlotId, why: &str) -> Result<Outcome> {
-        self.advance(Event::Healthy, |rec| {
-            if let UpdateState::Committed { version, .. } = &rec.state {
-                if *version > rec.floor {
-                    rec.floor = version.clone();
-                }
-            }
-        })?;
-        self.boot.mark_good(slot)?;
-        Ok(self.outcome(false, format!("committed slot {slot} ({why})")))
-    }
-
     /// Operator's commit of a running trial without waiting for the health checks (`mark-good`).
-    pub fn mark_good(&mut self) -> Result<Outcome> {
+    pub async fn mark_good(&mut self) -> Result<Outcome> {
         let booted = self.boot.booted()?;
         match self.record.state.clone() {
             UpdateState::TrialBoot { slot, .. } if slot == booted => {
-                self.commit(slot, "marked good by the operator")
+                let action = self.apply(Event::Healthy)?;
+                self.drive(action, Some("marked good by the operator".to_owned()))
+                    .await
             }
-            UpdateState::Committed { slot, .. } if slot == booted => self.finish_commit(slot, booted),
+            UpdateState::Committed { slot, .. } if slot == booted => self.finish_commit(slot, None),
             other => Err(Error::Refused {
                 action: "mark good",
                 why: format!(
@@ -474,12 +472,11 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     }
 
     /// Operator's rollback of a trial (`rollback`): the trial slot is marked bad and the old slot booted.
-    pub fn rollback(&mut self) -> Result<Outcome> {
-        let booted = self.boot.booted()?;
+    pub async fn rollback(&mut self) -> Result<Outcome> {
         match self.record.state.clone() {
-            UpdateState::TrialBoot { slot, .. } => {
-                self.advance(Event::Abandoned, |_| {})?;
-                self.finish_rollback(slot, booted)
+            UpdateState::TrialBoot { .. } => {
+                let action = self.apply(Event::Abandoned)?;
+                self.drive(action, None).await
             }
             other => Err(Error::Refused {
                 action: "roll back",
@@ -560,18 +557,13 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             let same = targets.iter().find(|t| {
                 t.name == image.target && t.length == image.length && t.sha256() == Some(image.sha256.0)
             });
-            if let Some(info) = same {
+            if let Some(info) = same.cloned() {
                 tracing::info!(target = %image.target, "resuming the interrupted install");
-                let info = info.clone();
                 let delta = self.delta_plan(&decision, &image, &targets);
                 return self.install(slot, image, &info, delta).await;
             }
-            self.advance(
-                Event::DownloadFailed {
-                    reason: format!("{} is no longer offered", image.target),
-                },
-                |_| {},
-            )?;
+            let reason = format!("{} is no longer offered", image.target);
+            self.apply(Event::DownloadFailed { reason })?;
         }
         let Decision::Install { image, .. } = &decision else {
             return Ok(self.outcome(false, "up to date"));
@@ -581,13 +573,18 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             return Ok(self.outcome(false, "up to date"));
         };
         let slot = self.boot.booted()?.other();
-        self.advance(
-            Event::Chosen {
-                slot,
-                image: image.clone(),
-            },
-            |rec| *rec.slot_mut(slot) = None,
-        )?;
+        self.choose(slot, &image)?;
+        let delta = self.delta_plan(&decision, &image, &targets);
+        self.install(slot, image, &info, delta).await
+    }
+
+    /// Records the choice of `image` for `slot` (the slot's old content is forgotten), refusing an image
+    /// that can never fit the slot (remembered as failed).
+    fn choose(&mut self, slot: SlotId, image: &ImageRef) -> Result<()> {
+        self.apply(Event::Chosen {
+            slot,
+            image: image.clone(),
+        })?;
         let capacity = self.slots.get_mut(slot).capacity();
         if image.length > capacity {
             let err = Error::SlotTooSmall {
@@ -596,17 +593,12 @@ impl<S: Slot, B: BootControl> Device<S, B> {
                 slot,
                 capacity,
             };
-            let version = image.version.clone();
-            self.advance(
-                Event::DownloadFailed {
-                    reason: err.to_string(),
-                },
-                |rec| rec.remember_failed(version),
-            )?;
+            self.apply(Event::Unfit {
+                reason: err.to_string(),
+            })?;
             return Err(err);
         }
-        let delta = self.delta_plan(&decision, &image, &targets);
-        self.install(slot, image, &info, delta).await
+        Ok(())
     }
 
     /// The delta to try for `image`: `None` when the decision offers none from the running image, an
@@ -673,7 +665,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
                 Err(reason) => Err(reason),
             };
             match tried {
-                Ok(()) => return self.installed(slot, from, &image, report),
+                Ok(()) => return self.installed(from, report).await,
                 Err(reason) => {
                     tracing::warn!(delta = %target, %reason, "delta not used; installing the full image");
                     report.via = InstallVia::Full;
@@ -682,6 +674,19 @@ impl<S: Slot, B: BootControl> Device<S, B> {
                 }
             }
         }
+        self.install_full(slot, &image, info, &mut report).await?;
+        self.installed(from, report).await
+    }
+
+    /// Streams the full target into `slot` and reads it back. A refused image (wrong bytes from the
+    /// server, or a read-back mismatch) ends the update as Failed; other errors leave it Downloading.
+    async fn install_full(
+        &mut self,
+        slot: SlotId,
+        image: &ImageRef,
+        info: &TargetInfo,
+        report: &mut InstallReport,
+    ) -> Result<()> {
         let target_slot = self.slots.get_mut(slot);
         let mut writer = SlotWriter::new(&mut *target_slot, image.length)?;
         let mut sink = SlotSink {
@@ -696,12 +701,9 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         }
         if let Err(e) = downloaded {
             if is_refused_image(&e) {
-                self.advance(
-                    Event::DownloadFailed {
-                        reason: e.to_string(),
-                    },
-                    |_| {},
-                )?;
+                self.apply(Event::DownloadFailed {
+                    reason: e.to_string(),
+                })?;
             }
             return Err(Error::Tuf(e));
         }
@@ -714,15 +716,12 @@ impl<S: Slot, B: BootControl> Device<S, B> {
                 expected: image.sha256.to_hex(),
                 got: hex::encode(got),
             };
-            self.advance(
-                Event::DownloadFailed {
-                    reason: err.to_string(),
-                },
-                |_| {},
-            )?;
+            self.apply(Event::DownloadFailed {
+                reason: err.to_string(),
+            })?;
             return Err(err);
         }
-        self.installed(slot, from, &image, report)
+        Ok(())
     }
 
     /// Tries the delta: checks the running slot is its base, downloads it into the spool, decodes it
@@ -780,26 +779,13 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         Ok(Ok(()))
     }
 
-    /// `slot` holds `image`, read back and verified: record it and how it came, then request the trial.
-    fn installed(
-        &mut self,
-        slot: SlotId,
-        from: SlotId,
-        image: &ImageRef,
-        report: InstallReport,
-    ) -> Result<Outcome> {
+    /// The chosen slot holds the image, read back and verified: record it and how it came (one write),
+    /// then take the Installed state's way forward: start the trial and ask for the reboot.
+    async fn installed(&mut self, from: SlotId, report: InstallReport) -> Result<Outcome> {
         let how = report.to_string();
-        tracing::info!(slot = %slot, "installed {how}");
-        let written = SlotImage {
-            version: image.version.clone(),
-            sha256: image.sha256,
-            length: image.length,
-        };
-        self.advance(Event::Verified { from }, |rec| {
-            *rec.slot_mut(slot) = Some(written);
-            rec.last_install = Some(report);
-        })?;
-        let mut outcome = self.request_trial(slot)?;
+        tracing::info!("installed {how}");
+        let action = self.apply_with(Event::Verified { from }, Some(report))?;
+        let mut outcome = self.drive(action, None).await?;
         outcome.note = format!("installed {how}; {}", outcome.note);
         Ok(outcome)
     }

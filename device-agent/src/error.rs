@@ -8,13 +8,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The configuration file could not be read.
-    #[error("cannot read configuration {path}: {source}")]
+    /// The configuration file could not be read (missing, unreadable, or implausibly large).
+    #[error("cannot read configuration {path}")]
     ConfigRead {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// What failed, and where.
+        #[source]
+        source: ota_fs::Error,
     },
     /// The configuration file is not valid (TOML syntax, unknown field, bad value).
     #[error("invalid configuration {path}: {why}")]
@@ -34,6 +35,10 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A durable-file operation failed (atomic write, private create, lock file, bounded read); the
+    /// source names the action and the path.
+    #[error(transparent)]
+    File(#[from] ota_fs::Error),
     /// The root of trust offered at provisioning does not hash to the pinned fingerprint.
     #[error("root {path} has sha256 {got}, expected the fingerprint {expected}: refusing to trust it")]
     RootFingerprint {
@@ -157,6 +162,14 @@ pub enum Error {
         path: PathBuf,
         /// The holder's pid, when it could be read.
         pid: Option<u32>,
+    },
+    /// The configured reboot command could not run, or failed.
+    #[error("reboot command {program:?}: {why}")]
+    RebootCommand {
+        /// The program (`boot.reboot_command`'s first word).
+        program: String,
+        /// What went wrong.
+        why: String,
     },
     /// A health check failed to run at all (a misconfigured check, not an unhealthy device).
     #[error("health check {check}: {why}")]

@@ -1,21 +1,21 @@
 //! The device's identity key and the root-of-trust fingerprint check.
 //!
-//! The identity is an ed25519 key made on the device at provisioning (PKCS#8 DER, mode 0600), never
-//! overwritten and never logged; its public half names the device (its [`DeviceIdentity::device_id`] also
-//! decides the device's rollout bucket). The agent refuses to start when the key is missing, unreadable,
-//! or readable by group or others.
+//! The identity is an ed25519 key pair; its public half names the device (its [`IdentityKey::device_id`]
+//! also decides the device's rollout bucket) and its private half signs what the device reports. Callers
+//! see it only through the [`IdentityKey`] trait, so where the private key lives is the implementation's
+//! business: [`FileIdentity`] today (made on the device at provisioning, PKCS#8 DER, mode 0600, never
+//! overwritten and never logged; the agent refuses to start when it is missing, unreadable, or readable
+//! by group or others), a PKCS#11 token later, without touching the callers.
 
-use std::fs::OpenOptions;
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::persist::sync_dir;
 
 /// File name of the identity key in the state directory.
 pub const IDENTITY_FILE: &str = "identity.pk8";
@@ -23,21 +23,58 @@ pub const IDENTITY_FILE: &str = "identity.pk8";
 /// A PKCS#8 document for an ed25519 key is 48 bytes; anything much larger is not one.
 const MAX_KEY_FILE: u64 = 4096;
 
-/// The device's unique identity.
-pub struct DeviceIdentity {
+/// The device's unique identity: an ed25519 key whose private half may live anywhere (a file, a token).
+pub trait IdentityKey: Send + Sync {
+    /// The public key.
+    fn public_key(&self) -> VerifyingKey;
+
+    /// Signs `message` (device reports, enrolment). Fallible: a token may be absent or refuse.
+    fn sign(&self, message: &[u8]) -> Result<Signature>;
+
+    /// A stable, printable device id: `dev-` and the first 16 hex digits of sha256(public key). The same
+    /// for every implementation: the id follows the key, not where it is stored.
+    fn device_id(&self) -> String {
+        device_id_of(&self.public_key())
+    }
+
+    /// The public key, hex.
+    fn public_key_hex(&self) -> String {
+        hex::encode(self.public_key().as_bytes())
+    }
+}
+
+/// The device id of `public_key` (see [`IdentityKey::device_id`]).
+pub fn device_id_of(public_key: &VerifyingKey) -> String {
+    let hex = hex::encode(Sha256::digest(public_key.as_bytes()));
+    format!("dev-{}", hex.get(..16).unwrap_or(&hex))
+}
+
+/// The identity key in a file in the state directory.
+pub struct FileIdentity {
     key: SigningKey,
 }
 
-impl std::fmt::Debug for DeviceIdentity {
+impl std::fmt::Debug for FileIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("DeviceIdentity")
+        f.debug_struct("FileIdentity")
             .field("device_id", &self.device_id())
             .finish()
     }
 }
 
-impl DeviceIdentity {
+impl IdentityKey for FileIdentity {
+    fn public_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Signature> {
+        use ed25519_dalek::Signer;
+        Ok(self.key.sign(message))
+    }
+}
+
+impl FileIdentity {
     /// The key file's path in `state_dir`.
     pub fn path_in(state_dir: &Path) -> PathBuf {
         state_dir.join(IDENTITY_FILE)
@@ -45,32 +82,25 @@ impl DeviceIdentity {
 
     /// Creates the identity key at `path` (0600, created exclusively, fsynced), or, when a key is already
     /// there, loads it: an identity is never overwritten.
-    pub fn create_or_load(path: &Path) -> Result<(DeviceIdentity, bool)> {
+    pub fn create_or_load(path: &Path) -> Result<(FileIdentity, bool)> {
         if path.exists() {
-            return Ok((DeviceIdentity::load(path)?, false));
+            return Ok((FileIdentity::load(path)?, false));
         }
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
         let der = key.to_pkcs8_der().map_err(|e| Error::KeyFormat {
             path: path.to_owned(),
             why: e.to_string(),
         })?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(Error::io("create identity key", path))?;
+        let mut file = ota_fs::create_private(path)?;
         file.write_all(der.as_bytes())
             .map_err(Error::io("write identity key", path))?;
         file.sync_all().map_err(Error::io("fsync identity key", path))?;
-        if let Some(dir) = path.parent() {
-            sync_dir(dir)?;
-        }
-        Ok((DeviceIdentity { key }, true))
+        ota_fs::sync_dir(ota_fs::parent_dir(path))?;
+        Ok((FileIdentity { key }, true))
     }
 
     /// Loads the identity key, refusing a missing, unreadable, group- or world-readable, or malformed file.
-    pub fn load(path: &Path) -> Result<DeviceIdentity> {
+    pub fn load(path: &Path) -> Result<FileIdentity> {
         let meta = std::fs::metadata(path).map_err(Error::io("read identity key", path))?;
         let mode = meta.mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -79,34 +109,12 @@ impl DeviceIdentity {
                 mode,
             });
         }
-        let file = std::fs::File::open(path).map_err(Error::io("read identity key", path))?;
-        let mut der = Vec::new();
-        file.take(MAX_KEY_FILE)
-            .read_to_end(&mut der)
-            .map_err(Error::io("read identity key", path))?;
+        let der = ota_fs::read_bounded(path, MAX_KEY_FILE)?;
         let key = SigningKey::from_pkcs8_der(&der).map_err(|e| Error::KeyFormat {
             path: path.to_owned(),
             why: e.to_string(),
         })?;
-        Ok(DeviceIdentity { key })
-    }
-
-    /// The public key, hex.
-    pub fn public_key_hex(&self) -> String {
-        hex::encode(self.key.verifying_key().as_bytes())
-    }
-
-    /// A stable, printable device id: `dev-` and the first 16 hex digits of sha256(public key).
-    pub fn device_id(&self) -> String {
-        let d = Sha256::digest(self.key.verifying_key().as_bytes());
-        let hex = hex::encode(d);
-        format!("dev-{}", hex.get(..16).unwrap_or(&hex))
-    }
-
-    /// Signs `message` (device reports, enrolment).
-    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
-        use ed25519_dalek::Signer;
-        self.key.sign(message).to_bytes()
+        Ok(FileIdentity { key })
     }
 }
 
@@ -150,11 +158,11 @@ mod tests {
     fn key_is_created_0600_and_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(IDENTITY_FILE);
-        let (first, created) = DeviceIdentity::create_or_load(&p).unwrap();
+        let (first, created) = FileIdentity::create_or_load(&p).unwrap();
         assert!(created);
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         let bytes = std::fs::read(&p).unwrap();
-        let (second, created) = DeviceIdentity::create_or_load(&p).unwrap();
+        let (second, created) = FileIdentity::create_or_load(&p).unwrap();
         assert!(!created);
         assert_eq!(first.public_key_hex(), second.public_key_hex());
         assert_eq!(std::fs::read(&p).unwrap(), bytes);
@@ -162,11 +170,42 @@ mod tests {
         assert!(!format!("{first:?}").contains(&hex::encode(&bytes)));
     }
 
+    /// A key held elsewhere (a token): only the trait's required methods.
+    struct HeldElsewhere(SigningKey);
+
+    impl IdentityKey for HeldElsewhere {
+        fn public_key(&self) -> VerifyingKey {
+            self.0.verifying_key()
+        }
+        fn sign(&self, message: &[u8]) -> Result<Signature> {
+            use ed25519_dalek::Signer;
+            Ok(self.0.sign(message))
+        }
+    }
+
+    #[test]
+    fn the_device_id_follows_the_key_wherever_it_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(IDENTITY_FILE);
+        let (file_key, _) = FileIdentity::create_or_load(&p).unwrap();
+        let der = std::fs::read(&p).unwrap();
+        let elsewhere = HeldElsewhere(SigningKey::from_pkcs8_der(&der).unwrap());
+        let keys: [&dyn IdentityKey; 2] = [&file_key, &elsewhere];
+        // The definition, spelled out: dev- and 16 hex digits of sha256(public key).
+        let digest = hex::encode(Sha256::digest(file_key.public_key().as_bytes()));
+        let want = format!("dev-{}", &digest[..16]);
+        for key in keys {
+            assert_eq!(key.device_id(), want);
+            let sig = key.sign(b"report").unwrap();
+            key.public_key().verify_strict(b"report", &sig).unwrap();
+        }
+    }
+
     #[test]
     fn two_devices_get_different_identities() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, _) = DeviceIdentity::create_or_load(&dir.path().join("a")).unwrap();
-        let (b, _) = DeviceIdentity::create_or_load(&dir.path().join("b")).unwrap();
+        let (a, _) = FileIdentity::create_or_load(&dir.path().join("a")).unwrap();
+        let (b, _) = FileIdentity::create_or_load(&dir.path().join("b")).unwrap();
         assert_ne!(a.device_id(), b.device_id());
     }
 
@@ -174,23 +213,27 @@ mod tests {
     fn readable_missing_or_garbage_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(IDENTITY_FILE);
-        let err = DeviceIdentity::load(&p).unwrap_err().to_string();
+        let err = FileIdentity::load(&p).unwrap_err().to_string();
         assert!(err.contains("identity key"), "{err}");
-        DeviceIdentity::create_or_load(&p).unwrap();
+        FileIdentity::create_or_load(&p).unwrap();
         for mode in [0o644, 0o640, 0o604] {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-            let err = DeviceIdentity::load(&p).unwrap_err().to_string();
+            let err = FileIdentity::load(&p).unwrap_err().to_string();
             assert!(err.contains("chmod 600"), "{mode:o}: {err}");
         }
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
-        DeviceIdentity::load(&p).unwrap();
+        FileIdentity::load(&p).unwrap();
         let g = dir.path().join("garbage");
         std::fs::write(&g, b"not a key").unwrap();
         std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(DeviceIdentity::load(&g)
-            .unwrap_err()
-            .to_string()
-            .contains("PKCS#8"));
+        assert!(FileIdentity::load(&g).unwrap_err().to_string().contains("PKCS#8"));
+        // A file far larger than any key is refused before it is read whole.
+        std::fs::write(&g, vec![0u8; 1 << 20]).unwrap();
+        let err = FileIdentity::load(&g).unwrap_err();
+        assert!(
+            matches!(err, Error::File(ota_fs::Error::TooLarge { .. })),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,14 +3,17 @@
 //!
 //! Its one job is the device side of an update. Main types:
 //! - [`config::AgentConfig`]: the TOML configuration (`dist/agent.toml` is the annotated sample).
-//! - [`identity::DeviceIdentity`]: the device's ed25519 identity, made at provisioning (0600).
-//! - [`state::UpdateState`] and [`state::next`]: the update as an explicit state machine, persisted in a
-//!   [`state::DeviceRecord`] before every side effect.
+//! - [`identity::IdentityKey`]: the device's ed25519 identity, whoever holds the private key;
+//!   [`identity::FileIdentity`] is the key file made at provisioning (0600).
+//! - [`state::UpdateState`] and [`state::transition`]: the update as an explicit state machine, persisted
+//!   in a [`state::DeviceRecord`] before every side effect ([`state::Action`]).
 //! - [`select::select`]: which signed release this device installs next.
 //! - [`health::run_checks`]: health checks after a trial boot.
 //! - [`device::Device`]: the update core, generic over `ota_slot::Slot` and `ota_slot::BootControl`:
 //!   [`device::Device::on_boot`] after every start, [`device::Device::poll_once`] to install;
 //!   [`device::provision`] pins the root of trust.
+//! - [`daemon::run`]: the daemon's poll loop; [`daemon::open_device`] picks the configured slot and
+//!   bootloader backends, [`daemon::reboot`] is the reboot policy.
 //! - [`schedule::PollSchedule`]: polling interval, jitter and backoff.
 //! - [`lock::AgentLock`]: one agent process at a time per state directory.
 //! - [`delta`]: installs by binary delta from the running slot, with [`delta::DeltaFallback`] naming
@@ -21,13 +24,13 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod daemon;
 pub mod delta;
 pub mod device;
 mod error;
 pub mod health;
 pub mod identity;
 pub mod lock;
-pub mod persist;
 pub mod schedule;
 pub mod select;
 pub mod state;

@@ -1,17 +1,15 @@
-//! One agent at a time: an exclusive `flock(2)` on `<state_dir>/lock`, so the daemon and a command-line
-//! `install` (or two commands) never drive the slots, the bootloader or the update record at once.
+//! One agent at a time: an exclusive lock on `<state_dir>/lock` ([`ota_fs::FileLock`]), so the daemon and
+//! a command-line `install` (or two commands) never drive the slots, the bootloader or the update record
+//! at once.
 //!
 //! The lock belongs to the open file: it is released when [`AgentLock`] is dropped or the process dies
 //! (even by SIGKILL or a power cut: nothing stale is left to clean up). The holder writes its pid into the
 //! file only so that the next process can name it in its error. Read-only commands (`status`) take no lock:
 //! the record they read is replaced atomically.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Write as _};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use rustix::fs::{flock, FlockOperation};
+use ota_fs::FileLock;
 
 use crate::error::{Error, Result};
 
@@ -21,9 +19,7 @@ pub const LOCK_FILE: &str = "lock";
 /// The held lock; dropping it releases it.
 #[derive(Debug)]
 pub struct AgentLock {
-    // Held for its lock, never read after acquiring.
-    _file: File,
-    path: PathBuf,
+    lock: FileLock,
 }
 
 impl AgentLock {
@@ -31,65 +27,46 @@ impl AgentLock {
     /// process holds it, and with [`Error::NotProvisioned`] when the state directory does not exist.
     pub fn acquire(state_dir: &Path) -> Result<AgentLock> {
         let path = state_dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound && !state_dir.is_dir() {
-                    Error::NotProvisioned {
-                        state_dir: state_dir.to_owned(),
-                        missing: "the state directory",
-                    }
-                } else {
-                    Error::io("open lock file", &path)(e)
-                }
-            })?;
-        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-                return Err(Error::Locked {
-                    pid: holder_pid(&mut file),
-                    path,
+        // The note is the bare pid, as the agent has always written it (an older agent can still read it).
+        match FileLock::acquire(&path, 0o600, &std::process::id().to_string()) {
+            Ok(lock) => Ok(AgentLock { lock }),
+            Err(ota_fs::Error::Locked { lock_file, holder }) => Err(Error::Locked {
+                path: lock_file,
+                pid: holder.parse().ok(),
+            }),
+            Err(ota_fs::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && !state_dir.is_dir() =>
+            {
+                Err(Error::NotProvisioned {
+                    state_dir: state_dir.to_owned(),
+                    missing: "the state directory",
                 })
             }
-            Err(e) => return Err(Error::io("lock", &path)(e.into())),
+            Err(e) => Err(e.into()),
         }
-        // Only informative (for the next process's error), so not fsynced.
-        let pid = std::process::id();
-        file.set_len(0)
-            .and_then(|()| std::io::Seek::rewind(&mut file))
-            .and_then(|()| file.write_all(format!("{pid}\n").as_bytes()))
-            .map_err(Error::io("write pid to lock file", &path))?;
-        Ok(AgentLock { _file: file, path })
     }
 
     /// The lock file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.lock.path()
     }
-}
-
-/// The pid the holder wrote, if readable (it may be mid-write).
-fn holder_pid(file: &mut File) -> Option<u32> {
-    let mut text = String::new();
-    file.take(32).read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_second_holder_is_refused_with_the_first_ones_pid_until_it_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let first = AgentLock::acquire(dir.path()).unwrap();
-        // flock locks belong to open files: a second open in this process conflicts like another process.
+        // Locks belong to open files: a second open in this process conflicts like another process.
         let err = AgentLock::acquire(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, Error::Locked { pid: Some(p), .. } if p == std::process::id()),
+            "{err}"
+        );
         let text = err.to_string();
         assert!(
             text.contains(&format!("another device-agent (pid {})", std::process::id())),
@@ -102,6 +79,8 @@ mod tests {
             std::fs::read_to_string(again.path()).unwrap().trim(),
             std::process::id().to_string()
         );
+        let mode = std::fs::metadata(again.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

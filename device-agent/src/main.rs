@@ -1,20 +1,18 @@
-//! The `device-agent` command line: parses (clap), opens the device from the configuration, calls the
-//! library, and maps errors to a message and a non-zero exit status.
+//! The `device-agent` command line: parses (clap), sets up logging, calls the library, prints, and maps
+//! the result to an exit status: 0 done, [`REBOOT_EXIT_CODE`] after a simulated reboot (the supervisor
+//! starts the agent again), 1 with a message on stderr for any error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use device_agent::config::{AgentConfig, BootBackend};
-use device_agent::device::{
-    create_state_dir, provision, Device, DeviceSettings, FactoryImage, Outcome, SlotPair,
-};
+use device_agent::config::AgentConfig;
+use device_agent::daemon::{self, ConfiguredDevice, Ended, Polling, Reboot};
+use device_agent::device::{create_state_dir, provision, FactoryImage, Outcome, Status};
 use device_agent::lock::AgentLock;
-use device_agent::schedule::PollSchedule;
 use device_agent::select::Decision;
 use device_agent::REBOOT_EXIT_CODE;
-use ota_slot::{BootControl, FileSlot, GrubEnv, SimBootloader, UBootEnv};
 
 #[derive(Parser)]
 #[command(
@@ -75,8 +73,6 @@ enum Command {
     Rollback,
 }
 
-type BoxedDevice = Device<FileSlot, Box<dyn BootControl>>;
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -102,70 +98,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn open_parts(config: &AgentConfig) -> Result<(SlotPair<FileSlot>, Box<dyn BootControl>)> {
-    let open = |s: &device_agent::config::SlotConfig| {
-        FileSlot::open(&s.path, s.capacity).with_context(|| format!("opening slot {}", s.path.display()))
-    };
-    let slots = SlotPair {
-        a: open(&config.slots.a)?,
-        b: open(&config.slots.b)?,
-    };
-    let env = &config.boot.env;
-    let boot: Box<dyn BootControl> = match config.boot.backend {
-        BootBackend::UBoot => Box::new(UBootEnv::new(env)),
-        BootBackend::Grub => Box::new(GrubEnv::new(env)),
-        BootBackend::Sim => Box::new(
-            SimBootloader::open_file(env)
-                .with_context(|| format!("opening simulated boot env {}", env.display()))?,
-        ),
-    };
-    Ok((slots, boot))
-}
-
-fn open_device(config: &AgentConfig) -> Result<BoxedDevice> {
-    let (slots, boot) = open_parts(config)?;
-    Ok(Device::open(DeviceSettings::from_config(config), slots, boot)?)
-}
-
-/// Reboots: the configured command, or for the simulated bootloader its boot selection and an exit with
-/// [`REBOOT_EXIT_CODE`] (the supervisor starts the agent again).
-fn reboot(config: &AgentConfig, device: BoxedDevice) -> Result<ExitCode> {
-    drop(device);
-    if config.boot.backend == BootBackend::Sim {
-        let booted = SimBootloader::open_file(&config.boot.env)?.reboot()?;
-        eprintln!("device-agent: simulated reboot into slot {booted}");
-        return Ok(ExitCode::from(u8::try_from(REBOOT_EXIT_CODE).unwrap_or(1)));
-    }
-    let Some((program, args)) = config.boot.reboot_command.split_first() else {
-        bail!("boot.reboot_command is empty");
-    };
-    let status = std::process::Command::new(program)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {program}"))?;
-    if !status.success() {
-        bail!("reboot command {program} failed: {status}");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn report(outcome: &Outcome) {
-    println!("{}: {}", outcome.state.name(), outcome.note);
-}
-
-/// One poll of the daemon: takes the agent lock, opens the device afresh (so a command run since the
-/// last poll is seen), polls, and lets go of both. Some(code) when the agent must exit (reboot).
-async fn poll_cycle(config: &AgentConfig) -> Result<Option<ExitCode>> {
-    let _lock = AgentLock::acquire(&config.state_dir)?;
-    let mut device = open_device(config)?;
-    let outcome = device.poll_once().await?;
-    report(&outcome);
-    if outcome.reboot {
-        return reboot(config, device).map(Some);
-    }
-    Ok(None)
-}
-
 async fn run(cli: Cli) -> Result<ExitCode> {
     let config = AgentConfig::load(&cli.config)?;
     match cli.command {
@@ -175,157 +107,158 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             running_version,
             running_length,
         } => {
-            create_state_dir(&config.state_dir)?;
-            let _lock = AgentLock::acquire(&config.state_dir)?;
-            let (mut slots, mut boot) = open_parts(&config)?;
             let factory = FactoryImage {
                 version: running_version,
                 length: running_length,
             };
-            let r = provision(
-                &config.state_dir,
-                &root,
-                &fingerprint,
-                &factory,
-                &mut slots,
-                &mut boot,
-            )?;
-            println!("device id     {}", r.device_id);
-            println!("public key    {}", r.public_key);
-            println!(
-                "identity      {}",
-                if r.key_created {
-                    "created"
-                } else {
-                    "kept (already provisioned)"
-                }
-            );
-            println!("pinned root   {}", r.root_sha256);
-            println!("running       slot {} sha256 {}", r.booted, r.running_sha256);
-            Ok(ExitCode::SUCCESS)
+            run_provision(&config, &root, &fingerprint, &factory)
         }
         Command::Run { once } => {
-            // After every start: finish what the last run left (a refusal to start is fatal).
-            {
-                let _lock = AgentLock::acquire(&config.state_dir)?;
-                let mut device = open_device(&config)?;
-                let outcome = device.on_boot().await?;
-                report(&outcome);
-                if outcome.reboot {
-                    return reboot(&config, device);
-                }
-            }
-            // Between polls the daemon holds neither the lock nor the device (its HTTP client, its
-            // metadata): an operator's command can run, and the idle daemon stays small.
-            let mut schedule = PollSchedule::new(&config.poll);
+            let polling = if once { Polling::Once } else { Polling::Forever };
             let mut rng = rand::thread_rng();
-            loop {
-                let ok = match poll_cycle(&config).await {
-                    Ok(Some(code)) => return Ok(code),
-                    Ok(None) => true,
-                    Err(e) if once => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(error = format!("{e:#}"), "poll failed");
-                        false
-                    }
-                };
-                if once {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let wait = schedule.after_poll(ok, &mut rng);
-                tracing::info!(seconds = wait.as_secs(), "next poll");
-                tokio::time::sleep(wait).await;
-            }
+            let ended = daemon::run(&config, polling, &mut rng, &mut print_outcome).await?;
+            Ok(match ended {
+                Ended::Rebooted(how) => exit_after(how),
+                Ended::PolledOnce => ExitCode::SUCCESS,
+            })
         }
         Command::Check => {
             let _lock = AgentLock::acquire(&config.state_dir)?;
-            let mut device = open_device(&config)?;
-            match device.check().await? {
-                Decision::UpToDate { skipped } => {
-                    println!("up to date");
-                    for s in skipped {
-                        println!("  skipped {}: {}", s.target, s.why);
-                    }
-                }
-                Decision::Install {
-                    image,
-                    delta,
-                    skipped,
-                    ..
-                } => {
-                    println!(
-                        "would install {} ({}, {} bytes, sha256 {})",
-                        image.version, image.target, image.length, image.sha256
-                    );
-                    if let Some(d) = delta {
-                        println!("  delta offered: {} ({} bytes)", d.target, d.length);
-                    }
-                    for s in skipped {
-                        println!("  skipped {}: {}", s.target, s.why);
-                    }
-                }
-            }
+            print_decision(&daemon::open_device(&config)?.check().await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Install => {
             let _lock = AgentLock::acquire(&config.state_dir)?;
-            let mut device = open_device(&config)?;
+            let mut device = daemon::open_device(&config)?;
             let outcome = device.poll_once().await?;
-            report(&outcome);
-            if outcome.reboot {
-                return reboot(&config, device);
-            }
-            Ok(ExitCode::SUCCESS)
+            finish(&config, device, &outcome)
         }
         Command::Status { json } => {
             // No lock: read-only, and health checks run it while the daemon holds the lock.
-            let mut device = open_device(&config)?;
-            let s = device.status()?;
+            let status = daemon::open_device(&config)?.status()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                let version = |v: &Option<ota_release::Version>| {
-                    v.as_ref().map_or("unknown".to_owned(), |v| v.to_string())
-                };
-                println!("device      {}", s.device_id);
-                println!("hardware    {} (channel {})", s.hardware_id, s.channel);
-                println!(
-                    "running     {} in slot {} (primary {})",
-                    version(&s.running_version),
-                    s.booted,
-                    s.primary
-                );
-                match s.trial {
-                    Some(t) => println!("trial       slot {} ({} tries left)", t.slot, t.tries_left),
-                    None => println!("trial       none"),
-                }
-                println!("floor       {}", s.floor);
-                println!("state       {}", s.state_text);
-                if let Some(last) = &s.last_install {
-                    println!("last        {last}");
-                }
-                if !s.failed.is_empty() {
-                    let failed: Vec<String> = s.failed.iter().map(|v| v.to_string()).collect();
-                    println!("failed      {}", failed.join(", "));
-                }
+                print_status(&status);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::MarkGood => {
             let _lock = AgentLock::acquire(&config.state_dir)?;
-            let mut device = open_device(&config)?;
-            report(&device.mark_good()?);
+            print_outcome(&daemon::open_device(&config)?.mark_good().await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback => {
             let _lock = AgentLock::acquire(&config.state_dir)?;
-            let mut device = open_device(&config)?;
-            let outcome = device.rollback()?;
-            report(&outcome);
-            if outcome.reboot {
-                return reboot(&config, device);
-            }
-            Ok(ExitCode::SUCCESS)
+            let mut device = daemon::open_device(&config)?;
+            let outcome = device.rollback().await?;
+            finish(&config, device, &outcome)
         }
+    }
+}
+
+fn run_provision(
+    config: &AgentConfig,
+    root: &std::path::Path,
+    fingerprint: &str,
+    factory: &FactoryImage,
+) -> Result<ExitCode> {
+    create_state_dir(&config.state_dir)?;
+    let _lock = AgentLock::acquire(&config.state_dir)?;
+    let (mut slots, mut boot) = daemon::open_parts(config)?;
+    let r = provision(
+        &config.state_dir,
+        root,
+        fingerprint,
+        factory,
+        &mut slots,
+        &mut boot,
+    )?;
+    let identity = if r.key_created {
+        "created"
+    } else {
+        "kept (already provisioned)"
+    };
+    println!("device id     {}", r.device_id);
+    println!("public key    {}", r.public_key);
+    println!("identity      {identity}");
+    println!("pinned root   {}", r.root_sha256);
+    println!("running       slot {} sha256 {}", r.booted, r.running_sha256);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a command's outcome and reboots when it asks for it.
+fn finish(config: &AgentConfig, device: ConfiguredDevice, outcome: &Outcome) -> Result<ExitCode> {
+    print_outcome(outcome);
+    if outcome.reboot {
+        return Ok(exit_after(daemon::reboot(config, device)?));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exit_after(reboot: Reboot) -> ExitCode {
+    match reboot {
+        Reboot::Command => ExitCode::SUCCESS,
+        Reboot::Simulated { booted } => {
+            eprintln!("device-agent: simulated reboot into slot {booted}");
+            ExitCode::from(u8::try_from(REBOOT_EXIT_CODE).unwrap_or(1))
+        }
+    }
+}
+
+fn print_outcome(outcome: &Outcome) {
+    println!("{}: {}", outcome.state.name(), outcome.note);
+}
+
+fn print_decision(decision: &Decision) {
+    let skipped = match decision {
+        Decision::UpToDate { skipped } => {
+            println!("up to date");
+            skipped
+        }
+        Decision::Install {
+            image,
+            delta,
+            skipped,
+            ..
+        } => {
+            println!(
+                "would install {} ({}, {} bytes, sha256 {})",
+                image.version, image.target, image.length, image.sha256
+            );
+            if let Some(d) = delta {
+                println!("  delta offered: {} ({} bytes)", d.target, d.length);
+            }
+            skipped
+        }
+    };
+    for s in skipped {
+        println!("  skipped {}: {}", s.target, s.why);
+    }
+}
+
+fn print_status(s: &Status) {
+    let version =
+        |v: &Option<ota_release::Version>| v.as_ref().map_or("unknown".to_owned(), |v| v.to_string());
+    println!("device      {}", s.device_id);
+    println!("hardware    {} (channel {})", s.hardware_id, s.channel);
+    println!(
+        "running     {} in slot {} (primary {})",
+        version(&s.running_version),
+        s.booted,
+        s.primary
+    );
+    match s.trial {
+        Some(t) => println!("trial       slot {} ({} tries left)", t.slot, t.tries_left),
+        None => println!("trial       none"),
+    }
+    println!("floor       {}", s.floor);
+    println!("state       {}", s.state_text);
+    if let Some(last) = &s.last_install {
+        println!("last        {last}");
+    }
+    if !s.failed.is_empty() {
+        let failed: Vec<String> = s.failed.iter().map(|v| v.to_string()).collect();
+        println!("failed      {}", failed.join(", "));
     }
 }

@@ -1,20 +1,30 @@
 //! The update as an explicit state machine, and the record that persists it.
 //!
 //! ```text
-//!            Chosen                Verified            TrialRequested             Healthy
+//!            Chosen                Verified             TrialStarted              Healthy
 //!  Idle ───────────────► Downloading ───────► Installed ─────────────► TrialBoot ─────────► Committed
-//!  (or any final state)     │ Restarted ↺         │ Restarted ↺            │ Restarted ↺
-//!                           │ DownloadFailed      │ BootLoop               │ Unhealthy / FellBack /
-//!                           ▼ BootLoop            ▼                        ▼ BootLoop / Abandoned
+//!  (or any final state)     │ Started ↺           │ Started ↺              │ Started ↺
+//!                           │ DownloadFailed      │ loop breaker           │ Unhealthy / fell back /
+//!                           ▼ Unfit, loop breaker ▼                        ▼ loop breaker / Abandoned
 //!                         Failed ◄────────────────┘                     RolledBack
 //! ```
 //!
-//! [`next`] is the only place a state changes. The agent persists the new state (with the rest of the
-//! [`DeviceRecord`]) *before* the side effect it announces (mark the slot bad, write it, start the trial,
-//! reboot, commit, roll back), so after a power cut or crash in any state there is exactly one way forward,
-//! described on each variant. Every in-progress state counts the agent starts it has seen (`restarts`);
-//! past [`MAX_RESTARTS`] the loop breaker gives up on the update (Failed, or RolledBack once the new image
-//! has been booted), so a release that crashes the agent or the device cannot cause an endless loop.
+//! [`transition`] is the only place a state changes, and it returns everything that changes with it
+//! ([`Transition`]: the floor raised at commit, the failed version remembered, what a slot holds) and the
+//! one side effect ([`Action`]) the new state asks for. The agent saves the new [`DeviceRecord`] *before*
+//! performing that action (write the slot, start the trial, reboot, mark good, mark bad): persist, then
+//! act. So after a power cut or crash in any state there is exactly one way forward, described on each
+//! variant, found by the [`Event::Started`] arm from what the bootloader shows. Every in-progress state
+//! counts the agent starts it has seen (`restarts`); past [`MAX_RESTARTS`] the loop breaker gives up on
+//! the update (Failed, or RolledBack once the new image has been booted), so a release that crashes the
+//! agent or the device cannot cause an endless loop. That rule is written once ([`transition`]'s
+//! `Started` arm).
+//!
+//! Why the trial is started *from* Installed rather than after saving TrialBoot: the bootloader shows the
+//! same thing (old slot running, no trial) when a trial was never started and when it was started and
+//! fell back. Installed means "tell the bootloader" and TrialBoot means "the bootloader was told", so a
+//! start in the old slot with no trial pending retries the request in Installed and is a fallback, a
+//! rollback, only in TrialBoot.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -23,8 +33,8 @@ use ota_release::{Sha256Digest, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::persist::write_atomic;
 use crate::SlotId;
+use ota_slot::TrialBoot;
 
 /// Agent starts an in-progress state may see before the loop breaker ends the update.
 pub const MAX_RESTARTS: u32 = 3;
@@ -46,6 +56,17 @@ pub struct ImageRef {
     pub length: u64,
 }
 
+impl ImageRef {
+    /// What a slot holds once this image is written and verified in it.
+    pub fn slot_image(&self) -> SlotImage {
+        SlotImage {
+            version: self.version.clone(),
+            sha256: self.sha256,
+            length: self.length,
+        }
+    }
+}
+
 /// Where one update stands. Each variant carries only what is valid in it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
@@ -62,8 +83,9 @@ pub enum UpdateState {
         /// Agent starts seen in this state.
         restarts: u32,
     },
-    /// `slot` holds `image`, read back and verified. After a restart: (re)start the trial and reboot; if
-    /// the device already runs `slot`, the trial is underway: go to TrialBoot.
+    /// `slot` holds `image`, read back and verified; saved before the bootloader is told to try it. After
+    /// a restart: (re)start the trial and reboot; if the device already runs `slot`, the trial is
+    /// underway: go to TrialBoot.
     Installed {
         /// The slot holding the new image.
         slot: SlotId,
@@ -74,8 +96,9 @@ pub enum UpdateState {
         /// Agent starts seen in this state.
         restarts: u32,
     },
-    /// A trial boot of `slot` was requested. After a restart: if running `slot`, run the health checks;
-    /// if the bootloader fell back to `from`, the trial failed: roll back.
+    /// The bootloader was told to try `slot` once (saved before the reboot). After a restart: if running
+    /// `slot`, run the health checks; if the trial is still pending, reboot; if the bootloader fell back
+    /// to `from`, the trial failed: roll back.
     TrialBoot {
         /// The slot on trial.
         slot: SlotId,
@@ -116,7 +139,8 @@ pub enum UpdateState {
     },
 }
 
-/// What happened, as seen by the agent.
+/// What happened, as seen by the agent: a choice it made, a side effect it finished, or what it found
+/// at a start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Selection chose `image` for the inactive `slot`.
@@ -131,24 +155,32 @@ pub enum Event {
         /// The running slot.
         from: SlotId,
     },
-    /// Download, write or verification failed.
+    /// Download, write or verification failed; a later poll may choose the release again.
     DownloadFailed {
         /// Why.
         reason: String,
     },
-    /// The bootloader was told to try the new slot once; a reboot follows.
-    TrialRequested,
-    /// The agent (re)started in this state.
-    Restarted,
-    /// Every health check passed in the trial boot.
+    /// The release can never be installed here (it is larger than the slot): remembered as failed.
+    Unfit {
+        /// Why.
+        reason: String,
+    },
+    /// The bootloader was told to try the new slot once (the Installed state, saved before, asked it).
+    TrialStarted,
+    /// The agent started (after a reboot, a crash or a cut) and found the bootloader so.
+    Started {
+        /// The slot running now.
+        booted: SlotId,
+        /// The bootloader's pending or running trial.
+        trial: Option<TrialBoot>,
+    },
+    /// Every health check passed in the trial boot (or the operator said so: `mark-good`).
     Healthy,
     /// A health check failed in the trial boot.
     Unhealthy {
         /// Which check and why.
         reason: String,
     },
-    /// After the trial reboot the bootloader runs the old slot: the new image did not come up.
-    FellBack,
     /// An operator asked to abandon the trial (`device-agent rollback`).
     Abandoned,
 }
@@ -164,6 +196,53 @@ impl UpdateState {
             UpdateState::Committed { .. } => "committed",
             UpdateState::RolledBack { .. } => "rolled back",
             UpdateState::Failed { .. } => "failed",
+        }
+    }
+
+    /// The same state having seen one more agent start (final states count none).
+    fn counting_start(mut self) -> UpdateState {
+        if let UpdateState::Downloading { restarts, .. }
+        | UpdateState::Installed { restarts, .. }
+        | UpdateState::TrialBoot { restarts, .. } = &mut self
+        {
+            *restarts = restarts.saturating_add(1);
+        }
+        self
+    }
+
+    fn downloading(slot: SlotId, image: ImageRef) -> UpdateState {
+        UpdateState::Downloading {
+            slot,
+            image,
+            restarts: 0,
+        }
+    }
+
+    fn installed(slot: SlotId, image: ImageRef, from: SlotId) -> UpdateState {
+        UpdateState::Installed {
+            slot,
+            image,
+            from,
+            restarts: 0,
+        }
+    }
+
+    fn trial_boot(slot: SlotId, image: ImageRef, from: SlotId) -> UpdateState {
+        UpdateState::TrialBoot {
+            slot,
+            image,
+            from,
+            restarts: 0,
+        }
+    }
+
+    /// Agent starts seen in this state (`None` for the final states, which count none).
+    pub fn restarts(&self) -> Option<u32> {
+        match self {
+            UpdateState::Downloading { restarts, .. }
+            | UpdateState::Installed { restarts, .. }
+            | UpdateState::TrialBoot { restarts, .. } => Some(*restarts),
+            _ => None,
         }
     }
 
@@ -223,156 +302,247 @@ impl fmt::Display for Event {
             Event::Chosen { slot, image } => write!(f, "chosen {} for slot {slot}", image.version),
             Event::Verified { .. } => f.write_str("verified"),
             Event::DownloadFailed { reason } => write!(f, "download failed ({reason})"),
-            Event::TrialRequested => f.write_str("trial requested"),
-            Event::Restarted => f.write_str("restarted"),
+            Event::Unfit { reason } => write!(f, "unfit ({reason})"),
+            Event::TrialStarted => f.write_str("trial started"),
+            Event::Started { booted, .. } => write!(f, "started in slot {booted}"),
             Event::Healthy => f.write_str("healthy"),
             Event::Unhealthy { reason } => write!(f, "unhealthy ({reason})"),
-            Event::FellBack => f.write_str("fell back"),
             Event::Abandoned => f.write_str("abandoned"),
         }
     }
 }
 
-/// The one transition function. Pure: the caller persists the result before acting on it.
-pub fn next(state: UpdateState, event: Event) -> Result<UpdateState> {
+/// The side effect a state asks for. The caller performs it only once the state is saved (persist, then
+/// act), so a cut before or during it leaves the state that asks for it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing to do now; the note says why.
+    Wait(&'static str),
+    /// Mark `slot` bad, then write the chosen release into it and read it back (the caller holds the
+    /// download); report [`Event::Verified`], [`Event::DownloadFailed`] or [`Event::Unfit`].
+    Install {
+        /// The inactive slot.
+        slot: SlotId,
+    },
+    /// Tell the bootloader to try `slot` once; report [`Event::TrialStarted`].
+    StartTrial {
+        /// The slot to try.
+        slot: SlotId,
+    },
+    /// Reboot into the pending trial of `slot`.
+    Reboot {
+        /// The slot on trial.
+        slot: SlotId,
+    },
+    /// The trial slot runs: run the health checks; report [`Event::Healthy`] or [`Event::Unhealthy`].
+    CheckHealth {
+        /// The slot on trial.
+        slot: SlotId,
+    },
+    /// Make the bootloader agree with the commit of `slot` (mark it good; reboot into it if a cut made
+    /// the bootloader fall back).
+    FinishCommit {
+        /// The committed slot.
+        slot: SlotId,
+    },
+    /// Make the bootloader agree with the rejection of `slot` (mark it bad; reboot off it).
+    FinishRollback {
+        /// The rejected slot.
+        slot: SlotId,
+    },
+}
+
+/// One step of the machine: the new state, what changes with it in the rest of the [`DeviceRecord`],
+/// and the side effect to perform once the record is saved ([`DeviceRecord::apply`] does the changes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// The new state.
+    pub state: UpdateState,
+    /// The anti-downgrade floor rises to this version (at commit; it never goes down).
+    pub raise_floor: Option<Version>,
+    /// This version failed here and is never retried.
+    pub failed: Option<Version>,
+    /// What a slot holds from now on: nothing known while it is rewritten, the image once verified.
+    pub slot: Option<(SlotId, Option<SlotImage>)>,
+    /// The side effect that follows, once saved.
+    pub action: Action,
+}
+
+impl Transition {
+    fn to(state: UpdateState, action: Action) -> Transition {
+        Transition {
+            state,
+            raise_floor: None,
+            failed: None,
+            slot: None,
+            action,
+        }
+    }
+
+    fn holding(self, slot: SlotId, image: Option<SlotImage>) -> Transition {
+        Transition {
+            slot: Some((slot, image)),
+            ..self
+        }
+    }
+}
+
+/// Why an update ends when the bootloader fell back from the trial slot.
+const FELL_BACK: &str = "the bootloader fell back to the old slot (new image did not come up)";
+
+/// The one transition function: one arm per allowed (state, event) pair, the rest an error naming both.
+/// Pure: the caller saves the result before performing its [`Transition::action`].
+pub fn transition(state: UpdateState, event: Event) -> Result<Transition> {
+    use Action as A;
     use Event as E;
     use UpdateState as S;
-    let over = |restarts: u32| restarts >= MAX_RESTARTS;
-    let loop_reason = |n: u32| format!("agent restarted {n} times in this state (reboot loop breaker)");
+    let to = Transition::to;
     Ok(match (state, event) {
-        (s, E::Chosen { slot, image }) if s.is_final() => S::Downloading {
-            slot,
-            image,
-            restarts: 0,
-        },
-        (S::Downloading { slot, image, .. }, E::Verified { from }) => S::Installed {
-            slot,
-            image,
-            from,
-            restarts: 0,
-        },
-        (S::Downloading { image, .. }, E::DownloadFailed { reason }) => S::Failed {
-            version: image.version,
-            reason,
-        },
-        (S::Downloading { image, restarts, .. }, E::Restarted) if over(restarts) => S::Failed {
-            version: image.version,
-            reason: loop_reason(restarts + 1),
-        },
-        (
-            S::Downloading {
-                slot,
-                image,
-                restarts,
-            },
-            E::Restarted,
-        ) => S::Downloading {
-            slot,
-            image,
-            restarts: restarts + 1,
-        },
+        (state, E::Started { booted, trial }) => restart(state, booted, trial),
+        (s, E::Chosen { slot, image }) if s.is_final() => {
+            to(S::downloading(slot, image), A::Install { slot }).holding(slot, None)
+        }
+        (S::Downloading { slot, image, .. }, E::Verified { from }) => {
+            let written = image.slot_image();
+            to(S::installed(slot, image, from), A::StartTrial { slot }).holding(slot, Some(written))
+        }
+        (S::Downloading { image, .. }, E::DownloadFailed { reason }) => {
+            let failed = S::Failed {
+                version: image.version,
+                reason,
+            };
+            to(failed, A::Wait("the install failed; a later poll may try again"))
+        }
+        (S::Downloading { image, .. }, E::Unfit { reason }) => failed(image, reason),
         (
             S::Installed {
                 slot, image, from, ..
             },
-            E::TrialRequested,
-        ) => S::TrialBoot {
-            slot,
-            image,
-            from,
-            restarts: 0,
-        },
-        (S::Installed { image, restarts, .. }, E::Restarted) if over(restarts) => S::Failed {
-            version: image.version,
-            reason: loop_reason(restarts + 1),
-        },
-        (
-            S::Installed {
-                slot,
-                image,
-                from,
-                restarts,
-            },
-            E::Restarted,
-        ) => S::Installed {
-            slot,
-            image,
-            from,
-            restarts: restarts + 1,
-        },
-        (
-            S::TrialBoot {
-                slot,
-                image,
-                from,
-                restarts,
-            },
-            E::Restarted,
-        ) if over(restarts) => S::RolledBack {
-            slot,
-            version: image.version,
-            to: from,
-            reason: loop_reason(restarts + 1),
-        },
-        (
-            S::TrialBoot {
-                slot,
-                image,
-                from,
-                restarts,
-            },
-            E::Restarted,
-        ) => S::TrialBoot {
-            slot,
-            image,
-            from,
-            restarts: restarts + 1,
-        },
-        (S::TrialBoot { slot, image, .. }, E::Healthy) => S::Committed {
-            slot,
-            version: image.version,
-        },
+            E::TrialStarted,
+        ) => to(S::trial_boot(slot, image, from), A::Reboot { slot }),
+        (S::TrialBoot { slot, image, .. }, E::Healthy) => committed(slot, image.version),
         (
             S::TrialBoot {
                 slot, image, from, ..
             },
             E::Unhealthy { reason },
-        ) => S::RolledBack {
-            slot,
-            version: image.version,
-            to: from,
-            reason,
-        },
-        (
-            S::TrialBoot {
-                slot, image, from, ..
-            },
-            E::FellBack,
-        ) => S::RolledBack {
-            slot,
-            version: image.version,
-            to: from,
-            reason: "the bootloader fell back to the old slot (new image did not come up)".into(),
-        },
+        ) => rolled_back(slot, image, from, reason),
         (
             S::TrialBoot {
                 slot, image, from, ..
             },
             E::Abandoned,
-        ) => S::RolledBack {
-            slot,
-            version: image.version,
-            to: from,
-            reason: "rolled back by the operator".into(),
-        },
-        (s, E::Restarted) if s.is_final() => s,
+        ) => rolled_back(slot, image, from, "rolled back by the operator".into()),
         (state, event) => {
             return Err(Error::Transition {
                 state: state.name().to_owned(),
                 event: event.to_string(),
-            });
+            })
         }
     })
+}
+
+/// The restart rule, once: an in-progress state counts the agent starts it sees; one that has seen
+/// [`MAX_RESTARTS`] gives up on the update (Failed before the trial boot, RolledBack once the new image
+/// may have run), so a release that crashes the agent or the device cannot loop forever. Otherwise the
+/// state takes its one way forward.
+fn restart(state: UpdateState, booted: SlotId, trial: Option<TrialBoot>) -> Transition {
+    use UpdateState as S;
+    let why = |n: u32| {
+        format!(
+            "agent restarted {} times in this state (reboot loop breaker)",
+            n + 1
+        )
+    };
+    match state {
+        S::Downloading { image, restarts, .. } | S::Installed { image, restarts, .. }
+            if restarts >= MAX_RESTARTS =>
+        {
+            failed(image, why(restarts))
+        }
+        S::TrialBoot {
+            slot,
+            image,
+            from,
+            restarts,
+        } if restarts >= MAX_RESTARTS => rolled_back(slot, image, from, why(restarts)),
+        state => way_forward(state.counting_start(), booted, trial),
+    }
+}
+
+/// Each state's one way forward after a start (each variant's doc says the same in words).
+fn way_forward(state: UpdateState, booted: SlotId, trial: Option<TrialBoot>) -> Transition {
+    use Action as A;
+    use UpdateState as S;
+    let action = match &state {
+        S::Idle | S::Failed { .. } => A::Wait("nothing pending"),
+        S::Downloading { .. } => A::Wait("download interrupted; the next poll starts it over"),
+        S::Committed { slot, .. } => A::FinishCommit { slot: *slot },
+        S::RolledBack { slot, .. } => A::FinishRollback { slot: *slot },
+        // The bootloader was told and booted the trial, but the cut came before TrialBoot was saved.
+        S::Installed {
+            slot, image, from, ..
+        } if booted == *slot => {
+            let trial = S::TrialBoot {
+                slot: *slot,
+                image: image.clone(),
+                from: *from,
+                restarts: 0,
+            };
+            return Transition::to(trial, A::CheckHealth { slot: *slot });
+        }
+        // Saved before the bootloader call: (re)tell it; telling it twice is harmless.
+        S::Installed { slot, .. } => A::StartTrial { slot: *slot },
+        S::TrialBoot { slot, .. } if booted == *slot => A::CheckHealth { slot: *slot },
+        S::TrialBoot { slot, .. } if trial.is_some_and(|t| t.slot == *slot && t.tries_left > 0) => {
+            A::Reboot { slot: *slot }
+        }
+        S::TrialBoot {
+            slot, image, from, ..
+        } => return rolled_back(*slot, image.clone(), *from, FELL_BACK.into()),
+    };
+    Transition::to(state, action)
+}
+
+/// The trial of `slot` passed: it becomes the primary and its version the floor.
+fn committed(slot: SlotId, version: Version) -> Transition {
+    Transition {
+        raise_floor: Some(version.clone()),
+        ..Transition::to(
+            UpdateState::Committed { slot, version },
+            Action::FinishCommit { slot },
+        )
+    }
+}
+
+/// The install of `image` ends before any trial; the version is never retried.
+fn failed(image: ImageRef, reason: String) -> Transition {
+    Transition {
+        failed: Some(image.version.clone()),
+        ..Transition::to(
+            UpdateState::Failed {
+                version: image.version,
+                reason,
+            },
+            Action::Wait("the release failed here and will not be retried"),
+        )
+    }
+}
+
+/// The trial of `image` in `slot` ends: back to `to`; the version is never retried.
+fn rolled_back(slot: SlotId, image: ImageRef, to: SlotId, reason: String) -> Transition {
+    Transition {
+        failed: Some(image.version.clone()),
+        ..Transition::to(
+            UpdateState::RolledBack {
+                slot,
+                version: image.version,
+                to,
+                reason,
+            },
+            Action::FinishRollback { slot },
+        )
+    }
 }
 
 /// What one slot holds, as far as the agent knows.
@@ -469,6 +639,31 @@ impl DeviceRecord {
         }
     }
 
+    /// Takes a [`Transition`]'s changes (state, floor, failed versions, slot contents) and returns the
+    /// side effect to perform once this record is saved.
+    pub fn apply(&mut self, transition: Transition) -> Action {
+        let Transition {
+            state,
+            raise_floor,
+            failed,
+            slot,
+            action,
+        } = transition;
+        self.state = state;
+        if let Some(version) = raise_floor {
+            if version > self.floor {
+                self.floor = version;
+            }
+        }
+        if let Some(version) = failed {
+            self.remember_failed(version);
+        }
+        if let Some((id, image)) = slot {
+            *self.slot_mut(id) = image;
+        }
+        action
+    }
+
     /// Remembers a failed version.
     pub fn remember_failed(&mut self, version: Version) {
         if !self.failed.contains(&version) {
@@ -509,18 +704,16 @@ impl RecordFile {
 
     /// Reads the record (bounded), refusing corrupt or unknown content.
     pub fn load(&self) -> Result<DeviceRecord> {
-        use std::io::Read;
-        let file = std::fs::File::open(&self.path).map_err(Error::io("read state file", &self.path))?;
-        let mut bytes = Vec::new();
-        file.take(MAX_STATE_FILE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(Error::io("read state file", &self.path))?;
-        if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_STATE_FILE {
-            return Err(Error::StateCorrupt {
-                path: self.path.clone(),
-                why: format!("larger than {MAX_STATE_FILE} bytes"),
-            });
-        }
+        let bytes = match ota_fs::read_bounded(&self.path, MAX_STATE_FILE) {
+            Ok(bytes) => bytes,
+            Err(ota_fs::Error::TooLarge { .. }) => {
+                return Err(Error::StateCorrupt {
+                    path: self.path.clone(),
+                    why: format!("larger than {MAX_STATE_FILE} bytes"),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
         serde_json::from_slice(&bytes).map_err(|e| Error::StateCorrupt {
             path: self.path.clone(),
             why: e.to_string(),
@@ -533,7 +726,7 @@ impl RecordFile {
             path: self.path.clone(),
             why: format!("cannot serialize: {e}"),
         })?;
-        write_atomic(&self.path, &bytes, 0o600)
+        Ok(ota_fs::write_atomic(&self.path, &bytes, 0o600)?)
     }
 }
 
@@ -550,11 +743,56 @@ mod tests {
         }
     }
 
+    fn version(v: &str) -> Version {
+        v.parse().unwrap()
+    }
+
+    fn next(s: UpdateState, e: Event) -> Result<UpdateState> {
+        transition(s, e).map(|t| t.state)
+    }
+
+    fn started(booted: SlotId, trial: Option<(SlotId, u8)>) -> Event {
+        Event::Started {
+            booted,
+            trial: trial.map(|(slot, tries_left)| TrialBoot { slot, tries_left }),
+        }
+    }
+
     fn walk(mut s: UpdateState, events: Vec<Event>) -> UpdateState {
         for e in events {
             s = next(s, e).unwrap();
         }
         s
+    }
+
+    fn provisioned() -> DeviceRecord {
+        DeviceRecord::provisioned(
+            SlotId::A,
+            SlotImage {
+                version: version("1.0.0"),
+                sha256: Sha256Digest::of(b"v1"),
+                length: 2,
+            },
+        )
+    }
+
+    /// The states of one update of 2.0.0 into slot B from slot A, each with the action it asked for.
+    fn states_of_an_update() -> Vec<(UpdateState, Action)> {
+        let mut out = Vec::new();
+        let mut s = UpdateState::Idle;
+        for e in [
+            Event::Chosen {
+                slot: SlotId::B,
+                image: image("2.0.0"),
+            },
+            Event::Verified { from: SlotId::A },
+            Event::TrialStarted,
+        ] {
+            let t = transition(s, e).unwrap();
+            out.push((t.state.clone(), t.action));
+            s = t.state;
+        }
+        out
     }
 
     #[test]
@@ -567,8 +805,8 @@ mod tests {
                     image: image("2.0.0"),
                 },
                 Event::Verified { from: SlotId::A },
-                Event::TrialRequested,
-                Event::Restarted,
+                Event::TrialStarted,
+                started(SlotId::B, Some((SlotId::B, 0))),
                 Event::Healthy,
             ],
         );
@@ -594,7 +832,7 @@ mod tests {
                     image: image("3.0.0"),
                 },
                 Event::Verified { from: SlotId::B },
-                Event::TrialRequested,
+                Event::TrialStarted,
                 Event::Unhealthy {
                     reason: "app: exit 1".into(),
                 },
@@ -626,17 +864,182 @@ mod tests {
         )
         .unwrap();
         let installed = next(chosen.clone(), Event::Verified { from: SlotId::A }).unwrap();
-        let trial = next(installed.clone(), Event::TrialRequested).unwrap();
-        for (start, want) in [(chosen, "failed"), (installed, "failed"), (trial, "rolled back")] {
+        let trial = next(installed.clone(), Event::TrialStarted).unwrap();
+        // Starts that keep each state where it is: old slot running; for the trial, the new one.
+        for (start, booted, want) in [
+            (chosen, SlotId::A, "failed"),
+            (installed, SlotId::A, "failed"),
+            (trial, SlotId::B, "rolled back"),
+        ] {
             let mut s = start;
-            for _ in 0..MAX_RESTARTS {
-                s = next(s, Event::Restarted).unwrap();
+            for n in 1..=MAX_RESTARTS {
+                s = next(s, started(booted, None)).unwrap();
                 assert!(!s.is_final(), "{s:?}");
+                assert_eq!(s.restarts(), Some(n), "{s:?}");
             }
-            s = next(s, Event::Restarted).unwrap();
-            assert_eq!(s.name(), want);
-            assert!(s.to_string().contains("loop breaker"), "{s}");
+            let t = transition(s, started(booted, None)).unwrap();
+            assert_eq!(t.state.name(), want);
+            assert!(t.state.to_string().contains("loop breaker"), "{}", t.state);
+            assert_eq!(t.failed, Some(version("2.0.0")), "the release is never retried");
         }
+    }
+
+    #[test]
+    fn each_state_has_one_way_forward_after_a_start() {
+        let [(downloading, _), (installed, _), (trial, _)] = states_of_an_update().try_into().unwrap();
+        let action = |s: &UpdateState, booted, trial| transition(s.clone(), started(booted, trial)).unwrap();
+        assert_eq!(
+            action(&downloading, SlotId::A, None).action,
+            Action::Wait("download interrupted; the next poll starts it over")
+        );
+        // Installed, the bootloader not told (or told and not yet rebooted): tell it.
+        assert_eq!(
+            action(&installed, SlotId::A, None).action,
+            Action::StartTrial { slot: SlotId::B }
+        );
+        // Installed, but the trial booted before TrialBoot was saved: the trial is underway.
+        let t = action(&installed, SlotId::B, Some((SlotId::B, 0)));
+        assert_eq!(t.state.name(), "trial boot");
+        assert_eq!(t.action, Action::CheckHealth { slot: SlotId::B });
+        assert_eq!(t.state.restarts(), Some(0));
+        // TrialBoot: running the new slot: judge it; trial still pending: reboot; else it fell back.
+        assert_eq!(
+            action(&trial, SlotId::B, Some((SlotId::B, 0))).action,
+            Action::CheckHealth { slot: SlotId::B }
+        );
+        assert_eq!(
+            action(&trial, SlotId::A, Some((SlotId::B, 1))).action,
+            Action::Reboot { slot: SlotId::B }
+        );
+        let t = action(&trial, SlotId::A, None);
+        assert!(t.state.to_string().contains("fell back"), "{}", t.state);
+        assert_eq!(t.action, Action::FinishRollback { slot: SlotId::B });
+        assert_eq!(t.failed, Some(version("2.0.0")));
+        for (s, want) in [
+            (
+                UpdateState::Committed {
+                    slot: SlotId::B,
+                    version: version("2.0.0"),
+                },
+                Action::FinishCommit { slot: SlotId::B },
+            ),
+            (
+                UpdateState::RolledBack {
+                    slot: SlotId::B,
+                    version: version("2.0.0"),
+                    to: SlotId::A,
+                    reason: "x".into(),
+                },
+                Action::FinishRollback { slot: SlotId::B },
+            ),
+            (UpdateState::Idle, Action::Wait("nothing pending")),
+        ] {
+            let t = action(&s, SlotId::A, None);
+            assert_eq!((t.state, t.action), (s, want));
+        }
+    }
+
+    /// Persist, then act: the agent saves each state before performing its action. A crash (or a cut)
+    /// after the save and before the action leaves the bootloader as it was, and the next start must ask
+    /// for the same action again, never skip it or give up on the release.
+    #[test]
+    fn a_crash_between_saving_a_state_and_its_action_repeats_the_action() {
+        for (saved, action) in states_of_an_update() {
+            // What the bootloader shows when the action never happened.
+            let found = match &action {
+                Action::Install { .. } | Action::StartTrial { .. } => started(SlotId::A, None),
+                Action::Reboot { slot } => started(SlotId::A, Some((*slot, 1))),
+                other => panic!("unexpected action {other:?}"),
+            };
+            let t = transition(saved.clone(), found).unwrap();
+            assert_eq!(t.state.name(), saved.name(), "{saved:?}");
+            assert_eq!(t.failed, None, "{saved:?}");
+            match action {
+                // The interrupted download is started over by the next poll.
+                Action::Install { .. } => {
+                    assert!(matches!(t.action, Action::Wait(n) if n.contains("next poll")))
+                }
+                _ => assert_eq!(t.action, action, "{saved:?}"),
+            }
+        }
+        // In particular: Installed is saved before the bootloader is told to try the slot; a crash right
+        // there, then a start in the old slot with no trial pending, starts the trial: not a rollback.
+        let (installed, action) = states_of_an_update().swap_remove(1);
+        assert_eq!(action, Action::StartTrial { slot: SlotId::B });
+        let again = transition(installed, started(SlotId::A, None)).unwrap();
+        assert_eq!(again.action, Action::StartTrial { slot: SlotId::B });
+        let trial = transition(again.state, Event::TrialStarted).unwrap();
+        assert_eq!(trial.action, Action::Reboot { slot: SlotId::B });
+    }
+
+    #[test]
+    fn the_floor_failed_versions_and_slot_contents_come_from_the_transition() {
+        let mut rec = provisioned();
+        let action = rec.apply(
+            transition(
+                rec.state.clone(),
+                Event::Chosen {
+                    slot: SlotId::B,
+                    image: image("2.0.0"),
+                },
+            )
+            .unwrap(),
+        );
+        assert_eq!(action, Action::Install { slot: SlotId::B });
+        rec.slot_b = Some(image("0.9.0").slot_image());
+        let t = transition(rec.state.clone(), Event::Verified { from: SlotId::A }).unwrap();
+        assert_eq!(t.slot, Some((SlotId::B, Some(image("2.0.0").slot_image()))));
+        rec.apply(t);
+        assert_eq!(rec.slot(SlotId::B), Some(&image("2.0.0").slot_image()));
+        rec.apply(transition(rec.state.clone(), Event::TrialStarted).unwrap());
+        let t = transition(rec.state.clone(), Event::Healthy).unwrap();
+        assert_eq!(
+            (t.raise_floor.clone(), t.failed.clone()),
+            (Some(version("2.0.0")), None)
+        );
+        rec.apply(t);
+        assert_eq!(rec.floor, version("2.0.0"));
+        // The floor never goes down, even if a transition names an older version.
+        rec.apply(Transition {
+            raise_floor: Some(version("1.5.0")),
+            ..Transition::to(rec.state.clone(), Action::Wait("x"))
+        });
+        assert_eq!(rec.floor, version("2.0.0"));
+
+        // Chosen forgets what the slot held; a download failure is retried later, an unfit release never.
+        let chosen = |rec: &DeviceRecord| {
+            transition(
+                rec.state.clone(),
+                Event::Chosen {
+                    slot: SlotId::A,
+                    image: image("3.0.0"),
+                },
+            )
+            .unwrap()
+        };
+        let t = chosen(&rec);
+        assert_eq!(t.slot, Some((SlotId::A, None)));
+        let downloading = t.state;
+        let t = transition(
+            downloading.clone(),
+            Event::DownloadFailed { reason: "net".into() },
+        )
+        .unwrap();
+        assert_eq!((t.state.name(), t.failed), ("failed", None));
+        let t = transition(
+            downloading,
+            Event::Unfit {
+                reason: "too big".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (t.state.name(), t.failed.clone()),
+            ("failed", Some(version("3.0.0")))
+        );
+        rec.apply(t);
+        assert_eq!(rec.failed, vec![version("3.0.0")]);
+        assert_eq!(rec.floor, version("2.0.0"), "a failure leaves the floor alone");
     }
 
     #[test]
@@ -644,6 +1047,7 @@ mod tests {
         let cases = [
             (UpdateState::Idle, Event::Healthy),
             (UpdateState::Idle, Event::Verified { from: SlotId::A }),
+            (UpdateState::Idle, Event::TrialStarted),
             (
                 UpdateState::Downloading {
                     slot: SlotId::B,
@@ -665,7 +1069,7 @@ mod tests {
         ];
         for (state, event) in cases {
             let (sn, en) = (state.name(), event.to_string());
-            let err = next(state, event).unwrap_err().to_string();
+            let err = transition(state, event).unwrap_err().to_string();
             assert!(err.contains(sn) && err.contains(&en), "{err}");
         }
     }
@@ -676,21 +1080,14 @@ mod tests {
             version: "2.0.0".parse().unwrap(),
             reason: "x".into(),
         };
-        assert_eq!(next(s.clone(), Event::Restarted).unwrap(), s);
+        assert_eq!(next(s.clone(), started(SlotId::A, None)).unwrap(), s);
     }
 
     #[test]
     fn record_round_trips_and_refuses_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let file = RecordFile::in_dir(dir.path());
-        let mut rec = DeviceRecord::provisioned(
-            SlotId::A,
-            SlotImage {
-                version: "1.0.0".parse().unwrap(),
-                sha256: Sha256Digest::of(b"v1"),
-                length: 2,
-            },
-        );
+        let mut rec = provisioned();
         rec.state = next(
             rec.state,
             Event::Chosen {
@@ -708,16 +1105,66 @@ mod tests {
         assert!(file.load().unwrap_err().to_string().contains("larger"));
     }
 
+    /// A device upgraded in the field reads the record its previous agent wrote (state.json as written
+    /// before issue 21; the format did not change).
+    #[test]
+    fn a_record_written_by_the_previous_agent_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = RecordFile::in_dir(dir.path());
+        std::fs::write(file.path(), OLD_TRIAL_BOOT_RECORD).unwrap();
+        let rec = file.load().unwrap();
+        assert_eq!(rec.state.name(), "trial boot");
+        assert_eq!(rec.state.restarts(), Some(1));
+        assert_eq!(rec.failed, vec![version("1.5.0")]);
+        assert_eq!(
+            serde_json::to_string_pretty(&rec).unwrap(),
+            OLD_TRIAL_BOOT_RECORD,
+            "written back byte for byte"
+        );
+        let t = transition(rec.state, started(SlotId::B, None)).unwrap();
+        assert_eq!(t.action, Action::CheckHealth { slot: SlotId::B });
+    }
+
+    const OLD_TRIAL_BOOT_RECORD: &str = r#"{
+  "state": {
+    "state": "trial_boot",
+    "slot": "b",
+    "image": {
+      "target": "fw/2.0.0.img",
+      "version": "2.0.0",
+      "sha256": "f22abd6773ab232869321ad4b1e47ac0c908febf4f3a2bd10c8066140f741261",
+      "length": 3
+    },
+    "from": "a",
+    "restarts": 1
+  },
+  "floor": "1.0.0",
+  "slot_a": {
+    "version": "1.0.0",
+    "sha256": "3bfc269594ef649228e9a74bab00f042efc91d5acc6fbee31a382e80d42388fe",
+    "length": 2
+  },
+  "slot_b": {
+    "version": "2.0.0",
+    "sha256": "f22abd6773ab232869321ad4b1e47ac0c908febf4f3a2bd10c8066140f741261",
+    "length": 3
+  },
+  "failed": [
+    "1.5.0"
+  ],
+  "last_install": {
+    "version": "2.0.0",
+    "via": {
+      "kind": "delta",
+      "target": "fw/2.0.0.delta"
+    },
+    "downloaded_bytes": 1234
+  }
+}"#;
+
     #[test]
     fn failed_versions_are_bounded() {
-        let mut rec = DeviceRecord::provisioned(
-            SlotId::A,
-            SlotImage {
-                version: "1.0.0".parse().unwrap(),
-                sha256: Sha256Digest::of(b"v1"),
-                length: 2,
-            },
-        );
+        let mut rec = provisioned();
         for i in 0..40u64 {
             rec.remember_failed(Version::new(2, i, 0));
         }
