@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use tough::schema::{PathSet, Root, Signed, Snapshot, Target, Targets, Timestamp};
 
 use crate::error::Result;
-use crate::meta::{MetaFile, RepoState};
+use crate::loader::{MetaFile, RepoState};
 use crate::names::path_matches;
 use crate::publish::ota_custom;
 use crate::stage::target_file_path;
