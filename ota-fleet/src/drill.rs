@@ -510,6 +510,34 @@ fn pick_board(s: &Scenario, index: u32) -> usize {
     0
 }
 
+/// A fresh flash chip for device `name`: `image` in slot a, the bootloader provisioned to boot it, and
+/// booted once.
+fn factory_flash(
+    fleet: &Fleet,
+    name: &str,
+    image: &[u8],
+) -> Result<(FlashMemory, SlotPair<SimSlot>, SimBoot)> {
+    let capacity = usize::try_from(fleet.layout.capacity()).map_err(|_| Error::ScenarioInvalid {
+        field: "image_kib".into(),
+        why: "flash too large".into(),
+    })?;
+    let memory = FlashMemory::new(capacity, 0xFF);
+    let (mut slots, env) = flash_handles(fleet, &memory, PowerCut::never())?;
+    {
+        let mut writer = SlotWriter::new(&mut slots.a, fleet.image_len).map_err(Error::Slot)?;
+        writer.write_all(image).map_err(|source| Error::Io {
+            path: PathBuf::from(format!("{name} slot a")),
+            source,
+        })?;
+        writer.finish().map_err(Error::Slot)?;
+    }
+    let mut boot = SimBootloader::provision(env, SlotId::A).map_err(Error::Slot)?;
+    boot.reboot().map_err(Error::Slot)?;
+    Ok((memory, slots, boot))
+}
+
+/// Device `index`: its board, its flash with the factory image, and its agent's state directory
+/// provisioned (root of trust, identity, record).
 fn provision_device(
     fleet: &Fleet,
     work: &Path,
@@ -531,22 +559,7 @@ fn provision_device(
             field: "hardware".into(),
             why: format!("no factory image for {board_id}"),
         })?;
-    let capacity = usize::try_from(fleet.layout.capacity()).map_err(|_| Error::ScenarioInvalid {
-        field: "image_kib".into(),
-        why: "flash too large".into(),
-    })?;
-    let memory = FlashMemory::new(capacity, 0xFF);
-    let (mut slots, env) = flash_handles(fleet, &memory, PowerCut::never())?;
-    {
-        let mut writer = SlotWriter::new(&mut slots.a, fleet.image_len).map_err(Error::Slot)?;
-        writer.write_all(image).map_err(|source| Error::Io {
-            path: PathBuf::from(format!("{name} slot a")),
-            source,
-        })?;
-        writer.finish().map_err(Error::Slot)?;
-    }
-    let mut boot = SimBootloader::provision(env, SlotId::A).map_err(Error::Slot)?;
-    boot.reboot().map_err(Error::Slot)?;
+    let (memory, mut slots, mut boot) = factory_flash(fleet, &name, image)?;
     let state_dir = work.join("devices").join(&name);
     let factory = FactoryImage {
         version: ota_release::parse_version(&s.factory_version).map_err(|e| Error::ScenarioInvalid {

@@ -183,6 +183,20 @@ impl DrillReport {
             "drill: {} devices, seed {}, {} rounds, {:.1} s",
             s.devices, s.seed, self.rounds, self.wall_seconds
         );
+        self.release_rows(&mut out);
+        let finals: Vec<String> = self
+            .final_versions
+            .iter()
+            .map(|(v, n)| format!("{v}: {n}"))
+            .collect();
+        let _ = writeln!(out, "fleet now runs: {}", finals.join(", "));
+        self.load_lines(&mut out);
+        self.invariant_lines(&mut out);
+        out
+    }
+
+    /// The table's header and one row per release.
+    fn release_rows(&self, out: &mut String) {
         let _ = write!(out, "{:<9} {:>7} {:>6}", "release", "offered", "unhlth");
         for o in Outcome::ALL {
             let _ = write!(out, " {:>16}", o.title());
@@ -203,12 +217,10 @@ impl DrillReport {
             };
             let _ = writeln!(out, " {:>11} {:>12}", converged, human_bytes(r.bytes_downloaded));
         }
-        let finals: Vec<String> = self
-            .final_versions
-            .iter()
-            .map(|(v, n)| format!("{v}: {n}"))
-            .collect();
-        let _ = writeln!(out, "fleet now runs: {}", finals.join(", "));
+    }
+
+    /// The mirror's load and the power cuts.
+    fn load_lines(&self, out: &mut String) {
         let m = &self.mirror;
         let faults: Vec<String> = m
             .faults
@@ -235,6 +247,10 @@ impl DrillReport {
             "power cuts: {} during install, {} during commit, {} during rollback",
             p.install, p.commit, p.rollback
         );
+    }
+
+    /// The verdict, and the first devices that broke an invariant.
+    fn invariant_lines(&self, out: &mut String) {
         let inv = &self.invariants;
         if inv.hold() {
             let _ = writeln!(
@@ -253,7 +269,6 @@ impl DrillReport {
                 let _ = writeln!(out, "  {d}");
             }
         }
-        out
     }
 
     /// Writes report.json, report.svg and report.html into `dir` (created if missing).

@@ -33,6 +33,9 @@
 mod envelope;
 mod report;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use envelope::{pae, Envelope, PublicKey, ReportSigner, Signature};
 pub use ota_release::{Channel, HardwareId, Version};
 pub use report::{DeviceId, InstallMethod, Outcome, Reason, Report, TargetName};
