@@ -1,8 +1,10 @@
 //! The commands that change a repository: [`init`], [`add`], [`refresh`] and [`delegate`].
 //!
-//! Each one loads the current state, checks every input and that the key ring meets every threshold
-//! it will need, stages target files, signs all new metadata in memory, and only then publishes
-//! (see `Publication`): new files first, `timestamp.json` last.
+//! Each one loads the current state (`crate::loader`), checks every input and that the key ring meets
+//! every threshold it will need, puts target files into the store, signs all new metadata in memory,
+//! and only then publishes (`crate::editor::Publication` through a `crate::store::RepoStore`): new
+//! files first, `timestamp.json` last. With a stage file, `add` and `delegate` hand the signed-in-steps
+//! part to `crate::staged` instead.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;

@@ -21,7 +21,7 @@ use crate::error::{invalid, Result};
 use crate::keys::{key_id, KeyRing};
 use crate::loader::RepoState;
 use crate::meta::{bump, expiry_after, now, Expiries};
-use crate::staged::{Stage, StagedRole};
+use crate::staged::{Stage, StagedRole, Threshold};
 use crate::trust::decoded;
 
 /// The top-level roles, by name.
@@ -140,10 +140,10 @@ pub fn root_sign(staged_path: &Path, repo: Option<&Path>, ring: &KeyRing) -> Res
     refuse_non_root(staged_path)?;
     let (stage, counts) = Stage::sign(staged_path, repo, ring)?;
     let counts = counts.into_iter().next().unwrap_or_default();
-    let find = |which| {
+    let find = |which: Threshold| {
         counts
             .iter()
-            .find(|(w, _, _)| *w == Some(which))
+            .find(|(w, _, _)| *w == which)
             .map(|(_, present, threshold)| (*present, *threshold))
     };
     Ok(RootSignatures {
@@ -152,8 +152,8 @@ pub fn root_sign(staged_path: &Path, repo: Option<&Path>, ring: &KeyRing) -> Res
             .first()
             .and_then(|s| s.as_root())
             .map_or(0, |r| r.signed.version.get()),
-        new_root: find("new").unwrap_or_default(),
-        current_root: find("current"),
+        new_root: find(Threshold::NewRoot).unwrap_or_default(),
+        current_root: find(Threshold::CurrentRoot),
     })
 }
 

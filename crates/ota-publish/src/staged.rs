@@ -179,25 +179,35 @@ impl StagedRole {
     }
 }
 
+/// Whose threshold a staged role must meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Threshold {
+    /// A targets role's, as its delegator sets it.
+    Role,
+    /// A staged root's own root role's.
+    NewRoot,
+    /// The root role's of the root a staged root replaces.
+    CurrentRoot,
+}
+
 /// A threshold one staged role must meet, with the keys that count and the order they sign in.
 #[derive(Debug, Clone)]
 pub(crate) struct SignedBy {
-    /// Whose threshold: `None` for the role's own signers, `Some("current")`/`Some("new")` for root.
-    pub which: Option<&'static str>,
+    pub which: Threshold,
     pub trust: RoleTrust,
     /// Key ids in signing order (root: the order its metadata lists them; targets: by id).
     order: Vec<KeyId>,
 }
 
 impl SignedBy {
-    fn by_id(which: Option<&'static str>, trust: RoleTrust) -> SignedBy {
+    fn by_id(which: Threshold, trust: RoleTrust) -> SignedBy {
         let order = trust.keys.keys().cloned().collect();
         SignedBy { which, trust, order }
     }
 
-    fn of_root(which: &'static str, root: &Root) -> Result<SignedBy> {
+    fn of_root(which: Threshold, root: &Root) -> Result<SignedBy> {
         Ok(SignedBy {
-            which: Some(which),
+            which,
             trust: RoleTrust::of_root(root)?,
             order: top_role_keys(root, RoleType::Root)?.keyids,
         })
@@ -218,7 +228,7 @@ pub struct RoleSignatures {
 }
 
 /// Valid signatures against one [`SignedBy`]: (which, present, threshold).
-pub(crate) type Count = (Option<&'static str>, u64, u64);
+pub(crate) type Count = (Threshold, u64, u64);
 
 /// A stage file's content: the staged roles, the changed one first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -377,12 +387,16 @@ impl Stage {
             .iter()
             .map(|s| match (&s.metadata, &s.previous_root) {
                 (StagedMetadata::Root(root), previous) => {
-                    let mut by = vec![SignedBy::of_root("new", &root.signed)
-                        .unwrap_or_else(|_| SignedBy::by_id(Some("new"), s.trust.clone()))];
-                    by.extend(previous.clone().map(|p| SignedBy::by_id(Some("current"), p)));
+                    let mut by = vec![SignedBy::of_root(Threshold::NewRoot, &root.signed)
+                        .unwrap_or_else(|_| SignedBy::by_id(Threshold::NewRoot, s.trust.clone()))];
+                    by.extend(
+                        previous
+                            .clone()
+                            .map(|p| SignedBy::by_id(Threshold::CurrentRoot, p)),
+                    );
                     by
                 }
-                (StagedMetadata::Targets(_), _) => vec![SignedBy::by_id(None, s.trust.clone())],
+                (StagedMetadata::Targets(_), _) => vec![SignedBy::by_id(Threshold::Role, s.trust.clone())],
             })
             .collect()
     }
@@ -395,10 +409,13 @@ impl Stage {
             .iter()
             .map(|s| match &s.metadata {
                 StagedMetadata::Root(root) => Ok(vec![
-                    SignedBy::of_root("new", &root.signed)?,
-                    SignedBy::of_root("current", &state.root()?.signed.signed)?,
+                    SignedBy::of_root(Threshold::NewRoot, &root.signed)?,
+                    SignedBy::of_root(Threshold::CurrentRoot, &state.root()?.signed.signed)?,
                 ]),
-                StagedMetadata::Targets(_) => Ok(vec![SignedBy::by_id(None, self.targets_trust(state, s)?)]),
+                StagedMetadata::Targets(_) => Ok(vec![SignedBy::by_id(
+                    Threshold::Role,
+                    self.targets_trust(state, s)?,
+                )]),
             })
             .collect()
     }
@@ -431,8 +448,8 @@ impl Stage {
         for (s, by) in self.staged_roles.iter_mut().zip(signers) {
             for b in by {
                 match b.which {
-                    Some("current") => s.previous_root = Some(b.trust.clone()),
-                    _ => s.trust = b.trust.clone(),
+                    Threshold::CurrentRoot => s.previous_root = Some(b.trust.clone()),
+                    Threshold::Role | Threshold::NewRoot => s.trust = b.trust.clone(),
                 }
             }
         }
@@ -446,7 +463,10 @@ impl Stage {
                 .flatten()
                 .flat_map(|b| b.order.iter().map(String::as_str))
                 .collect();
-            let current = signers.iter().flatten().any(|b| b.which == Some("current"));
+            let current = signers
+                .iter()
+                .flatten()
+                .any(|b| b.which == Threshold::CurrentRoot);
             format!(
                 "none of the given keys is a root key of the staged root{} (root key ids: {})",
                 if current && with_repo {
@@ -582,14 +602,16 @@ fn check_thresholds(s: &StagedRole, by: &[SignedBy]) -> Result<CheckedRole> {
         if present >= b.trust.threshold {
             continue;
         }
+        let root_threshold = |which: &str| Error::ThresholdNotMet {
+            role: format!("root (the {which} root's threshold for version {version})"),
+            threshold: b.trust.threshold,
+            available: present,
+            keyids: b.order.join(", "),
+        };
         return Err(match b.which {
-            Some(which) => Error::ThresholdNotMet {
-                role: format!("root (the {which} root's threshold for version {version})"),
-                threshold: b.trust.threshold,
-                available: present,
-                keyids: b.order.join(", "),
-            },
-            None => Error::StagedThresholdNotMet {
+            Threshold::CurrentRoot => root_threshold("current"),
+            Threshold::NewRoot => root_threshold("new"),
+            Threshold::Role => Error::StagedThresholdNotMet {
                 role: s.role.clone(),
                 version: version.get(),
                 present,
@@ -719,4 +741,75 @@ pub fn role_publish(
     ring: &KeyRing,
 ) -> Result<Vec<RoleSignatures>> {
     publish(repo, staged_path, expiries, ring, "role publish")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{init, read_public_key, root_publish, root_sign, root_stage, InitSpec, RoleSpec, RootChange};
+
+    fn key(dir: &Path, name: &str) -> (tough::schema::key::Key, KeyRing) {
+        let k = crate::keys::generate_key(dir, name).unwrap();
+        (
+            read_public_key(&k.public_path).unwrap(),
+            KeyRing::from_files(&[k.private_path]).unwrap(),
+        )
+    }
+
+    /// A root stage is an ordinary stage file: one `"role": "root"` entry recording the new root's
+    /// signers and the replaced root's, so the holder of an old root key signs without the repository.
+    #[test]
+    fn a_root_stage_uses_the_one_format_and_records_the_replaced_roots_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (root1, root1_ring) = key(d, "root1");
+        let (root2, root2_ring) = key(d, "root2");
+        let (online, mut ring) = key(d, "online");
+        ring.extend(KeyRing::from_files(&[d.join("root1.pk8")]).unwrap());
+        let one = |k: &tough::schema::key::Key| RoleSpec {
+            keys: vec![k.clone()],
+            threshold: 1,
+        };
+        let spec = InitSpec {
+            root: one(&root1),
+            targets: one(&online),
+            snapshot: one(&online),
+            timestamp: one(&online),
+            expiries: Expiries::default(),
+        };
+        let repo = d.join("repo");
+        init(&repo, &spec, &ring).unwrap();
+        let change = RootChange {
+            add_keys: vec![(RoleType::Root, root2)],
+            remove_keys: vec![(RoleType::Root, crate::key_id(&root1).unwrap())],
+            ..Default::default()
+        };
+        let out = d.join("root-v2.json");
+        assert_eq!(root_stage(&repo, &change, &out).unwrap(), 2);
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let entry = &v["staged_roles"][0];
+        assert_eq!(entry["role"], "root");
+        assert_eq!(entry["threshold"], 1);
+        assert_eq!(entry["previous_root"]["threshold"], 1);
+        assert_eq!(entry["metadata"]["signed"]["version"], 2);
+
+        // root1 only counts for the replaced root: signed without the repository, from the record.
+        let s = root_sign(&out, None, &root1_ring).unwrap();
+        assert_eq!((s.new_root, s.current_root), ((0, 1), Some((1, 1))));
+        let s = root_sign(&out, None, &root2_ring).unwrap();
+        assert_eq!((s.new_root, s.current_root), ((1, 1), Some((1, 1))));
+        // The same file through the generic commands: one flow.
+        let status = crate::role_sign(&out, Some(&repo), &root2_ring).unwrap();
+        assert_eq!(
+            (status[0].role.as_str(), status[0].present, status[0].threshold),
+            ("root", 1, 1)
+        );
+        let online_ring = KeyRing::from_files(&[d.join("online.pk8")]).unwrap();
+        assert_eq!(
+            root_publish(&repo, &out, &Expiries::default(), &online_ring).unwrap(),
+            2
+        );
+        let report = crate::verify(&repo, jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+    }
 }
