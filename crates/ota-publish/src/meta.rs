@@ -11,7 +11,6 @@ use tough::schema::{Hashes, Metafile};
 
 use crate::error::{invalid, Result};
 // `verify` reads the repository through the loader under these names.
-pub(crate) use crate::loader::RepoState;
 
 /// The TUF specification version written into every metadata file.
 pub const SPEC_VERSION: &str = "1.0.31";

@@ -1,13 +1,12 @@
 //! [`verify`] checks a repository the way a client would, and [`list`] shows its releases.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::Read;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use tough::schema::{PathSet, Root, Signed, Snapshot, Target, Targets, Timestamp};
 
+use crate::digest::hash_file;
 use crate::error::Result;
 use crate::loader::{MetaFile, RepoState};
 use crate::names::path_matches;
@@ -330,21 +329,6 @@ pub fn verify(repo: &Path, now: jiff::Timestamp, warn_within: jiff::SignedDurati
     checks.skipped_delegations(&state);
     checks.target_files(repo, &state);
     Ok(checks.report)
-}
-
-fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<(u64, [u8; 32])> {
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut len = 0u64;
-    loop {
-        let n = f.read(buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(buf.get(..n).unwrap_or_default());
-        len += n as u64;
-    }
-    Ok((len, h.finalize().into()))
 }
 
 /// One release as [`list`] shows it.
