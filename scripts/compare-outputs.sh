@@ -20,13 +20,17 @@ base_rev=$1
 root=$(git rev-parse --show-toplevel)
 base_commit=$(git -C "$root" rev-parse --verify "$base_rev^{commit}")
 head_commit=$(git -C "$root" rev-parse HEAD)
+# The head side builds the working tree: say so when it differs from HEAD.
+head_label=${head_commit:0:7}
+[[ -z $(git -C "$root" status --porcelain --untracked-files=no) ]] || head_label+="+dirty"
 scratch=$(mktemp -d /tmp/compare-outputs.XXXXXX)
 base_src=$scratch/base-src
 
 cleanup() {
-    if git -C "$root" worktree list --porcelain | grep -qx "worktree $base_src"; then
-        git -C "$root" worktree remove --force "$base_src"
+    if [[ -e $base_src ]]; then
+        git -C "$root" worktree remove --force "$base_src" || true
     fi
+    git -C "$root" worktree prune
     if [[ ${KEEP:-0} == 1 ]]; then
         echo "scratch kept: $scratch" >&2
     else
@@ -37,7 +41,8 @@ trap cleanup EXIT
 
 if ! command -v faketime >/dev/null; then
     echo "installing faketime" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q faketime >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q faketime >&2 ||
+        { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q faketime >&2; }
 fi
 
 # --- build both sides ------------------------------------------------------------------------------------
@@ -53,7 +58,7 @@ fi
 head_target=${CARGO_TARGET_DIR:-$root/target}
 echo "building base ${base_commit:0:7} in $base_src" >&2
 build "$base_src" "$base_target"
-echo "building head ${head_commit:0:7} (working tree $root)" >&2
+echo "building head $head_label (working tree $root)" >&2
 build "$root" "$head_target"
 mkdir -p "$scratch/bin/base" "$scratch/bin/head"
 cp "$base_target/debug/repo-tool" "$base_target/debug/examples/ota-delta" "$scratch/bin/base/"
@@ -178,7 +183,7 @@ row() { # row WHAT RESULT
     [[ $2 == identical* ]] || status=1
 }
 base=$scratch/run/base head=$scratch/run/head
-printf '%-62s %s\n' "compared (base ${base_commit:0:7} vs head ${head_commit:0:7})" "result"
+printf '%-62s %s\n' "compared (base ${base_commit:0:7} vs head $head_label)" "result"
 printf '%-62s %s\n' "--------------------------------------------------------------" "---------"
 # The repository without the lock file, which records the holder's pid.
 nfiles=$(find "$base/repo" -type f ! -name .repo-tool.lock | wc -l)
@@ -202,7 +207,8 @@ fi
 for e in "${encodes[@]}"; do
     p=${e%@*}
     size=$(stat -c %s "$base/deltas/$e.delta")
-    filter=$(grep -m1 -o 'filter: [A-Za-z0-9]*' <("$scratch/bin/base/ota-delta" info "$base/deltas/$e.delta"))
+    info=$("$scratch/bin/base/ota-delta" info "$base/deltas/$e.delta")
+    filter=$(grep -m1 -o 'filter: [A-Za-z0-9]*' <<<"$info")
     what="ota-delta encode $p (${filter#filter: }, $size bytes, cmp)"
     if cmp -s "$base/deltas/$e.delta" "$head/deltas/$e.delta"; then
         row "$what" identical
