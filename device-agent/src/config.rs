@@ -242,38 +242,7 @@ impl AgentConfig {
         if self.boot.backend != BootBackend::Sim && self.boot.reboot_command.is_empty() {
             return Err("boot.reboot_command must name a program".into());
         }
-        if self.health.deadline_secs == 0 {
-            return Err("health.deadline_secs must be at least 1".into());
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for (i, check) in self.health.checks.iter().enumerate() {
-            let at = format!("health.checks[{i}] ({:?})", check.name);
-            if check.name.is_empty() {
-                return Err(format!("health.checks[{i}].name must not be empty"));
-            }
-            if !names.insert(&check.name) {
-                return Err(format!("{at}: name used twice"));
-            }
-            match (&check.command, &check.http) {
-                (Some(cmd), None) => {
-                    if cmd.first().is_none_or(|p| p.is_empty()) {
-                        return Err(format!("{at}: command must name a program"));
-                    }
-                    if check.expect_status.is_some() {
-                        return Err(format!("{at}: expect_status only applies to http checks"));
-                    }
-                }
-                (None, Some(url)) => {
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(format!("{at}: http = {url:?} is not an http:// or https:// URL"));
-                    }
-                }
-                _ => return Err(format!("{at}: give exactly one of `command` and `http`")),
-            }
-            if check.timeout_secs == 0 {
-                return Err(format!("{at}: timeout_secs must be at least 1"));
-            }
-        }
+        validate_health(&self.health)?;
         if self.poll.interval_secs == 0 {
             return Err("poll.interval_secs must be at least 1".into());
         }
@@ -293,6 +262,49 @@ impl AgentConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.repository.request_timeout_secs)
     }
+}
+
+/// The health section's rules: a deadline, unique named checks, each a command or an http probe.
+fn validate_health(health: &HealthConfig) -> std::result::Result<(), String> {
+    if health.deadline_secs == 0 {
+        return Err("health.deadline_secs must be at least 1".into());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, check) in health.checks.iter().enumerate() {
+        let at = format!("health.checks[{i}] ({:?})", check.name);
+        if check.name.is_empty() {
+            return Err(format!("health.checks[{i}].name must not be empty"));
+        }
+        if !names.insert(&check.name) {
+            return Err(format!("{at}: name used twice"));
+        }
+        validate_check(&at, check)?;
+    }
+    Ok(())
+}
+
+/// One health check's rules; `at` names it in the message.
+fn validate_check(at: &str, check: &HealthCheckConfig) -> std::result::Result<(), String> {
+    match (&check.command, &check.http) {
+        (Some(cmd), None) => {
+            if cmd.first().is_none_or(|p| p.is_empty()) {
+                return Err(format!("{at}: command must name a program"));
+            }
+            if check.expect_status.is_some() {
+                return Err(format!("{at}: expect_status only applies to http checks"));
+            }
+        }
+        (None, Some(url)) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("{at}: http = {url:?} is not an http:// or https:// URL"));
+            }
+        }
+        _ => return Err(format!("{at}: give exactly one of `command` and `http`")),
+    }
+    if check.timeout_secs == 0 {
+        return Err(format!("{at}: timeout_secs must be at least 1"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

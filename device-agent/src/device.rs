@@ -6,7 +6,8 @@
 //! end-to-end tests (file slots, simulated bootloader), the power-cut sweep (simulated NOR flash) and the
 //! fleet drill all run this same code. It never reboots by itself: an [`Outcome`] with `reboot: true`
 //! tells the caller to reboot now (the daemon runs the configured command; simulations call
-//! `SimBootloader::reboot` and start a fresh `Device`).
+//! `SimBootloader::reboot` and start a fresh `Device`). Provisioning, which makes the state directory
+//! this opens, is [`crate::provision`] (re-exported here).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ use crate::delta::{
 };
 use crate::error::{Error, Result};
 use crate::health::{run_checks, HealthReport};
-use crate::identity::{check_root_fingerprint, parse_fingerprint, FileIdentity, IdentityKey};
+use crate::identity::{FileIdentity, IdentityKey};
 use crate::select::{select, Decision, DeviceFacts, OfferedTarget};
 use crate::state::{
     transition, Action, DeviceRecord, Event, ImageRef, InstallReport, InstallVia, RecordFile, SlotImage,
@@ -36,11 +37,6 @@ use crate::SlotId;
 pub const METADATA_DIR: &str = "metadata";
 /// Name of the file holding the pinned root's sha256 (hex) inside the state directory.
 pub const PINNED_ROOT_FILE: &str = "root.sha256";
-/// Largest root.json accepted at provisioning (TUF 5.3.3's suggested bound).
-const MAX_ROOT_FILE: u64 = 512 * 1024;
-/// Largest pinned-root file accepted (64 hex digits and a newline; more is not ours).
-const MAX_PINNED_FILE: u64 = 4096;
-
 /// The two slots.
 #[derive(Debug)]
 pub struct SlotPair<S> {
@@ -112,108 +108,7 @@ pub struct Outcome {
     pub note: String,
 }
 
-/// The image running now and the factory facts given at provisioning.
-#[derive(Clone, Debug)]
-pub struct FactoryImage {
-    /// Version of the image in the booted slot.
-    pub version: Version,
-    /// Its length in bytes (its sha256 is measured from the slot).
-    pub length: u64,
-}
-
-/// What provisioning did.
-#[derive(Clone, Debug, Serialize)]
-pub struct ProvisionReport {
-    /// The device id derived from the identity key.
-    pub device_id: String,
-    /// The identity's public key (hex).
-    pub public_key: String,
-    /// False when an identity key already existed and was kept.
-    pub key_created: bool,
-    /// sha256 of the pinned root.
-    pub root_sha256: String,
-    /// The booted slot.
-    pub booted: SlotId,
-    /// The running image's sha256 as measured.
-    pub running_sha256: String,
-}
-
-/// Pins the root of trust, creates the identity key and records the running image.
-///
-/// Refuses a root whose sha256 is not `fingerprint`, and a device already pinned to another root.
-/// Running it again with the same root is harmless: the key, the (possibly rotated) trusted metadata and
-/// the update record are kept.
-pub fn provision<S: Slot, B: BootControl>(
-    state_dir: &Path,
-    root_path: &Path,
-    fingerprint: &str,
-    factory: &FactoryImage,
-    slots: &mut SlotPair<S>,
-    boot: &mut B,
-) -> Result<ProvisionReport> {
-    let expected = parse_fingerprint(fingerprint)?;
-    let root = ota_fs::read_bounded(root_path, MAX_ROOT_FILE)?;
-    check_root_fingerprint(root_path, &root, &expected)?;
-    let root_hex = hex::encode(expected);
-
-    create_private_dir(state_dir)?;
-    let pinned_path = state_dir.join(PINNED_ROOT_FILE);
-    match ota_fs::read_bounded(&pinned_path, MAX_PINNED_FILE) {
-        Ok(pinned) => {
-            let pinned = String::from_utf8_lossy(&pinned).trim().to_owned();
-            if pinned != root_hex {
-                return Err(Error::AlreadyProvisioned {
-                    pinned,
-                    offered: root_hex,
-                });
-            }
-        }
-        Err(ota_fs::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Client::init(&state_dir.join(METADATA_DIR), &root)?;
-            ota_fs::write_atomic(&pinned_path, format!("{root_hex}\n").as_bytes(), 0o644)?;
-        }
-        Err(e) => return Err(e.into()),
-    }
-
-    let (identity, key_created) = FileIdentity::create_or_load(&FileIdentity::path_in(state_dir))?;
-    let booted = boot.booted()?;
-    let running = Sha256Digest(slot_sha256(slots.get_mut(booted), factory.length)?);
-    let record_file = RecordFile::in_dir(state_dir);
-    if !record_file.exists() {
-        let image = SlotImage {
-            version: factory.version.clone(),
-            sha256: running,
-            length: factory.length,
-        };
-        record_file.save(&DeviceRecord::provisioned(booted, image))?;
-    }
-    Ok(ProvisionReport {
-        device_id: identity.device_id(),
-        public_key: identity.public_key_hex(),
-        key_created,
-        root_sha256: root_hex,
-        booted,
-        running_sha256: running.to_hex(),
-    })
-}
-
-/// Creates the state directory (0700) if it does not exist yet (provisioning's first step; the agent
-/// lock lives in it).
-pub fn create_state_dir(dir: &Path) -> Result<()> {
-    create_private_dir(dir)
-}
-
-fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(Error::io("create state directory", dir))
-}
+pub use crate::provision::{create_state_dir, provision, FactoryImage, ProvisionReport};
 
 /// What provisioning leaves in the state directory besides the identity key.
 const PROVISIONED_FILES: &[&str] = &[PINNED_ROOT_FILE, "metadata/root.json", "state.json"];

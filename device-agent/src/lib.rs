@@ -11,7 +11,7 @@
 //! - [`health::run_checks`]: health checks after a trial boot.
 //! - [`device::Device`]: the update core, generic over `ota_slot::Slot` and `ota_slot::BootControl`:
 //!   [`device::Device::on_boot`] after every start, [`device::Device::poll_once`] to install;
-//!   [`device::provision`] pins the root of trust.
+//!   [`provision::provision`] pins the root of trust.
 //! - [`daemon::run`]: the daemon's poll loop; [`daemon::open_device`] picks the configured slot and
 //!   bootloader backends, [`daemon::reboot`] is the reboot policy.
 //! - [`schedule::PollSchedule`]: polling interval, jitter and backoff.
@@ -31,6 +31,7 @@ mod error;
 pub mod health;
 pub mod identity;
 pub mod lock;
+pub mod provision;
 pub mod schedule;
 pub mod select;
 pub mod state;

@@ -97,36 +97,7 @@ pub fn select(targets: &[OfferedTarget], device: &DeviceFacts<'_>) -> Decision {
                 continue;
             }
         };
-        let why = if release.channel != *device.channel {
-            Some(format!("{} is on channel {}", release.version, release.channel))
-        } else if !release.hardware.contains(device.hardware) {
-            Some(format!(
-                "{} is not for hardware {}",
-                release.version, device.hardware
-            ))
-        } else if !release.is_for(device.hardware, device.channel, device.bucket) {
-            Some(format!(
-                "{} is rolled out to {} % and this device is in bucket {}",
-                release.version, release.rollout.percent, device.bucket
-            ))
-        } else if release.version <= *device.running {
-            Some(format!(
-                "{} is not newer than the running {}",
-                release.version, device.running
-            ))
-        } else if release.version < *device.floor {
-            Some(format!(
-                "{} is below the version floor {}",
-                release.version, device.floor
-            ))
-        } else if device.failed.contains(&release.version) {
-            Some(format!(
-                "{} failed on this device; waiting for a newer release",
-                release.version
-            ))
-        } else {
-            None
-        };
+        let why = ineligible(&release, device);
         if let Some(why) = why {
             skipped.push(skip(why));
             continue;
@@ -155,27 +126,72 @@ pub fn select(targets: &[OfferedTarget], device: &DeviceFacts<'_>) -> Decision {
     }
     match best {
         None => Decision::UpToDate { skipped },
-        Some((t, release, sha256)) => {
-            let delta = device.running_sha256.and_then(|base| {
-                let offer = release.delta_from(&base)?;
-                let listed = targets.iter().find(|d| d.name == offer.target)?;
-                Some(DeltaChoice {
-                    target: listed.name.clone(),
-                    length: listed.length,
-                })
-            });
-            Decision::Install {
-                image: ImageRef {
-                    target: t.name.clone(),
-                    version: release.version.clone(),
-                    sha256,
-                    length: t.length,
-                },
-                release: Box::new(release),
-                delta,
-                skipped,
-            }
-        }
+        Some((t, release, sha256)) => install(targets, t, release, sha256, device, skipped),
+    }
+}
+
+/// Why `release` is not for this device now, or `None` when it is eligible.
+fn ineligible(release: &Release, device: &DeviceFacts<'_>) -> Option<String> {
+    if release.channel != *device.channel {
+        Some(format!("{} is on channel {}", release.version, release.channel))
+    } else if !release.hardware.contains(device.hardware) {
+        Some(format!(
+            "{} is not for hardware {}",
+            release.version, device.hardware
+        ))
+    } else if !release.is_for(device.hardware, device.channel, device.bucket) {
+        Some(format!(
+            "{} is rolled out to {} % and this device is in bucket {}",
+            release.version, release.rollout.percent, device.bucket
+        ))
+    } else if release.version <= *device.running {
+        Some(format!(
+            "{} is not newer than the running {}",
+            release.version, device.running
+        ))
+    } else if release.version < *device.floor {
+        Some(format!(
+            "{} is below the version floor {}",
+            release.version, device.floor
+        ))
+    } else if device.failed.contains(&release.version) {
+        Some(format!(
+            "{} failed on this device; waiting for a newer release",
+            release.version
+        ))
+    } else {
+        None
+    }
+}
+
+/// The decision to install `release` (target `t`), with the delta from the running image when one is
+/// offered and listed.
+fn install(
+    targets: &[OfferedTarget],
+    t: &OfferedTarget,
+    release: Release,
+    sha256: Sha256Digest,
+    device: &DeviceFacts<'_>,
+    skipped: Vec<Skipped>,
+) -> Decision {
+    let delta = device.running_sha256.and_then(|base| {
+        let offer = release.delta_from(&base)?;
+        let listed = targets.iter().find(|d| d.name == offer.target)?;
+        Some(DeltaChoice {
+            target: listed.name.clone(),
+            length: listed.length,
+        })
+    });
+    Decision::Install {
+        image: ImageRef {
+            target: t.name.clone(),
+            version: release.version.clone(),
+            sha256,
+            length: t.length,
+        },
+        release: Box::new(release),
+        delta,
+        skipped,
     }
 }
 

@@ -483,12 +483,7 @@ fn way_forward(state: UpdateState, booted: SlotId, trial: Option<TrialBoot>) -> 
         S::Installed {
             slot, image, from, ..
         } if booted == *slot => {
-            let trial = S::TrialBoot {
-                slot: *slot,
-                image: image.clone(),
-                from: *from,
-                restarts: 0,
-            };
+            let trial = S::trial_boot(*slot, image.clone(), *from);
             return Transition::to(trial, A::CheckHealth { slot: *slot });
         }
         // Saved before the bootloader call: (re)tell it; telling it twice is harmless.
