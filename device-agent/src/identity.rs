@@ -7,7 +7,6 @@
 //! overwritten and never logged; the agent refuses to start when it is missing, unreadable, or readable
 //! by group or others), a PKCS#11 token later, without touching the callers.
 
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -91,11 +90,7 @@ impl FileIdentity {
             path: path.to_owned(),
             why: e.to_string(),
         })?;
-        let mut file = ota_fs::create_private(path)?;
-        file.write_all(der.as_bytes())
-            .map_err(Error::io("write identity key", path))?;
-        file.sync_all().map_err(Error::io("fsync identity key", path))?;
-        ota_fs::sync_dir(ota_fs::parent_dir(path))?;
+        ota_fs::write_private(path, der.as_bytes())?;
         Ok((FileIdentity { key }, true))
     }
 

@@ -97,6 +97,31 @@ pub fn create_private(path: &Path) -> Result<File> {
         .map_err(io_error("create private file", path))
 }
 
+/// Creates `path` holding `bytes`, readable by its owner only (0600), fsynced with its directory; fails
+/// if it exists (a key is never overwritten). A failed write leaves no file behind.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = create_private(path)?;
+    let written = file
+        .write_all(bytes)
+        .map_err(io_error("write private file", path))
+        .and_then(|()| file.sync_all().map_err(io_error("fsync private file", path)));
+    if written.is_err() {
+        // Ours since create_private succeeded: a half-written key is worse than none.
+        let _ = fs::remove_file(path);
+    }
+    written?;
+    sync_dir(parent_dir(path))
+}
+
+/// Makes a file's content durable (`fsync`), for files written in place rather than through
+/// [`write_atomic`], such as content-addressed files whose directory is flushed in one go later.
+pub fn sync_file(path: &Path) -> Result<()> {
+    File::open(path)
+        .map_err(io_error("open to fsync", path))?
+        .sync_all()
+        .map_err(io_error("fsync", path))
+}
+
 /// Makes a directory's entries (creations, renames) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -171,5 +196,10 @@ mod tests {
         assert_eq!(mode(&p), 0o600);
         assert!(create_private(&p).is_err(), "an existing key is never truncated");
         assert_eq!(fs::read(&p).unwrap(), b"secret");
+        let q = dir.path().join("identity.pk8");
+        write_private(&q, b"key").unwrap();
+        assert_eq!((mode(&q), fs::read(&q).unwrap()), (0o600, b"key".to_vec()));
+        assert!(write_private(&q, b"other").is_err());
+        assert_eq!(fs::read(&q).unwrap(), b"key");
     }
 }

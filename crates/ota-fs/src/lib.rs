@@ -7,7 +7,7 @@
 //! - [`write_atomic`]: temp file beside the target, fsync, rename, fsync the directory; after a power
 //!   cut the file holds the old bytes or the new, never a mix. [`write_new`] is the no-overwrite variant
 //!   for content-addressed files, whose directory fsync the caller batches.
-//! - [`create_private`]: create a file readable by its owner only (0600), for keys.
+//! - [`create_private`], [`write_private`]: a file readable by its owner only (0600), for keys.
 //! - [`FileLock`]: an exclusive, non-waiting lock on a file, released on drop or at process death,
 //!   whose error names the holder (what the holder wrote into the file when it took the lock).
 //! - [`read_bounded`]: read a whole file only if it is at most a given size, so a file from outside can
@@ -21,7 +21,9 @@ mod atomic;
 mod lock;
 mod read;
 
-pub use atomic::{create_private, parent_dir, sync_dir, sync_filesystem, write_atomic, write_new};
+pub use atomic::{
+    create_private, parent_dir, sync_dir, sync_file, sync_filesystem, write_atomic, write_new, write_private,
+};
 pub use lock::FileLock;
 pub use read::read_bounded;
 

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tough::key_source::{KeySource, LocalKeySource};
@@ -59,16 +58,11 @@ pub fn generate_key(dir: &Path, name: &str) -> Result<GeneratedKey> {
     let keyid = key_id(&public)?;
     let public_json = serde_json::to_vec_pretty(&public).map_err(|e| Error::Tough(e.to_string()))?;
 
-    // create_new: never overwrite a key silently, even if one appeared since the check above.
-    let mut f = ota_fs::create_private(&private_path)?;
-    let written = f
-        .write_all(pkcs8.as_ref())
-        .and_then(|()| f.sync_all())
-        .map_err(io("write private key", &private_path))
-        .and_then(|()| Ok(ota_fs::write_new(&public_path, &public_json, PUBLIC_KEY_MODE)?));
-    if let Err(e) = written {
+    // Never overwrites a key silently, even if one appeared since the check above.
+    ota_fs::write_private(&private_path, pkcs8.as_ref())?;
+    if let Err(e) = ota_fs::write_new(&public_path, &public_json, PUBLIC_KEY_MODE) {
         let _ = fs::remove_file(&private_path);
-        return Err(e);
+        return Err(e.into());
     }
     ota_fs::sync_dir(dir)?;
     Ok(GeneratedKey {

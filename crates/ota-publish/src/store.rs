@@ -141,9 +141,7 @@ impl RepoStore for DirStore {
         }
         // Metadata files were fsynced as they were written; target files were not.
         for f in &target_files {
-            fs::File::open(f)
-                .and_then(|f| f.sync_all())
-                .map_err(io("fsync", f))?;
+            ota_fs::sync_file(f)?;
         }
         let mut dirs = self.changed_dirs(&target_files);
         if !self.metadata_files.is_empty() {

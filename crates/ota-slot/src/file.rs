@@ -69,13 +69,7 @@ impl FileSlot {
             .map_err(|e| Error::io("set_len", path, e))?;
         file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
         // The new directory entry must survive a power cut too.
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("fsync", dir, e))?;
+        ota_fs::sync_dir(ota_fs::parent_dir(path))?;
         Ok(FileSlot {
             file,
             path: path.to_owned(),
