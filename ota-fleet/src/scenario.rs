@@ -6,6 +6,7 @@
 //! devices, with every kind of fault switched on at a low rate. [`Scenario::validate`] checks what serde
 //! cannot (shares within 0 to 1, versions strictly increasing, known hardware ids).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -242,85 +243,90 @@ impl Scenario {
     /// Checks what serde cannot: counts within bounds, shares within 0 to 1, versions parse and strictly
     /// increase from the factory version, hardware ids valid and known to the mix.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, why: String| {
-            Err(Error::ScenarioInvalid {
-                field: field.to_owned(),
-                why,
-            })
-        };
-        if self.devices == 0 || self.devices > MAX_DEVICES {
-            return bad(
-                "devices",
-                format!("{} is not within 1 to {MAX_DEVICES}", self.devices),
-            );
-        }
-        if self.concurrency == 0 {
-            return bad("concurrency", "must be at least 1".into());
-        }
-        if self.image_kib < 4 || self.image_kib > MAX_IMAGE_KIB {
-            return bad(
-                "image_kib",
-                format!("{} is not within 4 to {MAX_IMAGE_KIB}", self.image_kib),
-            );
-        }
-        if self.max_rounds_per_release == 0 {
-            return bad("max_rounds_per_release", "must be at least 1".into());
-        }
+        self.check_counts()?;
         ota_release::Channel::new(&self.channel).map_err(|e| Error::ScenarioInvalid {
             field: "channel".into(),
             why: e.to_string(),
         })?;
-        if self.hardware.is_empty() {
-            return bad("hardware", "the fleet needs at least one board".into());
+        let boards = self.check_hardware_mix()?;
+        self.check_releases(&boards)?;
+        self.check_faults()
+    }
+
+    /// Devices, concurrency, image size and rounds within their bounds.
+    fn check_counts(&self) -> Result<()> {
+        if self.devices == 0 || self.devices > MAX_DEVICES {
+            let why = format!("{} is not within 1 to {MAX_DEVICES}", self.devices);
+            return invalid("devices", why);
         }
-        let mut ids = std::collections::BTreeSet::new();
+        if self.concurrency == 0 {
+            return invalid("concurrency", "must be at least 1".into());
+        }
+        if self.image_kib < 4 || self.image_kib > MAX_IMAGE_KIB {
+            let why = format!("{} is not within 4 to {MAX_IMAGE_KIB}", self.image_kib);
+            return invalid("image_kib", why);
+        }
+        if self.max_rounds_per_release == 0 {
+            return invalid("max_rounds_per_release", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// At least one board, each id valid and listed once, some board with a weight: the ids, for the
+    /// releases to name.
+    fn check_hardware_mix(&self) -> Result<BTreeSet<&str>> {
+        if self.hardware.is_empty() {
+            return invalid("hardware", "the fleet needs at least one board".into());
+        }
+        let mut ids = BTreeSet::new();
         for h in &self.hardware {
             ota_release::HardwareId::new(&h.id).map_err(|e| Error::ScenarioInvalid {
                 field: "hardware.id".into(),
                 why: e.to_string(),
             })?;
             if !ids.insert(h.id.as_str()) {
-                return bad("hardware.id", format!("{} is listed twice", h.id));
+                return invalid("hardware.id", format!("{} is listed twice", h.id));
             }
         }
         if self.hardware.iter().all(|h| h.weight == 0) {
-            return bad(
-                "hardware.weight",
-                "at least one board needs a weight above 0".into(),
-            );
+            let why = "at least one board needs a weight above 0".into();
+            return invalid("hardware.weight", why);
         }
+        Ok(ids)
+    }
+
+    /// Releases in version order after the factory version, for boards in the mix, with valid shares.
+    fn check_releases(&self, boards: &BTreeSet<&str>) -> Result<()> {
         if self.releases.len() > MAX_RELEASES {
-            return bad("releases", format!("more than {MAX_RELEASES} releases"));
+            return invalid("releases", format!("more than {MAX_RELEASES} releases"));
         }
         let mut previous = parse_version("factory_version", &self.factory_version)?;
         for r in &self.releases {
             let v = parse_version("releases.version", &r.version)?;
             if v <= previous {
-                return bad(
-                    "releases.version",
-                    format!("{v} does not come after {previous}: releases are published in order"),
-                );
+                let why = format!("{v} does not come after {previous}: releases are published in order");
+                return invalid("releases.version", why);
             }
             previous = v;
-            for h in &r.hardware {
-                if !ids.contains(h.as_str()) {
-                    return bad(
-                        "releases.hardware",
-                        format!(
-                            "release {} names {h}, which is not in the hardware mix",
-                            r.version
-                        ),
-                    );
-                }
+            if let Some(h) = r.hardware.iter().find(|h| !boards.contains(h.as_str())) {
+                let why = format!(
+                    "release {} names {h}, which is not in the hardware mix",
+                    r.version
+                );
+                return invalid("releases.hardware", why);
             }
             if r.rollout_percent > 100 {
-                return bad(
-                    "releases.rollout_percent",
-                    format!("{} % is over 100 % (release {})", r.rollout_percent, r.version),
-                );
+                let why = format!("{} % is over 100 % (release {})", r.rollout_percent, r.version);
+                return invalid("releases.rollout_percent", why);
             }
             check_share("releases.health_fail", r.health_fail)?;
         }
+        Ok(())
+    }
+
+    /// Power-cut shares within 0 to 1; network faults within 0 to 1 each and at most half of all
+    /// requests together; stalls under 10 s.
+    fn check_faults(&self) -> Result<()> {
         let p = &self.faults.power;
         for (field, share) in [
             ("faults.power.install", p.install),
@@ -337,15 +343,13 @@ impl Scenario {
             total += share;
         }
         if total > 0.5 {
-            return bad(
-                "faults.network",
-                format!(
-                    "the faults add up to {total:.2} of all requests; above 0.5 no device would converge"
-                ),
+            let why = format!(
+                "the faults add up to {total:.2} of all requests; above 0.5 no device would converge"
             );
+            return invalid("faults.network", why);
         }
         if n.stall_ms > 10_000 {
-            return bad(
+            return invalid(
                 "faults.network.stall_ms",
                 format!("{} ms is over 10 s", n.stall_ms),
             );
@@ -363,6 +367,14 @@ fn parse_version(field: &str, value: &str) -> Result<ota_release::Version> {
     ota_release::parse_version(value).map_err(|e| Error::ScenarioInvalid {
         field: field.to_owned(),
         why: e.to_string(),
+    })
+}
+
+/// A scenario refused for `field`, and why.
+fn invalid<T>(field: &str, why: String) -> Result<T> {
+    Err(Error::ScenarioInvalid {
+        field: field.to_owned(),
+        why,
     })
 }
 
