@@ -1,0 +1,429 @@
+//! [`SqliteStore`]: the embedded [`Store`], one file in WAL mode.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use ota_report::{DeviceId, PublicKey};
+use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
+
+use crate::migrations::{Migration, MIGRATIONS, SCHEMA_VERSION_TABLE};
+use crate::store::{EnrolledDevice, Enrolment, Store, StoredReport};
+use crate::summary::{self, OutcomeRow, ReasonRow};
+use crate::{Error, Result, Summary};
+
+/// How long a connection waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The SQLite store. Writes go through one connection (SQLite has one writer at a time anyway); reads
+/// (key lookups, the summary) through a small pool, which WAL mode lets run beside the writer.
+pub struct SqliteStore {
+    path: std::path::PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens or creates the database at `path`, switches it to WAL mode and applies the migrations it
+    /// lacks.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let mut writer = connect(path)?;
+        writer
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(Error::storage("switch to WAL mode"))?;
+        migrate(&mut writer, MIGRATIONS)?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The schema version recorded in the database (the highest migration applied).
+    pub fn schema_version(&self) -> Result<u32> {
+        let conn = lock(&self.writer)?;
+        schema_version(&conn)
+    }
+
+    /// Runs `f` on a pooled read connection, opening one when none is free.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pooled = lock(&self.readers)?.pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => connect(&self.path)?,
+        };
+        let out = f(&conn);
+        lock(&self.readers)?.push(conn);
+        out
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(Error::storage("open the database"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(Error::storage("set the busy timeout"))?;
+    // WAL with synchronous=NORMAL: a commit survives a crash of the collector; a power cut of its machine
+    // may lose the last acknowledged reports but never corrupts the file. Reports are telemetry, and
+    // an fsync per report would cap ingest at the disk's flush rate.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(Error::storage("set synchronous mode"))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(Error::storage("enable foreign keys"))?;
+    Ok(conn)
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    // A panic while holding the lock leaves SQLite's own state consistent (an open transaction is rolled
+    // back when dropped), so a poisoned lock is still usable.
+    Ok(m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+fn schema_version(conn: &Connection) -> Result<u32> {
+    let v: Option<i64> = conn
+        .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+        .map_err(Error::storage("read the schema version"))?;
+    u32::try_from(v.unwrap_or(0)).map_err(|_| Error::CorruptRow {
+        what: "schema version",
+        why: format!("{v:?}"),
+    })
+}
+
+/// Applies each migration above the recorded version, each in its own transaction with its record.
+fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result<()> {
+    conn.execute_batch(SCHEMA_VERSION_TABLE)
+        .map_err(Error::storage("create the schema_version table"))?;
+    let current = schema_version(conn)?;
+    let known = migrations.last().map_or(0, |m| m.version);
+    if current > known {
+        return Err(Error::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    for m in migrations.iter().filter(|m| m.version > current) {
+        let failed = |source| Error::Migration {
+            version: m.version,
+            name: m.name,
+            source,
+        };
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(failed)?;
+        tx.execute_batch(m.sql).map_err(failed)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![m.version, m.name, Utc::now().timestamp_millis()],
+        )
+        .map_err(failed)?;
+        tx.commit().map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// A u64 into a BIGINT column.
+fn to_sql_int(field: &'static str, value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::OutOfRange { field, value })
+}
+
+fn millis_to_time(what: &'static str, ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| Error::CorruptRow {
+        what,
+        why: format!("time {ms} ms is out of range"),
+    })
+}
+
+fn sql_to_u64(what: &'static str, v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::CorruptRow {
+        what,
+        why: format!("negative {v}"),
+    })
+}
+
+/// The raw device row, before its key and times are checked.
+struct DeviceRow {
+    algorithm: String,
+    key_hex: String,
+    enrolled_at: i64,
+    revoked_at: Option<i64>,
+    last_sequence: Option<i64>,
+}
+
+fn device_row(conn: &Connection, device: &DeviceId) -> Result<Option<DeviceRow>> {
+    conn.query_row(
+        "SELECT key_algorithm, public_key, enrolled_at, revoked_at, last_sequence
+         FROM devices WHERE device_id = ?1",
+        params![device.as_str()],
+        |r| {
+            Ok(DeviceRow {
+                algorithm: r.get(0)?,
+                key_hex: r.get(1)?,
+                enrolled_at: r.get(2)?,
+                revoked_at: r.get(3)?,
+                last_sequence: r.get(4)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(Error::storage("look up a device"))
+}
+
+impl DeviceRow {
+    fn into_device(self, device_id: DeviceId) -> Result<EnrolledDevice> {
+        let corrupt = |why: String| Error::CorruptRow {
+            what: "device key",
+            why,
+        };
+        let bytes = hex::decode(&self.key_hex).map_err(|e| corrupt(e.to_string()))?;
+        let key = PublicKey::from_parts(&self.algorithm, &bytes).map_err(|e| corrupt(e.to_string()))?;
+        if key.device_id() != device_id {
+            return Err(corrupt(format!(
+                "key of {} stored under {device_id}",
+                key.device_id()
+            )));
+        }
+        Ok(EnrolledDevice {
+            device_id,
+            key,
+            enrolled_at: millis_to_time("enrolment time", self.enrolled_at)?,
+            revoked_at: self
+                .revoked_at
+                .map(|ms| millis_to_time("revocation time", ms))
+                .transpose()?,
+            last_sequence: self
+                .last_sequence
+                .map(|s| sql_to_u64("last sequence", s))
+                .transpose()?,
+        })
+    }
+}
+
+impl Store for SqliteStore {
+    fn enroll(&self, key: &PublicKey, at: DateTime<Utc>) -> Result<Enrolment> {
+        let device = key.device_id();
+        let key_hex = hex::encode(key.to_bytes());
+        let mut conn = lock(&self.writer)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::storage("begin enrolment"))?;
+        if let Some(row) = device_row(&tx, &device)? {
+            let why = if row.revoked_at.is_some() {
+                "it is revoked (revocation is final)"
+            } else if row.algorithm != key.algorithm() || row.key_hex != key_hex {
+                "it is enrolled with another key"
+            } else {
+                return Ok(Enrolment::AlreadyEnrolled);
+            };
+            return Err(Error::EnrolmentConflict { device, why });
+        }
+        tx.execute(
+            "INSERT INTO devices (device_id, key_algorithm, public_key, enrolled_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![device.as_str(), key.algorithm(), key_hex, at.timestamp_millis()],
+        )
+        .map_err(Error::storage("enrol a device"))?;
+        tx.commit().map_err(Error::storage("commit an enrolment"))?;
+        Ok(Enrolment::Added)
+    }
+
+    fn revoke(&self, device: &DeviceId, at: DateTime<Utc>) -> Result<()> {
+        let conn = lock(&self.writer)?;
+        let changed = conn
+            .execute(
+                "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?2) WHERE device_id = ?1",
+                params![device.as_str(), at.timestamp_millis()],
+            )
+            .map_err(Error::storage("revoke a device"))?;
+        if changed == 0 {
+            return Err(Error::NotEnrolled {
+                device: device.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn device(&self, device: &DeviceId) -> Result<Option<EnrolledDevice>> {
+        let row = self.read(|conn| device_row(conn, device))?;
+        row.map(|r| r.into_device(device.clone())).transpose()
+    }
+
+    fn insert_report(&self, stored: &StoredReport) -> Result<()> {
+        let mut conn = lock(&self.writer)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::storage("begin storing a report"))?;
+        check_report_allowed(&tx, stored)?;
+        write_report(&tx, stored)?;
+        tx.commit().map_err(Error::storage("commit a report"))
+    }
+
+    fn summary(&self) -> Result<Summary> {
+        self.read(|conn| {
+            let outcomes = outcome_rows(conn)?;
+            let reasons = reason_rows(conn)?;
+            let known = known_device_rows(conn)?;
+            Ok(summary::build(outcomes, reasons, known))
+        })
+    }
+
+    fn report_count(&self) -> Result<u64> {
+        self.read(|conn| {
+            let n: i64 = conn
+                .query_row("SELECT COUNT(*) FROM reports", [], |r| r.get(0))
+                .map_err(Error::storage("count reports"))?;
+            sql_to_u64("report count", n)
+        })
+    }
+}
+
+/// Inside the report's transaction: the device is enrolled, not revoked, and the sequence is new.
+fn check_report_allowed(conn: &Connection, stored: &StoredReport) -> Result<()> {
+    let device = &stored.report.device_id;
+    let row = device_row(conn, device)?.ok_or_else(|| Error::UnknownDevice {
+        key_ids: device.to_string(),
+    })?;
+    if row.revoked_at.is_some() {
+        return Err(Error::Revoked {
+            device: device.clone(),
+        });
+    }
+    let sequence = stored.report.sequence;
+    to_sql_int("sequence", sequence)?;
+    if let Some(last) = row.last_sequence {
+        let last = sql_to_u64("last sequence", last)?;
+        if sequence <= last {
+            return Err(Error::Replay {
+                device: device.clone(),
+                sequence,
+                last,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Inside the report's transaction: the report row, the device's status for the release, its last
+/// sequence.
+fn write_report(conn: &Connection, stored: &StoredReport) -> Result<()> {
+    let r = &stored.report;
+    let sequence = to_sql_int("sequence", r.sequence)?;
+    let received = stored.received_at.timestamp_millis();
+    let (device, hardware, channel) = (r.device_id.as_str(), r.hardware.as_str(), r.channel.as_str());
+    let to_version = r.to_version.to_string();
+    let bytes_downloaded = to_sql_int("bytes_downloaded", r.bytes_downloaded)?;
+    conn.prepare_cached(
+        "INSERT INTO reports (device_id, sequence, received_at, hardware, channel, from_version,
+             to_version, target, outcome, reason, started_at, finished_at, bytes_downloaded,
+             install_method, wave, envelope)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, NULL, ?15)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            device,
+            sequence,
+            received,
+            hardware,
+            channel,
+            r.from_version.to_string(),
+            to_version,
+            r.target.as_str(),
+            r.outcome.as_str(),
+            r.reason.as_str(),
+            r.started.timestamp_millis(),
+            r.finished.timestamp_millis(),
+            bytes_downloaded,
+            r.install_method.map(|m| m.as_str()),
+            stored.envelope,
+        ])
+    })
+    .map_err(Error::storage("insert a report"))?;
+    conn.prepare_cached(
+        "INSERT INTO release_status (device_id, hardware, channel, to_version, wave, sequence, outcome,
+             reason, updated_at)
+         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7, ?8)
+         ON CONFLICT (device_id, hardware, channel, to_version) DO UPDATE SET
+             wave = excluded.wave, sequence = excluded.sequence, outcome = excluded.outcome,
+             reason = excluded.reason, updated_at = excluded.updated_at",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            device,
+            hardware,
+            channel,
+            to_version,
+            sequence,
+            r.outcome.as_str(),
+            r.reason.as_str(),
+            received
+        ])
+    })
+    .map_err(Error::storage("update the release status"))?;
+    conn.prepare_cached(
+        "UPDATE devices SET last_sequence = ?2, hardware = ?3, channel = ?4 WHERE device_id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![device, sequence, hardware, channel]))
+    .map_err(Error::storage("record the last sequence"))?;
+    Ok(())
+}
+
+fn outcome_rows(conn: &Connection) -> Result<Vec<OutcomeRow>> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT hardware, channel, to_version, outcome, COUNT(*) FROM release_status
+             GROUP BY hardware, channel, to_version, outcome",
+        )
+        .map_err(Error::storage("prepare the summary"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(OutcomeRow {
+                release: (r.get(0)?, r.get(1)?, r.get(2)?),
+                outcome: r.get(3)?,
+                devices: r.get(4)?,
+            })
+        })
+        .map_err(Error::storage("read the summary"))?;
+    rows.collect::<rusqlite::Result<_>>()
+        .map_err(Error::storage("read the summary"))
+}
+
+fn reason_rows(conn: &Connection) -> Result<Vec<ReasonRow>> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT hardware, channel, to_version, reason, COUNT(*) FROM release_status
+             WHERE outcome IN ('failed', 'rolled_back', 'drill_failed')
+             GROUP BY hardware, channel, to_version, reason",
+        )
+        .map_err(Error::storage("prepare the failure reasons"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(ReasonRow {
+                release: (r.get(0)?, r.get(1)?, r.get(2)?),
+                reason: r.get(3)?,
+                devices: r.get(4)?,
+            })
+        })
+        .map_err(Error::storage("read the failure reasons"))?;
+    rows.collect::<rusqlite::Result<_>>()
+        .map_err(Error::storage("read the failure reasons"))
+}
+
+/// Devices not revoked, per (hardware, channel) of their latest report: who could report on a release.
+fn known_device_rows(conn: &Connection) -> Result<Vec<((String, String), i64)>> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT hardware, channel, COUNT(*) FROM devices
+             WHERE revoked_at IS NULL AND hardware IS NOT NULL AND channel IS NOT NULL
+             GROUP BY hardware, channel",
+        )
+        .map_err(Error::storage("prepare the device count"))?;
+    let rows = stmt
+        .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+        .map_err(Error::storage("count devices"))?;
+    rows.collect::<rusqlite::Result<_>>()
+        .map_err(Error::storage("count devices"))
+}
