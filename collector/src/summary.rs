@@ -38,8 +38,9 @@ pub struct ReleaseSummary {
     pub drill_passed: u64,
     /// Latest report: a rollback drill failed.
     pub drill_failed: u64,
-    /// Devices (not revoked) last seen on this hardware and channel that have not reported on this
-    /// release yet.
+    /// For the newest release of its hardware and channel (the one rolling out): devices (not revoked)
+    /// last seen on that hardware and channel that have not reported on it yet. Zero for older releases,
+    /// which devices that moved past them are not waiting for.
     pub pending: u64,
     /// The most common reasons among failed, rolled back and failed-drill devices, most devices first.
     pub top_failure_reasons: Vec<ReasonCount>,
@@ -117,8 +118,6 @@ pub(crate) fn build(
         top.sort_by(|a, b| b.devices.cmp(&a.devices).then_with(|| a.reason.cmp(&b.reason)));
         top.truncate(TOP_REASONS);
         release.top_failure_reasons = top;
-        let on_line = known.get(&(key.0.clone(), key.1.clone())).copied().unwrap_or(0);
-        release.pending = on_line.saturating_sub(release.devices);
     }
     let mut releases: Vec<ReleaseSummary> = releases.into_values().collect();
     releases.sort_by(|a, b| {
@@ -126,6 +125,17 @@ pub(crate) fn build(
             .cmp(&(b.hardware.as_str(), b.channel.as_str()))
             .then_with(|| version_order(&a.to_version, &b.to_version))
     });
+    let mut newest = releases.iter_mut().peekable();
+    while let Some(release) = newest.next() {
+        let line = (release.hardware.clone(), release.channel.clone());
+        let is_newest = newest.peek().is_none_or(|next| {
+            (next.hardware.as_str(), next.channel.as_str()) != (line.0.as_str(), line.1.as_str())
+        });
+        if is_newest {
+            let on_line = known.get(&line).copied().unwrap_or(0);
+            release.pending = on_line.saturating_sub(release.devices);
+        }
+    }
     Summary { releases }
 }
 
