@@ -155,20 +155,22 @@ struct DeviceRow {
 }
 
 fn device_row(conn: &Connection, device: &DeviceId) -> Result<Option<DeviceRow>> {
-    conn.query_row(
-        "SELECT key_algorithm, public_key, enrolled_at, revoked_at, last_sequence
-         FROM devices WHERE device_id = ?1",
-        params![device.as_str()],
-        |r| {
-            Ok(DeviceRow {
-                algorithm: r.get(0)?,
-                key_hex: r.get(1)?,
-                enrolled_at: r.get(2)?,
-                revoked_at: r.get(3)?,
-                last_sequence: r.get(4)?,
-            })
-        },
-    )
+    // Cached: every report looks its device up twice (key, then inside the insert's transaction).
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT key_algorithm, public_key, enrolled_at, revoked_at, last_sequence
+             FROM devices WHERE device_id = ?1",
+        )
+        .map_err(Error::storage("look up a device"))?;
+    stmt.query_row(params![device.as_str()], |r| {
+        Ok(DeviceRow {
+            algorithm: r.get(0)?,
+            key_hex: r.get(1)?,
+            enrolled_at: r.get(2)?,
+            revoked_at: r.get(3)?,
+            last_sequence: r.get(4)?,
+        })
+    })
     .optional()
     .map_err(Error::storage("look up a device"))
 }
