@@ -13,11 +13,18 @@ pub struct Migration {
 }
 
 /// Every migration this build knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_devices_and_reports.sql",
-    sql: include_str!("../migrations/0001_devices_and_reports.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_devices_and_reports.sql",
+        sql: include_str!("../migrations/0001_devices_and_reports.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_release_counts.sql",
+        sql: include_str!("../migrations/0002_release_counts.sql"),
+    },
+];
 
 /// Created before any migration runs; one row per migration applied.
 pub(crate) const SCHEMA_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (

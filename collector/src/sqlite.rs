@@ -344,6 +344,16 @@ fn write_report(conn: &Connection, stored: &StoredReport) -> Result<()> {
         ])
     })
     .map_err(Error::storage("insert a report"))?;
+    let previous: Option<String> = conn
+        .prepare_cached(
+            "SELECT outcome FROM release_status
+             WHERE device_id = ?1 AND hardware = ?2 AND channel = ?3 AND to_version = ?4",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![device, hardware, channel, to_version], |r| r.get(0))
+                .optional()
+        })
+        .map_err(Error::storage("read the release status"))?;
     conn.prepare_cached(
         "INSERT INTO release_status (device_id, hardware, channel, to_version, wave, sequence, outcome,
              reason, updated_at)
@@ -365,6 +375,12 @@ fn write_report(conn: &Connection, stored: &StoredReport) -> Result<()> {
         ])
     })
     .map_err(Error::storage("update the release status"))?;
+    count_outcome_change(
+        conn,
+        (hardware, channel, &to_version),
+        previous.as_deref(),
+        r.outcome.as_str(),
+    )?;
     conn.prepare_cached(
         "UPDATE devices SET last_sequence = ?2, hardware = ?3, channel = ?4 WHERE device_id = ?1",
     )
@@ -373,11 +389,40 @@ fn write_report(conn: &Connection, stored: &StoredReport) -> Result<()> {
     Ok(())
 }
 
+/// Moves the device in `release_counts` from its previous outcome on the release (if any) to `now`.
+fn count_outcome_change(
+    conn: &Connection,
+    (hardware, channel, to_version): (&str, &str, &str),
+    previous: Option<&str>,
+    now: &str,
+) -> Result<()> {
+    if previous == Some(now) {
+        return Ok(());
+    }
+    if let Some(previous) = previous {
+        conn.prepare_cached(
+            "UPDATE release_counts SET devices = devices - 1
+             WHERE hardware = ?1 AND channel = ?2 AND to_version = ?3 AND outcome = ?4",
+        )
+        .and_then(|mut s| s.execute(params![hardware, channel, to_version, previous]))
+        .map_err(Error::storage("count down the previous outcome"))?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO release_counts (hardware, channel, to_version, outcome, devices)
+         VALUES (?1, ?2, ?3, ?4, 1)
+         ON CONFLICT (hardware, channel, to_version, outcome) DO UPDATE SET
+             devices = release_counts.devices + 1",
+    )
+    .and_then(|mut s| s.execute(params![hardware, channel, to_version, now]))
+    .map_err(Error::storage("count the outcome"))?;
+    Ok(())
+}
+
 fn outcome_rows(conn: &Connection) -> Result<Vec<OutcomeRow>> {
     let mut stmt = conn
         .prepare(
-            "SELECT hardware, channel, to_version, outcome, COUNT(*) FROM release_status
-             GROUP BY hardware, channel, to_version, outcome",
+            "SELECT hardware, channel, to_version, outcome, devices FROM release_counts
+             WHERE devices > 0",
         )
         .map_err(Error::storage("prepare the summary"))?;
     let rows = stmt
