@@ -309,14 +309,30 @@ fn check_report_allowed(conn: &Connection, stored: &StoredReport) -> Result<()> 
     Ok(())
 }
 
-/// Inside the report's transaction: the report row, the device's status for the release, its last
-/// sequence.
+/// Inside the report's transaction: the report row, the device's status and counters for the release,
+/// its last sequence.
 fn write_report(conn: &Connection, stored: &StoredReport) -> Result<()> {
     let r = &stored.report;
     let sequence = to_sql_int("sequence", r.sequence)?;
     let received = stored.received_at.timestamp_millis();
-    let (device, hardware, channel) = (r.device_id.as_str(), r.hardware.as_str(), r.channel.as_str());
-    let to_version = r.to_version.to_string();
+    insert_report_row(conn, stored, sequence, received)?;
+    let release = (
+        r.hardware.as_str(),
+        r.channel.as_str(),
+        &*r.to_version.to_string(),
+    );
+    let previous = upsert_release_status(conn, r, release, sequence, received)?;
+    count_outcome_change(conn, release, previous.as_deref(), r.outcome.as_str())?;
+    conn.prepare_cached(
+        "UPDATE devices SET last_sequence = ?2, hardware = ?3, channel = ?4 WHERE device_id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![r.device_id.as_str(), sequence, release.0, release.1]))
+    .map_err(Error::storage("record the last sequence"))?;
+    Ok(())
+}
+
+fn insert_report_row(conn: &Connection, stored: &StoredReport, sequence: i64, received: i64) -> Result<()> {
+    let r = &stored.report;
     let bytes_downloaded = to_sql_int("bytes_downloaded", r.bytes_downloaded)?;
     conn.prepare_cached(
         "INSERT INTO reports (device_id, sequence, received_at, hardware, channel, from_version,
@@ -326,13 +342,13 @@ fn write_report(conn: &Connection, stored: &StoredReport) -> Result<()> {
     )
     .and_then(|mut s| {
         s.execute(params![
-            device,
+            r.device_id.as_str(),
             sequence,
             received,
-            hardware,
-            channel,
+            r.hardware.as_str(),
+            r.channel.as_str(),
             r.from_version.to_string(),
-            to_version,
+            r.to_version.to_string(),
             r.target.as_str(),
             r.outcome.as_str(),
             r.reason.as_str(),
@@ -344,13 +360,25 @@ fn write_report(conn: &Connection, stored: &StoredReport) -> Result<()> {
         ])
     })
     .map_err(Error::storage("insert a report"))?;
+    Ok(())
+}
+
+/// Makes `r` the device's latest report on its release; returns the outcome it replaces, if any.
+fn upsert_release_status(
+    conn: &Connection,
+    r: &ota_report::Report,
+    (hardware, channel, to_version): (&str, &str, &str),
+    sequence: i64,
+    received: i64,
+) -> Result<Option<String>> {
+    let device = r.device_id.as_str();
     let previous: Option<String> = conn
         .prepare_cached(
             "SELECT outcome FROM release_status
              WHERE device_id = ?1 AND hardware = ?2 AND channel = ?3 AND to_version = ?4",
         )
         .and_then(|mut s| {
-            s.query_row(params![device, hardware, channel, to_version], |r| r.get(0))
+            s.query_row(params![device, hardware, channel, to_version], |row| row.get(0))
                 .optional()
         })
         .map_err(Error::storage("read the release status"))?;
@@ -375,18 +403,7 @@ fn write_report(conn: &Connection, stored: &StoredReport) -> Result<()> {
         ])
     })
     .map_err(Error::storage("update the release status"))?;
-    count_outcome_change(
-        conn,
-        (hardware, channel, &to_version),
-        previous.as_deref(),
-        r.outcome.as_str(),
-    )?;
-    conn.prepare_cached(
-        "UPDATE devices SET last_sequence = ?2, hardware = ?3, channel = ?4 WHERE device_id = ?1",
-    )
-    .and_then(|mut s| s.execute(params![device, sequence, hardware, channel]))
-    .map_err(Error::storage("record the last sequence"))?;
-    Ok(())
+    Ok(previous)
 }
 
 /// Moves the device in `release_counts` from its previous outcome on the release (if any) to `now`.
