@@ -2,6 +2,7 @@
 //! `{"error": code, "message": why}`, and a server loop that bounds slow clients.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -14,6 +15,7 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use crate::{Error, Ingest, Result};
 
@@ -42,7 +44,14 @@ impl Default for ReadTimeouts {
 struct AppState {
     ingest: Ingest,
     body_timeout: Duration,
+    /// Bounds the blocking work (verification, storage) in flight: a thousand devices at once would
+    /// otherwise mean hundreds of blocking threads, each with its own read connection, queued on the one
+    /// writer.
+    blocking: Arc<Semaphore>,
 }
+
+/// Blocking tasks in flight per core.
+const BLOCKING_PER_CORE: usize = 2;
 
 /// The collector's routes over `ingest`.
 pub fn router(ingest: Ingest, timeouts: ReadTimeouts) -> Router {
@@ -54,6 +63,9 @@ pub fn router(ingest: Ingest, timeouts: ReadTimeouts) -> Router {
         .with_state(AppState {
             ingest,
             body_timeout: timeouts.body,
+            blocking: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, usize::from) * BLOCKING_PER_CORE,
+            )),
         })
 }
 
@@ -104,9 +116,18 @@ async fn receive_report(state: &AppState, headers: &HeaderMap, body: Body) -> Re
     let body = read_body(headers, body, state.body_timeout).await?;
     let ingest = state.ingest.clone();
     let received_at = chrono::Utc::now();
-    tokio::task::spawn_blocking(move || ingest.accept(&body, received_at))
+    let permit = state
+        .blocking
+        .clone()
+        .acquire_owned()
         .await
-        .map_err(|e| Error::Task { why: e.to_string() })?
+        .map_err(|e| Error::Task { why: e.to_string() })?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        ingest.accept(&body, received_at)
+    })
+    .await
+    .map_err(|e| Error::Task { why: e.to_string() })?
 }
 
 /// The body, refused before reading when its declared length is over the bound, and cut off when more
