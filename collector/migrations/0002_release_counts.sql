@@ -16,3 +16,6 @@ GROUP BY hardware, channel, to_version, outcome;
 
 -- The failure reasons are read for failing outcomes only: an index that starts there and covers the query.
 CREATE INDEX release_status_failures ON release_status (outcome, hardware, channel, to_version, reason);
+
+-- Devices per hardware and channel (the summary's "pending"): read from this index alone, not the rows.
+CREATE INDEX devices_by_line ON devices (hardware, channel, revoked_at);

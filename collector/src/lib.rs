@@ -17,7 +17,9 @@
 //! `TEXT`, `BIGINT` and `INTEGER` columns, times as Unix milliseconds, the raw envelope as text since an
 //! accepted one is UTF-8 JSON, no `AUTOINCREMENT`, upserts as `INSERT .. ON CONFLICT .. DO UPDATE`, which
 //! both SQLite 3.24+ and PostgreSQL 9.5+ read) so that a PostgreSQL implementation can run the very same
-//! files. What it will need: a `postgres://` arm in [`open_store`]; a pool of connections (the `postgres`
+//! files. Each report's transaction also keeps `release_status` (every device's latest report per
+//! release) and `release_counts` (devices per release and outcome) up to date, so the summary reads a
+//! few rows per release however many reports are stored. What it will need: a `postgres://` arm in [`open_store`]; a pool of connections (the `postgres`
 //! crate's sync client run from the blocking pool, as [`SqliteStore`] is, or `tokio-postgres`), `$1`
 //! placeholders in place of `?1`, `SELECT .. FOR UPDATE` on the device row in place of SQLite's
 //! `BEGIN IMMEDIATE` so that two reports of one device serialize, and its own tests against a server on
