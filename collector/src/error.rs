@@ -101,6 +101,13 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// The transaction holding this report (and others committed with it) failed to commit; nothing of
+    /// it was stored.
+    #[error("storing the report failed at commit: {why}")]
+    CommitFailed {
+        /// The driver's complaint, as text (it is shared by every report of the batch).
+        why: String,
+    },
     /// A row read back from the store breaks a rule it was written under (edited by hand, or corrupt).
     #[error("database holds a bad {what}: {why}")]
     CorruptRow {

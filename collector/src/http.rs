@@ -50,8 +50,9 @@ struct AppState {
     blocking: Arc<Semaphore>,
 }
 
-/// Blocking tasks in flight per core.
-const BLOCKING_PER_CORE: usize = 2;
+/// Blocking tasks in flight per core: enough waiting reports for the store's group commit to batch,
+/// few enough that a thousand devices at once do not mean a thousand threads.
+const BLOCKING_PER_CORE: usize = 16;
 
 /// The collector's routes over `ingest`.
 pub fn router(ingest: Ingest, timeouts: ReadTimeouts) -> Router {

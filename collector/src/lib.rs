@@ -4,9 +4,10 @@
 //! **What it does.** [`Ingest::accept`] turns the exact bytes a device sent into a stored report or a
 //! refusal naming why: the body is bounded before it is read, parsed as an [`ota_report::Envelope`], the
 //! signing key looked up among the enrolled devices (by the signature's `keyid`, a hint only), the DSSE
-//! signature verified over the bytes received, and the report stored by [`Store::insert_report`], whose one
-//! transaction re-checks enrolment and revocation and refuses a sequence number not above the device's
-//! last (replay). Nothing refused is stored. [`http::router`] serves it as `POST /v1/reports` and the
+//! signature verified over the bytes received, and the report stored by [`Store::insert_report`], whose
+//! transaction (a savepoint of its own inside a group commit, for SQLite) re-checks enrolment and
+//! revocation and refuses a sequence number not above the device's last (replay), all in one. Nothing
+//! refused is stored. [`http::router`] serves it as `POST /v1/reports` and the
 //! [`Summary`] as `GET /v1/summary`; [`http::serve`] bounds slow clients (header and body read timeouts).
 //! [`parse_device_key`] reads what an operator enrols: a key in hex, or the text `device-agent provision`
 //! prints.

@@ -1,7 +1,7 @@
 //! [`SqliteStore`]: the embedded [`Store`], one file in WAL mode.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use ota_report::{DeviceId, PublicKey};
@@ -21,6 +21,17 @@ pub struct SqliteStore {
     path: std::path::PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Reports waiting for the writer (group commit, see [`SqliteStore::insert_report`]).
+    waiting: Mutex<Vec<WaitingReport>>,
+}
+
+/// Where a waiting report's outcome is put by whichever thread commits it.
+type OutcomeSlot = Arc<Mutex<Option<Result<()>>>>;
+
+/// A report queued for the next batch, and where its outcome goes.
+struct WaitingReport {
+    report: StoredReport,
+    outcome: OutcomeSlot,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -42,6 +53,7 @@ impl SqliteStore {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            waiting: Mutex::new(Vec::new()),
         })
     }
 
@@ -254,14 +266,30 @@ impl Store for SqliteStore {
         row.map(|r| r.into_device(device.clone())).transpose()
     }
 
+    /// Group commit: the report joins the queue; whichever thread holds the writer next stores every
+    /// queued report in one transaction, each under its own savepoint (its checks and its rows together:
+    /// a refused report rolls back alone and stores nothing), then commits once. A commit writes each
+    /// changed page once per batch rather than once per report.
     fn insert_report(&self, stored: &StoredReport) -> Result<()> {
+        let outcome: OutcomeSlot = Arc::new(Mutex::new(None));
+        lock(&self.waiting)?.push(WaitingReport {
+            report: stored.clone(),
+            outcome: outcome.clone(),
+        });
         let mut conn = lock(&self.writer)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(Error::storage("begin storing a report"))?;
-        check_report_allowed(&tx, stored)?;
-        write_report(&tx, stored)?;
-        tx.commit().map_err(Error::storage("commit a report"))
+        // Another thread may have committed this report while we waited for the writer.
+        if let Some(done) = lock(&outcome)?.take() {
+            return done;
+        }
+        let batch = std::mem::take(&mut *lock(&self.waiting)?);
+        commit_batch(&mut conn, batch)?;
+        drop(conn);
+        let done = lock(&outcome)?.take();
+        done.unwrap_or_else(|| {
+            Err(Error::Task {
+                why: "a queued report was not committed".into(),
+            })
+        })
     }
 
     fn summary(&self) -> Result<Summary> {
@@ -281,6 +309,39 @@ impl Store for SqliteStore {
             sql_to_u64("report count", n)
         })
     }
+}
+
+/// Stores `batch` in one transaction, each report under its own savepoint, and puts each one's outcome
+/// in its slot. When the commit fails, every report of the batch gets the error (none was stored).
+fn commit_batch(conn: &mut Connection, batch: Vec<WaitingReport>) -> Result<()> {
+    let mut tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(Error::storage("begin storing reports"))?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for waiting in &batch {
+        let savepoint = tx
+            .savepoint()
+            .map_err(Error::storage("open a report's savepoint"))?;
+        let stored = check_report_allowed(&savepoint, &waiting.report)
+            .and_then(|()| write_report(&savepoint, &waiting.report));
+        // Kept: released into the transaction; refused: rolled back to the savepoint, then released.
+        let closed = if stored.is_ok() {
+            savepoint.commit()
+        } else {
+            savepoint.finish()
+        };
+        closed.map_err(Error::storage("close a report's savepoint"))?;
+        outcomes.push(stored);
+    }
+    let committed = tx.commit();
+    for (waiting, stored) in batch.into_iter().zip(outcomes) {
+        let outcome = match (&committed, stored) {
+            (Ok(()), stored) => stored,
+            (Err(e), _) => Err(Error::CommitFailed { why: e.to_string() }),
+        };
+        *lock(&waiting.outcome)? = Some(outcome);
+    }
+    committed.map_err(Error::storage("commit reports"))
 }
 
 /// Inside the report's transaction: the device is enrolled, not revoked, and the sequence is new.

@@ -53,9 +53,10 @@ pub trait Store: Send + Sync {
     /// The device enrolled under `device`, revoked or not.
     fn device(&self, device: &DeviceId) -> Result<Option<EnrolledDevice>>;
 
-    /// Stores an accepted report in one transaction that first re-checks the device is enrolled and not
-    /// revoked and that the sequence number is above its last ([`Error::Replay`]); nothing is written
-    /// when a check fails.
+    /// Stores an accepted report atomically with its checks: the device is enrolled and not revoked and
+    /// the sequence number is above its last ([`Error::Replay`]); nothing is written when a check fails.
+    /// An implementation may commit several reports together (each under its own savepoint) but returns
+    /// only once this one is committed or refused.
     fn insert_report(&self, report: &StoredReport) -> Result<()>;
 
     /// The fleet per release: each device counted once per release, by its latest report.

@@ -184,3 +184,36 @@ fn migrating_an_older_database_fills_the_counters() {
     assert_eq!(summary.releases[0].rolled_back, 1);
     assert_eq!(summary.releases[0].top_failure_reasons[0].reason, "x");
 }
+
+/// Through one store (so reports share group-commit batches): of two copies of each device's report sent
+/// at once, one is stored and the other refused as a replay, whatever batch each lands in; a refused
+/// report in a batch leaves the others of that batch stored.
+#[test]
+fn a_refused_report_in_a_batch_stores_nothing_and_spares_the_others() {
+    let db = Db::new();
+    let store: Arc<dyn Store> = Arc::from(open_store(db.arg()).unwrap());
+    let keys: Vec<_> = (30..38).map(device_key).collect();
+    for k in &keys {
+        store.enroll(&k.public_key(), Utc::now()).unwrap();
+    }
+    let barrier = Arc::new(std::sync::Barrier::new(keys.len() * 2));
+    let threads: Vec<_> = keys
+        .iter()
+        .flat_map(|k| [stored(k, 1), stored(k, 1)])
+        .map(|report| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                store.insert_report(&report)
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), keys.len());
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, Error::Replay { .. })));
+    assert_eq!(db.rows(), (8, 8, 8));
+    assert_eq!(store.summary().unwrap().releases[0].committed, 8);
+}
