@@ -1,18 +1,26 @@
 //! [`Ingest`]: from the bytes a device sent to a stored report, or a refusal naming why.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
-use ota_report::{DeviceId, Envelope};
+use ota_report::{DeviceId, Envelope, PublicKey};
 use serde::Serialize;
 
 use crate::store::{EnrolledDevice, Store, StoredReport};
 use crate::{Error, Result};
 
+/// The most enrolled keys kept decoded in memory; past it the cache starts over.
+const MAX_CACHED_KEYS: usize = 100_000;
+
 /// Takes in reports for one store.
 #[derive(Clone)]
 pub struct Ingest {
     store: Arc<dyn Store>,
+    /// Enrolled keys already read and decoded (decoding an ed25519 key costs about as much as half a
+    /// verification). Safe to keep past a revocation: the store re-checks revocation in the report's own
+    /// transaction, and a device's key never changes (enrolling another key is refused).
+    keys: Arc<Mutex<HashMap<DeviceId, PublicKey>>>,
 }
 
 /// What was stored.
@@ -27,7 +35,10 @@ pub struct Accepted {
 impl Ingest {
     /// Takes in reports into `store`.
     pub fn new(store: Arc<dyn Store>) -> Ingest {
-        Ingest { store }
+        Ingest {
+            store,
+            keys: Arc::default(),
+        }
     }
 
     /// The store.
@@ -40,15 +51,8 @@ impl Ingest {
     /// stores nothing. Blocking (signature check and database): call it off the async runtime.
     pub fn accept(&self, body: &[u8], received_at: DateTime<Utc>) -> Result<Accepted> {
         let envelope = Envelope::from_json(body).map_err(|source| Error::Report { source })?;
-        let device = self.signing_device(&envelope)?;
-        if device.revoked_at.is_some() {
-            return Err(Error::Revoked {
-                device: device.device_id,
-            });
-        }
-        let report = envelope
-            .verify(&device.key)
-            .map_err(|source| Error::Report { source })?;
+        let key = self.signing_key(&envelope)?;
+        let report = envelope.verify(&key).map_err(|source| Error::Report { source })?;
         // from_json parsed the body as JSON, so it is UTF-8; kept as text for a portable column.
         let envelope = String::from_utf8(body.to_vec()).map_err(|e| Error::BodyIncomplete {
             why: format!("not UTF-8 ({e})"),
@@ -65,15 +69,19 @@ impl Ingest {
         Ok(accepted)
     }
 
-    /// The enrolled device the first signature whose `keyid` names one belongs to. The key id is only
-    /// a hint: the signature is verified with the key enrolled under it.
-    fn signing_device(&self, envelope: &Envelope) -> Result<EnrolledDevice> {
+    /// The enrolled key of the first signature whose `keyid` names an enrolled device, refused when that
+    /// device is revoked. The key id is only a hint: the signature is verified with the key enrolled
+    /// under it.
+    fn signing_key(&self, envelope: &Envelope) -> Result<PublicKey> {
         for sig in envelope.signatures() {
             let Ok(id) = DeviceId::try_from(sig.keyid.clone()) else {
                 continue;
             };
+            if let Some(key) = self.cached_key(&id) {
+                return Ok(key);
+            }
             if let Some(device) = self.store.device(&id)? {
-                return Ok(device);
+                return self.remember(device);
             }
         }
         let key_ids: Vec<String> = envelope
@@ -84,5 +92,25 @@ impl Ingest {
         Err(Error::UnknownDevice {
             key_ids: key_ids.join(", "),
         })
+    }
+
+    fn cached_key(&self, id: &DeviceId) -> Option<PublicKey> {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.get(id).cloned()
+    }
+
+    /// Keeps an enrolled device's key for next time; a revoked device is refused here (and not kept).
+    fn remember(&self, device: EnrolledDevice) -> Result<PublicKey> {
+        if device.revoked_at.is_some() {
+            return Err(Error::Revoked {
+                device: device.device_id,
+            });
+        }
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if keys.len() >= MAX_CACHED_KEYS {
+            keys.clear();
+        }
+        keys.insert(device.device_id, device.key.clone());
+        Ok(device.key)
     }
 }

@@ -258,3 +258,24 @@ fn a_stalled_client_is_cut_off() {
     );
     assert_eq!(db.rows(), (0, 0, 0));
 }
+
+/// Revoking a device while the server runs (its key already read and kept in memory) refuses its next
+/// report: the revocation is checked in the report's own transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_revoked_while_serving_is_refused_at_once() {
+    let db = Db::new();
+    let key = device_key(5);
+    db.enroll(&key);
+    let server = Server::start(&db.path, &[]);
+    let client = reqwest::Client::new();
+    let first = signed(&report(&key, 1, "1.1.0", Outcome::Committed, ""), &key);
+    assert_eq!(post(&client, &server.base, first).await.0, 201);
+
+    let id = key.public_key().device_id().to_string();
+    let out = collector(&["revoke", "--db", db.arg(), "--device", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let second = signed(&report(&key, 2, "1.1.0", Outcome::Committed, ""), &key);
+    let (status, body) = post(&client, &server.base, second).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("revoked")), "{body}");
+    assert_eq!(db.rows(), (1, 1, 1));
+}
