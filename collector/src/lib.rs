@@ -20,11 +20,15 @@
 //! both SQLite 3.24+ and PostgreSQL 9.5+ read) so that a PostgreSQL implementation can run the very same
 //! files. Each report's transaction also keeps `release_status` (every device's latest report per
 //! release) and `release_counts` (devices per release and outcome) up to date, so the summary reads a
-//! few rows per release however many reports are stored. What it will need: a `postgres://` arm in [`open_store`]; a pool of connections (the `postgres`
-//! crate's sync client run from the blocking pool, as [`SqliteStore`] is, or `tokio-postgres`), `$1`
-//! placeholders in place of `?1`, `SELECT .. FOR UPDATE` on the device row in place of SQLite's
-//! `BEGIN IMMEDIATE` so that two reports of one device serialize, and its own tests against a server on
-//! 127.0.0.1 (ota-testbed).
+//! few rows per release however many reports are stored.
+//!
+//! **PostgreSQL, next.** What its implementation of [`Store`] will need: a `postgres://` arm in
+//! [`open_store`] (recognised and refused today); a pool of connections (the `postgres` crate's sync client
+//! run from the blocking pool, as [`SqliteStore`] is, or `tokio-postgres`); `$1` placeholders in place of
+//! `?1`; `SELECT .. FOR UPDATE` on the device row in place of SQLite's `BEGIN IMMEDIATE`, so that two
+//! reports of one device serialize while other devices' reports commit in parallel (the group commit and
+//! its per-report `SAVEPOINT`s carry over as they are); the same migration files run by the same runner;
+//! and its own tests against a server on 127.0.0.1 (ota-testbed starts Debian's PostgreSQL).
 //!
 //! **What it does not do (yet).** No web dashboard, no rollout waves (the `wave` columns stay empty until
 //! the rollout work fills them), no automatic halt: those come next, on top of [`Store`] and [`Summary`].
