@@ -50,6 +50,39 @@ impl PublicKey {
         Ok(PublicKey::EcdsaP256(key))
     }
 
+    /// The key from its algorithm name ([`PublicKey::algorithm`]) and bytes ([`PublicKey::to_bytes`]):
+    /// how a collector reads back a key it stored.
+    pub fn from_parts(algorithm: &str, bytes: &[u8]) -> Result<PublicKey> {
+        match algorithm {
+            Self::ED25519 => PublicKey::ed25519(bytes),
+            Self::ECDSA_P256 => PublicKey::ecdsa_p256(bytes),
+            other => Err(Error::Invalid {
+                field: "key algorithm",
+                why: format!("{other:?} (known: {}, {})", Self::ED25519, Self::ECDSA_P256),
+            }),
+        }
+    }
+
+    const ED25519: &'static str = "ed25519";
+    const ECDSA_P256: &'static str = "ecdsa-p256";
+
+    /// The algorithm's name: `ed25519` or `ecdsa-p256`.
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            PublicKey::Ed25519(_) => Self::ED25519,
+            PublicKey::EcdsaP256(_) => Self::ECDSA_P256,
+        }
+    }
+
+    /// The key's public bytes: the 32 bytes of an ed25519 key, the compressed SEC1 point of a P-256
+    /// key (the bytes [`DeviceId::of_public_key`] hashes).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            PublicKey::Ed25519(k) => k.as_bytes().to_vec(),
+            PublicKey::EcdsaP256(k) => k.to_encoded_point(true).as_bytes().to_vec(),
+        }
+    }
+
     /// The id of the device holding this key ([`DeviceId::of_public_key`]).
     pub fn device_id(&self) -> DeviceId {
         match self {

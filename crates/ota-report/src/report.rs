@@ -113,6 +113,37 @@ pub enum Outcome {
     DrillFailed,
 }
 
+impl Outcome {
+    /// Every outcome, in the order summaries list them.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Committed,
+        Outcome::RolledBack,
+        Outcome::Failed,
+        Outcome::SkippedHalted,
+        Outcome::SkippedPulled,
+        Outcome::DrillPassed,
+        Outcome::DrillFailed,
+    ];
+
+    /// The wire name (`rolled_back`), as stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Committed => "committed",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Failed => "failed",
+            Outcome::SkippedHalted => "skipped_halted",
+            Outcome::SkippedPulled => "skipped_pulled",
+            Outcome::DrillPassed => "drill_passed",
+            Outcome::DrillFailed => "drill_failed",
+        }
+    }
+
+    /// The outcome with this wire name.
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+}
+
 /// How the new image was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -121,6 +152,16 @@ pub enum InstallMethod {
     Delta,
     /// The full image.
     Full,
+}
+
+impl InstallMethod {
+    /// The wire name (`delta`, `full`), as stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstallMethod::Delta => "delta",
+            InstallMethod::Full => "full",
+        }
+    }
 }
 
 /// A device's id: `dev-` and the first 16 hex digits of the SHA-256 of its public key's bytes (the raw

@@ -271,3 +271,23 @@ fn reports_breaking_a_rule_are_refused() {
     ));
     assert!(DeviceId::try_from("dev-0123456789abcdef".to_string()).is_ok());
 }
+
+/// A collector stores a key as (algorithm, bytes) and an outcome by its wire name; both read back.
+#[test]
+fn key_and_outcome_names_round_trip() {
+    let ed = device_key(3).public_key();
+    assert_eq!(ed.algorithm(), "ed25519");
+    assert_eq!(PublicKey::from_parts(ed.algorithm(), &ed.to_bytes()).unwrap(), ed);
+    let p = p256::ecdsa::SigningKey::from_slice(&[5; 32]).unwrap();
+    let p = ReportSigner::public_key(&p);
+    assert_eq!(p.algorithm(), "ecdsa-p256");
+    assert_eq!(PublicKey::from_parts(p.algorithm(), &p.to_bytes()).unwrap(), p);
+    assert_eq!(p.device_id(), DeviceId::of_public_key(&p.to_bytes()));
+    assert!(PublicKey::from_parts("rsa", &[1, 2]).is_err());
+    for o in Outcome::ALL {
+        let json = serde_json::to_string(&o).unwrap();
+        assert_eq!(json, format!("\"{}\"", o.as_str()));
+        assert_eq!(Outcome::from_name(o.as_str()), Some(o));
+    }
+    assert_eq!(InstallMethod::Delta.as_str(), "delta");
+}

@@ -1,0 +1,160 @@
+//! Load generator and store filler for `scripts/bench-collector.sh` (issue 15's benchmark).
+//!
+//! - `ingest DB URL DEVICES REPORTS_PER_DEVICE`: enrols DEVICES keys in DB, signs every report up front,
+//!   then each device sends its reports in order, all devices at once, each over its own connection, to
+//!   a running `collector serve`; prints `reports N seconds S per_second R`.
+//! - `fill DB DEVICES REPORTS_PER_DEVICE`: stores reports straight through the `Store` trait (no HTTP,
+//!   no signature check: only to give `summary` a large table), devices cycling through 4 releases.
+//! - `summary DB RUNS`: times `Store::summary` RUNS times, prints each in ms.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{TimeZone as _, Utc};
+use collector::{open_store, StoredReport};
+use ota_report::{
+    Channel, Envelope, HardwareId, InstallMethod, Outcome, Reason, Report, ReportSigner as _, TargetName,
+    Version,
+};
+
+fn key(i: u64) -> ed25519_dalek::SigningKey {
+    let mut seed = [7u8; 32];
+    seed[..8].copy_from_slice(&i.to_le_bytes());
+    ed25519_dalek::SigningKey::from_bytes(&seed)
+}
+
+fn report(key: &ed25519_dalek::SigningKey, sequence: u64) -> Report {
+    let release = sequence % 4;
+    let outcome = match (sequence * 7 + release) % 10 {
+        0 => Outcome::RolledBack,
+        1 => Outcome::Failed,
+        _ => Outcome::Committed,
+    };
+    let reason = match outcome {
+        Outcome::Committed => String::new(),
+        _ => format!("health check {} failed", sequence % 3),
+    };
+    Report {
+        schema: ota_report::SCHEMA_VERSION,
+        device_id: key.public_key().device_id(),
+        sequence,
+        hardware: HardwareId::new("board-a").unwrap(),
+        channel: Channel::new("stable").unwrap(),
+        from_version: Version::new(1, 0, 0),
+        to_version: Version::new(1, 1, release),
+        target: TargetName::new(format!("board-a/stable/1.1.{release}/fw.img")).unwrap(),
+        outcome,
+        reason: Reason::new(reason).unwrap(),
+        started: Utc.with_ymd_and_hms(2026, 12, 7, 9, 0, 0).unwrap(),
+        finished: Utc.with_ymd_and_hms(2026, 12, 7, 9, 3, 0).unwrap(),
+        bytes_downloaded: 1 << 20,
+        install_method: Some(InstallMethod::Delta),
+    }
+}
+
+fn arg(args: &[String], i: usize) -> &str {
+    args.get(i)
+        .map(String::as_str)
+        .expect("missing argument (see the doc)")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let db = arg(&args, 2);
+    match arg(&args, 1) {
+        "ingest" => ingest(
+            db,
+            arg(&args, 3),
+            arg(&args, 4).parse().unwrap(),
+            arg(&args, 5).parse().unwrap(),
+        ),
+        "fill" => fill(db, arg(&args, 3).parse().unwrap(), arg(&args, 4).parse().unwrap()),
+        "summary" => {
+            let store = open_store(db).unwrap();
+            for _ in 0..arg(&args, 3).parse::<u32>().unwrap() {
+                let t = Instant::now();
+                let s = store.summary().unwrap();
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                println!("summary_ms {ms:.1} releases {}", s.releases.len());
+            }
+        }
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+fn ingest(db: &str, url: &str, devices: u64, per_device: u64) {
+    let store = open_store(db).unwrap();
+    let keys: Vec<_> = (0..devices).map(key).collect();
+    for k in &keys {
+        store.enroll(&k.public_key(), Utc::now()).unwrap();
+    }
+    let first = store.report_count().unwrap();
+    let bodies: Vec<Vec<Vec<u8>>> = keys
+        .iter()
+        .map(|k| {
+            let next = store
+                .device(&k.public_key().device_id())
+                .unwrap()
+                .unwrap()
+                .last_sequence
+                .unwrap_or(0)
+                + 1;
+            (next..next + per_device)
+                .map(|s| Envelope::sign(&report(k, s), k).unwrap().to_json())
+                .collect()
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = Arc::new(format!("{url}/v1/reports"));
+    let started = Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = bodies
+            .into_iter()
+            .map(|device_bodies| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    // One client per device: its own connection, as a real device has.
+                    let client = reqwest::Client::new();
+                    for body in device_bodies {
+                        let resp = client.post(url.as_str()).body(body).send().await.unwrap();
+                        assert_eq!(resp.status().as_u16(), 201, "{:?}", resp.text().await);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let n = devices * per_device;
+    assert_eq!(store.report_count().unwrap() - first, n, "every report stored");
+    println!("reports {n} seconds {secs:.2} per_second {:.0}", n as f64 / secs);
+}
+
+fn fill(db: &str, devices: u64, per_device: u64) {
+    let store = open_store(db).unwrap();
+    // One envelope's worth of text: the column is as large as in real use.
+    let sample = Envelope::sign(&report(&key(0), 1), &key(0)).unwrap().to_json();
+    let envelope = String::from_utf8(sample).unwrap();
+    let started = Instant::now();
+    for d in 0..devices {
+        let k = key(1_000_000 + d);
+        store.enroll(&k.public_key(), Utc::now()).unwrap();
+        for s in 1..=per_device {
+            let stored = StoredReport {
+                report: report(&k, s),
+                envelope: envelope.clone(),
+                received_at: Utc::now(),
+            };
+            store.insert_report(&stored).unwrap();
+        }
+    }
+    let n = devices * per_device;
+    let secs = started.elapsed().as_secs_f64();
+    println!("filled {n} seconds {secs:.2} per_second {:.0}", n as f64 / secs);
+}

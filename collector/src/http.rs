@@ -1,0 +1,228 @@
+//! The HTTP face: `POST /v1/reports` and `GET /v1/summary`, with every refusal a status and a JSON
+//! `{"error": code, "message": why}`, and a server loop that bounds slow clients.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::{BodyExt as _, Limited};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::{Error, Ingest, Result};
+
+/// The largest body `POST /v1/reports` reads: the report contract's envelope bound.
+pub const MAX_BODY_BYTES: usize = ota_report::MAX_ENVELOPE_BYTES;
+
+/// How long the server waits for a client.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadTimeouts {
+    /// For a request's headers (also an idle kept-alive connection's next request).
+    pub headers: Duration,
+    /// For a request's whole body.
+    pub body: Duration,
+}
+
+impl Default for ReadTimeouts {
+    fn default() -> ReadTimeouts {
+        ReadTimeouts {
+            headers: Duration::from_secs(10),
+            body: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    ingest: Ingest,
+    body_timeout: Duration,
+    /// Bounds the blocking work (verification, storage) in flight: a thousand devices at once would
+    /// otherwise mean hundreds of blocking threads, each with its own read connection, queued on the one
+    /// writer.
+    blocking: Arc<Semaphore>,
+}
+
+/// Blocking tasks in flight per core: enough waiting reports for the store's group commit to batch,
+/// few enough that a thousand devices at once do not mean a thousand threads.
+const BLOCKING_PER_CORE: usize = 16;
+
+/// The collector's routes over `ingest`.
+pub fn router(ingest: Ingest, timeouts: ReadTimeouts) -> Router {
+    Router::new()
+        .route("/v1/reports", post(post_report))
+        .route("/v1/summary", get(get_summary))
+        // Our handler reads the body itself under its own bound; this keeps any other extractor bounded.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(AppState {
+            ingest,
+            body_timeout: timeouts.body,
+            blocking: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, usize::from) * BLOCKING_PER_CORE,
+            )),
+        })
+}
+
+/// Serves `app` on `listener` until `shutdown` completes: HTTP/1.1, a header read timeout on every
+/// connection (slow-loris), one task per connection.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    timeouts: ReadTimeouts,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return Ok(()),
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeouts.headers)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+}
+
+async fn post_report(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match receive_report(&state, &headers, body).await {
+        Ok(accepted) => (StatusCode::CREATED, Json(accepted)).into_response(),
+        Err(e) => refusal(&e),
+    }
+}
+
+async fn receive_report(state: &AppState, headers: &HeaderMap, body: Body) -> Result<crate::Accepted> {
+    let body = read_body(headers, body, state.body_timeout).await?;
+    let ingest = state.ingest.clone();
+    let received_at = chrono::Utc::now();
+    let permit = state
+        .blocking
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| Error::Task { why: e.to_string() })?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        ingest.accept(&body, received_at)
+    })
+    .await
+    .map_err(|e| Error::Task { why: e.to_string() })?
+}
+
+/// The body, refused before reading when its declared length is over the bound, and cut off when more
+/// arrives than allowed or it takes longer than `timeout`.
+async fn read_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result<Bytes> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&len| len > MAX_BODY_BYTES as u64) {
+        return Err(Error::BodyTooLarge {
+            got: len,
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect())
+        .await
+        .map_err(|_| Error::BodyTimeout {
+            seconds: timeout.as_secs(),
+        })?;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge {
+            got: MAX_BODY_BYTES as u64 + 1,
+            limit: MAX_BODY_BYTES,
+        }),
+        Err(e) => Err(Error::BodyIncomplete { why: e.to_string() }),
+    }
+}
+
+async fn get_summary(State(state): State<AppState>) -> Response {
+    let store = state.ingest.store().clone();
+    let summary = tokio::task::spawn_blocking(move || store.summary())
+        .await
+        .map_err(|e| Error::Task { why: e.to_string() })
+        .and_then(|s| s);
+    match summary {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => refusal(&e),
+    }
+}
+
+/// The JSON body of every refusal.
+#[derive(Debug, Serialize)]
+struct Refusal {
+    /// A stable code a device or a script can match on.
+    error: &'static str,
+    /// Why, in words.
+    message: String,
+}
+
+/// The status and code for an error; internal failures are logged and not detailed to the client.
+fn refusal(e: &Error) -> Response {
+    let (status, code) = classify(e);
+    let message = if status.is_server_error() {
+        tracing::error!("{}", chain(e));
+        "internal error (see the collector's log)".to_string()
+    } else {
+        tracing::info!("refused: {}", chain(e));
+        chain(e)
+    };
+    (status, Json(Refusal { error: code, message })).into_response()
+}
+
+fn classify(e: &Error) -> (StatusCode, &'static str) {
+    use ota_report::Error as R;
+    match e {
+        Error::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        Error::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+        Error::BodyIncomplete { .. } => (StatusCode::BAD_REQUEST, "incomplete"),
+        Error::Report { source } => match source {
+            R::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            R::Invalid {
+                field: "signatures", ..
+            } => (StatusCode::UNAUTHORIZED, "unsigned"),
+            R::BadSignature { .. } => (StatusCode::UNAUTHORIZED, "bad_signature"),
+            R::WrongDevice { .. } => (StatusCode::FORBIDDEN, "wrong_device"),
+            _ => (StatusCode::BAD_REQUEST, "malformed"),
+        },
+        Error::UnknownDevice { .. } => (StatusCode::FORBIDDEN, "unknown_device"),
+        Error::Revoked { .. } => (StatusCode::FORBIDDEN, "revoked"),
+        Error::Replay { .. } => (StatusCode::CONFLICT, "replay"),
+        Error::OutOfRange { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "out_of_range"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+/// The error and its sources on one line, as anyhow's `{:#}` prints them.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,55 @@
+//! The fleet collector: enrols device keys, takes in signed update reports over HTTP, stores each one it
+//! accepts and summarizes every release from them.
+//!
+//! **What it does.** [`Ingest::accept`] turns the exact bytes a device sent into a stored report or a
+//! refusal naming why: the body is bounded before it is read, parsed as an [`ota_report::Envelope`], the
+//! signing key looked up among the enrolled devices (by the signature's `keyid`, a hint only), the DSSE
+//! signature verified over the bytes received, and the report stored by [`Store::insert_report`], whose
+//! transaction (a savepoint of its own inside a group commit, for SQLite) re-checks enrolment and
+//! revocation and refuses a sequence number not above the device's last (replay), all in one. Nothing
+//! refused is stored. [`http::router`] serves it as `POST /v1/reports` and the
+//! [`Summary`] as `GET /v1/summary`; [`http::serve`] bounds slow clients (header and body read timeouts).
+//! [`parse_device_key`] reads what an operator enrols: a key in hex, or the text `device-agent provision`
+//! prints.
+//!
+//! **Storage.** One trait, [`Store`]; [`SqliteStore`] implements it (embedded, WAL mode), opened by
+//! [`open_store`] from a path or a `sqlite:` URL. The schema lives in `migrations/NNNN_name.sql`, applied
+//! in order, each in its own transaction recorded in `schema_version`. The SQL is kept portable (only
+//! `TEXT`, `BIGINT` and `INTEGER` columns, times as Unix milliseconds, the raw envelope as text since an
+//! accepted one is UTF-8 JSON, no `AUTOINCREMENT`, upserts as `INSERT .. ON CONFLICT .. DO UPDATE`, which
+//! both SQLite 3.24+ and PostgreSQL 9.5+ read) so that a PostgreSQL implementation can run the very same
+//! files. Each report's transaction also keeps `release_status` (every device's latest report per
+//! release) and `release_counts` (devices per release and outcome) up to date, so the summary reads a
+//! few rows per release however many reports are stored.
+//!
+//! **PostgreSQL, next.** What its implementation of [`Store`] will need: a `postgres://` arm in
+//! [`open_store`] (recognised and refused today); a pool of connections (the `postgres` crate's sync client
+//! run from the blocking pool, as [`SqliteStore`] is, or `tokio-postgres`); `$1` placeholders in place of
+//! `?1`; `SELECT .. FOR UPDATE` on the device row in place of SQLite's `BEGIN IMMEDIATE`, so that two
+//! reports of one device serialize while other devices' reports commit in parallel (the group commit and
+//! its per-report `SAVEPOINT`s carry over as they are); the same migration files run by the same runner;
+//! and its own tests against a server on 127.0.0.1 (ota-testbed starts Debian's PostgreSQL).
+//!
+//! **What it does not do (yet).** No web dashboard, no rollout waves (the `wave` columns stay empty until
+//! the rollout work fills them), no automatic halt: those come next, on top of [`Store`] and [`Summary`].
+//! It never talks to devices beyond answering their reports.
+//!
+//! **Main types.** [`Store`], [`SqliteStore`], [`Ingest`], [`Summary`], [`Error`].
+#![deny(missing_docs)]
+
+mod error;
+pub mod http;
+mod ingest;
+mod keys;
+mod migrations;
+mod sqlite;
+mod store;
+mod summary;
+
+pub use error::{Error, Result};
+pub use ingest::{Accepted, Ingest};
+pub use keys::parse_device_key;
+pub use migrations::{Migration, MIGRATIONS};
+pub use sqlite::SqliteStore;
+pub use store::{open_store, EnrolledDevice, Enrolment, Store, StoredReport};
+pub use summary::{ReasonCount, ReleaseSummary, Summary};

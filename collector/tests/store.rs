@@ -1,0 +1,219 @@
+//! Issue 15, the collector's storage: migrations recorded once, WAL mode, and the replay check and the
+//! insert in one transaction (two copies of a report racing: exactly one stored).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use collector::{open_store, Error, SqliteStore, Store, StoredReport, MIGRATIONS};
+use common::*;
+use ota_report::{Outcome, ReportSigner as _};
+
+fn stored(key: &ed25519_dalek::SigningKey, sequence: u64) -> StoredReport {
+    let report = report(key, sequence, "1.1.0", Outcome::Committed, "");
+    StoredReport {
+        envelope: String::from_utf8(signed(&report, key)).unwrap(),
+        report,
+        received_at: Utc::now(),
+    }
+}
+
+#[test]
+fn migrations_are_applied_once_and_recorded_in_wal_mode() {
+    let db = Db::new();
+    let store = SqliteStore::open(&db.path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
+    drop(store);
+    let again = SqliteStore::open(&db.path).unwrap();
+    assert_eq!(again.schema_version().unwrap(), MIGRATIONS.len() as u32);
+    let conn = rusqlite::Connection::open(&db.path).unwrap();
+    let recorded: i64 = conn
+        .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(recorded, MIGRATIONS.len() as i64);
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_database_from_a_newer_collector_is_refused() {
+    let db = Db::new();
+    drop(SqliteStore::open(&db.path).unwrap());
+    let conn = rusqlite::Connection::open(&db.path).unwrap();
+    conn.execute(
+        "INSERT INTO schema_version (version, name, applied_at) VALUES (99, 'future', 0)",
+        [],
+    )
+    .unwrap();
+    let err = SqliteStore::open(&db.path).unwrap_err();
+    assert!(matches!(err, Error::SchemaTooNew { found: 99, .. }), "{err}");
+}
+
+#[test]
+fn the_store_itself_refuses_replays_revoked_and_unknown_devices() {
+    let db = Db::new();
+    let store = open_store(&format!("sqlite:{}", db.arg())).unwrap();
+    let (key, other) = (device_key(1), device_key(2));
+    store.enroll(&key.public_key(), Utc::now()).unwrap();
+    store.insert_report(&stored(&key, 3)).unwrap();
+    assert!(matches!(
+        store.insert_report(&stored(&key, 3)),
+        Err(Error::Replay { last: 3, .. })
+    ));
+    assert!(matches!(
+        store.insert_report(&stored(&other, 1)),
+        Err(Error::UnknownDevice { .. })
+    ));
+    store.revoke(&key.public_key().device_id(), Utc::now()).unwrap();
+    assert!(matches!(
+        store.insert_report(&stored(&key, 4)),
+        Err(Error::Revoked { .. })
+    ));
+    assert_eq!(store.report_count().unwrap(), 1);
+    let device = store.device(&key.public_key().device_id()).unwrap().unwrap();
+    assert_eq!(device.last_sequence, Some(3));
+    assert!(device.revoked_at.is_some());
+}
+
+/// The check and the insert are one transaction: of many connections storing the same sequence number
+/// at once, exactly one succeeds and every other is a replay.
+#[test]
+fn racing_copies_of_one_report_are_stored_once() {
+    let db = Db::new();
+    let key = device_key(4);
+    open_store(db.arg())
+        .unwrap()
+        .enroll(&key.public_key(), Utc::now())
+        .unwrap();
+    let report = stored(&key, 1);
+    // Each thread with its own store, so its own connection: the database, not a mutex, decides.
+    let stores: Vec<Arc<dyn Store>> = (0..8).map(|_| Arc::from(open_store(db.arg()).unwrap())).collect();
+    let barrier = Arc::new(std::sync::Barrier::new(stores.len()));
+    let results: Vec<_> = stores
+        .into_iter()
+        .map(|store| {
+            let (report, barrier) = (report.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                store.insert_report(&report)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, Error::Replay { .. })));
+    assert_eq!(db.rows(), (1, 1, 1));
+}
+
+/// The per-release counters kept by each insert equal a recount of every device's latest report.
+#[test]
+fn release_counts_match_a_recount_after_outcomes_change() {
+    let db = Db::new();
+    let store = open_store(db.arg()).unwrap();
+    let outcomes = [
+        Outcome::Failed,
+        Outcome::Committed,
+        Outcome::RolledBack,
+        Outcome::Committed,
+    ];
+    for n in 0..6u8 {
+        let key = device_key(20 + n);
+        store.enroll(&key.public_key(), Utc::now()).unwrap();
+        for seq in 1..=u64::from(n % 4) + 1 {
+            let to = if seq % 2 == 0 { "1.2.0" } else { "1.1.0" };
+            let outcome = outcomes[(seq as usize + usize::from(n)) % outcomes.len()];
+            let r = report(&key, seq, to, outcome, "why");
+            let envelope = String::from_utf8(signed(&r, &key)).unwrap();
+            store
+                .insert_report(&StoredReport {
+                    report: r,
+                    envelope,
+                    received_at: Utc::now(),
+                })
+                .unwrap();
+        }
+    }
+    let conn = rusqlite::Connection::open(&db.path).unwrap();
+    let rows = |sql: &str| -> Vec<(String, String, i64)> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let kept = rows(
+        "SELECT to_version, outcome, devices FROM release_counts WHERE devices > 0 ORDER BY to_version, outcome",
+    );
+    let recount = rows(
+        "SELECT to_version, outcome, COUNT(*) FROM release_status GROUP BY to_version, outcome
+         ORDER BY to_version, outcome",
+    );
+    assert_eq!(kept, recount);
+    assert!(kept.len() >= 4, "{kept:?}");
+}
+
+/// A database made by the first migration alone, holding a device's status, gains counters filled from
+/// it when the second migration runs.
+#[test]
+fn migrating_an_older_database_fills_the_counters() {
+    let db = Db::new();
+    let conn = rusqlite::Connection::open(&db.path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL);
+         INSERT INTO schema_version VALUES (1, '0001_devices_and_reports.sql', 0);",
+    )
+    .unwrap();
+    conn.execute_batch(MIGRATIONS[0].sql).unwrap();
+    conn.execute_batch(
+        "INSERT INTO devices (device_id, key_algorithm, public_key, enrolled_at) VALUES ('dev-0000000000000001', 'ed25519', '00', 0);
+         INSERT INTO release_status VALUES ('dev-0000000000000001', 'board-a', 'stable', '1.1.0', NULL, 1, 'rolled_back', 'x', 0);",
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&db.path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 2);
+    let summary = store.summary().unwrap();
+    assert_eq!(summary.releases.len(), 1);
+    assert_eq!(summary.releases[0].rolled_back, 1);
+    assert_eq!(summary.releases[0].top_failure_reasons[0].reason, "x");
+}
+
+/// Through one store (so reports share group-commit batches): of two copies of each device's report sent
+/// at once, one is stored and the other refused as a replay, whatever batch each lands in; a refused
+/// report in a batch leaves the others of that batch stored.
+#[test]
+fn a_refused_report_in_a_batch_stores_nothing_and_spares_the_others() {
+    let db = Db::new();
+    let store: Arc<dyn Store> = Arc::from(open_store(db.arg()).unwrap());
+    let keys: Vec<_> = (30..38).map(device_key).collect();
+    for k in &keys {
+        store.enroll(&k.public_key(), Utc::now()).unwrap();
+    }
+    let barrier = Arc::new(std::sync::Barrier::new(keys.len() * 2));
+    let threads: Vec<_> = keys
+        .iter()
+        .flat_map(|k| [stored(k, 1), stored(k, 1)])
+        .map(|report| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                store.insert_report(&report)
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), keys.len());
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, Error::Replay { .. })));
+    assert_eq!(db.rows(), (8, 8, 8));
+    assert_eq!(store.summary().unwrap().releases[0].committed, 8);
+}
