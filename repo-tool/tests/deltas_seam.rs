@@ -41,6 +41,7 @@ fn deltas_from_the_last_releases_are_offered_and_published() {
             keep: 2,
             max_share_percent: 200,
             min_image_len: 0,
+            ..DeltaPolicy::default()
         },
         &mut encoder,
     )

@@ -7,7 +7,8 @@
 //! [`delegate_from`] (delegations from top-level targets or, nested, from a delegated role), signing
 //! in steps by different people for every role, root included ([`root_stage`]/[`delegate_stage`]/
 //! [`AddOptions::stage`] → [`root_sign`]/[`role_sign`] → [`root_publish`]/[`role_publish`]),
-//! [`verify`] and [`list`]; [`deltas::add_with_deltas`] publishes a release with binary deltas from the
+//! [`verify`] (which also reports files under `targets/` no metadata names) and [`list`], [`gc`]
+//! (removes those files); [`deltas::add_with_deltas`] publishes a release with binary deltas from the
 //! last K releases of its hardware and channel, kept only when under a share of the image
 //! ([`deltas::DeltaPolicy`]). It does not serve files (any static web server does), encode deltas
 //! (`ota-delta` does; the binary passes `ota_delta::encode_with_progress` to the seam), run on devices
@@ -101,11 +102,13 @@ pub mod deltas;
 mod digest;
 mod editor;
 mod error;
+mod gc;
 mod keys;
 mod loader;
 mod lock;
 mod meta;
 mod names;
+mod order;
 mod publish;
 mod qr;
 mod rotate;
@@ -116,6 +119,7 @@ mod trust;
 mod verify;
 
 pub use error::{Error, Result};
+pub use gc::{gc, GcReport, UnreferencedFile, STAGED_DIR};
 pub use keys::{
     generate_key, key_id, read_public_key, GeneratedKey, KeyId, KeyRing, PRIVATE_KEY_SUFFIX,
     PUBLIC_KEY_SUFFIX,
