@@ -112,8 +112,8 @@ pub enum Command {
         #[command(subcommand)]
         command: RoleCommand,
     },
-    /// Check the repository as a client would; exit status 1 on any problem found, 2 if it could not be
-    /// checked.
+    /// Check the repository as a client would, and that every file under targets/ is named by signed
+    /// metadata (see `gc`); exit status 1 on any problem found, 2 if it could not be checked.
     #[command(after_help = EXIT_STATUS_HELP)]
     Verify(VerifyArgs),
     /// Remove files under targets/ that no signed targets metadata names (left by an interrupted

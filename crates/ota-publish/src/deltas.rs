@@ -161,41 +161,8 @@ pub fn add_with_deltas(
         if bases.is_empty() {
             return Ok(Vec::new());
         }
-        let dir = nt.name.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
-        let mut extra = Vec::new();
-        // Read once, on the first delta that passes the checks that need no bytes.
-        let mut new_bytes: Option<Vec<u8>> = None;
-        for (version, base_name, base) in bases {
-            let base = BaseRelease {
-                version,
-                name: base_name.raw(),
-                target: base,
-            };
-            let skip = |reason| SkippedDelta {
-                release_target: nt.name.clone(),
-                base_version: base.version.to_string(),
-                image_len: nt.staged.length,
-                reason,
-            };
-            let name = delta_target_name(&dir, &release.version, &base.version);
-            if let Some(reason) = cannot_build(state, opts, policy, &name, nt, &base) {
-                skipped.push(skip(reason));
-                continue;
-            }
-            let bytes = match &mut new_bytes {
-                Some(b) => b,
-                none => none.insert(store.read_target(&nt.staged)?),
-            };
-            let new = NewImage {
-                target: nt,
-                bytes,
-                name,
-            };
-            match build_delta(state, &new, &base, &mut release, (policy, &mut *encoder), store)? {
-                Built::Kept(t) => extra.push(*t),
-                Built::Skipped(reason) => skipped.push(skip(reason)),
-            }
-        }
+        let ctx = Context { state, opts, policy };
+        let extra = deltas_from(&ctx, bases, nt, &mut release, &mut *encoder, store, &mut skipped)?;
         release.validate().map_err(|source| Error::Release {
             image: nt.staged.path.clone(),
             source,
@@ -204,6 +171,69 @@ pub fn add_with_deltas(
         Ok(extra)
     })?;
     Ok(DeltaAddReport { add, skipped })
+}
+
+/// What every delta of one `add` is built against.
+struct Context<'a> {
+    state: &'a RepoState,
+    opts: &'a AddOptions,
+    policy: &'a DeltaPolicy,
+}
+
+/// The deltas from each of `bases` to the new image `nt`, offered in `release`; those not built or
+/// not kept go to `skipped`. The new image is read once, for the first delta that passes the
+/// checks that need no bytes ([`cannot_build`]).
+fn deltas_from(
+    ctx: &Context<'_>,
+    bases: Vec<(Version, &TargetName, &Target)>,
+    nt: &NewTarget,
+    release: &mut Release,
+    encoder: &mut Encoder<'_>,
+    store: &mut dyn RepoStore,
+    skipped: &mut Vec<SkippedDelta>,
+) -> Result<Vec<NewTarget>> {
+    let dir = nt.name.rsplit_once('/').map_or("", |(d, _)| d);
+    let mut extra = Vec::new();
+    let mut new_bytes: Option<Vec<u8>> = None;
+    for (version, base_name, base) in bases {
+        let base = BaseRelease {
+            version,
+            name: base_name.raw(),
+            target: base,
+        };
+        let skip = |reason| SkippedDelta {
+            release_target: nt.name.clone(),
+            base_version: base.version.to_string(),
+            image_len: nt.staged.length,
+            reason,
+        };
+        let name = delta_target_name(dir, &release.version, &base.version);
+        if let Some(reason) = cannot_build(ctx.state, ctx.opts, ctx.policy, &name, nt, &base) {
+            skipped.push(skip(reason));
+            continue;
+        }
+        let bytes = match &mut new_bytes {
+            Some(b) => b,
+            none => none.insert(store.read_target(&nt.staged)?),
+        };
+        let new = NewImage {
+            target: nt,
+            bytes,
+            name,
+        };
+        match build_delta(
+            ctx.state,
+            &new,
+            &base,
+            release,
+            (ctx.policy, &mut *encoder),
+            store,
+        )? {
+            Built::Kept(t) => extra.push(*t),
+            Built::Skipped(reason) => skipped.push(skip(reason)),
+        }
+    }
+    Ok(extra)
 }
 
 /// An older release a delta starts from.
