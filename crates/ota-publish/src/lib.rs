@@ -18,7 +18,8 @@
 //! # Structure: a loader apart from an editor (as tough keeps `RepositoryLoader` and `RepositoryEditor`)
 //! Dependencies point down this list; no module imports one above it.
 //! ```text
-//! publish (init, add, refresh, delegate)   rotate (root stage/sign/publish)   deltas   verify
+//! publish (init, add, refresh, delegate)   rotate (root stage/sign/publish)   deltas   verify   gc
+//!   (order: add's version check)
 //!        │                 │                       │
 //!        │                 └──────► staged: one stage file format and flow for every role
 //!        ▼                                 ▼
@@ -89,7 +90,8 @@
 //! replaces and its own (TUF 5.3.4), must be the current version + 1, and re-signs targets when the
 //! targets keys change. Publishing refuses a threshold not met and a stage another publish has
 //! overtaken. Target files a stage wrote stay in `targets/` if the stage is abandoned (unreferenced,
-//! never served by metadata).
+//! never served by metadata); `add --stage` records them in `.repo-tool.staged/` so that [`gc`] keeps
+//! them while the stage can still be published, and removes them (and `verify` reports them) after.
 //!
 //! Main types: [`KeyRing`], [`InitSpec`]/[`RoleSpec`], [`ReleaseSpec`]/[`AddOptions`], [`RootChange`],
 //! [`RepoStore`]/[`DirStore`], [`VerifyReport`], [`Listing`], [`RoleSignatures`], [`RepoLock`],
