@@ -432,4 +432,26 @@ mod tests {
         );
         assert_eq!(name("", "2.0.0", "1.0.0"), "deltas/2.0.0/1.0.0.delta");
     }
+
+    #[test]
+    fn the_pattern_suggested_for_a_delta_outside_the_role_follows_the_releases_pattern() {
+        let delta = "product/beta/deltas/2.1.0/2.0.0.delta";
+        assert_eq!(
+            pattern_for_delta("product/*/*", "product/beta/fw-2.1.0.bin", delta),
+            "product/*/deltas/*/*"
+        );
+        assert_eq!(
+            pattern_for_delta(
+                "other/*, product/beta/*/*",
+                "product/beta/2.1.0/fw.bin",
+                "product/beta/2.1.0/deltas/2.0.0.delta"
+            ),
+            "product/beta/*/deltas/*"
+        );
+        // No pattern matches the release (it came through another route): the delta's own name.
+        assert_eq!(
+            pattern_for_delta("x/*", "product/beta/fw-2.1.0.bin", delta),
+            delta
+        );
+    }
 }
