@@ -112,10 +112,13 @@ pub enum Command {
         #[command(subcommand)]
         command: RoleCommand,
     },
-    /// Check the repository as a client would; exit status 1 on any problem found, 2 if it could not be
-    /// checked.
+    /// Check the repository as a client would, and that every file under targets/ is named by signed
+    /// metadata (see `gc`); exit status 1 on any problem found, 2 if it could not be checked.
     #[command(after_help = EXIT_STATUS_HELP)]
     Verify(VerifyArgs),
+    /// Remove files under targets/ that no signed targets metadata names (left by an interrupted
+    /// add or an abandoned stage); files a pending `add --stage` wrote are kept.
+    Gc(GcArgs),
     /// Releases per hardware id and channel, and each role's version and expiry.
     List {
         /// Repository directory.
@@ -303,6 +306,10 @@ pub struct AddArgs {
     /// run `repo-tool role sign`, and `repo-tool role publish` publishes it.
     #[arg(long, value_name = "FILE")]
     pub stage: Option<PathBuf>,
+    /// Publish a version not above the newest already published for the same hardware id and
+    /// channel (a hotfix branch); refused without it.
+    #[arg(long)]
+    pub allow_lower: bool,
     #[command(flatten)]
     pub lifetimes: Lifetimes,
     #[command(flatten)]
@@ -366,4 +373,17 @@ pub struct VerifyArgs {
     /// Warn about metadata expiring within this time.
     #[arg(long, default_value = "12h", value_parser = lifetime)]
     pub warn_within: jiff::SignedDuration,
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    /// Repository directory.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -2,10 +2,11 @@
 //!
 //! [`cli`] holds the clap definitions; each command group has a module that runs it and prints
 //! what it did: [`keys`], [`release`] (init, add), [`refresh`], [`delegate`], [`staging`] (root and
-//! role signed in steps), [`inspect`] (verify, list). `main` only maps the outcome to an exit status.
+//! role signed in steps), [`inspect`] (verify, list), [`gc`]. `main` only maps the outcome to an exit status.
 
 mod cli;
 mod delegate;
+mod gc;
 mod inspect;
 mod keys;
 mod progress;
@@ -39,6 +40,7 @@ fn run() -> Result<Outcome> {
         Command::Root { command } => staging::root(command)?,
         Command::Role { command } => staging::role(command)?,
         Command::Verify(args) => return inspect::verify(args),
+        Command::Gc(args) => gc::run(&args)?,
         Command::List { repo } => inspect::list(&repo)?,
     }
     Ok(Outcome::Done)

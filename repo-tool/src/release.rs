@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use ota_publish::deltas::{add_with_deltas, DeltaAddReport, DeltaPolicy};
+use ota_publish::deltas::{add_with_deltas, DeltaAddReport, DeltaPolicy, SkipReason, SkippedDelta};
 
 use crate::cli::{AddArgs, InitArgs};
 
@@ -68,11 +68,13 @@ pub fn add(args: AddArgs) -> Result<()> {
         role: args.role.clone(),
         expiries: args.lifetimes.expiries(),
         stage: args.stage.clone(),
+        allow_lower: args.allow_lower,
     };
     let policy = DeltaPolicy {
         keep: args.deltas,
         max_share_percent: args.delta_max_share,
         min_image_len: args.delta_min_image,
+        max_input_len: delta_input_limit(),
     };
     let report = add_with_deltas(
         &args.repo,
@@ -87,12 +89,18 @@ pub fn add(args: AddArgs) -> Result<()> {
 
 fn print_added(report: &DeltaAddReport, args: &AddArgs) -> Result<()> {
     for s in &report.skipped {
-        println!(
-            "not kept: delta from {} for {} ({} bytes, not under {}% of {} bytes)",
-            s.base_version, s.release_target, s.delta_len, args.delta_max_share, s.image_len
-        );
+        match &s.reason {
+            SkipReason::NotWorthIt { delta_len } => println!(
+                "not kept: delta from {} for {} ({} bytes, not under {}% of {} bytes)",
+                s.base_version, s.release_target, delta_len, args.delta_max_share, s.image_len
+            ),
+            other => eprintln!("warning: {}", skipped_delta_warning(s, other)),
+        }
     }
     let report = &report.add;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     // One write for all lines, not one per line (a bulk add reports 10,000 targets).
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (name, sha, len) in &report.added {
@@ -104,4 +112,40 @@ fn print_added(report: &DeltaAddReport, args: &AddArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// Why a delta was left out, for a warning: the release was published without it.
+fn skipped_delta_warning(s: &SkippedDelta, reason: &SkipReason) -> String {
+    let why = match reason {
+        SkipReason::TooLarge { what, len, max } => format!(
+            "the {what} is {len} bytes, over the delta encoder's limit of {max} bytes (the \
+             smaller of its format's {} and a ninth of the memory available)",
+            ota_delta::MAX_INPUT_LEN
+        ),
+        SkipReason::EncoderFailed(e) => format!("the delta encoder failed: {e}"),
+        SkipReason::OutsideRole { name, role, needs } => format!(
+            "its target name {name} is outside the paths delegated to role {role}; delegate a \
+             pattern such as {needs} to publish deltas there"
+        ),
+        other => format!("{other:?}"),
+    };
+    format!(
+        "no delta from {} for {}: {why}; the release is published without it",
+        s.base_version, s.release_target
+    )
+}
+
+/// The largest image a delta is made from: the encoder's own limit, and no more than a ninth of
+/// the memory available (`MemAvailable`), since encoding takes about 7.4x the old image when the
+/// images are alike in size (measured: 472 MiB for a 64 MiB pair) and up to 9x when a filter
+/// candidate copies both; an encoder out of memory would abort the whole add.
+fn delta_input_limit() -> u64 {
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib.saturating_mul(1024))
+    });
+    available.map_or(ota_delta::MAX_INPUT_LEN, |bytes| {
+        ota_delta::MAX_INPUT_LEN.min(bytes / 9)
+    })
 }

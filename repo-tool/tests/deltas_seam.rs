@@ -41,6 +41,7 @@ fn deltas_from_the_last_releases_are_offered_and_published() {
             keep: 2,
             max_share_percent: 200,
             min_image_len: 0,
+            ..DeltaPolicy::default()
         },
         &mut encoder,
     )
@@ -130,4 +131,68 @@ fn no_delta_is_built_for_an_image_under_the_minimum_size() {
     .unwrap();
     assert_eq!(calls, 2, "deltas from 2.0.0 and 1.0.0 for the 64 KiB image only");
     assert_eq!(report.add.added.len(), 3, "{:?}", report.add.added);
+}
+
+#[test]
+fn issue_23_a_failing_or_too_large_encoder_input_never_stops_the_release() {
+    use ota_publish::deltas::SkipReason;
+    let f = Fixture::new();
+    let online = f.online();
+    let v1 = f.image("fw-1.0.0.bin", 3000, 1);
+    ota_publish::add(
+        &f.repo(),
+        &[f.release(&v1, "1.0.0", "gw-a")],
+        &AddOptions::default(),
+        &online,
+    )
+    .unwrap();
+    let mut encoder = |_: &[u8], _: &[u8]| Err("out of ideas".to_owned());
+    let policy = DeltaPolicy {
+        min_image_len: 0,
+        ..DeltaPolicy::default()
+    };
+    let v2 = f.image("fw-2.0.0.bin", 3000, 2);
+    let report = add_with_deltas(
+        &f.repo(),
+        &[f.release(&v2, "2.0.0", "gw-a")],
+        &AddOptions::default(),
+        &online,
+        &policy,
+        &mut encoder,
+    )
+    .unwrap();
+    assert_eq!(report.add.added.len(), 1, "the release only");
+    assert_eq!(
+        report.skipped[0].reason,
+        SkipReason::EncoderFailed("out of ideas".into())
+    );
+    // Over the input limit: the encoder is not called at all.
+    let mut calls = 0;
+    let mut encoder = |_: &[u8], new: &[u8]| {
+        calls += 1;
+        Ok(new.to_vec())
+    };
+    let v3 = f.image("fw-3.0.0.bin", 3000, 3);
+    let report = add_with_deltas(
+        &f.repo(),
+        &[f.release(&v3, "3.0.0", "gw-a")],
+        &AddOptions::default(),
+        &online,
+        &DeltaPolicy {
+            max_input_len: 2999,
+            ..policy
+        },
+        &mut encoder,
+    )
+    .unwrap();
+    assert_eq!(calls, 0);
+    assert_eq!(report.add.added.len(), 1);
+    assert!(report.skipped.iter().all(|s| s.reason
+        == SkipReason::TooLarge {
+            what: "old image",
+            len: 3000,
+            max: 2999
+        }));
+    let v = ota_publish::verify(&f.repo(), jiff::Timestamp::now(), jiff::SignedDuration::ZERO).unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
 }

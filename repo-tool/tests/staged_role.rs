@@ -216,6 +216,16 @@ fn a_stale_stage_is_refused_and_leaves_the_repository_unchanged() {
             && err.contains("someone published targets in between; stage the change again"),
         "{err}"
     );
+    // The overtaken stage's target file is junk now (issue 23): verify reports it, gc removes it.
+    let out = repo_tool(d, &["verify", "--repo", "repo"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("problem: unreferenced file targets/gw-a/stable/1.0.0/"),
+        "{text}"
+    );
+    let out = ok(d, &["gc", "--repo", "repo"]);
+    assert!(out.contains("removed 1 file(s), 10 bytes freed"), "{out}");
     let out = ok(d, &["verify", "--repo", "repo"]);
     assert!(out.contains("1 target file(s) checked"), "{out}");
 }

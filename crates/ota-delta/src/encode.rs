@@ -730,9 +730,13 @@ impl<'a> Probe<'a> {
     }
 }
 
+/// The largest old or new image [`encode`] takes, in bytes (`i32::MAX`: the suffix array indexes
+/// with i32). Callers check sizes against it before reading images into memory.
+pub const MAX_INPUT_LEN: u64 = i32::MAX as u64;
+
 fn check_sizes(old: &[u8], new: &[u8]) -> Result<()> {
     // divsufsort indexes with i32.
-    let max = i32::MAX as u64;
+    let max = MAX_INPUT_LEN;
     for (what, data) in [("old image", old), ("new image", new)] {
         let len = data.len() as u64;
         if len > max {

@@ -78,7 +78,9 @@ mod matching;
 mod suffix;
 
 pub use decode::{apply, read_header, verify_base, ApplySummary};
-pub use encode::{encode, encode_owned, encode_with_progress, EncodeOptions, EncodeStage, FilterChoice};
+pub use encode::{
+    encode, encode_owned, encode_with_progress, EncodeOptions, EncodeStage, FilterChoice, MAX_INPUT_LEN,
+};
 pub use filter::Filter;
 pub use format::{
     DeltaHeader, CARRY_BYTES, FORMAT_VERSION, HEADER_LEN, MAX_WINDOW_LOG, SEGMENT_CONTROL_MAX,

@@ -24,7 +24,8 @@ use crate::publish::{add_with, ota_custom, tuf_target, AddOptions, AddReport, Ne
 use crate::stage::target_file_path;
 use crate::store::RepoStore;
 
-/// Encodes a delta from `old` to `new`; an error string aborts the whole `add`.
+/// Encodes a delta from `old` to `new`; an error string skips that delta (the release is published
+/// without it, [`SkipReason::EncoderFailed`]).
 pub type Encoder<'a> = dyn FnMut(&[u8], &[u8]) -> std::result::Result<Vec<u8>, String> + 'a;
 
 /// Which deltas [`add_with_deltas`] builds and which it keeps.
@@ -40,6 +41,10 @@ pub struct DeltaPolicy {
     /// every device downloads, and encoding (reading both images, trying every filter) would be
     /// most of the cost of publishing it. Default [`DeltaPolicy::DEFAULT_MIN_IMAGE_LEN`].
     pub min_image_len: u64,
+    /// The largest old or new image the encoder takes, in bytes; a larger pair gets no delta
+    /// ([`SkipReason::TooLarge`]), checked before either image is read. Default `u64::MAX` (no
+    /// limit); `repo-tool` passes `ota_delta::MAX_INPUT_LEN`.
+    pub max_input_len: u64,
 }
 
 impl DeltaPolicy {
@@ -59,6 +64,7 @@ impl Default for DeltaPolicy {
             keep: 2,
             max_share_percent: 50,
             min_image_len: DeltaPolicy::DEFAULT_MIN_IMAGE_LEN,
+            max_input_len: u64::MAX,
         }
     }
 }
@@ -71,17 +77,50 @@ impl DeltaPolicy {
     }
 }
 
-/// A delta that was built but not kept (not smaller than the policy's share of the full image).
+/// Why a delta was not published (the release always is).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// Built, but not smaller than the policy's share of the full image: its length.
+    NotWorthIt {
+        /// The delta's length in bytes.
+        delta_len: u64,
+    },
+    /// The old or new image is larger than the encoder takes ([`DeltaPolicy::max_input_len`]); the
+    /// encoder was not started.
+    TooLarge {
+        /// Which image ("old image" or "new image").
+        what: &'static str,
+        /// Its length in bytes.
+        len: u64,
+        /// The encoder's limit in bytes.
+        max: u64,
+    },
+    /// The encoder failed: its message.
+    EncoderFailed(String),
+    /// The delta's target name lies outside the paths delegated to the role: a client would never
+    /// look for it there. Nothing was encoded.
+    OutsideRole {
+        /// The delta's target name.
+        name: String,
+        /// The delegated role whose paths do not cover it.
+        role: String,
+        /// A path pattern that would cover it.
+        needs: String,
+    },
+}
+
+/// A delta that was not published, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SkippedDelta {
     /// Target name of the release the delta leads to.
     pub release_target: String,
     /// Version of the base release it started from.
     pub base_version: String,
-    /// Its length in bytes.
-    pub delta_len: u64,
     /// Length of the full image in bytes.
     pub image_len: u64,
+    /// Why it was not published.
+    pub reason: SkipReason,
 }
 
 /// What [`add_with_deltas`] did: the publish, plus the deltas it built but did not keep.
@@ -96,7 +135,9 @@ pub struct DeltaAddReport {
 /// [`crate::add`], offering deltas from the last `policy.keep` older releases of the same first
 /// hardware id and channel, keeping those worth it ([`DeltaPolicy::worth_keeping`]); images under
 /// [`DeltaPolicy::min_image_len`] get none. Images are read whole into memory here: encoders need
-/// random access to both.
+/// random access to both. A delta never stops a release: one whose name the role may not hold,
+/// whose images are larger than [`DeltaPolicy::max_input_len`] (checked before reading them), whose
+/// encoder fails or that is not worth it is left out and reported in [`DeltaAddReport::skipped`].
 pub fn add_with_deltas(
     repo: &Path,
     releases: &[ReleaseSpec],
@@ -120,30 +161,8 @@ pub fn add_with_deltas(
         if bases.is_empty() {
             return Ok(Vec::new());
         }
-        let new_bytes = store.read_target(&nt.staged)?;
-        let dir = nt.name.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
-        let mut extra = Vec::new();
-        for (version, base_name, base) in bases {
-            let base = BaseRelease {
-                version,
-                name: base_name.raw(),
-                target: base,
-            };
-            let new = NewImage {
-                target: nt,
-                bytes: &new_bytes,
-                dir: &dir,
-            };
-            match build_delta(state, &new, &base, &mut release, (policy, &mut *encoder), store)? {
-                Built::Kept(t) => extra.push(*t),
-                Built::NotWorthIt(delta_len) => skipped.push(SkippedDelta {
-                    release_target: nt.name.clone(),
-                    base_version: base.version.to_string(),
-                    delta_len,
-                    image_len: nt.staged.length,
-                }),
-            }
-        }
+        let ctx = Context { state, opts, policy };
+        let extra = deltas_from(&ctx, bases, nt, &mut release, &mut *encoder, store, &mut skipped)?;
         release.validate().map_err(|source| Error::Release {
             image: nt.staged.path.clone(),
             source,
@@ -154,6 +173,69 @@ pub fn add_with_deltas(
     Ok(DeltaAddReport { add, skipped })
 }
 
+/// What every delta of one `add` is built against.
+struct Context<'a> {
+    state: &'a RepoState,
+    opts: &'a AddOptions,
+    policy: &'a DeltaPolicy,
+}
+
+/// The deltas from each of `bases` to the new image `nt`, offered in `release`; those not built or
+/// not kept go to `skipped`. The new image is read once, for the first delta that passes the
+/// checks that need no bytes ([`cannot_build`]).
+fn deltas_from(
+    ctx: &Context<'_>,
+    bases: Vec<(Version, &TargetName, &Target)>,
+    nt: &NewTarget,
+    release: &mut Release,
+    encoder: &mut Encoder<'_>,
+    store: &mut dyn RepoStore,
+    skipped: &mut Vec<SkippedDelta>,
+) -> Result<Vec<NewTarget>> {
+    let dir = nt.name.rsplit_once('/').map_or("", |(d, _)| d);
+    let mut extra = Vec::new();
+    let mut new_bytes: Option<Vec<u8>> = None;
+    for (version, base_name, base) in bases {
+        let base = BaseRelease {
+            version,
+            name: base_name.raw(),
+            target: base,
+        };
+        let skip = |reason| SkippedDelta {
+            release_target: nt.name.clone(),
+            base_version: base.version.to_string(),
+            image_len: nt.staged.length,
+            reason,
+        };
+        let name = delta_target_name(dir, &release.version, &base.version);
+        if let Some(reason) = cannot_build(ctx.state, ctx.opts, ctx.policy, &name, nt, &base) {
+            skipped.push(skip(reason));
+            continue;
+        }
+        let bytes = match &mut new_bytes {
+            Some(b) => b,
+            none => none.insert(store.read_target(&nt.staged)?),
+        };
+        let new = NewImage {
+            target: nt,
+            bytes,
+            name,
+        };
+        match build_delta(
+            ctx.state,
+            &new,
+            &base,
+            release,
+            (ctx.policy, &mut *encoder),
+            store,
+        )? {
+            Built::Kept(t) => extra.push(*t),
+            Built::Skipped(reason) => skipped.push(skip(reason)),
+        }
+    }
+    Ok(extra)
+}
+
 /// An older release a delta starts from.
 struct BaseRelease<'a> {
     version: Version,
@@ -161,20 +243,70 @@ struct BaseRelease<'a> {
     target: &'a Target,
 }
 
-/// The new release's image, as staged.
+/// The new release's image, as staged, and the name its delta gets.
 struct NewImage<'a> {
     target: &'a NewTarget,
     bytes: &'a [u8],
-    /// The directory of its target name.
-    dir: &'a str,
+    /// The delta's target name.
+    name: String,
 }
 
 /// What [`build_delta`] did with one delta.
 enum Built {
     /// Worth offering: its target, already in the store; the release lists the offer.
     Kept(Box<NewTarget>),
-    /// Not smaller than the policy's share of the image: its length.
-    NotWorthIt(u64),
+    /// Not published: why.
+    Skipped(SkipReason),
+}
+
+/// Why the delta named `name` from `base` to the new image `nt` cannot be built, known before any
+/// image is read: a name outside the role's delegated paths, or an image larger than the encoder
+/// takes.
+fn cannot_build(
+    state: &RepoState,
+    opts: &AddOptions,
+    policy: &DeltaPolicy,
+    name: &str,
+    nt: &NewTarget,
+    base: &BaseRelease<'_>,
+) -> Option<SkipReason> {
+    let role = opts.role.as_deref().unwrap_or(crate::meta::TARGETS_ROLE);
+    if let Err(Error::NotDelegated { role, paths, .. }) = state.check_delegated(role, name) {
+        return Some(SkipReason::OutsideRole {
+            name: name.to_owned(),
+            needs: pattern_for_delta(&paths, &nt.name, name),
+            role,
+        });
+    }
+    let max = policy.max_input_len;
+    [("old image", base.target.length), ("new image", nt.staged.length)]
+        .into_iter()
+        .find(|&(_, len)| len > max)
+        .map(|(what, len)| SkipReason::TooLarge { what, len, max })
+}
+
+/// A path pattern covering delta `delta` of release `release`: the pattern among `paths` (as
+/// `NotDelegated` lists them) that matches the release, with its last segment replaced by the
+/// delta's segments after the release's directory, `*` but for `deltas` (`product/*/*` →
+/// `product/*/deltas/*/*`);
+/// the delta's own name when none matches.
+fn pattern_for_delta(paths: &str, release: &str, delta: &str) -> String {
+    let release_dir = release.rsplit_once('/').map_or("", |(d, _)| d);
+    let tail = delta
+        .strip_prefix(release_dir)
+        .unwrap_or(delta)
+        .trim_start_matches('/');
+    // `deltas` stays literal: the pattern covers deltas, not every deeper name.
+    let stars: Vec<&str> = tail
+        .split('/')
+        .map(|seg| if seg == "deltas" { seg } else { "*" })
+        .collect();
+    paths
+        .split(", ")
+        .find(|p| crate::names::path_matches(p, release))
+        .and_then(|p| p.rsplit_once('/'))
+        .map(|(dir, _)| format!("{dir}/{}", stars.join("/")))
+        .unwrap_or_else(|| delta.to_owned())
 }
 
 /// Encodes the delta from `base` to the new image and, if the policy keeps it (`keep`), puts it in
@@ -192,16 +324,15 @@ fn build_delta(
         .map_err(|_| Error::Tough(format!("target {base_name} has a malformed sha256")))?;
     let base_path = state.dir.join(target_file_path(base_name, &digest));
     let old = fs::read(&base_path).map_err(io("read base image", &base_path))?;
-    let what = || format!("delta from {version} to {}", release.version);
-    let delta = encoder(&old, new.bytes).map_err(|why| Error::InvalidInput { what: what(), why })?;
-    let delta_len = u64::try_from(delta.len()).map_err(|_| Error::InvalidInput {
-        what: what(),
-        why: "longer than 2^64 bytes".to_owned(),
-    })?;
+    let delta = match encoder(&old, new.bytes) {
+        Ok(d) => d,
+        Err(why) => return Ok(Built::Skipped(SkipReason::EncoderFailed(why))),
+    };
+    let delta_len = u64::try_from(delta.len()).unwrap_or(u64::MAX);
     if !policy.worth_keeping(delta_len, new.target.staged.length) {
-        return Ok(Built::NotWorthIt(delta_len));
+        return Ok(Built::Skipped(SkipReason::NotWorthIt { delta_len }));
     }
-    let name = delta_target_name(new.dir, &release.version, version);
+    let name = new.name.clone();
     let staged = store.put_target_bytes(&name, &delta)?;
     release.deltas.push(DeltaOffer {
         base_version: version.clone(),
@@ -300,5 +431,27 @@ mod tests {
             name("gw/stable", "3.0.0", "1.0.0")
         );
         assert_eq!(name("", "2.0.0", "1.0.0"), "deltas/2.0.0/1.0.0.delta");
+    }
+
+    #[test]
+    fn the_pattern_suggested_for_a_delta_outside_the_role_follows_the_releases_pattern() {
+        let delta = "product/beta/deltas/2.1.0/2.0.0.delta";
+        assert_eq!(
+            pattern_for_delta("product/*/*", "product/beta/fw-2.1.0.bin", delta),
+            "product/*/deltas/*/*"
+        );
+        assert_eq!(
+            pattern_for_delta(
+                "other/*, product/beta/*/*",
+                "product/beta/2.1.0/fw.bin",
+                "product/beta/2.1.0/deltas/2.0.0.delta"
+            ),
+            "product/beta/*/deltas/*"
+        );
+        // No pattern matches the release (it came through another route): the delta's own name.
+        assert_eq!(
+            pattern_for_delta("x/*", "product/beta/fw-2.1.0.bin", delta),
+            delta
+        );
     }
 }

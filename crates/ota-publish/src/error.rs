@@ -58,6 +58,24 @@ pub enum Error {
         /// The target name already carrying that version.
         existing: String,
     },
+    /// The version is not above the newest already published for a hardware id and channel.
+    #[error(
+        "version {version} is not above {newest}, the newest published for hardware {hardware} on \
+         channel {channel} (target {existing}); devices never install a lower version: pass \
+         --allow-lower to publish it anyway (a hotfix branch)"
+    )]
+    LowerVersion {
+        /// The version being added.
+        version: String,
+        /// The hardware id.
+        hardware: String,
+        /// The channel.
+        channel: String,
+        /// The newest version published there.
+        newest: String,
+        /// The target carrying it.
+        existing: String,
+    },
     /// A target with this name already exists in the repository.
     #[error("target {name} already exists in role {role}; pick another name with --name")]
     DuplicateTarget {

@@ -7,7 +7,8 @@
 //! [`delegate_from`] (delegations from top-level targets or, nested, from a delegated role), signing
 //! in steps by different people for every role, root included ([`root_stage`]/[`delegate_stage`]/
 //! [`AddOptions::stage`] → [`root_sign`]/[`role_sign`] → [`root_publish`]/[`role_publish`]),
-//! [`verify`] and [`list`]; [`deltas::add_with_deltas`] publishes a release with binary deltas from the
+//! [`verify`] (which also reports files under `targets/` no metadata names) and [`list`], [`gc`]
+//! (removes those files); [`deltas::add_with_deltas`] publishes a release with binary deltas from the
 //! last K releases of its hardware and channel, kept only when under a share of the image
 //! ([`deltas::DeltaPolicy`]). It does not serve files (any static web server does), encode deltas
 //! (`ota-delta` does; the binary passes `ota_delta::encode_with_progress` to the seam), run on devices
@@ -17,7 +18,8 @@
 //! # Structure: a loader apart from an editor (as tough keeps `RepositoryLoader` and `RepositoryEditor`)
 //! Dependencies point down this list; no module imports one above it.
 //! ```text
-//! publish (init, add, refresh, delegate)   rotate (root stage/sign/publish)   deltas   verify
+//! publish (init, add, refresh, delegate)   rotate (root stage/sign/publish)   deltas   verify   gc
+//!   (order: add's version check)
 //!        │                 │                       │
 //!        │                 └──────► staged: one stage file format and flow for every role
 //!        ▼                                 ▼
@@ -88,7 +90,8 @@
 //! replaces and its own (TUF 5.3.4), must be the current version + 1, and re-signs targets when the
 //! targets keys change. Publishing refuses a threshold not met and a stage another publish has
 //! overtaken. Target files a stage wrote stay in `targets/` if the stage is abandoned (unreferenced,
-//! never served by metadata).
+//! never served by metadata); `add --stage` records them in `.repo-tool.staged/` so that [`gc`] keeps
+//! them while the stage can still be published, and removes them (and `verify` reports them) after.
 //!
 //! Main types: [`KeyRing`], [`InitSpec`]/[`RoleSpec`], [`ReleaseSpec`]/[`AddOptions`], [`RootChange`],
 //! [`RepoStore`]/[`DirStore`], [`VerifyReport`], [`Listing`], [`RoleSignatures`], [`RepoLock`],
@@ -101,11 +104,13 @@ pub mod deltas;
 mod digest;
 mod editor;
 mod error;
+mod gc;
 mod keys;
 mod loader;
 mod lock;
 mod meta;
 mod names;
+mod order;
 mod publish;
 mod qr;
 mod rotate;
@@ -116,6 +121,7 @@ mod trust;
 mod verify;
 
 pub use error::{Error, Result};
+pub use gc::{gc, GcReport, UnreferencedFile, STAGED_DIR};
 pub use keys::{
     generate_key, key_id, read_public_key, GeneratedKey, KeyId, KeyRing, PRIVATE_KEY_SUFFIX,
     PUBLIC_KEY_SUFFIX,

@@ -247,6 +247,9 @@ pub struct AddOptions {
     /// (maybe fewer than its threshold), to this new file, for `role sign` and `role publish`
     /// (`crate::staged`). Snapshot and timestamp keys are not needed.
     pub stage: Option<PathBuf>,
+    /// Publish a version not above the newest already published for its hardware id and channel
+    /// (a hotfix branch); refused otherwise ([`Error::LowerVersion`]).
+    pub allow_lower: bool,
 }
 
 /// What [`add`] published.
@@ -260,6 +263,8 @@ pub struct AddReport {
     pub role_version: u64,
     /// With [`AddOptions::stage`]: the staged role's signatures so far (nothing was published).
     pub staged: Option<RoleSignatures>,
+    /// Published anyway, but worth a look: each names the image (an empty image, ...).
+    pub warnings: Vec<String>,
 }
 
 /// The default target name of a release: `<first-hardware-id>/<channel>/<basename>` when the image's
@@ -407,7 +412,9 @@ pub(crate) struct NewTarget {
 ///
 /// Refused before anything is written: a malformed version or name, a version already published for
 /// one of the hardware ids on that channel (in any role), an existing target name, a target outside
-/// the role's delegated paths, an unreadable image, or keys that do not meet a threshold.
+/// the role's delegated paths, a version not above the newest published for its hardware id and
+/// channel (unless [`AddOptions::allow_lower`]), an unreadable image, or keys that do not meet a
+/// threshold. An empty image is published with a warning ([`AddReport::warnings`]).
 pub fn add(repo: &Path, releases: &[ReleaseSpec], opts: &AddOptions, ring: &KeyRing) -> Result<AddReport> {
     add_with(repo, releases, opts, ring, |_, _, _| Ok(Vec::new()))
 }
@@ -440,12 +447,23 @@ where
         check_online_keys(&state, ring)?;
     }
     let prepared = check_releases(&state, &role, releases)?;
+    if !opts.allow_lower {
+        let new: Vec<&Release> = prepared.iter().map(|(_, r, _)| r).collect();
+        crate::order::refuse_lower(&state, &new)?;
+    }
+    let mut warnings = Vec::new();
 
     // Every check passed: now read each image once, writing it under its final name.
     let mut store = DirStore::new(repo);
     let mut new_targets = Vec::with_capacity(prepared.len());
     for (spec, release, name) in prepared {
         let staged = store.put_target_file(&name, &spec.image)?;
+        if staged.length == 0 {
+            warnings.push(format!(
+                "image {} is empty (0 bytes); published as {name} anyway",
+                spec.image.display()
+            ));
+        }
         let target = tuf_target(&staged, &OtaTarget::Release(release))?;
         let mut nt = NewTarget { name, target, staged };
         let more = extra(&state, &mut nt, &mut store)?;
@@ -455,10 +473,21 @@ where
     let mut targets = state.take_role_targets(&role)?;
     targets.version = bump(targets.version)?;
     targets.expires = expiry_after(now()?, opts.expiries.targets)?;
+    let files: Vec<PathBuf> = new_targets.iter().map(|t| t.staged.path.clone()).collect();
     let added = insert_targets(&mut targets, new_targets)?;
     let role_version = targets.version.get();
     let staged = match &opts.stage {
-        Some(out) => Some(stage_targets(&state, &role, targets, out, ring, &mut store)?),
+        Some(out) => {
+            // Recorded first: `gc` must keep these files until the stage is published.
+            let record = crate::gc::record_stage(repo, &role, role_version, out, &files)?;
+            match stage_targets(&state, &role, targets, out, ring, &mut store) {
+                Ok(signatures) => Some(signatures),
+                Err(e) => {
+                    let _ = fs::remove_file(record);
+                    return Err(e);
+                }
+            }
+        }
         None => {
             let role_file = RoleFile::sign(&role, &targets, &role_keys, ring)?;
             publish_roles(&state, vec![role_file], &opts.expiries, ring, &mut store)?;
@@ -470,6 +499,7 @@ where
         added,
         role_version,
         staged,
+        warnings,
     })
 }
 

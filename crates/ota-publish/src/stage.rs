@@ -9,7 +9,8 @@
 //! created under its final name directly: one create and one write, no rename, no staging directory
 //! (for 10,000 small targets that is 10,000 renames and a 10,000-entry directory fewer). A larger
 //! image is streamed into a temp file next to its final name (memory stays at one buffer whatever the
-//! image size) and linked to its final name once its hash is known.
+//! image size; all-zero blocks become holes, so a sparse file-system image stays sparse) and linked
+//! to its final name once its hash is known.
 //!
 //! A file found already under its final name (same bytes published before, or left by a command that
 //! was killed mid-write) is re-hashed and kept only if its bytes match its name; otherwise it is
@@ -22,7 +23,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -225,10 +226,19 @@ impl TargetStager {
         while n > 0 {
             let chunk = buf.get(..n).unwrap_or_default();
             hasher.update(chunk);
-            dst.write_all(chunk).map_err(io("write", &tmp.path))?;
+            // All-zero blocks become holes: a file-system image is mostly empty space, and a
+            // sparse copy of it costs only its data on disk (the bytes served are the same).
+            if chunk.iter().all(|&b| b == 0) {
+                dst.seek(SeekFrom::Current(n as i64))
+                    .map_err(io("seek", &tmp.path))?;
+            } else {
+                dst.write_all(chunk).map_err(io("write", &tmp.path))?;
+            }
             length += n as u64;
             n = read_full(src, buf).map_err(&unreadable)?;
         }
+        // A trailing hole has no bytes written: the length is set explicitly.
+        tmp.file.set_len(length).map_err(io("write", &tmp.path))?;
         let sha256: [u8; 32] = hasher.finalize().into();
         let staged = StagedFile {
             path: dir.join(format!("{}.{base}", hex::encode(sha256))),

@@ -243,6 +243,26 @@ impl Checks {
         }
     }
 
+    /// Files under `targets/` no signed metadata names: a problem (disk spent on junk, often left by
+    /// an interrupted `add`), or a warning while a pending stage names them.
+    fn unreferenced_files(&mut self, repo: &Path, state: &RepoState) -> Result<()> {
+        for f in crate::gc::unreferenced_files(repo, state)? {
+            let path = f.path.display();
+            match f.pending_stage {
+                Some((role, version)) => self.report.warnings.push(format!(
+                    "{path} ({} bytes) is named only by a pending stage of role {role} version {version}",
+                    f.len
+                )),
+                None => self.problem(format!(
+                    "unreferenced file {path} ({} bytes): no signed targets metadata names it (left by an \
+                     interrupted add?); `repo-tool gc` removes it",
+                    f.len
+                )),
+            }
+        }
+        Ok(())
+    }
+
     fn target_file(&mut self, repo: &Path, role: &str, name: &str, target: &Target, buf: &mut [u8]) {
         let Ok(digest) = <[u8; 32]>::try_from(target.hashes.sha256.as_ref()) else {
             self.problem(format!("{role}: target {name} has a sha256 that is not 32 bytes"));
@@ -305,7 +325,8 @@ fn skipped_delegation_warning(state: &RepoState, parent: &str, child: &str) -> S
 /// by a threshold of the previous root and of itself, TUF 5.3.4), timestamp → snapshot → targets →
 /// delegated roles at any depth (signatures, thresholds, versions, lengths and hashes), every target
 /// file's length and sha256 (streamed), delegated targets inside the paths of every delegation leading
-/// to their role, and expiries. Anything expiring within
+/// to their role, files under `targets/` that no signed metadata names, and expiries. Anything
+/// expiring within
 /// `warn_within` is a warning.
 pub fn verify(repo: &Path, now: jiff::Timestamp, warn_within: jiff::SignedDuration) -> Result<VerifyReport> {
     let state = RepoState::load(repo)?;
@@ -328,6 +349,7 @@ pub fn verify(repo: &Path, now: jiff::Timestamp, warn_within: jiff::SignedDurati
     }
     checks.skipped_delegations(&state);
     checks.target_files(repo, &state);
+    checks.unreferenced_files(repo, &state)?;
     Ok(checks.report)
 }
 
