@@ -101,6 +101,7 @@ pub mod deltas;
 mod digest;
 mod editor;
 mod error;
+mod hash_bins;
 mod keys;
 mod loader;
 mod lock;
@@ -116,6 +117,7 @@ mod trust;
 mod verify;
 
 pub use error::{Error, Result};
+pub use hash_bins::{delegate_hash_bins, HashBinSpec, MAX_BINS};
 pub use keys::{
     generate_key, key_id, read_public_key, GeneratedKey, KeyId, KeyRing, PRIVATE_KEY_SUFFIX,
     PUBLIC_KEY_SUFFIX,
