@@ -22,6 +22,8 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
+use tough::schema::decoded::{Decoded, Hex};
+use tough::schema::key::Key;
 use tough::schema::{Signed, Targets};
 
 use crate::canonical::canonical;
@@ -49,8 +51,7 @@ impl Succinct {
     /// The bin responsible for a target name: the first `bit_length` bits of sha256(name).
     pub(crate) fn bin_for(&self, name: &str) -> String {
         let digest = Sha256::digest(name.as_bytes());
-        let mut first = [0u8; 4];
-        first.copy_from_slice(&digest[..4]);
+        let first = digest.first_chunk::<4>().copied().unwrap_or_default();
         let index = u32::from_be_bytes(first) >> (32 - self.bit_length);
         self.bin_name(index)
     }
@@ -190,25 +191,7 @@ pub fn delegate_hash_bins(
     parent.version = bump(parent.version)?;
     parent.expires = expiry_after(now, expiries.targets)?;
     parent.delegations = None;
-    let mut value = serde_json::to_value(&parent).map_err(|e| invalid("targets metadata", e.to_string()))?;
-    let keys_json: serde_json::Map<String, Value> = keys
-        .iter()
-        .map(|(id, k)| {
-            Ok((
-                hex::encode(id),
-                serde_json::to_value(k).map_err(|e| invalid("key", e.to_string()))?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    value["delegations"] = json!({
-        "keys": keys_json,
-        "succinct_roles": {
-            "keyids": succinct.keyids,
-            "threshold": succinct.threshold,
-            "bit_length": succinct.bit_length,
-            "name_prefix": succinct.name_prefix,
-        },
-    });
+    let value = delegator_json(&parent, &keys, &succinct)?;
     let bin_keys = crate::trust::RoleKeySet {
         name: spec.name_prefix.clone(),
         keyids: succinct.keyids.clone(),
@@ -243,7 +226,34 @@ pub fn delegate_hash_bins(
     Ok(names)
 }
 
+/// The delegator's `signed` object: its targets metadata with `delegations` of `keys` and `succinct_roles`.
+fn delegator_json(parent: &Targets, keys: &HashMap<Decoded<Hex>, Key>, succinct: &Succinct) -> Result<Value> {
+    let json_error = |e: serde_json::Error| invalid("targets metadata", e.to_string());
+    let mut value = serde_json::to_value(parent).map_err(json_error)?;
+    let keys_json: serde_json::Map<String, Value> = keys
+        .iter()
+        .map(|(id, k)| Ok((hex::encode(id), serde_json::to_value(k).map_err(json_error)?)))
+        .collect::<Result<_>>()?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| invalid("targets metadata", "not a JSON object"))?;
+    object.insert(
+        "delegations".into(),
+        json!({
+            "keys": keys_json,
+            "succinct_roles": {
+                "keyids": succinct.keyids,
+                "threshold": succinct.threshold,
+                "bit_length": succinct.bit_length,
+                "name_prefix": succinct.name_prefix,
+            },
+        }),
+    );
+    Ok(value)
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -455,14 +455,7 @@ where
         new_targets.extend(more);
     }
     if state.succinct.contains_key(&role) {
-        let (role, added, role_version) =
-            publish_into_bins(&mut state, &role, new_targets, opts, ring, &mut store)?;
-        return Ok(AddReport {
-            role,
-            added,
-            role_version,
-            staged: None,
-        });
+        return publish_into_bins(&mut state, &role, new_targets, opts, ring, &mut store);
     }
     let mut targets = state.take_role_targets(&role)?;
     targets.version = bump(targets.version)?;
@@ -495,7 +488,7 @@ fn publish_into_bins(
     opts: &AddOptions,
     ring: &KeyRing,
     store: &mut dyn RepoStore,
-) -> Result<(String, Vec<(String, String, u64)>, u64)> {
+) -> Result<AddReport> {
     if opts.stage.is_some() {
         return Err(invalid(
             "add --stage",
@@ -522,12 +515,17 @@ fn publish_into_bins(
         files.push(RoleFile::sign(&bin, &targets, &keys, ring)?);
         last = (bin, targets.version.get());
     }
-    let report = match files.len() {
+    let (role, role_version) = match files.len() {
         1 => last,
         n => (format!("{role} ({n} hash bins)"), 0),
     };
     publish_roles(state, files, &opts.expiries, ring, store)?;
-    Ok((report.0, added, report.1))
+    Ok(AddReport {
+        role,
+        added,
+        role_version,
+        staged: None,
+    })
 }
 
 /// Refuses, before any work, a ring without the snapshot and timestamp keys a publish needs.
