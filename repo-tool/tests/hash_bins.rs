@@ -148,6 +148,72 @@ fn check_bins(bins: u32, prefix: &str) {
     });
 }
 
+/// Not a power of two, a second hash-bin delegation, a path delegation from the bins' delegator and
+/// `add --stage` into bins are refused, each changing nothing.
+#[test]
+fn issue_18_hash_bins_refusals() {
+    let f = Fixture::new();
+    f.keys(&["bins"]);
+    let dir = f.dir.path();
+    fn bins(n: &str) -> Vec<&str> {
+        vec![
+            "delegate",
+            "--repo",
+            "repo",
+            "--role",
+            "bin",
+            "--hash-bins",
+            n,
+            "--role-key",
+            "keys/bins.pub.json",
+            "--keys-dir",
+            "keys",
+        ]
+    }
+    assert!(common::fails(dir, &bins("12")).contains("power of two"));
+    ok(dir, &bins("4"));
+    assert!(common::fails(dir, &bins("4")).contains("already delegates"));
+    let err = common::fails(
+        dir,
+        &[
+            "delegate",
+            "--repo",
+            "repo",
+            "--role",
+            "p",
+            "--path",
+            "p/*",
+            "--role-key",
+            "keys/bins.pub.json",
+            "--keys-dir",
+            "keys",
+        ],
+    );
+    assert!(err.contains("delegates to hash bins"), "{err}");
+    let one = f.image("one.bin", 100, 1);
+    let err = common::fails(
+        dir,
+        &[
+            "add",
+            "--repo",
+            "repo",
+            "--image",
+            one.to_str().unwrap(),
+            "--version",
+            "1.0.0",
+            "--hardware",
+            "gw-a",
+            "--channel",
+            "stable",
+            "--keys-dir",
+            "keys",
+            "--stage",
+            "s.stage",
+        ],
+    );
+    assert!(err.contains("hash bins"), "{err}");
+}
+
 #[test]
 fn issue_18_hash_bins_16_ngclient_and_device_download() {
     check_bins(16, "bin");

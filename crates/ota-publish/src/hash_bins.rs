@@ -38,6 +38,9 @@ use crate::store::DirStore;
 /// The most bins `repo-tool delegate --hash-bins` creates (2^14): a snapshot lists every bin.
 pub const MAX_BINS: u32 = 1 << 14;
 
+/// The field name, quoted, as it appears in a file that has it.
+const SUCCINCT_FIELD: &[u8] = b"\"succinct_roles\"";
+
 /// A `succinct_roles` object (TAP 15).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub(crate) struct Succinct {
@@ -94,6 +97,12 @@ pub(crate) fn read_targets(path: &Path, what: &'static str) -> Result<(MetaFile<
         path: path.to_owned(),
         why,
     };
+    // Without the field, parse as before (no JSON value built for a large targets map; duplicate keys
+    // refused by the typed parser).
+    if !bytes.windows(SUCCINCT_FIELD.len()).any(|w| w == SUCCINCT_FIELD) {
+        let signed = serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
+        return Ok((MetaFile { signed, bytes }, None));
+    }
     let mut value: Value = serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
     let succinct = match value
         .pointer_mut("/signed/delegations")

@@ -435,6 +435,9 @@ where
     let mut state = RepoState::load(repo)?;
     let role = opts.role.clone().unwrap_or_else(|| TARGETS_ROLE.to_owned());
     let role_keys = state.targets_role_keys(&role)?;
+    if opts.stage.is_some() {
+        crate::hash_bins::refuse_resign(&state, &role, "`add --stage` into hash bins is not supported")?;
+    }
     if opts.stage.is_none() {
         // Into hash bins, the bins' keys sign (all bins share them), not the delegator's.
         let signer = state.placement(&role, "");
