@@ -201,30 +201,7 @@ pub fn delegate_hash_bins(
     parent.expires = expiry_after(now, expiries.targets)?;
     parent.delegations = None;
     let value = delegator_json(&parent, &keys, &succinct)?;
-    let bin_keys = crate::trust::RoleKeySet {
-        name: spec.name_prefix.clone(),
-        keyids: succinct.keyids.clone(),
-        threshold: succinct.threshold,
-    };
-    bin_keys.check_ring_or_stage(ring)?;
-    let empty = Targets {
-        spec_version: SPEC_VERSION.to_owned(),
-        version: NonZeroU64::MIN,
-        expires: expiry_after(now, expiries.targets)?,
-        targets: HashMap::new(),
-        delegations: None,
-        _extra: HashMap::new(),
-    };
-    let mut files = Vec::with_capacity(spec.bins as usize + 1);
-    let mut names = Vec::with_capacity(spec.bins as usize);
-    for i in 0..spec.bins {
-        let name = succinct.bin_name(i);
-        if state.delegated.contains_key(&name) {
-            return Err(invalid(format!("role {name:?}"), "exists already"));
-        }
-        files.push(RoleFile::sign(&name, &empty, &bin_keys, ring)?);
-        names.push(name);
-    }
+    let (mut files, names) = sign_empty_bins(&state, &succinct, expiry_after(now, expiries.targets)?, ring)?;
     // The delegator last: every bin file exists before anything names it.
     files.push(RoleFile::from_bytes(
         from,
@@ -233,6 +210,41 @@ pub fn delegate_hash_bins(
     ));
     publish_role_files(&state, files, expiries, ring, &mut DirStore::new(repo))?;
     Ok(names)
+}
+
+/// Every bin's first version, empty, signed with the ring's bin keys (all bins share them). Returns
+/// the files and the bins' names.
+fn sign_empty_bins(
+    state: &RepoState,
+    succinct: &Succinct,
+    expires: jiff::Timestamp,
+    ring: &KeyRing,
+) -> Result<(Vec<RoleFile>, Vec<String>)> {
+    let bin_keys = crate::trust::RoleKeySet {
+        name: succinct.name_prefix.clone(),
+        keyids: succinct.keyids.clone(),
+        threshold: succinct.threshold,
+    };
+    bin_keys.check_ring_or_stage(ring)?;
+    let empty = Targets {
+        spec_version: SPEC_VERSION.to_owned(),
+        version: NonZeroU64::MIN,
+        expires,
+        targets: HashMap::new(),
+        delegations: None,
+        _extra: HashMap::new(),
+    };
+    let mut files = Vec::with_capacity(succinct.bins() as usize + 1);
+    let mut names = Vec::with_capacity(succinct.bins() as usize);
+    for i in 0..succinct.bins() {
+        let name = succinct.bin_name(i);
+        if state.delegated.contains_key(&name) {
+            return Err(invalid(format!("role {name:?}"), "exists already"));
+        }
+        files.push(RoleFile::sign(&name, &empty, &bin_keys, ring)?);
+        names.push(name);
+    }
+    Ok((files, names))
 }
 
 /// The delegator's `signed` object: its targets metadata with `delegations` of `keys` and `succinct_roles`.
