@@ -335,7 +335,7 @@ pub struct DelegateArgs {
     /// Repository directory.
     #[arg(long)]
     pub repo: PathBuf,
-    /// The new role's name.
+    /// The new role's name (with --hash-bins: the bins' name prefix, bins are <role>-<hex>).
     #[arg(long)]
     pub role: String,
     /// Delegate from this role (a delegated role, signed with its keys) instead of top-level
@@ -343,8 +343,13 @@ pub struct DelegateArgs {
     #[arg(long, default_value = "targets")]
     pub from: String,
     /// Path pattern (`*` and `?` within one segment), e.g. gw-a/*/*/*; repeat for several.
-    #[arg(long = "path", required = true)]
+    #[arg(long = "path", required_unless_present = "hash_bins")]
     pub paths: Vec<String>,
+    /// Delegate every target under --from to N succinct hash bins (TAP 15; N a power of two, at
+    /// most 16384), all signed with --role-key and --threshold; `add` then places each target in its
+    /// bin (the first log2(N) bits of sha256 of its name).
+    #[arg(long, value_name = "N", conflicts_with_all = ["paths", "terminating", "stage"])]
+    pub hash_bins: Option<u32>,
     /// Key files of the new role.
     #[arg(long = "role-key", required = true)]
     pub role_keys: Vec<PathBuf>,

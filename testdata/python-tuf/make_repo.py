@@ -8,6 +8,9 @@ TEST-ONLY: every key is generated fresh in memory and thrown away; nothing here 
                                               succinct hash-bin delegations, targets in subdirectories
     make_repo.py attacks OUT                  states v1/, v2/, samever/, expired/, revoked/ of one repository
     make_repo.py bench OUT N                  one top-level targets role with N targets
+    make_repo.py diamond OUT                  `targets` delegates to `a` and `b`, both delegate to `release`
+                                              with their own key and paths; `release` is signed by `a`'s key
+                                              only and lists a/fw.bin and b/fw.bin
 
 Each writes OUT/initial_root.json (what a device is provisioned with) and served trees containing
 metadata/ and targets/. `full` also writes OUT/expect.json: {"found": {path: sha256}, "absent": [path]}.
@@ -271,6 +274,24 @@ def bench(out, n):
     repo.write(os.path.join(out, "repo"), bump=False)
 
 
+def diamond(out):
+    repo = Repo(True)
+    repo.publish_root()
+    write(os.path.join(out, "initial_root.json"), repo.root_history[0])
+    repo.delegate("targets", "a", paths=["*/*"])
+    repo.delegate("targets", "b", paths=["*/*"])
+    via_a, via_b = generate("ed25519"), generate("ecdsa")
+    for parent, signer, paths in [("a", via_a, ["a/*"]), ("b", via_b, ["b/*"])]:
+        md = repo.roles[parent].signed
+        md.delegations = Delegations(keys={signer.public_key.keyid: signer.public_key}, roles={})
+        md.delegations.roles["release"] = DelegatedRole("release", [signer.public_key.keyid], 1, False, paths)
+    repo.roles["release"] = Metadata(Targets(expires=FUTURE))
+    repo.signers["release"] = [via_a]
+    repo.add_target("release", "a/fw.bin", b"authorised through a\n")
+    repo.add_target("release", "b/fw.bin", b"b never signed this\n")
+    repo.write(os.path.join(out, "repo"), bump=False)
+
+
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
@@ -284,6 +305,8 @@ def main():
         attacks(out)
     elif cmd == "bench":
         bench(out, int(sys.argv[3]))
+    elif cmd == "diamond":
+        diamond(out)
     else:
         sys.exit(__doc__)
 

@@ -105,6 +105,7 @@ mod digest;
 mod editor;
 mod error;
 mod gc;
+mod hash_bins;
 mod keys;
 mod loader;
 mod lock;
@@ -122,6 +123,7 @@ mod verify;
 
 pub use error::{Error, Result};
 pub use gc::{gc, GcReport, UnreferencedFile, STAGED_DIR};
+pub use hash_bins::{delegate_hash_bins, HashBinSpec, MAX_BINS};
 pub use keys::{
     generate_key, key_id, read_public_key, GeneratedKey, KeyId, KeyRing, PRIVATE_KEY_SUFFIX,
     PUBLIC_KEY_SUFFIX,

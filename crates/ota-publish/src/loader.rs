@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use tough::schema::{DelegatedRole, PathSet, RoleType, Root, Signed, Snapshot, Targets, Timestamp};
 
 use crate::error::{invalid, io, Error, Result};
+use crate::hash_bins::{read_targets, Succinct};
 use crate::meta::{METADATA_DIR, SPEC_VERSION, TARGETS_ROLE};
 use crate::names::path_matches;
 use crate::trust::{delegated_role_keys, top_role_keys, RoleKeySet, RoleTrust};
@@ -49,6 +50,9 @@ pub(crate) struct RepoState {
     /// Delegations not followed because their role was already visited (TUF 5.6.7.1: clients skip
     /// a visited role, which is what breaks delegation cycles): (delegating role, delegated role).
     pub skipped_delegations: Vec<(String, String)>,
+    /// Roles that delegate to succinct hash bins (TAP 15), with their `succinct_roles`; their bins are
+    /// in `delegated` like any role (see `crate::hash_bins`).
+    pub succinct: BTreeMap<String, Succinct>,
 }
 
 /// Every root version on disk, 1..N without gaps.
@@ -89,6 +93,7 @@ struct DelegationTree {
     delegated: BTreeMap<String, MetaFile<Targets>>,
     parents: BTreeMap<String, String>,
     skipped: Vec<(String, String)>,
+    succinct: BTreeMap<String, Succinct>,
 }
 
 impl Listed<'_> {
@@ -111,6 +116,7 @@ impl Listed<'_> {
             delegated: BTreeMap::new(),
             parents: BTreeMap::new(),
             skipped: Vec::new(),
+            succinct: BTreeMap::new(),
         };
         let mut pending = vec![TARGETS_ROLE.to_owned()];
         while let Some(parent) = pending.pop() {
@@ -129,10 +135,13 @@ impl Listed<'_> {
                     continue;
                 }
                 let v = self.version_of(&format!("{name}.json"))?;
-                let m = read_meta(
+                let (m, succinct) = read_targets(
                     &self.mdir.join(format!("{v}.{name}.json")),
                     "delegated targets metadata",
                 )?;
+                if let Some(s) = succinct {
+                    tree.succinct.insert(name.clone(), s);
+                }
                 tree.delegated.insert(name.clone(), m);
                 tree.parents.insert(name.clone(), parent.clone());
                 pending.push(name);
@@ -184,9 +193,12 @@ impl RepoState {
             snapshot: &snapshot.signed.signed,
         };
         let tv = listed.version_of("targets.json")?;
-        let targets: MetaFile<Targets> =
-            read_meta(&mdir.join(format!("{tv}.targets.json")), "targets metadata")?;
-        let tree = listed.delegation_tree(&targets.signed.signed)?;
+        let (targets, top_succinct) =
+            read_targets(&mdir.join(format!("{tv}.targets.json")), "targets metadata")?;
+        let mut tree = listed.delegation_tree(&targets.signed.signed)?;
+        if let Some(s) = top_succinct {
+            tree.succinct.insert(TARGETS_ROLE.to_owned(), s);
+        }
         Ok(RepoState {
             dir: repo.to_owned(),
             roots,
@@ -196,6 +208,7 @@ impl RepoState {
             delegated: tree.delegated,
             parents: tree.parents,
             skipped_delegations: tree.skipped,
+            succinct: tree.succinct,
         })
     }
 
@@ -314,6 +327,16 @@ impl RepoState {
             ));
         }
         for entry in self.delegation_chain(role)? {
+            if let PathSet::PathHashPrefixes(_) = entry.paths {
+                if !delegation_matches(entry, name) {
+                    return Err(Error::NotDelegated {
+                        name: name.to_owned(),
+                        role: entry.name.clone(),
+                        paths: "its hash bin".into(),
+                    });
+                }
+                continue;
+            }
             let patterns = delegated_patterns(entry)?;
             if !patterns.iter().any(|p| path_matches(p, name)) {
                 return Err(Error::NotDelegated {
@@ -324,6 +347,32 @@ impl RepoState {
             }
         }
         Ok(())
+    }
+}
+
+impl RepoState {
+    /// The role a target named `name` added into `role` goes to: its hash bin when `role` delegates to
+    /// succinct hash bins, else `role` itself.
+    pub fn placement(&self, role: &str, name: &str) -> String {
+        match self.succinct.get(role) {
+            Some(s) => s.bin_for(name),
+            None => role.to_owned(),
+        }
+    }
+}
+
+/// Whether a delegation entry covers a target name: a path pattern matches it, or (hash bins) a
+/// `path_hash_prefixes` entry starts its sha256 in hex.
+pub(crate) fn delegation_matches(entry: &DelegatedRole, name: &str) -> bool {
+    match &entry.paths {
+        PathSet::Paths(p) => p.iter().any(|p| path_matches(p.value(), name)),
+        PathSet::PathHashPrefixes(prefixes) => {
+            use sha2::Digest as _;
+            let digest = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+            prefixes
+                .iter()
+                .any(|p| digest.starts_with(&p.value().to_ascii_lowercase()))
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! files first, `timestamp.json` last. With a stage file, `add` and `delegate` hand the signed-in-steps
 //! part to `crate::staged` instead.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
@@ -442,8 +442,13 @@ where
     let mut state = RepoState::load(repo)?;
     let role = opts.role.clone().unwrap_or_else(|| TARGETS_ROLE.to_owned());
     let role_keys = state.targets_role_keys(&role)?;
+    if opts.stage.is_some() {
+        crate::hash_bins::refuse_resign(&state, &role, "`add --stage` into hash bins is not supported")?;
+    }
     if opts.stage.is_none() {
-        role_keys.check_ring_or_stage(ring)?;
+        // Into hash bins, the bins' keys sign (all bins share them), not the delegator's.
+        let signer = state.placement(&role, "");
+        state.targets_role_keys(&signer)?.check_ring_or_stage(ring)?;
         check_online_keys(&state, ring)?;
     }
     let prepared = check_releases(&state, &role, releases)?;
@@ -469,6 +474,9 @@ where
         let more = extra(&state, &mut nt, &mut store)?;
         new_targets.push(nt);
         new_targets.extend(more);
+    }
+    if state.succinct.contains_key(&role) {
+        return publish_into_bins(&mut state, &role, new_targets, opts, ring, &mut store);
     }
     let mut targets = state.take_role_targets(&role)?;
     targets.version = bump(targets.version)?;
@@ -503,6 +511,56 @@ where
     })
 }
 
+/// `add` into a role that delegates to hash bins: each target into its bin, each changed bin re-signed
+/// (only those), then snapshot and timestamp. Returns the bin's name and new version when one bin
+/// changed, else `<role> (N hash bins)` and 0.
+fn publish_into_bins(
+    state: &mut RepoState,
+    role: &str,
+    new_targets: Vec<NewTarget>,
+    opts: &AddOptions,
+    ring: &KeyRing,
+    store: &mut dyn RepoStore,
+) -> Result<AddReport> {
+    if opts.stage.is_some() {
+        return Err(invalid(
+            "add --stage",
+            format!("role {role:?} delegates to hash bins: publish instead"),
+        ));
+    }
+    let mut by_bin: BTreeMap<String, Vec<NewTarget>> = BTreeMap::new();
+    for nt in new_targets {
+        by_bin
+            .entry(state.placement(role, &nt.name))
+            .or_default()
+            .push(nt);
+    }
+    let expires = expiry_after(now()?, opts.expiries.targets)?;
+    let (mut files, mut added) = (Vec::with_capacity(by_bin.len()), Vec::new());
+    let mut last = (String::new(), 0);
+    for (bin, targets_of_bin) in by_bin {
+        let keys = state.targets_role_keys(&bin)?;
+        keys.check_ring(ring)?;
+        let mut targets = state.take_role_targets(&bin)?;
+        targets.version = bump(targets.version)?;
+        targets.expires = expires;
+        added.extend(insert_targets(&mut targets, targets_of_bin)?);
+        files.push(RoleFile::sign(&bin, &targets, &keys, ring)?);
+        last = (bin, targets.version.get());
+    }
+    let (role, role_version) = match files.len() {
+        1 => last,
+        n => (format!("{role} ({n} hash bins)"), 0),
+    };
+    publish_roles(state, files, &opts.expiries, ring, store)?;
+    Ok(AddReport {
+        role,
+        added,
+        role_version,
+        staged: None,
+    })
+}
+
 /// Refuses, before any work, a ring without the snapshot and timestamp keys a publish needs.
 fn check_online_keys(state: &RepoState, ring: &KeyRing) -> Result<()> {
     let root = &state.root()?.signed.signed;
@@ -521,14 +579,15 @@ fn check_releases<'r>(
     // (hardware, channel, version) of each new release → (its index, its target name).
     let mut new_versions: HashMap<String, (usize, String)> = HashMap::new();
     let mut key = String::new();
-    let role_targets = state.role_targets(role)?;
     let mut prepared = Vec::with_capacity(releases.len());
     let mut names = BTreeSet::new();
     for (index, spec) in releases.iter().enumerate() {
         let release = build_release(spec)?;
         let name = release_target_name(spec, &release)?;
         check_target_name(&name)?;
-        state.check_delegated(role, &name)?;
+        // Into a role that delegates to hash bins: the target's bin (crate::hash_bins).
+        let dest = state.placement(role, &name);
+        state.check_delegated(&dest, &name)?;
         let version = release.version.to_string();
         for h in &release.hardware {
             release_key(&mut key, h.as_str(), release.channel.as_str(), &version);
@@ -544,11 +603,8 @@ fn check_releases<'r>(
         }
         let tname = TargetName::new(name.as_str())
             .map_err(|e| invalid(format!("target name {name:?}"), e.to_string()))?;
-        if role_targets.targets.contains_key(&tname) || !names.insert(name.clone()) {
-            return Err(Error::DuplicateTarget {
-                name,
-                role: role.to_owned(),
-            });
+        if state.role_targets(&dest)?.targets.contains_key(&tname) || !names.insert(name.clone()) {
+            return Err(Error::DuplicateTarget { name, role: dest });
         }
         prepared.push((spec, release, name));
     }
@@ -622,6 +678,26 @@ impl RoleFile {
             bytes: keys.sign_targets_to_file(targets, ring)?,
         })
     }
+
+    /// A role file already signed (the hash-bin delegator, written in its own canonical form).
+    pub(crate) fn from_bytes(role: &str, version: NonZeroU64, bytes: Vec<u8>) -> RoleFile {
+        RoleFile {
+            role: role.to_owned(),
+            version,
+            bytes,
+        }
+    }
+}
+
+/// [`publish_roles`] for other modules of the editor (hash bins).
+pub(crate) fn publish_role_files(
+    state: &RepoState,
+    files: Vec<RoleFile>,
+    expiries: &Expiries,
+    ring: &KeyRing,
+    store: &mut dyn RepoStore,
+) -> Result<()> {
+    publish_roles(state, files, expiries, ring, store)
 }
 
 /// Publishes new targets role files (in write order) with new snapshot and timestamp.
@@ -847,6 +923,7 @@ fn delegate_with(
     }
     let _lock = RepoLock::acquire(repo, "delegate")?;
     let state = RepoState::load(repo)?;
+    crate::hash_bins::refuse_resign(&state, from, "it cannot delegate further")?;
     check_delegation_fits(&state, from, spec)?;
     let parent_keys = state.targets_role_keys(from)?;
     if stage.is_none() {

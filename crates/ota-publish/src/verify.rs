@@ -4,12 +4,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use tough::schema::{PathSet, Root, Signed, Snapshot, Target, Targets, Timestamp};
+use tough::schema::{Root, Signed, Snapshot, Target, Targets, Timestamp};
 
 use crate::digest::hash_file;
 use crate::error::Result;
 use crate::loader::{MetaFile, RepoState};
-use crate::names::path_matches;
 use crate::publish::ota_custom;
 use crate::stage::target_file_path;
 
@@ -152,7 +151,11 @@ impl Checks {
     /// Top-level targets: its signatures, its expiry, and the version snapshot lists.
     fn top_level_targets(&mut self, state: &RepoState, root: &Root) {
         let targets: &Signed<Targets> = &state.targets.signed;
-        if root.verify_role(targets).is_err() {
+        let signed_ok = match state.succinct.contains_key("targets") {
+            true => hash_bin_delegator_signed(state, "targets", &state.targets),
+            false => root.verify_role(targets).is_ok(),
+        };
+        if !signed_ok {
             self.problem("targets is not signed by a threshold of the targets keys".into());
         }
         self.expiry("targets", targets.signed.expires);
@@ -177,7 +180,11 @@ impl Checks {
             .delegations
             .as_ref()
             .unwrap_or(&no_delegations);
-        if delegations.verify_role(&m.signed, name).is_err() {
+        let signed_ok = match state.succinct.contains_key(name) {
+            true => hash_bin_delegator_signed(state, name, m),
+            false => delegations.verify_role(&m.signed, name).is_ok(),
+        };
+        if !signed_ok {
             self.problem(format!(
                 "role {name} is not signed by a threshold of its keys (as delegated by {parent})"
             ));
@@ -193,21 +200,14 @@ impl Checks {
     /// A client looks a target up in a delegated role only if every delegation on the way matches
     /// its name (TUF 5.6.7.2), so each target a role lists must lie inside all their paths.
     fn delegated_paths(&mut self, state: &RepoState, name: &str, m: &MetaFile<Targets>) -> Result<()> {
-        let chain: Vec<(String, Vec<String>)> = state
-            .delegation_chain(name)?
-            .into_iter()
-            .map(|r| {
-                let patterns = match &r.paths {
-                    PathSet::Paths(p) => p.iter().map(|p| p.value().to_owned()).collect(),
-                    PathSet::PathHashPrefixes(_) => Vec::new(),
-                };
-                (r.name.clone(), patterns)
-            })
-            .collect();
+        let chain = state.delegation_chain(name)?;
         for t in m.signed.signed.targets.keys() {
-            if let Some((via, _)) = chain
+            if let Some(via) = chain
                 .iter()
-                .find(|(_, patterns)| !patterns.iter().any(|p| path_matches(p, t.raw())))
+                .map(|r| r.name.as_str())
+                .zip(chain.iter())
+                .find(|(_, r)| !crate::loader::delegation_matches(r, t.raw()))
+                .map(|(n, _)| n)
             {
                 let how = if via == name {
                     String::new()
@@ -289,6 +289,18 @@ impl Checks {
 
 /// Says which kind a skipped delegation is: a cycle (the role leads back to itself) or a second
 /// delegation of the name.
+/// A role that delegates to hash bins is signed over the canonical form of its bytes as read (its
+/// `succinct_roles`), not over the in-memory expansion tough's check would serialize.
+fn hash_bin_delegator_signed(state: &RepoState, role: &str, m: &MetaFile<Targets>) -> bool {
+    let (Ok(trust), Ok(msg)) = (
+        state.role_trust(role),
+        crate::hash_bins::signed_canonical(&m.bytes),
+    ) else {
+        return false;
+    };
+    trust.count_valid(&msg, &m.signed.signatures) >= trust.threshold
+}
+
 fn skipped_delegation_warning(state: &RepoState, parent: &str, child: &str) -> String {
     let mut ancestors = vec![parent];
     let mut at = parent;

@@ -34,8 +34,13 @@ struct Session {
     /// The one time the whole update judges expiry against (TUF 5.1: "fixed update start time").
     reference_time: DateTime<Utc>,
     snapshot: Snapshot,
-    /// Verified targets roles by name: "targets" and each delegated role loaded so far.
+    /// Targets roles loaded so far, by name: one file per name in this snapshot, so the content does not
+    /// depend on how the search reached it; each was verified through at least one delegation.
     roles: HashMap<String, Arc<Targets>>,
+    /// The delegations (delegator, role) each role was verified through. A role's trust comes from the
+    /// delegation that led to it: reached through another delegator, it is verified again against that
+    /// one's keys and threshold, never trusted because another delegator's keys signed it.
+    verified: HashSet<(String, String)>,
 }
 
 /// Ensures a base URL ends with `/` so names can be appended.
@@ -113,6 +118,7 @@ impl Client {
             reference_time,
             snapshot,
             roles: HashMap::new(),
+            verified: HashSet::new(),
         });
         // TUF 5.6: top-level targets; if it fails the refresh failed.
         if let Err(e) = self.load_targets("targets", "root").await {
@@ -303,24 +309,28 @@ impl Client {
 
     /// TUF 5.6.1 - 5.6.6 for one targets role (top-level or delegated by `delegator`): the trusted copy if
     /// it still matches snapshot, else a download; verified against snapshot's meta (length, hashes,
-    /// version) and the delegator's keys, not expired, persisted as received.
+    /// version) and the delegator's keys, not expired, persisted as received. A role already loaded in
+    /// this session through another delegator is verified again against `delegator`'s keys.
     async fn load_targets(&mut self, role: &str, delegator: &str) -> Result<Arc<Targets>> {
         let session = self
             .session
             .as_ref()
             .ok_or_else(|| Error::Misuse("refresh first".into()))?;
+        let edge = (delegator.to_string(), role.to_string());
         if let Some(t) = session.roles.get(role) {
-            return Ok(Arc::clone(t));
+            if session.verified.contains(&edge) {
+                return Ok(Arc::clone(t));
+            }
+            // Loaded through another delegator: the same bytes, verified against this one's keys.
+            let t = Arc::clone(t);
+            let meta = self.snapshot_meta(role)?;
+            self.check_targets(role, delegator, t.bytes().to_vec(), &meta)?;
+            if let Some(s) = self.session.as_mut() {
+                s.verified.insert(edge);
+            }
+            return Ok(t);
         }
-        let meta = session
-            .snapshot
-            .meta
-            .get(&format!("{role}.json"))
-            .cloned()
-            .ok_or_else(|| Error::MissingMeta {
-                role: role.to_string(),
-                referrer: "snapshot".into(),
-            })?;
+        let meta = self.snapshot_meta(role)?;
         // TUF 5.6.1: length from snapshot, else the configured maximum.
         let limit = meta.length.unwrap_or(self.config.limits.targets_max);
         let local = store::read(&self.dir, role, limit).and_then(|b| {
@@ -330,26 +340,54 @@ impl Client {
         });
         let targets = match local {
             Some(t) => t,
-            None => {
-                let base = with_slash(&self.config.metadata_base_url);
-                let quoted = crate::paths::quote_name(role);
-                let url = if self.root.consistent_snapshot {
-                    format!("{base}{}.{quoted}.json", meta.version)
-                } else {
-                    format!("{base}{quoted}.json")
-                };
-                let bytes = fetch_required(&self.fetcher, &url, limit).await?;
-                let t = self.check_targets(role, delegator, bytes, &meta)?;
-                // TUF 5.6.6: persist as received.
-                store::write(&self.dir, role, t.bytes())?;
-                t
-            }
+            None => self.fetch_targets(role, delegator, &meta, limit).await?,
         };
         let targets = Arc::new(targets);
         if let Some(s) = self.session.as_mut() {
             s.roles.insert(role.to_string(), Arc::clone(&targets));
+            s.verified.insert(edge);
         }
         Ok(targets)
+    }
+
+    /// Snapshot's entry for a targets role (TUF 5.6.1).
+    fn snapshot_meta(&self, role: &str) -> Result<MetaFile> {
+        let session = self
+            .session
+            .as_ref()
+            .ok_or_else(|| Error::Misuse("refresh first".into()))?;
+        session
+            .snapshot
+            .meta
+            .get(&format!("{role}.json"))
+            .cloned()
+            .ok_or_else(|| Error::MissingMeta {
+                role: role.to_string(),
+                referrer: "snapshot".into(),
+            })
+    }
+
+    /// Downloads a targets role (versioned name with consistent snapshots), verifies it (TUF 5.6.2 -
+    /// 5.6.5) and persists it as received (5.6.6).
+    async fn fetch_targets(
+        &self,
+        role: &str,
+        delegator: &str,
+        meta: &MetaFile,
+        limit: u64,
+    ) -> Result<Targets> {
+        let base = with_slash(&self.config.metadata_base_url);
+        let quoted = crate::paths::quote_name(role);
+        let url = if self.root.consistent_snapshot {
+            format!("{base}{}.{quoted}.json", meta.version)
+        } else {
+            format!("{base}{quoted}.json")
+        };
+        let bytes = fetch_required(&self.fetcher, &url, limit).await?;
+        let t = self.check_targets(role, delegator, bytes, meta)?;
+        // TUF 5.6.6: persist as received.
+        store::write(&self.dir, role, t.bytes())?;
+        Ok(t)
     }
 
     fn check_targets(&self, role: &str, delegator: &str, bytes: Vec<u8>, meta: &MetaFile) -> Result<Targets> {
@@ -445,29 +483,33 @@ impl Client {
         let cap = usize::try_from(self.config.limits.max_roles_listed).unwrap_or(usize::MAX);
         let mut names: BTreeSet<String> = BTreeSet::new();
         let mut to_visit: Vec<(String, String)> = vec![("targets".into(), "root".into())];
-        let mut visited: HashSet<String> = HashSet::new();
-        while visited.len() < cap {
+        // Tried per delegation, listed per role: a role that fails to verify through one delegator is
+        // still listed when another delegator's keys sign it.
+        let mut tried: HashSet<(String, String)> = HashSet::new();
+        let mut listed: HashSet<String> = HashSet::new();
+        while tried.len() < cap {
             let Some((role, delegator)) = to_visit.pop() else {
                 break;
             };
-            if !visited.insert(role.clone()) {
+            if listed.contains(&role) || !tried.insert((delegator.clone(), role.clone())) {
                 continue;
             }
             let targets = match self.load_targets(&role, &delegator).await {
                 Ok(t) => t,
                 Err(e) if role != "targets" => {
-                    tracing::warn!(role, "skipping delegated role: {e}");
+                    tracing::warn!(role, delegator, "skipping delegated role: {e}");
                     continue;
                 }
                 Err(e) => return Err(e),
             };
+            listed.insert(role.clone());
             names.extend(targets.names().map(str::to_string));
             if let Some(d) = &targets.delegations {
                 let children: Vec<String> = match &d.roles {
                     DelegatedRoles::Listed(list) => list.iter().map(|r| r.name.clone()).collect(),
                     DelegatedRoles::Succinct(s) => {
                         let bins = 1u64 << s.bit_length.clamp(1, 32);
-                        let room = u64::try_from(cap.saturating_sub(visited.len())).unwrap_or(u64::MAX);
+                        let room = u64::try_from(cap.saturating_sub(tried.len())).unwrap_or(u64::MAX);
                         let width = format!("{:x}", bins - 1).len();
                         (0..bins.min(room))
                             .map(|i| format!("{}-{i:0width$x}", s.name_prefix))
