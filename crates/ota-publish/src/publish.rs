@@ -476,7 +476,8 @@ where
         new_targets.extend(more);
     }
     if state.succinct.contains_key(&role) {
-        return publish_into_bins(&mut state, &role, new_targets, opts, ring, &mut store);
+        let report = publish_into_bins(&mut state, &role, new_targets, opts, ring, &mut store)?;
+        return Ok(AddReport { warnings, ..report });
     }
     let mut targets = state.take_role_targets(&role)?;
     targets.version = bump(targets.version)?;
@@ -558,6 +559,7 @@ fn publish_into_bins(
         added,
         role_version,
         staged: None,
+        warnings: Vec::new(),
     })
 }
 
