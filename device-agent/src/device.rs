@@ -176,11 +176,14 @@ pub struct Device<S: Slot, B: BootControl> {
 
 impl<S: Slot, B: BootControl> Device<S, B> {
     /// Opens a provisioned device whose identity key is the file in the state directory; refuses when
-    /// the key, the pinned root or the update record is missing, or the key is readable by others.
+    /// the key, the pinned root or the update record is missing, the state directory or the key (its
+    /// target, symlinks resolved) is open to group or others, or the pinned root does not match the
+    /// trusted root ([`crate::trust`]).
     pub fn open(settings: DeviceSettings, slots: SlotPair<S>, boot: B) -> Result<Device<S, B>> {
         let dir = &settings.state_dir;
         require(dir, &[crate::identity::IDENTITY_FILE])?;
         require(dir, PROVISIONED_FILES)?;
+        crate::trust::check_state_dir(dir)?;
         crate::trust::check_key_file(&FileIdentity::path_in(dir))?;
         let identity = FileIdentity::load(&FileIdentity::path_in(dir))?;
         Device::open_with_identity(settings, slots, boot, Box::new(identity))
