@@ -986,6 +986,51 @@ mod tests {
     }
 
     #[test]
+    fn attempts_are_counted_and_back_off_after_the_loop_breaker() {
+        let policy = RetryPolicy {
+            first_backoff: std::time::Duration::from_secs(60),
+            max_backoff: std::time::Duration::from_secs(300),
+        };
+        let waits: Vec<u64> = (1..=8).map(|n| policy.wait_after(n).as_secs()).collect();
+        assert_eq!(waits, [0, 0, 0, 60, 120, 240, 300, 300]);
+        let mut rec = provisioned();
+        let v2 = version("2.0.0");
+        for n in 1..=4 {
+            rec.count_attempt(&v2, format!("cut {n}"), 1000, &policy);
+        }
+        let r = rec.retry.clone().unwrap();
+        assert_eq!(
+            (r.attempts, r.next_try_unix, r.last_reason.as_str()),
+            (4, 1060, "cut 4")
+        );
+        assert!(rec.retry_wait(&v2, 1059).is_some());
+        assert!(rec.retry_wait(&v2, 1060).is_none());
+        assert!(rec.retry_wait(&version("3.0.0"), 0).is_none());
+        rec.count_attempt(&version("3.0.0"), "other".into(), 1000, &policy);
+        assert_eq!(
+            rec.retry.unwrap().attempts,
+            1,
+            "a new release starts its own count"
+        );
+    }
+
+    #[test]
+    fn a_trial_slot_not_holding_its_image_rolls_back_without_condemning_the_release() {
+        let [_, _, (trial, _)] = states_of_an_update().try_into().unwrap();
+        let t = transition(
+            trial,
+            Event::SlotMismatch {
+                reason: "slot b does not hold 2.0.0".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(t.state.name(), "rolled back");
+        assert_eq!((t.failed, t.raise_floor), (None, None));
+        assert_eq!(t.slot, Some((SlotId::B, None)));
+        assert_eq!(t.action, Action::FinishRollback { slot: SlotId::B });
+    }
+
+    #[test]
     fn each_state_has_one_way_forward_after_a_start() {
         let [(downloading, _), (installed, _), (trial, _)] = states_of_an_update().try_into().unwrap();
         let action = |s: &UpdateState, booted, trial| transition(s.clone(), started(booted, trial)).unwrap();

@@ -282,3 +282,44 @@ fn transport(url: &str, e: &reqwest::Error, timeout: Duration) -> Error {
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn min(bytes_per_sec: u64, secs: u64) -> MinRate {
+        MinRate {
+            bytes_per_sec,
+            window: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn the_rate_is_judged_over_the_last_window_after_a_grace_of_one_window() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = RateWindow::new(min(100, 10), t0);
+        // A fast start, then a drip: cut once the last 10 s carried less than 1000 bytes.
+        w.check("u", at(1), 5000).unwrap();
+        for s in 2..=10 {
+            w.check("u", at(s), 10).unwrap();
+        }
+        w.check("u", at(11), 10).unwrap_err();
+        let err = w.check("u", at(12), 10).unwrap_err().to_string();
+        assert!(
+            err.contains("minimum rate of 100 bytes/s") && err.contains("10s"),
+            "{err}"
+        );
+        // A steady 200 B/s passes forever; silence is judged at the ticks (5 s of it halves the rate).
+        let mut w = RateWindow::new(min(100, 10), t0);
+        for s in 1..=60 {
+            w.check("u", at(s), 200).unwrap();
+        }
+        w.check("u", at(65), 0).unwrap();
+        w.check("u", at(75), 0).unwrap_err();
+        // 0 turns it off.
+        let mut w = RateWindow::new(min(0, 10), t0);
+        w.check("u", at(100), 0).unwrap();
+    }
+}
