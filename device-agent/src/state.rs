@@ -18,7 +18,10 @@
 //! counts the agent starts it has seen (`restarts`); past [`MAX_RESTARTS`] the loop breaker gives up on
 //! the update (Failed, or RolledBack once the new image has been booted), so a release that crashes the
 //! agent or the device cannot cause an endless loop. That rule is written once ([`transition`]'s
-//! `Started` arm).
+//! `Started` arm). Only a verified image that fails its trial (RolledBack) condemns a release
+//! ([`Transition::failed`]); an install stopped before that (a failed download, kills, power cuts, the loop
+//! breaker in Downloading or Installed) leaves it eligible, retried with the full image after a backoff
+//! ([`DeviceRecord::retry`], [`RetryPolicy`]).
 //!
 //! Why the trial is started *from* Installed rather than after saving TrialBoot: the bootloader shows the
 //! same thing (old slot running, no trial) when a trial was never started and when it was started and
