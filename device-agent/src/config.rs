@@ -46,9 +46,22 @@ pub struct RepositoryConfig {
     /// Timeout of one HTTP request, in seconds.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
+    /// Slow retrieval protection: a download (metadata or image) whose average rate over the last
+    /// `rate_window_secs` falls below this many bytes per second is cut, whatever its total timeout.
+    #[serde(default = "default_min_rate")]
+    pub min_rate_bytes_per_sec: u64,
+    /// The sliding window, in seconds, over which the minimum rate is averaged.
+    #[serde(default = "default_rate_window")]
+    pub rate_window_secs: u64,
 }
 
 fn default_request_timeout() -> u64 {
+    30
+}
+fn default_min_rate() -> u64 {
+    1024
+}
+fn default_rate_window() -> u64 {
     30
 }
 
@@ -164,6 +177,13 @@ pub struct PollConfig {
     /// Upper bound of the exponential backoff after failed polls, in seconds.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_secs: u64,
+    /// After a release's first few attempts ended before its image was verified (failed downloads,
+    /// kills, power cuts), the next attempt waits this many seconds, doubling with each further one.
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff_secs: u64,
+    /// The longest such wait, in seconds; the release is never given up for an interruption.
+    #[serde(default = "default_max_backoff")]
+    pub retry_backoff_max_secs: u64,
 }
 
 fn default_interval() -> u64 {
@@ -175,6 +195,9 @@ fn default_jitter() -> u8 {
 fn default_max_backoff() -> u64 {
     6 * 3600
 }
+fn default_retry_backoff() -> u64 {
+    600
+}
 
 impl Default for PollConfig {
     fn default() -> Self {
@@ -182,6 +205,8 @@ impl Default for PollConfig {
             interval_secs: default_interval(),
             jitter_percent: default_jitter(),
             max_backoff_secs: default_max_backoff(),
+            retry_backoff_secs: default_retry_backoff(),
+            retry_backoff_max_secs: default_max_backoff(),
         }
     }
 }
@@ -212,6 +237,7 @@ impl AgentConfig {
         };
         let config: AgentConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
         config.validate().map_err(bad)?;
+        config.check_slots_distinct().map_err(bad)?;
         Ok(config)
     }
 
@@ -227,6 +253,9 @@ impl AgentConfig {
         }
         if self.repository.request_timeout_secs == 0 {
             return Err("repository.request_timeout_secs must be at least 1".into());
+        }
+        if self.repository.rate_window_secs == 0 {
+            return Err("repository.rate_window_secs must be at least 1".into());
         }
         for (name, slot) in [("slots.a", &self.slots.a), ("slots.b", &self.slots.b)] {
             if slot.capacity == 0 {
@@ -255,7 +284,41 @@ impl AgentConfig {
         if self.poll.max_backoff_secs < self.poll.interval_secs {
             return Err("poll.max_backoff_secs must be at least poll.interval_secs".into());
         }
+        if self.poll.retry_backoff_max_secs < self.poll.retry_backoff_secs {
+            return Err("poll.retry_backoff_max_secs must be at least poll.retry_backoff_secs".into());
+        }
         Ok(())
+    }
+
+    /// Refuses two slots that are one object (the same file through another path or a symlink, or the
+    /// same block device), naming both paths: writing "the inactive slot" would overwrite the running one.
+    fn check_slots_distinct(&self) -> std::result::Result<(), String> {
+        let (a, b) = (&self.slots.a.path, &self.slots.b.path);
+        match ota_slot::same_object(a, b) {
+            Ok(Some(what)) => Err(format!(
+                "slots.a ({}) and slots.b ({}) are the same {what}: the running slot would be overwritten",
+                a.display(),
+                b.display()
+            )),
+            Ok(None) => Ok(()),
+            Err(e) => Err(format!("cannot compare slots.a and slots.b: {e}")),
+        }
+    }
+
+    /// The minimum transfer rate and its window (slow retrieval protection).
+    pub fn min_rate(&self) -> ota_tuf::MinRate {
+        ota_tuf::MinRate {
+            bytes_per_sec: self.repository.min_rate_bytes_per_sec,
+            window: Duration::from_secs(self.repository.rate_window_secs),
+        }
+    }
+
+    /// How attempts at a release that keep ending before verification wait.
+    pub fn retry_policy(&self) -> crate::state::RetryPolicy {
+        crate::state::RetryPolicy {
+            first_backoff: Duration::from_secs(self.poll.retry_backoff_secs),
+            max_backoff: Duration::from_secs(self.poll.retry_backoff_max_secs),
+        }
     }
 
     /// The HTTP request timeout.

@@ -36,7 +36,9 @@ pub fn open_parts(config: &AgentConfig) -> Result<(SlotPair<FileSlot>, Box<dyn B
 /// Opens the provisioned device the configuration describes.
 pub fn open_device(config: &AgentConfig) -> Result<ConfiguredDevice> {
     let (slots, boot) = open_parts(config)?;
-    Device::open(DeviceSettings::from_config(config), slots, boot)
+    let mut device = Device::open(DeviceSettings::from_config(config), slots, boot)?;
+    device.set_retry_policy(config.retry_policy());
+    Ok(device)
 }
 
 /// How a reboot was done.

@@ -28,8 +28,8 @@ use crate::health::{run_checks, HealthReport};
 use crate::identity::{FileIdentity, IdentityKey};
 use crate::select::{select, Decision, DeviceFacts, OfferedTarget};
 use crate::state::{
-    transition, Action, DeviceRecord, Event, ImageRef, InstallReport, InstallVia, RecordFile, SlotImage,
-    UpdateState,
+    transition, Action, DeviceRecord, DownloadRetry, Event, ImageRef, InstallReport, InstallVia, RecordFile,
+    RetryPolicy, SlotImage, UpdateState,
 };
 use crate::SlotId;
 
@@ -87,6 +87,7 @@ impl DeviceSettings {
             config.repository.targets_url.clone(),
         );
         repository.request_timeout = config.request_timeout();
+        repository.min_rate = config.min_rate();
         DeviceSettings {
             state_dir: config.state_dir.clone(),
             hardware_id: config.hardware_id.clone(),
@@ -157,6 +158,8 @@ pub struct Status {
     pub failed: Vec<Version>,
     /// How the last install got its bytes (delta or full image, bytes downloaded).
     pub last_install: Option<InstallReport>,
+    /// Attempts at a release that ended before its image was verified, and when the next may start.
+    pub retry: Option<DownloadRetry>,
 }
 
 /// A provisioned device: its slots, bootloader, identity, trusted metadata and update record.
@@ -168,15 +171,20 @@ pub struct Device<S: Slot, B: BootControl> {
     file: RecordFile,
     record: DeviceRecord,
     client: Client,
+    retry_policy: RetryPolicy,
 }
 
 impl<S: Slot, B: BootControl> Device<S, B> {
     /// Opens a provisioned device whose identity key is the file in the state directory; refuses when
-    /// the key, the pinned root or the update record is missing, or the key is readable by others.
+    /// the key, the pinned root or the update record is missing, the state directory or the key (its
+    /// target, symlinks resolved) is open to group or others, or the pinned root does not match the
+    /// trusted root ([`crate::trust`]).
     pub fn open(settings: DeviceSettings, slots: SlotPair<S>, boot: B) -> Result<Device<S, B>> {
         let dir = &settings.state_dir;
         require(dir, &[crate::identity::IDENTITY_FILE])?;
         require(dir, PROVISIONED_FILES)?;
+        crate::trust::check_state_dir(dir)?;
+        crate::trust::check_key_file(&FileIdentity::path_in(dir))?;
         let identity = FileIdentity::load(&FileIdentity::path_in(dir))?;
         Device::open_with_identity(settings, slots, boot, Box::new(identity))
     }
@@ -191,6 +199,11 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     ) -> Result<Device<S, B>> {
         let dir = &settings.state_dir;
         require(dir, PROVISIONED_FILES)?;
+        crate::trust::check_state_dir(dir)?;
+        crate::trust::check_pinned_root(
+            &dir.join(PINNED_ROOT_FILE),
+            &dir.join(METADATA_DIR).join("root.json"),
+        )?;
         let file = RecordFile::in_dir(dir);
         let record = file.load()?;
         let client = Client::load(&dir.join(METADATA_DIR), settings.repository.clone())?;
@@ -202,7 +215,14 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             file,
             record,
             client,
+            retry_policy: RetryPolicy::default(),
         })
+    }
+
+    /// Sets how attempts at a release that keep failing before verification wait (the default:
+    /// [`RetryPolicy::default`]).
+    pub fn set_retry_policy(&mut self, policy: RetryPolicy) {
+        self.retry_policy = policy;
     }
 
     /// The persisted record.
@@ -234,7 +254,16 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     /// [`Device::apply`], saving how the install went in the same write.
     fn apply_with(&mut self, event: Event, last_install: Option<InstallReport>) -> Result<Action> {
         let mut record = self.record.clone();
-        let action = record.apply(transition(record.state.clone(), event)?);
+        let before = record.state.clone();
+        let counted = attempt_ended(&before, &event);
+        let verified = matches!(event, Event::Verified { .. });
+        let action = record.apply(transition(before, event)?);
+        if let Some((version, reason)) = counted {
+            record.count_attempt(&version, reason, now_unix(), &self.retry_policy);
+        }
+        if verified {
+            record.retry = None;
+        }
         if let Some(report) = last_install {
             record.last_install = Some(report);
         }
@@ -295,7 +324,11 @@ impl<S: Slot, B: BootControl> Device<S, B> {
                     let note = format!("trial boot of slot {slot} requested: rebooting");
                     return Ok(self.outcome(true, note));
                 }
-                Action::CheckHealth { .. } => {
+                Action::CheckHealth { slot } => {
+                    if let Some(reason) = self.trial_slot_mismatch(slot)? {
+                        action = self.apply(Event::SlotMismatch { reason })?;
+                        continue;
+                    }
                     let report: HealthReport = run_checks(&self.settings.health).await;
                     why = Some(report.summary());
                     if report.healthy() {
@@ -311,6 +344,35 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             };
             action = self.apply(event)?;
         }
+    }
+
+    /// Hashes the trial slot again before a commit raises the version floor: `Some(why)` when it does not
+    /// hold the image the record names (a hand-edited or stale record must never commit).
+    fn trial_slot_mismatch(&mut self, slot: SlotId) -> Result<Option<String>> {
+        let UpdateState::TrialBoot { image, .. } = &self.record.state else {
+            return Ok(None);
+        };
+        let image = image.clone();
+        let capacity = self.slots.get_mut(slot).capacity();
+        if image.length > capacity {
+            return Ok(Some(format!(
+                "slot {slot} cannot hold {} ({} bytes, the slot has {capacity}): not committing",
+                image.target, image.length
+            )));
+        }
+        let got = slot_sha256(&mut *self.slots.get_mut(slot), image.length)?;
+        if got == image.sha256.0 {
+            return Ok(None);
+        }
+        let why = format!(
+            "slot {slot} does not hold {} {} (sha256 {} expected, {} found): not committing",
+            image.target,
+            image.version,
+            image.sha256.to_hex(),
+            hex::encode(got)
+        );
+        tracing::warn!("{why}");
+        Ok(Some(why))
     }
 
     /// Makes the bootloader agree with a persisted commit.
@@ -352,6 +414,10 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         let booted = self.boot.booted()?;
         match self.record.state.clone() {
             UpdateState::TrialBoot { slot, .. } if slot == booted => {
+                if let Some(reason) = self.trial_slot_mismatch(slot)? {
+                    let action = self.apply(Event::SlotMismatch { reason })?;
+                    return self.drive(action, None).await;
+                }
                 let action = self.apply(Event::Healthy)?;
                 self.drive(action, Some("marked good by the operator".to_owned()))
                     .await
@@ -403,6 +469,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             slot_b: r.slot_b.clone(),
             failed: r.failed.clone(),
             last_install: r.last_install.clone(),
+            retry: r.retry.clone(),
         })
     }
 
@@ -448,6 +515,9 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             });
         }
         let (targets, decision) = self.refresh_and_select().await?;
+        if let Some(wait) = self.retry_wait(&state, &decision) {
+            return Ok(wait);
+        }
         if let UpdateState::Downloading { slot, image, .. } = state {
             let same = targets.iter().find(|t| {
                 t.name == image.target && t.length == image.length && t.sha256() == Some(image.sha256.0)
@@ -471,6 +541,27 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         self.choose(slot, &image)?;
         let delta = self.delta_plan(&decision, &image, &targets);
         self.install(slot, image, &info, delta).await
+    }
+
+    /// The outcome of a poll that must wait: the release it would (re)start has failed attempts whose
+    /// backoff has not run out.
+    fn retry_wait(&self, state: &UpdateState, decision: &Decision) -> Option<Outcome> {
+        let version = match (state, decision) {
+            (UpdateState::Downloading { image, .. }, _) | (_, Decision::Install { image, .. }) => {
+                &image.version
+            }
+            _ => return None,
+        };
+        let now = now_unix();
+        let r = self.record.retry_wait(version, now)?;
+        let note = format!(
+            "{} attempts at {} ended before the image was verified (last: {}); next try in {} s",
+            r.attempts,
+            r.version,
+            r.last_reason,
+            r.next_try_unix.saturating_sub(now)
+        );
+        Some(self.outcome(false, note))
     }
 
     /// Records the choice of `image` for `slot` (the slot's old content is forgotten), refusing an image
@@ -599,6 +690,10 @@ impl<S: Slot, B: BootControl> Device<S, B> {
                 self.apply(Event::DownloadFailed {
                     reason: e.to_string(),
                 })?;
+            } else {
+                // The state stays Downloading (resumed by the next poll); the attempt still counts.
+                let (policy, reason) = (self.retry_policy, anyhow_like(&e));
+                self.update_record(|rec| rec.count_attempt(&image.version, reason, now_unix(), &policy))?;
             }
             return Err(Error::Tuf(e));
         }
@@ -684,6 +779,45 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         outcome.note = format!("installed {how}; {}", outcome.note);
         Ok(outcome)
     }
+}
+
+/// The attempt at a release that `event` ends in `state` before its image was verified, and why: a
+/// start that interrupted a download (or the loop breaker stopping an install), or a failed download.
+fn attempt_ended(state: &UpdateState, event: &Event) -> Option<(Version, String)> {
+    match (state, event) {
+        (UpdateState::Downloading { image, .. }, Event::Started { .. }) => Some((
+            image.version.clone(),
+            "interrupted (the agent restarted during the download)".to_owned(),
+        )),
+        (UpdateState::Installed { image, restarts, .. }, Event::Started { .. })
+            if *restarts >= crate::state::MAX_RESTARTS =>
+        {
+            Some((image.version.clone(), crate::state::INTERRUPTED.to_owned()))
+        }
+        (UpdateState::Downloading { image, .. }, Event::DownloadFailed { reason }) => {
+            Some((image.version.clone(), reason.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// Seconds since the Unix epoch (0 on a clock before it: every backoff then looks run out).
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An error and its sources, `: `-separated.
+fn anyhow_like(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Whether a TUF error means the server's bytes were wrong (as opposed to unreachable).

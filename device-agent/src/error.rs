@@ -79,6 +79,26 @@ pub enum Error {
         /// Its permission bits.
         mode: u32,
     },
+    /// Something the agent trusts on disk (state directory, identity key) is open to group or others.
+    #[error("{what} {path} has mode {mode:o}: it must not be readable or writable by group or others (chmod {fix})")]
+    UnsafePermissions {
+        /// What it is.
+        what: &'static str,
+        /// The path, symlinks resolved.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// The mode to set.
+        fix: &'static str,
+    },
+    /// The pinned root fingerprint file is unreadable or does not match the trusted root.
+    #[error("pinned root {path}: {why}; refusing to trust the metadata (re-provision the device)")]
+    PinnedRoot {
+        /// The pinned-root file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// The identity key file does not hold a valid PKCS#8 ed25519 key.
     #[error("identity key {path} is not a PKCS#8 ed25519 private key: {why}")]
     KeyFormat {

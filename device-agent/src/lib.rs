@@ -16,6 +16,7 @@
 //!   bootloader backends, [`daemon::reboot`] is the reboot policy.
 //! - [`schedule::PollSchedule`]: polling interval, jitter and backoff.
 //! - [`lock::AgentLock`]: one agent process at a time per state directory.
+//! - [`trust`]: the checks of what the agent trusts on disk, at every start.
 //! - [`delta`]: installs by binary delta from the running slot, with [`delta::DeltaFallback`] naming
 //!   why the full image was used instead.
 //!
@@ -35,6 +36,7 @@ pub mod provision;
 pub mod schedule;
 pub mod select;
 pub mod state;
+pub mod trust;
 
 pub use error::{Error, Result};
 

@@ -257,6 +257,12 @@ fn print_status(s: &Status) {
     if let Some(last) = &s.last_install {
         println!("last        {last}");
     }
+    if let Some(r) = &s.retry {
+        println!(
+            "retry       {} attempts at {} ended before verification (last: {}); next try at unix time {}",
+            r.attempts, r.version, r.last_reason, r.next_try_unix
+        );
+    }
     if !s.failed.is_empty() {
         let failed: Vec<String> = s.failed.iter().map(|v| v.to_string()).collect();
         println!("failed      {}", failed.join(", "));

@@ -107,16 +107,17 @@ pub fn provision<S: Slot, B: BootControl>(
     })
 }
 
-/// Creates the state directory (0700) if it does not exist yet (provisioning's first step; the agent
-/// lock lives in it).
+/// Creates the state directory (0700) if it does not exist yet, or closes an existing one to group and
+/// others (provisioning's first step; the agent lock lives in it, and every start refuses it open).
 pub fn create_state_dir(dir: &Path) -> Result<()> {
     create_private_dir(dir)
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if dir.is_dir() {
-        return Ok(());
+        return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(Error::io("close state directory", dir));
     }
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -74,6 +74,7 @@ mod tests {
             interval_secs: 60,
             jitter_percent: 20,
             max_backoff_secs: 600,
+            ..PollConfig::default()
         }
     }
 

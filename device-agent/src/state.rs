@@ -18,7 +18,10 @@
 //! counts the agent starts it has seen (`restarts`); past [`MAX_RESTARTS`] the loop breaker gives up on
 //! the update (Failed, or RolledBack once the new image has been booted), so a release that crashes the
 //! agent or the device cannot cause an endless loop. That rule is written once ([`transition`]'s
-//! `Started` arm).
+//! `Started` arm). Only a verified image that fails its trial (RolledBack) condemns a release
+//! ([`Transition::failed`]); an install stopped before that (a failed download, kills, power cuts, the loop
+//! breaker in Downloading or Installed) leaves it eligible, retried with the full image after a backoff
+//! ([`DeviceRecord::retry`], [`RetryPolicy`]).
 //!
 //! Why the trial is started *from* Installed rather than after saving TrialBoot: the bootloader shows the
 //! same thing (old slot running, no trial) when a trial was never started and when it was started and
@@ -131,8 +134,10 @@ pub enum UpdateState {
         reason: String,
     },
     /// The install of `version` failed before any trial; the running slot was never touched. Final.
+    /// Remembered as failed (never retried) only when the image can never fit the slot; an interrupted
+    /// or failed download leaves the release eligible, retried after [`DeviceRecord::retry`]'s backoff.
     Failed {
-        /// The version that failed (not retried until a newer one appears).
+        /// The version whose install failed.
         version: Version,
         /// Why.
         reason: String,
@@ -183,6 +188,11 @@ pub enum Event {
     },
     /// An operator asked to abandon the trial (`device-agent rollback`).
     Abandoned,
+    /// Before a commit, the trial slot was hashed again and does not hold the recorded image.
+    SlotMismatch {
+        /// What the slot holds instead.
+        reason: String,
+    },
 }
 
 impl UpdateState {
@@ -308,6 +318,7 @@ impl fmt::Display for Event {
             Event::Healthy => f.write_str("healthy"),
             Event::Unhealthy { reason } => write!(f, "unhealthy ({reason})"),
             Event::Abandoned => f.write_str("abandoned"),
+            Event::SlotMismatch { reason } => write!(f, "slot mismatch ({reason})"),
         }
     }
 }
@@ -387,6 +398,10 @@ impl Transition {
     }
 }
 
+/// What the agent does after the loop breaker stopped an install whose image never ran.
+pub const INTERRUPTED: &str =
+    "the install kept being interrupted; the release stays eligible and is retried after a backoff";
+
 /// Why an update ends when the bootloader fell back from the trial slot.
 const FELL_BACK: &str = "the bootloader fell back to the old slot (new image did not come up)";
 
@@ -433,6 +448,18 @@ pub fn transition(state: UpdateState, event: Event) -> Result<Transition> {
             },
             E::Abandoned,
         ) => rolled_back(slot, image, from, "rolled back by the operator".into()),
+        // The slot does not hold the image the record names (a hand-edited or stale record): that says
+        // nothing about the release, which stays eligible.
+        (
+            S::TrialBoot {
+                slot, image, from, ..
+            },
+            E::SlotMismatch { reason },
+        ) => Transition {
+            failed: None,
+            ..rolled_back(slot, image, from, reason)
+        }
+        .holding(slot, None),
         (state, event) => {
             return Err(Error::Transition {
                 state: state.name().to_owned(),
@@ -455,10 +482,17 @@ fn restart(state: UpdateState, booted: SlotId, trial: Option<TrialBoot>) -> Tran
         )
     };
     match state {
+        // The new image never ran: the release is not to blame. Give up on this attempt only; the
+        // next one installs the full image (see `DeviceRecord::last_install`) after a backoff
+        // (`DeviceRecord::retry`).
         S::Downloading { image, restarts, .. } | S::Installed { image, restarts, .. }
             if restarts >= MAX_RESTARTS =>
         {
-            failed(image, why(restarts))
+            let stopped = S::Failed {
+                version: image.version,
+                reason: why(restarts),
+            };
+            Transition::to(stopped, Action::Wait(INTERRUPTED))
         }
         S::TrialBoot {
             slot,
@@ -572,6 +606,55 @@ pub struct DeviceRecord {
     /// starts over with the full image (the delta may be what stopped it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_install: Option<InstallReport>,
+    /// Failed or interrupted attempts at installing one release, and when the next may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<DownloadRetry>,
+}
+
+/// Attempts at one release that ended before its image was verified (a failed download, a kill, a power
+/// cut). They say nothing about the release, so it stays eligible; past [`MAX_RESTARTS`] attempts the
+/// next ones wait, doubling from [`RetryPolicy::first_backoff`] up to [`RetryPolicy::max_backoff`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadRetry {
+    /// The release being attempted.
+    pub version: Version,
+    /// Attempts that ended before the image was verified.
+    pub attempts: u32,
+    /// The next attempt starts no earlier than this (seconds since the Unix epoch).
+    pub next_try_unix: u64,
+    /// Why the last attempt ended.
+    pub last_reason: String,
+}
+
+/// How long attempts at one release wait after the first [`MAX_RESTARTS`] have failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The wait after the first attempt past [`MAX_RESTARTS`]; it doubles with each further attempt.
+    pub first_backoff: std::time::Duration,
+    /// The longest wait (hours, not forever: the release is never given up for an interruption).
+    pub max_backoff: std::time::Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            first_backoff: std::time::Duration::from_secs(600),
+            max_backoff: std::time::Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempts + 1`: none for the first [`MAX_RESTARTS`] (a flaky link is
+    /// retried at the next poll), then doubling up to the maximum.
+    pub fn wait_after(&self, attempts: u32) -> std::time::Duration {
+        let Some(past) = attempts.checked_sub(MAX_RESTARTS + 1) else {
+            return std::time::Duration::ZERO;
+        };
+        let factor = 1u32.checked_shl(past.min(20)).unwrap_or(u32::MAX);
+        self.first_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
 }
 
 /// Where the bytes of an install came from.
@@ -613,6 +696,7 @@ impl DeviceRecord {
             slot_b: None,
             failed: Vec::new(),
             last_install: None,
+            retry: None,
         };
         *record.slot_mut(slot) = Some(image);
         record
@@ -657,6 +741,28 @@ impl DeviceRecord {
             *self.slot_mut(id) = image;
         }
         action
+    }
+
+    /// Counts an attempt at `version` that ended before its image was verified, and sets when the next
+    /// may start (`now_unix` plus the policy's wait).
+    pub fn count_attempt(&mut self, version: &Version, reason: String, now_unix: u64, policy: &RetryPolicy) {
+        let attempts = match &self.retry {
+            Some(r) if r.version == *version => r.attempts.saturating_add(1),
+            _ => 1,
+        };
+        self.retry = Some(DownloadRetry {
+            version: version.clone(),
+            attempts,
+            next_try_unix: now_unix.saturating_add(policy.wait_after(attempts).as_secs()),
+            last_reason: reason,
+        });
+    }
+
+    /// When an attempt at `version` may start, if it must wait past `now_unix`.
+    pub fn retry_wait(&self, version: &Version, now_unix: u64) -> Option<&DownloadRetry> {
+        self.retry
+            .as_ref()
+            .filter(|r| r.version == *version && r.next_try_unix > now_unix)
     }
 
     /// Remembers a failed version.
@@ -875,8 +981,56 @@ mod tests {
             let t = transition(s, started(booted, None)).unwrap();
             assert_eq!(t.state.name(), want);
             assert!(t.state.to_string().contains("loop breaker"), "{}", t.state);
-            assert_eq!(t.failed, Some(version("2.0.0")), "the release is never retried");
+            // Issue 23: an image that never ran does not condemn the release; a trial that keeps
+            // crashing does.
+            let remembered = (want == "rolled back").then(|| version("2.0.0"));
+            assert_eq!(t.failed, remembered, "{want}");
         }
+    }
+
+    #[test]
+    fn attempts_are_counted_and_back_off_after_the_loop_breaker() {
+        let policy = RetryPolicy {
+            first_backoff: std::time::Duration::from_secs(60),
+            max_backoff: std::time::Duration::from_secs(300),
+        };
+        let waits: Vec<u64> = (1..=8).map(|n| policy.wait_after(n).as_secs()).collect();
+        assert_eq!(waits, [0, 0, 0, 60, 120, 240, 300, 300]);
+        let mut rec = provisioned();
+        let v2 = version("2.0.0");
+        for n in 1..=4 {
+            rec.count_attempt(&v2, format!("cut {n}"), 1000, &policy);
+        }
+        let r = rec.retry.clone().unwrap();
+        assert_eq!(
+            (r.attempts, r.next_try_unix, r.last_reason.as_str()),
+            (4, 1060, "cut 4")
+        );
+        assert!(rec.retry_wait(&v2, 1059).is_some());
+        assert!(rec.retry_wait(&v2, 1060).is_none());
+        assert!(rec.retry_wait(&version("3.0.0"), 0).is_none());
+        rec.count_attempt(&version("3.0.0"), "other".into(), 1000, &policy);
+        assert_eq!(
+            rec.retry.unwrap().attempts,
+            1,
+            "a new release starts its own count"
+        );
+    }
+
+    #[test]
+    fn a_trial_slot_not_holding_its_image_rolls_back_without_condemning_the_release() {
+        let [_, _, (trial, _)] = states_of_an_update().try_into().unwrap();
+        let t = transition(
+            trial,
+            Event::SlotMismatch {
+                reason: "slot b does not hold 2.0.0".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(t.state.name(), "rolled back");
+        assert_eq!((t.failed, t.raise_floor), (None, None));
+        assert_eq!(t.slot, Some((SlotId::B, None)));
+        assert_eq!(t.action, Action::FinishRollback { slot: SlotId::B });
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use device_agent::config::{HealthCheckConfig, HealthConfig};
 use device_agent::device::{provision, Device, DeviceSettings, FactoryImage, SlotPair};
-use device_agent::state::{RecordFile, UpdateState};
+use device_agent::state::{RecordFile, RetryPolicy, UpdateState};
 use ota_e2e::{firmware, sha256_hex, TestRepo, CHANNEL, HARDWARE};
 use ota_slot::{
     slot_sha256, AbFlashLayout, BootControl, CutMode, FlashMemory, NorFlashSlot, PowerCut, SimBootloader,
@@ -150,11 +150,29 @@ impl Fixture {
 
     /// Runs the scenario under `power`: boots until the agent settles. Returns how it ended.
     fn run(&self, power: PowerCut, healthy: bool, label: &str) -> End {
+        self.run_cuts(&[power], healthy, label, RetryPolicy::default()).0
+    }
+
+    /// Runs the scenario under each of `cuts` in turn (the next budget once the current one has cut),
+    /// then uncut, until the agent settles. Returns how it ended, and the saved state at each cut.
+    fn run_cuts(
+        &self,
+        cuts: &[PowerCut],
+        healthy: bool,
+        label: &str,
+        retry: RetryPolicy,
+    ) -> (End, Vec<&'static str>) {
+        let mut cut_in = Vec::new();
         let state = tempfile::tempdir().unwrap();
         let memory = self.factory_device(state.path());
         let settings = self.settings(state.path(), healthy);
         let (h1, h2) = (sha256_hex(&self.v1), sha256_hex(&self.v2));
-        for boot_no in 0..12 {
+        let mut cuts = cuts.iter();
+        let mut power = cuts.next().cloned().unwrap_or_else(PowerCut::never);
+        for boot_no in 0..12 + 2 * cuts.len() {
+            if power.is_cut() {
+                power = cuts.next().cloned().unwrap_or_else(PowerCut::never);
+            }
             let budget = if power.is_cut() {
                 PowerCut::never()
             } else {
@@ -198,6 +216,7 @@ impl Fixture {
             );
             let mut dev: SimDevice =
                 Device::open(settings.clone(), slots, boot).unwrap_or_else(|e| panic!("{label}: {e}"));
+            dev.set_retry_policy(retry);
             let result = self.rt.block_on(async {
                 let outcome = dev.on_boot().await?;
                 if outcome.reboot {
@@ -213,7 +232,7 @@ impl Fixture {
                     let trial = dev.boot_mut().trial().unwrap();
                     assert!(trial.is_none(), "{label}: settled with a trial pending: {o:?}");
                     assert_eq!(primary, booted, "{label}: settled off the primary slot");
-                    return match o.state {
+                    let end = match o.state {
                         UpdateState::Committed { slot, version } => {
                             assert_eq!((slot, version.to_string().as_str()), (booted, "2.0.0"), "{label}");
                             assert_eq!(dev.record().floor.to_string(), "2.0.0", "{label}");
@@ -237,8 +256,12 @@ impl Fixture {
                         }
                         other => panic!("{label}: settled in {other:?}"),
                     };
+                    return (end, cut_in);
                 }
-                Err(e) if e.is_power_loss() => continue,
+                Err(e) if e.is_power_loss() => {
+                    cut_in.push(dev.record().state.name());
+                    continue;
+                }
                 Err(e) => panic!("{label}: boot {boot_no}: agent error: {e}"),
             }
         }
@@ -311,4 +334,29 @@ fn power_cut_at_every_flash_operation_of_install_commit_and_rollback() {
     );
     println!("| v1 -> v2 unhealthy (install+rollback) | {ops_rollback:>5} | {tried_rollback:>36} |");
     println!("total cut points: {}", tried_commit + tried_rollback);
+}
+
+/// Issue 23: a download cut by power loss five times in a row (past the restart loop breaker) still
+/// ends with the release installed: the cuts are counted as attempts, not held against the release.
+#[test]
+fn issue_23_a_download_cut_again_and_again_is_installed_in_the_end() {
+    let f = Fixture::new();
+    let no_wait = RetryPolicy {
+        first_backoff: std::time::Duration::ZERO,
+        max_backoff: std::time::Duration::ZERO,
+    };
+    for first in [4, 9] {
+        // Each boot's budget counts from that boot: cut a few writes into each attempt's download.
+        let cuts: Vec<PowerCut> = (0..5)
+            .map(|i| PowerCut::after(first + i, CutMode::ALL[usize::try_from(i).unwrap() % 3]))
+            .collect();
+        let label = format!("five cuts from op {first}");
+        let (end, cut_in) = f.run_cuts(&cuts, true, &label, no_wait);
+        assert_eq!(end, End::Finished, "{label}");
+        assert!(cuts.iter().all(PowerCut::is_cut), "{label}: every cut happened");
+        assert_eq!(
+            cut_in, ["downloading"; 5],
+            "{label}: every cut interrupted the download"
+        );
+    }
 }

@@ -72,6 +72,7 @@ pub mod boot;
 mod error;
 mod file;
 mod flash;
+mod identity;
 mod layout;
 mod nor;
 mod slot;
@@ -90,6 +91,7 @@ pub use boot::{BootControl, BootState, GrubEnv, KernelCmdline, SimBootloader, Tr
 pub use error::{Error, Result};
 pub use file::FileSlot;
 pub use flash::{CutMode, FlashMemory, PowerCut, SimFlash};
+pub use identity::same_object;
 pub use layout::AbFlashLayout;
 pub use nor::NorFlashSlot;
 pub use slot::{

@@ -73,7 +73,7 @@ impl Client {
         let root = verify_self_signed_root(&bytes)?;
         Ok(Client {
             dir: metadata_dir.to_path_buf(),
-            fetcher: Fetcher::new(config.request_timeout, &config.http)?,
+            fetcher: Fetcher::new(config.request_timeout, &config.http)?.with_min_rate(config.min_rate),
             config,
             root,
             session: None,

@@ -106,6 +106,21 @@ pub enum Error {
         /// The budget that ran out.
         after: Duration,
     },
+    /// The transfer fell below the minimum average rate over the window (slow retrieval attack).
+    #[error(
+        "{url}: {got} bytes in the last {}s, below the minimum rate of {min_bytes_per_sec} bytes/s (slow retrieval refused)",
+        window.as_secs()
+    )]
+    SlowRetrieval {
+        /// The URL.
+        url: String,
+        /// Bytes received in the last window.
+        got: u64,
+        /// The window.
+        window: Duration,
+        /// The configured minimum rate.
+        min_bytes_per_sec: u64,
+    },
     /// The server answered with an HTTP error status.
     #[error("{url}: HTTP status {status}")]
     HttpStatus {

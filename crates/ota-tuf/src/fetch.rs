@@ -1,18 +1,20 @@
 //! Bounded HTTP retrieval: every body is capped (endless data), every request has a deadline and every
 //! read a stall timeout (slow retrieval).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::time::Instant;
 
-use crate::{Error, Http, Result};
+use crate::{Error, Http, MinRate, Result};
 
 /// The HTTP side of the client.
 #[derive(Debug, Clone)]
 pub(crate) struct Fetcher {
     http: reqwest::Client,
     timeout: Duration,
+    min_rate: MinRate,
 }
 
 /// What a metadata GET produced.
@@ -29,7 +31,48 @@ impl Fetcher {
             Http::Default => builder(timeout).build().map_err(cannot_build)?,
             Http::PinnedCa(pem) => pinned(builder(timeout), pem)?.build().map_err(cannot_build)?,
         };
-        Ok(Fetcher { http, timeout })
+        Ok(Fetcher {
+            http,
+            timeout,
+            min_rate: MinRate::default(),
+        })
+    }
+
+    /// The same fetcher, cutting transfers slower than `min_rate`.
+    pub(crate) fn with_min_rate(self, min_rate: MinRate) -> Fetcher {
+        Fetcher { min_rate, ..self }
+    }
+
+    /// The next body chunk (`None` at the end), within `deadline`, cutting a transfer whose rate over
+    /// the window falls below the minimum (checked at every chunk and at least every second between).
+    async fn next_chunk(
+        &self,
+        url: &str,
+        resp: &mut reqwest::Response,
+        deadline: Instant,
+        rate: &mut RateWindow,
+        after: Duration,
+    ) -> Result<Option<impl std::ops::Deref<Target = [u8]>>> {
+        loop {
+            let tick = (Instant::now() + RATE_TICK).min(deadline);
+            match tokio::time::timeout_at(tick, resp.chunk()).await {
+                Err(_) if Instant::now() >= deadline => {
+                    return Err(Error::Timeout {
+                        url: url.to_string(),
+                        after,
+                    })
+                }
+                Err(_) => rate.check(url, Instant::now(), 0)?,
+                Ok(Err(e)) => return Err(transport(url, &e, self.timeout)),
+                Ok(Ok(chunk)) => {
+                    let n = chunk.as_ref().map_or(0, |c| c.len() as u64);
+                    if chunk.is_some() {
+                        rate.check(url, Instant::now(), n)?;
+                    }
+                    return Ok(chunk);
+                }
+            }
+        }
     }
 
     async fn get(&self, url: &str, deadline: Instant) -> Result<reqwest::Response> {
@@ -70,18 +113,11 @@ impl Fetcher {
         // Sized once from the announced length (already bounded by `limit`) instead of doubling.
         let announced = resp.content_length().unwrap_or(0).min(limit);
         let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
-        loop {
-            let chunk = match tokio::time::timeout_at(deadline, resp.chunk()).await {
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        url: url.to_string(),
-                        after: self.timeout,
-                    })
-                }
-                Ok(Err(e)) => return Err(transport(url, &e, self.timeout)),
-                Ok(Ok(None)) => break,
-                Ok(Ok(Some(c))) => c,
-            };
+        let mut rate = RateWindow::new(self.min_rate, Instant::now());
+        while let Some(chunk) = self
+            .next_chunk(url, &mut resp, deadline, &mut rate, self.timeout)
+            .await?
+        {
             if (body.len() as u64).saturating_add(chunk.len() as u64) > limit {
                 return Err(Error::TooLarge {
                     url: url.to_string(),
@@ -123,18 +159,11 @@ impl Fetcher {
             });
         }
         let mut written: u64 = 0;
-        loop {
-            let chunk = match tokio::time::timeout_at(deadline, resp.chunk()).await {
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        url: url.to_string(),
-                        after: budget,
-                    })
-                }
-                Ok(Err(e)) => return Err(transport(url, &e, self.timeout)),
-                Ok(Ok(None)) => break,
-                Ok(Ok(Some(c))) => c,
-            };
+        let mut rate = RateWindow::new(self.min_rate, Instant::now());
+        while let Some(chunk) = self
+            .next_chunk(url, &mut resp, deadline, &mut rate, budget)
+            .await?
+        {
             written = written.saturating_add(chunk.len() as u64);
             if written > limit {
                 return Err(Error::TooLarge {
@@ -153,6 +182,59 @@ impl Fetcher {
             source,
         })?;
         Ok(written)
+    }
+}
+
+/// How often a silent transfer's rate is checked between chunks.
+const RATE_TICK: Duration = Duration::from_secs(1);
+
+/// The bytes a transfer received, sampled at each chunk, to average its rate over a sliding window.
+#[derive(Debug)]
+struct RateWindow {
+    min: MinRate,
+    start: Instant,
+    total: u64,
+    /// `(when, total bytes by then)`, oldest first; the first is at or before the window's start.
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl RateWindow {
+    fn new(min: MinRate, start: Instant) -> RateWindow {
+        RateWindow {
+            min,
+            start,
+            total: 0,
+            samples: VecDeque::from([(start, 0)]),
+        }
+    }
+
+    /// Adds `n` bytes received at `now`, then refuses the transfer when, past the first window, the
+    /// bytes of the last window fall below the minimum rate times the window.
+    fn check(&mut self, url: &str, now: Instant, n: u64) -> Result<()> {
+        self.total = self.total.saturating_add(n);
+        if n > 0 {
+            self.samples.push_back((now, self.total));
+        }
+        let window = self.min.window;
+        if self.min.bytes_per_sec == 0 || now.duration_since(self.start) < window {
+            return Ok(());
+        }
+        let cutoff = now - window;
+        while self.samples.get(1).is_some_and(|(t, _)| *t <= cutoff) {
+            self.samples.pop_front();
+        }
+        let before = self.samples.front().map_or(0, |(_, total)| *total);
+        let got = self.total.saturating_sub(before);
+        let needed = self.min.bytes_per_sec.saturating_mul(window.as_secs().max(1));
+        if got < needed {
+            return Err(Error::SlowRetrieval {
+                url: url.to_string(),
+                got,
+                window,
+                min_bytes_per_sec: self.min.bytes_per_sec,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -198,5 +280,46 @@ fn transport(url: &str, e: &reqwest::Error, timeout: Duration) -> Error {
     Error::Transport {
         url: url.to_string(),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn min(bytes_per_sec: u64, secs: u64) -> MinRate {
+        MinRate {
+            bytes_per_sec,
+            window: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn the_rate_is_judged_over_the_last_window_after_a_grace_of_one_window() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = RateWindow::new(min(100, 10), t0);
+        // A fast start, then a drip: cut once the last 10 s carried less than 1000 bytes.
+        w.check("u", at(1), 5000).unwrap();
+        for s in 2..=10 {
+            w.check("u", at(s), 10).unwrap();
+        }
+        w.check("u", at(11), 10).unwrap_err();
+        let err = w.check("u", at(12), 10).unwrap_err().to_string();
+        assert!(
+            err.contains("minimum rate of 100 bytes/s") && err.contains("10s"),
+            "{err}"
+        );
+        // A steady 200 B/s passes forever; silence is judged at the ticks (5 s of it halves the rate).
+        let mut w = RateWindow::new(min(100, 10), t0);
+        for s in 1..=60 {
+            w.check("u", at(s), 200).unwrap();
+        }
+        w.check("u", at(65), 0).unwrap();
+        w.check("u", at(75), 0).unwrap_err();
+        // 0 turns it off.
+        let mut w = RateWindow::new(min(0, 10), t0);
+        w.check("u", at(100), 0).unwrap();
     }
 }

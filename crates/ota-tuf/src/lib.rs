@@ -121,6 +121,28 @@ pub struct ClientConfig {
     pub clock: Arc<dyn Clock>,
     /// The HTTP client, or the TLS settings to build it with: [`Http::Default`] by default.
     pub http: Http,
+    /// The slowest transfer kept, metadata and targets alike (slow retrieval, TUF 5.x): 1 KiB/s
+    /// averaged over 30 s by default.
+    pub min_rate: MinRate,
+}
+
+/// Slow retrieval protection: a transfer whose average rate over the last `window` falls below
+/// `bytes_per_sec` is cut, whatever its total timeout (the first `window` of a transfer is its grace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    /// The minimum average rate; 0 turns the check off.
+    pub bytes_per_sec: u64,
+    /// The sliding window the rate is averaged over.
+    pub window: Duration,
+}
+
+impl Default for MinRate {
+    fn default() -> MinRate {
+        MinRate {
+            bytes_per_sec: 1024,
+            window: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The source of the time an update judges expiry against, read once at the start of each
@@ -177,6 +199,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(30),
             clock: Arc::new(SystemClock),
             http: Http::Default,
+            min_rate: MinRate::default(),
         }
     }
 }
