@@ -786,8 +786,11 @@ fn settings(fleet: &Fleet, d: &SimDevice, failing: bool) -> Result<DeviceSetting
     let base = fleet.mirror.device_base_url(&d.name);
     let mut repository = ota_tuf::ClientConfig::new(format!("{base}/metadata"), format!("{base}/targets"));
     repository.request_timeout = fleet.request_timeout;
+    // A failing check is retried until the deadline: a short one keeps the drill fast.
     let mut health = HealthConfig {
-        deadline_secs: 10,
+        deadline: std::time::Duration::from_millis(200),
+        settle: std::time::Duration::ZERO,
+        retry_interval: std::time::Duration::from_millis(50),
         checks: Vec::new(),
     };
     if failing {
