@@ -208,20 +208,8 @@ async fn probe_http(url: &str, expect: Option<u16>, timeout: Duration) -> (bool,
         Err(e) if e.is_timeout() => (false, format!("{url} timed out after {} ms", timeout.as_millis())),
         // reqwest's own message is "error sending request for url (...)": the cause that matters
         // ("Connection refused") is further down the chain.
-        Err(e) => (false, error_chain(&e)),
+        Err(e) => (false, crate::error_chain(&e)),
     }
-}
-
-/// An error and its sources, `: `-separated, as anyhow's `{:#}` prints them.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ pub mod schedule;
 pub mod select;
 pub mod state;
 
-pub use error::{Error, Result};
+pub use error::{error_chain, Error, Result};
 
 /// Exit status of the agent after a simulated reboot (`boot.backend = "sim"`): the supervisor (a test,
 /// a demo script) starts the agent again, as a real reboot would.

@@ -553,3 +553,23 @@ fn root_rotation_signed_in_steps_through_the_binary() {
     let verify = ok(d, &["verify", "--repo", "repo"]);
     assert!(verify.contains("2 root version(s)"), "{verify}");
 }
+
+#[test]
+fn an_error_prints_each_cause_once_down_to_the_os_error() {
+    let t = tempfile::tempdir().unwrap();
+    for args in [
+        &["list", "--repo", "missing"][..],
+        &["verify", "--repo", "missing"][..],
+    ] {
+        let out = repo_tool(t.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            err.matches("No such file or directory (os error 2)").count(),
+            1,
+            "{args:?}: {err}"
+        );
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains("missing"), "names the path: {err}");
+    }
+}
