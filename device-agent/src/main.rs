@@ -15,6 +15,7 @@ use device_agent::device::{create_state_dir, provision, FactoryImage, Outcome, P
 use device_agent::lock::AgentLock;
 use device_agent::select::Decision;
 use device_agent::REBOOT_EXIT_CODE;
+use tracing_subscriber::filter::Targets;
 
 /// The exit statuses, listed by `--help` and the README.
 const EXIT_STATUS_HELP: &str = "\
@@ -88,15 +89,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OTA_AGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: under systemd stderr is the journal, which would keep the escapes.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -112,6 +105,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, filtered by `OTA_AGENT_LOG` (`info` by default; `info,ota_tuf=debug` style
+/// directives); colours only on a terminal: under systemd stderr is the journal, which would keep the
+/// escapes.
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let default = || Targets::new().with_default(tracing::Level::INFO);
+    let filter = match std::env::var("OTA_AGENT_LOG") {
+        Ok(text) => text.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("device-agent: OTA_AGENT_LOG={text:?} ignored ({e}); logging at info");
+            default()
+        }),
+        Err(_) => default(),
+    };
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry().with(layer).with(filter).init();
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
