@@ -116,26 +116,56 @@ pub enum BootBackend {
     Sim,
 }
 
-/// Health checks run after booting a trial image.
+/// Health checks run after booting a trial image. A check that fails is tried again every
+/// `retry_interval` until it passes or the deadline passes: a service that takes a while to come up
+/// after boot is waited for, and only a check still failing at the deadline rolls the release back.
+/// The file gives whole seconds (`deadline_secs`, `settle_secs`, `retry_interval_secs`); the fields are
+/// durations so simulations (the fleet drill, the power-cut sweep) can use shorter ones.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
-    /// All checks together must finish within this many seconds, or the image is unhealthy.
-    #[serde(default = "default_health_deadline")]
-    pub deadline_secs: u64,
-    /// The checks, run in order; every one must pass.
+    /// All checks must have passed this long after the agent starts checking (settle time included),
+    /// or the image is unhealthy. It bounds how long an undecided trial runs.
+    #[serde(
+        rename = "deadline_secs",
+        default = "default_health_deadline",
+        deserialize_with = "seconds"
+    )]
+    pub deadline: Duration,
+    /// How long to wait before the first try (a board whose services are known to need a moment).
+    #[serde(rename = "settle_secs", default, deserialize_with = "seconds")]
+    pub settle: Duration,
+    /// The wait between two tries of a failing check.
+    #[serde(
+        rename = "retry_interval_secs",
+        default = "default_retry_interval",
+        deserialize_with = "seconds"
+    )]
+    pub retry_interval: Duration,
+    /// The checks, tried in order; every one must pass.
     #[serde(default)]
     pub checks: Vec<HealthCheckConfig>,
 }
 
-fn default_health_deadline() -> u64 {
-    120
+fn default_health_deadline() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_retry_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A whole number of seconds in the file, a [`Duration`] in memory.
+fn seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(Duration::from_secs)
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
-            deadline_secs: default_health_deadline(),
+            deadline: default_health_deadline(),
+            settle: Duration::ZERO,
+            retry_interval: default_retry_interval(),
             checks: Vec::new(),
         }
     }
@@ -327,10 +357,20 @@ impl AgentConfig {
     }
 }
 
-/// The health section's rules: a deadline, unique named checks, each a command or an http probe.
+/// The health section's rules: a deadline longer than the settle time, a retry interval, unique named checks, each a command or an http probe.
 fn validate_health(health: &HealthConfig) -> std::result::Result<(), String> {
-    if health.deadline_secs == 0 {
+    if health.deadline.is_zero() {
         return Err("health.deadline_secs must be at least 1".into());
+    }
+    if health.retry_interval.is_zero() {
+        return Err("health.retry_interval_secs must be at least 1".into());
+    }
+    if health.settle >= health.deadline {
+        return Err(format!(
+            "health.settle_secs ({}) must be less than health.deadline_secs ({}): no check could run",
+            health.settle.as_secs(),
+            health.deadline.as_secs()
+        ));
     }
     let mut names = std::collections::BTreeSet::new();
     for (i, check) in health.checks.iter().enumerate() {
@@ -387,6 +427,29 @@ mod tests {
         assert_eq!(c.boot.backend, BootBackend::UBoot);
         assert_eq!(c.health.checks.len(), 2);
         assert_eq!(c.poll.interval_secs, 3600);
+        assert_eq!(c.health.deadline, Duration::from_secs(120));
+        assert_eq!(c.health.retry_interval, Duration::from_secs(5));
+        assert_eq!(c.health.settle, Duration::ZERO);
+    }
+
+    #[test]
+    fn health_timing_has_defaults_and_is_checked() {
+        let without = SAMPLE
+            .replace("deadline_secs = 120\n", "")
+            .replace("settle_secs = 0\n", "")
+            .replace("retry_interval_secs = 5\n", "");
+        let c = parse(&without).unwrap();
+        assert_eq!(c.health.deadline, Duration::from_secs(120));
+        assert_eq!(c.health.retry_interval, Duration::from_secs(5));
+        assert_eq!(c.health.settle, Duration::ZERO);
+        let err = parse(&SAMPLE.replace("settle_secs = 0", "settle_secs = 120"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("settle_secs"), "{err}");
+        let err = parse(&SAMPLE.replace("retry_interval_secs = 5", "retry_interval_secs = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retry_interval_secs"), "{err}");
     }
 
     #[test]

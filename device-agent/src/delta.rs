@@ -118,7 +118,9 @@ impl fmt::Display for DeltaFallback {
                 "base mismatch: the running slot's first {length} bytes hash to {got}, the delta's base is \
                  {expected}"
             ),
-            DeltaFallback::Download(e) => write!(f, "delta download refused or failed: {e}"),
+            DeltaFallback::Download(e) => {
+                write!(f, "delta download refused or failed: {}", crate::error_chain(e))
+            }
             DeltaFallback::Spool { what, path, source } => {
                 write!(f, "{what} delta spool {}: {source}", path.display())
             }

@@ -162,6 +162,18 @@ pub struct Status {
     pub retry: Option<DownloadRetry>,
 }
 
+/// What `install` would do with a chosen release, checked without writing ([`Device::preflight`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preflight {
+    /// The inactive slot it would be written into.
+    pub slot: SlotId,
+    /// That slot's capacity (the image fits).
+    pub capacity: u64,
+    /// The offered delta: `Ok(name)` when its base is the running image, `Err(why)` when the full image
+    /// would be downloaded instead; `None` when no delta is offered.
+    pub delta: Option<std::result::Result<String, String>>,
+}
+
 /// A provisioned device: its slots, bootloader, identity, trusted metadata and update record.
 pub struct Device<S: Slot, B: BootControl> {
     settings: DeviceSettings,
@@ -268,7 +280,15 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             record.last_install = Some(report);
         }
         if record.state != self.record.state {
-            tracing::info!(state = %record.state, "update state");
+            // A release undone or refused is worth a look in the journal; the other steps are routine.
+            if matches!(
+                record.state,
+                UpdateState::RolledBack { .. } | UpdateState::Failed { .. }
+            ) {
+                tracing::warn!(state = %record.state, "update state");
+            } else {
+                tracing::info!(state = %record.state, "update state");
+            }
         }
         self.save(record)?;
         Ok(action)
@@ -477,6 +497,48 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     pub async fn check(&mut self) -> Result<Decision> {
         let (_, decision) = self.refresh_and_select().await?;
         Ok(decision)
+    }
+
+    /// What `install` would check before writing, without writing (`check` after [`Device::check`]):
+    /// the image must fit the inactive slot ([`Error::SlotTooSmall`] otherwise, as `install` would
+    /// refuse it), and an offered delta's base must be the running image (else the full image is used).
+    pub fn preflight(&mut self, decision: &Decision) -> Result<Option<Preflight>> {
+        let Decision::Install {
+            image,
+            release,
+            delta,
+            ..
+        } = decision
+        else {
+            return Ok(None);
+        };
+        let from = self.boot.booted()?;
+        let slot = from.other();
+        let capacity = self.slots.get_mut(slot).capacity();
+        if image.length > capacity {
+            return Err(Error::SlotTooSmall {
+                target: image.target.clone(),
+                length: image.length,
+                slot,
+                capacity,
+            });
+        }
+        let offer = delta
+            .as_ref()
+            .and_then(|choice| release.deltas.iter().find(|d| d.target == choice.target));
+        let delta = match offer {
+            Some(offer) => Some(
+                crate::delta::check_base(self.slots.get_mut(from), offer)?
+                    .map(|()| offer.target.clone())
+                    .map_err(|reason| reason.to_string()),
+            ),
+            None => None,
+        };
+        Ok(Some(Preflight {
+            slot,
+            capacity,
+            delta,
+        }))
     }
 
     async fn refresh_and_select(&mut self) -> Result<(Vec<TargetInfo>, Decision)> {

@@ -26,7 +26,7 @@ pub enum Error {
         why: String,
     },
     /// A file operation failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What was being done ("write state file", "read root", ...).
         what: &'static str,
@@ -132,18 +132,19 @@ pub enum Error {
         why: String,
     },
     /// A target's OTA metadata is malformed.
-    #[error("target {target}: {source}")]
+    #[error("target {target}")]
     Release {
         /// The TUF target name.
         target: String,
         /// The contract crate's complaint.
         source: ota_release::Error,
     },
-    /// The repository could not be reached, or its metadata or a target was refused (TUF).
-    #[error("repository: {0}")]
+    /// The repository could not be reached, or its metadata or a target was refused (TUF). Transparent:
+    /// the TUF error names the URL or role, and callers that only print `Display` keep its words.
+    #[error(transparent)]
     Tuf(#[from] ota_tuf::Error),
     /// A slot or the bootloader environment failed (including a simulated power loss).
-    #[error("storage: {0}")]
+    #[error(transparent)]
     Storage(#[from] ota_slot::Error),
     /// The image read back from a slot does not hash to the signed sha256.
     #[error("slot {slot} holds {got} after writing {target}, expected the signed sha256 {expected}")]
@@ -203,6 +204,19 @@ pub enum Error {
 
 fn pid_text(pid: Option<u32>) -> String {
     pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+}
+
+/// An error and its sources, `: `-separated, as anyhow's `{:#}` prints them: for a reason kept as text
+/// (a health check's cause, a delta fallback, a drill's per-device note) that must not lose the OS error.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Result with this crate's [`Error`].

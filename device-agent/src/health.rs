@@ -1,6 +1,11 @@
-//! Health checks after booting a trial image: commands and HTTP probes, each with its own timeout, all
-//! within one deadline. Healthy means every check passed in time; anything else (failure, timeout, a
-//! check that cannot even start) means roll back.
+//! Health checks after booting a trial image: commands and HTTP probes, each try with its own timeout.
+//! A failing check is tried again every `retry_interval` until it passes or the deadline passes (after
+//! an optional settle time before the first try), so a service that needs a few seconds after boot is
+//! waited for instead of rolling back a good release. Healthy means every check passed before the
+//! deadline; a check still failing then (or one that could not even start) means roll back, and the
+//! report names it with its last cause.
+//!
+//! It does not decide what happens next (that is the state machine in `state.rs`).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -16,8 +21,11 @@ pub struct CheckResult {
     pub name: String,
     /// Whether it passed.
     pub passed: bool,
-    /// What happened ("exit status 0", "HTTP 503", "timed out after 5 s", ...).
+    /// What happened on the last try ("exit status 0", "HTTP 503", "timed out after 5000 ms", ...),
+    /// with the number of tries when it failed.
     pub detail: String,
+    /// How many times it was tried (0: the deadline passed before its turn).
+    pub tries: u32,
 }
 
 /// The outcome of all checks.
@@ -33,7 +41,7 @@ impl HealthReport {
         self.checks.iter().all(|c| c.passed)
     }
 
-    /// A one-line summary naming the failed checks.
+    /// A one-line summary naming the failed checks and why each failed.
     pub fn summary(&self) -> String {
         let failed: Vec<String> = self
             .checks
@@ -49,38 +57,107 @@ impl HealthReport {
     }
 }
 
-/// Runs every check in order; each gets its own timeout, cut short by what remains of the deadline.
+/// The last try of one check.
+#[derive(Default)]
+struct Tries {
+    count: u32,
+    passed: bool,
+    last: String,
+}
+
+/// Waits the settle time, then tries every check not yet passed, in order, once per round, a round every
+/// `retry_interval`, until all have passed or the deadline passes. Each try gets the check's own
+/// timeout, cut short by what remains of the deadline.
 pub async fn run_checks(config: &HealthConfig) -> HealthReport {
-    let deadline = Instant::now() + Duration::from_secs(config.deadline_secs);
-    let mut checks = Vec::with_capacity(config.checks.len());
-    for check in &config.checks {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let timeout = Duration::from_secs(check.timeout_secs).min(left);
-        let result = if left.is_zero() {
-            CheckResult {
-                name: check.name.clone(),
-                passed: false,
-                detail: format!("not run: the {} s deadline passed", config.deadline_secs),
-            }
-        } else {
-            run_one(check, timeout).await
-        };
-        tracing::info!(check = %result.name, passed = result.passed, detail = %result.detail, "health check");
-        checks.push(result);
+    let started = Instant::now();
+    let deadline = started + config.deadline;
+    if !config.settle.is_zero() && !config.checks.is_empty() {
+        tracing::info!(
+            seconds = config.settle.as_secs_f64(),
+            "waiting before the first health check"
+        );
+        tokio::time::sleep(config.settle).await;
     }
+    let mut tries: Vec<Tries> = config.checks.iter().map(|_| Tries::default()).collect();
+    loop {
+        try_round(config, &mut tries, deadline).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tries.iter().all(|t| t.passed) || left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(config.retry_interval.min(left)).await;
+    }
+    let elapsed = started.elapsed();
+    let checks = config
+        .checks
+        .iter()
+        .zip(tries)
+        .map(|(check, t)| conclude(check, t, config.deadline, elapsed))
+        .collect();
     HealthReport { checks }
 }
 
-async fn run_one(check: &HealthCheckConfig, timeout: Duration) -> CheckResult {
-    let (passed, detail) = match (&check.command, &check.http) {
+/// One round: tries each check not yet passed, while the deadline allows.
+async fn try_round(config: &HealthConfig, tries: &mut [Tries], deadline: Instant) {
+    for (check, t) in config.checks.iter().zip(tries.iter_mut()) {
+        if t.passed {
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let timeout = Duration::from_secs(check.timeout_secs).min(left);
+        let (passed, detail) = run_one(check, timeout).await;
+        t.count = t.count.saturating_add(1);
+        t.passed = passed;
+        t.last = detail;
+        if passed {
+            tracing::info!(check = %check.name, tries = t.count, detail = %t.last, "health check passed");
+        } else {
+            // Expected while the system comes up: only a check still failing at the deadline is a failure.
+            tracing::info!(
+                check = %check.name,
+                tries = t.count,
+                cause = %t.last,
+                retry_in_secs = config.retry_interval.as_secs_f64(),
+                "health check not passing yet"
+            );
+        }
+    }
+}
+
+/// The result of a check once the trying is over; a failure is logged at WARN with its last cause.
+fn conclude(check: &HealthCheckConfig, t: Tries, deadline: Duration, elapsed: Duration) -> CheckResult {
+    let detail = if t.passed {
+        t.last
+    } else if t.count == 0 {
+        format!("not run: the {} s deadline passed", deadline.as_secs_f64())
+    } else {
+        format!(
+            "{} ({} tries in {:.1} s, deadline {} s)",
+            t.last,
+            t.count,
+            elapsed.as_secs_f64(),
+            deadline.as_secs_f64()
+        )
+    };
+    if !t.passed {
+        tracing::warn!(check = %check.name, tries = t.count, cause = %detail, "health check failed");
+    }
+    CheckResult {
+        name: check.name.clone(),
+        passed: t.passed,
+        detail,
+        tries: t.count,
+    }
+}
+
+async fn run_one(check: &HealthCheckConfig, timeout: Duration) -> (bool, String) {
+    match (&check.command, &check.http) {
         (Some(argv), _) => run_command(argv, timeout).await,
         (None, Some(url)) => probe_http(url, check.expect_status, timeout).await,
         (None, None) => (false, "neither command nor http given".to_owned()),
-    };
-    CheckResult {
-        name: check.name.clone(),
-        passed,
-        detail,
     }
 }
 
@@ -129,7 +206,9 @@ async fn probe_http(url: &str, expect: Option<u16>, timeout: Duration) -> (bool,
             (ok, format!("HTTP {}", status.as_u16()))
         }
         Err(e) if e.is_timeout() => (false, format!("{url} timed out after {} ms", timeout.as_millis())),
-        Err(e) => (false, format!("{url}: {e}")),
+        // reqwest's own message is "error sending request for url (...)": the cause that matters
+        // ("Connection refused") is further down the chain.
+        Err(e) => (false, crate::error_chain(&e)),
     }
 }
 
@@ -156,6 +235,16 @@ mod tests {
             http: Some(url),
             expect_status: expect,
             timeout_secs: 2,
+        }
+    }
+
+    /// A policy with this deadline (seconds), a 1 s retry interval and no settle time.
+    fn policy(deadline_secs: u64, checks: Vec<HealthCheckConfig>) -> HealthConfig {
+        HealthConfig {
+            deadline: Duration::from_secs(deadline_secs),
+            settle: Duration::ZERO,
+            retry_interval: Duration::from_secs(1),
+            checks,
         }
     }
 
@@ -187,15 +276,15 @@ mod tests {
 
     #[test]
     fn commands_pass_fail_and_time_out() {
-        let config = HealthConfig {
-            deadline_secs: 30,
-            checks: vec![
+        let config = policy(
+            3,
+            vec![
                 command("ok", &["true"], 5),
                 command("bad", &["false"], 5),
                 command("slow", &["sleep", "10"], 1),
                 command("missing", &["/nonexistent/check"], 5),
             ],
-        };
+        );
         let started = Instant::now();
         let report = rt().block_on(run_checks(&config));
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -217,15 +306,15 @@ mod tests {
 
     #[test]
     fn http_probes_check_the_status() {
-        let config = HealthConfig {
-            deadline_secs: 30,
-            checks: vec![
+        let config = policy(
+            5,
+            vec![
                 http("up", serve(200, Duration::ZERO), None),
                 http("down", serve(503, Duration::ZERO), None),
                 http("teapot", serve(418, Duration::ZERO), Some(418)),
                 http("slow", serve(200, Duration::from_secs(4)), None),
             ],
-        };
+        );
         let report = rt().block_on(run_checks(&config));
         let passed: Vec<bool> = report.checks.iter().map(|c| c.passed).collect();
         assert_eq!(passed, [true, false, true, false], "{report:?}");
@@ -239,13 +328,13 @@ mod tests {
 
     #[test]
     fn the_deadline_bounds_all_checks() {
-        let config = HealthConfig {
-            deadline_secs: 1,
-            checks: vec![
+        let config = policy(
+            1,
+            vec![
                 command("slow", &["sleep", "5"], 5),
                 command("never", &["true"], 5),
             ],
-        };
+        );
         let started = Instant::now();
         let report = rt().block_on(run_checks(&config));
         assert!(started.elapsed() < Duration::from_secs(3));
@@ -259,10 +348,74 @@ mod tests {
 
     #[test]
     fn no_checks_is_healthy() {
-        let report = rt().block_on(run_checks(&HealthConfig {
-            deadline_secs: 1,
-            checks: vec![],
-        }));
+        let report = rt().block_on(run_checks(&policy(1, vec![])));
         assert!(report.healthy());
+    }
+
+    #[test]
+    fn a_check_is_retried_until_it_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let flag = ready.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            std::fs::write(flag, b"").unwrap();
+        });
+        let mut config = policy(
+            20,
+            vec![command("late", &["test", "-e", ready.to_str().unwrap()], 5)],
+        );
+        config.retry_interval = Duration::from_millis(200);
+        let started = Instant::now();
+        let report = rt().block_on(run_checks(&config));
+        assert!(report.healthy(), "{report:?}");
+        assert!(report.checks[0].tries > 1, "{report:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn a_check_that_never_passes_fails_at_the_deadline_with_its_last_cause() {
+        let mut config = policy(2, vec![command("never", &["false"], 5)]);
+        config.retry_interval = Duration::from_millis(300);
+        config.settle = Duration::from_millis(500);
+        let started = Instant::now();
+        let report = rt().block_on(run_checks(&config));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(2),
+            "gave up before the deadline: {took:?}"
+        );
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        let check = &report.checks[0];
+        assert!(!check.passed);
+        assert!(check.tries >= 3, "{check:?}");
+        assert!(check.detail.contains("false failed: exit status: 1"), "{check:?}");
+        assert!(
+            report.summary().contains("never: false failed"),
+            "{}",
+            report.summary()
+        );
+    }
+
+    #[test]
+    fn a_refused_connection_keeps_its_cause() {
+        // A port nothing listens on: bind one, then let it go.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = policy(
+            1,
+            vec![http("api", format!("http://127.0.0.1:{port}/healthz"), None)],
+        );
+        let report = rt().block_on(run_checks(&config));
+        let detail = &report.checks[0].detail;
+        assert!(detail.to_lowercase().contains("connection refused"), "{detail}");
+        assert_eq!(detail.matches("os error 111").count(), 1, "{detail}");
     }
 }

@@ -38,7 +38,7 @@ pub mod select;
 pub mod state;
 pub mod trust;
 
-pub use error::{Error, Result};
+pub use error::{error_chain, Error, Result};
 
 /// Exit status of the agent after a simulated reboot (`boot.backend = "sim"`): the supervisor (a test,
 /// a demo script) starts the agent again, as a real reboot would.

@@ -1,7 +1,9 @@
 //! The `device-agent` command line: parses (clap), sets up logging, calls the library, prints, and maps
 //! the result to an exit status: 0 done, [`REBOOT_EXIT_CODE`] after a simulated reboot (the supervisor
-//! starts the agent again), 1 with a message on stderr for any error.
+//! starts the agent again), 1 with a message on stderr for any error, 2 for a usage error (clap); the
+//! list is `EXIT_STATUS_HELP`, shown by `--help`.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,17 +11,29 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use device_agent::config::AgentConfig;
 use device_agent::daemon::{self, ConfiguredDevice, Ended, Polling, Reboot};
-use device_agent::device::{create_state_dir, provision, FactoryImage, Outcome, Status};
+use device_agent::device::{create_state_dir, provision, FactoryImage, Outcome, Preflight, Status};
 use device_agent::lock::AgentLock;
 use device_agent::select::Decision;
 use device_agent::REBOOT_EXIT_CODE;
+use tracing_subscriber::filter::Targets;
+
+/// The exit statuses, listed by `--help` and the README.
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0   done (after `install` with a reboot command: the machine is rebooting into the trial)
+  1   error: the message on stderr names each cause, down to the OS error; `check` also exits 1 when
+      `install` would refuse the chosen release (for example an image larger than the slot)
+  2   usage error (unknown command or flag)
+  75  reboot needed (boot.backend = \"sim\"): the simulated bootloader has chosen the next slot; start
+      `device-agent run` again, as the boot would, to run the health checks and commit or roll back";
 
 #[derive(Parser)]
 #[command(
     name = "device-agent",
     version,
     about = "Installs signed firmware into the inactive A/B slot, \
-trial-boots it, and commits or rolls back."
+trial-boots it, and commits or rolls back.",
+    after_help = EXIT_STATUS_HELP
 )]
 struct Cli {
     /// The configuration file.
@@ -57,7 +71,8 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// Poll once and print what would be installed; changes nothing.
+    /// Poll once and print what would be installed and whether `install` would accept it (slot
+    /// capacity, delta base), then the next step; changes nothing (exit 1 when install would refuse).
     Check,
     /// Poll once and install what is chosen now (then reboot into the trial).
     Install,
@@ -74,13 +89,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OTA_AGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -96,6 +105,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, filtered by `OTA_AGENT_LOG` (`info` by default; `info,ota_tuf=debug` style
+/// directives); colours only on a terminal: under systemd stderr is the journal, which would keep the
+/// escapes.
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let default = || Targets::new().with_default(tracing::Level::INFO);
+    let filter = match std::env::var("OTA_AGENT_LOG") {
+        Ok(text) => text.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("device-agent: OTA_AGENT_LOG={text:?} ignored ({e}); logging at info");
+            default()
+        }),
+        Err(_) => default(),
+    };
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry().with(layer).with(filter).init();
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -124,7 +152,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check => {
             let _lock = AgentLock::acquire(&config.state_dir)?;
-            print_decision(&daemon::open_device(&config)?.check().await?);
+            let mut device = daemon::open_device(&config)?;
+            let decision = device.check().await?;
+            print_decision(&decision);
+            print_preflight(device.preflight(&decision)?.as_ref());
             Ok(ExitCode::SUCCESS)
         }
         Command::Install => {
@@ -200,7 +231,11 @@ fn exit_after(reboot: Reboot) -> ExitCode {
     match reboot {
         Reboot::Command => ExitCode::SUCCESS,
         Reboot::Simulated { booted } => {
-            eprintln!("device-agent: simulated reboot into slot {booted}");
+            eprintln!(
+                "device-agent: simulated reboot into slot {booted}: exit {REBOOT_EXIT_CODE} (reboot needed); \
+                 start `device-agent run` again, as the boot would, to continue (health checks, then \
+                 commit or roll back)"
+            );
             ExitCode::from(u8::try_from(REBOOT_EXIT_CODE).unwrap_or(1))
         }
     }
@@ -235,6 +270,24 @@ fn print_decision(decision: &Decision) {
     for s in skipped {
         println!("  skipped {}: {}", s.target, s.why);
     }
+}
+
+/// What `install` would do with the decision, and the next step.
+fn print_preflight(preflight: Option<&Preflight>) {
+    let Some(p) = preflight else {
+        println!("next: nothing to install; `device-agent run` polls on its schedule");
+        return;
+    };
+    println!("  fits slot {} ({} bytes)", p.slot, p.capacity);
+    match &p.delta {
+        Some(Ok(delta)) => println!("  delta {delta}: its base is the running image"),
+        Some(Err(why)) => println!("  delta not usable, the full image would be downloaded: {why}"),
+        None => {}
+    }
+    println!(
+        "next: `device-agent install` writes it into slot {} and reboots into a trial boot",
+        p.slot
+    );
 }
 
 fn print_status(s: &Status) {

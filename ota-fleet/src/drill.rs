@@ -786,8 +786,11 @@ fn settings(fleet: &Fleet, d: &SimDevice, failing: bool) -> Result<DeviceSetting
     let base = fleet.mirror.device_base_url(&d.name);
     let mut repository = ota_tuf::ClientConfig::new(format!("{base}/metadata"), format!("{base}/targets"));
     repository.request_timeout = fleet.request_timeout;
+    // A failing check is retried until the deadline: a short one keeps the drill fast.
     let mut health = HealthConfig {
-        deadline_secs: 10,
+        deadline: std::time::Duration::from_millis(200),
+        settle: std::time::Duration::ZERO,
+        retry_interval: std::time::Duration::from_millis(50),
         checks: Vec::new(),
     };
     if failing {
@@ -828,7 +831,7 @@ fn open_agent(fleet: &Fleet, d: &SimDevice) -> std::result::Result<SimAgent, Str
     let (slots, env) = flash_handles(fleet, &d.memory, d.power.clone()).map_err(|e| e.to_string())?;
     let boot = SimBootloader::open(env).map_err(|e| format!("bootloader env: {e}"))?;
     let settings = settings(fleet, d, running_fails(fleet, d)).map_err(|e| e.to_string())?;
-    Device::open(settings, slots, boot).map_err(|e| format!("open agent: {e}"))
+    Device::open(settings, slots, boot).map_err(|e| format!("open agent: {}", device_agent::error_chain(&e)))
 }
 
 /// A poll: the agent refreshes metadata and installs what it chooses.
@@ -839,7 +842,7 @@ async fn poll(fleet: &Fleet, d: &mut SimDevice) -> std::result::Result<StepEnd, 
     };
     let outcome = agent.poll_once().await;
     d.live = Some(agent);
-    let outcome = outcome.map_err(|e| format!("poll: {e}"))?;
+    let outcome = outcome.map_err(|e| format!("poll: {}", device_agent::error_chain(&e)))?;
     if outcome.reboot {
         return Ok(StepEnd::Reboot);
     }
@@ -923,10 +926,11 @@ async fn boot_and_check(
         }
     }
     let settings = settings(fleet, d, running_fails(fleet, d)).map_err(|e| e.to_string())?;
-    let mut agent = Device::open(settings, slots, boot).map_err(|e| format!("open agent: {e}"))?;
+    let mut agent = Device::open(settings, slots, boot)
+        .map_err(|e| format!("open agent: {}", device_agent::error_chain(&e)))?;
     let outcome = agent.on_boot().await;
     d.live = Some(agent);
-    let outcome = outcome.map_err(|e| format!("on boot: {e}"))?;
+    let outcome = outcome.map_err(|e| format!("on boot: {}", device_agent::error_chain(&e)))?;
     if outcome.reboot {
         return Ok(StepEnd::Reboot);
     }

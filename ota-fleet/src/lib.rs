@@ -36,7 +36,7 @@ pub use scenario::{Faults, HardwareShare, NetworkFaults, PowerFaults, ReleasePla
 #[non_exhaustive]
 pub enum Error {
     /// The scenario file is not valid TOML of the scenario's shape (unknown fields included).
-    #[error("scenario{}: {source}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    #[error("scenario{}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     ScenarioSyntax {
         /// The file, when read from one.
         path: Option<PathBuf>,
@@ -52,7 +52,7 @@ pub enum Error {
         why: String,
     },
     /// A file or directory of the drill could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
@@ -63,7 +63,7 @@ pub enum Error {
     #[error(transparent)]
     File(#[from] ota_fs::Error),
     /// The loopback mirror could not start.
-    #[error("mirror: could not {what}: {source}")]
+    #[error("mirror: could not {what}")]
     Mirror {
         /// What it was doing.
         what: String,
@@ -71,13 +71,13 @@ pub enum Error {
         source: std::io::Error,
     },
     /// repo-tool refused to build or publish the drill's repository.
-    #[error("publishing the drill's repository: {0}")]
+    #[error("publishing the drill's repository")]
     Publish(#[source] ota_publish::Error),
     /// A simulated flash or bootloader could not be set up.
-    #[error("simulated flash: {0}")]
+    #[error("simulated flash")]
     Slot(#[source] ota_slot::Error),
     /// The device agent refused to provision or open a device (a drill setup failure, not a field fault).
-    #[error("device {device}: {source}")]
+    #[error("device {device}")]
     Agent {
         /// The simulated device.
         device: String,
@@ -91,7 +91,7 @@ pub enum Error {
     #[error("a shared table was poisoned by a panicking task")]
     Poisoned,
     /// The report could not be serialized.
-    #[error("report JSON: {0}")]
+    #[error("report JSON")]
     ReportJson(#[source] serde_json::Error),
 }
 

@@ -14,7 +14,13 @@ use ota_fleet::{DrillObserver, DrillOptions, Scenario};
 /// Rehearse releases on a simulated fleet (real device-agent code, simulated flash and bootloader,
 /// a loopback mirror injecting faults) and report per release who committed and who rolled back.
 #[derive(Parser, Debug)]
-#[command(name = "ota-drill", version)]
+#[command(
+    name = "ota-drill",
+    version,
+    after_help = "Exit status:\n  0  every invariant held\n  1  an invariant broke (a device unbootable or \
+running an image that was not signed): see the report\n  2  the drill could not run (the message says why; \
+also usage errors)"
+)]
 struct Args {
     /// Scenario file (TOML); absent fields, or no file at all, take the defaults of
     /// ota-fleet/scenarios/default.toml.

@@ -51,8 +51,9 @@ fn main() -> ExitCode {
         Ok(Outcome::Done) => ExitCode::from(cli::EXIT_OK),
         Ok(Outcome::ProblemsFound) => ExitCode::from(cli::EXIT_PROBLEMS_FOUND),
         Err(e) => {
-            // Library errors already name their cause; `{e}` avoids printing it twice.
-            eprintln!("error: {e}");
+            // Each cause once, in order, down to the OS error: library messages do not repeat their
+            // source, and `{:#}` walks the chain.
+            eprintln!("error: {e:#}");
             ExitCode::from(cli::EXIT_COULD_NOT_RUN)
         }
     }

@@ -17,10 +17,16 @@ fn refused<T: std::fmt::Debug>(
 ) -> Error {
     let before = tree(&f.repo());
     let err = op().expect_err("the command must be refused");
-    assert!(
-        err.to_string().contains(needle),
-        "error {err:?} should mention {needle:?}"
-    );
+    // The message with its causes, as the binary prints it (`{:#}`): a cause is not repeated in the
+    // message of the error that wraps it.
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    assert!(chain.contains(needle), "error {err:?} should mention {needle:?}");
     assert_eq!(
         tree(&f.repo()),
         before,

@@ -553,3 +553,37 @@ fn root_rotation_signed_in_steps_through_the_binary() {
     let verify = ok(d, &["verify", "--repo", "repo"]);
     assert!(verify.contains("2 root version(s)"), "{verify}");
 }
+
+#[test]
+fn an_error_prints_each_cause_once_down_to_the_os_error() {
+    let t = setup();
+    let d = t.path();
+    ok(d, INIT);
+    let out = repo_tool(
+        d,
+        &[
+            "add",
+            "--repo",
+            "repo",
+            "--keys-dir",
+            "keys",
+            "--image",
+            "missing.bin",
+            "--version",
+            "1.0.0",
+            "--hardware",
+            "gw",
+            "--channel",
+            "stable",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err.matches("No such file or directory (os error 2)").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("missing.bin"), "names the file: {err}");
+}

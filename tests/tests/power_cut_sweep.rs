@@ -106,8 +106,11 @@ impl Fixture {
             hardware_id: HARDWARE.parse().unwrap(),
             channel: CHANNEL.parse().unwrap(),
             repository: ota_tuf::ClientConfig::new(format!("{url}/metadata"), format!("{url}/targets")),
+            // A failing check is retried until the deadline: short ones keep the simulation fast.
             health: HealthConfig {
-                deadline_secs: 10,
+                deadline: std::time::Duration::from_millis(300),
+                retry_interval: std::time::Duration::from_millis(100),
+                settle: std::time::Duration::ZERO,
                 checks: vec![HealthCheckConfig {
                     name: "self-test".into(),
                     command: Some(vec![if healthy { "true" } else { "false" }.into()]),

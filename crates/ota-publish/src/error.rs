@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing a file or directory failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         /// What was being done ("read", "create", "rename", ...).
         action: &'static str,
@@ -36,7 +36,7 @@ pub enum Error {
         why: String,
     },
     /// The firmware's OTA fields are invalid (the `ota-release` contract refused them).
-    #[error("invalid release for {image}: {source}")]
+    #[error("invalid release for {image}")]
     Release {
         /// The image being added.
         image: PathBuf,

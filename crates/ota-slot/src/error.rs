@@ -12,7 +12,7 @@ use embedded_storage::nor_flash::{NorFlashError, NorFlashErrorKind};
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system I/O call failed on a file, block device or tool.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io {
         /// What was being done ("open", "pwrite", "fsync", ...).
         op: &'static str,

@@ -154,7 +154,7 @@ pub enum Error {
         delegator: String,
     },
     /// A local file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -166,7 +166,7 @@ pub enum Error {
     #[error(transparent)]
     File(#[from] ota_fs::Error),
     /// Writing a target into the caller's sink failed.
-    #[error("{target}: writing to the sink failed: {source}")]
+    #[error("{target}: writing to the sink failed")]
     Sink {
         /// The target name.
         target: String,
