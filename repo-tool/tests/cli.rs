@@ -9,23 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fails, ok, repo_tool, sha256_file, tree};
-
-const INIT: &[&str] = &[
-    "init",
-    "--repo",
-    "repo",
-    "--keys-dir",
-    "keys",
-    "--root-key",
-    "keys/root.pub.json",
-    "--targets-key",
-    "keys/targets.pub.json",
-    "--snapshot-key",
-    "keys/snapshot.pub.json",
-    "--timestamp-key",
-    "keys/timestamp.pub.json",
-];
+use common::{add_args, fails, ok, repo_tool, sha256_file, tree, INIT};
 
 fn setup() -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
@@ -176,21 +160,7 @@ fn issue_21_verify_exit_status_tells_problems_found_from_could_not_run() {
     let d = t.path();
     ok(d, INIT);
     fs::write(d.join("fw.bin"), vec![7u8; 3000]).unwrap();
-    let add = [
-        "add",
-        "--repo",
-        "repo",
-        "--keys-dir",
-        "keys",
-        "--image",
-        "fw.bin",
-        "--version",
-        "1.0.0",
-        "--hardware",
-        "gw-a",
-        "--channel",
-        "stable",
-    ];
+    let add = add_args("fw.bin", "1.0.0", "gw-a", &[]);
     ok(d, &add);
     assert_eq!(repo_tool(d, &["verify", "--repo", "repo"]).status.code(), Some(0));
 
@@ -361,31 +331,17 @@ fn a_second_command_on_a_locked_repository_fails_at_once_naming_the_lock_and_its
     let d = t.path();
     ok(d, INIT);
     fs::write(d.join("fw.bin"), vec![7u8; 3000]).unwrap();
-    let add: &[&str] = &[
-        "add",
-        "--repo",
-        "repo",
-        "--keys-dir",
-        "keys",
-        "--image",
-        "fw.bin",
-        "--version",
-        "1.0.0",
-        "--hardware",
-        "gw-a",
-        "--channel",
-        "stable",
-    ];
+    let add = add_args("fw.bin", "1.0.0", "gw-a", &[]);
     // This test process holds the lock, as a long bulk add in another terminal would.
     let held = ota_publish::RepoLock::acquire(&d.join("repo"), "test holder").unwrap();
     let holder = format!("pid {} (test holder)", std::process::id());
-    for args in [add, &["refresh", "--repo", "repo", "--keys-dir", "keys"]] {
+    for args in [add.as_slice(), &["refresh", "--repo", "repo", "--keys-dir", "keys"]] {
         let err = fails_without_waiting(d, args);
         assert!(err.contains("repo/.repo-tool.lock is locked by"), "{err}");
         assert!(err.contains(&holder), "{err}");
     }
     drop(held);
-    ok(d, add);
+    ok(d, &add);
     ok(d, &["verify", "--repo", "repo"]);
     // The lock file is beside the served directories, never inside them.
     assert!(d.join("repo").join(ota_publish::LOCK_FILE).is_file());

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fails, ok, repo_tool, tree};
+use common::{add_args, fails, ok, repo_tool, tree, INIT};
 
 /// A temp dir with keys and a repository (`repo/`), everything signed by one key per role.
 fn setup() -> tempfile::TempDir {
@@ -20,25 +20,9 @@ fn setup() -> tempfile::TempDir {
     let mut args = vec!["keys", "generate", "--dir", "keys"];
     args.extend(names);
     ok(t.path(), &args);
-    ok(
-        t.path(),
-        &[
-            "init",
-            "--repo",
-            "repo",
-            "--keys-dir",
-            "keys",
-            "--root-key",
-            "keys/root.pub.json",
-            "--targets-key",
-            "keys/targets.pub.json",
-            "--snapshot-key",
-            "keys/snapshot.pub.json",
-            "--timestamp-key",
-            "keys/timestamp.pub.json",
-            "--no-qr",
-        ],
-    );
+    let mut init = INIT.to_vec();
+    init.push("--no-qr");
+    ok(t.path(), &init);
     t
 }
 
@@ -50,27 +34,6 @@ fn image(dir: &Path, name: &str, len: usize, seed: u8) -> PathBuf {
         .collect();
     fs::write(&p, bytes).unwrap();
     p
-}
-
-/// `add` arguments for one image on `hw`/stable with the online keys, plus `extra`.
-fn add_args<'a>(image: &'a str, version: &'a str, hw: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "add",
-        "--repo",
-        "repo",
-        "--keys-dir",
-        "keys",
-        "--image",
-        image,
-        "--version",
-        version,
-        "--hardware",
-        hw,
-        "--channel",
-        "stable",
-    ];
-    args.extend(extra);
-    args
 }
 
 fn stderr(out: &Output) -> String {

@@ -217,3 +217,41 @@ pub fn fails(dir: &Path, args: &[&str]) -> String {
     assert_eq!(tree(&dir.join("repo")), before, "{args:?} changed the repository");
     String::from_utf8(out.stderr).unwrap()
 }
+
+/// `init` of `repo/` from the keys in `keys/`, one key per top-level role.
+pub const INIT: &[&str] = &[
+    "init",
+    "--repo",
+    "repo",
+    "--keys-dir",
+    "keys",
+    "--root-key",
+    "keys/root.pub.json",
+    "--targets-key",
+    "keys/targets.pub.json",
+    "--snapshot-key",
+    "keys/snapshot.pub.json",
+    "--timestamp-key",
+    "keys/timestamp.pub.json",
+];
+
+/// `add` arguments for one image on `hw`/stable with the keys in `keys/`, plus `extra`.
+pub fn add_args<'a>(image: &'a str, version: &'a str, hw: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "add",
+        "--repo",
+        "repo",
+        "--keys-dir",
+        "keys",
+        "--image",
+        image,
+        "--version",
+        version,
+        "--hardware",
+        hw,
+        "--channel",
+        "stable",
+    ];
+    args.extend(extra);
+    args
+}
