@@ -335,7 +335,10 @@ fn a_second_command_on_a_locked_repository_fails_at_once_naming_the_lock_and_its
     // This test process holds the lock, as a long bulk add in another terminal would.
     let held = ota_publish::RepoLock::acquire(&d.join("repo"), "test holder").unwrap();
     let holder = format!("pid {} (test holder)", std::process::id());
-    for args in [add.as_slice(), &["refresh", "--repo", "repo", "--keys-dir", "keys"]] {
+    for args in [
+        add.as_slice(),
+        &["refresh", "--repo", "repo", "--keys-dir", "keys"],
+    ] {
         let err = fails_without_waiting(d, args);
         assert!(err.contains("repo/.repo-tool.lock is locked by"), "{err}");
         assert!(err.contains(&holder), "{err}");
