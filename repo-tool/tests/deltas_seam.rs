@@ -4,10 +4,32 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::Fixture;
-use ota_publish::deltas::{add_with_deltas, DeltaPolicy};
-use ota_publish::AddOptions;
+use ota_publish::deltas::{add_with_deltas, DeltaAddReport, DeltaPolicy, Encoder};
+use ota_publish::{AddOptions, KeyRing};
 use ota_release::OtaTarget;
+
+/// Publishes `image` as `version` for gw-a through the delta seam, with `policy` and `encoder`.
+fn add_via_seam(
+    f: &Fixture,
+    online: &KeyRing,
+    image: &Path,
+    version: &str,
+    policy: &DeltaPolicy,
+    encoder: &mut Encoder<'_>,
+) -> DeltaAddReport {
+    add_with_deltas(
+        &f.repo(),
+        &[f.release(image, version, "gw-a")],
+        &AddOptions::default(),
+        online,
+        policy,
+        encoder,
+    )
+    .unwrap()
+}
 
 #[test]
 fn deltas_from_the_last_releases_are_offered_and_published() {
@@ -32,11 +54,11 @@ fn deltas_from_the_last_releases_are_offered_and_published() {
         d.extend_from_slice(new);
         Ok(d)
     };
-    let report = add_with_deltas(
-        &f.repo(),
-        &[f.release(&new, "2.0.0", "gw-a")],
-        &AddOptions::default(),
+    let report = add_via_seam(
+        &f,
         &online,
+        &new,
+        "2.0.0",
         &DeltaPolicy {
             keep: 2,
             max_share_percent: 200,
@@ -44,8 +66,7 @@ fn deltas_from_the_last_releases_are_offered_and_published() {
             ..DeltaPolicy::default()
         },
         &mut encoder,
-    )
-    .unwrap();
+    );
     assert!(report.skipped.is_empty());
     let report = report.add;
     assert_eq!(
@@ -108,27 +129,11 @@ fn no_delta_is_built_for_an_image_under_the_minimum_size() {
         ..DeltaPolicy::default()
     };
     let v2 = f.image("fw-2.0.0.bin", small, 2);
-    let report = add_with_deltas(
-        &f.repo(),
-        &[f.release(&v2, "2.0.0", "gw-a")],
-        &AddOptions::default(),
-        &online,
-        &policy,
-        &mut encoder,
-    )
-    .unwrap();
+    let report = add_via_seam(&f, &online, &v2, "2.0.0", &policy, &mut encoder);
     assert_eq!(report.add.added.len(), 1, "{:?}", report.add.added);
     // At the minimum size deltas are built again.
     let v3 = f.image("fw-3.0.0.bin", small + 1, 3);
-    let report = add_with_deltas(
-        &f.repo(),
-        &[f.release(&v3, "3.0.0", "gw-a")],
-        &AddOptions::default(),
-        &online,
-        &policy,
-        &mut encoder,
-    )
-    .unwrap();
+    let report = add_via_seam(&f, &online, &v3, "3.0.0", &policy, &mut encoder);
     assert_eq!(calls, 2, "deltas from 2.0.0 and 1.0.0 for the 64 KiB image only");
     assert_eq!(report.add.added.len(), 3, "{:?}", report.add.added);
 }
@@ -152,15 +157,7 @@ fn issue_23_a_failing_or_too_large_encoder_input_never_stops_the_release() {
         ..DeltaPolicy::default()
     };
     let v2 = f.image("fw-2.0.0.bin", 3000, 2);
-    let report = add_with_deltas(
-        &f.repo(),
-        &[f.release(&v2, "2.0.0", "gw-a")],
-        &AddOptions::default(),
-        &online,
-        &policy,
-        &mut encoder,
-    )
-    .unwrap();
+    let report = add_via_seam(&f, &online, &v2, "2.0.0", &policy, &mut encoder);
     assert_eq!(report.add.added.len(), 1, "the release only");
     assert_eq!(
         report.skipped[0].reason,
@@ -173,18 +170,17 @@ fn issue_23_a_failing_or_too_large_encoder_input_never_stops_the_release() {
         Ok(new.to_vec())
     };
     let v3 = f.image("fw-3.0.0.bin", 3000, 3);
-    let report = add_with_deltas(
-        &f.repo(),
-        &[f.release(&v3, "3.0.0", "gw-a")],
-        &AddOptions::default(),
+    let report = add_via_seam(
+        &f,
         &online,
+        &v3,
+        "3.0.0",
         &DeltaPolicy {
             max_input_len: 2999,
             ..policy
         },
         &mut encoder,
-    )
-    .unwrap();
+    );
     assert_eq!(calls, 0);
     assert_eq!(report.add.added.len(), 1);
     assert!(report.skipped.iter().all(|s| s.reason
