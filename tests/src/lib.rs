@@ -362,3 +362,12 @@ deadline_secs = 20
         sha256_hex(&self.slot_bytes(id)[..len])
     }
 }
+
+/// A command's stdout then stderr, as one text for assertions on what the agent said.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

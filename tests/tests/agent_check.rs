@@ -3,16 +3,8 @@
 //! `device-agent` binary against a repository served by nginx.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use ota_e2e::{firmware, SimDevice, TestRepo, REBOOT};
+use ota_e2e::{firmware, text, SimDevice, TestRepo, REBOOT};
 use ota_slot::SlotId;
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[test]
 fn check_refuses_an_image_larger_than_the_slot_and_changes_nothing() {

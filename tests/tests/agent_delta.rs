@@ -8,19 +8,11 @@
 //! In every case the device ends committed on v2 with slot B's bytes hashing to the signed sha256.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use ota_e2e::{sha256_hex, SimDevice, TestRepo};
+use ota_e2e::{sha256_hex, text, SimDevice, TestRepo};
 use ota_slot::SlotId;
 
 const IMAGE_LEN: usize = 1 << 20;
 const SLOT_LEN: u64 = 2 << 20;
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// v1: 1 MiB of pseudo-random bytes; v2: the same with a few KiB changed in three places and 3 KiB
 /// inserted (a real, small delta).

@@ -7,17 +7,9 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use ota_e2e::{firmware, SimDevice, TestRepo, REBOOT};
+use ota_e2e::{firmware, text, SimDevice, TestRepo, REBOOT};
 
 const SLOT_LEN: u64 = 1 << 20;
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// A loopback port nothing listens on (yet).
 fn free_port() -> u16 {

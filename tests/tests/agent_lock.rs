@@ -3,16 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use device_agent::lock::AgentLock;
-use ota_e2e::{firmware, SimDevice, TestRepo};
+use ota_e2e::{firmware, text, SimDevice, TestRepo};
 use ota_slot::SlotId;
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[test]
 fn a_second_agent_is_refused_while_one_holds_the_lock() {

@@ -3,18 +3,10 @@
 //! process restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use ota_e2e::{firmware, sha256_hex, SimDevice, TestRepo};
+use ota_e2e::{firmware, sha256_hex, text, SimDevice, TestRepo};
 use ota_slot::SlotId;
 
 const SLOT_LEN: u64 = 1 << 20;
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// A health check that fails while firmware 3.0.0 runs (as if 3.0.0's own self-test failed).
 fn checks(dev_config: &str) -> String {
