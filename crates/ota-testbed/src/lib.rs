@@ -2,6 +2,7 @@
 //!
 //! - [`Nginx`]: Debian's nginx serving a directory on an ephemeral loopback port, stopped on drop.
 //! - [`python_tuf`]: the interpreter of the python-tuf virtualenv that `scripts/test.sh` creates.
+//! - [`SoftHsm`]: SoftHSM2 tokens under a private `SOFTHSM2_CONF`, for the PKCS#11 tests.
 //! - [`noise`]: deterministic incompressible bytes, for images a delta must really match.
 //!
 //! Missing tools are a test failure, never a skip: each function panics with a message that says how to
@@ -16,6 +17,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod softhsm;
+pub use softhsm::SoftHsm;
 
 /// `len` deterministic, incompressible bytes (xorshift64 from `seed`), so failures reproduce and a delta
 /// or compressor cannot shrink them without finding real matches.
