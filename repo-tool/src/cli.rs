@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 use ota_publish::deltas::DeltaPolicy;
-use ota_publish::{Expiries, KeyRing};
+use ota_publish::{Expiries, KeyAlgorithm, KeyRef, KeyRing, Pkcs11Uri};
 
 /// Exit status when the command ran to its end (for `verify`: found no problem).
 pub const EXIT_OK: u8 = 0;
@@ -37,17 +38,30 @@ pub struct Cli {
 
 #[derive(Args, Clone, Default)]
 pub struct SigningKeys {
-    /// A private key file (PKCS#8) to sign with; repeat for several.
-    #[arg(long = "key", value_name = "FILE")]
-    pub keys: Vec<PathBuf>,
+    /// A private key to sign with: a PKCS#8 file, or a key in a PKCS#11 token as an RFC 7512 URI
+    /// (`pkcs11:token=LABEL;object=KEY?pin-source=PINFILE`; the PIN from that file, mode 0600, or
+    /// from $OTA_PKCS11_PIN, never from the command line); repeat for several.
+    #[arg(long = "key", value_name = "FILE|PKCS11-URI", value_parser = NoEcho::<KeyRef>::new())]
+    pub keys: Vec<KeyRef>,
     /// A directory whose *.pk8 private keys may all be used to sign.
     #[arg(long = "keys-dir", value_name = "DIR")]
     pub keys_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub module: Pkcs11Module,
+}
+
+/// The PKCS#11 module for `pkcs11:` keys whose URI has no `module-path`.
+#[derive(Args, Clone, Default)]
+pub struct Pkcs11Module {
+    /// The PKCS#11 module (a shared library, loaded at run time) for `pkcs11:` URIs without
+    /// module-path, e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long = "pkcs11-module", value_name = "MODULE", env = "OTA_PKCS11_MODULE")]
+    pub path: Option<PathBuf>,
 }
 
 impl SigningKeys {
     pub fn load(&self) -> Result<KeyRing> {
-        let mut ring = KeyRing::from_files(&self.keys)?;
+        let mut ring = KeyRing::from_refs(&self.keys, self.module.path.as_deref())?;
         if let Some(d) = &self.keys_dir {
             ring.extend(KeyRing::from_dir(d)?);
         }
@@ -79,6 +93,43 @@ impl Lifetimes {
             snapshot: self.snapshot_expires,
             timestamp: self.timestamp_expires,
         }
+    }
+}
+
+/// Parses a value with its `FromStr` without echoing the value in the error: a refused `pkcs11:`
+/// URI may hold a PIN (`pin-value`), which must not be copied to stderr and logs.
+#[derive(Clone)]
+pub struct NoEcho<T>(std::marker::PhantomData<T>);
+
+impl<T> NoEcho<T> {
+    pub fn new() -> NoEcho<T> {
+        NoEcho(std::marker::PhantomData)
+    }
+}
+
+impl<T> clap::builder::TypedValueParser for NoEcho<T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<T, clap::Error> {
+        let name = arg.map(|a| a.to_string()).unwrap_or_default();
+        let refuse = |why: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{name}: {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| refuse("not UTF-8".into()))?;
+        text.parse().map_err(|e: T::Err| refuse(e.to_string()))
     }
 }
 
@@ -138,6 +189,25 @@ pub enum KeysCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Generate a key pair inside a PKCS#11 token (never extractable) and write its public key to
+    /// DIR/NAME.pub.json, for `init --root-key` or `root stage --add-key`; sign with `--key URI`.
+    GenerateInToken {
+        /// The key's URI: token and object label (and id), e.g.
+        /// `pkcs11:token=ota-root;object=root-1?pin-source=/path/pin`.
+        #[arg(long, value_name = "PKCS11-URI", value_parser = NoEcho::<Pkcs11Uri>::new().map(Box::new))]
+        uri: Box<Pkcs11Uri>,
+        /// ecdsa-p256 (TUF ecdsa-sha2-nistp256; HSMs, secure elements, TPMs) or ed25519.
+        #[arg(long, default_value = "ecdsa-p256")]
+        algorithm: KeyAlgorithm,
+        /// Directory for the public key file.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Name of the public key file (NAME.pub.json).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        module: Pkcs11Module,
+    },
 }
 
 #[derive(Subcommand)]
@@ -150,7 +220,7 @@ pub enum RootCommand {
         /// The staged root file to create.
         #[arg(long)]
         out: PathBuf,
-        /// ROLE=KEYFILE: add a key to a top-level role.
+        /// ROLE=KEYFILE (or ROLE=pkcs11:URI, read from the token): add a key to a top-level role.
         #[arg(long = "add-key")]
         add_keys: Vec<String>,
         /// ROLE=KEYID: remove (revoke) a key from a role.
@@ -221,27 +291,27 @@ pub struct InitArgs {
     /// Repository directory.
     #[arg(long)]
     pub repo: PathBuf,
-    /// Public (or private) key files of the root role.
-    #[arg(long = "root-key", required = true)]
-    pub root_keys: Vec<PathBuf>,
+    /// Keys of the root role: public or private key files, or `pkcs11:` URIs of token keys.
+    #[arg(long = "root-key", required = true, value_parser = NoEcho::<KeyRef>::new())]
+    pub root_keys: Vec<KeyRef>,
     /// Signatures needed for root.
     #[arg(long, default_value_t = 1)]
     pub root_threshold: u64,
     /// Key files of the targets role.
-    #[arg(long = "targets-key", required = true)]
-    pub targets_keys: Vec<PathBuf>,
+    #[arg(long = "targets-key", required = true, value_parser = NoEcho::<KeyRef>::new())]
+    pub targets_keys: Vec<KeyRef>,
     /// Signatures needed for targets.
     #[arg(long, default_value_t = 1)]
     pub targets_threshold: u64,
     /// Key files of the snapshot role.
-    #[arg(long = "snapshot-key", required = true)]
-    pub snapshot_keys: Vec<PathBuf>,
+    #[arg(long = "snapshot-key", required = true, value_parser = NoEcho::<KeyRef>::new())]
+    pub snapshot_keys: Vec<KeyRef>,
     /// Signatures needed for snapshot.
     #[arg(long, default_value_t = 1)]
     pub snapshot_threshold: u64,
     /// Key files of the timestamp role.
-    #[arg(long = "timestamp-key", required = true)]
-    pub timestamp_keys: Vec<PathBuf>,
+    #[arg(long = "timestamp-key", required = true, value_parser = NoEcho::<KeyRef>::new())]
+    pub timestamp_keys: Vec<KeyRef>,
     /// Signatures needed for timestamp.
     #[arg(long, default_value_t = 1)]
     pub timestamp_threshold: u64,
@@ -351,8 +421,8 @@ pub struct DelegateArgs {
     #[arg(long, value_name = "N", conflicts_with_all = ["paths", "terminating", "stage"])]
     pub hash_bins: Option<u32>,
     /// Key files of the new role.
-    #[arg(long = "role-key", required = true)]
-    pub role_keys: Vec<PathBuf>,
+    #[arg(long = "role-key", required = true, value_parser = NoEcho::<KeyRef>::new())]
+    pub role_keys: Vec<KeyRef>,
     /// Signatures needed for the new role.
     #[arg(long, default_value_t = 1)]
     pub threshold: u64,

@@ -11,7 +11,11 @@ pub fn run(args: DelegateArgs) -> Result<()> {
         let spec = ota_publish::HashBinSpec {
             name_prefix: args.role.clone(),
             bins,
-            keys: crate::release::role_spec(&args.role_keys, args.threshold)?,
+            keys: crate::release::role_spec(
+                &args.role_keys,
+                args.threshold,
+                args.signing.module.path.as_deref(),
+            )?,
         };
         let names = ota_publish::delegate_hash_bins(
             &args.repo,
@@ -32,7 +36,11 @@ pub fn run(args: DelegateArgs) -> Result<()> {
     let spec = ota_publish::DelegateSpec {
         role: args.role.clone(),
         paths: args.paths,
-        keys: crate::release::role_spec(&args.role_keys, args.threshold)?,
+        keys: crate::release::role_spec(
+            &args.role_keys,
+            args.threshold,
+            args.signing.module.path.as_deref(),
+        )?,
         terminating: args.terminating,
     };
     let expiries = args.lifetimes.expiries();

@@ -1,29 +1,33 @@
 //! `repo-tool init` and `repo-tool add`: a new repository, and firmware releases into it.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use ota_publish::deltas::{add_with_deltas, DeltaAddReport, DeltaPolicy, SkipReason, SkippedDelta};
 
+use ota_publish::KeyRef;
+
 use crate::cli::{AddArgs, InitArgs};
 
-/// A role's keys (read from public or private key files) and threshold.
-pub fn role_spec(paths: &[PathBuf], threshold: u64) -> Result<ota_publish::RoleSpec> {
-    let keys = paths
+/// A role's keys (read from public or private key files, or from tokens through `module`) and
+/// threshold.
+pub fn role_spec(refs: &[KeyRef], threshold: u64, module: Option<&Path>) -> Result<ota_publish::RoleSpec> {
+    let keys = refs
         .iter()
-        .map(|p| ota_publish::read_public_key(p))
+        .map(|r| r.public_key(module))
         .collect::<ota_publish::Result<Vec<_>>>()?;
     Ok(ota_publish::RoleSpec { keys, threshold })
 }
 
 /// Runs `init` and prints the new root's fingerprint, as text and (unless `--no-qr`) a QR code.
 pub fn init(args: InitArgs) -> Result<()> {
+    let module = args.signing.module.path.as_deref();
     let spec = ota_publish::InitSpec {
-        root: role_spec(&args.root_keys, args.root_threshold)?,
-        targets: role_spec(&args.targets_keys, args.targets_threshold)?,
-        snapshot: role_spec(&args.snapshot_keys, args.snapshot_threshold)?,
-        timestamp: role_spec(&args.timestamp_keys, args.timestamp_threshold)?,
+        root: role_spec(&args.root_keys, args.root_threshold, module)?,
+        targets: role_spec(&args.targets_keys, args.targets_threshold, module)?,
+        snapshot: role_spec(&args.snapshot_keys, args.snapshot_threshold, module)?,
+        timestamp: role_spec(&args.timestamp_keys, args.timestamp_threshold, module)?,
         expiries: args.lifetimes.expiries(),
     };
     let fp = ota_publish::init(&args.repo, &spec, &args.signing.load()?)?;

@@ -68,10 +68,9 @@ fn root_change(
         ..Default::default()
     };
     for s in add_keys {
-        let (role, path) = split_pair("add-key", s)?;
-        change
-            .add_keys
-            .push((role, ota_publish::read_public_key(Path::new(path))?));
+        let (role, key) = split_pair("add-key", s)?;
+        let key: ota_publish::KeyRef = key.parse()?;
+        change.add_keys.push((role, key.public_key(None)?));
     }
     for s in remove_keys {
         let (role, id) = split_pair("remove-key", s)?;

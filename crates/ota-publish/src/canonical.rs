@@ -201,9 +201,24 @@ pub(crate) fn envelope(msg: &[u8], signatures: &[Signature]) -> Result<Vec<u8>> 
     out.extend_from_slice(b"{\"signatures\":");
     out.extend_from_slice(&sigs);
     out.extend_from_slice(b",\"signed\":");
-    out.extend_from_slice(msg);
+    escape_controls(msg, &mut out);
     out.push(b'}');
     Ok(out)
+}
+
+/// Appends canonical JSON `msg` with its control characters escaped. OLPC canonical JSON writes them
+/// raw inside strings (the newlines of an ECDSA key's PEM in root metadata, as python-tuf writes
+/// ECDSA keys), which no JSON parser accepts. Canonical JSON has no whitespace outside strings, so
+/// every such byte is inside one. Every client (python-tuf, tough, ota-tuf, this crate's loader)
+/// verifies the canonical form of what it parsed, which the escapes do not change.
+fn escape_controls(msg: &[u8], out: &mut Vec<u8>) {
+    for &b in msg {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            0..=0x1f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+            _ => out.push(b),
+        }
+    }
 }
 
 /// The bytes of a metadata file: canonical JSON of the whole signed envelope (deterministic and what

@@ -1,5 +1,5 @@
 //! Keys: generating ed25519 key pairs, reading public keys, and a [`KeyRing`] of signing keys loaded
-//! through tough's [`KeySource`] trait (so a key can live in a file today and a KMS or HSM later).
+//! through tough's [`KeySource`] trait: key files, and keys in PKCS#11 tokens (`token_keys`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -163,6 +163,28 @@ impl KeyRing {
             ));
         }
         KeyRing::from_sources(sources)
+    }
+
+    /// Loads keys named by file or by `pkcs11:` URI; `module` is the PKCS#11 module for URIs without
+    /// `module-path` (else `OTA_PKCS11_MODULE`).
+    pub fn from_refs(refs: &[crate::KeyRef], module: Option<&Path>) -> Result<KeyRing> {
+        let mut files = Vec::new();
+        let mut sources: Vec<(String, Box<dyn KeySource>)> = Vec::new();
+        for r in refs {
+            match r {
+                crate::KeyRef::File(p) => files.push(p.clone()),
+                crate::KeyRef::Pkcs11(uri) => sources.push((
+                    uri.to_string(),
+                    Box::new(crate::token_keys::Pkcs11KeySource {
+                        uri: uri.clone(),
+                        module: module.map(Path::to_path_buf),
+                    }),
+                )),
+            }
+        }
+        let mut ring = KeyRing::from_files(&files)?;
+        ring.extend(KeyRing::from_sources(sources)?);
+        Ok(ring)
     }
 
     /// Loads every `*.pk8` private key in a directory.

@@ -2,7 +2,8 @@
 //! update from. The `repo-tool` binary is a thin command line over these functions; tests, the demo
 //! and the fleet drill call them in-process.
 //!
-//! It does: keys ([`generate_key`], [`KeyRing`]), [`init`], [`add`] (one image or a directory, with
+//! It does: keys ([`generate_key`], [`KeyRing`]; keys in PKCS#11 tokens through [`KeyRef`] and
+//! [`generate_token_key`]), [`init`], [`add`] (one image or a directory, with
 //! the `ota-release` custom fields), [`refresh`] (cron: re-sign timestamp/snapshot), [`delegate`] and
 //! [`delegate_from`] (delegations from top-level targets or, nested, from a delegated role), signing
 //! in steps by different people for every role, root included ([`root_stage`]/[`delegate_stage`]/
@@ -118,6 +119,7 @@ mod rotate;
 mod stage;
 mod staged;
 mod store;
+mod token_keys;
 mod trust;
 mod verify;
 
@@ -133,6 +135,7 @@ pub use meta::{
     expiry_after, parse_lifetime, whole_seconds, Expiries, METADATA_DIR, SPEC_VERSION, TARGETS_DIR,
 };
 pub use names::{check_path_pattern, check_target_name, path_matches, pattern_covers};
+pub use ota_pkcs11::{KeyAlgorithm, Pkcs11Uri};
 pub use publish::{
     add, default_target_name, delegate, delegate_from, delegate_stage, init, refresh, releases_in_dir,
     version_from_file_name, AddOptions, AddReport, DelegateSpec, InitSpec, RefreshOptions, ReleaseSpec,
@@ -143,6 +146,7 @@ pub use rotate::{parse_role, root_publish, root_sign, root_stage, RootChange, Ro
 pub use stage::target_file_path;
 pub use staged::{role_publish, role_sign, RoleSignatures};
 pub use store::{DirStore, RepoStore, StoredTarget};
+pub use token_keys::{generate_token_key, tuf_key, GeneratedTokenKey, KeyRef, Pkcs11KeySource, MODULE_ENV};
 pub use tough::key_source::KeySource;
 pub use tough::schema::key::Key;
 pub use tough::schema::RoleType;

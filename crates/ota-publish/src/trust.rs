@@ -9,7 +9,7 @@ use std::num::NonZeroU64;
 
 use serde::Serialize;
 use tough::schema::decoded::{Decoded, Hex};
-use tough::schema::key::Key;
+use tough::schema::key::{EcdsaScheme, Key};
 use tough::schema::{
     DelegatedRole, Delegations, PathSet, RoleKeys, RoleType, Root, Signature, Signed, Targets,
 };
@@ -214,6 +214,25 @@ pub(crate) fn verify_signature(key: &Key, msg: &[u8], sig: &[u8]) -> bool {
     if let Key::Ed25519 { keyval, .. } = key {
         let public = aws_lc_rs::signature::UnparsedPublicKey::new(
             &aws_lc_rs::signature::ED25519,
+            keyval.public.as_ref(),
+        );
+        return public.verify(msg, sig).is_ok();
+    }
+    // ECDSA P-256 (keys in PKCS#11 tokens): DER signatures, as tough checks them. Checked here, not
+    // by parsing `msg` back: canonical root bytes with a PEM key hold raw newlines no parser takes.
+    if let Key::Ecdsa {
+        keyval,
+        scheme: EcdsaScheme::EcdsaSha2Nistp256,
+        ..
+    }
+    | Key::EcdsaOld {
+        keyval,
+        scheme: EcdsaScheme::EcdsaSha2Nistp256,
+        ..
+    } = key
+    {
+        let public = aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
             keyval.public.as_ref(),
         );
         return public.verify(msg, sig).is_ok();
