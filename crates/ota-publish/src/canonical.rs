@@ -311,4 +311,22 @@ mod tests {
         t._extra.insert("zz".into(), serde_json::json!(1));
         assert_eq!(canonical_targets(&t).unwrap(), canonical_olpc(&t).unwrap());
     }
+
+    #[test]
+    fn a_metadata_file_escapes_the_raw_newlines_of_canonical_json() {
+        // An ECDSA key's PEM: canonical JSON keeps its newlines raw, which no JSON parser accepts.
+        let signed =
+            serde_json::json!({"keys": {"k": {"public": "-----BEGIN PUBLIC KEY-----\nMFkw\u{1}\n"}}});
+        let msg = canonical(&signed).unwrap();
+        assert!(msg.contains(&b'\n'));
+        let file = envelope(&msg, &[]).unwrap();
+        assert!(
+            !file.iter().any(|b| *b < 0x20),
+            "{}",
+            String::from_utf8_lossy(&file)
+        );
+        // Parsed back, the signed part has the same canonical form: the signatures still cover it.
+        let parsed: serde_json::Value = serde_json::from_slice(&file).unwrap();
+        assert_eq!(canonical(&parsed["signed"]).unwrap(), msg);
+    }
 }
