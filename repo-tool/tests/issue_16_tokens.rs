@@ -342,6 +342,14 @@ fn issue_16_token_refusals_name_their_cause() {
         err.contains("PKCS#11 module /nonexistent/pkcs11.so is missing"),
         "{err}"
     );
+    // A file that is no module: the loader's reason follows the message.
+    let fake = t.path().join("fake.so");
+    fs::write(&fake, b"not a shared library").unwrap();
+    let err = sign(&good, &[("OTA_PKCS11_MODULE", fake.to_str().unwrap())]);
+    assert!(
+        err.contains("fake.so could not be loaded: libloading error"),
+        "{err}"
+    );
 
     let err = t.fails(
         &[

@@ -54,6 +54,12 @@ pub enum Error {
         /// The module path.
         module: PathBuf,
     },
+    /// The token went away while in use (unplugged, or the slot reports it absent).
+    #[error("PKCS#11 token {token} is missing (removed from its slot)")]
+    TokenRemoved {
+        /// The token label.
+        token: String,
+    },
     /// Several tokens match the URI: which one to use would be a guess.
     #[error("{count} PKCS#11 tokens match {token}: name one with token=, serial= or model=")]
     AmbiguousToken {

@@ -332,10 +332,9 @@ fn read_public(session: &Session, handle: ObjectHandle, token: &str, object: &st
 
 fn token_error(token: &str, what: &'static str, source: CkError) -> Error {
     match source {
-        CkError::Pkcs11(RvError::TokenNotPresent | RvError::DeviceRemoved, _) => Error::TokenMissing {
-            token: token.into(),
-            module: PathBuf::new(),
-        },
+        CkError::Pkcs11(RvError::TokenNotPresent | RvError::DeviceRemoved, _) => {
+            Error::TokenRemoved { token: token.into() }
+        }
         source => Error::Token {
             token: token.into(),
             what,

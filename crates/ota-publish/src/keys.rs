@@ -94,6 +94,19 @@ pub fn read_public_key(path: &Path) -> Result<Key> {
         })
 }
 
+/// An error and its causes as one line (`a: b: c`): a key source's error arrives boxed, and its chain
+/// would be lost in a `String`.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// One signing key: its id, its public key and the signer.
 struct Signer {
     name: String,
@@ -132,7 +145,7 @@ impl KeyRing {
             for (name, source) in sources {
                 let sign = source.as_sign().await.map_err(|e| Error::Key {
                     source_name: name.clone(),
-                    why: e.to_string(),
+                    why: error_chain(e.as_ref()),
                 })?;
                 out.push((name, sign));
             }

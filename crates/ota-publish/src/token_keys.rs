@@ -77,7 +77,7 @@ fn token_config(module: Option<&Path>) -> TokenConfig {
 fn open(uri: &Pkcs11Uri, module: Option<&Path>) -> Result<TokenKey> {
     TokenKey::open(uri, &token_config(module)).map_err(|e| Error::Key {
         source_name: uri.to_string(),
-        why: e.to_string(),
+        why: crate::keys::error_chain(&e),
     })
 }
 
@@ -177,7 +177,7 @@ pub fn generate_token_key(
     let public =
         ota_pkcs11::generate_key_pair(uri, &token_config(module), algorithm).map_err(|e| Error::Key {
             source_name: uri.to_string(),
-            why: e.to_string(),
+            why: crate::keys::error_chain(&e),
         })?;
     let public = tuf_key(&public)?;
     let keyid = key_id(&public)?;
