@@ -17,6 +17,7 @@ const PIN: &str = "k7-Rq2vw-test";
 const TOKENS: &[(&str, &str)] = &[
     ("p256", PIN),
     ("ed", PIN),
+    ("sealed", PIN),
     ("refusals", PIN),
     ("default-pin", "1234"),
 ];
@@ -64,6 +65,53 @@ fn p256_key_generated_in_the_token_signs_der_that_p256_verifies() {
     // The same name again is refused: a key is never duplicated or replaced.
     let e = generate_key_pair(&uri, &config, KeyAlgorithm::EcdsaP256).unwrap_err();
     assert!(matches!(e, Error::KeyExists { .. }), "{e}");
+}
+
+/// The private half of a generated key is sensitive and has never been extractable, read back from the
+/// token through cryptoki directly.
+#[test]
+fn a_generated_private_key_never_leaves_the_token() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    use cryptoki::session::UserType;
+
+    let (uri, config) = token("sealed", PIN);
+    generate_key_pair(&uri, &config, KeyAlgorithm::Ed25519).unwrap();
+    let ctx = Pkcs11::new(SoftHsm::module()).unwrap();
+    // Already initialised in this process by ota-pkcs11: that answer is expected.
+    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label() == "sealed")
+        .unwrap();
+    let session = ctx.open_ro_session(slot).unwrap();
+    let _ = session.login(UserType::User, Some(&PIN.to_string().into()));
+    let template = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Label(b"k1".to_vec()),
+    ];
+    let key = session.find_objects(&template).unwrap()[0];
+    let attrs = session
+        .get_attributes(
+            key,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::NeverExtractable,
+            ],
+        )
+        .unwrap();
+    assert_eq!(attrs.len(), 3, "{attrs:?}");
+    for a in attrs {
+        match a {
+            Attribute::Sensitive(v) => assert!(v),
+            Attribute::Extractable(v) => assert!(!v),
+            Attribute::NeverExtractable(v) => assert!(v),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 #[test]
