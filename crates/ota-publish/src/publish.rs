@@ -330,6 +330,7 @@ pub(crate) fn build_release(spec: &ReleaseSpec) -> Result<Release> {
         rollout: Rollout {
             percent: spec.rollout_percent,
         },
+        waves: None,
         deltas: Vec::new(),
     };
     release.validate().map_err(err)?;
