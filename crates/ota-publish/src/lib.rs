@@ -143,9 +143,9 @@ pub use publish::{
 };
 pub use qr::qr_for_terminal;
 pub use rollout::{
-    add_drill, parse_duration_secs, rollout_init, set_plan, set_state, status as rollout_status,
-    ChannelRollout, ControlReport, DeviceSeed, DeviceStanding, PlanSource, ReleaseRef, ReleaseRollout,
-    RolloutStatus, WaveStatus, WavesSpec,
+    add_drill, parse_duration_secs, parse_share_bp, rollout_init, set_plan, set_state, share_text,
+    status as rollout_status, ChannelRollout, ControlReport, DeviceSeed, DeviceStanding, PlanSource,
+    ReleaseRef, ReleaseRollout, RolloutStatus, WaveStatus, WavesSpec,
 };
 pub use rotate::{parse_role, root_publish, root_sign, root_stage, RootChange, RootSignatures};
 pub use stage::target_file_path;

@@ -35,7 +35,7 @@ use crate::publish::{check_online_keys, ota_custom, DelegateSpec, RoleFile, Role
 use crate::stage::target_file_path;
 use crate::store::{DirStore, RepoStore};
 
-pub use spec::{parse_duration_secs, WavesSpec};
+pub use spec::{parse_duration_secs, parse_share_bp, share_text, WavesSpec};
 pub use status::{
     status, ChannelRollout, DeviceSeed, DeviceStanding, PlanSource, ReleaseRollout, RolloutStatus, WaveStatus,
 };

@@ -75,7 +75,7 @@ impl std::fmt::Display for WavesSpec {
                         }
                         WaveOpens::AfterSecs(s) => format!("{s}s"),
                     };
-                    write!(f, "{}@{when},", percent(w.share_bp))?;
+                    write!(f, "{}@{when},", share_text(w.share_bp))?;
                 }
                 write!(f, "spread={final_spread_secs}s")
             }
@@ -111,7 +111,7 @@ impl FromStr for WavesSpec {
                      1%@0,10%@1d,100%@3d,spread=12h"
                 ))
             })?;
-            let share_bp = parse_percent_bp(share)
+            let share_bp = parse_share_bp(share)
                 .ok_or_else(|| bad(format!("{share:?} is not a share such as 1%, 0.5% or 100%")))?;
             let opens = parse_opens(when).ok_or_else(|| {
                 bad(format!(
@@ -128,7 +128,7 @@ impl FromStr for WavesSpec {
 }
 
 /// `1%` → 100, `0.5%` → 50, `100%` → 10,000; at most two decimals, more than 0 and at most 100 %.
-pub(crate) fn parse_percent_bp(text: &str) -> Option<u16> {
+pub fn parse_share_bp(text: &str) -> Option<u16> {
     let number = text.strip_suffix('%')?;
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
@@ -171,7 +171,7 @@ fn parse_opens(text: &str) -> Option<WaveOpens> {
 }
 
 /// Basis points as a percent (`50` → `0.5%`).
-pub(crate) fn percent(bp: u16) -> String {
+pub fn share_text(bp: u16) -> String {
     match bp % 100 {
         0 => format!("{}%", bp / 100),
         r if r % 10 == 0 => format!("{}.{}%", bp / 100, r / 10),
@@ -227,19 +227,19 @@ mod tests {
 
     #[test]
     fn shares_and_durations_read_as_written() {
-        assert_eq!(parse_percent_bp("1%"), Some(100));
-        assert_eq!(parse_percent_bp("0.5%"), Some(50));
-        assert_eq!(parse_percent_bp("0.01%"), Some(1));
-        assert_eq!(parse_percent_bp("100%"), Some(10_000));
-        assert_eq!(parse_percent_bp(".5%"), None);
+        assert_eq!(parse_share_bp("1%"), Some(100));
+        assert_eq!(parse_share_bp("0.5%"), Some(50));
+        assert_eq!(parse_share_bp("0.01%"), Some(1));
+        assert_eq!(parse_share_bp("100%"), Some(10_000));
+        assert_eq!(parse_share_bp(".5%"), None);
         assert_eq!(parse_duration_secs("0"), Some(0));
         assert_eq!(parse_duration_secs("90s"), Some(90));
         assert_eq!(parse_duration_secs("30m"), Some(1_800));
         assert_eq!(parse_duration_secs("1d"), Some(86_400));
         assert_eq!(parse_duration_secs("d"), None);
         assert_eq!(parse_duration_secs("-1d"), None);
-        assert_eq!(percent(50), "0.5%");
-        assert_eq!(percent(1), "0.01%");
-        assert_eq!(percent(10_000), "100%");
+        assert_eq!(share_text(50), "0.5%");
+        assert_eq!(share_text(1), "0.01%");
+        assert_eq!(share_text(10_000), "100%");
     }
 }

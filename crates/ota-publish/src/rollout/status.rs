@@ -105,8 +105,9 @@ pub struct WaveStatus {
 pub struct DeviceStanding {
     /// Its wave, 0-based.
     pub wave: usize,
-    /// When it may start (Unix seconds).
-    pub eligible_unix: i64,
+    /// When it may start (Unix seconds); absent when the release has no plan (everyone at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eligible_unix: Option<i64>,
     /// `open`, `waiting`, `halted` or `pulled`: what `ota_release::standing` says now.
     pub standing: &'static str,
 }
@@ -250,7 +251,7 @@ fn device_standing(
     })?;
     Ok(DeviceStanding {
         wave: place.wave,
-        eligible_unix: place.eligible_unix,
+        eligible_unix: plan.map(|_| place.eligible_unix),
         standing: match now {
             Standing::Open(_) => "open",
             Standing::Waiting(_) => "waiting",
