@@ -35,7 +35,7 @@
 //! - **Loader** (`loader`, `RepoState::load`): reads the repository as a client would, from
 //!   `timestamp.json` down the delegation tree, and answers questions (a role's metadata, its keys,
 //!   the delegations leading to it, whether a target name may be listed by it). Read-only.
-//! - **Editor** (`publish`, `staged`, `rotate`, `editor`): checks every input against the loaded
+//! - **Editor** (`publish`, `staged`, `rotate`, `rollout`, `editor`): checks every input against the loaded
 //!   state, signs everything in memory, then commits a `Publication` through a [`RepoStore`].
 //! - **Store** ([`RepoStore`]): everything the editor may do to the files: put a content-addressed
 //!   target file, put a new versioned metadata file, flush, replace `timestamp.json` last, and roll
