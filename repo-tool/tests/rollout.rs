@@ -186,6 +186,7 @@ fn halt_resume_and_pull_need_only_the_online_keys_and_status_shows_them() {
         listing.contains("rollout-control: pulled since") && listing.contains("bricks gw-a rev 3"),
         "{listing}"
     );
+    assert!(listing.contains("waves: 1% at "), "{listing}");
     // Pulling the only release left to go back to is published, with a warning.
     let out = repo_tool(d, &control_args("pull", "1.0.0", &[]));
     assert!(out.status.success());
@@ -541,4 +542,72 @@ fn ngclient_reads_the_repository_and_downloads_the_control_file() {
         control.release(&"2.0.0".parse().unwrap()).unwrap().state,
         RolloutState::Active
     );
+}
+
+#[test]
+fn the_control_delegation_is_listed_first_covers_only_control_files_and_is_made_once() {
+    let f = Fixture::empty();
+    let d = f.dir.path();
+    ok(
+        d,
+        &[
+            "keys",
+            "generate",
+            "--dir",
+            "keys",
+            "root",
+            "targets",
+            "snapshot",
+            "timestamp",
+            "control",
+            "wide",
+        ],
+    );
+    ok(d, &[INIT, &["--no-qr"]].concat());
+    // A delegation made before, whose pattern also matches control paths: clients must ask
+    // rollout-control first and stop there.
+    ok(
+        d,
+        &[
+            "delegate",
+            "--repo",
+            "repo",
+            "--keys-dir",
+            "keys",
+            "--role",
+            "wide",
+            "--path",
+            "*/*/*",
+            "--role-key",
+            "keys/wide.pub.json",
+        ],
+    );
+    let init = [
+        "rollout",
+        "init",
+        "--repo",
+        "repo",
+        "--control-key",
+        "keys/control.pub.json",
+        "--keys-dir",
+        "keys",
+    ];
+    ok(d, &init);
+    let version = read_json(&f, "timestamp.json");
+    let snapshot_version = version["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let snapshot = read_json(&f, &format!("{snapshot_version}.snapshot.json"));
+    let targets_version = snapshot["signed"]["meta"]["targets.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let targets = read_json(&f, &format!("{targets_version}.targets.json"));
+    let first = &targets["signed"]["delegations"]["roles"][0];
+    assert_eq!(first["name"], "rollout-control");
+    assert_eq!(first["paths"], json!(["rollouts/*/*.json"]));
+    assert_eq!(first["terminating"], true);
+    assert_eq!(targets["signed"]["delegations"]["roles"][1]["name"], "wide");
+    let err = fails(d, &init);
+    assert!(err.contains("already delegated"), "{err}");
+    verify_ok(d);
 }
