@@ -268,7 +268,8 @@ fn edit_control(
     let role_version = targets.version.get();
     let file = RoleFile::sign(CONTROL_ROLE, &targets, &keys, ring)?;
     crate::publish::publish_role_files(&state, vec![file], expiries, ring, &mut store)?;
-    if let Some((_, old_file)) = old.filter(|(_, f)| *f != stored.path) {
+    // The same bytes again (same content-addressed name) are the new file: keep it.
+    if let Some((_, old_file)) = old.filter(|(_, f)| f.file_name() != stored.path.file_name()) {
         // Best effort: a file left behind is only unreferenced (`verify` names it, `gc` removes it).
         let _ = std::fs::remove_file(old_file);
     }
