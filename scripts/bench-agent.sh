@@ -54,7 +54,7 @@ make_repo() { # MIB: repository $WORK/srv/rMIB with one image; prints nothing
   }
   head -c $((mib * 1024 * 1024)) /dev/urandom >"$WORK/fw-$mib.img"
   "$REPO_TOOL" add --repo "$repo" --image "$WORK/fw-$mib.img" --version 2.0.0 --hardware "$HW" \
-    --channel "$CHANNEL" --deltas 0 --keys-dir "$k" >/dev/null 2>"$WORK/repo-tool.err" || {
+    --channel "$CHANNEL" --deltas 0 --waves now --keys-dir "$k" >/dev/null 2>"$WORK/repo-tool.err" || {
     cat "$WORK/repo-tool.err" >&2
     exit 1
   }

@@ -144,22 +144,28 @@ run_side() { # run_side SIDE
     cd "$run"
     local rt=$bin/repo-tool
     local sign=(--keys-dir keys)
+    # Releases without waves on both sides: a repo-tool that knows `--waves` defaults to the staged plan
+    # (signed with the publication time), which an older one cannot write; `now` writes no plan.
+    local waves=()
+    if "$rt" add --help | grep -q -- '--waves'; then
+        waves=(--waves now)
+    fi
     step "2026-12-01 09:00:00" "$rt" init --repo repo "${sign[@]}" --no-qr \
         --root-key keys/root.pub.json --targets-key keys/targets.pub.json \
         --snapshot-key keys/snapshot.pub.json --timestamp-key keys/timestamp.pub.json
-    step "2026-12-01 09:01:00" "$rt" add --repo repo "${sign[@]}" --image images/fw-1.0.0.bin \
+    step "2026-12-01 09:01:00" "$rt" add --repo repo "${sign[@]}" "${waves[@]}" --image images/fw-1.0.0.bin \
         --version 1.0.0 --hardware gw-a --channel stable --deltas 1
-    step "2026-12-01 09:02:00" "$rt" add --repo repo "${sign[@]}" --image images/fw-1.1.0.bin \
+    step "2026-12-01 09:02:00" "$rt" add --repo repo "${sign[@]}" "${waves[@]}" --image images/fw-1.1.0.bin \
         --version 1.1.0 --hardware gw-a --channel stable --deltas 1
-    step "2026-12-01 09:03:00" "$rt" add --repo repo "${sign[@]}" --image images/fw-1.2.0.bin \
+    step "2026-12-01 09:03:00" "$rt" add --repo repo "${sign[@]}" "${waves[@]}" --image images/fw-1.2.0.bin \
         --version 1.2.0 --hardware gw-a --channel stable --deltas 1
-    step "2026-12-01 09:04:00" "$rt" add --repo repo "${sign[@]}" --image images/tiny-0.1.0.bin \
+    step "2026-12-01 09:04:00" "$rt" add --repo repo "${sign[@]}" "${waves[@]}" --image images/tiny-0.1.0.bin \
         --version 0.1.0 --hardware gw-b --channel beta --deltas 1
     step "2026-12-01 09:05:00" "$rt" delegate --repo repo "${sign[@]}" --from targets --role product \
         --path 'product/*/*' --path 'product/*/deltas/*/*' --role-key keys/product.pub.json
-    step "2026-12-01 09:06:00" "$rt" add --repo repo "${sign[@]}" --role product \
+    step "2026-12-01 09:06:00" "$rt" add --repo repo "${sign[@]}" "${waves[@]}" --role product \
         --image images/app-2.0.0.bin --version 2.0.0 --hardware product --channel beta --deltas 1
-    step "2026-12-01 09:07:00" "$rt" add --repo repo "${sign[@]}" --role product \
+    step "2026-12-01 09:07:00" "$rt" add --repo repo "${sign[@]}" "${waves[@]}" --role product \
         --image images/app-2.1.0.bin --version 2.1.0 --hardware product --channel beta --deltas 1
     step "2026-12-02 09:00:00" "$rt" refresh --repo repo "${sign[@]}" --snapshot
     step "2026-12-02 09:00:00" "$rt" list --repo repo

@@ -206,6 +206,7 @@ mod tests {
             hardware: vec![hw.parse().unwrap()],
             channel: channel.parse().unwrap(),
             rollout: Rollout { percent },
+            waves: None,
             deltas: vec![],
         };
         OfferedTarget {

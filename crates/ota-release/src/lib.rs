@@ -33,7 +33,13 @@ use sha2::{Digest, Sha256};
 
 pub use semver::Version;
 
+mod control;
 mod waves;
+pub use control::{
+    control_target_path, standing, DrillCohort, FieldDrill, ReleaseControl, RolloutControl, RolloutState,
+    Standing, CONTROL_DIR, CONTROL_PATH_PATTERN, CONTROL_ROLE, CONTROL_SCHEMA, MAX_CONTROL_BYTES, MAX_DRILLS,
+    MAX_DRILL_DEVICES, MAX_REASON_LEN,
+};
 pub use waves::{PlanError, RolloutPlan, RolloutSeed, Wave, WaveOpens, WavePlace, MAX_WAVES, WHOLE_FLEET_BP};
 
 /// The key under a TUF target's `custom` object that holds an [`OtaTarget`].
@@ -78,6 +84,20 @@ pub enum Error {
         value: String,
         /// The parser's complaint.
         source: semver::Error,
+    },
+    /// A rollout plan (a release's own, or a control entry's replacement) breaks a rule.
+    #[error("invalid rollout plan for release {version}")]
+    Plan {
+        /// The release the plan is for.
+        version: Version,
+        /// The rule it breaks.
+        source: PlanError,
+    },
+    /// A rollout-control file is well-formed JSON but breaks a rule.
+    #[error("invalid rollout-control file: {why}")]
+    Control {
+        /// What is wrong.
+        why: String,
     },
     /// A sha256 string is not 64 hexadecimal digits.
     #[error("invalid sha256 {value:?}: expected 64 hex digits")]
@@ -298,6 +318,9 @@ pub struct Release {
     /// Staged rollout share; absent means everyone.
     #[serde(default)]
     pub rollout: Rollout,
+    /// Rollout waves: who may start the release, and from when. Absent means everyone at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<RolloutPlan>,
     /// Deltas that rebuild this image from earlier releases.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deltas: Vec<DeltaOffer>,
@@ -351,6 +374,12 @@ impl Release {
         }
         if self.rollout.percent > 100 {
             return invalid(format!("rollout of {} % is over 100 %", self.rollout.percent));
+        }
+        if let Some(plan) = &self.waves {
+            plan.validate().map_err(|source| Error::Plan {
+                version: self.version.clone(),
+                source,
+            })?;
         }
         if self.deltas.len() > MAX_DELTA_OFFERS {
             return invalid(format!("offers more than {MAX_DELTA_OFFERS} deltas"));
@@ -419,6 +448,7 @@ mod tests {
             hardware: vec![HardwareId::new("gw-a").unwrap(), HardwareId::new("gw-b").unwrap()],
             channel: Channel::new("stable").unwrap(),
             rollout: Rollout { percent: 50 },
+            waves: None,
             deltas: vec![DeltaOffer {
                 base_version: Version::new(2, 0, 0),
                 base_sha256: Sha256Digest::of(b"old"),
