@@ -430,8 +430,13 @@ pub struct RolloutInitArgs {
     pub repo: PathBuf,
     /// Key file (public, or private: then it also signs the role's first version) of the
     /// rollout-control role; repeat for several.
-    #[arg(long = "control-key", required = true, value_name = "FILE")]
-    pub control_keys: Vec<PathBuf>,
+    #[arg(
+        long = "control-key",
+        required = true,
+        value_name = "FILE|PKCS11-URI",
+        value_parser = NoEcho::<KeyRef>::new()
+    )]
+    pub control_keys: Vec<KeyRef>,
     /// Signatures needed for the rollout-control role.
     #[arg(long, default_value_t = 1)]
     pub threshold: u64,

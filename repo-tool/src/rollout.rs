@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
-use ota_publish::{share_text, ControlReport, KeyRing, ReleaseRef, RolloutStatus, PRIVATE_KEY_SUFFIX};
+use ota_publish::{
+    share_text, ControlReport, KeyRef, KeyRing, ReleaseRef, RolloutStatus, PRIVATE_KEY_SUFFIX,
+};
 use ota_release::{DrillCohort, FieldDrill, RolloutState};
 
 use crate::cli::{RolloutCommand, RolloutDrillArgs, RolloutInitArgs, RolloutRelease, RolloutStateArgs};
@@ -54,11 +56,17 @@ fn init(args: RolloutInitArgs) -> Result<()> {
     let private: Vec<_> = args
         .control_keys
         .iter()
-        .filter(|p| p.to_string_lossy().ends_with(PRIVATE_KEY_SUFFIX))
-        .cloned()
+        .filter_map(|k| match k {
+            KeyRef::File(p) if p.to_string_lossy().ends_with(PRIVATE_KEY_SUFFIX) => Some(p.clone()),
+            _ => None,
+        })
         .collect();
     ring.extend(KeyRing::from_files(&private)?);
-    let keys = crate::release::role_spec(&args.control_keys, args.threshold)?;
+    let keys = crate::release::role_spec(
+        &args.control_keys,
+        args.threshold,
+        args.signing.module.path.as_deref(),
+    )?;
     ota_publish::rollout_init(&args.repo, &keys, &args.lifetimes.expiries(), &ring)?;
     println!(
         "delegated {} to role {} (threshold {})",
