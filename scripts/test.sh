@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. First installs what the tests need when it is missing:
 #   Debian: nginx (HTTP tests), libubootenv-tool (fw_setenv/fw_printenv), grub-common (grub-editenv);
-#           for the U-Boot VM test (tests/tests/qemu_uboot.rs): qemu-system-x86, u-boot-qemu, busybox-static,
-#           u-boot-tools (mkimage), cpio, e2fsprogs, binutils (strip), and a Debian kernel
+#           for the U-Boot and GRUB VM tests (tests/tests/qemu_boot.rs): qemu-system-x86, u-boot-qemu,
+#           grub-pc-bin, busybox-static, u-boot-tools (mkimage), cpio, e2fsprogs, binutils (strip), and a Debian kernel
 #           (linux-image-cloud-amd64, fetched with apt-get download and unpacked in $OTA_QEMU_KERNEL_DIR,
 #           default /var/cache/ota-qemu/kernel; not installed on this machine)
 #   PyPI:   python-tuf and securesystemslib in ./.venv (interoperability tests)
@@ -18,6 +18,7 @@ command -v grub-editenv >/dev/null 2>&1 || need_apt+=(grub-common)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
 [ -f /usr/lib/u-boot/qemu-x86/u-boot.rom ] || need_apt+=(u-boot-qemu)
+[ -f /usr/lib/grub/i386-pc/boot.img ] || need_apt+=(grub-pc-bin)
 [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need_apt+=(busybox-static)
 command -v mkimage >/dev/null 2>&1 || need_apt+=(u-boot-tools)
 command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)

@@ -1,19 +1,24 @@
-//! The A/B scheme on a real bootloader: Debian's U-Boot for QEMU (`u-boot-qemu`, the `qemu-x86` build:
-//! the 64-bit one cannot start a Linux kernel with `zboot`) under `qemu-system-x86_64` (TCG) boots a disk
-//! image built here. The image holds the boot script `boot-scripts/u-boot-ota-qemu-x86_64.cmd`, two slots
-//! (an ext4 file system each: a Debian kernel and a busybox initramfs that runs the real `device-agent`
-//! with the `u-boot` backend and the real `fw_setenv`/`fw_printenv`), a data partition for the agent's
-//! state, and, on a second disk, the redundant U-Boot environment both sides share.
+//! The A/B scheme on real bootloaders under `qemu-system-x86_64` (TCG), each booting a disk image built
+//! here: two slots (an ext4 file system each: a Debian kernel and a busybox initramfs that runs the real
+//! `device-agent`), a data partition for the agent's state, and the bootloader's part:
+//! - U-Boot: Debian's U-Boot for QEMU (`u-boot-qemu`, the `qemu-x86` build: the 64-bit one cannot start a
+//!   Linux kernel with `zboot`) as the firmware, the boot script `boot-scripts/u-boot-ota-qemu-x86.cmd` on
+//!   partition 1 and, on a second disk, the redundant environment it shares with the agent's `u-boot`
+//!   backend (the real `fw_setenv`/`fw_printenv`);
+//! - GRUB: SeaBIOS, then Debian's GRUB (`grub-pc-bin`) in the MBR gap, `boot-scripts/grub-ota.cfg` and
+//!   grubenv on partition 1 (the agent's `grub` backend, the real `grub-editenv`).
 //!
-//! One test drives the whole timeline through VM reboots (a reboot is a new QEMU process on the same
-//! disks; a power cut is killing it): install into B, trial boot, commit, B stays; a release whose health
-//! check fails is never committed and U-Boot's own try counting brings the committed slot back; a power
-//! cut in the middle of an install and one in the middle of an environment write still boot a verified
-//! slot. The timeline (what booted, which slot, the environment) is printed as it happens.
+//! Each test drives its timeline through VM reboots (a reboot is a new QEMU process on the same disks; a
+//! power cut is killing it): install into B, trial boot, commit, B stays; a release whose health check
+//! fails is never committed and the bootloader's own try counting brings the committed slot back; for
+//! U-Boot also a power cut in the middle of an install and one in the middle of an environment write,
+//! after which the committed slot still boots. The timeline (what booted, which slot, the environment) is
+//! printed as it happens.
 //!
-//! Needs qemu-system-x86, u-boot-qemu, busybox-static, cpio, e2fsprogs, u-boot-tools, libubootenv-tool and
-//! a Debian kernel unpacked in `$OTA_QEMU_KERNEL_DIR` (default `/var/cache/ota-qemu/kernel`), all of which
-//! `scripts/test.sh` installs. Anything missing fails the test (never skips).
+//! Needs qemu-system-x86, u-boot-qemu, grub-pc-bin, busybox-static, cpio, e2fsprogs, u-boot-tools,
+//! libubootenv-tool, grub-common and a Debian kernel unpacked in `$OTA_QEMU_KERNEL_DIR` (default
+//! `/var/cache/ota-qemu/kernel`), all of which `scripts/test.sh` installs. Anything missing fails the test
+//! (never skips).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -24,15 +29,16 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ota_e2e::{agent_binary, TestRepo, CHANNEL, HARDWARE};
-use ota_slot::{SlotId, UBootEnv};
+use ota_slot::{GrubEnv, SlotId, UBootEnv};
 use ota_testbed::require_program;
 
 const UBOOT_ROM: &str = "/usr/lib/u-boot/qemu-x86/u-boot.rom";
+const GRUB_BOOT_IMG: &str = "/usr/lib/grub/i386-pc/boot.img";
 const SECTOR: u64 = 512;
 /// Partitions of the main disk (start, length) in sectors: boot script, slot a, slot b, agent data.
 const PARTS: [(u64, u64); 4] = [(2048, 8192), (10240, 65536), (75776, 65536), (141312, 131072)];
@@ -64,18 +70,25 @@ struct Kit {
     busybox: PathBuf,
     fw_printenv: PathBuf,
     fw_setenv: PathBuf,
+    grub_editenv: PathBuf,
     agent: PathBuf,
 }
 
 impl Kit {
-    fn find() -> Kit {
+    fn find(loader: Loader) -> Kit {
         let qemu = require_program("qemu-system-x86_64", "qemu-system-x86");
+        let (firmware, package) = match loader {
+            Loader::UBoot => (UBOOT_ROM, "u-boot-qemu"),
+            Loader::Grub => (GRUB_BOOT_IMG, "grub-pc-bin"),
+        };
         assert!(
-            Path::new(UBOOT_ROM).is_file(),
-            "{UBOOT_ROM} is missing: apt-get install u-boot-qemu (or run scripts/test.sh)"
+            Path::new(firmware).is_file(),
+            "{firmware} is missing: apt-get install {package} (or run scripts/test.sh)"
         );
         for (tool, package) in [
             ("mkimage", "u-boot-tools"),
+            ("grub-mkimage", "grub-common"),
+            ("debugfs", "e2fsprogs"),
             ("mkfs.ext4", "e2fsprogs"),
             ("cpio", "cpio"),
             ("gzip", "gzip"),
@@ -86,6 +99,7 @@ impl Kit {
         let busybox = require_program("busybox", "busybox-static");
         let fw_printenv = require_program("fw_printenv", "libubootenv-tool");
         let fw_setenv = require_program("fw_setenv", "libubootenv-tool");
+        let grub_editenv = require_program("grub-editenv", "grub-common");
         let dir = std::env::var_os("OTA_QEMU_KERNEL_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/cache/ota-qemu/kernel"));
@@ -107,9 +121,15 @@ impl Kit {
             busybox,
             fw_printenv,
             fw_setenv,
+            grub_editenv,
             agent: agent_binary(),
         }
     }
+}
+
+/// The project's boot scripts.
+fn scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/ota-slot/boot-scripts")
 }
 
 /// The first entry of `dir` whose name starts with `prefix`.
@@ -177,7 +197,27 @@ struct Release<'a> {
 }
 
 /// The device: the disks, the repository it follows, and the tools.
+/// Which bootloader the disk boots.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Loader {
+    /// Debian's U-Boot as QEMU's firmware, the boot script on partition 1, the env on a second disk.
+    UBoot,
+    /// SeaBIOS, then GRUB (i386-pc) in the MBR gap; grub.cfg and grubenv on partition 1.
+    Grub,
+}
+
+impl Loader {
+    /// The prefix of its timeline lines (the two tests run side by side).
+    fn tag(self) -> &'static str {
+        match self {
+            Loader::UBoot => "uboot",
+            Loader::Grub => "grub",
+        }
+    }
+}
+
 struct Device {
+    loader: Loader,
     dir: tempfile::TempDir,
     kit: Kit,
     repo: TestRepo,
@@ -186,18 +226,21 @@ struct Device {
 
 impl Device {
     /// A device whose slot a holds `factory` and whose environment says "a, no trial".
-    fn new(factory: &Release) -> Device {
-        let kit = Kit::find();
+    fn new(loader: Loader, factory: &Release) -> Device {
+        let kit = Kit::find(loader);
         let repo = TestRepo::new();
         let dir = tempfile::tempdir().unwrap();
         let dev = Device {
+            loader,
             dir,
             kit,
             repo,
             boots: 0,
         };
         dev.build_disk(factory);
-        dev.build_env();
+        if loader == Loader::UBoot {
+            dev.build_env();
+        }
         dev
     }
 
@@ -214,12 +257,16 @@ impl Device {
         write_at(&disk, 0, &mbr());
         let boot = self.path("boot");
         fs::create_dir_all(&boot).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../crates/ota-slot/boot-scripts/u-boot-ota-qemu-x86_64.cmd");
-        run(Command::new("mkimage")
-            .args(["-A", "x86", "-T", "script", "-C", "none", "-d"])
-            .arg(&script)
-            .arg(boot.join("boot.scr")));
+        match self.loader {
+            Loader::UBoot => {
+                let script = scripts_dir().join("u-boot-ota-qemu-x86.cmd");
+                run(Command::new("mkimage")
+                    .args(["-A", "x86", "-T", "script", "-C", "none", "-d"])
+                    .arg(&script)
+                    .arg(boot.join("boot.scr")));
+            }
+            Loader::Grub => self.install_grub(&disk, &boot),
+        }
         write_at(
             &disk,
             PARTS[0].0 * SECTOR,
@@ -230,6 +277,44 @@ impl Device {
         fs::create_dir_all(&empty).unwrap();
         let data = ext4_image(&self.path("data.ext4"), &empty, PARTS[3].1 * SECTOR);
         write_at(&disk, PARTS[3].0 * SECTOR, &data);
+    }
+
+    /// GRUB's boot.img code in the MBR (the partition table kept) and its core.img in the gap after it
+    /// (grub-mkimage fills in core.img's own block list: start 2, its length); grub.cfg is the project's
+    /// `grub-ota.cfg` with this board's serial console and menu entry; grubenv made by `GrubEnv::create`.
+    fn install_grub(&self, disk: &Path, boot: &Path) {
+        let core = self.path("core.img");
+        run(Command::new("grub-mkimage")
+            .args(["-O", "i386-pc", "-p", "(hd0,msdos1)/grub", "-o"])
+            .arg(&core)
+            .args(["biosdisk", "part_msdos", "ext2", "configfile", "normal", "linux"])
+            .args(["loadenv", "search", "test", "echo", "serial", "terminal"]));
+        let boot_img = fs::read(GRUB_BOOT_IMG).unwrap();
+        write_at(disk, 0, &boot_img[..440]);
+        let core = fs::read(&core).unwrap();
+        assert!(
+            core.len() as u64 <= (PARTS[0].0 - 1) * SECTOR,
+            "core.img does not fit before partition 1"
+        );
+        write_at(disk, SECTOR, &core);
+        // Partition 1 is the device's /boot (grub.cfg and grubenv in /boot/grub, as on Debian).
+        let grub = boot.join("grub");
+        fs::create_dir_all(&grub).unwrap();
+        let ota_cfg = fs::read_to_string(scripts_dir().join("grub-ota.cfg")).unwrap();
+        // The project's decision, then this board's entry (slots by partition: the same image goes into
+        // either slot, so a file system label cannot name the slot).
+        let decision = &ota_cfg[..ota_cfg.find("menuentry").unwrap()];
+        let cfg = format!(
+            "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nset timeout=0\n\
+             {decision}echo \"ota: grub booting slot ${{ota_boot}} (upgrade_available=${{upgrade_available}} \
+             trial=${{ota_trial_slot}} bootcount=${{bootcount}} bootlimit=${{bootlimit}})\"\n\
+             menuentry \"firmware (slot ${{ota_boot}})\" {{\n\
+             \x20 if [ \"${{ota_boot}}\" = \"a\" ]; then set root=(hd0,msdos2); else set root=(hd0,msdos3); fi\n\
+             \x20 linux /vmlinuz console=ttyS0 panic=-1 ota.slot=${{ota_boot}}\n\
+             \x20 initrd /initrd\n}}\n"
+        );
+        fs::write(grub.join("grub.cfg"), cfg).unwrap();
+        GrubEnv::create(grub.join("grubenv"), SlotId::A).unwrap();
     }
 
     fn env_config(&self) -> PathBuf {
@@ -258,15 +343,36 @@ impl Device {
 
     /// The A/B variables as fw_printenv reads them from the env disk (U-Boot's own ones left out).
     fn env(&self) -> String {
-        let out = run(Command::new(&self.kit.fw_printenv)
-            .arg("-c")
-            .arg(self.env_config()));
+        let out = match self.loader {
+            Loader::UBoot => run(Command::new(&self.kit.fw_printenv)
+                .arg("-c")
+                .arg(self.env_config())),
+            Loader::Grub => self.grubenv(),
+        };
         let ab = ["ota_", "bootcount=", "bootlimit=", "upgrade_available="];
         String::from_utf8_lossy(&out)
             .lines()
             .filter(|l| ab.iter().any(|p| l.starts_with(p)))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    /// grubenv as it is on partition 1 of the disk (read with debugfs from a copy of the partition).
+    fn grubenv(&self) -> Vec<u8> {
+        use std::io::{Read, Seek, SeekFrom};
+        let part = self.path("boot-part.ext4");
+        let (start, len) = PARTS[0];
+        let mut disk = fs::File::open(self.path("disk.img")).unwrap();
+        disk.seek(SeekFrom::Start(start * SECTOR)).unwrap();
+        let mut bytes = vec![0u8; (len * SECTOR) as usize];
+        disk.read_exact(&mut bytes).unwrap();
+        fs::write(&part, bytes).unwrap();
+        let out = run(Command::new("debugfs")
+            .arg("-R")
+            .arg("cat /grub/grubenv")
+            .arg(&part));
+        fs::remove_file(&part).unwrap();
+        out
     }
 
     /// One variable (empty when unset).
@@ -303,7 +409,8 @@ impl Device {
         );
         assert_eq!(image.len() as u64, IMAGE_LEN);
         println!(
-            "   (slot image {} built in {:.1} s)",
+            "{} (slot image {} built in {:.1} s)",
+            self.loader.tag(),
             release.version,
             t.elapsed().as_secs_f64()
         );
@@ -335,11 +442,18 @@ impl Device {
         fs::copy(&k.fw_printenv, root.join("usr/bin/fw_printenv")).unwrap();
         fs::copy(&k.fw_setenv, root.join("usr/lib/ota/fw_setenv")).unwrap();
         fs::copy(guest.join("fw_setenv"), root.join("usr/bin/fw_setenv")).unwrap();
+        fs::copy(&k.grub_editenv, root.join("usr/bin/grub-editenv")).unwrap();
         run(Command::new("strip")
             .arg("-o")
             .arg(root.join("usr/bin/device-agent"))
             .arg(&k.agent));
-        for binary in [&k.busybox, &k.fw_printenv, &k.fw_setenv, &k.agent] {
+        for binary in [
+            &k.busybox,
+            &k.fw_printenv,
+            &k.fw_setenv,
+            &k.grub_editenv,
+            &k.agent,
+        ] {
             copy_libraries(&root, binary);
         }
         for m in MODULES {
@@ -365,11 +479,13 @@ impl Device {
 
     fn write_guest_config(&self, root: &Path, release: &Release) {
         let etc = root.join("etc");
-        fs::write(
-            etc.join("fw_env.config"),
-            format!("/dev/vdb 0x0 {ENV_SIZE:#x}\n/dev/vdb {ENV_SIZE:#x} {ENV_SIZE:#x}\n"),
-        )
-        .unwrap();
+        if self.loader == Loader::UBoot {
+            fs::write(
+                etc.join("fw_env.config"),
+                format!("/dev/vdb 0x0 {ENV_SIZE:#x}\n/dev/vdb {ENV_SIZE:#x} {ENV_SIZE:#x}\n"),
+            )
+            .unwrap();
+        }
         fs::write(etc.join("ota/version"), release.version).unwrap();
         fs::write(etc.join("ota/factory-length"), IMAGE_LEN.to_string()).unwrap();
         fs::write(etc.join("ota/fingerprint"), self.repo.fingerprint()).unwrap();
@@ -387,9 +503,149 @@ impl Device {
         .unwrap();
         make_executable(&health);
         let url = self.repo.url().replace("127.0.0.1", "10.0.2.2");
-        let slot_len = PARTS[1].1 * SECTOR;
-        let config = format!(
-            r#"state_dir = "/data/state"
+        fs::write(
+            etc.join("ota/agent.toml"),
+            agent_toml(&url, deadline, self.loader),
+        )
+        .unwrap();
+    }
+
+    /// Publishes `release`'s slot image.
+    fn publish(&self, release: &Release) {
+        let image = self.slot_image(release);
+        let t = Instant::now();
+        self.repo.publish(release.version, &image);
+        println!(
+            "{} == published {} in {:.1} s (health check {})",
+            self.loader.tag(),
+            release.version,
+            t.elapsed().as_secs_f64(),
+            if release.healthy { "passes" } else { "fails" }
+        );
+    }
+
+    /// Powers the VM on and lets it run until it powers off or reboots, or until `cut` says to pull the
+    /// power. Prints the boot's timeline.
+    fn boot(&mut self, what: &str, throttle: Throttle, cut: Option<Cut>) -> BootLog {
+        self.boots += 1;
+        let tag = self.loader.tag();
+        println!("{tag} == boot {}: {what}", self.boots);
+        println!("{tag}    env before: {}{}", self.env(), self.copies_note());
+        let log = watch_console(tag, self.start_vm(throttle), cut.as_ref());
+        // The whole console of each boot of the last run, for a look after a failure.
+        let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("qemu-{tag}-boot-{}.log", self.boots));
+        fs::write(&keep, log.lines.join("\n")).unwrap();
+        assert!(
+            !log.hung,
+            "boot {} hung; console in {}",
+            self.boots,
+            keep.display()
+        );
+        println!("{tag}    env after:  {}{}", self.env(), self.copies_note());
+        log
+    }
+
+    fn copies_note(&self) -> String {
+        match self.loader {
+            Loader::UBoot => format!("   copies (flag, crc ok): {:?}", self.env_copies()),
+            Loader::Grub => String::new(),
+        }
+    }
+
+    /// QEMU on the disks, serial console on its stdout.
+    fn start_vm(&self, throttle: Throttle) -> Child {
+        let mut disk = format!(
+            "file={},format=raw,if=none,id=disk",
+            self.path("disk.img").display()
+        );
+        let mut env = format!(
+            "file={},format=raw,if=none,id=env",
+            self.path("env.img").display()
+        );
+        match throttle {
+            Throttle::None => {}
+            Throttle::SlotWrites => disk.push_str(",throttling.bps-write=2097152"),
+            Throttle::EnvWrites => env.push_str(",throttling.bps-write=512"),
+        }
+        let mut qemu = Command::new(&self.kit.qemu);
+        qemu.args(["-m", "1024", "-display", "none"])
+            .args(["-serial", "stdio", "-monitor", "none", "-no-reboot"])
+            .args(["-nic", "user,model=virtio-net-pci"])
+            .args(["-drive", &disk, "-device", "virtio-blk-pci,drive=disk"]);
+        if self.loader == Loader::UBoot {
+            qemu.args(["-bios", UBOOT_ROM])
+                // No merging of the guest's 4 KiB requests: a copy is written in several steps, as on
+                // flash.
+                .args(["-drive", &env])
+                .args(["-device", "virtio-blk-pci,drive=env,request-merging=off"]);
+        }
+        qemu.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start qemu-system-x86_64")
+    }
+}
+
+/// Reads the VM's console until it powers off or reboots (QEMU exits: `-no-reboot`), or kills it `cut`
+/// says when, or after [`BOOT_TIMEOUT`]. Prints the timeline lines as they come.
+fn watch_console(tag: &str, mut child: Child, cut: Option<&Cut>) -> BootLog {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            let text = without_colours(String::from_utf8_lossy(&line).trim_end_matches('\r'));
+            if tx.send(text).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut log = BootLog::default();
+    let mut cut_at: Option<Instant> = None;
+    loop {
+        if started.elapsed() > BOOT_TIMEOUT {
+            log.hung = true;
+            child.kill().unwrap();
+            break;
+        }
+        if cut_at.is_some_and(|t| Instant::now() >= t) {
+            child.kill().unwrap();
+            log.cut = true;
+            let at = started.elapsed().as_secs_f64();
+            println!("{tag}    ** power cut (VM killed) at {at:.1} s");
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                if is_timeline(&line) {
+                    println!("{tag}    [{:6.1} s] {line}", started.elapsed().as_secs_f64());
+                }
+                if let Some(c) = cut.filter(|c| cut_at.is_none() && line.contains(c.after)) {
+                    cut_at = Some(Instant::now() + c.delay);
+                }
+                log.lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    child.wait().unwrap();
+    reader.join().unwrap();
+    log
+}
+
+/// The agent's configuration inside the VM: repository on the host (10.0.2.2 is QEMU's user network
+/// gateway, the host's 127.0.0.1), slots on the main disk, U-Boot env on the second disk.
+fn agent_toml(url: &str, deadline: u64, loader: Loader) -> String {
+    let slot_len = PARTS[1].1 * SECTOR;
+    let (backend, env) = match loader {
+        Loader::UBoot => ("u-boot", "/etc/fw_env.config"),
+        Loader::Grub => ("grub", "/boot/grub/grubenv"),
+    };
+    format!(
+        r#"state_dir = "/data/state"
 hardware_id = "{HARDWARE}"
 channel = "{CHANNEL}"
 
@@ -406,8 +662,8 @@ path = "/dev/vda3"
 capacity = {slot_len}
 
 [boot]
-backend = "u-boot"
-env = "/etc/fw_env.config"
+backend = "{backend}"
+env = "{env}"
 reboot_command = ["/bin/sh", "-c", "echo OTA-REBOOT > /dev/console; sync; reboot -f"]
 
 [health]
@@ -418,126 +674,7 @@ retry_interval_secs = 2
 name = "selftest"
 command = ["/etc/ota/health"]
 "#
-        );
-        fs::write(etc.join("ota/agent.toml"), config).unwrap();
-    }
-
-    /// Publishes `release`'s slot image.
-    fn publish(&self, release: &Release) {
-        let image = self.slot_image(release);
-        let t = Instant::now();
-        self.repo.publish(release.version, &image);
-        println!("   (published in {:.1} s)", t.elapsed().as_secs_f64());
-        println!(
-            "== published {} (health check {})",
-            release.version,
-            if release.healthy { "passes" } else { "fails" }
-        );
-    }
-
-    /// Powers the VM on and lets it run until it powers off or reboots, or until `cut` says to pull the
-    /// power. Prints the boot's timeline.
-    fn boot(&mut self, what: &str, throttle: Throttle, cut: Option<Cut>) -> BootLog {
-        self.boots += 1;
-        println!("== boot {}: {what}", self.boots);
-        println!(
-            "   env before: {}   copies (flag, crc ok): {:?}",
-            self.env(),
-            self.env_copies()
-        );
-        let mut disk = format!(
-            "file={},format=raw,if=none,id=disk",
-            self.path("disk.img").display()
-        );
-        let mut env = format!(
-            "file={},format=raw,if=none,id=env",
-            self.path("env.img").display()
-        );
-        match throttle {
-            Throttle::None => {}
-            Throttle::SlotWrites => disk.push_str(",throttling.bps-write=2097152"),
-            Throttle::EnvWrites => env.push_str(",throttling.bps-write=1024"),
-        }
-        let mut child = Command::new(&self.kit.qemu)
-            .args([
-                "-bios", UBOOT_ROM, "-m", "1024", "-display", "none", "-serial", "stdio",
-            ])
-            .args([
-                "-monitor",
-                "none",
-                "-no-reboot",
-                "-nic",
-                "user,model=virtio-net-pci",
-            ])
-            .args(["-drive", &disk, "-device", "virtio-blk-pci,drive=disk"])
-            // No merging of the guest's 4 KiB requests: a copy is written in several steps, as on flash.
-            .args([
-                "-drive",
-                &env,
-                "-device",
-                "virtio-blk-pci,drive=env,request-merging=off",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start qemu-system-x86_64");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).split(b'\n') {
-                let Ok(line) = line else { break };
-                let text = without_colours(String::from_utf8_lossy(&line).trim_end_matches('\r'));
-                if tx.send(text).is_err() {
-                    break;
-                }
-            }
-        });
-        let started = Instant::now();
-        let mut log = BootLog::default();
-        let mut cut_at: Option<Instant> = None;
-        loop {
-            if started.elapsed() > BOOT_TIMEOUT {
-                child.kill().unwrap();
-                panic!("boot {} hung; console:\n{}", self.boots, log.lines.join("\n"));
-            }
-            if cut_at.is_some_and(|t| Instant::now() >= t) {
-                child.kill().unwrap();
-                log.cut = true;
-                println!(
-                    "   ** power cut (VM killed) at {:.1} s",
-                    started.elapsed().as_secs_f64()
-                );
-                break;
-            }
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    if is_timeline(&line) {
-                        println!("   [{:6.1} s] {line}", started.elapsed().as_secs_f64());
-                    }
-                    if let Some(c) = &cut {
-                        if cut_at.is_none() && line.contains(c.after) {
-                            cut_at = Some(Instant::now() + c.delay);
-                        }
-                    }
-                    log.lines.push(line);
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        child.wait().unwrap();
-        reader.join().unwrap();
-        // The whole console of the last run's boots, for a look after a failure.
-        let keep = std::env::temp_dir().join(format!("ota-qemu-uboot-boot-{}.log", self.boots));
-        fs::write(&keep, log.lines.join("\n")).unwrap();
-        println!(
-            "   env after:  {}   copies (flag, crc ok): {:?}",
-            self.env(),
-            self.env_copies()
-        );
-        log
-    }
+    )
 }
 
 /// Slowed writes for one boot, so a power cut lands inside a write.
@@ -545,8 +682,8 @@ enum Throttle {
     None,
     /// The main disk at 2 MiB/s: an install takes seconds.
     SlotWrites,
-    /// The env disk at 1 KiB/s. The guest sends 4 KiB requests (unmerged): the first goes through at once,
-    /// the next 4 s later, so a cut 1.5 s into a write of an environment longer than 4 KiB (the whole
+    /// The env disk at 512 bytes/s. The guest sends 4 KiB requests (unmerged): the first goes through at
+    /// once, the next 8 s later, so a cut 3 s into a write of an environment longer than 4 KiB (the whole
     /// U-Boot environment, once U-Boot has saved it) leaves the copy torn.
     EnvWrites,
 }
@@ -562,6 +699,7 @@ struct Cut {
 struct BootLog {
     lines: Vec<String>,
     cut: bool,
+    hung: bool,
 }
 
 impl BootLog {
@@ -680,7 +818,7 @@ fn uboot_ab_update_through_vm_reboots() {
         version: "1.0.0",
         healthy: true,
     };
-    let mut dev = Device::new(&factory);
+    let mut dev = Device::new(Loader::UBoot, &factory);
 
     // 1. Factory state: U-Boot boots a. The agent provisions and finds 2.0.0, installs it into b and
     //    reboots into the trial.
@@ -743,7 +881,7 @@ fn failed_trial_comes_back(dev: &mut Device) {
     );
 
     let log = dev.boot("after the failed trial: tries exhausted", Throttle::None, None);
-    assert!(log.has("ota: booting slot b"), "U-Boot did not come back to b");
+    assert!(log.has("booting slot b"), "the bootloader did not come back to b");
     assert_eq!(log.booted(), ("b".into(), "2.0.0".into()));
     assert_eq!(dev.var("ota_primary"), "b");
     assert_eq!(dev.var("upgrade_available"), "0");
@@ -774,7 +912,7 @@ fn power_cuts(dev: &mut Device) {
 
     let cut = Cut {
         after: "ota_trial_slot=a upgrade_available=1",
-        delay: Duration::from_millis(1500),
+        delay: Duration::from_secs(3),
     };
     let log = dev.boot(
         "power cut while writing the env that starts the trial",
@@ -791,7 +929,7 @@ fn power_cuts(dev: &mut Device) {
         copies.iter().filter(|(_, ok)| !ok).count() == 1,
         "one copy torn by the cut: {copies:?}"
     );
-    println!("   a torn env copy (crc wrong): {copies:?}; fw_printenv reads the other one");
+    println!("uboot    a torn env copy (crc wrong): {copies:?}; fw_printenv reads the other one");
     assert_eq!(dev.var("upgrade_available"), "0", "the old environment holds");
 
     let log = dev.boot("after the torn env write", Throttle::None, None);
@@ -809,4 +947,34 @@ fn power_cuts(dev: &mut Device) {
     assert_eq!(log.agent_exit(), Some("rc=0"));
     assert_eq!(dev.var("ota_primary"), "a");
     assert_eq!(dev.var("upgrade_available"), "0");
+}
+
+/// The same scheme with GRUB (Debian's grub-pc-bin, i386-pc, after QEMU's SeaBIOS) and the project's
+/// `grub-ota.cfg`, the agent's `grub` backend writing grubenv on partition 1: install into b, trial,
+/// commit; then a release whose health check fails, the power cut during its trial, and GRUB's own count
+/// (`save_env`) bringing b back.
+#[test]
+fn grub_ab_update_through_vm_reboots() {
+    let factory = Release {
+        version: "1.0.0",
+        healthy: true,
+    };
+    let mut dev = Device::new(Loader::Grub, &factory);
+    dev.publish(&Release {
+        version: "2.0.0",
+        healthy: true,
+    });
+    let log = dev.boot("factory image; 2.0.0 published", Throttle::None, None);
+    assert_eq!(log.booted(), ("a".into(), "1.0.0".into()));
+    assert!(log.has("OTA-REBOOT"), "no reboot into the trial");
+    assert_eq!(dev.var("ota_trial_slot"), "b");
+
+    let log = dev.boot("trial of 2.0.0", Throttle::None, None);
+    assert!(log.has("ota: grub booting slot b"), "GRUB did not choose b");
+    assert_eq!(log.booted(), ("b".into(), "2.0.0".into()));
+    assert_eq!(log.agent_exit(), Some("rc=0"));
+    assert_eq!(dev.var("ota_primary"), "b");
+    assert_eq!(dev.var("upgrade_available"), "0");
+
+    failed_trial_comes_back(&mut dev);
 }

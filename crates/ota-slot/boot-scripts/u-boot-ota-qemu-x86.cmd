@@ -1,5 +1,7 @@
-# U-Boot boot script for the ota-slot A/B scheme on Debian's qemu-x86_64 U-Boot (package u-boot-qemu).
-# Compile: mkimage -A x86 -T script -C none -d u-boot-ota-qemu-x86_64.cmd boot.scr
+# U-Boot boot script for the ota-slot A/B scheme on Debian's U-Boot for QEMU x86 (package u-boot-qemu,
+# /usr/lib/u-boot/qemu-x86/u-boot.rom under qemu-system-x86_64; the qemu-x86_64 build has the same
+# limits but resets when zboot starts the kernel).
+# Compile: mkimage -A x86 -T script -C none -d u-boot-ota-qemu-x86.cmd boot.scr
 #
 # The same decision as u-boot-ota.cmd (and ota_slot::BootState::power_on), adapted to what that build has:
 # - CONFIG_ENV_IS_NOWHERE: U-Boot keeps no environment of its own, so this script reads and writes the
@@ -8,8 +10,9 @@
 #     /dev/vdb 0x0    0x4000
 #     /dev/vdb 0x4000 0x4000
 #   Each copy is crc32 (4 bytes, little-endian) | flag (1 byte) | data; the valid copy with the newer flag
-#   is current (255 wraps to 0), and a write goes to the OTHER copy with flag + 1, as libubootenv does, so
-#   a power cut in the middle of a write leaves the old copy current.
+#   is current (255 wraps to 0), and a save writes the whole environment (as saveenv would) to the OTHER
+#   copy with flag + 1, as libubootenv does, so a power cut in the middle of a write leaves the old copy
+#   current. The script saves only when a trial is pending (to count it or to end it).
 # - no setexpr: counters go through a successor loop.
 # Slots: virtio 0 partitions 2 (a) and 3 (b), each an ext4 file system with /vmlinuz and /initrd.
 
