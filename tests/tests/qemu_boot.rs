@@ -310,7 +310,7 @@ impl Device {
              trial=${{ota_trial_slot}} bootcount=${{bootcount}} bootlimit=${{bootlimit}})\"\n\
              menuentry \"firmware (slot ${{ota_boot}})\" {{\n\
              \x20 if [ \"${{ota_boot}}\" = \"a\" ]; then set root=(hd0,msdos2); else set root=(hd0,msdos3); fi\n\
-             \x20 linux /vmlinuz console=ttyS0 panic=-1 ota.slot=${{ota_boot}}\n\
+             \x20 linux /vmlinuz console=ttyS0 panic=-1 no_timer_check ota.slot=${{ota_boot}}\n\
              \x20 initrd /initrd\n}}\n"
         );
         fs::write(grub.join("grub.cfg"), cfg).unwrap();
