@@ -10,6 +10,8 @@
 # Do not enable CONFIG_BOOTCOUNT_ENV as well: it would count a second time.
 # Board specifics to adapt: the partitions of slot a/b (mmc 0:2 / 0:3) and the load/boot commands.
 # This is the same decision as ota_slot::BootState::power_on (tested in the crate).
+# u-boot-ota-qemu-x86.cmd is this script for Debian's QEMU U-Boot (no env storage, no setexpr), booted for
+# real by the ota-e2e test qemu_boot.
 
 setenv ota_boot ${ota_primary}
 if test "${upgrade_available}" = "1"; then

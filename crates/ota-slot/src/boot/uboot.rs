@@ -24,7 +24,9 @@ use crate::slot::SlotId;
 /// The variables are those of [`crate::boot`]'s table; the U-Boot boot script that honours them is
 /// `boot-scripts/u-boot-ota.cmd` in this crate (compile it with `mkimage -T script`). Its counter uses
 /// `setexpr`, which computes in hex, so trials are limited to [`UBootEnv::MAX_TRIES`] (single digits);
-/// the board must not also enable `CONFIG_BOOTCOUNT_ENV` (it would count twice).
+/// the board must not also enable `CONFIG_BOOTCOUNT_ENV` (it would count twice). A U-Boot without
+/// environment storage or `setexpr` (Debian's QEMU build) uses `boot-scripts/u-boot-ota-qemu-x86.cmd`,
+/// which reads and writes the redundant copies itself; the `ota-e2e` test `qemu_boot` boots it for real.
 ///
 /// The running slot comes from the kernel command line (`ota.slot=a`, appended by the script).
 #[derive(Debug, Clone)]
