@@ -286,7 +286,9 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         if chosen {
             record.attempt_started_unix = Some(now);
         }
-        if let Some(facts) = OutcomeFacts::of_transition(&before, &record.state, &record, now) {
+        let ended = OutcomeFacts::of_transition(&before, &record.state, &record, now);
+        let new_outcome = ended.is_some();
+        if let Some(facts) = ended {
             record.last_outcome = Some(facts);
         }
         if let Some((version, reason)) = counted {
@@ -310,8 +312,49 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             }
         }
         self.save(record)?;
-        self.queue_report();
+        if new_outcome {
+            self.queue_report();
+        }
         Ok(action)
+    }
+
+    /// Records an outcome that is not the end of an install (a release skipped because its rollout is
+    /// halted or it was pulled, a rollback drill's result) and queues its report: numbered after the
+    /// last outcome and saved in the record first, so a cut before the queue has it queues it at the
+    /// next start, once.
+    pub fn record_outcome(
+        &mut self,
+        outcome: ota_report::Outcome,
+        image: &ImageRef,
+        reason: &str,
+    ) -> Result<()> {
+        let now = now_unix();
+        let running = self.boot.booted()?;
+        let from_version = self
+            .record
+            .slot(running)
+            .map_or_else(|| self.record.floor.clone(), |s| s.version.clone());
+        let number = self
+            .record
+            .last_outcome
+            .as_ref()
+            .map_or(0, |o| o.number)
+            .saturating_add(1);
+        let facts = OutcomeFacts {
+            number,
+            outcome,
+            from_version,
+            to_version: image.version.clone(),
+            target: image.target.clone(),
+            reason: reason.to_owned(),
+            started_unix: now,
+            finished_unix: now,
+            bytes_downloaded: 0,
+            install_method: None,
+        };
+        self.update_record(|rec| rec.last_outcome = Some(facts))?;
+        self.queue_report();
+        Ok(())
     }
 
     /// Queues the signed report of the record's last outcome unless the queue has it already (after a
