@@ -141,16 +141,8 @@ pub async fn run(
     // One thread: the sender runs while the poll loop waits, and is dropped when the loop reboots.
     tokio::select! {
         ended = polls => ended,
-        () = send_forever(config, reporting, &wake) => unreachable_sender(),
+        never = send_forever(config, reporting, &wake) => match never {},
     }
-}
-
-/// `send_forever` loops for ever; should it return, the daemon keeps polling without it.
-fn unreachable_sender() -> Result<Ended> {
-    Err(Error::Refused {
-        action: "deliver reports",
-        why: "the report sender stopped".to_owned(),
-    })
 }
 
 /// The poll loop after the start: polls on the schedule (or once), waking the report sender after each.

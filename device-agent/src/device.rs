@@ -292,7 +292,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             record.last_outcome = Some(facts);
         }
         if let Some((version, reason)) = counted {
-            record.count_attempt(&version, reason, now_unix(), &self.retry_policy);
+            record.count_attempt(&version, reason, now, &self.retry_policy);
         }
         if verified {
             record.retry = None;
@@ -359,8 +359,8 @@ impl<S: Slot, B: BootControl> Device<S, B> {
 
     /// Queues the signed report of the record's last outcome unless the queue has it already (after a
     /// cut between saving the outcome and queueing it, the next start queues it). Never fails the
-    /// update: a queue that cannot be written is logged, and the outcome is queued at a later step.
-    fn queue_report(&mut self) {
+    /// update: a queue that cannot be written is logged, and the outcome is queued at the next start.
+    fn queue_report(&self) {
         let (Some(queue), Some(facts)) = (&self.reports, &self.record.last_outcome) else {
             return;
         };
@@ -378,7 +378,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "report not queued; retried at the next step")
+                tracing::warn!(error = %crate::error_chain(&e), "report not queued; tried again at the next start")
             }
         }
     }

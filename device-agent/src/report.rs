@@ -139,3 +139,76 @@ impl ReportSigner for IdentitySigner<'_> {
         Ok(self.0.sign(message)?.to_bytes().to_vec())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{ImageRef, InstallReport};
+    use crate::SlotId;
+    use ota_release::Sha256Digest;
+
+    fn image(v: &str) -> ImageRef {
+        ImageRef {
+            target: format!("fw/{v}.img"),
+            version: v.parse().unwrap(),
+            sha256: Sha256Digest::of(v.as_bytes()),
+            length: 3,
+        }
+    }
+
+    #[test]
+    fn an_update_that_ends_gives_numbered_facts_and_one_in_progress_gives_none() {
+        let old = image("1.0.0");
+        let mut record = DeviceRecord::provisioned(SlotId::A, old.slot_image());
+        record.attempt_started_unix = Some(100);
+        record.last_install = Some(InstallReport {
+            version: "2.0.0".parse().unwrap(),
+            via: InstallVia::Delta {
+                target: "fw/2.0.0.delta".into(),
+            },
+            downloaded_bytes: 4096,
+            delta_fallback: None,
+        });
+        let trial = UpdateState::TrialBoot {
+            slot: SlotId::B,
+            image: image("2.0.0"),
+            from: SlotId::A,
+            restarts: 0,
+        };
+        let rolled_back = UpdateState::RolledBack {
+            slot: SlotId::B,
+            version: "2.0.0".parse().unwrap(),
+            to: SlotId::A,
+            reason: "app: exit 1".into(),
+        };
+        let facts = OutcomeFacts::of_transition(&trial, &rolled_back, &record, 160).unwrap();
+        assert_eq!(facts.number, 1);
+        assert_eq!(
+            (facts.outcome, facts.reason.as_str()),
+            (Outcome::RolledBack, "app: exit 1")
+        );
+        assert_eq!(
+            (facts.from_version.to_string(), facts.to_version.to_string()),
+            ("1.0.0".into(), "2.0.0".into())
+        );
+        assert_eq!((facts.started_unix, facts.finished_unix), (100, 160));
+        assert_eq!(
+            (facts.bytes_downloaded, facts.install_method),
+            (4096, Some(InstallMethod::Delta))
+        );
+        record.last_outcome = Some(facts);
+        let committed = UpdateState::Committed {
+            slot: SlotId::B,
+            version: "2.0.0".parse().unwrap(),
+        };
+        assert_eq!(
+            OutcomeFacts::of_transition(&trial, &committed, &record, 170)
+                .unwrap()
+                .number,
+            2
+        );
+        // Not an end: a step in progress, or a restart in a final state.
+        assert!(OutcomeFacts::of_transition(&UpdateState::Idle, &trial, &record, 1).is_none());
+        assert!(OutcomeFacts::of_transition(&committed, &committed, &record, 1).is_none());
+    }
+}

@@ -135,7 +135,11 @@ async fn excerpt(mut response: reqwest::Response) -> String {
 /// The daemon's sender: a pass whenever `wake` says a report was queued, and after a failed pass again
 /// after `retry_secs`, doubling (with jitter) up to `retry_max_secs`. Never returns; the daemon drops
 /// it when it reboots.
-pub async fn send_forever(config: &AgentConfig, report: &ReportConfig, wake: &tokio::sync::Notify) {
+pub async fn send_forever(
+    config: &AgentConfig,
+    report: &ReportConfig,
+    wake: &tokio::sync::Notify,
+) -> std::convert::Infallible {
     let queue = ReportQueue::open(&config.state_dir, report.limits());
     let mut failures: u32 = 0;
     loop {
