@@ -50,6 +50,7 @@ fn report(key: &ed25519_dalek::SigningKey, sequence: u64) -> Report {
         finished: Utc.with_ymd_and_hms(2026, 12, 7, 9, 3, 0).unwrap(),
         bytes_downloaded: 1 << 20,
         install_method: Some(InstallMethod::Delta),
+        reports_dropped: 0,
     }
 }
 

@@ -33,6 +33,115 @@ pub struct AgentConfig {
     /// How often to look for updates.
     #[serde(default)]
     pub poll: PollConfig,
+    /// Where to send the signed report of each update's outcome; absent: reporting is off.
+    pub report: Option<ReportConfig>,
+}
+
+/// The `[report]` section: the collector and the bounds of the on-disk report queue.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// The collector's base URL (`https://collector.example.com`); reports go to `<url>/v1/reports`.
+    pub collector_url: String,
+    /// The most reports kept waiting; past it the oldest is dropped (and counted).
+    #[serde(default = "default_max_reports")]
+    pub max_reports: u32,
+    /// The most bytes of reports kept waiting; past it the oldest are dropped (and counted). At least
+    /// one report's largest size ([`ota_report::MAX_ENVELOPE_BYTES`]).
+    #[serde(default = "default_max_report_bytes")]
+    pub max_bytes: u64,
+    /// Seconds to wait for the collector's TCP (and TLS) connection.
+    #[serde(
+        rename = "connect_timeout_secs",
+        default = "default_report_connect",
+        deserialize_with = "seconds"
+    )]
+    pub connect_timeout: Duration,
+    /// Seconds one report's whole exchange may take (request, status, bounded response).
+    #[serde(
+        rename = "timeout_secs",
+        default = "default_report_timeout",
+        deserialize_with = "seconds"
+    )]
+    pub timeout: Duration,
+    /// After a failed delivery the daemon waits this long before trying again, doubling with each
+    /// further failure up to `retry_max_secs`.
+    #[serde(
+        rename = "retry_secs",
+        default = "default_report_retry",
+        deserialize_with = "seconds"
+    )]
+    pub retry: Duration,
+    /// The longest wait between two delivery attempts.
+    #[serde(
+        rename = "retry_max_secs",
+        default = "default_report_retry_max",
+        deserialize_with = "seconds"
+    )]
+    pub retry_max: Duration,
+}
+
+impl ReportConfig {
+    /// The queue's bounds.
+    pub fn limits(&self) -> crate::report_queue::QueueLimits {
+        crate::report_queue::QueueLimits {
+            max_reports: self.max_reports,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+fn default_max_reports() -> u32 {
+    256
+}
+fn default_max_report_bytes() -> u64 {
+    512 * 1024
+}
+fn default_report_connect() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_report_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_report_retry() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_report_retry_max() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// The `[report]` section's rules: an http(s) URL, room for at least one report, timeouts and waits
+/// that are not zero and in order.
+fn validate_report(report: &ReportConfig) -> std::result::Result<(), String> {
+    let url = &report.collector_url;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "report.collector_url = {url:?}: expected an http:// or https:// URL"
+        ));
+    }
+    if report.max_reports == 0 {
+        return Err("report.max_reports must be at least 1".into());
+    }
+    let one = ota_report::MAX_ENVELOPE_BYTES as u64;
+    if report.max_bytes < one {
+        return Err(format!(
+            "report.max_bytes = {} is less than one report's largest size ({one} bytes)",
+            report.max_bytes
+        ));
+    }
+    for (field, d) in [
+        ("report.connect_timeout_secs", report.connect_timeout),
+        ("report.timeout_secs", report.timeout),
+        ("report.retry_secs", report.retry),
+    ] {
+        if d.is_zero() {
+            return Err(format!("{field} must be at least 1"));
+        }
+    }
+    if report.retry_max < report.retry {
+        return Err("report.retry_max_secs must be at least report.retry_secs".into());
+    }
+    Ok(())
 }
 
 /// The TUF repository's location.
@@ -302,6 +411,9 @@ impl AgentConfig {
             return Err("boot.reboot_command must name a program".into());
         }
         validate_health(&self.health)?;
+        if let Some(report) = &self.report {
+            validate_report(report)?;
+        }
         if self.poll.interval_secs == 0 {
             return Err("poll.interval_secs must be at least 1".into());
         }
@@ -481,6 +593,35 @@ mod tests {
             assert!(SAMPLE.contains(from), "sample lacks {from}");
             let err = parse(&SAMPLE.replacen(from, to, 1)).unwrap_err().to_string();
             assert!(err.contains(needle), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn no_report_section_is_reporting_off_and_the_section_is_strict() {
+        assert!(parse(SAMPLE).unwrap().report.is_none());
+        let with = |body: &str| parse(&format!("{SAMPLE}\n[report]\n{body}\n"));
+        let c = with("collector_url = \"http://127.0.0.1:8470\"").unwrap();
+        let r = c.report.unwrap();
+        assert_eq!((r.max_reports, r.max_bytes), (256, 512 * 1024));
+        assert_eq!(
+            (r.timeout, r.connect_timeout),
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
+        let url = "collector_url = \"http://c\"\n";
+        for (body, needle) in [
+            ("collector_url = \"ftp://c\"".to_owned(), "collector_url"),
+            (format!("{url}max_reports = 0"), "max_reports"),
+            (format!("{url}max_bytes = 100"), "max_bytes"),
+            (format!("{url}timeout_secs = 0"), "timeout_secs"),
+            (
+                format!("{url}retry_secs = 60\nretry_max_secs = 30"),
+                "retry_max_secs",
+            ),
+            (format!("{url}max_report = 3"), "max_report"),
+            ("max_reports = 3".to_owned(), "collector_url"),
+        ] {
+            let err = with(&body).unwrap_err().to_string();
+            assert!(err.contains(needle), "{body}: {err}");
         }
     }
 

@@ -10,6 +10,8 @@ use crate::config::{AgentConfig, BootBackend, SlotConfig};
 use crate::device::{Device, DeviceSettings, Outcome, SlotPair};
 use crate::error::{Error, Result};
 use crate::lock::AgentLock;
+use crate::report_queue::ReportQueue;
+use crate::report_send::{deliver_once, send_forever};
 use crate::schedule::PollSchedule;
 use crate::SlotId;
 use ota_slot::{BootControl, FileSlot, GrubEnv, SimBootloader, UBootEnv};
@@ -38,6 +40,9 @@ pub fn open_device(config: &AgentConfig) -> Result<ConfiguredDevice> {
     let (slots, boot) = open_parts(config)?;
     let mut device = Device::open(DeviceSettings::from_config(config), slots, boot)?;
     device.set_retry_policy(config.retry_policy());
+    if let Some(report) = &config.report {
+        device.set_report_queue(ReportQueue::open(&config.state_dir, report.limits()));
+    }
     Ok(device)
 }
 
@@ -104,7 +109,8 @@ pub enum Ended {
 }
 
 /// The daemon: finishes what the last run left (a failure there is fatal), then polls. `report` sees
-/// every step's outcome; `rng` jitters the waits.
+/// every step's outcome; `rng` jitters the waits. With a `[report]` section the queued reports are
+/// delivered beside the polls (`run --once`: one bounded pass after the poll), never before a reboot.
 pub async fn run(
     config: &AgentConfig,
     polling: Polling,
@@ -120,6 +126,33 @@ pub async fn run(
             return reboot(config, device).map(Ended::Rebooted);
         }
     }
+    let wake = tokio::sync::Notify::new();
+    let polls = poll_loop(config, polling, rng, report, &wake);
+    let Some(reporting) = &config.report else {
+        return polls.await;
+    };
+    if polling == Polling::Once {
+        let ended = polls.await?;
+        if ended == Ended::PolledOnce {
+            deliver_once(config, reporting).await;
+        }
+        return Ok(ended);
+    }
+    // One thread: the sender runs while the poll loop waits, and is dropped when the loop reboots.
+    tokio::select! {
+        ended = polls => ended,
+        never = send_forever(config, reporting, &wake) => match never {},
+    }
+}
+
+/// The poll loop after the start: polls on the schedule (or once), waking the report sender after each.
+async fn poll_loop(
+    config: &AgentConfig,
+    polling: Polling,
+    rng: &mut impl Rng,
+    report: &mut dyn FnMut(&Outcome),
+    wake: &tokio::sync::Notify,
+) -> Result<Ended> {
     // Between polls the daemon holds neither the lock nor the device (its HTTP client, its metadata):
     // an operator's command can run, and the idle daemon stays small.
     let mut schedule = PollSchedule::new(&config.poll);
@@ -133,6 +166,7 @@ pub async fn run(
                 false
             }
         };
+        wake.notify_one();
         if polling == Polling::Once {
             return Ok(Ended::PolledOnce);
         }

@@ -26,6 +26,8 @@ use crate::delta::{
 use crate::error::{Error, Result};
 use crate::health::{run_checks, HealthReport};
 use crate::identity::{FileIdentity, IdentityKey};
+use crate::report::{IdentitySigner, OutcomeFacts};
+use crate::report_queue::{QueueStatus, ReportQueue, SendError};
 use crate::select::{select, Decision, DeviceFacts, OfferedTarget};
 use crate::state::{
     transition, Action, DeviceRecord, DownloadRetry, Event, ImageRef, InstallReport, InstallVia, RecordFile,
@@ -160,6 +162,8 @@ pub struct Status {
     pub last_install: Option<InstallReport>,
     /// Attempts at a release that ended before its image was verified, and when the next may start.
     pub retry: Option<DownloadRetry>,
+    /// The signed reports waiting for the collector; `None` when reporting is off.
+    pub reports: Option<QueueStatus>,
 }
 
 /// What `install` would do with a chosen release, checked without writing ([`Device::preflight`]).
@@ -184,6 +188,7 @@ pub struct Device<S: Slot, B: BootControl> {
     record: DeviceRecord,
     client: Client,
     retry_policy: RetryPolicy,
+    reports: Option<ReportQueue>,
 }
 
 impl<S: Slot, B: BootControl> Device<S, B> {
@@ -228,6 +233,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             record,
             client,
             retry_policy: RetryPolicy::default(),
+            reports: None,
         })
     }
 
@@ -235,6 +241,11 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     /// [`RetryPolicy::default`]).
     pub fn set_retry_policy(&mut self, policy: RetryPolicy) {
         self.retry_policy = policy;
+    }
+
+    /// Queues the signed report of every update outcome into `queue` (default: no reports).
+    pub fn set_report_queue(&mut self, queue: ReportQueue) {
+        self.reports = Some(queue);
     }
 
     /// The persisted record.
@@ -269,9 +280,19 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         let before = record.state.clone();
         let counted = attempt_ended(&before, &event);
         let verified = matches!(event, Event::Verified { .. });
-        let action = record.apply(transition(before, event)?);
+        let chosen = matches!(event, Event::Chosen { .. });
+        let action = record.apply(transition(before.clone(), event)?);
+        let now = now_unix();
+        if chosen {
+            record.attempt_started_unix = Some(now);
+        }
+        let ended = OutcomeFacts::of_transition(&before, &record.state, &record, now);
+        let new_outcome = ended.is_some();
+        if let Some(facts) = ended {
+            record.last_outcome = Some(facts);
+        }
         if let Some((version, reason)) = counted {
-            record.count_attempt(&version, reason, now_unix(), &self.retry_policy);
+            record.count_attempt(&version, reason, now, &self.retry_policy);
         }
         if verified {
             record.retry = None;
@@ -291,7 +312,75 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             }
         }
         self.save(record)?;
+        if new_outcome {
+            self.queue_report();
+        }
         Ok(action)
+    }
+
+    /// Records an outcome that is not the end of an install (a release skipped because its rollout is
+    /// halted or it was pulled, a rollback drill's result) and queues its report: numbered after the
+    /// last outcome and saved in the record first, so a cut before the queue has it queues it at the
+    /// next start, once.
+    pub fn record_outcome(
+        &mut self,
+        outcome: ota_report::Outcome,
+        image: &ImageRef,
+        reason: &str,
+    ) -> Result<()> {
+        let now = now_unix();
+        let running = self.boot.booted()?;
+        let from_version = self
+            .record
+            .slot(running)
+            .map_or_else(|| self.record.floor.clone(), |s| s.version.clone());
+        let number = self
+            .record
+            .last_outcome
+            .as_ref()
+            .map_or(0, |o| o.number)
+            .saturating_add(1);
+        let facts = OutcomeFacts {
+            number,
+            outcome,
+            from_version,
+            to_version: image.version.clone(),
+            target: image.target.clone(),
+            reason: reason.to_owned(),
+            started_unix: now,
+            finished_unix: now,
+            bytes_downloaded: 0,
+            install_method: None,
+        };
+        self.update_record(|rec| rec.last_outcome = Some(facts))?;
+        self.queue_report();
+        Ok(())
+    }
+
+    /// Queues the signed report of the record's last outcome unless the queue has it already (after a
+    /// cut between saving the outcome and queueing it, the next start queues it). Never fails the
+    /// update: a queue that cannot be written is logged, and the outcome is queued at the next start.
+    fn queue_report(&self) {
+        let (Some(queue), Some(facts)) = (&self.reports, &self.record.last_outcome) else {
+            return;
+        };
+        let signer = IdentitySigner(self.identity.as_ref());
+        let queued = facts
+            .to_report(
+                signer.device_id(),
+                &self.settings.hardware_id,
+                &self.settings.channel,
+            )
+            .and_then(|report| queue.enqueue(facts.number, report, &signer));
+        match queued {
+            Ok(Some(sequence)) => {
+                tracing::info!(sequence, outcome = %facts.outcome.as_str(), "report queued")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "report not queued; tried again at the next start")
+            }
+        }
     }
 
     /// Changes the record outside the state machine (what the install is doing) and persists it.
@@ -320,6 +409,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     /// Continues whatever the last run left, after every start of the agent (the one defined way
     /// forward of each state; see [`UpdateState`]). Runs the health checks when booted into a trial.
     pub async fn on_boot(&mut self) -> Result<Outcome> {
+        self.queue_report();
         let booted = self.boot.booted()?;
         let trial = self.boot.trial()?;
         let action = self.apply(Event::Started { booted, trial })?;
@@ -490,6 +580,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             failed: r.failed.clone(),
             last_install: r.last_install.clone(),
             retry: r.retry.clone(),
+            reports: self.reports.as_ref().map(queue_status),
         })
     }
 
@@ -861,6 +952,26 @@ fn attempt_ended(state: &UpdateState, event: &Event) -> Option<(Version, String)
         }
         _ => None,
     }
+}
+
+/// The queue's status; one that cannot be read says why in `last_error` rather than failing `status`
+/// (health checks run `status`).
+fn queue_status(queue: &ReportQueue) -> QueueStatus {
+    queue.status().unwrap_or_else(|e| QueueStatus {
+        count: 0,
+        bytes: 0,
+        max_reports: 0,
+        max_bytes: 0,
+        dropped: 0,
+        delivered: 0,
+        refused: 0,
+        next_sequence: 0,
+        last_delivered_unix: None,
+        last_error: Some(SendError {
+            unix: now_unix(),
+            text: format!("cannot read the report queue: {}", crate::error_chain(&e)),
+        }),
+    })
 }
 
 /// Seconds since the Unix epoch (0 on a clock before it: every backoff then looks run out).

@@ -192,6 +192,19 @@ pub enum Error {
         /// What went wrong.
         why: String,
     },
+    /// A report could not be made or signed (the report contract refused a field, or the signer failed).
+    #[error("device report")]
+    Report {
+        /// The report contract's complaint.
+        #[source]
+        source: ota_report::Error,
+    },
+    /// The HTTP client for the collector could not be built (its TLS setup).
+    #[error("report client: {why}")]
+    ReportClient {
+        /// What failed.
+        why: String,
+    },
     /// A health check failed to run at all (a misconfigured check, not an unhealthy device).
     #[error("health check {check}: {why}")]
     HealthCheck {

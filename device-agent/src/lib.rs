@@ -17,6 +17,9 @@
 //! - [`schedule::PollSchedule`]: polling interval, jitter and backoff.
 //! - [`lock::AgentLock`]: one agent process at a time per state directory.
 //! - [`trust`]: the checks of what the agent trusts on disk, at every start.
+//! - [`report::OutcomeFacts`]: what is known when an update ends, signed into an `ota_report::Report`;
+//!   [`report_queue::ReportQueue`] keeps those reports on disk (bounded, durable) and
+//!   [`report_send`] delivers them to the collector, never holding up an update.
 //! - [`delta`]: installs by binary delta from the running slot, with [`delta::DeltaFallback`] naming
 //!   why the full image was used instead.
 //!
@@ -33,6 +36,9 @@ pub mod health;
 pub mod identity;
 pub mod lock;
 pub mod provision;
+pub mod report;
+pub mod report_queue;
+pub mod report_send;
 pub mod schedule;
 pub mod select;
 pub mod state;

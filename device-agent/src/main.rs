@@ -320,4 +320,24 @@ fn print_status(s: &Status) {
         let failed: Vec<String> = s.failed.iter().map(|v| v.to_string()).collect();
         println!("failed      {}", failed.join(", "));
     }
+    match &s.reports {
+        None => println!("reports     off (no [report] section)"),
+        Some(q) => {
+            println!(
+                "reports     {} queued ({} bytes; at most {} reports, {} bytes), {} dropped, {} delivered, \
+                 {} refused, next sequence {}",
+                q.count,
+                q.bytes,
+                q.max_reports,
+                q.max_bytes,
+                q.dropped,
+                q.delivered,
+                q.refused,
+                q.next_sequence
+            );
+            if let Some(e) = &q.last_error {
+                println!("            last send error (unix time {}): {}", e.unix, e.text);
+            }
+        }
+    }
 }

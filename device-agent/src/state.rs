@@ -609,6 +609,13 @@ pub struct DeviceRecord {
     /// Failed or interrupted attempts at installing one release, and when the next may start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<DownloadRetry>,
+    /// When the current (or last) attempt started (seconds since the Unix epoch), for its report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_started_unix: Option<u64>,
+    /// The last update that ended, numbered: saved with the state that ended it, so its signed report
+    /// is queued even when a cut comes between the two ([`crate::report`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_outcome: Option<crate::report::OutcomeFacts>,
 }
 
 /// Attempts at one release that ended before its image was verified (a failed download, a kill, a power
@@ -697,6 +704,8 @@ impl DeviceRecord {
             failed: Vec::new(),
             last_install: None,
             retry: None,
+            attempt_started_unix: None,
+            last_outcome: None,
         };
         *record.slot_mut(slot) = Some(image);
         record

@@ -1,7 +1,8 @@
 //! Fixtures shared by the end-to-end suites in `tests/`: a TUF repository built in-process with
 //! repo-tool's library and served by a real nginx ([`TestRepo`]), deterministic firmware images
 //! ([`firmware`]), and a simulated device that runs the real `device-agent` binary over file slots and the
-//! simulated bootloader, where a reboot is a process restart ([`SimDevice`]).
+//! simulated bootloader, where a reboot is a process restart ([`SimDevice`]); the collector and the
+//! misbehaving servers of the report suites ([`collector`]).
 //!
 //! Test-only: it panics with a clear message instead of returning errors.
 #![deny(missing_docs)]
@@ -11,6 +12,8 @@
     clippy::indexing_slicing,
     clippy::panic
 )]
+
+pub mod collector;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -193,34 +196,32 @@ impl Default for TestRepo {
 /// suites run the real program even when only this crate's tests were asked for.
 pub fn agent_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/<this test> -> target/<profile>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(ota_testbed::workspace_root()).args([
-            "build",
-            "--quiet",
-            "-p",
-            "device-agent",
-            "--bin",
-            "device-agent",
-        ]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build for device-agent");
-        assert!(status.success(), "building device-agent failed");
-        let bin = profile_dir.join("device-agent");
-        assert!(
-            bin.is_file(),
-            "device-agent binary not found at {}",
-            bin.display()
-        );
-        bin
-    })
-    .clone()
+    BIN.get_or_init(|| workspace_binary("device-agent")).clone()
+}
+
+/// The `collector` binary, built once per test process like [`agent_binary`].
+pub fn collector_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("collector")).clone()
+}
+
+/// Builds the workspace's binary `name` (package and binary of one name) in this test's profile.
+fn workspace_binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(ota_testbed::workspace_root())
+        .args(["build", "--quiet", "-p", name, "--bin", name]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "building {name} failed");
+    let bin = profile_dir.join(name);
+    assert!(bin.is_file(), "{name} binary not found at {}", bin.display());
+    bin
 }
 
 /// Exit status of the agent after a simulated reboot.
@@ -232,6 +233,8 @@ pub struct SimDevice {
     dir: tempfile::TempDir,
     /// Capacity of each slot.
     pub slot_len: u64,
+    /// What `provision` printed (device id, public key, ...).
+    pub provisioned: String,
 }
 
 impl SimDevice {
@@ -283,7 +286,11 @@ deadline_secs = 20
             d = d.display()
         );
         fs::write(d.join("agent.toml"), config).unwrap();
-        let dev = SimDevice { dir, slot_len };
+        let mut dev = SimDevice {
+            dir,
+            slot_len,
+            provisioned: String::new(),
+        };
         let out = dev.agent(&[
             "provision",
             "--root",
@@ -300,7 +307,16 @@ deadline_secs = 20
             "provision failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        dev.provisioned = String::from_utf8_lossy(&out.stdout).into_owned();
         dev
+    }
+
+    /// The device's public key, hex, as `provision` printed it (what a collector enrols).
+    pub fn public_key(&self) -> String {
+        let line = self.provisioned.lines().find(|l| l.starts_with("public key"));
+        line.and_then(|l| l.split_whitespace().last())
+            .expect("provision printed no public key")
+            .to_owned()
     }
 
     /// The device's directory.

@@ -128,6 +128,7 @@ pub fn report(
         finished: Utc.with_ymd_and_hms(2026, 12, 7, 9, 3, 0).unwrap(),
         bytes_downloaded: 4096,
         install_method: Some(InstallMethod::Delta),
+        reports_dropped: 0,
     }
 }
 

@@ -43,6 +43,15 @@ pub struct Report {
     pub bytes_downloaded: u64,
     /// How the new image was built; `None` when nothing was installed (skipped).
     pub install_method: Option<InstallMethod>,
+    /// Reports of this device that its bounded queue dropped unsent (oldest first, when full), since
+    /// provisioning: cumulative, so a dropped report carrying the count loses nothing. Absent (and read
+    /// as 0) when none was dropped, so reports from before this field keep their exact bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reports_dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Report {

@@ -30,6 +30,7 @@ fn report_of(signer: &dyn ReportSigner) -> Report {
         finished: Utc.with_ymd_and_hms(2026, 12, 7, 9, 4, 30).unwrap(),
         bytes_downloaded: 1_234_567,
         install_method: Some(InstallMethod::Delta),
+        reports_dropped: 0,
     }
 }
 
@@ -66,6 +67,21 @@ fn round_trip_with_an_ed25519_key() {
     let report = report_of(&key);
     let sent = Envelope::sign(&report, &key).unwrap().to_json();
     assert_eq!(received(&sent, &key.public_key()).unwrap(), report);
+}
+
+/// The queue's drop count travels in the report; a report with none keeps the bytes it had before the
+/// field existed (absent, read back as 0).
+#[test]
+fn the_drop_count_round_trips_and_is_absent_when_zero() {
+    let key = device_key(1);
+    let mut report = report_of(&key);
+    let payload = String::from_utf8(report.to_payload().unwrap()).unwrap();
+    assert!(!payload.contains("reports_dropped"), "{payload}");
+    report.reports_dropped = 7;
+    let sent = Envelope::sign(&report, &key).unwrap().to_json();
+    let got = received(&sent, &key.public_key()).unwrap();
+    assert_eq!(got.reports_dropped, 7);
+    assert_eq!(got, report);
 }
 
 #[test]
