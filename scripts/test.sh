@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. First installs what the tests need when it is missing:
-#   Debian: nginx (HTTP tests), libubootenv-tool (fw_setenv/fw_printenv), grub-common (grub-editenv)
+#   Debian: nginx (HTTP tests), libubootenv-tool (fw_setenv/fw_printenv), grub-common (grub-editenv),
+#           postgresql (the collector's store tests start their own server from its initdb and postgres)
 #   PyPI:   python-tuf and securesystemslib in ./.venv (interoperability tests)
 # Then: cargo fmt --check, cargo clippy -D warnings, cargo test --workspace.
 set -euo pipefail
@@ -10,6 +11,7 @@ need_apt=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v fw_setenv >/dev/null 2>&1 || [ -x /usr/bin/fw_setenv ] || need_apt+=(libubootenv-tool)
 command -v grub-editenv >/dev/null 2>&1 || need_apt+=(grub-common)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need_apt[*]}"
