@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, dead_code)]
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -169,9 +169,11 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(db: &Path, extra: &[&str]) -> Server {
+    /// `db`: a path or any store location `--db` takes.
+    pub fn start(db: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Server {
         let mut child = collector_bin()
-            .args(["serve", "--db", db.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
             .args(extra)
             .stdout(Stdio::piped())
             .spawn()
