@@ -40,6 +40,8 @@ use ota_report::{DeviceId, PublicKey};
 use postgres::config::Host;
 use postgres::{Client, GenericClient, NoTls, Statement};
 
+mod together;
+
 use crate::migrations::{Migration, MIGRATIONS, SCHEMA_VERSION_TABLE};
 use crate::store::{
     redact_url, sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, Store, StoredReport,
@@ -455,6 +457,20 @@ struct OutcomeChange {
 }
 
 impl OutcomeChange {
+    /// `stored` moves its device from `previous` (its outcome on the release before, if any).
+    fn of(stored: &StoredReport, previous: Option<&String>) -> OutcomeChange {
+        let r = &stored.report;
+        OutcomeChange {
+            release: (
+                r.hardware.as_str().to_string(),
+                r.channel.as_str().to_string(),
+                r.to_version.to_string(),
+            ),
+            previous: previous.cloned(),
+            now: r.outcome.as_str().to_string(),
+        }
+    }
+
     fn add_to(self, counts: &mut BTreeMap<CountKey, i64>) {
         if self.previous.as_deref() == Some(self.now.as_str()) {
             return;
@@ -505,16 +521,42 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// One transaction: each report under its own savepoint (a refused one rolls back alone and stores
-/// nothing), then the batch's counter changes, then one commit. Returns each report's outcome.
+/// One transaction: the first report of each device in the batch stored together ([`together`]), the
+/// rest (a device's later reports, or all of them when storing together failed) each under its own
+/// savepoint (a refused one rolls back alone and stores nothing), then the batch's counter changes, then
+/// one commit. Returns each report's outcome.
 fn store_batch(conn: &mut PgConnection, batch: &[WaitingReport]) -> Result<Vec<Result<()>>> {
     let PgConnection { client, statements } = conn;
     let mut tx = client
         .transaction()
         .map_err(Error::postgres("begin storing reports"))?;
     let mut counts = BTreeMap::new();
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for waiting in batch {
+    let mut outcomes: Vec<Option<Result<()>>> = batch.iter().map(|_| None).collect();
+    // The batch is in device order: a report whose device differs from the one before is its first.
+    let (first, later): (Vec<usize>, Vec<usize>) = (0..batch.len()).partition(|&i| {
+        let device = |i: usize| batch.get(i).map(|w| &w.report.report.device_id);
+        i == 0 || device(i) != device(i - 1)
+    });
+    let firsts: Vec<&StoredReport> = first
+        .iter()
+        .filter_map(|&i| batch.get(i))
+        .map(|w| &w.report)
+        .collect();
+    let one_by_one = match together::store_together(statements, &mut tx, &firsts)? {
+        Some(stored) => {
+            for (&i, outcome) in first.iter().zip(stored) {
+                if let Some(slot) = outcomes.get_mut(i) {
+                    *slot = Some(outcome.map(|change| change.add_to(&mut counts)));
+                }
+            }
+            later
+        }
+        None => (0..batch.len()).collect(),
+    };
+    for i in one_by_one {
+        let (Some(waiting), Some(slot)) = (batch.get(i), outcomes.get_mut(i)) else {
+            continue;
+        };
         let mut savepoint = tx
             .savepoint("report")
             .map_err(Error::postgres("open a report's savepoint"))?;
@@ -525,16 +567,34 @@ fn store_batch(conn: &mut PgConnection, batch: &[WaitingReport]) -> Result<Vec<R
             savepoint.rollback()
         };
         closed.map_err(Error::postgres("close a report's savepoint"))?;
-        outcomes.push(stored.map(|change| change.add_to(&mut counts)));
+        *slot = Some(stored.map(|change| change.add_to(&mut counts)));
     }
-    let count = prepared(statements, &mut tx, COUNT_CHANGE)?;
-    // In key order, once per batch: these rows are shared by every lane (see the module doc).
+    count_outcome_changes(statements, &mut tx, &counts)?;
+    tx.commit().map_err(Error::postgres("commit reports"))?;
+    Ok(outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                Err(Error::Task {
+                    why: "a report of the batch was not stored".into(),
+                })
+            })
+        })
+        .collect())
+}
+
+/// In key order, once per batch: these rows are shared by every lane (see the module doc).
+fn count_outcome_changes(
+    statements: &mut HashMap<&'static str, Statement>,
+    tx: &mut postgres::Transaction<'_>,
+    counts: &BTreeMap<CountKey, i64>,
+) -> Result<()> {
+    let count = prepared(statements, tx, COUNT_CHANGE)?;
     for ((hardware, channel, version, outcome), change) in counts.iter().filter(|(_, n)| **n != 0) {
         tx.execute(&count, &[hardware, channel, version, outcome, change])
             .map_err(Error::postgres("count outcomes"))?;
     }
-    tx.commit().map_err(Error::postgres("commit reports"))?;
-    Ok(outcomes)
+    Ok(())
 }
 
 /// Takes the next sequence number of an enrolled device not revoked; locks the device row until commit.
@@ -608,11 +668,7 @@ fn store_one(
         )
         .and_then(|row| row.map(|row| row.try_get::<_, String>(0)).transpose())
         .map_err(Error::postgres("insert a report"))?;
-    Ok(OutcomeChange {
-        release: (hardware.to_string(), channel.to_string(), to_version),
-        previous,
-        now: r.outcome.as_str().to_string(),
-    })
+    Ok(OutcomeChange::of(stored, previous.as_ref()))
 }
 
 /// Why the sequence was not claimed: read after the claim, so it sees what the claim saw.

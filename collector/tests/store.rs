@@ -268,3 +268,42 @@ fn postgres_collectors_starting_together_migrate_once() {
         .get(0);
     assert_eq!(recorded, MIGRATIONS.len() as i64);
 }
+
+on_both_stores!(a_report_the_database_refuses_spares_the_others_of_its_batch);
+
+/// A report whose row the database itself refuses (a row with its key is already there, written
+/// behind the store's back) fails alone: the other reports sent at the same time, whatever batch they
+/// share with it, are stored, and the refused one changes nothing.
+fn a_report_the_database_refuses_spares_the_others_of_its_batch(backend: Backend) {
+    let db = StoreDb::new(backend);
+    let store: Arc<dyn Store> = Arc::from(open_store(db.location()).unwrap());
+    let keys: Vec<_> = (40..48).map(device_key).collect();
+    for k in &keys {
+        store.enroll(&k.public_key(), Utc::now()).unwrap();
+    }
+    let blocked = keys[0].public_key().device_id();
+    db.exec(&format!(
+        "INSERT INTO reports (device_id, sequence, received_at, hardware, channel, from_version, to_version,
+             target, outcome, reason, started_at, finished_at, bytes_downloaded, envelope)
+         VALUES ('{blocked}', 1, 0, 'board-a', 'stable', '1.0.0', '1.1.0', 't', 'committed', '', 0, 0, 0, '{{}}')"
+    ));
+    let barrier = Arc::new(std::sync::Barrier::new(keys.len()));
+    let threads: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            let (store, barrier, report) = (store.clone(), barrier.clone(), stored(k, 1));
+            std::thread::spawn(move || {
+                barrier.wait();
+                store.insert_report(&report)
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(results[0].is_err(), "{:?}", results[0]);
+    assert!(results[1..].iter().all(Result::is_ok), "{results:?}");
+    // Seven stored, plus the row written by hand; the blocked device's sequence untouched.
+    assert_eq!(db.rows(), (8, 7, 7));
+    let device = store.device(&blocked).unwrap().unwrap();
+    assert_eq!(device.last_sequence, None);
+    assert_eq!(store.summary().unwrap().releases[0].committed, 7);
+}
