@@ -51,7 +51,7 @@ start_postgres() {
   (cd "$WORK/pg" && "${run[@]}" "$bin/initdb" -D "$WORK/pg/data" -U postgres --auth=trust --no-instructions >/dev/null)
   PG_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   (cd "$WORK/pg" && exec "${run[@]}" "$bin/postgres" -D "$WORK/pg/data" -h 127.0.0.1 -p "$PG_PORT" \
-    -k "$WORK/pg" -c max_connections=100 >"$WORK/pg.log" 2>&1) &
+    -k "$WORK/pg" -c max_connections=100 ${PG_OPTS:-} >"$WORK/pg.log" 2>&1) &
   PG_PID=$!
   for _ in $(seq 300); do
     "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && return

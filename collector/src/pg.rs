@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -51,6 +51,9 @@ use crate::{Error, Result, Summary};
 
 /// Connections per store: the most batches committing at once, plus readers.
 pub const POOL_SIZE: u32 = 8;
+/// Batches committing at once. Few, so that reports queue up and batches grow: a batch costs about as
+/// many round trips whatever its size (see [`together`]).
+pub const WRITE_LANES: usize = 2;
 /// The most reports one transaction stores.
 pub const MAX_BATCH: usize = 256;
 /// How long a caller waits for a connection (a new one, or a free one from the pool).
@@ -66,6 +69,9 @@ pub struct PostgresStore {
     /// Reports waiting for a connection (group commit, see [`PostgresStore::insert_report`]).
     waiting: Mutex<Vec<WaitingReport>>,
     next_ticket: AtomicU64,
+    /// Lanes in use, at most [`WRITE_LANES`], and where a caller waits for one.
+    lanes: Mutex<usize>,
+    lane_freed: Condvar,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -79,7 +85,18 @@ struct WaitingReport {
     /// Tells this report from the others in the queue (to withdraw it).
     ticket: u64,
     report: StoredReport,
-    outcome: mpsc::SyncSender<Result<()>>,
+    outcome: OutcomeSlot,
+}
+
+/// Where a waiting report's outcome is put by whichever lane commits it.
+type OutcomeSlot = Arc<Mutex<Option<Result<()>>>>;
+
+/// What a caller of [`PostgresStore::insert_report`] gets next.
+enum Turn {
+    /// Its report's outcome (another lane, or this caller's own batch, stored it).
+    Answered(Result<()>),
+    /// A write lane: it stores whatever is queued.
+    Lane,
 }
 
 /// Opens the pool's connections.
@@ -143,6 +160,8 @@ impl PostgresStore {
             pool,
             waiting: Mutex::new(Vec::new()),
             next_ticket: AtomicU64::new(0),
+            lanes: Mutex::new(0),
+            lane_freed: Condvar::new(),
         })
     }
 
@@ -163,6 +182,32 @@ impl PostgresStore {
         let mut waiting = lock(&self.waiting);
         let n = waiting.len().min(MAX_BATCH);
         waiting.drain(..n).collect()
+    }
+
+    /// Waits until `slot` holds the report's outcome, or until a write lane is free while reports are
+    /// queued (then takes the lane, given back by [`PostgresStore::leave_lane`]). A caller whose report
+    /// another lane took waits for that lane rather than taking one of its own.
+    fn next_turn(&self, slot: &OutcomeSlot) -> Turn {
+        let mut used = lock(&self.lanes);
+        loop {
+            if let Some(outcome) = lock(slot).take() {
+                return Turn::Answered(outcome);
+            }
+            if *used < WRITE_LANES && !lock(&self.waiting).is_empty() {
+                *used += 1;
+                return Turn::Lane;
+            }
+            used = self
+                .lane_freed
+                .wait(used)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// Gives a lane back and wakes every waiting caller: some have their outcome now.
+    fn leave_lane(&self) {
+        *lock(&self.lanes) -= 1;
+        self.lane_freed.notify_all();
     }
 
     /// Takes the report with `ticket` out of the queue; false when a batch already holds it.
@@ -358,28 +403,30 @@ impl Store for PostgresStore {
     /// lane may hold it); either way it returns once its report's batch has committed.
     fn insert_report(&self, stored: &StoredReport) -> Result<()> {
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        let (outcome, answer) = mpsc::sync_channel(1);
+        let slot: OutcomeSlot = Arc::new(Mutex::new(None));
         lock(&self.waiting).push(WaitingReport {
             ticket,
             report: stored.clone(),
-            outcome,
+            outcome: slot.clone(),
         });
-        match self.connection() {
-            Ok(mut conn) => {
+        loop {
+            if let Turn::Answered(outcome) = self.next_turn(&slot) {
+                return outcome;
+            }
+            let connected = self.connection().map(|mut conn| {
                 let batch = self.take_batch();
                 if !batch.is_empty() {
                     commit_batch(&mut conn, batch);
                 }
+            });
+            self.leave_lane();
+            // No connection: unless a lane holds this report already, withdraw it (nothing stored).
+            if let Err(e) = connected {
+                if self.withdraw(ticket) {
+                    return Err(e);
+                }
             }
-            // No connection: nobody has this report yet, so withdraw it (nothing stored) and say why.
-            Err(e) if self.withdraw(ticket) => return Err(e),
-            Err(_) => {}
         }
-        answer.recv().unwrap_or_else(|_| {
-            Err(Error::Task {
-                why: "a queued report was not committed".into(),
-            })
-        })
     }
 
     fn summary(&self) -> Result<Summary> {
@@ -495,17 +542,13 @@ fn commit_batch(conn: &mut PgConnection, mut batch: Vec<WaitingReport>) {
     match store_batch(conn, &batch) {
         Ok(outcomes) => {
             for (waiting, outcome) in batch.into_iter().zip(outcomes) {
-                // A caller that stopped waiting (it cannot, today) just misses its answer.
-                waiting.outcome.send(outcome).ok();
+                *lock(&waiting.outcome) = Some(outcome);
             }
         }
         Err(e) => {
             let why = error_chain(&e);
             for waiting in batch {
-                waiting
-                    .outcome
-                    .send(Err(Error::CommitFailed { why: why.clone() }))
-                    .ok();
+                *lock(&waiting.outcome) = Some(Err(Error::CommitFailed { why: why.clone() }));
             }
         }
     }
