@@ -12,13 +12,18 @@
 //! at once migrate one after the other.
 //!
 //! **Reports: group commit in lanes.** As in SQLite, a report joins a queue and whichever caller next
-//! holds a connection stores every queued report (up to [`MAX_BATCH`]) in one transaction, each under its
-//! own savepoint, then commits once; every caller is answered only after the commit holding its report.
-//! Unlike SQLite, up to [`POOL_SIZE`] batches commit in parallel, one per connection. The sequence check
-//! is a conditional `UPDATE` of the device row (`.. WHERE revoked_at IS NULL AND last_sequence < $2`):
-//! it row-locks the device until commit, so two reports of one device, in two lanes or two collectors,
-//! never both pass it; the second waits, re-reads the committed row and is refused as a replay. Lock
-//! order is what keeps parallel batches from deadlocking: a batch takes its device rows in device order,
+//! holds a write lane stores every queued report (up to [`MAX_BATCH`]) in one transaction, then commits
+//! once; every caller is answered only after the commit holding its report, and a caller whose report
+//! another lane took waits for it rather than taking a lane. Unlike SQLite, [`WRITE_LANES`] batches
+//! commit in parallel. A batch's first report of each device is stored together with the others
+//! ([`together`]: the device rows locked by one `SELECT .. FOR UPDATE`, checked, and every accepted
+//! report written by one statement over arrays, all under one savepoint), so a batch costs about the
+//! same round trips whatever its size; a device's later reports in the batch, or every report when
+//! that statement fails, are stored one by one, each under its own savepoint with its sequence claimed
+//! by a conditional `UPDATE` of the device row (`.. WHERE revoked_at IS NULL AND last_sequence < $2`).
+//! Either way the device row stays locked until commit, so two reports of one device, in two lanes or
+//! two collectors, never both pass the sequence check: the second waits, reads the committed row and is
+//! refused as a replay. Lock order keeps parallel batches from deadlocking: device rows in device order,
 //! and the shared per-release counters (`release_counts`) once, at the end of the batch, in key order,
 //! summed over the batch's stored reports.
 //!
