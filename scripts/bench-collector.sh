@@ -8,6 +8,9 @@
 #   2. summary: FILL_DEVICES x FILL_PER_DEVICE reports (defaults 10000 x 5, four releases) stored straight
 #      through the Store trait from FILL_THREADS threads (default 16), then `Store::summary` timed
 #      in-process (RUNS runs), the `collector summary --json` process, and `GET /v1/summary` with curl.
+#      PAD_COPIES=K (default 0) first adds K copies of every stored report by SQL (the example's `pad`:
+#      higher sequence numbers, same devices, releases and outcomes; PostgreSQL then VACUUM ANALYZE, as
+#      autovacuum would), to reach 1,000,000 reports without a long fill: 10000 x 5 x (1 + 19).
 # PostgreSQL: Debian's server (package postgresql), started here from a fresh initdb on 127.0.0.1 at a free
 # port (as the postgres user when run as root), default settings (fsync and synchronous_commit on), and
 # stopped at the end. BACKENDS="sqlite postgres" by default.
@@ -19,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICES="${DEVICES:-1000}" PER_DEVICE="${PER_DEVICE:-10}"
 FILL_DEVICES="${FILL_DEVICES:-10000}" FILL_PER_DEVICE="${FILL_PER_DEVICE:-5}" RUNS="${RUNS:-5}"
+PAD_COPIES="${PAD_COPIES:-0}"
 PROFILE="${PROFILE:-dev}" BACKENDS="${BACKENDS:-sqlite postgres}"
 for tool in curl /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "bench-collector: needs $tool" >&2; exit 2; }
@@ -111,6 +115,9 @@ bench_backend() {
   stored=$((FILL_DEVICES * FILL_PER_DEVICE))
   fill="$("$LOAD" fill "$db" "$FILL_DEVICES" "$FILL_PER_DEVICE")"
   RESULT[$b,fill]="$(awk '{printf "%s reports/s (%s s)", $6, $4}' <<<"$fill")"
+  if [ "$PAD_COPIES" -gt 0 ]; then
+    RESULT[$b,pad]="$("$LOAD" pad "$db" "$PAD_COPIES" | awk '{print $5}') s"
+  fi
   RESULT[$b,inproc]="$("$LOAD" summary "$db" "$RUNS" | awk '{print $2}' | sort -n | tr '\n' ' ')"
   /usr/bin/time -f '%e' -o "$WORK/cli.time" "$COLLECTOR" summary --db "$db" --json >/dev/null
   RESULT[$b,cli]="$(cat "$WORK/cli.time")"
@@ -132,11 +139,12 @@ row() { # label, scale, key
 }
 header="| case | scale |" rule="|---|---|"
 for b in $BACKENDS; do header="$header $b |" rule="$rule---|"; done
-stored=$((FILL_DEVICES * FILL_PER_DEVICE))
+fill=$((FILL_DEVICES * FILL_PER_DEVICE)) stored=$((FILL_DEVICES * FILL_PER_DEVICE * (1 + PAD_COPIES)))
 echo "$header"; echo "$rule"
 row "ingest: verified and stored" "$DEVICES devices x $PER_DEVICE reports, concurrent" ingest
 row "ingest: server-side CPU, us/report" "same" cpu
-row "fill through Store::insert_report ($((${FILL_THREADS:-16})) threads; no HTTP, no signature check)" "$stored reports" fill
+row "fill through Store::insert_report ($((${FILL_THREADS:-16})) threads; no HTTP, no signature check)" "$fill reports" fill
+[ "$PAD_COPIES" -gt 0 ] && row "pad: $PAD_COPIES copies of each report added by SQL" "$fill -> $stored reports" pad
 row "Store::summary, in-process ($RUNS runs, ms, sorted)" "$stored reports" inproc
 row "\`collector summary --json\` process, wall s" "$stored reports" cli
 row "GET /v1/summary with curl ($RUNS runs, s, sorted)" "$stored reports" api
