@@ -69,6 +69,11 @@ fn the_store_itself_refuses_replays_revoked_and_unknown_devices(backend: Backend
         store.insert_report(&stored(&key, 3)),
         Err(Error::Replay { last: 3, .. })
     ));
+    // An older number never stored (no row to collide with) is a replay too.
+    assert!(matches!(
+        store.insert_report(&stored(&key, 2)),
+        Err(Error::Replay { last: 3, .. })
+    ));
     assert!(matches!(
         store.insert_report(&stored(&other, 1)),
         Err(Error::UnknownDevice { .. })
