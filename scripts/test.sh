@@ -5,7 +5,8 @@
 #           for the U-Boot and GRUB VM tests (tests/tests/qemu_boot.rs): qemu-system-x86, u-boot-qemu,
 #           grub-pc-bin, busybox-static, u-boot-tools (mkimage), cpio, e2fsprogs, binutils (strip), and a Debian kernel
 #           (linux-image-cloud-amd64, fetched with apt-get download and unpacked in $OTA_QEMU_KERNEL_DIR,
-#           default /var/cache/ota-qemu/kernel; not installed on this machine)
+#           default /var/cache/ota-qemu/kernel; not installed on this machine);
+#           postgresql (the collector's store tests start their own server from its initdb and postgres)
 #   PyPI:   python-tuf and securesystemslib in ./.venv (interoperability tests)
 # Then: cargo fmt --check, cargo clippy -D warnings, cargo test --workspace.
 set -euo pipefail
@@ -17,6 +18,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v fw_setenv >/dev/null 2>&1 || [ -x /usr/bin/fw_setenv ] || need_apt+=(libubootenv-tool)
 command -v grub-editenv >/dev/null 2>&1 || need_apt+=(grub-common)
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
 [ -f /usr/lib/u-boot/qemu-x86/u-boot.rom ] || need_apt+=(u-boot-qemu)

@@ -4,7 +4,14 @@
 //!   then each device sends its reports in order, all devices at once, each over its own connection, to
 //!   a running `collector serve`; prints `reports N seconds S per_second R`.
 //! - `fill DB DEVICES REPORTS_PER_DEVICE`: stores reports straight through the `Store` trait (no HTTP,
-//!   no signature check: only to give `summary` a large table), devices cycling through 4 releases.
+//!   no signature check: only to give `summary` a large table) from `FILL_THREADS` threads (default
+//!   16), devices cycling through 4 releases.
+//!
+//! DB is anything `open_store` takes: a SQLite file or a `postgres://` URL.
+//! - `pad DB COPIES`: adds COPIES copies of every stored report straight by SQL, each copy's sequence
+//!   number 1000 x k above the original's (same device, release, outcome): the store then holds what
+//!   storing them through `Store::insert_report` would leave, except `release_status.sequence` and
+//!   `devices.last_sequence`, which the summary does not read. Only to reach 1,000,000 reports quickly.
 //! - `summary DB RUNS`: times `Store::summary` RUNS times, prints each in ms.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -71,6 +78,7 @@ fn main() {
             arg(&args, 5).parse().unwrap(),
         ),
         "fill" => fill(db, arg(&args, 3).parse().unwrap(), arg(&args, 4).parse().unwrap()),
+        "pad" => pad(db, arg(&args, 3).parse().unwrap()),
         "summary" => {
             let store = open_store(db).unwrap();
             for _ in 0..arg(&args, 3).parse::<u32>().unwrap() {
@@ -138,24 +146,66 @@ fn ingest(db: &str, url: &str, devices: u64, per_device: u64) {
 }
 
 fn fill(db: &str, devices: u64, per_device: u64) {
-    let store = open_store(db).unwrap();
+    let store: Arc<dyn collector::Store> = Arc::from(open_store(db).unwrap());
     // One envelope's worth of text: the column is as large as in real use.
     let sample = Envelope::sign(&report(&key(0), 1), &key(0)).unwrap().to_json();
     let envelope = String::from_utf8(sample).unwrap();
     let started = Instant::now();
-    for d in 0..devices {
-        let k = key(1_000_000 + d);
-        store.enroll(&k.public_key(), Utc::now()).unwrap();
-        for s in 1..=per_device {
-            let stored = StoredReport {
-                report: report(&k, s),
-                envelope: envelope.clone(),
-                received_at: Utc::now(),
-            };
-            store.insert_report(&stored).unwrap();
-        }
+    // FILL_THREADS callers at once (default 16), each with its own devices: the stores' group commits
+    // batch them as they would concurrent HTTP requests.
+    let threads: u64 = std::env::var("FILL_THREADS").map_or(16, |v| v.parse().unwrap());
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (store, envelope) = (store.clone(), envelope.clone());
+            std::thread::spawn(move || {
+                for d in (t..devices).step_by(threads as usize) {
+                    let k = key(1_000_000 + d);
+                    store.enroll(&k.public_key(), Utc::now()).unwrap();
+                    for s in 1..=per_device {
+                        let stored = StoredReport {
+                            report: report(&k, s),
+                            envelope: envelope.clone(),
+                            received_at: Utc::now(),
+                        };
+                        store.insert_report(&stored).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
     }
     let n = devices * per_device;
     let secs = started.elapsed().as_secs_f64();
     println!("filled {n} seconds {secs:.2} per_second {:.0}", n as f64 / secs);
+}
+
+const PAD_COLUMNS: &str = "received_at, hardware, channel, from_version, to_version, target, outcome,
+    reason, started_at, finished_at, bytes_downloaded, install_method, wave, envelope";
+
+fn pad(db: &str, copies: i64) {
+    let started = Instant::now();
+    let sql = |p: &str| {
+        format!(
+            "INSERT INTO reports (device_id, sequence, {PAD_COLUMNS})
+             SELECT device_id, sequence + 1000 * CAST({p} AS BIGINT), {PAD_COLUMNS} FROM reports WHERE sequence <= 1000"
+        )
+    };
+    if db.starts_with("postgres") {
+        let mut client = postgres::Client::connect(db, postgres::NoTls).unwrap();
+        for k in 1..=copies {
+            client.execute(&sql("$1"), &[&k]).unwrap();
+        }
+        client.batch_execute("VACUUM ANALYZE").unwrap();
+    } else {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        for k in 1..=copies {
+            conn.execute(&sql("?1"), [k]).unwrap();
+        }
+    }
+    println!(
+        "padded copies {copies} seconds {:.2}",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -101,6 +101,35 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// A PostgreSQL operation failed.
+    #[error("PostgreSQL: {action}")]
+    Postgres {
+        /// What was being done.
+        action: &'static str,
+        /// The driver's error.
+        #[source]
+        source: postgres::Error,
+    },
+    /// The PostgreSQL URL cannot be used (shown with its password hidden).
+    #[error("PostgreSQL store {url}: {why}")]
+    PostgresUrl {
+        /// The URL, password replaced by `***`.
+        url: String,
+        /// Why.
+        why: &'static str,
+        /// The driver's complaint about the URL, if it had one (it names the option, not its value).
+        #[source]
+        source: Option<postgres::Error>,
+    },
+    /// No connection to the PostgreSQL server could be opened or taken from the pool.
+    #[error("cannot connect to PostgreSQL at {url}")]
+    PostgresConnect {
+        /// The URL, password replaced by `***`.
+        url: String,
+        /// The driver's or the pool's error (neither carries the password).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The transaction holding this report (and others committed with it) failed to commit; nothing of
     /// it was stored.
     #[error("storing the report failed at commit: {why}")]
@@ -126,6 +155,17 @@ pub enum Error {
         /// The driver's error.
         #[source]
         source: rusqlite::Error,
+    },
+    /// A migration failed on PostgreSQL; it was rolled back and the ones after it not tried.
+    #[error("migration {version} ({name}) failed on PostgreSQL")]
+    PostgresMigration {
+        /// Its number.
+        version: u32,
+        /// Its file name.
+        name: &'static str,
+        /// The driver's error.
+        #[source]
+        source: postgres::Error,
     },
     /// The database was written by a newer collector (its schema has migrations this one lacks).
     #[error("database schema is at version {found}, this collector knows up to {known}")]
@@ -158,6 +198,11 @@ impl Error {
     /// A [`Error::Storage`] maker for `map_err`.
     pub(crate) fn storage(action: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
         move |source| Error::Storage { action, source }
+    }
+
+    /// A [`Error::Postgres`] maker for `map_err`.
+    pub(crate) fn postgres(action: &'static str) -> impl FnOnce(postgres::Error) -> Error {
+        move |source| Error::Postgres { action, source }
     }
 }
 

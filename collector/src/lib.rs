@@ -12,29 +12,25 @@
 //! [`parse_device_key`] reads what an operator enrols: a key in hex, or the text `device-agent provision`
 //! prints.
 //!
-//! **Storage.** One trait, [`Store`]; [`SqliteStore`] implements it (embedded, WAL mode), opened by
-//! [`open_store`] from a path or a `sqlite:` URL. The schema lives in `migrations/NNNN_name.sql`, applied
-//! in order, each in its own transaction recorded in `schema_version`. The SQL is kept portable (only
-//! `TEXT`, `BIGINT` and `INTEGER` columns, times as Unix milliseconds, the raw envelope as text since an
-//! accepted one is UTF-8 JSON, no `AUTOINCREMENT`, upserts as `INSERT .. ON CONFLICT .. DO UPDATE`, which
-//! both SQLite 3.24+ and PostgreSQL 9.5+ read) so that a PostgreSQL implementation can run the very same
-//! files. Each report's transaction also keeps `release_status` (every device's latest report per
-//! release) and `release_counts` (devices per release and outcome) up to date, so the summary reads a
-//! few rows per release however many reports are stored.
-//!
-//! **PostgreSQL, next.** What its implementation of [`Store`] will need: a `postgres://` arm in
-//! [`open_store`] (recognised and refused today); a pool of connections (the `postgres` crate's sync client
-//! run from the blocking pool, as [`SqliteStore`] is, or `tokio-postgres`); `$1` placeholders in place of
-//! `?1`; `SELECT .. FOR UPDATE` on the device row in place of SQLite's `BEGIN IMMEDIATE`, so that two
-//! reports of one device serialize while other devices' reports commit in parallel (the group commit and
-//! its per-report `SAVEPOINT`s carry over as they are); the same migration files run by the same runner;
-//! and its own tests against a server on 127.0.0.1 (ota-testbed starts Debian's PostgreSQL).
+//! **Storage.** One trait, [`Store`], two implementations: [`SqliteStore`] (embedded, WAL mode, the
+//! default) and [`PostgresStore`] (a server on this machine, for a fleet that outgrows one file), chosen by
+//! [`open_store`] from a path or `sqlite:` URL, or a `postgres://` / `postgresql://` URL. The schema lives
+//! in `migrations/NNNN_name.sql`, applied in order by both, each in its own transaction recorded in
+//! `schema_version`. The SQL is kept portable (only `TEXT`, `BIGINT` and `INTEGER` columns, times as Unix
+//! milliseconds, the raw envelope as text since an accepted one is UTF-8 JSON, no `AUTOINCREMENT`, upserts
+//! as `INSERT .. ON CONFLICT .. DO UPDATE`, which both SQLite 3.24+ and PostgreSQL 9.5+ read). Each
+//! report's transaction also keeps `release_status` (every device's latest report per release) and
+//! `release_counts` (devices per release and outcome) up to date, so the summary reads a few rows per
+//! release however many reports are stored. Both stores commit reports in groups (several per
+//! transaction, each under its own savepoint, each caller answered after its commit); SQLite through its
+//! one writer, PostgreSQL in parallel lanes with the device row locked by the sequence check (see
+//! `pg.rs`). Messages naming a store URL hide its password ([`redact_url`]).
 //!
 //! **What it does not do (yet).** No web dashboard, no rollout waves (the `wave` columns stay empty until
 //! the rollout work fills them), no automatic halt: those come next, on top of [`Store`] and [`Summary`].
 //! It never talks to devices beyond answering their reports.
 //!
-//! **Main types.** [`Store`], [`SqliteStore`], [`Ingest`], [`Summary`], [`Error`].
+//! **Main types.** [`Store`], [`SqliteStore`], [`PostgresStore`], [`Ingest`], [`Summary`], [`Error`].
 #![deny(missing_docs)]
 
 mod error;
@@ -42,6 +38,7 @@ pub mod http;
 mod ingest;
 mod keys;
 mod migrations;
+mod pg;
 mod sqlite;
 mod store;
 mod summary;
@@ -50,6 +47,7 @@ pub use error::{Error, Result};
 pub use ingest::{Accepted, Ingest};
 pub use keys::parse_device_key;
 pub use migrations::{Migration, MIGRATIONS};
+pub use pg::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use store::{open_store, EnrolledDevice, Enrolment, Store, StoredReport};
+pub use store::{open_store, redact_url, EnrolledDevice, Enrolment, Store, StoredReport};
 pub use summary::{ReasonCount, ReleaseSummary, Summary};

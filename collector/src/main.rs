@@ -29,7 +29,8 @@ struct Cli {
 enum Command {
     /// Enrol a device's public key (hex, `ed25519:<hex>`, or what `device-agent provision` printed).
     Enroll {
-        /// The database: a file path or a sqlite: URL (created and migrated when missing).
+        /// The database: a file path, a sqlite: URL or a postgres:// URL (created or migrated as needed;
+        /// give a URL with a password through COLLECTOR_DB, off the command line).
         #[arg(long, env = "COLLECTOR_DB")]
         db: String,
         /// The key text.

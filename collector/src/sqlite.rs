@@ -8,7 +8,7 @@ use ota_report::{DeviceId, PublicKey};
 use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 
 use crate::migrations::{Migration, MIGRATIONS, SCHEMA_VERSION_TABLE};
-use crate::store::{EnrolledDevice, Enrolment, Store, StoredReport};
+use crate::store::{sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, Store, StoredReport};
 use crate::summary::{self, OutcomeRow, ReasonRow};
 use crate::{Error, Result, Summary};
 
@@ -138,34 +138,6 @@ fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result<()> {
     Ok(())
 }
 
-/// A u64 into a BIGINT column.
-fn to_sql_int(field: &'static str, value: u64) -> Result<i64> {
-    i64::try_from(value).map_err(|_| Error::OutOfRange { field, value })
-}
-
-fn millis_to_time(what: &'static str, ms: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| Error::CorruptRow {
-        what,
-        why: format!("time {ms} ms is out of range"),
-    })
-}
-
-fn sql_to_u64(what: &'static str, v: i64) -> Result<u64> {
-    u64::try_from(v).map_err(|_| Error::CorruptRow {
-        what,
-        why: format!("negative {v}"),
-    })
-}
-
-/// The raw device row, before its key and times are checked.
-struct DeviceRow {
-    algorithm: String,
-    key_hex: String,
-    enrolled_at: i64,
-    revoked_at: Option<i64>,
-    last_sequence: Option<i64>,
-}
-
 fn device_row(conn: &Connection, device: &DeviceId) -> Result<Option<DeviceRow>> {
     // Cached: every report looks its device up twice (key, then inside the insert's transaction).
     let mut stmt = conn
@@ -187,36 +159,6 @@ fn device_row(conn: &Connection, device: &DeviceId) -> Result<Option<DeviceRow>>
     .map_err(Error::storage("look up a device"))
 }
 
-impl DeviceRow {
-    fn into_device(self, device_id: DeviceId) -> Result<EnrolledDevice> {
-        let corrupt = |why: String| Error::CorruptRow {
-            what: "device key",
-            why,
-        };
-        let bytes = hex::decode(&self.key_hex).map_err(|e| corrupt(e.to_string()))?;
-        let key = PublicKey::from_parts(&self.algorithm, &bytes).map_err(|e| corrupt(e.to_string()))?;
-        if key.device_id() != device_id {
-            return Err(corrupt(format!(
-                "key of {} stored under {device_id}",
-                key.device_id()
-            )));
-        }
-        Ok(EnrolledDevice {
-            device_id,
-            key,
-            enrolled_at: millis_to_time("enrolment time", self.enrolled_at)?,
-            revoked_at: self
-                .revoked_at
-                .map(|ms| millis_to_time("revocation time", ms))
-                .transpose()?,
-            last_sequence: self
-                .last_sequence
-                .map(|s| sql_to_u64("last sequence", s))
-                .transpose()?,
-        })
-    }
-}
-
 impl Store for SqliteStore {
     fn enroll(&self, key: &PublicKey, at: DateTime<Utc>) -> Result<Enrolment> {
         let device = key.device_id();
@@ -226,14 +168,7 @@ impl Store for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(Error::storage("begin enrolment"))?;
         if let Some(row) = device_row(&tx, &device)? {
-            let why = if row.revoked_at.is_some() {
-                "it is revoked (revocation is final)"
-            } else if row.algorithm != key.algorithm() || row.key_hex != key_hex {
-                "it is enrolled with another key"
-            } else {
-                return Ok(Enrolment::AlreadyEnrolled);
-            };
-            return Err(Error::EnrolmentConflict { device, why });
+            return row.enrolment_again(key);
         }
         tx.execute(
             "INSERT INTO devices (device_id, key_algorithm, public_key, enrolled_at)

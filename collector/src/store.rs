@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use ota_report::{DeviceId, PublicKey, Report};
 
-use crate::{Error, Result, SqliteStore, Summary};
+use crate::{Error, PostgresStore, Result, SqliteStore, Summary};
 
 /// A device as enrolled.
 #[derive(Debug, Clone)]
@@ -66,14 +66,11 @@ pub trait Store: Send + Sync {
     fn report_count(&self) -> Result<u64>;
 }
 
-/// Opens (creating and migrating as needed) the store at `location`: a file path or a `sqlite:` URL.
-/// `postgres://` URLs are recognised and refused until the PostgreSQL implementation lands.
+/// Opens (creating and migrating as needed) the store at `location`: a file path or a `sqlite:` URL for
+/// SQLite, a `postgres://` or `postgresql://` URL for PostgreSQL.
 pub fn open_store(location: &str) -> Result<Box<dyn Store>> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-        return Err(Error::StoreLocation {
-            location: location.to_string(),
-            why: "PostgreSQL is not built yet (SQLite only in this version)",
-        });
+        return Ok(Box::new(PostgresStore::open(location)?));
     }
     let path = location
         .strip_prefix("sqlite://")
@@ -81,9 +78,144 @@ pub fn open_store(location: &str) -> Result<Box<dyn Store>> {
         .unwrap_or(location);
     if path.is_empty() || path.contains("://") {
         return Err(Error::StoreLocation {
-            location: location.to_string(),
+            location: redact_url(location),
             why: "expected a file path, a sqlite: URL or a postgres:// URL",
         });
     }
     Ok(Box::new(SqliteStore::open(std::path::Path::new(path))?))
+}
+
+/// `url` with its password replaced by `***` (in the user part and in a `password=` parameter), for
+/// every message that names a store location.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    // The user part ends at the last '@' before the query: a password may hold '/' or '@' unescaped.
+    let authority = match before_query.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => before_query.to_string(),
+        },
+        None => before_query.to_string(),
+    };
+    let query = query.map(|q| {
+        let params: Vec<&str> = q
+            .split('&')
+            .map(|p| {
+                if p.to_ascii_lowercase().starts_with("password=") {
+                    "password=***"
+                } else {
+                    p
+                }
+            })
+            .collect();
+        format!("?{}", params.join("&"))
+    });
+    format!("{scheme}://{authority}{}", query.unwrap_or_default())
+}
+
+/// A u64 into a BIGINT column.
+pub(crate) fn to_sql_int(field: &'static str, value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::OutOfRange { field, value })
+}
+
+pub(crate) fn millis_to_time(what: &'static str, ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| Error::CorruptRow {
+        what,
+        why: format!("time {ms} ms is out of range"),
+    })
+}
+
+pub(crate) fn sql_to_u64(what: &'static str, v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::CorruptRow {
+        what,
+        why: format!("negative {v}"),
+    })
+}
+
+/// The raw device row, before its key and times are checked.
+pub(crate) struct DeviceRow {
+    pub(crate) algorithm: String,
+    pub(crate) key_hex: String,
+    pub(crate) enrolled_at: i64,
+    pub(crate) revoked_at: Option<i64>,
+    pub(crate) last_sequence: Option<i64>,
+}
+
+impl DeviceRow {
+    /// What enrolling `key` again does to this existing row: nothing when it is the same key on a
+    /// device not revoked, refused otherwise.
+    pub(crate) fn enrolment_again(&self, key: &PublicKey) -> Result<Enrolment> {
+        let why = if self.revoked_at.is_some() {
+            "it is revoked (revocation is final)"
+        } else if self.algorithm != key.algorithm() || self.key_hex != hex::encode(key.to_bytes()) {
+            "it is enrolled with another key"
+        } else {
+            return Ok(Enrolment::AlreadyEnrolled);
+        };
+        Err(Error::EnrolmentConflict {
+            device: key.device_id(),
+            why,
+        })
+    }
+
+    pub(crate) fn into_device(self, device_id: DeviceId) -> Result<EnrolledDevice> {
+        let corrupt = |why: String| Error::CorruptRow {
+            what: "device key",
+            why,
+        };
+        let bytes = hex::decode(&self.key_hex).map_err(|e| corrupt(e.to_string()))?;
+        let key = PublicKey::from_parts(&self.algorithm, &bytes).map_err(|e| corrupt(e.to_string()))?;
+        if key.device_id() != device_id {
+            return Err(corrupt(format!(
+                "key of {} stored under {device_id}",
+                key.device_id()
+            )));
+        }
+        Ok(EnrolledDevice {
+            device_id,
+            key,
+            enrolled_at: millis_to_time("enrolment time", self.enrolled_at)?,
+            revoked_at: self
+                .revoked_at
+                .map(|ms| millis_to_time("revocation time", ms))
+                .transpose()?,
+            last_sequence: self
+                .last_sequence
+                .map(|s| sql_to_u64("last sequence", s))
+                .transpose()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_hidden_wherever_a_url_carries_them() {
+        for (url, shown) in [
+            (
+                "postgres://ota:s3cret@127.0.0.1:5432/fleet",
+                "postgres://ota:***@127.0.0.1:5432/fleet",
+            ),
+            (
+                "postgresql://ota:s3/c@r@et@localhost/fleet",
+                "postgresql://ota:***@localhost/fleet",
+            ),
+            (
+                "postgres://ota@127.0.0.1/fleet?password=s3cret&sslmode=disable",
+                "postgres://ota@127.0.0.1/fleet?password=***&sslmode=disable",
+            ),
+            ("postgres://127.0.0.1/fleet", "postgres://127.0.0.1/fleet"),
+            ("/var/lib/collector.db", "/var/lib/collector.db"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
 }

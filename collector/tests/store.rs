@@ -1,5 +1,6 @@
 //! Issue 15, the collector's storage: migrations recorded once, WAL mode, and the replay check and the
-//! insert in one transaction (two copies of a report racing: exactly one stored).
+//! insert in one transaction (two copies of a report racing: exactly one stored). Each behaviour runs
+//! against both stores, SQLite and a real PostgreSQL server (`NAME::sqlite`, `NAME::postgres`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -7,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use chrono::Utc;
-use collector::{open_store, Error, SqliteStore, Store, StoredReport, MIGRATIONS};
+use collector::{open_store, Error, Store, StoredReport, MIGRATIONS};
 use common::*;
 use ota_report::{Outcome, ReportSigner as _};
 
@@ -20,46 +21,57 @@ fn stored(key: &ed25519_dalek::SigningKey, sequence: u64) -> StoredReport {
     }
 }
 
-#[test]
-fn migrations_are_applied_once_and_recorded_in_wal_mode() {
-    let db = Db::new();
-    let store = SqliteStore::open(&db.path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
-    drop(store);
-    let again = SqliteStore::open(&db.path).unwrap();
-    assert_eq!(again.schema_version().unwrap(), MIGRATIONS.len() as u32);
-    let conn = rusqlite::Connection::open(&db.path).unwrap();
-    let recorded: i64 = conn
-        .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
-        .unwrap();
+on_both_stores!(
+    migrations_are_applied_once_and_recorded,
+    a_database_from_a_newer_collector_is_refused,
+    the_store_itself_refuses_replays_revoked_and_unknown_devices,
+    racing_copies_of_one_report_are_stored_once,
+    release_counts_match_a_recount_after_outcomes_change,
+    migrating_an_older_database_fills_the_counters,
+    a_refused_report_in_a_batch_stores_nothing_and_spares_the_others,
+);
+
+/// Opened twice, the schema is migrated once; SQLite's file is in WAL mode.
+fn migrations_are_applied_once_and_recorded(backend: Backend) {
+    let db = StoreDb::new(backend);
+    drop(open_store(db.location()).unwrap());
+    drop(open_store(db.location()).unwrap());
+    let recorded = db.count("SELECT COUNT(*) FROM schema_version");
     assert_eq!(recorded, MIGRATIONS.len() as i64);
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-    assert_eq!(mode, "wal");
+    let highest = db.count("SELECT CAST(MAX(version) AS BIGINT) FROM schema_version");
+    assert_eq!(highest, MIGRATIONS.len() as i64);
+    if let StoreDb::Sqlite(db) = &db {
+        let conn = rusqlite::Connection::open(&db.path).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
 }
 
-#[test]
-fn a_database_from_a_newer_collector_is_refused() {
-    let db = Db::new();
-    drop(SqliteStore::open(&db.path).unwrap());
-    let conn = rusqlite::Connection::open(&db.path).unwrap();
-    conn.execute(
-        "INSERT INTO schema_version (version, name, applied_at) VALUES (99, 'future', 0)",
-        [],
-    )
-    .unwrap();
-    let err = SqliteStore::open(&db.path).unwrap_err();
+fn a_database_from_a_newer_collector_is_refused(backend: Backend) {
+    let db = StoreDb::new(backend);
+    drop(open_store(db.location()).unwrap());
+    db.exec("INSERT INTO schema_version (version, name, applied_at) VALUES (99, 'future', 0)");
+    let err = open_store(db.location()).err().unwrap();
     assert!(matches!(err, Error::SchemaTooNew { found: 99, .. }), "{err}");
 }
 
-#[test]
-fn the_store_itself_refuses_replays_revoked_and_unknown_devices() {
-    let db = Db::new();
-    let store = open_store(&format!("sqlite:{}", db.arg())).unwrap();
+fn the_store_itself_refuses_replays_revoked_and_unknown_devices(backend: Backend) {
+    let db = StoreDb::new(backend);
+    let location = match &db {
+        StoreDb::Sqlite(file) => format!("sqlite:{}", file.arg()),
+        StoreDb::Postgres(pg) => pg.url.clone(),
+    };
+    let store = open_store(&location).unwrap();
     let (key, other) = (device_key(1), device_key(2));
     store.enroll(&key.public_key(), Utc::now()).unwrap();
     store.insert_report(&stored(&key, 3)).unwrap();
     assert!(matches!(
         store.insert_report(&stored(&key, 3)),
+        Err(Error::Replay { last: 3, .. })
+    ));
+    // An older number never stored (no row to collide with) is a replay too.
+    assert!(matches!(
+        store.insert_report(&stored(&key, 2)),
         Err(Error::Replay { last: 3, .. })
     ));
     assert!(matches!(
@@ -79,17 +91,18 @@ fn the_store_itself_refuses_replays_revoked_and_unknown_devices() {
 
 /// The check and the insert are one transaction: of many connections storing the same sequence number
 /// at once, exactly one succeeds and every other is a replay.
-#[test]
-fn racing_copies_of_one_report_are_stored_once() {
-    let db = Db::new();
+fn racing_copies_of_one_report_are_stored_once(backend: Backend) {
+    let db = StoreDb::new(backend);
     let key = device_key(4);
-    open_store(db.arg())
+    open_store(db.location())
         .unwrap()
         .enroll(&key.public_key(), Utc::now())
         .unwrap();
     let report = stored(&key, 1);
     // Each thread with its own store, so its own connection: the database, not a mutex, decides.
-    let stores: Vec<Arc<dyn Store>> = (0..8).map(|_| Arc::from(open_store(db.arg()).unwrap())).collect();
+    let stores: Vec<Arc<dyn Store>> = (0..8)
+        .map(|_| Arc::from(open_store(db.location()).unwrap()))
+        .collect();
     let barrier = Arc::new(std::sync::Barrier::new(stores.len()));
     let results: Vec<_> = stores
         .into_iter()
@@ -113,10 +126,9 @@ fn racing_copies_of_one_report_are_stored_once() {
 }
 
 /// The per-release counters kept by each insert equal a recount of every device's latest report.
-#[test]
-fn release_counts_match_a_recount_after_outcomes_change() {
-    let db = Db::new();
-    let store = open_store(db.arg()).unwrap();
+fn release_counts_match_a_recount_after_outcomes_change(backend: Backend) {
+    let db = StoreDb::new(backend);
+    let store = open_store(db.location()).unwrap();
     let outcomes = [
         Outcome::Failed,
         Outcome::Committed,
@@ -140,18 +152,10 @@ fn release_counts_match_a_recount_after_outcomes_change() {
                 .unwrap();
         }
     }
-    let conn = rusqlite::Connection::open(&db.path).unwrap();
-    let rows = |sql: &str| -> Vec<(String, String, i64)> {
-        let mut stmt = conn.prepare(sql).unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
-    let kept = rows(
+    let kept = db.triples(
         "SELECT to_version, outcome, devices FROM release_counts WHERE devices > 0 ORDER BY to_version, outcome",
     );
-    let recount = rows(
+    let recount = db.triples(
         "SELECT to_version, outcome, COUNT(*) FROM release_status GROUP BY to_version, outcome
          ORDER BY to_version, outcome",
     );
@@ -161,24 +165,19 @@ fn release_counts_match_a_recount_after_outcomes_change() {
 
 /// A database made by the first migration alone, holding a device's status, gains counters filled from
 /// it when the second migration runs.
-#[test]
-fn migrating_an_older_database_fills_the_counters() {
-    let db = Db::new();
-    let conn = rusqlite::Connection::open(&db.path).unwrap();
-    conn.execute_batch(
+fn migrating_an_older_database_fills_the_counters(backend: Backend) {
+    let db = StoreDb::new(backend);
+    db.exec(
         "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL);
          INSERT INTO schema_version VALUES (1, '0001_devices_and_reports.sql', 0);",
-    )
-    .unwrap();
-    conn.execute_batch(MIGRATIONS[0].sql).unwrap();
-    conn.execute_batch(
+    );
+    db.exec(MIGRATIONS[0].sql);
+    db.exec(
         "INSERT INTO devices (device_id, key_algorithm, public_key, enrolled_at) VALUES ('dev-0000000000000001', 'ed25519', '00', 0);
          INSERT INTO release_status VALUES ('dev-0000000000000001', 'board-a', 'stable', '1.1.0', NULL, 1, 'rolled_back', 'x', 0);",
-    )
-    .unwrap();
-    drop(conn);
-    let store = SqliteStore::open(&db.path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    );
+    let store = open_store(db.location()).unwrap();
+    assert_eq!(db.count("SELECT COUNT(*) FROM schema_version"), 2);
     let summary = store.summary().unwrap();
     assert_eq!(summary.releases.len(), 1);
     assert_eq!(summary.releases[0].rolled_back, 1);
@@ -188,10 +187,9 @@ fn migrating_an_older_database_fills_the_counters() {
 /// Through one store (so reports share group-commit batches): of two copies of each device's report sent
 /// at once, one is stored and the other refused as a replay, whatever batch each lands in; a refused
 /// report in a batch leaves the others of that batch stored.
-#[test]
-fn a_refused_report_in_a_batch_stores_nothing_and_spares_the_others() {
-    let db = Db::new();
-    let store: Arc<dyn Store> = Arc::from(open_store(db.arg()).unwrap());
+fn a_refused_report_in_a_batch_stores_nothing_and_spares_the_others(backend: Backend) {
+    let db = StoreDb::new(backend);
+    let store: Arc<dyn Store> = Arc::from(open_store(db.location()).unwrap());
     let keys: Vec<_> = (30..38).map(device_key).collect();
     for k in &keys {
         store.enroll(&k.public_key(), Utc::now()).unwrap();
@@ -216,4 +214,101 @@ fn a_refused_report_in_a_batch_stores_nothing_and_spares_the_others() {
         .all(|e| matches!(e, Error::Replay { .. })));
     assert_eq!(db.rows(), (8, 8, 8));
     assert_eq!(store.summary().unwrap().releases[0].committed, 8);
+}
+
+/// Every message naming a PostgreSQL URL hides its password: a wrong password (the server refuses it)
+/// and a server off this machine (refused before connecting: no TLS).
+#[test]
+fn postgres_errors_never_show_the_password() {
+    let db = PgDb::new();
+    let wrong = db.url.replace(common::pg_server::PASSWORD, "wr0ng-Pa55word");
+    let chain = |e: &dyn std::error::Error| {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        text
+    };
+    let refused = chain(&open_store(&wrong).err().unwrap());
+    assert!(refused.contains("postgres:***@127.0.0.1"), "{refused}");
+    assert!(refused.contains("password authentication failed"), "{refused}");
+    assert!(!refused.contains("wr0ng-Pa55word"), "{refused}");
+
+    let remote = chain(
+        &open_store("postgresql://ota:s3cret@db.example.net/fleet?password=s3cret")
+            .err()
+            .unwrap(),
+    );
+    assert!(
+        remote.contains("ota:***@db.example.net/fleet?password=***"),
+        "{remote}"
+    );
+    assert!(remote.contains("TLS"), "{remote}");
+    assert!(!remote.contains("s3cret"), "{remote}");
+}
+
+/// Collectors starting at once on a fresh database migrate it once (the migration lock).
+#[test]
+fn postgres_collectors_starting_together_migrate_once() {
+    let db = PgDb::new();
+    let barrier = Arc::new(std::sync::Barrier::new(4));
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, barrier) = (db.url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                open_store(&url).map(drop)
+            })
+        })
+        .collect();
+    for open in opens {
+        open.join().unwrap().unwrap();
+    }
+    let recorded: i64 = db
+        .client()
+        .query_one("SELECT COUNT(*) FROM schema_version", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, MIGRATIONS.len() as i64);
+}
+
+on_both_stores!(a_report_the_database_refuses_spares_the_others_of_its_batch);
+
+/// A report whose row the database itself refuses (a row with its key is already there, written
+/// behind the store's back) fails alone: the other reports sent at the same time, whatever batch they
+/// share with it, are stored, and the refused one changes nothing.
+fn a_report_the_database_refuses_spares_the_others_of_its_batch(backend: Backend) {
+    let db = StoreDb::new(backend);
+    let store: Arc<dyn Store> = Arc::from(open_store(db.location()).unwrap());
+    let keys: Vec<_> = (40..48).map(device_key).collect();
+    for k in &keys {
+        store.enroll(&k.public_key(), Utc::now()).unwrap();
+    }
+    let blocked = keys[0].public_key().device_id();
+    db.exec(&format!(
+        "INSERT INTO reports (device_id, sequence, received_at, hardware, channel, from_version, to_version,
+             target, outcome, reason, started_at, finished_at, bytes_downloaded, envelope)
+         VALUES ('{blocked}', 1, 0, 'board-a', 'stable', '1.0.0', '1.1.0', 't', 'committed', '', 0, 0, 0, '{{}}')"
+    ));
+    let barrier = Arc::new(std::sync::Barrier::new(keys.len()));
+    let threads: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            let (store, barrier, report) = (store.clone(), barrier.clone(), stored(k, 1));
+            std::thread::spawn(move || {
+                barrier.wait();
+                store.insert_report(&report)
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(results[0].is_err(), "{:?}", results[0]);
+    assert!(results[1..].iter().all(Result::is_ok), "{results:?}");
+    // Seven stored, plus the row written by hand; the blocked device's sequence untouched.
+    assert_eq!(db.rows(), (8, 7, 7));
+    let device = store.device(&blocked).unwrap().unwrap();
+    assert_eq!(device.last_sequence, None);
+    assert_eq!(store.summary().unwrap().releases[0].committed, 7);
 }

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, dead_code)]
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -13,6 +13,10 @@ use ota_report::{
     pae, Channel, Envelope, HardwareId, InstallMethod, Outcome, Reason, Report, ReportSigner, TargetName,
     Version, PAYLOAD_TYPE,
 };
+
+pub mod pg_server;
+
+pub use pg_server::PgDb;
 
 pub fn collector_bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_collector"))
@@ -59,6 +63,105 @@ impl Db {
     }
 }
 
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty store of either backend, and what tests read from it directly.
+pub enum StoreDb {
+    Sqlite(Db),
+    Postgres(PgDb),
+}
+
+impl StoreDb {
+    pub fn new(backend: Backend) -> StoreDb {
+        match backend {
+            Backend::Sqlite => StoreDb::Sqlite(Db::new()),
+            Backend::Postgres => StoreDb::Postgres(PgDb::new()),
+        }
+    }
+
+    /// What `open_store` and `--db` take.
+    pub fn location(&self) -> &str {
+        match self {
+            StoreDb::Sqlite(db) => db.arg(),
+            StoreDb::Postgres(db) => &db.url,
+        }
+    }
+
+    /// Runs SQL statements straight on the database.
+    pub fn exec(&self, sql: &str) {
+        match self {
+            StoreDb::Sqlite(db) => rusqlite::Connection::open(&db.path)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+            StoreDb::Postgres(db) => db.client().batch_execute(sql).unwrap(),
+        }
+    }
+
+    /// The rows of a query selecting (text, text, integer).
+    pub fn triples(&self, sql: &str) -> Vec<(String, String, i64)> {
+        match self {
+            StoreDb::Sqlite(db) => {
+                let conn = rusqlite::Connection::open(&db.path).unwrap();
+                let mut stmt = conn.prepare(sql).unwrap();
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+            StoreDb::Postgres(db) => db
+                .client()
+                .query(sql, &[])
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect(),
+        }
+    }
+
+    /// The one integer a query selects (cast to BIGINT in PostgreSQL).
+    pub fn count(&self, sql: &str) -> i64 {
+        match self {
+            StoreDb::Sqlite(db) => rusqlite::Connection::open(&db.path)
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            StoreDb::Postgres(db) => db.client().query_one(sql, &[]).unwrap().get(0),
+        }
+    }
+
+    /// Rows in each table that holds report data: (reports, release_status, devices with a sequence).
+    pub fn rows(&self) -> (i64, i64, i64) {
+        (
+            self.count("SELECT COUNT(*) FROM reports"),
+            self.count("SELECT COUNT(*) FROM release_status"),
+            self.count("SELECT COUNT(*) FROM devices WHERE last_sequence IS NOT NULL"),
+        )
+    }
+}
+
+/// `test_fn(backend)` as two tests, `NAME::sqlite` and `NAME::postgres`: a failure names its backend.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name($crate::common::Backend::Postgres)
+            }
+        }
+    )+};
+}
+
 /// A running `collector serve`, killed when dropped.
 pub struct Server {
     child: Child,
@@ -66,9 +169,11 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(db: &Path, extra: &[&str]) -> Server {
+    /// `db`: a path or any store location `--db` takes.
+    pub fn start(db: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Server {
         let mut child = collector_bin()
-            .args(["serve", "--db", db.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
             .args(extra)
             .stdout(Stdio::piped())
             .spawn()
