@@ -119,7 +119,14 @@ pub enum Command {
     /// Remove files under targets/ that no signed targets metadata names (left by an interrupted
     /// add or an abandoned stage); files a pending `add --stage` wrote are kept.
     Gc(GcArgs),
-    /// Releases per hardware id and channel, and each role's version and expiry.
+    /// Staged rollouts: the rollout-control role (its own online key) halts, resumes, pulls, speeds
+    /// up and drills releases; never needs the targets or root key after `init`.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// Releases per hardware id and channel (with their waves and rollout-control state), and each
+    /// role's version and expiry.
     List {
         /// Repository directory.
         #[arg(long)]
@@ -310,10 +317,147 @@ pub struct AddArgs {
     /// channel (a hotfix branch); refused without it.
     #[arg(long)]
     pub allow_lower: bool,
+    /// Rollout waves, counted from publication: `default` (1% at once, 10% after 1d, 50% after 3d,
+    /// everyone after 7d, spread over 1d), `now` (everyone at once), or SHARE@WHEN items, WHEN an
+    /// offset (0, 90s, 30m, 6h, 1d) or an RFC 3339 UTC time, then optionally spread=DURATION for the
+    /// last wave: e.g. 1%@0,10%@1d,100%@3d,spread=12h.
+    #[arg(long, value_name = "SPEC", default_value = "default", value_parser = waves_spec)]
+    pub waves: ota_publish::WavesSpec,
     #[command(flatten)]
     pub lifetimes: Lifetimes,
     #[command(flatten)]
     pub signing: SigningKeys,
+}
+
+fn waves_spec(s: &str) -> std::result::Result<ota_publish::WavesSpec, String> {
+    s.parse().map_err(|e: ota_publish::Error| e.to_string())
+}
+
+#[derive(Subcommand)]
+pub enum RolloutCommand {
+    /// Create the rollout-control role (once): top-level targets delegates rollouts/*/*.json, and
+    /// nothing else, to it. Signed with the targets key (and snapshot and timestamp keys).
+    Init(RolloutInitArgs),
+    /// Halt a release's rollout: devices that have not installed it do not start it.
+    Halt(RolloutStateArgs),
+    /// Resume a halted (or pulled) release's rollout by its plan.
+    Resume(RolloutStateArgs),
+    /// Withdraw a release: devices running it go back to the newest release not pulled.
+    Pull(RolloutStateArgs),
+    /// Replace a release's plan with --waves, counted from now (speed up or slow down); a halted
+    /// or pulled release stays so until `resume`.
+    Start(RolloutStartArgs),
+    /// Add a field drill: a cohort installs the release in trial mode and rolls back on purpose.
+    Drill(RolloutDrillArgs),
+    /// Where each release's rollout stands (and one device's place in it with --device-id).
+    Status(RolloutStatusArgs),
+}
+
+#[derive(Args)]
+pub struct RolloutInitArgs {
+    /// Repository directory.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Key file (public, or private: then it also signs the role's first version) of the
+    /// rollout-control role; repeat for several.
+    #[arg(long = "control-key", required = true, value_name = "FILE")]
+    pub control_keys: Vec<PathBuf>,
+    /// Signatures needed for the rollout-control role.
+    #[arg(long, default_value_t = 1)]
+    pub threshold: u64,
+    #[command(flatten)]
+    pub lifetimes: Lifetimes,
+    #[command(flatten)]
+    pub signing: SigningKeys,
+}
+
+/// The release a rollout command is about.
+#[derive(Args)]
+pub struct RolloutRelease {
+    /// Repository directory.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Hardware id.
+    #[arg(long)]
+    pub hardware: String,
+    /// Channel.
+    #[arg(long)]
+    pub channel: String,
+    /// The release's version (the repository must offer it for that hardware id and channel).
+    #[arg(long)]
+    pub version: String,
+}
+
+#[derive(Args)]
+pub struct RolloutStateArgs {
+    #[command(flatten)]
+    pub release: RolloutRelease,
+    /// Why (shown by `status`, kept in the signed file; at most 256 bytes).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    #[command(flatten)]
+    pub lifetimes: Lifetimes,
+    #[command(flatten)]
+    pub signing: SigningKeys,
+}
+
+#[derive(Args)]
+pub struct RolloutStartArgs {
+    #[command(flatten)]
+    pub release: RolloutRelease,
+    /// The replacement plan, counted from now (same SPEC as `add --waves`).
+    #[arg(long, value_name = "SPEC", value_parser = waves_spec)]
+    pub waves: ota_publish::WavesSpec,
+    #[command(flatten)]
+    pub lifetimes: Lifetimes,
+    #[command(flatten)]
+    pub signing: SigningKeys,
+}
+
+#[derive(Args)]
+pub struct RolloutDrillArgs {
+    #[command(flatten)]
+    pub release: RolloutRelease,
+    /// The drill's name, reported back by the devices; a drill of the same name is replaced.
+    #[arg(long)]
+    pub id: String,
+    /// The cohort: these device ids (comma separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "share",
+        conflicts_with = "share"
+    )]
+    pub devices: Vec<String>,
+    /// The cohort: this share of the hardware id and channel's devices (e.g. 1% or 0.5%), by seed.
+    #[arg(long)]
+    pub share: Option<String>,
+    /// When the drill ends: an RFC 3339 UTC time, or a duration from now (90s, 30m, 6h, 1d).
+    #[arg(long)]
+    pub until: String,
+    #[command(flatten)]
+    pub lifetimes: Lifetimes,
+    #[command(flatten)]
+    pub signing: SigningKeys,
+}
+
+#[derive(Args)]
+pub struct RolloutStatusArgs {
+    /// Repository directory.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Only this hardware id.
+    #[arg(long)]
+    pub hardware: Option<String>,
+    /// Only this channel.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Also show this device's seed, wave, eligible time and standing in each release.
+    #[arg(long)]
+    pub device_id: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

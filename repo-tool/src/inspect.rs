@@ -51,7 +51,45 @@ pub fn list(repo: &Path) -> Result<()> {
                 r.target,
                 r.role
             );
+            if let Some(line) = rollout_line(r) {
+                println!("    {line}");
+            }
         }
     }
     Ok(())
+}
+
+/// A release's waves and rollout-control state, when it has either (releases without keep the
+/// listing they always had).
+fn rollout_line(r: &ota_publish::ListedRelease) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(plan) = &r.waves {
+        let waves: Vec<String> = (0..plan.waves.len())
+            .filter_map(|i| {
+                let w = plan.waves.get(i)?;
+                let opens = plan.opening_unix(i).ok()?;
+                let at = jiff::Timestamp::from_second(opens).ok()?;
+                Some(format!("{} at {at}", ota_publish::share_text(w.share_bp)))
+            })
+            .collect();
+        parts.push(format!("waves: {}", waves.join(", ")));
+    }
+    if let Some(c) = &r.control {
+        let state = match c.state {
+            ota_release::RolloutState::Active => "active",
+            ota_release::RolloutState::Halted => "halted",
+            ota_release::RolloutState::Pulled => "pulled",
+        };
+        let since = jiff::Timestamp::from_second(c.since_unix)
+            .map_or_else(|_| c.since_unix.to_string(), |t| t.to_string());
+        let mut s = format!("rollout-control: {state} since {since}");
+        if !c.reason.is_empty() {
+            s.push_str(&format!(" ({})", c.reason));
+        }
+        if c.waves.is_some() {
+            s.push_str(", replacement plan");
+        }
+        parts.push(s);
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }

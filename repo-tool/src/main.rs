@@ -2,7 +2,7 @@
 //!
 //! [`cli`] holds the clap definitions; each command group has a module that runs it and prints
 //! what it did: [`keys`], [`release`] (init, add), [`refresh`], [`delegate`], [`staging`] (root and
-//! role signed in steps), [`inspect`] (verify, list), [`gc`]. `main` only maps the outcome to an exit status.
+//! role signed in steps), [`rollout`] (staged rollouts), [`inspect`] (verify, list), [`gc`]. `main` only maps the outcome to an exit status.
 
 mod cli;
 mod delegate;
@@ -12,6 +12,7 @@ mod keys;
 mod progress;
 mod refresh;
 mod release;
+mod rollout;
 mod staging;
 
 use std::process::ExitCode;
@@ -41,6 +42,7 @@ fn run() -> Result<Outcome> {
         Command::Role { command } => staging::role(command)?,
         Command::Verify(args) => return inspect::verify(args),
         Command::Gc(args) => gc::run(&args)?,
+        Command::Rollout { command } => rollout::run(command)?,
         Command::List { repo } => inspect::list(&repo)?,
     }
     Ok(Outcome::Done)

@@ -69,6 +69,7 @@ pub fn add(args: AddArgs) -> Result<()> {
         expiries: args.lifetimes.expiries(),
         stage: args.stage.clone(),
         allow_lower: args.allow_lower,
+        waves: Some(args.waves.clone()),
     };
     let policy = DeltaPolicy {
         keep: args.deltas,
@@ -105,6 +106,9 @@ fn print_added(report: &DeltaAddReport, args: &AddArgs) -> Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (name, sha, len) in &report.added {
         writeln!(out, "added {name} ({len} bytes, sha256 {sha})")?;
+    }
+    if args.waves != ota_publish::WavesSpec::Now {
+        writeln!(out, "waves: {} (see `repo-tool rollout status`)", args.waves)?;
     }
     match (&report.staged, &args.stage) {
         (Some(s), Some(file)) => crate::staging::print_staged(&mut out, std::slice::from_ref(s), file)?,

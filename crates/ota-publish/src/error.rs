@@ -191,6 +191,22 @@ pub enum Error {
         /// Who holds it, as written in the lock file ("pid 1234 (add)").
         holder: String,
     },
+    /// A rollout plan (`--waves`) is refused.
+    #[error("invalid rollout plan {what}")]
+    Plan {
+        /// The plan as given, or the release it was for.
+        what: String,
+        /// What the plan's rules refused.
+        source: ota_release::PlanError,
+    },
+    /// A rollout-control file (published, or about to be) breaks the `ota-release` contract.
+    #[error("rollout-control file {path}")]
+    Control {
+        /// Its target path (`rollouts/<hardware>/<channel>.json`).
+        path: String,
+        /// What the contract refused.
+        source: ota_release::Error,
+    },
     /// A durable-file operation failed in a way the variants above do not name.
     #[error("file operation failed")]
     File(#[source] ota_fs::Error),

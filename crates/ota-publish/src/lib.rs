@@ -8,7 +8,9 @@
 //! in steps by different people for every role, root included ([`root_stage`]/[`delegate_stage`]/
 //! [`AddOptions::stage`] → [`root_sign`]/[`role_sign`] → [`root_publish`]/[`role_publish`]),
 //! [`verify`] (which also reports files under `targets/` no metadata names) and [`list`], [`gc`]
-//! (removes those files); [`deltas::add_with_deltas`] publishes a release with binary deltas from the
+//! (removes those files); staged rollouts ([`AddOptions::waves`], the rollout-control role:
+//! [`rollout_init`], [`set_state`] to halt, resume or pull, [`set_plan`], [`add_drill`],
+//! [`rollout_status`]); [`deltas::add_with_deltas`] publishes a release with binary deltas from the
 //! last K releases of its hardware and channel, kept only when under a share of the image
 //! ([`deltas::DeltaPolicy`]). It does not serve files (any static web server does), encode deltas
 //! (`ota-delta` does; the binary passes `ota_delta::encode_with_progress` to the seam), run on devices
@@ -114,6 +116,7 @@ mod names;
 mod order;
 mod publish;
 mod qr;
+mod rollout;
 mod rotate;
 mod stage;
 mod staged;
@@ -139,6 +142,11 @@ pub use publish::{
     RoleSpec, RootFingerprint,
 };
 pub use qr::qr_for_terminal;
+pub use rollout::{
+    add_drill, parse_duration_secs, parse_share_bp, rollout_init, set_plan, set_state, share_text,
+    status as rollout_status, ChannelRollout, ControlReport, DeviceSeed, DeviceStanding, PlanSource,
+    ReleaseRef, ReleaseRollout, RolloutStatus, WaveStatus, WavesSpec,
+};
 pub use rotate::{parse_role, root_publish, root_sign, root_stage, RootChange, RootSignatures};
 pub use stage::target_file_path;
 pub use staged::{role_publish, role_sign, RoleSignatures};

@@ -11,7 +11,7 @@ use std::fs;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
-use ota_release::{Channel, HardwareId, OtaTarget, Release, Rollout};
+use ota_release::{Channel, HardwareId, OtaTarget, Release, Rollout, RolloutPlan};
 use tough::schema::decoded::Decoded;
 use tough::schema::key::Key;
 use tough::schema::{
@@ -27,6 +27,7 @@ use crate::loader::{delegated_patterns, RepoState};
 use crate::lock::RepoLock;
 use crate::meta::{self, bump, expiry_after, metafile, now, Expiries, SPEC_VERSION, TARGETS_ROLE};
 use crate::names::{check_delegated_role_name, check_path_pattern, check_target_name, pattern_covers};
+use crate::rollout::WavesSpec;
 use crate::staged::{RoleSignatures, Stage, StagedRole};
 use crate::store::{DirStore, RepoStore};
 use crate::trust::{top_role_keys, RoleKeySet, RoleTrust};
@@ -250,6 +251,10 @@ pub struct AddOptions {
     /// Publish a version not above the newest already published for its hardware id and channel
     /// (a hotfix branch); refused otherwise ([`Error::LowerVersion`]).
     pub allow_lower: bool,
+    /// The releases' rollout waves, counted from the moment of publication. `None` (the library's
+    /// default) and [`WavesSpec::Now`] write no plan: everyone at once, readable by devices older than
+    /// waves. `repo-tool add` passes [`WavesSpec::Default`] unless told otherwise.
+    pub waves: Option<WavesSpec>,
 }
 
 /// What [`add`] published.
@@ -313,7 +318,7 @@ fn name_carries_version(base: &str, version: &str) -> bool {
 }
 
 /// A release's OTA custom metadata, validated against the `ota-release` contract.
-pub(crate) fn build_release(spec: &ReleaseSpec) -> Result<Release> {
+pub(crate) fn build_release(spec: &ReleaseSpec, waves: Option<&RolloutPlan>) -> Result<Release> {
     let err = |source| Error::Release {
         image: spec.image.clone(),
         source,
@@ -330,7 +335,7 @@ pub(crate) fn build_release(spec: &ReleaseSpec) -> Result<Release> {
         rollout: Rollout {
             percent: spec.rollout_percent,
         },
-        waves: None,
+        waves: waves.cloned(),
         deltas: Vec::new(),
     };
     release.validate().map_err(err)?;
@@ -452,7 +457,11 @@ where
         state.targets_role_keys(&signer)?.check_ring_or_stage(ring)?;
         check_online_keys(&state, ring)?;
     }
-    let prepared = check_releases(&state, &role, releases)?;
+    let plan = match &opts.waves {
+        Some(spec) => spec.release_plan(now()?.as_second())?,
+        None => None,
+    };
+    let prepared = check_releases(&state, &role, releases, plan.as_ref())?;
     if !opts.allow_lower {
         let new: Vec<&Release> = prepared.iter().map(|(_, r, _)| r).collect();
         crate::order::refuse_lower(&state, &new)?;
@@ -565,7 +574,7 @@ fn publish_into_bins(
 }
 
 /// Refuses, before any work, a ring without the snapshot and timestamp keys a publish needs.
-fn check_online_keys(state: &RepoState, ring: &KeyRing) -> Result<()> {
+pub(crate) fn check_online_keys(state: &RepoState, ring: &KeyRing) -> Result<()> {
     let root = &state.root()?.signed.signed;
     top_role_keys(root, RoleType::Snapshot)?.check_ring(ring)?;
     top_role_keys(root, RoleType::Timestamp)?.check_ring(ring)
@@ -578,6 +587,7 @@ fn check_releases<'r>(
     state: &RepoState,
     role: &str,
     releases: &'r [ReleaseSpec],
+    plan: Option<&RolloutPlan>,
 ) -> Result<Vec<(&'r ReleaseSpec, Release, String)>> {
     // (hardware, channel, version) of each new release → (its index, its target name).
     let mut new_versions: HashMap<String, (usize, String)> = HashMap::new();
@@ -585,7 +595,7 @@ fn check_releases<'r>(
     let mut prepared = Vec::with_capacity(releases.len());
     let mut names = BTreeSet::new();
     for (index, spec) in releases.iter().enumerate() {
-        let release = build_release(spec)?;
+        let release = build_release(spec, plan)?;
         let name = release_target_name(spec, &release)?;
         check_target_name(&name)?;
         // Into a role that delegates to hash bins: the target's bin (crate::hash_bins).
@@ -894,7 +904,19 @@ pub fn delegate_from(
     expiries: &Expiries,
     ring: &KeyRing,
 ) -> Result<()> {
-    delegate_with(repo, from, spec, expiries, ring, None).map(|_| ())
+    delegate_with(repo, from, spec, expiries, ring, None, false).map(|_| ())
+}
+
+/// [`delegate`], with the new delegation listed first among top-level targets' delegations, so a
+/// client's search (in delegation order, TUF 5.6.7.2) asks this role before any other: the
+/// rollout-control role (`crate::rollout`).
+pub(crate) fn delegate_first(
+    repo: &Path,
+    spec: &DelegateSpec,
+    expiries: &Expiries,
+    ring: &KeyRing,
+) -> Result<()> {
+    delegate_with(repo, TARGETS_ROLE, spec, expiries, ring, None, true).map(|_| ())
 }
 
 /// [`delegate_from`], staged instead of published (`crate::staged`): `from`'s next version (with
@@ -909,7 +931,7 @@ pub fn delegate_stage(
     ring: &KeyRing,
     out: &Path,
 ) -> Result<Vec<RoleSignatures>> {
-    delegate_with(repo, from, spec, expiries, ring, Some(out))
+    delegate_with(repo, from, spec, expiries, ring, Some(out), false)
 }
 
 fn delegate_with(
@@ -919,6 +941,7 @@ fn delegate_with(
     expiries: &Expiries,
     ring: &KeyRing,
     stage: Option<&Path>,
+    first: bool,
 ) -> Result<Vec<RoleSignatures>> {
     check_delegate_spec(spec)?;
     if let Some(out) = stage {
@@ -933,7 +956,7 @@ fn delegate_with(
         parent_keys.check_ring_or_stage(ring)?;
     }
     let mut parent = state.role_targets(from)?.clone();
-    add_delegation(&mut parent, from, spec)?;
+    add_delegation(&mut parent, from, spec, first)?;
     let new_role_keys = crate::trust::delegated_role_keys(&parent, &spec.role)?;
     if stage.is_none() {
         new_role_keys.check_ring_or_stage(ring)?;
@@ -1026,7 +1049,7 @@ fn check_delegation_fits(state: &RepoState, from: &str, spec: &DelegateSpec) -> 
 }
 
 /// Adds the delegation to `spec.role` (its keys, threshold and paths) to `from`'s metadata.
-fn add_delegation(parent: &mut Targets, from: &str, spec: &DelegateSpec) -> Result<()> {
+fn add_delegation(parent: &mut Targets, from: &str, spec: &DelegateSpec, first: bool) -> Result<()> {
     let delegations = parent.delegations.get_or_insert_with(Delegations::new);
     if delegations.roles.iter().any(|r| r.name == spec.role) {
         return Err(invalid(
@@ -1044,14 +1067,18 @@ fn add_delegation(parent: &mut Targets, from: &str, spec: &DelegateSpec) -> Resu
             PathPattern::new(p.as_str()).map_err(|e| invalid(format!("path pattern {p:?}"), e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
-    delegations.roles.push(DelegatedRole {
+    let role = DelegatedRole {
         name: spec.role.clone(),
         keyids: rk.keyids,
         threshold: rk.threshold,
         paths: PathSet::Paths(paths),
         terminating: spec.terminating,
         targets: None,
-    });
+    };
+    match first {
+        true => delegations.roles.insert(0, role),
+        false => delegations.roles.push(role),
+    }
     Ok(())
 }
 

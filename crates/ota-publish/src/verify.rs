@@ -10,7 +10,9 @@ use crate::digest::hash_file;
 use crate::error::Result;
 use crate::loader::{MetaFile, RepoState};
 use crate::publish::ota_custom;
+use crate::rollout::read_control;
 use crate::stage::target_file_path;
+use ota_release::{Channel, HardwareId};
 
 /// What [`verify`] found.
 #[derive(Debug, Clone, Default)]
@@ -263,6 +265,35 @@ impl Checks {
         Ok(())
     }
 
+    /// Every file the rollout-control role lists is a control file a device accepts: at its own
+    /// `rollouts/<hardware>/<channel>.json` path, within the size limit, by the contract. (Its hash is
+    /// checked with the other target files; a file failing that is not parsed again here.)
+    fn control_files(&mut self, repo: &Path, state: &RepoState) {
+        let Some(role) = state.delegated.get(ota_release::CONTROL_ROLE) else {
+            return;
+        };
+        for name in role.signed.signed.targets.keys() {
+            let parts: Vec<&str> = name.raw().split('/').collect();
+            let [_, hw, file] = parts.as_slice() else {
+                continue; // outside the delegation: reported by delegated_paths
+            };
+            let ch = file.strip_suffix(".json").unwrap_or(file);
+            let (Ok(hardware), Ok(channel)) = (HardwareId::new(*hw), Channel::new(ch)) else {
+                self.problem(format!(
+                    "{}: {} is not rollouts/<hardware id>/<channel>.json",
+                    ota_release::CONTROL_ROLE,
+                    name.raw()
+                ));
+                continue;
+            };
+            match read_control(repo, state, &hardware, &channel) {
+                Ok(_) => {}
+                Err(crate::Error::Malformed { .. }) => {} // length or hash: reported by target_files
+                Err(e) => self.problem(format!("{}: {}", ota_release::CONTROL_ROLE, error_chain(&e))),
+            }
+        }
+    }
+
     fn target_file(&mut self, repo: &Path, role: &str, name: &str, target: &Target, buf: &mut [u8]) {
         let Ok(digest) = <[u8; 32]>::try_from(target.hashes.sha256.as_ref()) else {
             self.problem(format!("{role}: target {name} has a sha256 that is not 32 bytes"));
@@ -285,6 +316,18 @@ impl Checks {
             )),
         }
     }
+}
+
+/// An error and its causes, one line (the report's problems are plain strings).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Says which kind a skipped delegation is: a cycle (the role leads back to itself) or a second
@@ -361,6 +404,7 @@ pub fn verify(repo: &Path, now: jiff::Timestamp, warn_within: jiff::SignedDurati
     }
     checks.skipped_delegations(&state);
     checks.target_files(repo, &state);
+    checks.control_files(repo, &state);
     checks.unreferenced_files(repo, &state)?;
     Ok(checks.report)
 }
@@ -378,6 +422,10 @@ pub struct ListedRelease {
     pub length: u64,
     /// Rollout share in percent.
     pub rollout_percent: u8,
+    /// The rollout waves the release carries (`None`: everyone at once).
+    pub waves: Option<ota_release::RolloutPlan>,
+    /// What the rollout-control role says about it (state, reason, since, replacement plan).
+    pub control: Option<ota_release::ReleaseControl>,
 }
 
 /// What [`list`] returns: releases per (hardware id, channel), newest last, and each role's expiry.
@@ -413,13 +461,23 @@ pub fn list(repo: &Path) -> Result<Listing> {
                             role: role.to_owned(),
                             length: target.length,
                             rollout_percent: r.rollout.percent,
+                            waves: r.waves.clone(),
+                            control: None,
                         });
                 }
             }
         }
     }
-    for v in out.releases.values_mut() {
+    for ((hw, ch), v) in out.releases.iter_mut() {
         v.sort_by(|a, b| a.version.cmp(&b.version));
+        let (Ok(hardware), Ok(channel)) = (HardwareId::new(hw.as_str()), Channel::new(ch.as_str())) else {
+            continue;
+        };
+        if let Some((control, _)) = read_control(repo, &state, &hardware, &channel)? {
+            for r in v.iter_mut() {
+                r.control = control.release(&r.version).cloned();
+            }
+        }
     }
     Ok(out)
 }
