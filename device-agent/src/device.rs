@@ -207,7 +207,12 @@ pub struct Device<S: Slot, B: BootControl> {
     record: DeviceRecord,
     client: Client,
     retry_policy: RetryPolicy,
+    rollout_clock: RolloutClock,
 }
+
+/// The clock rollout standing is read against (waves opening, drills ending), in Unix seconds: the
+/// system clock unless [`Device::set_rollout_clock`] says otherwise (a fleet drill's simulated time).
+pub type RolloutClock = std::sync::Arc<dyn Fn() -> i64 + Send + Sync>;
 
 impl<S: Slot, B: BootControl> Device<S, B> {
     /// Opens a provisioned device whose identity key is the file in the state directory; refuses when
@@ -251,6 +256,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             record,
             client,
             retry_policy: RetryPolicy::default(),
+            rollout_clock: std::sync::Arc::new(now_unix_i64),
         })
     }
 
@@ -258,6 +264,12 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     /// [`RetryPolicy::default`]).
     pub fn set_retry_policy(&mut self, policy: RetryPolicy) {
         self.retry_policy = policy;
+    }
+
+    /// Sets the clock waves and drills are judged by (the default: the system clock). A fleet drill
+    /// feeds its simulated time here, so waves open round after round; backoff stays on the system clock.
+    pub fn set_rollout_clock(&mut self, clock: RolloutClock) {
+        self.rollout_clock = clock;
     }
 
     /// The persisted record.
@@ -528,7 +540,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             checked_unix: view_ref.map(|v| v.checked_unix),
             control_error: view_ref.and_then(|v| v.control_error.clone()),
             controlled: view_ref.is_some_and(|v| v.control.is_some()),
-            releases: view_ref.map_or_else(Vec::new, |v| v.standings(seed, now_unix_i64())),
+            releases: view_ref.map_or_else(Vec::new, |v| v.standings(seed, (self.rollout_clock)())),
         })
     }
 
@@ -658,7 +670,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             running_sha256: Some(running.sha256),
             device_id: &device_id,
             seed: RolloutSeed::of_device(&device_id),
-            now_unix: now_unix_i64(),
+            now_unix: (self.rollout_clock)(),
             control: view.control.as_ref(),
             other_slot: self.record.slot(other).map(|image| (other, image)),
             drills_done: &drills_done,
