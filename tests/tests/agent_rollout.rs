@@ -483,9 +483,11 @@ fn a_rollout_control_key_that_signs_firmware_is_refused_and_the_running_slot_is_
         );
         assert!(!check.contains("would install"), "{name}: {check}");
     }
-    // Signed by the firmware (targets) key, the same version is installed: the refusal was the role's.
-    repo.publish("9.0.0", &evil);
+    // A release the firmware (targets) key signs is installed as usual: the refusal was the role's.
+    // (The publisher refuses 9.0.0 itself: the control role's listing already claims that version.)
+    let good = firmware("9.0.1", 210_000);
+    repo.publish("9.0.1", &good);
     let (out, reboots) = dev.run_until_settled();
     assert!(out.status.success() && reboots == 1, "{}", text(&out));
-    assert_eq!(dev.status()["running_version"], "9.0.0");
+    assert_eq!(dev.status()["running_version"], "9.0.1");
 }
