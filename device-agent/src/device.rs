@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use ota_release::{Channel, HardwareId, Sha256Digest, Version};
+use ota_release::{
+    control_target_path, Channel, HardwareId, OtaTarget, Release, RolloutControl, RolloutSeed, Sha256Digest,
+    Version, CONTROL_DIR, MAX_CONTROL_BYTES,
+};
 use ota_slot::{slot_sha256, BootControl, Slot, SlotWriter, TrialBoot};
 use ota_tuf::{Client, ClientConfig, TargetInfo};
 use serde::Serialize;
@@ -28,6 +31,7 @@ use crate::health::{run_checks, HealthReport};
 use crate::identity::{FileIdentity, IdentityKey};
 use crate::report::{IdentitySigner, OutcomeFacts};
 use crate::report_queue::{QueueStatus, ReportQueue, SendError};
+use crate::rollout::{DrillResult, Purpose, ReleaseStanding, RolloutView, ViewFile};
 use crate::select::{select, Decision, DeviceFacts, OfferedTarget};
 use crate::state::{
     transition, Action, DeviceRecord, DownloadRetry, Event, ImageRef, InstallReport, InstallVia, RecordFile,
@@ -164,6 +168,25 @@ pub struct Status {
     pub retry: Option<DownloadRetry>,
     /// The signed reports waiting for the collector; `None` when reporting is off.
     pub reports: Option<QueueStatus>,
+    /// Where this device stands in each offered release's rollout.
+    pub rollout: RolloutStatus,
+    /// The field drills this device took part in, and how each ended.
+    pub drills: Vec<DrillResult>,
+}
+
+/// The device's place in the rollouts, from the last verified rollout view (`status`, `check`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RolloutStatus {
+    /// The device's rollout seed (hex), derived from its identity: the same after every reboot.
+    pub seed: String,
+    /// When the rollout view was last verified (Unix seconds); `None` before the first poll.
+    pub checked_unix: Option<i64>,
+    /// Why the newest rollout-control file was refused at the last poll, if it was.
+    pub control_error: Option<String>,
+    /// Whether the repository has a rollout-control file for this hardware id and channel.
+    pub controlled: bool,
+    /// Each offered release, newest first.
+    pub releases: Vec<ReleaseStanding>,
 }
 
 /// What `install` would do with a chosen release, checked without writing ([`Device::preflight`]).
@@ -189,7 +212,12 @@ pub struct Device<S: Slot, B: BootControl> {
     client: Client,
     retry_policy: RetryPolicy,
     reports: Option<ReportQueue>,
+    rollout_clock: RolloutClock,
 }
+
+/// The clock rollout standing is read against (waves opening, drills ending), in Unix seconds: the
+/// system clock unless [`Device::set_rollout_clock`] says otherwise (a fleet drill's simulated time).
+pub type RolloutClock = std::sync::Arc<dyn Fn() -> i64 + Send + Sync>;
 
 impl<S: Slot, B: BootControl> Device<S, B> {
     /// Opens a provisioned device whose identity key is the file in the state directory; refuses when
@@ -234,6 +262,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             client,
             retry_policy: RetryPolicy::default(),
             reports: None,
+            rollout_clock: std::sync::Arc::new(now_unix_i64),
         })
     }
 
@@ -246,6 +275,12 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     /// Queues the signed report of every update outcome into `queue` (default: no reports).
     pub fn set_report_queue(&mut self, queue: ReportQueue) {
         self.reports = Some(queue);
+    }
+
+    /// Sets the clock waves and drills are judged by (the default: the system clock). A fleet drill
+    /// feeds its simulated time here, so waves open round after round; backoff stays on the system clock.
+    pub fn set_rollout_clock(&mut self, clock: RolloutClock) {
+        self.rollout_clock = clock;
     }
 
     /// The persisted record.
@@ -581,7 +616,77 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             last_install: r.last_install.clone(),
             retry: r.retry.clone(),
             reports: self.reports.as_ref().map(queue_status),
+            drills: r.drills.clone(),
+            rollout: self.rollout_status()?,
         })
+    }
+
+    /// Where this device stands in each offered release's rollout now, from the last verified view.
+    pub fn rollout_status(&self) -> Result<RolloutStatus> {
+        let seed = self.seed();
+        let view = ViewFile::in_dir(&self.settings.state_dir).load()?;
+        let view_ref = view.as_ref();
+        Ok(RolloutStatus {
+            seed: format!("{:016x}", seed.0),
+            checked_unix: view_ref.map(|v| v.checked_unix),
+            control_error: view_ref.and_then(|v| v.control_error.clone()),
+            controlled: view_ref.is_some_and(|v| v.control.is_some()),
+            releases: view_ref.map_or_else(Vec::new, |v| v.standings(seed, (self.rollout_clock)())),
+        })
+    }
+
+    /// This device's rollout seed.
+    fn seed(&self) -> RolloutSeed {
+        RolloutSeed::of_device(&self.identity.device_id())
+    }
+
+    /// Fetches and verifies the rollout-control file for this hardware id and channel through TUF
+    /// (bounded by [`MAX_CONTROL_BYTES`]): `Ok(None)` when the repository has none, `Err(why)` when it
+    /// cannot be verified or read.
+    async fn fetch_control(&mut self) -> std::result::Result<Option<RolloutControl>, String> {
+        let (hardware, channel) = (&self.settings.hardware_id, &self.settings.channel);
+        let path = control_target_path(hardware, channel);
+        let info = match self.client.target(&path).await {
+            Ok(Some(info)) => info,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(anyhow_like(&e)),
+        };
+        if info.length > MAX_CONTROL_BYTES {
+            return Err(format!(
+                "{path} is {} bytes, more than the {MAX_CONTROL_BYTES} allowed",
+                info.length
+            ));
+        }
+        let mut bytes = Vec::new();
+        self.client
+            .download_target(&info, &mut bytes)
+            .await
+            .map_err(|e| anyhow_like(&e))?;
+        RolloutControl::parse(&bytes, hardware, channel)
+            .map(Some)
+            .map_err(|e| anyhow_like(&e))
+    }
+
+    /// Refreshes the rollout view: the newest control file when it verifies, else the last verified one
+    /// (naming why), and the releases offered to this hardware id and channel; saved for `status`.
+    async fn refresh_view(&mut self, targets: &[TargetInfo]) -> Result<RolloutView> {
+        let file = ViewFile::in_dir(&self.settings.state_dir);
+        let (control, control_error) = match self.fetch_control().await {
+            Ok(control) => (control, None),
+            Err(why) => {
+                tracing::warn!("rollout-control file refused; the last verified one stays in force: {why}");
+                let last = file.load().ok().flatten().and_then(|v| v.control);
+                (last, Some(why))
+            }
+        };
+        let view = RolloutView {
+            checked_unix: now_unix_i64(),
+            control,
+            control_error,
+            releases: offered_releases(targets, &self.settings.hardware_id, &self.settings.channel),
+        };
+        file.save(&view)?;
+        Ok(view)
     }
 
     /// Refreshes the trusted metadata and decides, changing nothing (`check`).
@@ -642,15 +747,25 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             .slot(booted)
             .cloned()
             .ok_or(Error::UnknownRunningImage { slot: booted })?;
-        let bucket = ota_release::rollout_bucket(&self.identity.device_id());
+        let view = self.refresh_view(&targets).await?;
+        let device_id = self.identity.device_id();
+        let drills_done: Vec<String> = self.record.drills.iter().map(|d| d.id.clone()).collect();
+        let other = booted.other();
         let facts = DeviceFacts {
             hardware: &self.settings.hardware_id,
             channel: &self.settings.channel,
-            bucket,
+            bucket: ota_release::rollout_bucket(&device_id),
             running: &running.version,
             floor: &self.record.floor,
             failed: &self.record.failed,
             running_sha256: Some(running.sha256),
+            device_id: &device_id,
+            seed: RolloutSeed::of_device(&device_id),
+            now_unix: (self.rollout_clock)(),
+            control: view.control.as_ref(),
+            other_slot: self.record.slot(other).map(|image| (other, image)),
+            drills_done: &drills_done,
+            control_refused: view.control_error.as_deref(),
         };
         let decision = select(&offered, &facts);
         Ok((targets, decision))
@@ -683,17 +798,61 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             let reason = format!("{} is no longer offered", image.target);
             self.apply(Event::DownloadFailed { reason })?;
         }
-        let Decision::Install { image, .. } = &decision else {
-            return Ok(self.outcome(false, "up to date"));
+        let (image, purpose) = match &decision {
+            Decision::UpToDate { .. } => return Ok(self.outcome(false, "up to date")),
+            Decision::Install { image, purpose, .. } => (image.clone(), purpose.clone()),
+            Decision::SwitchBack {
+                slot, image, pulled, ..
+            } => match self.switch_back(*slot, image, pulled).await? {
+                Some(outcome) => return Ok(outcome),
+                None => (
+                    image.clone(),
+                    Purpose::PullBack {
+                        pulled: pulled.clone(),
+                    },
+                ),
+            },
         };
-        let image = image.clone();
         let Some(info) = targets.iter().find(|t| t.name == image.target).cloned() else {
             return Ok(self.outcome(false, "up to date"));
         };
         let slot = self.boot.booted()?.other();
-        self.choose(slot, &image)?;
+        self.choose(slot, &image, purpose)?;
         let delta = self.delta_plan(&decision, &image, &targets);
         self.install(slot, image, &info, delta).await
+    }
+
+    /// The running release is pulled and the record says the inactive `slot` holds `image`, the release
+    /// to go back to: hash the slot again and, when it holds exactly the signed image, trial-boot it with
+    /// no download (Installed is saved before the bootloader is told). `None` when it does not hold it:
+    /// the record forgets the slot's content and the caller downloads the image instead.
+    async fn switch_back(
+        &mut self,
+        slot: SlotId,
+        image: &ImageRef,
+        pulled: &Version,
+    ) -> Result<Option<Outcome>> {
+        let from = self.boot.booted()?;
+        let fits = image.length <= self.slots.get_mut(slot).capacity();
+        let held = fits && slot_sha256(&mut *self.slots.get_mut(slot), image.length)? == image.sha256.0;
+        if !held {
+            tracing::warn!(%slot, version = %image.version, "the other slot does not hold the release to go back to; downloading it");
+            self.update_record(|rec| *rec.slot_mut(slot) = None)?;
+            return Ok(None);
+        }
+        tracing::info!(%slot, version = %image.version, %pulled, "going back from the pulled release to the other slot");
+        let action = self.apply(Event::OtherSlotHolds {
+            slot,
+            image: image.clone(),
+            from,
+            pulled: pulled.clone(),
+        })?;
+        let mut outcome = self.drive(action, None).await?;
+        outcome.note = format!(
+            "{pulled} is pulled: going back to {} in slot {slot} (verified, no download); {}",
+            image.version, outcome.note
+        );
+        Ok(Some(outcome))
     }
 
     /// The outcome of a poll that must wait: the release it would (re)start has failed attempts whose
@@ -719,10 +878,11 @@ impl<S: Slot, B: BootControl> Device<S, B> {
 
     /// Records the choice of `image` for `slot` (the slot's old content is forgotten), refusing an image
     /// that can never fit the slot (remembered as failed).
-    fn choose(&mut self, slot: SlotId, image: &ImageRef) -> Result<()> {
+    fn choose(&mut self, slot: SlotId, image: &ImageRef, purpose: Purpose) -> Result<()> {
         self.apply(Event::Chosen {
             slot,
             image: image.clone(),
+            purpose,
         })?;
         let capacity = self.slots.get_mut(slot).capacity();
         if image.length > capacity {
@@ -979,6 +1139,25 @@ fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Seconds since the Unix epoch, signed (as rollout plans count them).
+fn now_unix_i64() -> i64 {
+    i64::try_from(now_unix()).unwrap_or(i64::MAX)
+}
+
+/// The releases offered to this hardware id and channel (not those under the rollout-control role's
+/// paths, which never hold firmware), as `status` shows them.
+fn offered_releases(targets: &[TargetInfo], hardware: &HardwareId, channel: &Channel) -> Vec<Release> {
+    targets
+        .iter()
+        .filter(|t| !t.name.starts_with(&format!("{CONTROL_DIR}/")))
+        .filter_map(|t| match OtaTarget::from_custom(&t.custom) {
+            Ok(Some(OtaTarget::Release(r))) => Some(r),
+            _ => None,
+        })
+        .filter(|r| r.channel == *channel && r.hardware.contains(hardware))
+        .collect()
 }
 
 /// An error and its sources, `: `-separated.

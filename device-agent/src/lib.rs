@@ -7,7 +7,8 @@
 //!   [`identity::FileIdentity`] is the key file made at provisioning (0600).
 //! - [`state::UpdateState`] and [`state::transition`]: the update as an explicit state machine, persisted
 //!   in a [`state::DeviceRecord`] before every side effect ([`state::Action`]).
-//! - [`select::select`]: which signed release this device installs next.
+//! - [`select::select`]: which signed release this device installs next (waves, halts, pull-backs and
+//!   field drills by [`rollout`] control).
 //! - [`health::run_checks`]: health checks after a trial boot.
 //! - [`device::Device`]: the update core, generic over `ota_slot::Slot` and `ota_slot::BootControl`:
 //!   [`device::Device::on_boot`] after every start, [`device::Device::poll_once`] to install;
@@ -39,6 +40,7 @@ pub mod provision;
 pub mod report;
 pub mod report_queue;
 pub mod report_send;
+pub mod rollout;
 pub mod schedule;
 pub mod select;
 pub mod state;

@@ -11,8 +11,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use device_agent::config::AgentConfig;
 use device_agent::daemon::{self, ConfiguredDevice, Ended, Polling, Reboot};
+use device_agent::device::RolloutStatus;
 use device_agent::device::{create_state_dir, provision, FactoryImage, Outcome, Preflight, Status};
 use device_agent::lock::AgentLock;
+use device_agent::rollout::{format_unix, DrillOutcome};
 use device_agent::select::Decision;
 use device_agent::REBOOT_EXIT_CODE;
 use tracing_subscriber::filter::Targets;
@@ -155,7 +157,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let mut device = daemon::open_device(&config)?;
             let decision = device.check().await?;
             print_decision(&decision);
-            print_preflight(device.preflight(&decision)?.as_ref());
+            print_rollout(&device.rollout_status()?);
+            print_preflight(&decision, device.preflight(&decision)?.as_ref());
             Ok(ExitCode::SUCCESS)
         }
         Command::Install => {
@@ -246,34 +249,41 @@ fn print_outcome(outcome: &Outcome) {
 }
 
 fn print_decision(decision: &Decision) {
-    let skipped = match decision {
-        Decision::UpToDate { skipped } => {
-            println!("up to date");
-            skipped
-        }
+    match decision {
+        Decision::UpToDate { .. } => println!("up to date"),
         Decision::Install {
             image,
             delta,
-            skipped,
+            purpose,
             ..
         } => {
             println!(
-                "would install {} ({}, {} bytes, sha256 {})",
+                "would install {} ({}, {} bytes, sha256 {}){purpose}",
                 image.version, image.target, image.length, image.sha256
             );
             if let Some(d) = delta {
                 println!("  delta offered: {} ({} bytes)", d.target, d.length);
             }
-            skipped
         }
-    };
-    for s in skipped {
+        Decision::SwitchBack {
+            slot, image, pulled, ..
+        } => println!(
+            "would go back to {} in slot {slot} ({pulled} is pulled): the slot is hashed against the signed \
+             sha256 {}, no download",
+            image.version, image.sha256
+        ),
+    }
+    for s in decision.skipped() {
         println!("  skipped {}: {}", s.target, s.why);
     }
 }
 
 /// What `install` would do with the decision, and the next step.
-fn print_preflight(preflight: Option<&Preflight>) {
+fn print_preflight(decision: &Decision, preflight: Option<&Preflight>) {
+    if let Decision::SwitchBack { slot, .. } = decision {
+        println!("next: `device-agent install` trial-boots slot {slot}, then commits it when healthy");
+        return;
+    }
     let Some(p) = preflight else {
         println!("next: nothing to install; `device-agent run` polls on its schedule");
         return;
@@ -339,5 +349,54 @@ fn print_status(s: &Status) {
                 println!("            last send error (unix time {}): {}", e.unix, e.text);
             }
         }
+    }
+    for d in &s.drills {
+        let why = if d.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", d.reason)
+        };
+        let outcome = match d.outcome {
+            DrillOutcome::DrillPassed => "passed (healthy, rolled back on purpose)",
+            DrillOutcome::DrillFailed => "failed",
+        };
+        println!("drill       {} on {}: {outcome}{why}", d.id, d.version);
+    }
+    print_rollout(&s.rollout);
+}
+
+/// The device's seed and its standing in each offered release's rollout.
+fn print_rollout(r: &RolloutStatus) {
+    println!("seed        {}", r.seed);
+    match r.checked_unix {
+        None => println!("rollout     not checked yet (the next poll fetches it)"),
+        Some(t) => println!(
+            "rollout     checked {}, {}",
+            format_unix(t),
+            if r.controlled {
+                "rollout-control file verified"
+            } else {
+                "no rollout-control file"
+            }
+        ),
+    }
+    if let Some(why) = &r.control_error {
+        println!("  refused   the newest rollout-control file: {why} (the last verified one stays in force)");
+    }
+    for rel in &r.releases {
+        let wave = rel.wave.map_or(String::new(), |w| format!(", wave {}", w + 1));
+        let when = match (rel.standing, rel.eligible_unix, rel.since_unix) {
+            ("open", Some(t), _) => format!(", eligible since {}", format_unix(t)),
+            ("open", None, _) => ", no plan: everyone at once".to_owned(),
+            ("waiting", Some(t), _) => format!(", eligible at {}", format_unix(t)),
+            (_, _, Some(t)) => format!(" since {}", format_unix(t)),
+            _ => String::new(),
+        };
+        let why = if rel.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", rel.reason)
+        };
+        println!("  {:<9} {}{wave}{when}{why}", rel.standing, rel.version);
     }
 }

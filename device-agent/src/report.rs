@@ -60,8 +60,18 @@ impl OutcomeFacts {
             }
             _ => return None,
         };
+        let drilled = matches!(
+            before,
+            UpdateState::TrialBoot {
+                purpose: crate::rollout::Purpose::Drill { .. },
+                ..
+            }
+        );
         let (outcome, reason) = match after {
             UpdateState::Committed { .. } => (Outcome::Committed, String::new()),
+            // A drill's healthy trial rolls back on purpose; an unhealthy one is a drill that failed.
+            UpdateState::DrillRolledBack { drill, .. } => (Outcome::DrillPassed, format!("drill {drill}")),
+            UpdateState::RolledBack { reason, .. } if drilled => (Outcome::DrillFailed, reason.clone()),
             UpdateState::RolledBack { reason, .. } => (Outcome::RolledBack, reason.clone()),
             UpdateState::Failed { reason, .. } => (Outcome::Failed, reason.clone()),
             _ => return None,
@@ -174,6 +184,7 @@ mod tests {
             image: image("2.0.0"),
             from: SlotId::A,
             restarts: 0,
+            purpose: crate::rollout::Purpose::default(),
         };
         let rolled_back = UpdateState::RolledBack {
             slot: SlotId::B,

@@ -7,7 +7,17 @@
 //!                           │ DownloadFailed      │ loop breaker           │ Unhealthy / fell back /
 //!                           ▼ Unfit, loop breaker ▼                        ▼ loop breaker / Abandoned
 //!                         Failed ◄────────────────┘                     RolledBack
+//!
+//!  Idle / final ── OtherSlotHolds (pull-back, no download) ──► Installed
+//!  TrialBoot (field drill) ── Healthy ──► DrillRolledBack (rolled back on purpose)
 //! ```
+//!
+//! Rollout control adds no way around this machine: an update carries its [`Purpose`]. A pull-back (the
+//! running release was pulled by signed rollout control) reaches Installed by download or, when the other
+//! slot still holds the release to go back to, directly ([`Event::OtherSlotHolds`]); its commit lowers the
+//! floor to its version ([`Transition::lower_floor`], the only way the floor goes down). A field drill's
+//! healthy trial ends in [`UpdateState::DrillRolledBack`] instead of a commit; its outcome is kept in
+//! [`DeviceRecord::drills`].
 //!
 //! [`transition`] is the only place a state changes, and it returns everything that changes with it
 //! ([`Transition`]: the floor raised at commit, the failed version remembered, what a slot holds) and the
@@ -36,6 +46,7 @@ use ota_release::{Sha256Digest, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::rollout::{DrillOutcome, DrillResult, Purpose, MAX_DRILLS_REMEMBERED};
 use crate::SlotId;
 use ota_slot::TrialBoot;
 
@@ -85,6 +96,9 @@ pub enum UpdateState {
         image: ImageRef,
         /// Agent starts seen in this state.
         restarts: u32,
+        /// Why this image is installed (an update unless said otherwise).
+        #[serde(default, skip_serializing_if = "Purpose::is_update")]
+        purpose: Purpose,
     },
     /// `slot` holds `image`, read back and verified; saved before the bootloader is told to try it. After
     /// a restart: (re)start the trial and reboot; if the device already runs `slot`, the trial is
@@ -98,6 +112,9 @@ pub enum UpdateState {
         from: SlotId,
         /// Agent starts seen in this state.
         restarts: u32,
+        /// Why this image is installed (an update unless said otherwise).
+        #[serde(default, skip_serializing_if = "Purpose::is_update")]
+        purpose: Purpose,
     },
     /// The bootloader was told to try `slot` once (saved before the reboot). After a restart: if running
     /// `slot`, run the health checks; if the trial is still pending, reboot; if the bootloader fell back
@@ -111,6 +128,10 @@ pub enum UpdateState {
         from: SlotId,
         /// Agent starts seen in this state.
         restarts: u32,
+        /// Why this image is on trial: a drill's healthy trial ends in [`UpdateState::DrillRolledBack`],
+        /// a pull-back's commit lowers the floor to its version.
+        #[serde(default, skip_serializing_if = "Purpose::is_update")]
+        purpose: Purpose,
     },
     /// `slot` passed its health checks and is (being made) the primary slot; the version floor is
     /// `version`. After a restart: make sure the bootloader agrees (mark good), rebooting into `slot` if a
@@ -133,6 +154,19 @@ pub enum UpdateState {
         /// Why.
         reason: String,
     },
+    /// A field drill's trial of `version` in `slot` passed its health checks, and the device rolls back to
+    /// `to` on purpose (the release is not condemned). After a restart: make sure `slot` is marked bad
+    /// and the device runs `to`. Final.
+    DrillRolledBack {
+        /// The drilled slot.
+        slot: SlotId,
+        /// The drilled version.
+        version: Version,
+        /// The slot returned to.
+        to: SlotId,
+        /// The drill's id.
+        drill: String,
+    },
     /// The install of `version` failed before any trial; the running slot was never touched. Final.
     /// Remembered as failed (never retried) only when the image can never fit the slot; an interrupted
     /// or failed download leaves the release eligible, retried after [`DeviceRecord::retry`]'s backoff.
@@ -154,6 +188,20 @@ pub enum Event {
         slot: SlotId,
         /// The release.
         image: ImageRef,
+        /// Why: an update, a pull-back or a drill.
+        purpose: Purpose,
+    },
+    /// The running release is pulled, and the inactive `slot` was hashed and holds `image`, the release
+    /// to go back to: no download, its trial starts from Installed.
+    OtherSlotHolds {
+        /// The inactive slot.
+        slot: SlotId,
+        /// The release it holds (as signed).
+        image: ImageRef,
+        /// The running slot.
+        from: SlotId,
+        /// The pulled version running now.
+        pulled: Version,
     },
     /// The slot was written, read back and its sha256 matched.
     Verified {
@@ -205,6 +253,7 @@ impl UpdateState {
             UpdateState::TrialBoot { .. } => "trial boot",
             UpdateState::Committed { .. } => "committed",
             UpdateState::RolledBack { .. } => "rolled back",
+            UpdateState::DrillRolledBack { .. } => "drill rolled back",
             UpdateState::Failed { .. } => "failed",
         }
     }
@@ -220,29 +269,42 @@ impl UpdateState {
         self
     }
 
-    fn downloading(slot: SlotId, image: ImageRef) -> UpdateState {
+    fn downloading(slot: SlotId, image: ImageRef, purpose: Purpose) -> UpdateState {
         UpdateState::Downloading {
             slot,
             image,
             restarts: 0,
+            purpose,
         }
     }
 
-    fn installed(slot: SlotId, image: ImageRef, from: SlotId) -> UpdateState {
+    fn installed(slot: SlotId, image: ImageRef, from: SlotId, purpose: Purpose) -> UpdateState {
         UpdateState::Installed {
             slot,
             image,
             from,
             restarts: 0,
+            purpose,
         }
     }
 
-    fn trial_boot(slot: SlotId, image: ImageRef, from: SlotId) -> UpdateState {
+    fn trial_boot(slot: SlotId, image: ImageRef, from: SlotId, purpose: Purpose) -> UpdateState {
         UpdateState::TrialBoot {
             slot,
             image,
             from,
             restarts: 0,
+            purpose,
+        }
+    }
+
+    /// Why the update in progress installs its image (an update for the final states).
+    pub fn purpose(&self) -> Purpose {
+        match self {
+            UpdateState::Downloading { purpose, .. }
+            | UpdateState::Installed { purpose, .. }
+            | UpdateState::TrialBoot { purpose, .. } => purpose.clone(),
+            _ => Purpose::Update,
         }
     }
 
@@ -263,6 +325,7 @@ impl UpdateState {
             UpdateState::Idle
                 | UpdateState::Committed { .. }
                 | UpdateState::RolledBack { .. }
+                | UpdateState::DrillRolledBack { .. }
                 | UpdateState::Failed { .. }
         )
     }
@@ -272,14 +335,24 @@ impl fmt::Display for UpdateState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UpdateState::Idle => f.write_str("idle"),
-            UpdateState::Downloading { slot, image, .. } => {
-                write!(f, "downloading {} into slot {slot}", image.version)
+            UpdateState::Downloading {
+                slot,
+                image,
+                purpose,
+                ..
+            } => {
+                write!(f, "downloading {} into slot {slot}{purpose}", image.version)
             }
             UpdateState::Installed { slot, image, .. } => {
                 write!(f, "installed {} in slot {slot}", image.version)
             }
-            UpdateState::TrialBoot { slot, image, .. } => {
-                write!(f, "trial boot of {} in slot {slot}", image.version)
+            UpdateState::TrialBoot {
+                slot,
+                image,
+                purpose,
+                ..
+            } => {
+                write!(f, "trial boot of {} in slot {slot}{purpose}", image.version)
             }
             UpdateState::Committed { slot, version } => write!(f, "committed {version} in slot {slot}"),
             UpdateState::RolledBack {
@@ -287,6 +360,12 @@ impl fmt::Display for UpdateState {
             } => {
                 write!(f, "rolled back {version} to slot {to}: {reason}")
             }
+            UpdateState::DrillRolledBack {
+                version, to, drill, ..
+            } => write!(
+                f,
+                "field drill {drill}: {version} passed its health checks and was rolled back to slot {to} on purpose"
+            ),
             UpdateState::Failed { version, reason } => write!(f, "failed to install {version}: {reason}"),
         }
     }
@@ -309,7 +388,12 @@ impl fmt::Display for InstallReport {
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Chosen { slot, image } => write!(f, "chosen {} for slot {slot}", image.version),
+            Event::Chosen { slot, image, purpose } => {
+                write!(f, "chosen {} for slot {slot}{purpose}", image.version)
+            }
+            Event::OtherSlotHolds { slot, image, .. } => {
+                write!(f, "slot {slot} holds {} already", image.version)
+            }
             Event::Verified { .. } => f.write_str("verified"),
             Event::DownloadFailed { reason } => write!(f, "download failed ({reason})"),
             Event::Unfit { reason } => write!(f, "unfit ({reason})"),
@@ -375,6 +459,11 @@ pub struct Transition {
     pub failed: Option<Version>,
     /// What a slot holds from now on: nothing known while it is rewritten, the image once verified.
     pub slot: Option<(SlotId, Option<SlotImage>)>,
+    /// The floor goes down to this version: only at the commit of a pull-back, which only a signed
+    /// rollout-control instruction starts.
+    pub lower_floor: Option<Version>,
+    /// A field drill ended here, with this outcome.
+    pub drill: Option<DrillResult>,
     /// The side effect that follows, once saved.
     pub action: Action,
 }
@@ -386,6 +475,8 @@ impl Transition {
             raise_floor: None,
             failed: None,
             slot: None,
+            lower_floor: None,
+            drill: None,
             action,
         }
     }
@@ -408,18 +499,56 @@ const FELL_BACK: &str = "the bootloader fell back to the old slot (new image did
 /// The one transition function: one arm per allowed (state, event) pair, the rest an error naming both.
 /// Pure: the caller saves the result before performing its [`Transition::action`].
 pub fn transition(state: UpdateState, event: Event) -> Result<Transition> {
+    let drill = match &state {
+        UpdateState::TrialBoot {
+            image,
+            purpose: Purpose::Drill { id },
+            ..
+        } => Some((id.clone(), image.version.clone())),
+        _ => None,
+    };
+    let t = step(state, event)?;
+    // A drill's trial that ends any other way than on purpose is the drill's failure, recorded once.
+    Ok(match (drill, &t.state) {
+        (Some((id, version)), UpdateState::RolledBack { reason, .. }) => Transition {
+            drill: Some(DrillResult::failed(id, version, reason.clone())),
+            ..t
+        },
+        _ => t,
+    })
+}
+
+fn step(state: UpdateState, event: Event) -> Result<Transition> {
     use Action as A;
     use Event as E;
     use UpdateState as S;
     let to = Transition::to;
     Ok(match (state, event) {
         (state, E::Started { booted, trial }) => restart(state, booted, trial),
-        (s, E::Chosen { slot, image }) if s.is_final() => {
-            to(S::downloading(slot, image), A::Install { slot }).holding(slot, None)
+        (s, E::Chosen { slot, image, purpose }) if s.is_final() => {
+            to(S::downloading(slot, image, purpose), A::Install { slot }).holding(slot, None)
         }
-        (S::Downloading { slot, image, .. }, E::Verified { from }) => {
+        (
+            s,
+            E::OtherSlotHolds {
+                slot,
+                image,
+                from,
+                pulled,
+            },
+        ) if s.is_final() => {
+            let held = image.slot_image();
+            let purpose = Purpose::PullBack { pulled };
+            to(S::installed(slot, image, from, purpose), A::StartTrial { slot }).holding(slot, Some(held))
+        }
+        (
+            S::Downloading {
+                slot, image, purpose, ..
+            },
+            E::Verified { from },
+        ) => {
             let written = image.slot_image();
-            to(S::installed(slot, image, from), A::StartTrial { slot }).holding(slot, Some(written))
+            to(S::installed(slot, image, from, purpose), A::StartTrial { slot }).holding(slot, Some(written))
         }
         (S::Downloading { image, .. }, E::DownloadFailed { reason }) => {
             let failed = S::Failed {
@@ -431,38 +560,51 @@ pub fn transition(state: UpdateState, event: Event) -> Result<Transition> {
         (S::Downloading { image, .. }, E::Unfit { reason }) => failed(image, reason),
         (
             S::Installed {
-                slot, image, from, ..
+                slot,
+                image,
+                from,
+                purpose,
+                ..
             },
             E::TrialStarted,
-        ) => to(S::trial_boot(slot, image, from), A::Reboot { slot }),
-        (S::TrialBoot { slot, image, .. }, E::Healthy) => committed(slot, image.version),
+        ) => to(S::trial_boot(slot, image, from, purpose), A::Reboot { slot }),
         (
             S::TrialBoot {
-                slot, image, from, ..
+                slot,
+                image,
+                from,
+                purpose,
+                ..
             },
-            E::Unhealthy { reason },
-        ) => rolled_back(slot, image, from, reason),
-        (
-            S::TrialBoot {
-                slot, image, from, ..
-            },
-            E::Abandoned,
-        ) => rolled_back(slot, image, from, "rolled back by the operator".into()),
+            event,
+        ) => return judged(slot, image, from, purpose, event),
+        (state, event) => {
+            return Err(Error::Transition {
+                state: state.name().to_owned(),
+                event: event.to_string(),
+            })
+        }
+    })
+}
+
+/// The end of a trial boot: judged by the health checks, the operator, or a stale record.
+fn judged(slot: SlotId, image: ImageRef, from: SlotId, purpose: Purpose, event: Event) -> Result<Transition> {
+    Ok(match event {
+        Event::Healthy => healthy(slot, image.version, from, purpose),
+        Event::Unhealthy { reason } => rolled_back(slot, image, from, reason),
+        Event::Abandoned => rolled_back(slot, image, from, "rolled back by the operator".into()),
         // The slot does not hold the image the record names (a hand-edited or stale record): that says
         // nothing about the release, which stays eligible.
-        (
-            S::TrialBoot {
-                slot, image, from, ..
-            },
-            E::SlotMismatch { reason },
-        ) => Transition {
+        Event::SlotMismatch { reason } => Transition {
             failed: None,
             ..rolled_back(slot, image, from, reason)
         }
         .holding(slot, None),
-        (state, event) => {
+        event => {
             return Err(Error::Transition {
-                state: state.name().to_owned(),
+                state: UpdateState::trial_boot(slot, image, from, purpose)
+                    .name()
+                    .to_owned(),
                 event: event.to_string(),
             })
         }
@@ -499,6 +641,7 @@ fn restart(state: UpdateState, booted: SlotId, trial: Option<TrialBoot>) -> Tran
             image,
             from,
             restarts,
+            ..
         } if restarts >= MAX_RESTARTS => rolled_back(slot, image, from, why(restarts)),
         state => way_forward(state.counting_start(), booted, trial),
     }
@@ -512,12 +655,16 @@ fn way_forward(state: UpdateState, booted: SlotId, trial: Option<TrialBoot>) -> 
         S::Idle | S::Failed { .. } => A::Wait("nothing pending"),
         S::Downloading { .. } => A::Wait("download interrupted; the next poll starts it over"),
         S::Committed { slot, .. } => A::FinishCommit { slot: *slot },
-        S::RolledBack { slot, .. } => A::FinishRollback { slot: *slot },
+        S::RolledBack { slot, .. } | S::DrillRolledBack { slot, .. } => A::FinishRollback { slot: *slot },
         // The bootloader was told and booted the trial, but the cut came before TrialBoot was saved.
         S::Installed {
-            slot, image, from, ..
+            slot,
+            image,
+            from,
+            purpose,
+            ..
         } if booted == *slot => {
-            let trial = S::trial_boot(*slot, image.clone(), *from);
+            let trial = S::trial_boot(*slot, image.clone(), *from, purpose.clone());
             return Transition::to(trial, A::CheckHealth { slot: *slot });
         }
         // Saved before the bootloader call: (re)tell it; telling it twice is harmless.
@@ -531,6 +678,30 @@ fn way_forward(state: UpdateState, booted: SlotId, trial: Option<TrialBoot>) -> 
         } => return rolled_back(*slot, image.clone(), *from, FELL_BACK.into()),
     };
     Transition::to(state, action)
+}
+
+/// The trial of `slot` passed. An update or a pull-back commits (a pull-back's version becomes the floor
+/// even though it is lower); a drill rolls back to `from` on purpose and records that it passed.
+fn healthy(slot: SlotId, version: Version, from: SlotId, purpose: Purpose) -> Transition {
+    match purpose {
+        Purpose::Update => committed(slot, version),
+        Purpose::PullBack { .. } => Transition {
+            lower_floor: Some(version.clone()),
+            ..committed(slot, version)
+        },
+        Purpose::Drill { id } => Transition {
+            drill: Some(DrillResult::passed(id.clone(), version.clone())),
+            ..Transition::to(
+                UpdateState::DrillRolledBack {
+                    slot,
+                    version,
+                    to: from,
+                    drill: id,
+                },
+                Action::FinishRollback { slot },
+            )
+        },
+    }
 }
 
 /// The trial of `slot` passed: it becomes the primary and its version the floor.
@@ -616,6 +787,9 @@ pub struct DeviceRecord {
     /// is queued even when a cut comes between the two ([`crate::report`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_outcome: Option<crate::report::OutcomeFacts>,
+    /// The field drills this device took part in and how each ended (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drills: Vec<DrillResult>,
 }
 
 /// Attempts at one release that ended before its image was verified (a failed download, a kill, a power
@@ -706,6 +880,7 @@ impl DeviceRecord {
             retry: None,
             attempt_started_unix: None,
             last_outcome: None,
+            drills: Vec::new(),
         };
         *record.slot_mut(slot) = Some(image);
         record
@@ -735,6 +910,8 @@ impl DeviceRecord {
             raise_floor,
             failed,
             slot,
+            lower_floor,
+            drill,
             action,
         } = transition;
         self.state = state;
@@ -742,6 +919,12 @@ impl DeviceRecord {
             if version > self.floor {
                 self.floor = version;
             }
+        }
+        if let Some(version) = lower_floor {
+            self.floor = version;
+        }
+        if let Some(result) = drill {
+            self.remember_drill(result);
         }
         if let Some(version) = failed {
             self.remember_failed(version);
@@ -772,6 +955,15 @@ impl DeviceRecord {
         self.retry
             .as_ref()
             .filter(|r| r.version == *version && r.next_try_unix > now_unix)
+    }
+
+    /// Remembers a drill's outcome (bounded, oldest forgotten first; a drill id is run once).
+    pub fn remember_drill(&mut self, result: DrillResult) {
+        self.drills.retain(|d| d.id != result.id);
+        self.drills.push(result);
+        while self.drills.len() > MAX_DRILLS_REMEMBERED {
+            self.drills.remove(0);
+        }
     }
 
     /// Remembers a failed version.
@@ -894,6 +1086,7 @@ mod tests {
             Event::Chosen {
                 slot: SlotId::B,
                 image: image("2.0.0"),
+                purpose: Purpose::Update,
             },
             Event::Verified { from: SlotId::A },
             Event::TrialStarted,
@@ -913,6 +1106,7 @@ mod tests {
                 Event::Chosen {
                     slot: SlotId::B,
                     image: image("2.0.0"),
+                    purpose: Purpose::Update,
                 },
                 Event::Verified { from: SlotId::A },
                 Event::TrialStarted,
@@ -940,6 +1134,7 @@ mod tests {
                 Event::Chosen {
                     slot: SlotId::A,
                     image: image("3.0.0"),
+                    purpose: Purpose::Update,
                 },
                 Event::Verified { from: SlotId::B },
                 Event::TrialStarted,
@@ -970,6 +1165,7 @@ mod tests {
             Event::Chosen {
                 slot: SlotId::B,
                 image: image("2.0.0"),
+                purpose: Purpose::Update,
             },
         )
         .unwrap();
@@ -1139,6 +1335,7 @@ mod tests {
                 Event::Chosen {
                     slot: SlotId::B,
                     image: image("2.0.0"),
+                    purpose: Purpose::Update,
                 },
             )
             .unwrap(),
@@ -1171,6 +1368,7 @@ mod tests {
                 Event::Chosen {
                     slot: SlotId::A,
                     image: image("3.0.0"),
+                    purpose: Purpose::Update,
                 },
             )
             .unwrap()
@@ -1211,10 +1409,12 @@ mod tests {
                     slot: SlotId::B,
                     image: image("2.0.0"),
                     restarts: 0,
+                    purpose: Purpose::Update,
                 },
                 Event::Chosen {
                     slot: SlotId::B,
                     image: image("3.0.0"),
+                    purpose: Purpose::Update,
                 },
             ),
             (
@@ -1251,6 +1451,7 @@ mod tests {
             Event::Chosen {
                 slot: SlotId::B,
                 image: image("2.0.0"),
+                purpose: Purpose::Update,
             },
         )
         .unwrap();
@@ -1328,5 +1529,108 @@ mod tests {
         }
         assert_eq!(rec.failed.len(), MAX_FAILED_REMEMBERED);
         assert_eq!(rec.failed.first(), Some(&Version::new(2, 8, 0)));
+    }
+
+    #[test]
+    fn a_pull_back_from_the_other_slot_trials_it_without_download_and_lowers_the_floor() {
+        let mut rec = provisioned();
+        rec.floor = version("2.0.0");
+        let t = transition(
+            UpdateState::Committed {
+                slot: SlotId::A,
+                version: version("2.0.0"),
+            },
+            Event::OtherSlotHolds {
+                slot: SlotId::B,
+                image: image("1.5.0"),
+                from: SlotId::A,
+                pulled: version("2.0.0"),
+            },
+        )
+        .unwrap();
+        // Installed (saved) before the bootloader is told, so a cut there retries the request.
+        assert_eq!(t.state.name(), "installed");
+        assert_eq!(t.action, Action::StartTrial { slot: SlotId::B });
+        assert_eq!(t.slot, Some((SlotId::B, Some(image("1.5.0").slot_image()))));
+        let pulled = Purpose::PullBack {
+            pulled: version("2.0.0"),
+        };
+        assert_eq!(t.state.purpose(), pulled);
+        let again = transition(t.state.clone(), started(SlotId::A, None)).unwrap();
+        assert_eq!(again.action, Action::StartTrial { slot: SlotId::B });
+        let trial = next(t.state, Event::TrialStarted).unwrap();
+        assert_eq!(trial.purpose(), pulled);
+        assert!(trial.to_string().contains("2.0.0 is pulled"), "{trial}");
+        let t = transition(trial.clone(), Event::Healthy).unwrap();
+        assert_eq!(t.state.name(), "committed");
+        assert_eq!(t.lower_floor, Some(version("1.5.0")));
+        rec.apply(t);
+        assert_eq!(
+            rec.floor,
+            version("1.5.0"),
+            "the floor follows a signed pull-back"
+        );
+        // An unhealthy pull-back trial rolls back like any other, floor untouched.
+        let t = transition(trial, Event::Unhealthy { reason: "x".into() }).unwrap();
+        assert_eq!((t.state.name(), t.lower_floor), ("rolled back", None));
+        // Only from a final state.
+        let busy = next(
+            UpdateState::Idle,
+            Event::Chosen {
+                slot: SlotId::B,
+                image: image("3.0.0"),
+                purpose: Purpose::Update,
+            },
+        )
+        .unwrap();
+        let held = Event::OtherSlotHolds {
+            slot: SlotId::B,
+            image: image("1.5.0"),
+            from: SlotId::A,
+            pulled: version("2.0.0"),
+        };
+        assert!(transition(busy, held).is_err());
+    }
+
+    #[test]
+    fn a_drill_rolls_back_on_purpose_when_healthy_and_records_its_outcome() {
+        let drill = Purpose::Drill { id: "spring".into() };
+        let chosen = next(
+            UpdateState::Idle,
+            Event::Chosen {
+                slot: SlotId::B,
+                image: image("2.0.0"),
+                purpose: drill.clone(),
+            },
+        )
+        .unwrap();
+        let trial = walk(
+            chosen,
+            vec![Event::Verified { from: SlotId::A }, Event::TrialStarted],
+        );
+        assert_eq!(trial.purpose(), drill);
+        let t = transition(trial.clone(), Event::Healthy).unwrap();
+        assert_eq!(t.state.name(), "drill rolled back");
+        assert_eq!(t.action, Action::FinishRollback { slot: SlotId::B });
+        assert_eq!((t.raise_floor.clone(), t.failed.clone()), (None, None));
+        assert_eq!(
+            t.drill,
+            Some(DrillResult::passed("spring".into(), version("2.0.0")))
+        );
+        let mut rec = provisioned();
+        rec.apply(t.clone());
+        assert_eq!(rec.floor, version("1.0.0"), "a drill never moves the floor");
+        assert_eq!(rec.drills.len(), 1);
+        // A cut after saving it: the rollback is finished again, wherever the device came up.
+        for booted in [SlotId::A, SlotId::B] {
+            let again = transition(t.state.clone(), started(booted, None)).unwrap();
+            assert_eq!(again.action, Action::FinishRollback { slot: SlotId::B });
+        }
+        // An unhealthy drill, or one the bootloader fell back from, is the drill's failure.
+        let failed = transition(trial.clone(), Event::Unhealthy { reason: "app".into() }).unwrap();
+        assert_eq!(failed.state.name(), "rolled back");
+        assert_eq!(failed.drill.map(|d| d.outcome), Some(DrillOutcome::DrillFailed));
+        let fell = transition(trial, started(SlotId::A, None)).unwrap();
+        assert_eq!(fell.drill.map(|d| d.outcome), Some(DrillOutcome::DrillFailed));
     }
 }

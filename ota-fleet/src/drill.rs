@@ -16,21 +16,26 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use device_agent::config::HealthConfig;
 use device_agent::device::{provision, Device, DeviceSettings, FactoryImage, SlotPair};
 use device_agent::state::{RecordFile, UpdateState};
-use ota_release::{Channel, HardwareId, Version};
+use ota_release::{
+    standing, Channel, HardwareId, Release, ReleaseControl, RolloutPlan, RolloutSeed, RolloutState, Standing,
+    Version,
+};
 use ota_slot::{
     slot_sha256, AbFlashLayout, CutMode, FlashMemory, NorFlashSlot, PowerCut, SimBootloader, SimFlash,
     SlotId, SlotWriter,
 };
 
 use crate::mirror::FaultyMirror;
-use crate::report::{DrillReport, Invariants, Outcome, PowerCutCounts, ReleaseReport, Sample};
+use crate::report::{
+    DrillReport, HaltReport, Invariants, Outcome, PowerCutCounts, ReleaseReport, Sample, WaveReport,
+};
 use crate::rng;
 use crate::scenario::{ReleasePlan, Scenario};
 use crate::{Error, Result};
@@ -93,6 +98,42 @@ struct Fleet {
     request_timeout: Duration,
     /// The version of the repository's newest timestamp.json.
     timestamp_version: AtomicU64,
+    /// The devices' rollout clock (Unix seconds): `epoch_unix` plus `round_seconds` per round run.
+    clock: Arc<AtomicI64>,
+    /// The rollout clock before the first round (the wall clock when the drill started).
+    epoch_unix: i64,
+}
+
+impl Fleet {
+    /// What the devices' rollout clock reads during `round`.
+    fn clock_at(&self, round: u32) -> i64 {
+        let per_round = i64::try_from(self.scenario.rollout.round_seconds).unwrap_or(i64::MAX);
+        self.epoch_unix
+            .saturating_add(i64::from(round).saturating_mul(per_round))
+    }
+
+    /// The clock a device agent reads for rollout standing: the drill's simulated one.
+    fn rollout_clock(&self) -> device_agent::device::RolloutClock {
+        let clock = Arc::clone(&self.clock);
+        Arc::new(move || clock.load(Ordering::Relaxed))
+    }
+}
+
+/// How far one device got with one release (sticky: a later state does not undo an earlier one).
+#[derive(Clone, Copy, Debug, Default)]
+struct Progress {
+    started: bool,
+    installed: bool,
+    committed: bool,
+    rolled_back: bool,
+}
+
+/// The release being rolled out: what `standing` needs to place a device, and its halt.
+struct Current {
+    release: Release,
+    plan: ReleasePlan,
+    control: Option<ReleaseControl>,
+    halted: Option<HaltReport>,
 }
 
 /// One simulated device: its flash, state directory, and what the drill knows about it.
@@ -102,6 +143,12 @@ struct SimDevice {
     board: usize,
     hardware: HardwareId,
     rollout_bucket: u8,
+    /// Its rollout seed (from its identity, as the agent derives it).
+    seed: RolloutSeed,
+    /// Its place in the current release's rollout is not open yet: it sleeps until it is.
+    waiting: bool,
+    /// Per release version, how far it got.
+    progress: BTreeMap<String, Progress>,
     memory: FlashMemory,
     state_dir: PathBuf,
     /// The agent over live handles; None after a reboot or power cut (rebuilt at the next step).
@@ -195,6 +242,8 @@ fn scratch_dir(options: &DrillOptions) -> Result<tempfile::TempDir> {
 struct Drill {
     fleet: Arc<Fleet>,
     ring: ota_publish::KeyRing,
+    /// Only the rollout-control, snapshot and timestamp keys: all a halt may use.
+    control_ring: ota_publish::KeyRing,
     work: PathBuf,
     repo: PathBuf,
     devices: Vec<Option<SimDevice>>,
@@ -213,9 +262,18 @@ impl Drill {
     async fn set_up(scenario: &Scenario, work: &Path, started: Instant) -> Result<Drill> {
         let repo = work.join("repo");
         let keys_dir = work.join("keys");
-        let ring = make_keys(&keys_dir)?;
+        let (ring, control_ring) = make_keys(&keys_dir)?;
         let spec = init_spec(&keys_dir)?;
         let fingerprint = ota_publish::init(&repo, &spec, &ring).map_err(Error::Publish)?;
+        let control_keys = ota_publish::RoleSpec {
+            keys: vec![read_public(&keys_dir, ota_release::CONTROL_ROLE)?],
+            threshold: 1,
+        };
+        ota_publish::rollout_init(&repo, &control_keys, &ota_publish::Expiries::default(), &ring)
+            .map_err(Error::Publish)?;
+        let epoch_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
         let image_len = scenario.image_bytes();
         let mirror = FaultyMirror::start(&repo, scenario.faults.network.clone(), scenario.seed).await?;
         let layout = AbFlashLayout::new(image_len, ERASE_SIZE, WRITE_SIZE).map_err(Error::Slot)?;
@@ -227,8 +285,16 @@ impl Drill {
             mirror,
             request_timeout: Duration::from_millis((scenario.faults.network.stall_ms * 4).max(2000)),
             timestamp_version: AtomicU64::new(0),
+            clock: Arc::new(AtomicI64::new(epoch_unix)),
+            epoch_unix,
         });
-        let factory_images = publish(&fleet, &repo, work, &scenario.factory_version, &[], 100, &ring)?;
+        let factory = Publication {
+            version: &scenario.factory_version,
+            hardware: &[],
+            rollout_percent: 100,
+            plan: None,
+        };
+        let factory_images = publish(&fleet, &repo, work, &factory, &ring)?;
         let mut devices = Vec::with_capacity(usize::try_from(scenario.devices).unwrap_or(0));
         for index in 0..scenario.devices {
             let d = provision_device(&fleet, work, index, &factory_images, &fingerprint)?;
@@ -237,6 +303,7 @@ impl Drill {
         Ok(Drill {
             fleet,
             ring,
+            control_ring,
             work: work.to_owned(),
             repo,
             devices,
@@ -258,8 +325,9 @@ impl Drill {
         );
     }
 
-    /// Publishes one release, runs rounds until the fleet settles on it or its window closes, and
-    /// reports where each device stands.
+    /// Publishes one release (with its waves, counted on the devices' rollout clock from this round),
+    /// runs rounds until the fleet settles on it or its window closes, and reports where each device
+    /// stands, per outcome and per wave.
     async fn run_release(
         &mut self,
         rel_index: usize,
@@ -268,17 +336,22 @@ impl Drill {
     ) -> Result<ReleaseReport> {
         let fleet = Arc::clone(&self.fleet);
         let scenario = &fleet.scenario;
-        fleet.mirror.remember_stale_timestamp()?;
-        publish(
-            &fleet,
-            &self.repo,
-            &self.work,
-            &plan.version,
-            &plan.hardware,
-            plan.rollout_percent,
-            &self.ring,
-        )?;
         let published_round = self.round;
+        let waves = scenario.rollout_plan(scenario.waves_of(plan), fleet.clock_at(published_round))?;
+        fleet.mirror.remember_stale_timestamp()?;
+        let publication = Publication {
+            version: &plan.version,
+            hardware: &plan.hardware,
+            rollout_percent: plan.rollout_percent,
+            plan: waves.as_ref(),
+        };
+        publish(&fleet, &self.repo, &self.work, &publication, &self.ring)?;
+        let mut current = Current {
+            release: release_of(scenario, plan, waves)?,
+            plan: plan.clone(),
+            control: None,
+            halted: None,
+        };
         let published_at = Instant::now();
         let bytes_before = fleet.mirror.stats().bytes;
         let rel = u64::try_from(rel_index).unwrap_or(u64::MAX);
@@ -287,9 +360,10 @@ impl Drill {
             d.cut_plan = plan_cuts(scenario, d.index, rel);
         }
         observer.release_started(&plan.version, scenario.devices);
-        let settled_round = self.run_rounds(&plan.version, rel, observer).await?;
+        let settled_round = self.run_rounds(&mut current, rel, observer).await?;
         let converge_seconds = published_at.elapsed().as_secs_f64();
         let (offered, health_fail_injected, outcomes) = self.tally(plan, rel)?;
+        let waves = self.wave_reports(&current, published_round);
         Ok(ReleaseReport {
             version: plan.version.clone(),
             published_round,
@@ -299,32 +373,170 @@ impl Drill {
             health_fail_injected,
             outcomes,
             bytes_downloaded: fleet.mirror.stats().bytes.saturating_sub(bytes_before),
+            waves,
+            halted: current.halted,
         })
     }
 
-    /// Steps the fleet round by round, up to the release's window; the round by which every device
-    /// settled, if it did.
+    /// Steps the fleet round by round, up to the release's window, advancing the devices' rollout
+    /// clock and judging the halt rule after each round; the round by which every device settled, if
+    /// it did.
     async fn run_rounds(
         &mut self,
-        version: &str,
+        current: &mut Current,
         rel: u64,
         observer: &dyn DrillObserver,
     ) -> Result<Option<u32>> {
         let devices_total = self.fleet.scenario.devices;
+        let version = current.plan.version.clone();
         for _ in 0..self.fleet.scenario.max_rounds_per_release {
             self.round += 1;
+            let now = self.fleet.clock_at(self.round);
+            self.fleet.clock.store(now, Ordering::Relaxed);
+            self.mark_waiting(current, now);
             let t = Instant::now();
             step_round(&self.fleet, &mut self.devices, rel).await?;
             self.fleet_time += t.elapsed();
             self.sample();
+            if current.halted.is_none() {
+                self.judge_halt(current, now)?;
+            }
             let settled = self.devices.iter().flatten().filter(|d| d.settled).count();
             let settled = u32::try_from(settled).unwrap_or(u32::MAX);
-            observer.round_done(version, self.round, settled);
+            observer.round_done(&version, self.round, settled);
             if settled == devices_total {
                 return Ok(Some(self.round));
             }
         }
         Ok(None)
+    }
+
+    /// Puts to sleep the devices whose place in the current rollout is not open at `now` (by the same
+    /// `ota_release::standing` the agent uses): their polls would change nothing until it is.
+    fn mark_waiting(&mut self, current: &Current, now: i64) {
+        let scenario = &self.fleet.scenario;
+        for d in self.devices.iter_mut().flatten() {
+            d.waiting = !d.settled
+                && offered_to(scenario, &current.plan, d)
+                && matches!(
+                    standing(&current.release, current.control.as_ref(), d.seed, now),
+                    Ok(Standing::Waiting(_))
+                );
+        }
+    }
+
+    /// The scenario's halt rule on the open wave at `now`: when enough of its devices finished and
+    /// too many of them rolled back, halts the release.
+    fn judge_halt(&mut self, current: &mut Current, now: i64) -> Result<()> {
+        let Some(rule) = self.fleet.scenario.rollout.halt else {
+            return Ok(());
+        };
+        let plan = plan_or_everyone(&current.release);
+        let Some(open) = (0..plan.waves.len()).rfind(|&i| plan.opening_unix(i).is_ok_and(|t| t <= now))
+        else {
+            return Ok(());
+        };
+        let (mut finished, mut rolled_back) = (0u32, 0u32);
+        for d in self.devices.iter().flatten() {
+            let in_open_wave = plan.place(d.seed).is_ok_and(|p| p.wave == open);
+            if !in_open_wave || !offered_to(&self.fleet.scenario, &current.plan, d) {
+                continue;
+            }
+            let p = d.progress.get(&current.plan.version).copied().unwrap_or_default();
+            finished += u32::from(p.committed || p.rolled_back);
+            rolled_back += u32::from(p.rolled_back);
+        }
+        let share = f64::from(rolled_back) * 100.0;
+        if finished < rule.min_devices || share < rule.rollback_percent * f64::from(finished) {
+            return Ok(());
+        }
+        let reason = format!(
+            "drill rule: {rolled_back} of {finished} rolled back in wave {} (>= {}% over >= {} devices)",
+            open + 1,
+            rule.rollback_percent,
+            rule.min_devices
+        );
+        current.control = self.halt(&current.plan, &reason)?;
+        current.halted = Some(HaltReport {
+            round: self.round,
+            wave: open + 1,
+            finished,
+            rolled_back,
+            reason,
+        });
+        Ok(())
+    }
+
+    /// Halts `plan`'s release on every board it is for, through the publisher library's rollout module
+    /// with only the rollout-control, snapshot and timestamp keys (what `repo-tool rollout halt` does).
+    /// Returns the release's control entry as published.
+    fn halt(&mut self, plan: &ReleasePlan, reason: &str) -> Result<Option<ReleaseControl>> {
+        let fleet = &self.fleet;
+        let version = ota_release::parse_version(&plan.version).map_err(|e| Error::ScenarioInvalid {
+            field: "releases.version".into(),
+            why: e.to_string(),
+        })?;
+        fleet.mirror.remember_stale_timestamp()?;
+        let mut entry = None;
+        for board in boards_of(&fleet.scenario, &plan.hardware) {
+            let release = ota_publish::ReleaseRef {
+                hardware: board,
+                channel: fleet.scenario.channel.clone(),
+                version: plan.version.clone(),
+            };
+            let expiries = ota_publish::Expiries::default();
+            let report = ota_publish::set_state(
+                &self.repo,
+                &release,
+                RolloutState::Halted,
+                reason,
+                &expiries,
+                &self.control_ring,
+            )
+            .map_err(Error::Publish)?;
+            entry = report.control.release(&version).cloned();
+        }
+        let newest = timestamp_version(&self.repo.join("metadata").join("timestamp.json"));
+        fleet.timestamp_version.store(newest, Ordering::Relaxed);
+        Ok(entry)
+    }
+
+    /// Per wave of the current release's plan: the devices it was offered to there and how far they got.
+    fn wave_reports(&self, current: &Current, published_round: u32) -> Vec<WaveReport> {
+        let scenario = &self.fleet.scenario;
+        let Some(rollout) = current.release.waves.as_ref() else {
+            return Vec::new();
+        };
+        let mut out: Vec<WaveReport> = scenario
+            .waves_of(&current.plan)
+            .iter()
+            .enumerate()
+            .map(|(i, w)| WaveReport {
+                wave: i + 1,
+                percent: w.percent,
+                opens_round: published_round.saturating_add(w.round),
+                devices: 0,
+                started: 0,
+                installed: 0,
+                committed: 0,
+                rolled_back: 0,
+            })
+            .collect();
+        for d in self.devices.iter().flatten() {
+            if !offered_to(scenario, &current.plan, d) {
+                continue;
+            }
+            let Some(w) = rollout.place(d.seed).ok().and_then(|p| out.get_mut(p.wave)) else {
+                continue;
+            };
+            let p = d.progress.get(&current.plan.version).copied().unwrap_or_default();
+            w.devices += 1;
+            w.started += u32::from(p.started);
+            w.installed += u32::from(p.installed);
+            w.committed += u32::from(p.committed);
+            w.rolled_back += u32::from(p.rolled_back);
+        }
+        out
     }
 
     /// Devices the release was offered to, those among them set to fail health checks, and every
@@ -378,12 +590,71 @@ impl Drill {
     }
 }
 
-/// One key per top-level role (threshold 1), generated for this drill only.
-fn make_keys(dir: &Path) -> Result<ota_publish::KeyRing> {
-    for role in ["root", "targets", "snapshot", "timestamp"] {
-        ota_publish::generate_key(dir, role).map_err(Error::Publish)?;
+/// One key per top-level role and one for rollout-control (threshold 1), generated for this drill
+/// only: the ring of them all, and the ring a halt may use (rollout-control, snapshot, timestamp).
+fn make_keys(dir: &Path) -> Result<(ota_publish::KeyRing, ota_publish::KeyRing)> {
+    let mut control = Vec::new();
+    for role in [
+        "root",
+        "targets",
+        "snapshot",
+        "timestamp",
+        ota_release::CONTROL_ROLE,
+    ] {
+        let key = ota_publish::generate_key(dir, role).map_err(Error::Publish)?;
+        if role != "root" && role != "targets" {
+            control.push(key.private_path);
+        }
     }
-    ota_publish::KeyRing::from_dir(dir).map_err(Error::Publish)
+    let all = ota_publish::KeyRing::from_dir(dir).map_err(Error::Publish)?;
+    let halt = ota_publish::KeyRing::from_files(&control).map_err(Error::Publish)?;
+    Ok((all, halt))
+}
+
+/// The public key `name` generated into `dir`.
+fn read_public(dir: &Path, name: &str) -> Result<ota_publish::Key> {
+    ota_publish::read_public_key(&dir.join(format!("{name}{}", ota_publish::PUBLIC_KEY_SUFFIX)))
+        .map_err(Error::Publish)
+}
+
+/// The release fields `standing` reads: version and waves (board and channel as published).
+fn release_of(s: &Scenario, plan: &ReleasePlan, waves: Option<RolloutPlan>) -> Result<Release> {
+    let invalid = |field: &str, why: String| Error::ScenarioInvalid {
+        field: field.into(),
+        why,
+    };
+    let hardware = boards_of(s, &plan.hardware)
+        .iter()
+        .map(|b| HardwareId::new(b).map_err(|e| invalid("hardware.id", e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Release {
+        version: ota_release::parse_version(&plan.version)
+            .map_err(|e| invalid("releases.version", e.to_string()))?,
+        hardware,
+        channel: Channel::new(&s.channel).map_err(|e| invalid("channel", e.to_string()))?,
+        rollout: ota_release::Rollout {
+            percent: plan.rollout_percent,
+        },
+        waves,
+        deltas: Vec::new(),
+    })
+}
+
+/// The release's plan, or everyone at once (as `standing` reads a release without one).
+fn plan_or_everyone(release: &Release) -> RolloutPlan {
+    release
+        .waves
+        .clone()
+        .unwrap_or_else(|| RolloutPlan::everyone_now(i64::MIN))
+}
+
+/// The boards a release is for: the ones it names, or every board of the mix.
+fn boards_of(s: &Scenario, hardware: &[String]) -> Vec<String> {
+    if hardware.is_empty() {
+        s.hardware.iter().map(|h| h.id.clone()).collect()
+    } else {
+        hardware.to_vec()
+    }
 }
 
 fn init_spec(dir: &Path) -> Result<ota_publish::InitSpec> {
@@ -418,23 +689,28 @@ fn image_bytes(seed: u64, board: &str, version: &str, len: u64) -> Vec<u8> {
     out
 }
 
-/// Builds the images of `version` (one per board it is for) and publishes them with repo-tool; records
-/// the signed digests. Returns board id -> image bytes.
+/// What one publication adds: a version, for some boards (none: all), its share and its waves.
+struct Publication<'a> {
+    version: &'a str,
+    hardware: &'a [String],
+    rollout_percent: u8,
+    /// The waves (absolute opening times on the devices' rollout clock); `None`: everyone at once.
+    plan: Option<&'a RolloutPlan>,
+}
+
+/// Builds the images of a publication (one per board it is for) and publishes them with repo-tool's
+/// library, with its waves; records the signed digests. Returns board id -> image bytes.
 fn publish(
     fleet: &Fleet,
     repo: &Path,
     work: &Path,
-    version: &str,
-    hardware: &[String],
-    rollout_percent: u8,
+    publication: &Publication<'_>,
     ring: &ota_publish::KeyRing,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let s = &fleet.scenario;
-    let boards: Vec<String> = if hardware.is_empty() {
-        s.hardware.iter().map(|h| h.id.clone()).collect()
-    } else {
-        hardware.to_vec()
-    };
+    let version = publication.version;
+    let rollout_percent = publication.rollout_percent;
+    let boards = boards_of(s, publication.hardware);
     let mut specs = Vec::new();
     let mut images = BTreeMap::new();
     for board in &boards {
@@ -459,8 +735,17 @@ fn publish(
         });
         images.insert(board.clone(), bytes);
     }
-    let report =
-        ota_publish::add(repo, &specs, &ota_publish::AddOptions::default(), ring).map_err(Error::Publish)?;
+    let options = ota_publish::AddOptions {
+        waves: Some(match publication.plan {
+            Some(plan) => ota_publish::WavesSpec::Waves {
+                waves: plan.waves.clone(),
+                final_spread_secs: plan.final_spread_secs,
+            },
+            None => ota_publish::WavesSpec::Now,
+        }),
+        ..ota_publish::AddOptions::default()
+    };
+    let report = ota_publish::add(repo, &specs, &options, ring).map_err(Error::Publish)?;
     let newest = timestamp_version(&repo.join("metadata").join("timestamp.json"));
     fleet.timestamp_version.store(newest, Ordering::Relaxed);
     let mut signed = fleet.signed.write().map_err(|_| Error::Poisoned)?;
@@ -536,6 +821,18 @@ fn factory_flash(
     Ok((memory, slots, boot))
 }
 
+/// What every device runs from the factory, as provisioning records it.
+fn factory_image(fleet: &Fleet) -> Result<FactoryImage> {
+    let s = &fleet.scenario;
+    Ok(FactoryImage {
+        version: ota_release::parse_version(&s.factory_version).map_err(|e| Error::ScenarioInvalid {
+            field: "factory_version".into(),
+            why: e.to_string(),
+        })?,
+        length: fleet.image_len,
+    })
+}
+
 /// Device `index`: its board, its flash with the factory image, and its agent's state directory
 /// provisioned (root of trust, identity, record).
 fn provision_device(
@@ -561,13 +858,8 @@ fn provision_device(
         })?;
     let (memory, mut slots, mut boot) = factory_flash(fleet, &name, image)?;
     let state_dir = work.join("devices").join(&name);
-    let factory = FactoryImage {
-        version: ota_release::parse_version(&s.factory_version).map_err(|e| Error::ScenarioInvalid {
-            field: "factory_version".into(),
-            why: e.to_string(),
-        })?,
-        length: fleet.image_len,
-    };
+    write_identity(&state_dir, s.seed, index)?;
+    let factory = factory_image(fleet)?;
     let report = provision(
         &state_dir,
         &fingerprint.path,
@@ -583,6 +875,9 @@ fn provision_device(
     Ok(SimDevice {
         index,
         rollout_bucket: ota_release::rollout_bucket(&report.device_id),
+        seed: RolloutSeed::of_device(&report.device_id),
+        waiting: false,
+        progress: BTreeMap::new(),
         name,
         board,
         hardware,
@@ -599,6 +894,29 @@ fn provision_device(
         invariants: Invariants::default(),
         cuts: PowerCutCounts::default(),
     })
+}
+
+/// Writes device `index`'s identity key, derived from the drill's seed, where provisioning keeps an
+/// existing one: its device id, and so its rollout seed and wave, replay with the drill.
+fn write_identity(state_dir: &Path, seed: u64, index: u32) -> Result<()> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    let mut secret = [0u8; 32];
+    for (k, chunk) in (0u64..).zip(secret.chunks_exact_mut(8)) {
+        chunk.copy_from_slice(&rng::hash(seed, &[u64::from(index), 0x6964_656e, k]).to_le_bytes());
+    }
+    let der = ed25519_dalek::SigningKey::from_bytes(&secret)
+        .to_pkcs8_der()
+        .map_err(|e| Error::ScenarioInvalid {
+            field: "devices".into(),
+            why: format!("identity key of device {index}: {e}"),
+        })?;
+    std::fs::create_dir_all(state_dir).map_err(|source| Error::Io {
+        path: state_dir.to_owned(),
+        source,
+    })?;
+    let path = device_agent::identity::FileIdentity::path_in(state_dir);
+    ota_fs::write_private(&path, der.as_bytes())?;
+    Ok(())
 }
 
 /// Whether device `index` fails its health checks on release number `rel`.
@@ -670,7 +988,7 @@ async fn step_round(fleet: &Arc<Fleet>, devices: &mut [Option<SimDevice>], rel: 
     let mut pending = devices
         .iter_mut()
         .enumerate()
-        .filter(|(_, d)| d.as_ref().is_some_and(|d| !d.settled));
+        .filter(|(_, d)| d.as_ref().is_some_and(|d| !d.settled && !d.waiting));
     let mut back: Vec<(usize, SimDevice)> = Vec::new();
     loop {
         while tasks.len() < limit {
@@ -717,9 +1035,38 @@ fn next_phase(d: &SimDevice, rel: u64, fleet: &Fleet) -> Option<Phase> {
     }
 }
 
+/// One step of one device (see [`step_device`]), then how far it got with each release, from its
+/// persisted record.
+async fn step(fleet: &Fleet, d: &mut SimDevice, rel: u64) {
+    step_device(fleet, d, rel).await;
+    note_progress(d);
+}
+
+/// Records, from the device's persisted record, that it started, installed, committed or rolled back
+/// the release its record names.
+fn note_progress(d: &mut SimDevice) {
+    let Ok(record) = RecordFile::in_dir(&d.state_dir).load() else {
+        return;
+    };
+    let (version, installed, committed, rolled_back) = match &record.state {
+        UpdateState::Downloading { image, .. } => (&image.version, false, false, false),
+        UpdateState::Installed { image, .. } | UpdateState::TrialBoot { image, .. } => {
+            (&image.version, true, false, false)
+        }
+        UpdateState::Committed { version, .. } => (version, true, true, false),
+        UpdateState::RolledBack { version, .. } => (version, true, false, true),
+        _ => return,
+    };
+    let p = d.progress.entry(version.to_string()).or_default();
+    p.started = true;
+    p.installed |= installed;
+    p.committed |= committed;
+    p.rolled_back |= rolled_back;
+}
+
 /// One step of one device: a boot if one is due, else a poll. Errors are the device's business (the
 /// field's): they are recorded and the device tries again next round.
-async fn step(fleet: &Fleet, d: &mut SimDevice, rel: u64) {
+async fn step_device(fleet: &Fleet, d: &mut SimDevice, rel: u64) {
     // A planned cut is armed when its phase begins (fresh handles over a budget that dies at the planned
     // operation) and stays armed while the phase lasts, across reopened handles and rollback reboots; a
     // cut that did not fire before its phase ended is spent.
@@ -831,7 +1178,10 @@ fn open_agent(fleet: &Fleet, d: &SimDevice) -> std::result::Result<SimAgent, Str
     let (slots, env) = flash_handles(fleet, &d.memory, d.power.clone()).map_err(|e| e.to_string())?;
     let boot = SimBootloader::open(env).map_err(|e| format!("bootloader env: {e}"))?;
     let settings = settings(fleet, d, running_fails(fleet, d)).map_err(|e| e.to_string())?;
-    Device::open(settings, slots, boot).map_err(|e| format!("open agent: {}", device_agent::error_chain(&e)))
+    let mut agent = Device::open(settings, slots, boot)
+        .map_err(|e| format!("open agent: {}", device_agent::error_chain(&e)))?;
+    agent.set_rollout_clock(fleet.rollout_clock());
+    Ok(agent)
 }
 
 /// A poll: the agent refreshes metadata and installs what it chooses.
@@ -848,11 +1198,22 @@ async fn poll(fleet: &Fleet, d: &mut SimDevice) -> std::result::Result<StepEnd, 
     }
     // "Up to date" only counts once the device trusts the newest timestamp: a stale mirror can make an
     // older one look current (TUF cannot tell before it expires), and the device simply polls again.
+    // Nor while the rollout-control file could not be read: the agent starts no release then.
     let newest = fleet.timestamp_version.load(Ordering::Relaxed);
-    if outcome.state.is_final() && trusted_timestamp_version(&d.state_dir) >= newest {
+    if outcome.state.is_final()
+        && trusted_timestamp_version(&d.state_dir) >= newest
+        && control_was_read(d.live.as_ref())
+    {
         return Ok(StepEnd::Settled);
     }
     Ok(StepEnd::Continue)
+}
+
+/// Whether the agent's last poll read (or found no) rollout-control file, rather than failing to.
+fn control_was_read(agent: Option<&SimAgent>) -> bool {
+    agent
+        .and_then(|a| a.rollout_status().ok())
+        .is_some_and(|s| s.control_error.is_none())
 }
 
 /// The `version` of a timestamp.json file (0 when unreadable).
@@ -928,6 +1289,7 @@ async fn boot_and_check(
     let settings = settings(fleet, d, running_fails(fleet, d)).map_err(|e| e.to_string())?;
     let mut agent = Device::open(settings, slots, boot)
         .map_err(|e| format!("open agent: {}", device_agent::error_chain(&e)))?;
+    agent.set_rollout_clock(fleet.rollout_clock());
     let outcome = agent.on_boot().await;
     d.live = Some(agent);
     let outcome = outcome.map_err(|e| format!("on boot: {}", device_agent::error_chain(&e)))?;

@@ -28,8 +28,13 @@ use std::path::PathBuf;
 
 pub use drill::{run, DrillObserver, DrillOptions, Silent};
 pub use mirror::{Fault, FaultyMirror, MirrorStats};
-pub use report::{DrillReport, Invariants, Outcome, ReleaseReport, Sample, WrittenReport};
-pub use scenario::{Faults, HardwareShare, NetworkFaults, PowerFaults, ReleasePlan, Scenario};
+pub use report::{
+    DrillReport, HaltReport, Invariants, Outcome, ReleaseReport, Sample, WaveReport, WrittenReport,
+};
+pub use scenario::{
+    Faults, HaltRule, HardwareShare, NetworkFaults, PowerFaults, ReleasePlan, RolloutSettings, Scenario,
+    WaveRound,
+};
 
 /// Why a drill could not run (an invariant breaking is not an error: it is in the [`DrillReport`]).
 #[derive(Debug, thiserror::Error)]

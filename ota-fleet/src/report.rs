@@ -81,6 +81,46 @@ pub struct ReleaseReport {
     pub outcomes: BTreeMap<Outcome, u32>,
     /// Body bytes the mirror served to the fleet while this release was the newest.
     pub bytes_downloaded: u64,
+    /// Per wave of its rollout plan, who took it; empty when published to everyone at once.
+    pub waves: Vec<WaveReport>,
+    /// When and why the drill halted it, if it did.
+    pub halted: Option<HaltReport>,
+}
+
+/// One wave of a release's rollout: the devices it opened to and what they did with the release.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WaveReport {
+    /// Wave number, from 1.
+    pub wave: usize,
+    /// Share of the fleet open once this wave is (cumulative), in percent.
+    pub percent: f64,
+    /// Round the wave opened (or would have) in.
+    pub opens_round: u32,
+    /// Devices the release was offered to whose place is in this wave.
+    pub devices: u32,
+    /// Of those, devices that began writing it to a slot.
+    pub started: u32,
+    /// Devices that wrote and verified it (and asked to boot it).
+    pub installed: u32,
+    /// Devices that committed it.
+    pub committed: u32,
+    /// Devices that booted it and rolled back.
+    pub rolled_back: u32,
+}
+
+/// The drill's halt of a release, by the scenario's rule, through the rollout-control role.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HaltReport {
+    /// The round after which it was halted.
+    pub round: u32,
+    /// The open wave the rule judged, from 1.
+    pub wave: usize,
+    /// Devices of that wave that had committed or rolled back.
+    pub finished: u32,
+    /// Of those, devices that rolled back.
+    pub rolled_back: u32,
+    /// The reason signed into the control file.
+    pub reason: String,
 }
 
 impl ReleaseReport {
@@ -184,6 +224,7 @@ impl DrillReport {
             s.devices, s.seed, self.rounds, self.wall_seconds
         );
         self.release_rows(&mut out);
+        self.wave_rows(&mut out);
         let finals: Vec<String> = self
             .final_versions
             .iter()
@@ -216,6 +257,36 @@ impl DrillReport {
                 None => "no".to_owned(),
             };
             let _ = writeln!(out, " {:>11} {:>12}", converged, human_bytes(r.bytes_downloaded));
+        }
+    }
+
+    /// Per release published in waves: its halt, if any, and one row per wave.
+    fn wave_rows(&self, out: &mut String) {
+        for r in self.releases.iter().filter(|r| !r.waves.is_empty()) {
+            let halt = match &r.halted {
+                Some(h) => format!("HALTED after round {}: {}", h.round, h.reason),
+                None => "not halted".to_owned(),
+            };
+            let _ = writeln!(out, "waves of {}: {halt}", r.version);
+            let _ = writeln!(
+                out,
+                "  {:>4} {:>7} {:>6} {:>7} {:>7} {:>9} {:>9} {:>11}",
+                "wave", "share", "opens", "devices", "started", "installed", "committed", "rolled back"
+            );
+            for w in &r.waves {
+                let _ = writeln!(
+                    out,
+                    "  {:>4} {:>6}% {:>6} {:>7} {:>7} {:>9} {:>9} {:>11}",
+                    w.wave,
+                    w.percent,
+                    format!("r{}", w.opens_round),
+                    w.devices,
+                    w.started,
+                    w.installed,
+                    w.committed,
+                    w.rolled_back
+                );
+            }
         }
     }
 
@@ -314,6 +385,7 @@ impl DrillReport {
         chart.areas(&mut svg);
         chart.axes(&mut svg);
         chart.publications(&mut svg);
+        chart.halts(&mut svg);
         chart.legend(&mut svg);
         chart.outcome_bars(&mut svg);
         chart.footer(&mut svg);
@@ -340,6 +412,13 @@ const TOP: f64 = 96.0;
 const PLOT_H: f64 = 260.0;
 const BAR_H: f64 = 26.0;
 const BAR_GAP: f64 = 40.0;
+/// Height of one line of a release's per-wave numbers under its bar.
+const WAVE_LINE_H: f64 = 14.0;
+
+/// Lines of per-wave numbers under a release's bar: one per wave, none without waves.
+fn wave_line_count(r: &ReleaseReport) -> usize {
+    r.waves.len()
+}
 
 /// One drawing of a report: its geometry and the versions stacked, computed once; each method draws
 /// one part of [`DrillReport::svg`], in order.
@@ -391,7 +470,8 @@ impl<'r> Chart<'r> {
 
     /// The top of the `i`th outcome bar (`i` = the release count: the outcome legend's row).
     fn bar_y(&self, i: usize) -> f64 {
-        self.bars_top + (BAR_H + BAR_GAP) * f64_from(i)
+        let wave_lines: usize = self.report.releases.iter().take(i).map(wave_line_count).sum();
+        self.bars_top + (BAR_H + BAR_GAP) * f64_from(i) + WAVE_LINE_H * f64_from(wave_lines)
     }
 
     /// The root element, the title and the invariants banner.
@@ -548,6 +628,32 @@ impl<'r> Chart<'r> {
         }
     }
 
+    /// A solid red line at the round each halted release was halted, labelled.
+    fn halts(&self, svg: &mut String) {
+        for r in &self.report.releases {
+            let Some(h) = &r.halted else { continue };
+            let ms = self
+                .report
+                .timeline
+                .iter()
+                .find(|s| s.round == h.round)
+                .map_or(0, |s| s.elapsed_ms);
+            let x = self.x_of(ms);
+            let _ = write!(
+                svg,
+                r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{}" stroke="#c62828" stroke-width="2"><title>{} halted after round {}: {}</title></line><text x="{:.1}" y="{}" font-size="11" font-weight="bold" fill="#c62828">{} halted (round {})</text>"##,
+                TOP + PLOT_H,
+                esc(&r.version),
+                h.round,
+                esc(&h.reason),
+                x + 3.0,
+                TOP + 26.0,
+                esc(&r.version),
+                h.round
+            );
+        }
+    }
+
     /// The versions' colours and the mid-update line, right of the plot.
     fn legend(&self, svg: &mut String) {
         let mut ly = TOP + 6.0;
@@ -595,14 +701,20 @@ impl<'r> Chart<'r> {
                 Some(_) => format!("settled in {:.1} s", r.converge_seconds),
                 None => "did not settle".to_owned(),
             };
+            let halted = match &r.halted {
+                Some(h) => format!("; halted after round {}", h.round),
+                None => String::new(),
+            };
             let _ = write!(
                 svg,
-                r##"<text x="{LEFT}" y="{:.1}" font-size="11" fill="#52606d">{} health failures injected; {}; {} downloaded</text>"##,
+                r##"<text x="{LEFT}" y="{:.1}" font-size="11" fill="#52606d">{} health failures injected; {}; {} downloaded{}</text>"##,
                 y + BAR_H + 14.0,
                 r.health_fail_injected,
                 converged,
-                human_bytes(r.bytes_downloaded)
+                human_bytes(r.bytes_downloaded),
+                esc(&halted)
             );
+            wave_lines(svg, r, y + BAR_H + 14.0);
         }
     }
 
@@ -665,6 +777,28 @@ impl<'r> Chart<'r> {
             p.install,
             p.commit,
             p.rollback
+        );
+    }
+}
+
+/// Under a release's bar, one line per wave: who installed, committed and rolled back.
+fn wave_lines(svg: &mut String, r: &ReleaseReport, above: f64) {
+    for (k, w) in r.waves.iter().enumerate() {
+        let y = above + WAVE_LINE_H * f64_from(k + 1);
+        let _ = write!(
+            svg,
+            r##"<text x="{}" y="{y:.1}" font-size="11" fill="#52606d">wave {} ({}% from round {}): {} devices, {} started, {} installed, <tspan fill="{}">{} committed</tspan>, <tspan fill="{}">{} rolled back</tspan></text>"##,
+            LEFT + 12.0,
+            w.wave,
+            w.percent,
+            w.opens_round,
+            w.devices,
+            w.started,
+            w.installed,
+            Outcome::Committed.colour(),
+            w.committed,
+            Outcome::RolledBack.colour(),
+            w.rolled_back
         );
     }
 }
@@ -733,6 +867,8 @@ mod tests {
             health_fail_injected: rolled,
             outcomes: [(Outcome::Committed, committed), (Outcome::RolledBack, rolled)].into(),
             bytes_downloaded: 50 * 131072,
+            waves: Vec::new(),
+            halted: None,
         };
         let mut invariants = Invariants {
             boots_checked: 120,
@@ -798,6 +934,24 @@ mod tests {
             late.outcomes.insert(Outcome::Retrying, 3);
             late.outcomes.insert(Outcome::NotOffered, 0);
             late.bytes_downloaded = 5 << 30;
+            let wave = |wave, percent, opens_round, devices, installed, rolled_back| WaveReport {
+                wave,
+                percent,
+                opens_round,
+                devices,
+                started: installed,
+                installed,
+                committed: installed - rolled_back,
+                rolled_back,
+            };
+            late.waves = vec![wave(1, 20.0, 4, 10, 10, 4), wave(2, 100.0, 8, 40, 0, 0)];
+            late.halted = Some(HaltReport {
+                round: 6,
+                wave: 1,
+                finished: 10,
+                rolled_back: 4,
+                reason: "drill rule: 4 of 10 rolled back in wave 1 (>= 20% over >= 3 devices) <&>".into(),
+            });
         }
         r.mirror = MirrorStats {
             requests: 1234,
@@ -819,7 +973,9 @@ mod tests {
     }
 
     /// The chart and the page are byte for byte what they were before the SVG writer was split into
-    /// functions (issue 21). `OTA_UPDATE_GOLDEN=1` rewrites the golden files after an intended change.
+    /// functions (issue 21); the every-branch fixture also has waves and a halt (issue 14), so its
+    /// files were rewritten then. `OTA_UPDATE_GOLDEN=1` rewrites the golden files after an intended
+    /// change.
     #[test]
     fn svg_and_html_match_the_golden_files() {
         let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");

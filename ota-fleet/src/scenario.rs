@@ -19,6 +19,8 @@ pub const MAX_DEVICES: u32 = 10_000;
 pub const MAX_IMAGE_KIB: u32 = 4096;
 /// Most releases one drill may publish.
 pub const MAX_RELEASES: usize = 32;
+/// Longest simulated round, in seconds (30 days).
+pub const MAX_ROUND_SECONDS: u64 = 30 * 24 * 3600;
 
 /// A whole drill: fleet, releases and faults. See the module doc for the defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,6 +48,47 @@ pub struct Scenario {
     pub max_rounds_per_release: u32,
     /// Faults injected.
     pub faults: Faults,
+    /// Staged rollouts: the waves releases are published with, the simulated clock they open by, and
+    /// the rule that halts a bad release.
+    pub rollout: RolloutSettings,
+}
+
+/// Staged rollouts in the drill. Time is counted in rounds; the devices' rollout clock advances
+/// `round_seconds` per round, so a wave `round` rounds after publication opens at that round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSettings {
+    /// Simulated seconds per round (the devices' clock for waves; one poll interval).
+    pub round_seconds: u64,
+    /// The waves of every release that names none of its own; empty means everyone at once.
+    pub waves: Vec<WaveRound>,
+    /// Rounds over which the last wave's devices spread (earlier waves spread until the next opens).
+    pub final_spread_rounds: u32,
+    /// Halt a release when its open wave rolls back too much; absent, no release is halted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halt: Option<HaltRule>,
+}
+
+/// One wave, in the drill's time.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaveRound {
+    /// Share of the fleet open once this wave is, counting earlier waves, in percent (0.01 to 100).
+    pub percent: f64,
+    /// Rounds after the release's publication at which the wave opens.
+    pub round: u32,
+}
+
+/// The automatic halt: once at least `min_devices` of the open wave have finished the release
+/// (committed or rolled back) and at least `rollback_percent` of those rolled back, the drill halts
+/// the release through the rollout-control role, as `repo-tool rollout halt` would.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaltRule {
+    /// Share of rollbacks among the open wave's finished devices that halts, in percent.
+    pub rollback_percent: f64,
+    /// Finished devices the open wave needs before the rule judges.
+    pub min_devices: u32,
 }
 
 /// One board in the hardware mix.
@@ -73,6 +116,9 @@ pub struct ReleasePlan {
     /// Share (0 to 1) of devices whose health checks fail once they boot this release.
     #[serde(default)]
     pub health_fail: f64,
+    /// This release's own waves (empty: everyone at once); absent, `rollout.waves`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<Vec<WaveRound>>,
 }
 
 fn hundred() -> u8 {
@@ -149,16 +195,34 @@ impl Default for Scenario {
                     hardware: Vec::new(),
                     rollout_percent: 100,
                     health_fail: 0.0,
+                    waves: None,
                 },
                 ReleasePlan {
                     version: "1.2.0".into(),
                     hardware: Vec::new(),
                     rollout_percent: 100,
                     health_fail: 0.3,
+                    waves: None,
                 },
             ],
             max_rounds_per_release: 60,
             faults: Faults::default(),
+            rollout: RolloutSettings::default(),
+        }
+    }
+}
+
+impl Default for RolloutSettings {
+    fn default() -> RolloutSettings {
+        let wave = |percent, round| WaveRound { percent, round };
+        RolloutSettings {
+            round_seconds: 3600,
+            waves: vec![wave(20.0, 0), wave(60.0, 8), wave(100.0, 12)],
+            final_spread_rounds: 2,
+            halt: Some(HaltRule {
+                rollback_percent: 20.0,
+                min_devices: 3,
+            }),
         }
     }
 }
@@ -250,7 +314,85 @@ impl Scenario {
         })?;
         let boards = self.check_hardware_mix()?;
         self.check_releases(&boards)?;
-        self.check_faults()
+        self.check_faults()?;
+        self.check_rollout()
+    }
+
+    /// The waves release `release` is published with (empty: everyone at once).
+    pub fn waves_of<'a>(&'a self, release: &'a ReleasePlan) -> &'a [WaveRound] {
+        release.waves.as_deref().unwrap_or(&self.rollout.waves)
+    }
+
+    /// The signed rollout plan of `waves` for a release published when the devices' clock reads
+    /// `published_unix`: each wave opens at an absolute time, `round` rounds of `round_seconds` later.
+    /// `None` for no waves (everyone at once).
+    pub fn rollout_plan(
+        &self,
+        waves: &[WaveRound],
+        published_unix: i64,
+    ) -> Result<Option<ota_release::RolloutPlan>> {
+        if waves.is_empty() {
+            return Ok(None);
+        }
+        let r = &self.rollout;
+        let seconds =
+            |rounds: u32| i64::from(rounds).saturating_mul(i64::try_from(r.round_seconds).unwrap_or(0));
+        let mut plan_waves = Vec::with_capacity(waves.len());
+        for w in waves {
+            plan_waves.push(ota_release::Wave {
+                share_bp: percent_to_bp("waves.percent", w.percent)?,
+                opens: ota_release::WaveOpens::AtUnix(published_unix.saturating_add(seconds(w.round))),
+            });
+        }
+        let plan = ota_release::RolloutPlan {
+            published_unix,
+            waves: plan_waves,
+            final_spread_secs: u64::from(r.final_spread_rounds).saturating_mul(r.round_seconds),
+        };
+        plan.validate().map_err(|e| Error::ScenarioInvalid {
+            field: "waves".into(),
+            why: e.to_string(),
+        })?;
+        Ok(Some(plan))
+    }
+
+    /// The simulated clock within bounds, every release's waves a valid plan, the halt rule's share a
+    /// percent and its device count at least 1.
+    fn check_rollout(&self) -> Result<()> {
+        let r = &self.rollout;
+        if r.round_seconds == 0 || r.round_seconds > MAX_ROUND_SECONDS {
+            let why = format!("{} is not within 1 to {MAX_ROUND_SECONDS}", r.round_seconds);
+            return invalid("rollout.round_seconds", why);
+        }
+        self.rollout_plan(&r.waves, 0)
+            .map_err(|e| rename(e, "rollout.waves"))?;
+        for release in &self.releases {
+            let last = self.waves_of(release).last().map_or(0, |w| w.round);
+            if last.saturating_add(r.final_spread_rounds) >= self.max_rounds_per_release {
+                let why = format!(
+                    "release {}'s last wave opens and spreads until round {}, past its window of {} rounds \
+                     (max_rounds_per_release)",
+                    release.version,
+                    last.saturating_add(r.final_spread_rounds),
+                    self.max_rounds_per_release
+                );
+                return invalid("rollout.waves", why);
+            }
+            if let Some(waves) = &release.waves {
+                self.rollout_plan(waves, 0)
+                    .map_err(|e| rename(e, &format!("releases.waves (release {})", release.version)))?;
+            }
+        }
+        if let Some(h) = &r.halt {
+            if !(0.0..=100.0).contains(&h.rollback_percent) {
+                let why = format!("{} is not a percent between 0 and 100", h.rollback_percent);
+                return invalid("rollout.halt.rollback_percent", why);
+            }
+            if h.min_devices == 0 {
+                return invalid("rollout.halt.min_devices", "must be at least 1".into());
+            }
+        }
+        Ok(())
     }
 
     /// Devices, concurrency, image size and rounds within their bounds.
@@ -378,6 +520,27 @@ fn invalid<T>(field: &str, why: String) -> Result<T> {
     })
 }
 
+/// A scenario error moved to `field` (the same complaint, said of the field the user wrote).
+fn rename(e: Error, field: &str) -> Error {
+    match e {
+        Error::ScenarioInvalid { why, .. } => Error::ScenarioInvalid {
+            field: field.to_owned(),
+            why,
+        },
+        other => other,
+    }
+}
+
+/// A wave's percent in basis points (0.01 % to 100 %).
+fn percent_to_bp(field: &str, percent: f64) -> Result<u16> {
+    if !(0.01..=100.0).contains(&percent) {
+        return invalid(field, format!("{percent} is not a percent between 0.01 and 100"));
+    }
+    // Within 1 to 10,000 after the check above: the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok((percent * 100.0).round() as u16)
+}
+
 fn check_share(field: &str, share: f64) -> Result<()> {
     if (0.0..=1.0).contains(&share) {
         Ok(())
@@ -434,6 +597,41 @@ mod tests {
         let err =
             Scenario::from_toml("[[releases]]\nversion = \"2.0.0\"\nhardware = [\"toaster\"]\n").unwrap_err();
         assert!(err.to_string().contains("toaster"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_the_halt_rule_is_refused_with_line_and_column() {
+        let text = "[rollout.halt]\nrollback_percent = 20.0\nmin_devices = 3\nmin_device = 4\n";
+        let err = Scenario::from_toml(text).unwrap_err();
+        let chain = device_agent::error_chain(&err);
+        assert!(
+            chain.contains("min_device") && chain.contains("line 4, column 1"),
+            "{chain}"
+        );
+        let err = Scenario::from_toml("[[rollout.waves]]\npercent = 100.0\nround = 0\nat = 3\n").unwrap_err();
+        let chain = device_agent::error_chain(&err);
+        assert!(
+            chain.contains("`at`") && chain.contains("line 4, column 1"),
+            "{chain}"
+        );
+    }
+
+    #[test]
+    fn waves_must_make_a_valid_plan_within_the_window() {
+        let not_whole = "[[rollout.waves]]\npercent = 50.0\nround = 0\n";
+        let err = Scenario::from_toml(&format!("{not_whole}[rollout]\n")).unwrap_err();
+        assert!(err.to_string().contains("rollout.waves"), "{err}");
+        let too_late = "max_rounds_per_release = 10\n[[rollout.waves]]\npercent = 100.0\nround = 9\n";
+        let err = Scenario::from_toml(too_late).unwrap_err();
+        assert!(err.to_string().contains("past its window"), "{err}");
+        let own = "[[releases]]\nversion = \"2.0.0\"\nwaves = [{ percent = 10.0, round = 3 }, { percent = 5.0, round = 4 }]\n";
+        let err = Scenario::from_toml(own).unwrap_err();
+        assert!(err.to_string().contains("release 2.0.0"), "{err}");
+        let halt = "[rollout.halt]\nrollback_percent = 120.0\nmin_devices = 1\n";
+        let err = Scenario::from_toml(halt).unwrap_err();
+        assert!(err.to_string().contains("rollout.halt.rollback_percent"), "{err}");
+        let everyone = Scenario::from_toml("[[releases]]\nversion = \"2.0.0\"\nwaves = []\n").unwrap();
+        assert!(everyone.rollout_plan(&[], 0).unwrap().is_none());
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! a repository built by repo-tool, served by the faulty loopback mirror.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use ota_fleet::{NetworkFaults, Outcome, PowerFaults, ReleasePlan, Scenario, Silent};
+use ota_fleet::{
+    HaltRule, NetworkFaults, Outcome, PowerFaults, ReleasePlan, RolloutSettings, Scenario, Silent, WaveRound,
+};
 
 fn every_fault_scenario() -> Scenario {
     Scenario {
@@ -16,15 +18,22 @@ fn every_fault_scenario() -> Scenario {
                 hardware: vec![],
                 rollout_percent: 100,
                 health_fail: 0.0,
+                waves: None,
             },
             ReleasePlan {
                 version: "1.2.0".into(),
                 hardware: vec![],
                 rollout_percent: 100,
                 health_fail: 0.4,
+                waves: None,
             },
         ],
         max_rounds_per_release: 80,
+        // Waves as by default, but no halt: every device must get the bad release here.
+        rollout: RolloutSettings {
+            halt: None,
+            ..RolloutSettings::default()
+        },
         faults: ota_fleet::Faults {
             power: PowerFaults {
                 install: 0.4,
@@ -115,4 +124,116 @@ async fn every_fault_on_the_fleet_converges_and_no_device_is_bricked() {
     assert!(std::fs::read_to_string(written.svg)
         .unwrap()
         .contains("INVARIANTS HOLD"));
+}
+
+/// A good release and a bad one (most devices fail its health checks), each in two waves far apart,
+/// and a rule that halts once half of at least 3 finished devices of the open wave rolled back. No
+/// faults: the test is about who gets what.
+fn halt_scenario() -> Scenario {
+    let release = |version: &str, health_fail| ReleasePlan {
+        version: version.into(),
+        hardware: vec![],
+        rollout_percent: 100,
+        health_fail,
+        waves: None,
+    };
+    Scenario {
+        seed: 14,
+        devices: 30,
+        concurrency: 8,
+        image_kib: 16,
+        releases: vec![release("1.1.0", 0.0), release("1.2.0", 0.8)],
+        max_rounds_per_release: 40,
+        faults: ota_fleet::Faults {
+            power: PowerFaults {
+                install: 0.0,
+                commit: 0.0,
+                rollback: 0.0,
+                torn: 0.0,
+            },
+            network: NetworkFaults::none(),
+        },
+        rollout: RolloutSettings {
+            round_seconds: 600,
+            waves: vec![
+                WaveRound {
+                    percent: 30.0,
+                    round: 0,
+                },
+                WaveRound {
+                    percent: 100.0,
+                    round: 12,
+                },
+            ],
+            final_spread_rounds: 2,
+            halt: Some(HaltRule {
+                rollback_percent: 50.0,
+                min_devices: 3,
+            }),
+        },
+        ..Scenario::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_release_reaches_no_device_past_its_first_wave() {
+    let report = ota_fleet::run(
+        &halt_scenario(),
+        &ota_fleet::DrillOptions { work_dir: None },
+        &Silent,
+    )
+    .await
+    .unwrap();
+    let table = report.table();
+    println!("{table}");
+    assert!(report.invariants.hold(), "{table}");
+
+    // The good release: not halted, and every wave, the later ones included, committed it.
+    let good = &report.releases[0];
+    assert!(good.halted.is_none(), "{table}");
+    assert_eq!(good.waves.len(), 2, "{table}");
+    assert!(good.waves[1].devices > 0, "{table}");
+    for w in &good.waves {
+        assert_eq!(w.committed, w.devices, "wave {}\n{table}", w.wave);
+    }
+    assert_eq!(good.count(Outcome::Committed), 30, "{table}");
+
+    // The bad release: halted by the rule, in wave 1, before wave 2 opened.
+    let bad = &report.releases[1];
+    let halt = bad.halted.as_ref().expect("the bad release was halted");
+    assert_eq!(halt.wave, 1, "{table}");
+    assert!(
+        halt.rolled_back * 2 >= halt.finished && halt.finished >= 3,
+        "{table}"
+    );
+    assert!(halt.round < bad.waves[1].opens_round, "{table}");
+    assert!(bad.waves[0].rolled_back > 0, "{table}");
+    // No device outside the first wave started, installed or runs it.
+    for w in bad.waves.iter().skip(1) {
+        assert!(w.devices > 0, "{table}");
+        assert_eq!(
+            (w.started, w.installed, w.committed, w.rolled_back),
+            (0, 0, 0, 0),
+            "{table}"
+        );
+    }
+    assert_eq!(
+        report.final_versions.get("1.2.0").copied().unwrap_or(0),
+        bad.waves[0].committed,
+        "{table}"
+    );
+    // Every device of the later wave settled (it saw the halt) rather than running out of rounds.
+    assert!(bad.settled_round.is_some(), "{table}");
+
+    // The halt is in the JSON and the chart.
+    let dir = tempfile::tempdir().unwrap();
+    let written = report.write_to(dir.path()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&written.json).unwrap()).unwrap();
+    assert_eq!(json["releases"][1]["halted"]["round"], halt.round);
+    assert_eq!(json["releases"][1]["waves"][1]["installed"], 0);
+    let svg = std::fs::read_to_string(&written.svg).unwrap();
+    assert!(
+        svg.contains(&format!("1.2.0 halted (round {})", halt.round)),
+        "{svg}"
+    );
 }

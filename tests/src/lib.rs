@@ -18,7 +18,6 @@ pub mod collector;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use ota_publish::{AddOptions, InitSpec, KeyRing, ReleaseSpec, RoleSpec};
 use ota_slot::{FileSlot, SimBootloader, SlotId, SlotWriter};
@@ -179,6 +178,30 @@ impl TestRepo {
         ((*release).clone(), (*delta_name).clone(), delta)
     }
 
+    /// The private key file of `name` (a top-level role, or a key made by [`TestRepo::new_key`]).
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("keys")
+            .join(format!("{name}{}", ota_publish::PRIVATE_KEY_SUFFIX))
+    }
+
+    /// Generates another key (for example a rollout-control key) beside the role keys; returns its
+    /// private key file.
+    pub fn new_key(&self, name: &str) -> PathBuf {
+        ota_publish::generate_key(&self.dir.path().join("keys"), name).unwrap();
+        self.key(name)
+    }
+
+    /// Runs the real `repo-tool` binary with `args` (the tests pass `--repo`, [`TestRepo::root_dir`]).
+    pub fn repo_tool(&self, args: &[&str]) -> Output {
+        Command::new(built_binary("repo-tool"))
+            .current_dir(self.dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     /// The file nginx serves for target `name` whose content hashes to `sha256`.
     pub fn target_file(&self, name: &str, image: &[u8]) -> PathBuf {
         let digest: [u8; 32] = Sha256::digest(image).into();
@@ -195,18 +218,27 @@ impl Default for TestRepo {
 /// The `device-agent` binary, built once per test process (`cargo build -p device-agent`), so the
 /// suites run the real program even when only this crate's tests were asked for.
 pub fn agent_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("device-agent")).clone()
+    built_binary("device-agent")
 }
 
 /// The `collector` binary, built once per test process like [`agent_binary`].
 pub fn collector_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("collector")).clone()
+    built_binary("collector")
 }
 
-/// Builds the workspace's binary `name` (package and binary of one name) in this test's profile.
-fn workspace_binary(name: &str) -> PathBuf {
+/// The binary `name` of the workspace package of the same name, built once per test process.
+fn built_binary(name: &'static str) -> PathBuf {
+    static BINS: std::sync::Mutex<Vec<(&'static str, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut bins = BINS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, bin)) = bins.iter().find(|(n, _)| *n == name) {
+        return bin.clone();
+    }
+    let bin = build_binary(name);
+    bins.push((name, bin.clone()));
+    bin
+}
+
+fn build_binary(name: &str) -> PathBuf {
     // target/<profile>/deps/<this test> -> target/<profile>
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();

@@ -8,11 +8,16 @@
 //! and the real agent core (`device_agent::device::Device`) is run again until it settles. After every
 //! boot the running slot must hold a verified image and every image the agent's record claims must be in
 //! its slot; at the end the device must have finished the update or still run the old version.
+//!
+//! Issue 14: the same sweep over a pull-back. The device starts committed on v2 (slot b) and v2 is pulled
+//! by signed rollout control (`repo-tool rollout pull`): it goes back to v1 from slot a (no download), or,
+//! when slot a holds an older factory image, by downloading v1 into it. Every boot must run a signed
+//! release, and the device ends on v1 (the floor following it down) or still on v2.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use device_agent::config::{HealthCheckConfig, HealthConfig};
 use device_agent::device::{provision, Device, DeviceSettings, FactoryImage, SlotPair};
-use device_agent::state::{RecordFile, RetryPolicy, UpdateState};
+use device_agent::state::{RecordFile, RetryPolicy, SlotImage, UpdateState};
 use ota_e2e::{firmware, sha256_hex, TestRepo, CHANNEL, HARDWARE};
 use ota_slot::{
     slot_sha256, AbFlashLayout, BootControl, CutMode, FlashMemory, NorFlashSlot, PowerCut, SimBootloader,
@@ -37,6 +42,23 @@ struct Fixture {
     rt: tokio::runtime::Runtime,
     /// v2 is offered as a delta from v1 (and the uncut run must use it).
     by_delta: bool,
+    /// Where the device starts.
+    start: Start,
+}
+
+/// Where a scenario's device starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// Factory-fresh on v1 in slot a; v2 is the update.
+    Factory,
+    /// Committed on v2 in slot b, which is pulled; slot a holds v1 (`v1_in_slot_a`) or the factory
+    /// image v0, and the device must go back to v1.
+    PulledV2 { v1_in_slot_a: bool },
+}
+
+/// The factory image of a pull-back by download (slot a holds it, not v1).
+fn v0() -> Vec<u8> {
+    firmware("0.5.0", V1_LEN - 4_000)
 }
 
 /// How one run ended.
@@ -70,6 +92,62 @@ impl Fixture {
         Fixture::with(repo, v1, v2, 128 * 1024, true)
     }
 
+    /// v1 and v2 published, then v2 pulled with the rollout-control key (the real `repo-tool`); the
+    /// device starts committed on v2.
+    fn pulled(v1_in_slot_a: bool) -> Fixture {
+        let repo = TestRepo::new();
+        let v1 = firmware("1.0.0", V1_LEN);
+        let v2 = firmware("2.0.0", V2_LEN);
+        repo.publish("1.0.0", &v1);
+        repo.publish("2.0.0", &v2);
+        let control = repo.new_key("rollout-control");
+        let root = repo.root_dir();
+        let (root, control) = (root.to_str().unwrap(), control.to_str().unwrap());
+        let (targets, snapshot, timestamp) =
+            (repo.key("targets"), repo.key("snapshot"), repo.key("timestamp"));
+        let keys = [
+            "--key",
+            snapshot.to_str().unwrap(),
+            "--key",
+            timestamp.to_str().unwrap(),
+        ];
+        let mut init = vec!["rollout", "init", "--repo", root, "--control-key", control];
+        init.extend(["--key", targets.to_str().unwrap()]);
+        init.extend(keys);
+        let mut pull = vec![
+            "rollout",
+            "pull",
+            "--repo",
+            root,
+            "--hardware",
+            HARDWARE,
+            "--channel",
+            CHANNEL,
+        ];
+        pull.extend(["--version", "2.0.0", "--reason", "pulled", "--key", control]);
+        pull.extend(keys);
+        for args in [init, pull] {
+            let out = repo.repo_tool(&args);
+            assert!(
+                out.status.success(),
+                "repo-tool {args:?}: {}",
+                ota_e2e::text(&out)
+            );
+        }
+        Fixture {
+            start: Start::PulledV2 { v1_in_slot_a },
+            ..Fixture::with(repo, v1, v2, 64 * 1024, false)
+        }
+    }
+
+    /// The versions the scenario goes from and to.
+    fn from_to(&self) -> (&'static str, &'static str) {
+        match self.start {
+            Start::Factory => ("1.0.0", "2.0.0"),
+            Start::PulledV2 { .. } => ("2.0.0", "1.0.0"),
+        }
+    }
+
     fn with(repo: TestRepo, v1: Vec<u8>, v2: Vec<u8>, slot_len: u64, by_delta: bool) -> Fixture {
         let layout = AbFlashLayout::new(slot_len, 4096, 4).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -83,6 +161,7 @@ impl Fixture {
             v2,
             rt,
             by_delta,
+            start: Start::Factory,
         }
     }
 
@@ -122,13 +201,18 @@ impl Fixture {
         }
     }
 
-    /// A factory-fresh device: v1 in slot a, booted from a, provisioned.
+    /// A factory-fresh device: v1 (or, for a pull-back by download, v0) in slot a, booted from a,
+    /// provisioned; for a pull-back, then committed on v2 in slot b.
     fn factory_device(&self, state_dir: &std::path::Path) -> FlashMemory {
         let memory = FlashMemory::new(usize::try_from(self.layout.capacity()).unwrap(), 0xFF);
         let flash = Flash::with_memory(memory.clone(), PowerCut::never()).unwrap();
         let mut a = self.layout.slot(&flash, SlotId::A).unwrap();
-        let mut w = SlotWriter::new(&mut a, self.v1.len() as u64).unwrap();
-        std::io::Write::write_all(&mut w, &self.v1).unwrap();
+        let (factory_version, factory_image) = match self.start {
+            Start::PulledV2 { v1_in_slot_a: false } => ("0.5.0", v0()),
+            _ => ("1.0.0", self.v1.clone()),
+        };
+        let mut w = SlotWriter::new(&mut a, factory_image.len() as u64).unwrap();
+        std::io::Write::write_all(&mut w, &factory_image).unwrap();
         w.finish().unwrap();
         let mut boot = SimBootloader::provision(self.layout.env(&flash).unwrap(), SlotId::A).unwrap();
         let mut slots = SlotPair {
@@ -136,8 +220,8 @@ impl Fixture {
             b: self.layout.slot(&flash, SlotId::B).unwrap(),
         };
         let factory = FactoryImage {
-            version: "1.0.0".parse().unwrap(),
-            length: self.v1.len() as u64,
+            version: factory_version.parse().unwrap(),
+            length: factory_image.len() as u64,
         };
         provision(
             state_dir,
@@ -148,7 +232,32 @@ impl Fixture {
             &mut boot,
         )
         .unwrap();
+        if matches!(self.start, Start::PulledV2 { .. }) {
+            self.commit_v2(state_dir, &mut slots.b, &mut boot);
+        }
         memory
+    }
+
+    /// Leaves the device as an uncut update to v2 does: v2 in slot b, committed, booted from b.
+    fn commit_v2(&self, state_dir: &std::path::Path, b: &mut FlashSlot, boot: &mut SimBootloader<FlashSlot>) {
+        let mut w = SlotWriter::new(b, self.v2.len() as u64).unwrap();
+        std::io::Write::write_all(&mut w, &self.v2).unwrap();
+        w.finish().unwrap();
+        boot.mark_good(SlotId::B).unwrap();
+        assert_eq!(boot.reboot().unwrap(), SlotId::B);
+        let file = RecordFile::in_dir(state_dir);
+        let mut record = file.load().unwrap();
+        record.slot_b = Some(SlotImage {
+            version: "2.0.0".parse().unwrap(),
+            sha256: ota_release::Sha256Digest::of(&self.v2),
+            length: self.v2.len() as u64,
+        });
+        record.state = UpdateState::Committed {
+            slot: SlotId::B,
+            version: "2.0.0".parse().unwrap(),
+        };
+        record.floor = "2.0.0".parse().unwrap();
+        file.save(&record).unwrap();
     }
 
     /// Runs the scenario under `power`: boots until the agent settles. Returns how it ended.
@@ -169,7 +278,9 @@ impl Fixture {
         let state = tempfile::tempdir().unwrap();
         let memory = self.factory_device(state.path());
         let settings = self.settings(state.path(), healthy);
-        let (h1, h2) = (sha256_hex(&self.v1), sha256_hex(&self.v2));
+        let v0 = v0();
+        let (h0, h1, h2) = (sha256_hex(&v0), sha256_hex(&self.v1), sha256_hex(&self.v2));
+        let (from, to) = self.from_to();
         let mut cuts = cuts.iter();
         let mut power = cuts.next().cloned().unwrap_or_else(PowerCut::never);
         for boot_no in 0..12 + 2 * cuts.len() {
@@ -196,12 +307,12 @@ impl Fixture {
             let record = RecordFile::in_dir(state.path())
                 .load()
                 .unwrap_or_else(|e| panic!("{label}: {e}"));
-            let running = [(self.v1.len(), &h1), (self.v2.len(), &h2)]
+            let running = [(v0.len(), &h0), (self.v1.len(), &h1), (self.v2.len(), &h2)]
                 .iter()
                 .any(|(len, h)| hex::encode(slot_sha256(slots.get_mut(booted), *len as u64).unwrap()) == **h);
             assert!(
                 running,
-                "{label}: boot {boot_no} runs slot {booted}, which holds neither v1 nor v2"
+                "{label}: boot {boot_no} runs slot {booted}, which holds no signed release"
             );
             for id in [SlotId::A, SlotId::B] {
                 if let Some(img) = record.slot(id) {
@@ -236,9 +347,15 @@ impl Fixture {
                     assert!(trial.is_none(), "{label}: settled with a trial pending: {o:?}");
                     assert_eq!(primary, booted, "{label}: settled off the primary slot");
                     let end = match o.state {
+                        // A pull-back whose trial was cut short: still committed on the pulled v2.
+                        UpdateState::Committed { slot, version } if version.to_string() == from => {
+                            assert_eq!(slot, booted, "{label}");
+                            End::StayedOld
+                        }
                         UpdateState::Committed { slot, version } => {
-                            assert_eq!((slot, version.to_string().as_str()), (booted, "2.0.0"), "{label}");
-                            assert_eq!(dev.record().floor.to_string(), "2.0.0", "{label}");
+                            assert_eq!((slot, version.to_string().as_str()), (booted, to), "{label}");
+                            assert_eq!(dev.record().floor.to_string(), to, "{label}");
+                            self.check_pull_back_path(dev.record(), label);
                             if self.by_delta && label == "uncut" {
                                 let last = dev.record().last_install.clone().unwrap();
                                 assert!(
@@ -250,11 +367,11 @@ impl Fixture {
                         }
                         UpdateState::RolledBack { to, .. } => {
                             assert_eq!(to, booted, "{label}");
-                            assert_eq!(dev.record().slot(booted).unwrap().version.to_string(), "1.0.0");
+                            assert_eq!(dev.record().slot(booted).unwrap().version.to_string(), from);
                             End::StayedOld
                         }
                         UpdateState::Failed { .. } | UpdateState::Idle => {
-                            assert_eq!(dev.record().slot(booted).unwrap().version.to_string(), "1.0.0");
+                            assert_eq!(dev.record().slot(booted).unwrap().version.to_string(), from);
                             End::StayedOld
                         }
                         other => panic!("{label}: settled in {other:?}"),
@@ -269,6 +386,24 @@ impl Fixture {
             }
         }
         panic!("{label}: did not settle within 12 boots");
+    }
+
+    /// A finished pull-back came the expected way: from slot a with nothing downloaded, or by download.
+    fn check_pull_back_path(&self, record: &device_agent::state::DeviceRecord, label: &str) {
+        match (self.start, &record.last_install) {
+            (Start::Factory, _) => {}
+            (Start::PulledV2 { v1_in_slot_a: true }, last) => {
+                assert!(
+                    last.is_none(),
+                    "{label}: going back from slot a downloaded: {last:?}"
+                )
+            }
+            (Start::PulledV2 { v1_in_slot_a: false }, last) => assert_eq!(
+                last.as_ref().map(|l| l.version.to_string()).as_deref(),
+                Some("1.0.0"),
+                "{label}: v1 must be downloaded"
+            ),
+        }
     }
 
     /// Counts the scenario's flash operations, then cuts at each one in each mode.
@@ -361,5 +496,24 @@ fn issue_23_a_download_cut_again_and_again_is_installed_in_the_end() {
             cut_in, ["downloading"; 5],
             "{label}: every cut interrupted the download"
         );
+    }
+}
+
+/// Issue 14: cuts at every flash operation of a pull-back, from the other slot (nothing downloaded)
+/// and by download: every boot runs a signed release, and the device ends on v1 with the floor
+/// following it, or still on the pulled v2.
+#[test]
+fn power_cut_at_every_flash_operation_of_a_pull_back() {
+    for v1_in_slot_a in [true, false] {
+        let f = Fixture::pulled(v1_in_slot_a);
+        let (ops, tried, done) = f.sweep(true, End::Finished);
+        assert!(done * 2 > tried, "most cuts of a pull-back must still finish it");
+        let how = if v1_in_slot_a {
+            "from the other slot"
+        } else {
+            "by download"
+        };
+        println!("| v2 pulled -> v1 {how} | {ops:>9} | {tried:>36} |");
+        println!("  pull-back finished after {done} of {tried} cuts, stayed on v2 after the rest");
     }
 }
