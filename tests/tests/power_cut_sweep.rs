@@ -411,8 +411,13 @@ impl Fixture {
         let counter = PowerCut::never();
         assert_eq!(self.run(counter.clone(), healthy, "uncut"), want);
         let ops = counter.ops();
+        // Going back from the other slot writes no image: only the bootloader's environment changes.
+        let least = match self.start {
+            Start::PulledV2 { v1_in_slot_a: true } => 4,
+            _ => 20,
+        };
         assert!(
-            ops > 20,
+            ops > least,
             "the scenario should take many flash operations, took {ops}"
         );
         let mut tried = 0;
