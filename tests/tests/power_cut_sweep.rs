@@ -141,7 +141,7 @@ impl Fixture {
     }
 
     /// The versions the scenario goes from and to.
-    fn from_to(&self) -> (&'static str, &'static str) {
+    fn versions(&self) -> (&'static str, &'static str) {
         match self.start {
             Start::Factory => ("1.0.0", "2.0.0"),
             Start::PulledV2 { .. } => ("2.0.0", "1.0.0"),
@@ -280,7 +280,7 @@ impl Fixture {
         let settings = self.settings(state.path(), healthy);
         let v0 = v0();
         let (h0, h1, h2) = (sha256_hex(&v0), sha256_hex(&self.v1), sha256_hex(&self.v2));
-        let (from, to) = self.from_to();
+        let (from, to) = self.versions();
         let mut cuts = cuts.iter();
         let mut power = cuts.next().cloned().unwrap_or_else(PowerCut::never);
         for boot_no in 0..12 + 2 * cuts.len() {
