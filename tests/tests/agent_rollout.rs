@@ -491,3 +491,52 @@ fn a_rollout_control_key_that_signs_firmware_is_refused_and_the_running_slot_is_
     assert!(out.status.success() && reboots == 1, "{}", text(&out));
     assert_eq!(dev.status()["running_version"], "9.0.1");
 }
+
+#[test]
+fn a_field_drill_installs_in_trial_rolls_back_on_purpose_and_records_it() {
+    let repo = TestRepo::new();
+    let v1 = firmware("1.0.0", 200_000);
+    let drilled = SimDevice::new(&repo, "1.0.0", &v1, SLOT_LEN, "");
+    let other = SimDevice::new(&repo, "1.0.0", &v1, SLOT_LEN, "");
+    let control = init_control(&repo);
+    repo.publish("2.0.0", &firmware("2.0.0", 250_000));
+    // Not open to anyone for a day: only the drill's cohort takes it, and only for the trial.
+    rollout(&repo, &control, "start", "2.0.0", &["--waves", "100%@1d"]);
+    let id = drilled.status()["device_id"].as_str().unwrap().to_owned();
+    let cohort = ["--id", "spring", "--devices", id.as_str(), "--until", "1d"];
+    rollout(&repo, &control, "drill", "2.0.0", &cohort);
+    let (out, reboots) = drilled.run_until_settled();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(reboots, 2, "into the trial, then back on purpose: {}", text(&out));
+    let s = drilled.status();
+    assert_eq!(s["state_name"], "drill rolled back", "{s}");
+    assert_eq!(
+        (
+            s["running_version"].as_str(),
+            s["booted"].as_str(),
+            s["floor"].as_str()
+        ),
+        (Some("1.0.0"), Some("a"), Some("1.0.0")),
+        "{s}"
+    );
+    assert_eq!(
+        s["failed"],
+        serde_json::json!([]),
+        "a drill does not condemn its release: {s}"
+    );
+    assert_eq!(s["drills"][0]["id"], "spring");
+    assert_eq!(s["drills"][0]["version"], "2.0.0");
+    assert_eq!(s["drills"][0]["outcome"], "drill_passed", "{s}");
+    assert!(text(&drilled.agent(&["status"])).contains("drill       spring on 2.0.0: passed"));
+    // Once only; and a device outside the cohort never took part.
+    let (out, reboots) = drilled.run_until_settled();
+    assert!(out.status.success() && reboots == 0, "{}", text(&out));
+    let (out, reboots) = other.run_until_settled();
+    assert!(out.status.success() && reboots == 0, "{}", text(&out));
+    let s = other.status();
+    assert_eq!(
+        (s["state_name"].as_str(), s["drills"].as_array().map(Vec::len)),
+        (Some("idle"), Some(0)),
+        "{s}"
+    );
+}

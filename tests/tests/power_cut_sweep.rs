@@ -141,7 +141,7 @@ impl Fixture {
     }
 
     /// The versions the scenario goes from and to.
-    fn from_to(&self) -> (&'static str, &'static str) {
+    fn versions(&self) -> (&'static str, &'static str) {
         match self.start {
             Start::Factory => ("1.0.0", "2.0.0"),
             Start::PulledV2 { .. } => ("2.0.0", "1.0.0"),
@@ -280,7 +280,7 @@ impl Fixture {
         let settings = self.settings(state.path(), healthy);
         let v0 = v0();
         let (h0, h1, h2) = (sha256_hex(&v0), sha256_hex(&self.v1), sha256_hex(&self.v2));
-        let (from, to) = self.from_to();
+        let (from, to) = self.versions();
         let mut cuts = cuts.iter();
         let mut power = cuts.next().cloned().unwrap_or_else(PowerCut::never);
         for boot_no in 0..12 + 2 * cuts.len() {
@@ -411,8 +411,13 @@ impl Fixture {
         let counter = PowerCut::never();
         assert_eq!(self.run(counter.clone(), healthy, "uncut"), want);
         let ops = counter.ops();
+        // Going back from the other slot writes no image: only the bootloader's environment changes.
+        let least = match self.start {
+            Start::PulledV2 { v1_in_slot_a: true } => 4,
+            _ => 20,
+        };
         assert!(
-            ops > 20,
+            ops > least,
             "the scenario should take many flash operations, took {ops}"
         );
         let mut tried = 0;
