@@ -14,6 +14,8 @@
 //!   [`provision::provision`] pins the root of trust.
 //! - [`daemon::run`]: the daemon's poll loop; [`daemon::open_device`] picks the configured slot and
 //!   bootloader backends, [`daemon::reboot`] is the reboot policy.
+//! - [`channels`]: the CAs pinned for the repository and the collector, the TLS client certificate
+//!   bound to the identity key, and [`channels::CollectorTls`] (mutual TLS to the collector).
 //! - [`schedule::PollSchedule`]: polling interval, jitter and backoff.
 //! - [`lock::AgentLock`]: one agent process at a time per state directory.
 //! - [`trust`]: the checks of what the agent trusts on disk, at every start.
@@ -24,6 +26,7 @@
 //! bootloaders directly (that is `ota-slot`).
 #![deny(missing_docs)]
 
+pub mod channels;
 pub mod config;
 pub mod daemon;
 pub mod delta;

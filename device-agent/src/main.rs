@@ -9,9 +9,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use device_agent::channels::provision_channels;
 use device_agent::config::AgentConfig;
 use device_agent::daemon::{self, ConfiguredDevice, Ended, Polling, Reboot};
 use device_agent::device::{create_state_dir, provision, FactoryImage, Outcome, Preflight, Status};
+use device_agent::identity::FileIdentity;
 use device_agent::lock::AgentLock;
 use device_agent::select::Decision;
 use device_agent::REBOOT_EXIT_CODE;
@@ -64,6 +66,13 @@ enum Command {
         /// Length in bytes of the image in the running slot.
         #[arg(long)]
         running_length: u64,
+        /// Pin this CA certificate (PEM) for the repository's HTTPS: only servers it vouches for are
+        /// talked to (the system's trust store is not used).
+        #[arg(long)]
+        repository_ca: Option<PathBuf>,
+        /// Pin this CA certificate (PEM) for the report collector's HTTPS (mutual TLS).
+        #[arg(long)]
+        collector_ca: Option<PathBuf>,
     },
     /// The daemon: finish what the last run left (health checks after a trial boot), then poll.
     Run {
@@ -134,12 +143,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             fingerprint,
             running_version,
             running_length,
+            repository_ca,
+            collector_ca,
         } => {
             let factory = FactoryImage {
                 version: running_version,
                 length: running_length,
             };
-            run_provision(&config, &root, &fingerprint, &factory)
+            let cas = [repository_ca.as_deref(), collector_ca.as_deref()];
+            run_provision(&config, &root, &fingerprint, &factory, cas)
         }
         Command::Run { once } => {
             let polling = if once { Polling::Once } else { Polling::Forever };
@@ -193,6 +205,7 @@ fn run_provision(
     root: &std::path::Path,
     fingerprint: &str,
     factory: &FactoryImage,
+    [repository_ca, collector_ca]: [Option<&std::path::Path>; 2],
 ) -> Result<ExitCode> {
     create_state_dir(&config.state_dir)?;
     let _lock = AgentLock::acquire(&config.state_dir)?;
@@ -215,6 +228,25 @@ fn run_provision(
     println!("identity      {identity}");
     println!("pinned root   {}", r.root_sha256);
     println!("running       slot {} sha256 {}", r.booted, r.running_sha256);
+    let identity = FileIdentity::load(&FileIdentity::path_in(&config.state_dir))?;
+    let channels = provision_channels(&config.state_dir, &identity, repository_ca, collector_ca)?;
+    for (pinned, what) in [
+        (channels.repository_ca, "pinned repository CA"),
+        (channels.collector_ca, "pinned collector CA"),
+    ] {
+        if pinned {
+            println!("{what}");
+        }
+    }
+    let kept = if channels.client_cert_created {
+        "created"
+    } else {
+        "kept"
+    };
+    println!(
+        "client cert   {kept} ({})",
+        device_agent::channels::CLIENT_CERT_FILE
+    );
     Ok(ExitCode::SUCCESS)
 }
 
