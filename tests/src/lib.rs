@@ -193,34 +193,32 @@ impl Default for TestRepo {
 /// suites run the real program even when only this crate's tests were asked for.
 pub fn agent_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/<this test> -> target/<profile>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(ota_testbed::workspace_root()).args([
-            "build",
-            "--quiet",
-            "-p",
-            "device-agent",
-            "--bin",
-            "device-agent",
-        ]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build for device-agent");
-        assert!(status.success(), "building device-agent failed");
-        let bin = profile_dir.join("device-agent");
-        assert!(
-            bin.is_file(),
-            "device-agent binary not found at {}",
-            bin.display()
-        );
-        bin
-    })
-    .clone()
+    BIN.get_or_init(|| build_binary("device-agent")).clone()
+}
+
+/// The `collector` binary, built once per test process like [`agent_binary`].
+pub fn collector_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_binary("collector")).clone()
+}
+
+/// Builds the workspace binary `name` (package and binary of the same name) in this test's profile.
+fn build_binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(ota_testbed::workspace_root())
+        .args(["build", "--quiet", "-p", name, "--bin", name]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "building {name} failed");
+    let bin = profile_dir.join(name);
+    assert!(bin.is_file(), "{name} binary not found at {}", bin.display());
+    bin
 }
 
 /// Exit status of the agent after a simulated reboot.
