@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. First installs what the tests need when it is missing:
-#   Debian: nginx (HTTP tests), libubootenv-tool (fw_setenv/fw_printenv), grub-common (grub-editenv)
+#   Debian: nginx (HTTP and TLS tests), libubootenv-tool (fw_setenv/fw_printenv), grub-common (grub-editenv),
+#           zbar-tools (zbarimg decodes the onboarding QR code's PNG)
 #   PyPI:   python-tuf and securesystemslib in ./.venv (interoperability tests)
 # Then: cargo fmt --check, cargo clippy -D warnings, cargo test --workspace.
 set -euo pipefail
@@ -10,6 +11,7 @@ need_apt=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v fw_setenv >/dev/null 2>&1 || [ -x /usr/bin/fw_setenv ] || need_apt+=(libubootenv-tool)
 command -v grub-editenv >/dev/null 2>&1 || need_apt+=(grub-common)
+command -v zbarimg >/dev/null 2>&1 || need_apt+=(zbar-tools)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need_apt[*]}"
@@ -30,7 +32,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build device-agent (the end-to-end tests run the real binary; built here, not inside a test)"
+echo "== cargo build device-agent and collector (the end-to-end tests run the real binaries; built here, not inside a test)"
 cargo build --locked -p device-agent --bin device-agent
+cargo build --locked -p collector --bin collector
 echo "== cargo test"
 cargo test --workspace --locked

@@ -27,12 +27,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enrol a device's public key (hex, `ed25519:<hex>`, or what `device-agent provision` printed).
+    /// Enrol a device's public key (hex, `ed25519:<hex>`, what `device-agent provision` or
+    /// `device-agent identity` printed, or the device card its QR code carries).
     Enroll {
         /// The database: a file path or a sqlite: URL (created and migrated when missing).
         #[arg(long, env = "COLLECTOR_DB")]
         db: String,
-        /// The key text.
+        /// The key text, or the scanned QR code's text (`ota-device:v1?id=...&key=...`).
         #[arg(long, conflicts_with = "key_file", required_unless_present = "key_file")]
         key: Option<String>,
         /// A file holding the key text (`-` for standard input).

@@ -123,6 +123,12 @@ pub enum Error {
         /// What is wrong with it.
         why: String,
     },
+    /// The onboarding card or its QR code could not be made.
+    #[error("onboarding: {why}")]
+    Onboarding {
+        /// Why.
+        why: String,
+    },
     /// A TLS client could not be set up.
     #[error("cannot set up TLS to {what}: {why}")]
     TlsSetup {

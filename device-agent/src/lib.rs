@@ -16,6 +16,7 @@
 //!   bootloader backends, [`daemon::reboot`] is the reboot policy.
 //! - [`channels`]: the CAs pinned for the repository and the collector, the TLS client certificate
 //!   bound to the identity key, and [`channels::CollectorTls`] (mutual TLS to the collector).
+//! - [`onboarding`]: the device's card (id and public key) and its QR code, for `device-agent identity`.
 //! - [`schedule::PollSchedule`]: polling interval, jitter and backoff.
 //! - [`lock::AgentLock`]: one agent process at a time per state directory.
 //! - [`trust`]: the checks of what the agent trusts on disk, at every start.
@@ -35,6 +36,7 @@ mod error;
 pub mod health;
 pub mod identity;
 pub mod lock;
+pub mod onboarding;
 pub mod provision;
 pub mod schedule;
 pub mod select;

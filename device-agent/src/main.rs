@@ -74,6 +74,16 @@ enum Command {
         #[arg(long)]
         collector_ca: Option<PathBuf>,
     },
+    /// Print the device's identity for onboarding: its id, its public key's fingerprint and the same
+    /// as a QR code (the text `collector enroll` reads); optionally also as image files.
+    Identity {
+        /// Also write the QR code as an SVG file (for a label printer).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Also write the QR code as a PNG file (for a label printer).
+        #[arg(long)]
+        png: Option<PathBuf>,
+    },
     /// The daemon: finish what the last run left (health checks after a trial boot), then poll.
     Run {
         /// Poll once and exit instead of looping.
@@ -152,6 +162,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let cas = [repository_ca.as_deref(), collector_ca.as_deref()];
             run_provision(&config, &root, &fingerprint, &factory, cas)
+        }
+        Command::Identity { svg, png } => {
+            print_identity(&config, svg.as_deref(), png.as_deref())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run { once } => {
             let polling = if once { Polling::Once } else { Polling::Forever };
@@ -248,6 +262,35 @@ fn run_provision(
         device_agent::channels::CLIENT_CERT_FILE
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `identity`: the onboarding card as text and QR code, and the image files asked for.
+fn print_identity(
+    config: &AgentConfig,
+    svg: Option<&std::path::Path>,
+    png: Option<&std::path::Path>,
+) -> Result<()> {
+    use device_agent::identity::IdentityKey as _;
+    use device_agent::onboarding::{card_of, fingerprint, CardQr};
+    // Read-only, like `status`: no lock.
+    let identity = FileIdentity::load(&FileIdentity::path_in(&config.state_dir))?;
+    let card = card_of(&identity)?;
+    let qr = CardQr::new(&card)?;
+    println!("device id     {}", identity.device_id());
+    println!("public key    {}", identity.public_key_hex());
+    println!("fingerprint   {}", fingerprint(&card));
+    println!("card          {}", card.to_text());
+    print!("{}", qr.to_terminal());
+    println!();
+    if let Some(path) = svg {
+        ota_fs::write_atomic(path, qr.to_svg().as_bytes(), 0o644)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = png {
+        ota_fs::write_atomic(path, &qr.to_png()?, 0o644)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// Prints a command's outcome and reboots when it asks for it.
