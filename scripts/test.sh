@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. First installs what the tests need when it is missing:
-#   Debian: nginx (HTTP tests), libubootenv-tool (fw_setenv/fw_printenv), grub-common (grub-editenv),
+#   Debian: nginx (HTTP and TLS tests), libubootenv-tool (fw_setenv/fw_printenv), grub-common (grub-editenv),
+#           zbar-tools (zbarimg decodes the onboarding QR code's PNG),
 #           softhsm2 (PKCS#11 token tests: softhsm2-util and the module, loaded at run time);
 #           for the U-Boot and GRUB VM tests (tests/tests/qemu_boot.rs): qemu-system-x86, u-boot-qemu,
 #           grub-pc-bin, busybox-static, u-boot-tools (mkimage), cpio, e2fsprogs, binutils (strip), and a Debian kernel
@@ -19,6 +20,7 @@ command -v fw_setenv >/dev/null 2>&1 || [ -x /usr/bin/fw_setenv ] || need_apt+=(
 command -v grub-editenv >/dev/null 2>&1 || need_apt+=(grub-common)
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+command -v zbarimg >/dev/null 2>&1 || need_apt+=(zbar-tools)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
 [ -f /usr/lib/u-boot/qemu-x86/u-boot.rom ] || need_apt+=(u-boot-qemu)
@@ -58,7 +60,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build device-agent (the end-to-end tests run the real binary; built here, not inside a test)"
+echo "== cargo build device-agent and collector (the end-to-end tests run the real binaries; built here, not inside a test)"
 cargo build --locked -p device-agent --bin device-agent
+cargo build --locked -p collector --bin collector
 echo "== cargo test"
 cargo test --workspace --locked

@@ -186,6 +186,22 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The report was signed by another device than the one the TLS client certificate names.
+    #[error("report signed by {signer}, but the TLS connection is device {peer}'s")]
+    WrongPeer {
+        /// The device of the client certificate.
+        peer: DeviceId,
+        /// The device whose key signed the report.
+        signer: DeviceId,
+    },
+    /// The TLS configuration could not be built (certificate or key files).
+    #[error("TLS setup {what}: {why}")]
+    Tls {
+        /// The files.
+        what: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A blocking task (verification, storage) did not finish (it panicked or was cancelled).
     #[error("internal task failed: {why}")]
     Task {

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use http_body_util::{BodyExt as _, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use ota_report::PublicKey;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
@@ -70,12 +71,41 @@ pub fn router(ingest: Ingest, timeouts: ReadTimeouts) -> Router {
         })
 }
 
+/// The device on the other end of a mutual-TLS connection (a request extension set by [`serve_tls`]).
+#[derive(Debug, Clone)]
+struct TlsPeer(PublicKey);
+
 /// Serves `app` on `listener` until `shutdown` completes: HTTP/1.1, a header read timeout on every
 /// connection (slow-loris), one task per connection.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     timeouts: ReadTimeouts,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    serve_on(listener, app, timeouts, None, shutdown).await
+}
+
+/// [`serve`] over TLS with `tls` (see [`crate::tls::server_config`]): a connection whose handshake
+/// fails (no client certificate, an unknown or revoked device) is closed before a byte of HTTP is read;
+/// the handshake has the header timeout. Each request carries its connection's device, and a report
+/// signed by another device is refused (403 `wrong_peer`).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    timeouts: ReadTimeouts,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_on(listener, app, timeouts, Some(acceptor), shutdown).await
+}
+
+async fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    timeouts: ReadTimeouts,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     tokio::pin!(shutdown);
@@ -93,27 +123,77 @@ pub async fn serve(
                 continue;
             }
         };
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeouts.headers)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                tracing::debug!("connection ended: {e}");
+        let app = app.clone();
+        match tls.clone() {
+            None => {
+                tokio::spawn(serve_connection(stream, app, timeouts));
             }
-        });
+            Some(acceptor) => {
+                tokio::spawn(serve_tls_connection(acceptor, stream, app, timeouts));
+            }
+        }
     }
 }
 
-async fn post_report(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    match receive_report(&state, &headers, body).await {
+/// One HTTP/1.1 connection, plain or TLS, with the header read timeout.
+async fn serve_connection<S>(stream: S, app: Router, timeouts: ReadTimeouts)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.headers)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    if let Err(e) = connection.await {
+        tracing::debug!("connection ended: {e}");
+    }
+}
+
+/// The TLS handshake (the client's certificate checked against the enrolment), then HTTP with the
+/// device's key on every request.
+async fn serve_tls_connection(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    app: Router,
+    timeouts: ReadTimeouts,
+) {
+    let stream = match tokio::time::timeout(timeouts.headers, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return tracing::info!("TLS handshake failed: {e}"),
+        Err(_) => return tracing::info!("TLS handshake not done within {:?}", timeouts.headers),
+    };
+    let peer = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(crate::tls::certificate_key);
+    let Some(peer) = peer else {
+        // The verifier accepted no certificate without a key it knows; this is only a safety net.
+        return tracing::warn!("TLS connection without a device key: closed");
+    };
+    serve_connection(stream, app.layer(axum::Extension(TlsPeer(peer))), timeouts).await;
+}
+
+async fn post_report(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<TlsPeer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let peer = peer.map(|axum::Extension(TlsPeer(key))| key);
+    match receive_report(&state, peer, &headers, body).await {
         Ok(accepted) => (StatusCode::CREATED, Json(accepted)).into_response(),
         Err(e) => refusal(&e),
     }
 }
 
-async fn receive_report(state: &AppState, headers: &HeaderMap, body: Body) -> Result<crate::Accepted> {
+async fn receive_report(
+    state: &AppState,
+    peer: Option<PublicKey>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<crate::Accepted> {
     let body = read_body(headers, body, state.body_timeout).await?;
     let ingest = state.ingest.clone();
     let received_at = chrono::Utc::now();
@@ -125,7 +205,7 @@ async fn receive_report(state: &AppState, headers: &HeaderMap, body: Body) -> Re
         .map_err(|e| Error::Task { why: e.to_string() })?;
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        ingest.accept(&body, received_at)
+        ingest.accept_from(&body, received_at, peer.as_ref())
     })
     .await
     .map_err(|e| Error::Task { why: e.to_string() })?
@@ -211,6 +291,7 @@ fn classify(e: &Error) -> (StatusCode, &'static str) {
         Error::UnknownDevice { .. } => (StatusCode::FORBIDDEN, "unknown_device"),
         Error::Revoked { .. } => (StatusCode::FORBIDDEN, "revoked"),
         Error::Replay { .. } => (StatusCode::CONFLICT, "replay"),
+        Error::WrongPeer { .. } => (StatusCode::FORBIDDEN, "wrong_peer"),
         Error::OutOfRange { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "out_of_range"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }

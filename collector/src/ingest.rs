@@ -50,8 +50,26 @@ impl Ingest {
     /// its signature names, verifies the signature over those bytes and stores the report; any refusal
     /// stores nothing. Blocking (signature check and database): call it off the async runtime.
     pub fn accept(&self, body: &[u8], received_at: DateTime<Utc>) -> Result<Accepted> {
+        self.accept_from(body, received_at, None)
+    }
+
+    /// [`Ingest::accept`] for a report that came over mutual TLS from the device whose key is `peer`:
+    /// a report signed by any other device is refused ([`Error::WrongPeer`]) before its signature is
+    /// checked. `None`: no TLS peer (plain HTTP), as [`Ingest::accept`].
+    pub fn accept_from(
+        &self,
+        body: &[u8],
+        received_at: DateTime<Utc>,
+        peer: Option<&PublicKey>,
+    ) -> Result<Accepted> {
         let envelope = Envelope::from_json(body).map_err(|source| Error::Report { source })?;
         let key = self.signing_key(&envelope)?;
+        if let Some(peer) = peer.filter(|peer| **peer != key) {
+            return Err(Error::WrongPeer {
+                peer: peer.device_id(),
+                signer: key.device_id(),
+            });
+        }
         let report = envelope.verify(&key).map_err(|source| Error::Report { source })?;
         // from_json parsed the body as JSON, so it is UTF-8; kept as text for a portable column.
         let envelope = String::from_utf8(body.to_vec()).map_err(|e| Error::BodyIncomplete {

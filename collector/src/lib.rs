@@ -9,6 +9,8 @@
 //! revocation and refuses a sequence number not above the device's last (replay), all in one. Nothing
 //! refused is stored. [`http::router`] serves it as `POST /v1/reports` and the
 //! [`Summary`] as `GET /v1/summary`; [`http::serve`] bounds slow clients (header and body read timeouts).
+//! [`http::serve_tls`] serves the same over mutual TLS ([`tls`]): only an enrolled, unrevoked device's
+//! certificate completes the handshake, and a report must be signed by the device of its connection.
 //! [`parse_device_key`] reads what an operator enrols: a key in hex, or the text `device-agent provision`
 //! prints.
 //!
@@ -42,6 +44,7 @@ mod pg;
 mod sqlite;
 mod store;
 mod summary;
+pub mod tls;
 
 pub use error::{Error, Result};
 pub use ingest::{Accepted, Ingest};

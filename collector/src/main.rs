@@ -27,13 +27,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enrol a device's public key (hex, `ed25519:<hex>`, or what `device-agent provision` printed).
+    /// Enrol a device's public key (hex, `ed25519:<hex>`, what `device-agent provision` or
+    /// `device-agent identity` printed, or the device card its QR code carries).
     Enroll {
         /// The database: a file path, a sqlite: URL or a postgres:// URL (created or migrated as needed;
         /// give a URL with a password through COLLECTOR_DB, off the command line).
         #[arg(long, env = "COLLECTOR_DB")]
         db: String,
-        /// The key text.
+        /// The key text, or the scanned QR code's text (`ota-device:v1?id=...&key=...`).
         #[arg(long, conflicts_with = "key_file", required_unless_present = "key_file")]
         key: Option<String>,
         /// A file holding the key text (`-` for standard input).
@@ -63,6 +64,14 @@ enum Command {
         /// Seconds a client may take to send a request's body.
         #[arg(long, default_value_t = 10)]
         body_timeout_secs: u64,
+        /// Serve HTTPS with this certificate chain (PEM), and require every client to present a
+        /// certificate whose key is an enrolled, unrevoked device (mutual TLS). Without it: plain
+        /// HTTP (keep that to loopback).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Print each release's devices by outcome and its top failure reasons.
     Summary {
@@ -89,6 +98,8 @@ fn run() -> Result<()> {
             listen,
             header_timeout_secs,
             body_timeout_secs,
+            tls_cert,
+            tls_key,
         } => serve(
             &db,
             &listen,
@@ -96,6 +107,7 @@ fn run() -> Result<()> {
                 headers: Duration::from_secs(header_timeout_secs),
                 body: Duration::from_secs(body_timeout_secs),
             },
+            tls_cert.zip(tls_key),
         ),
         Command::Summary { db, json } => {
             let summary = open_store(&db)?.summary()?;
@@ -134,8 +146,16 @@ fn enroll(db: &str, key: Option<String>, key_file: Option<PathBuf>) -> Result<()
     Ok(())
 }
 
-fn serve(db: &str, listen: &str, timeouts: ReadTimeouts) -> Result<()> {
-    let store = open_store(db)?;
+fn serve(db: &str, listen: &str, timeouts: ReadTimeouts, tls: Option<(PathBuf, PathBuf)>) -> Result<()> {
+    let store: Arc<dyn collector::Store> = Arc::from(open_store(db)?);
+    let tls = match tls {
+        Some((cert, key)) => Some(Arc::new(collector::tls::server_config(
+            &cert,
+            &key,
+            store.clone(),
+        )?)),
+        None => None,
+    };
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -149,11 +169,14 @@ fn serve(db: &str, listen: &str, timeouts: ReadTimeouts) -> Result<()> {
         // Scripts and tests wait for this line to know the port.
         println!("listening on {addr}");
         std::io::stdout().flush().ok();
-        let app = http::router(Ingest::new(Arc::from(store)), timeouts);
+        let app = http::router(Ingest::new(store), timeouts);
         let shutdown = async {
             tokio::signal::ctrl_c().await.ok();
         };
-        http::serve(listener, app, timeouts, shutdown).await?;
+        match tls {
+            Some(tls) => http::serve_tls(listener, app, timeouts, tls, shutdown).await?,
+            None => http::serve(listener, app, timeouts, shutdown).await?,
+        }
         Ok(())
     })
 }

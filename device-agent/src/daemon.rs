@@ -38,7 +38,9 @@ pub fn open_parts(config: &AgentConfig) -> Result<(SlotPair<FileSlot>, Box<dyn B
 /// Opens the provisioned device the configuration describes.
 pub fn open_device(config: &AgentConfig) -> Result<ConfiguredDevice> {
     let (slots, boot) = open_parts(config)?;
-    let mut device = Device::open(DeviceSettings::from_config(config), slots, boot)?;
+    let mut settings = DeviceSettings::from_config(config);
+    settings.repository.http = crate::channels::repository_http(&config.state_dir)?;
+    let mut device = Device::open(settings, slots, boot)?;
     device.set_retry_policy(config.retry_policy());
     if let Some(report) = &config.report {
         device.set_report_queue(ReportQueue::open(&config.state_dir, report.limits()));

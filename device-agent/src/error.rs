@@ -107,6 +107,36 @@ pub enum Error {
         /// The parser's complaint (never the key material).
         why: String,
     },
+    /// A CA certificate file to pin, or pinned, that is missing or holds no usable certificate.
+    #[error("CA certificate {path}: {why}")]
+    CaCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The TLS client certificate is missing, malformed, or does not carry the identity key.
+    #[error("TLS client certificate {path}: {why}")]
+    ClientCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The onboarding card or its QR code could not be made.
+    #[error("onboarding: {why}")]
+    Onboarding {
+        /// Why.
+        why: String,
+    },
+    /// A TLS client could not be set up.
+    #[error("cannot set up TLS to {what}: {why}")]
+    TlsSetup {
+        /// The peer: the repository or the collector.
+        what: &'static str,
+        /// Why.
+        why: String,
+    },
     /// The persisted update state could not be parsed.
     #[error("saved state {path} is corrupt: {why}")]
     StateCorrupt {

@@ -15,6 +15,9 @@
 //!   [`provision::provision`] pins the root of trust.
 //! - [`daemon::run`]: the daemon's poll loop; [`daemon::open_device`] picks the configured slot and
 //!   bootloader backends, [`daemon::reboot`] is the reboot policy.
+//! - [`channels`]: the CAs pinned for the repository and the collector, the TLS client certificate
+//!   bound to the identity key, and [`channels::CollectorTls`] (mutual TLS to the collector).
+//! - [`onboarding`]: the device's card (id and public key) and its QR code, for `device-agent identity`.
 //! - [`schedule::PollSchedule`]: polling interval, jitter and backoff.
 //! - [`lock::AgentLock`]: one agent process at a time per state directory.
 //! - [`trust`]: the checks of what the agent trusts on disk, at every start.
@@ -28,6 +31,7 @@
 //! bootloaders directly (that is `ota-slot`).
 #![deny(missing_docs)]
 
+pub mod channels;
 pub mod config;
 pub mod daemon;
 pub mod delta;
@@ -36,6 +40,7 @@ mod error;
 pub mod health;
 pub mod identity;
 pub mod lock;
+pub mod onboarding;
 pub mod provision;
 pub mod report;
 pub mod report_queue;

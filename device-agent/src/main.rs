@@ -9,10 +9,12 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use device_agent::channels::provision_channels;
 use device_agent::config::AgentConfig;
 use device_agent::daemon::{self, ConfiguredDevice, Ended, Polling, Reboot};
 use device_agent::device::RolloutStatus;
 use device_agent::device::{create_state_dir, provision, FactoryImage, Outcome, Preflight, Status};
+use device_agent::identity::FileIdentity;
 use device_agent::lock::AgentLock;
 use device_agent::rollout::{format_unix, DrillOutcome};
 use device_agent::select::Decision;
@@ -66,6 +68,23 @@ enum Command {
         /// Length in bytes of the image in the running slot.
         #[arg(long)]
         running_length: u64,
+        /// Pin this CA certificate (PEM) for the repository's HTTPS: only servers it vouches for are
+        /// talked to (the system's trust store is not used).
+        #[arg(long)]
+        repository_ca: Option<PathBuf>,
+        /// Pin this CA certificate (PEM) for the report collector's HTTPS (mutual TLS).
+        #[arg(long)]
+        collector_ca: Option<PathBuf>,
+    },
+    /// Print the device's identity for onboarding: its id, its public key's fingerprint and the same
+    /// as a QR code (the text `collector enroll` reads); optionally also as image files.
+    Identity {
+        /// Also write the QR code as an SVG file (for a label printer).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Also write the QR code as a PNG file (for a label printer).
+        #[arg(long)]
+        png: Option<PathBuf>,
     },
     /// The daemon: finish what the last run left (health checks after a trial boot), then poll.
     Run {
@@ -136,12 +155,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             fingerprint,
             running_version,
             running_length,
+            repository_ca,
+            collector_ca,
         } => {
             let factory = FactoryImage {
                 version: running_version,
                 length: running_length,
             };
-            run_provision(&config, &root, &fingerprint, &factory)
+            let cas = [repository_ca.as_deref(), collector_ca.as_deref()];
+            run_provision(&config, &root, &fingerprint, &factory, cas)
+        }
+        Command::Identity { svg, png } => {
+            print_identity(&config, svg.as_deref(), png.as_deref())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run { once } => {
             let polling = if once { Polling::Once } else { Polling::Forever };
@@ -196,6 +222,7 @@ fn run_provision(
     root: &std::path::Path,
     fingerprint: &str,
     factory: &FactoryImage,
+    [repository_ca, collector_ca]: [Option<&std::path::Path>; 2],
 ) -> Result<ExitCode> {
     create_state_dir(&config.state_dir)?;
     let _lock = AgentLock::acquire(&config.state_dir)?;
@@ -218,7 +245,55 @@ fn run_provision(
     println!("identity      {identity}");
     println!("pinned root   {}", r.root_sha256);
     println!("running       slot {} sha256 {}", r.booted, r.running_sha256);
+    let identity = FileIdentity::load(&FileIdentity::path_in(&config.state_dir))?;
+    let channels = provision_channels(&config.state_dir, &identity, repository_ca, collector_ca)?;
+    for (pinned, what) in [
+        (channels.repository_ca, "pinned repository CA"),
+        (channels.collector_ca, "pinned collector CA"),
+    ] {
+        if pinned {
+            println!("{what}");
+        }
+    }
+    let kept = if channels.client_cert_created {
+        "created"
+    } else {
+        "kept"
+    };
+    println!(
+        "client cert   {kept} ({})",
+        device_agent::channels::CLIENT_CERT_FILE
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `identity`: the onboarding card as text and QR code, and the image files asked for.
+fn print_identity(
+    config: &AgentConfig,
+    svg: Option<&std::path::Path>,
+    png: Option<&std::path::Path>,
+) -> Result<()> {
+    use device_agent::identity::IdentityKey as _;
+    use device_agent::onboarding::{card_of, fingerprint, CardQr};
+    // Read-only, like `status`: no lock.
+    let identity = FileIdentity::load(&FileIdentity::path_in(&config.state_dir))?;
+    let card = card_of(&identity)?;
+    let qr = CardQr::new(&card)?;
+    println!("device id     {}", identity.device_id());
+    println!("public key    {}", identity.public_key_hex());
+    println!("fingerprint   {}", fingerprint(&card));
+    println!("card          {}", card.to_text());
+    print!("{}", qr.to_terminal());
+    println!();
+    if let Some(path) = svg {
+        ota_fs::write_atomic(path, qr.to_svg().as_bytes(), 0o644)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = png {
+        ota_fs::write_atomic(path, &qr.to_png()?, 0o644)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// Prints a command's outcome and reboots when it asks for it.

@@ -18,7 +18,10 @@
 //! trait (a key file or a PKCS#11 token behind it); the collector hands [`Envelope::verify`] the
 //! [`PublicKey`] it enrolled for the device, and keeps the last accepted sequence number itself.
 //!
-//! **Main types.** [`Report`], [`Envelope`], [`PublicKey`], [`ReportSigner`], [`Error`].
+//! [`DeviceCard`] is what a device's onboarding QR code carries (its id and public key, versioned), read
+//! by the collector's enrolment.
+//!
+//! **Main types.** [`Report`], [`Envelope`], [`PublicKey`], [`ReportSigner`], [`DeviceCard`], [`Error`].
 //!
 //! **Dependencies.** Of ours, only `ota-release`, for [`HardwareId`] and [`Channel`]: a report names the
 //! hardware and channel a release was for, so it uses the very types (and naming rule) releases use.
@@ -30,12 +33,14 @@
     clippy::cast_lossless
 )]
 
+mod card;
 mod envelope;
 mod report;
 
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use card::{DeviceCard, DEVICE_CARD_PREFIX, MAX_DEVICE_CARD_BYTES};
 pub use envelope::{pae, Envelope, PublicKey, ReportSigner, Signature};
 pub use ota_release::{Channel, HardwareId, Version};
 pub use report::{DeviceId, InstallMethod, Outcome, Reason, Report, TargetName};

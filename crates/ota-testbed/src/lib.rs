@@ -1,6 +1,7 @@
 //! Real peers for the test suites, on 127.0.0.1 only. Test-only: nothing here ships to a device.
 //!
-//! - [`Nginx`]: Debian's nginx serving a directory on an ephemeral loopback port, stopped on drop.
+//! - [`Nginx`]: Debian's nginx serving a directory on an ephemeral loopback port, stopped on drop;
+//!   plain HTTP, or HTTPS ([`Nginx::serve_tls`]) with a certificate of the test PKI ([`tls`]).
 //! - [`python_tuf`]: the interpreter of the python-tuf virtualenv that `scripts/test.sh` creates.
 //! - [`SoftHsm`]: SoftHSM2 tokens under a private `SOFTHSM2_CONF`, for the PKCS#11 tests.
 //! - [`noise`]: deterministic incompressible bytes, for images a delta must really match.
@@ -10,6 +11,8 @@
 #![deny(missing_docs)]
 // A test bed fails loudly: panicking with a clear message is its error handling.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+pub mod tls;
 
 use std::fs;
 use std::io::Write;
@@ -98,11 +101,23 @@ pub struct Nginx {
     child: Child,
     port: u16,
     state: tempfile::TempDir,
+    tls: bool,
 }
 
 impl Nginx {
     /// Starts nginx serving `root`. Panics if nginx is missing or does not come up within 10 s.
     pub fn serve(root: &Path) -> Nginx {
+        Nginx::start(root, None)
+    }
+
+    /// Starts nginx serving `root` over HTTPS only, presenting `cert`; with [`tls::ClientCerts::Asked`]
+    /// it asks each client for a certificate (any, unchecked: `optional_no_ca`), so a client with one
+    /// pays the whole mutual handshake (the benchmark's mTLS case).
+    pub fn serve_tls(root: &Path, cert: &tls::ServerCert, client_certs: tls::ClientCerts) -> Nginx {
+        Nginx::start(root, Some((cert, client_certs)))
+    }
+
+    fn start(root: &Path, tls: Option<(&tls::ServerCert, tls::ClientCerts)>) -> Nginx {
         let nginx = require_program("nginx", "nginx");
         let root = root.canonicalize().expect("served directory exists");
         let mut last_error = String::new();
@@ -115,39 +130,7 @@ impl Nginx {
                 .local_addr()
                 .unwrap()
                 .port();
-            let conf = state.path().join("nginx.conf");
-            let s = state.path().display();
-            fs::write(
-                &conf,
-                format!(
-                    r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {s}/nginx.pid;
-error_log {s}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log {s}/access.log;
-    client_body_temp_path {s}/body;
-    proxy_temp_path {s}/proxy;
-    fastcgi_temp_path {s}/fastcgi;
-    uwsgi_temp_path {s}/uwsgi;
-    scgi_temp_path {s}/scgi;
-    types {{ application/json json; }}
-    default_type application/octet-stream;
-    sendfile on;
-    keepalive_requests 100000;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        location / {{ }}
-    }}
-}}
-"#,
-                    root = root.display()
-                ),
-            )
-            .unwrap();
+            let conf = write_conf(state.path(), port, &root, tls);
             let mut child = Command::new(&nginx)
                 .arg("-p")
                 .arg(state.path())
@@ -171,7 +154,12 @@ http {{
                     break;
                 }
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                    return Nginx { child, port, state };
+                    return Nginx {
+                        child,
+                        port,
+                        state,
+                        tls: tls.is_some(),
+                    };
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -190,9 +178,10 @@ http {{
         self.port
     }
 
-    /// `http://127.0.0.1:PORT` (no trailing slash).
+    /// `http://127.0.0.1:PORT`, or `https://` when serving TLS (no trailing slash).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// How many requests nginx has logged so far.
@@ -208,6 +197,74 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes nginx's configuration into `state` (its prefix: logs, pid, temp files): `root` served on
+/// `port`, over TLS when `tls` is given. Returns the file's path.
+fn write_conf(
+    state: &Path,
+    port: u16,
+    root: &Path,
+    tls: Option<(&tls::ServerCert, tls::ClientCerts)>,
+) -> PathBuf {
+    let s = state.display();
+    let listen = match tls {
+        None => format!("listen 127.0.0.1:{port};"),
+        Some((cert, client_certs)) => tls_directives(state, port, cert, client_certs),
+    };
+    let conf = state.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {s}/nginx.pid;
+error_log {s}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {s}/access.log;
+    client_body_temp_path {s}/body;
+    proxy_temp_path {s}/proxy;
+    fastcgi_temp_path {s}/fastcgi;
+    uwsgi_temp_path {s}/uwsgi;
+    scgi_temp_path {s}/scgi;
+    types {{ application/json json; }}
+    default_type application/octet-stream;
+    sendfile on;
+    keepalive_requests 100000;
+    server {{
+        {listen}
+        root {root};
+        location / {{ }}
+    }}
+}}
+"#,
+            root = root.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// The `listen ... ssl` line and the certificate directives, the certificate and key written beside the
+/// configuration. No session resumption: every connection pays a full handshake, as a device's hourly
+/// poll does.
+fn tls_directives(state: &Path, port: u16, cert: &tls::ServerCert, client_certs: tls::ClientCerts) -> String {
+    let cert_path = state.join("server.crt");
+    let key_path = state.join("server.key");
+    fs::write(&cert_path, &cert.cert_pem).unwrap();
+    fs::write(&key_path, &cert.key_pem).unwrap();
+    let verify = match client_certs {
+        tls::ClientCerts::Ignored => "off",
+        tls::ClientCerts::Asked => "optional_no_ca",
+    };
+    format!(
+        "listen 127.0.0.1:{port} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        \
+         ssl_verify_client {verify};\n        ssl_session_tickets off;\n        ssl_session_cache off;",
+        cert_path.display(),
+        key_path.display()
+    )
 }
 
 /// Writes `bytes` to `path`, creating parent directories. A shorthand for fixtures.
