@@ -99,6 +99,7 @@
 #![deny(missing_docs)]
 
 mod block;
+pub mod bucket;
 mod canonical;
 pub mod deltas;
 mod digest;
@@ -121,6 +122,10 @@ mod store;
 mod trust;
 mod verify;
 
+pub use bucket::{
+    publish_to_bucket, publish_to_bucket_blocking, Bucket, BucketSpec, PublishOptions, PublishReport,
+    SentObject,
+};
 pub use error::{Error, Result};
 pub use gc::{gc, GcReport, UnreferencedFile, STAGED_DIR};
 pub use hash_bins::{delegate_hash_bins, HashBinSpec, MAX_BINS};
@@ -133,6 +138,8 @@ pub use meta::{
     expiry_after, parse_lifetime, whole_seconds, Expiries, METADATA_DIR, SPEC_VERSION, TARGETS_DIR,
 };
 pub use names::{check_path_pattern, check_target_name, path_matches, pattern_covers};
+/// The object-store crate the [`bucket`] module publishes through (tests build stores with it).
+pub use object_store;
 pub use publish::{
     add, default_target_name, delegate, delegate_from, delegate_stage, init, refresh, releases_in_dir,
     version_from_file_name, AddOptions, AddReport, DelegateSpec, InitSpec, RefreshOptions, ReleaseSpec,
