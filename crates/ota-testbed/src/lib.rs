@@ -1,6 +1,7 @@
 //! Real peers for the test suites, on 127.0.0.1 only. Test-only: nothing here ships to a device.
 //!
 //! - [`Nginx`]: Debian's nginx serving a directory on an ephemeral loopback port, stopped on drop.
+//! - [`S3Server`]: moto's S3 server (in the same virtualenv) on an ephemeral loopback port.
 //! - [`python_tuf`]: the interpreter of the python-tuf virtualenv that `scripts/test.sh` creates.
 //! - [`noise`]: deterministic incompressible bytes, for images a delta must really match.
 //!
@@ -9,6 +10,10 @@
 #![deny(missing_docs)]
 // A test bed fails loudly: panicking with a clear message is its error handling.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod s3;
+
+pub use s3::{HttpResponse, S3Server};
 
 use std::fs;
 use std::io::Write;
