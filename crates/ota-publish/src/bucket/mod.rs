@@ -124,16 +124,15 @@ fn s3_store(spec: &BucketSpec) -> Result<object_store::aws::AmazonS3> {
         retry_timeout: Duration::from_secs(180),
         ..RetryConfig::default()
     };
+    // from_env reads AWS_ENDPOINT_URL (or AWS_ENDPOINT) too; plain HTTP only to an endpoint named so.
+    let env_endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"));
+    let endpoint = spec.endpoint.clone().or(env_endpoint.ok());
     let mut b = AmazonS3Builder::from_env()
         .with_url(spec.url.clone())
         .with_retry(retry);
-    if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
-        b = b.with_endpoint(endpoint);
-    }
-    if let Some(endpoint) = &spec.endpoint {
-        b = b
-            .with_endpoint(endpoint)
-            .with_allow_http(endpoint.starts_with("http://"));
+    if let Some(endpoint) = endpoint {
+        let http = endpoint.starts_with("http://");
+        b = b.with_endpoint(endpoint).with_allow_http(http);
     }
     if let Some(region) = &spec.region {
         b = b.with_region(region);
