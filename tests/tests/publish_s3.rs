@@ -336,12 +336,9 @@ fn repo_tool_publish_killed_in_the_middle_of_a_big_image_leaves_the_previous_rep
         .map(|o| o["key"].as_str().unwrap())
         .collect();
     assert_eq!(sent.len(), 4, "{sent:?}");
-    assert!(
-        sent[0].ends_with(&format!("{}", name3.rsplit('/').next().unwrap())),
-        "{sent:?}"
-    );
+    assert!(sent[0].ends_with(name3.rsplit('/').next().unwrap()), "{sent:?}");
     assert_eq!(sent[3], "metadata/timestamp.json");
-    assert_eq!(report["bytes_sent"].as_u64().unwrap() > 40 << 20, true);
+    assert!(report["bytes_sent"].as_u64().unwrap() > 40 << 20);
     let out = ngclient(&url, &repo.root_json(), cache.path(), &[&name2]);
     assert!(out.status.success(), "{}", text(&out));
     let ts: serde_json::Value =
