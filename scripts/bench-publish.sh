@@ -5,14 +5,14 @@
 # (only the new objects go), publishes once more with nothing new, then adds and publishes one image of
 # BIG_MIB MiB (streamed in parts: the peak RSS shows it is never read whole).
 # Prints a markdown table: objects sent, bytes sent, wall, user and sys seconds, peak RSS.
-#   usage: [BENCH_PROFILE=dev|release] [JOBS=4] [BIG_MIB=256] scripts/bench-publish.sh [N_RELEASES] [SIZE]
+#   usage: [BENCH_PROFILE=dev|release] [JOBS=4] [BIG_MIB=128] scripts/bench-publish.sh [N_RELEASES] [SIZE]
 #          (default 1000 16384, dev; needs moto[server] in $OTA_PYTHON_TUF's venv and /usr/bin/time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000}"
 SIZE="${2:-16384}"
 JOBS="${JOBS:-4}"
-BIG_MIB="${BIG_MIB:-256}"
+BIG_MIB="${BIG_MIB:-128}"
 PY="${OTA_PYTHON_TUF:-$PWD/.venv/bin/python}"
 TIME=/usr/bin/time
 [ -x "$TIME" ] || { echo "needs /usr/bin/time (apt-get install time)"; exit 1; }
@@ -75,7 +75,8 @@ head -c "$SIZE" /dev/urandom >fw-2.0.0.bin
 publish "incremental publish after one add"
 publish "publish with nothing new"
 head -c "$((BIG_MIB << 20))" /dev/urandom >fw-3.0.0.bin
-"$TOOL" add --repo repo --image fw-3.0.0.bin --version 3.0.0 --hardware gw-a --channel stable --keys-dir keys >/dev/null
+"$TOOL" add --repo repo --image fw-3.0.0.bin --version 3.0.0 --hardware gw-a --channel stable --deltas 0 \
+  --keys-dir keys >/dev/null
 publish "incremental publish of one $BIG_MIB MiB image (multipart, 8 MiB parts)"
 
 echo "publish to moto $("$PY" -c 'import moto; print(moto.__version__)') on 127.0.0.1, $N releases of $SIZE bytes, --jobs $JOBS, $PROFILE build of $HEAD, $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)"

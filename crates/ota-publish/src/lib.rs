@@ -10,7 +10,9 @@
 //! [`verify`] (which also reports files under `targets/` no metadata names) and [`list`], [`gc`]
 //! (removes those files); [`deltas::add_with_deltas`] publishes a release with binary deltas from the
 //! last K releases of its hardware and channel, kept only when under a share of the image
-//! ([`deltas::DeltaPolicy`]). It does not serve files (any static web server does), encode deltas
+//! ([`deltas::DeltaPolicy`]); [`publish_to_bucket`] copies a repository to object storage (S3 or
+//! any `object_store` backend: only new objects, `timestamp.json` last, CDN cache headers; see
+//! [`bucket`]). It does not serve files (any static web server does), encode deltas
 //! (`ota-delta` does; the binary passes `ota_delta::encode_with_progress` to the seam), run on devices
 //! (`ota-tuf` is the client) or write files by hand (`ota-fs` does every atomic write, private key
 //! file, lock and file-system flush).
@@ -39,7 +41,10 @@
 //!   target file, put a new versioned metadata file, flush, replace `timestamp.json` last, and roll
 //!   back what an aborted publish wrote. [`DirStore`] is the local directory (target files created in
 //!   place or hard-linked, metadata through `ota-fs`, one `syncfs` for bulk publishes); object storage
-//!   is another implementation of the same trait (atomic puts, no flush), without touching the editor.
+//!   could be another implementation of the same trait (atomic puts, no flush). Publishing to a bucket
+//!   is done apart instead ([`bucket`]): the directory stays the one place every command edits under
+//!   its lock, and a copy step sends what the bucket lacks, so a failed upload never leaves the
+//!   editor's state half in one place and half in the other.
 //! - **Key source**: the editor signs only through [`KeyRing`], which holds signers loaded from
 //!   tough's [`KeySource`] trait (`KeyRing::from_sources`). Key files are `LocalKeySource` today; a
 //!   PKCS#11 token is one more `KeySource` implementation (its `as_sign` returns a `Sign` whose

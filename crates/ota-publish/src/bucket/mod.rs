@@ -2,7 +2,8 @@
 //! S3-compatible server), a local directory (`file://`), or any store of the `object_store` crate.
 //!
 //! The repository directory stays the source of truth (every other command writes there, under its
-//! lock); publishing copies it into the bucket, sending only the objects the bucket lacks, in an order
+//! lock; a `RepoStore` writing straight into the bucket would split an aborted edit between two
+//! places); publishing copies it into the bucket, sending only the objects the bucket lacks, in an order
 //! that keeps the bucket serving a complete repository at every moment: the previous one until
 //! `timestamp.json`, the last object, lands (see [`plan`]). It holds the repository's lock while it
 //! runs, so no `add` changes the files being copied.
