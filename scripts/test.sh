@@ -8,7 +8,8 @@
 #           (linux-image-cloud-amd64, fetched with apt-get download and unpacked in $OTA_QEMU_KERNEL_DIR,
 #           default /var/cache/ota-qemu/kernel; not installed on this machine);
 #           postgresql (the collector's store tests start their own server from its initdb and postgres)
-#   PyPI:   python-tuf and securesystemslib in ./.venv (interoperability tests)
+#   PyPI:   python-tuf and securesystemslib in ./.venv (interoperability tests), moto's S3 server
+#           (publishing to object storage)
 # Then: cargo fmt --check, cargo clippy -D warnings, cargo test --workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +54,10 @@ if ! .venv/bin/python -c 'import tuf.ngclient, securesystemslib.signer' >/dev/nu
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check 'tuf==7.0.1' 'securesystemslib[crypto]==1.6.0'
 fi
+if ! .venv/bin/python -c 'import moto.server' >/dev/null 2>&1; then
+  echo "== installing moto's S3 server into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check 'moto[server]==5.1.22'
+fi
 export OTA_PYTHON_TUF="$PWD/.venv/bin/python"
 export PATH="$PATH:/usr/sbin:/sbin"
 
@@ -63,5 +68,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build device-agent and collector (the end-to-end tests run the real binaries; built here, not inside a test)"
 cargo build --locked -p device-agent --bin device-agent
 cargo build --locked -p collector --bin collector
+echo "== cargo build repo-tool (publish_s3 runs the real binary and kills it; built here, not inside a test)"
+cargo build --locked -p repo-tool --bin repo-tool
 echo "== cargo test"
 cargo test --workspace --locked

@@ -176,6 +176,10 @@ pub enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+    /// Copy the repository to an S3 bucket (or any object store): only the objects the bucket lacks,
+    /// target files first, timestamp.json last, with CDN cache headers.
+    #[command(after_help = PUBLISH_HELP)]
+    Publish(PublishArgs),
     /// Releases per hardware id and channel (with their waves and rollout-control state), and each
     /// role's version and expiry.
     List {
@@ -605,6 +609,52 @@ pub struct GcArgs {
     #[arg(long)]
     pub repo: PathBuf,
     /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const PUBLISH_HELP: &str =
+    "Credentials: the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
+AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL), or --credentials FILE (AWS shared-credentials format, mode \
+0600), never on the command line. Exit status: 0 published (or nothing to send), 2 could not publish: the \
+bucket still serves the repository it served before; run the command again to finish.";
+
+#[derive(Args)]
+pub struct PublishArgs {
+    /// Repository directory.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Destination: s3://BUCKET[/PREFIX] or file:///DIR.
+    #[arg(long)]
+    pub to: String,
+    /// An S3-compatible server (MinIO, Ceph, R2, moto...), e.g. http://127.0.0.1:9000; path-style requests.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// The bucket's region (default: AWS_REGION, else us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// AWS shared-credentials file (mode 0600) to read the keys from.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    /// Profile in the credentials file.
+    #[arg(long, default_value = "default", requires = "credentials")]
+    pub profile: String,
+    /// Replace objects whose size in the bucket differs from the repository's file (refused otherwise).
+    #[arg(long)]
+    pub repair: bool,
+    /// Objects uploaded at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Part size of multipart uploads in MiB (S3 needs at least 5); smaller files go up in one request.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(5..=1024))]
+    pub part_mib: u16,
+    /// Retries of each request, with exponential backoff.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u8,
+    /// Only list what would be sent.
     #[arg(long)]
     pub dry_run: bool,
     /// Print the result as one JSON object.

@@ -2,7 +2,7 @@
 //!
 //! [`cli`] holds the clap definitions; each command group has a module that runs it and prints
 //! what it did: [`keys`], [`release`] (init, add), [`refresh`], [`delegate`], [`staging`] (root and
-//! role signed in steps), [`rollout`] (staged rollouts), [`inspect`] (verify, list), [`gc`]. `main` only maps the outcome to an exit status.
+//! role signed in steps), [`rollout`] (staged rollouts), [`inspect`] (verify, list), [`gc`], [`publish`] (to object storage). `main` only maps the outcome to an exit status.
 
 mod cli;
 mod delegate;
@@ -10,6 +10,7 @@ mod gc;
 mod inspect;
 mod keys;
 mod progress;
+mod publish;
 mod refresh;
 mod release;
 mod rollout;
@@ -43,6 +44,7 @@ fn run() -> Result<Outcome> {
         Command::Verify(args) => return inspect::verify(args),
         Command::Gc(args) => gc::run(&args)?,
         Command::Rollout { command } => rollout::run(command)?,
+        Command::Publish(args) => publish::run(&args)?,
         Command::List { repo } => inspect::list(&repo)?,
     }
     Ok(Outcome::Done)

@@ -279,6 +279,19 @@ impl SimDevice {
         slot_len: u64,
         checks_toml: &str,
     ) -> SimDevice {
+        SimDevice::new_at(repo, &repo.url(), version, factory, slot_len, checks_toml)
+    }
+
+    /// [`SimDevice::new`], reading the repository from `url` (`metadata/` and `targets/` under it:
+    /// an object store's bucket) instead of the repository's nginx.
+    pub fn new_at(
+        repo: &TestRepo,
+        url: &str,
+        version: &str,
+        factory: &[u8],
+        slot_len: u64,
+        checks_toml: &str,
+    ) -> SimDevice {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         for id in [SlotId::A, SlotId::B] {
@@ -289,7 +302,6 @@ impl SimDevice {
         std::io::Write::write_all(&mut w, factory).unwrap();
         w.finish().unwrap();
         SimBootloader::create_file(d.join("bootenv"), SlotId::A).unwrap();
-        let url = repo.url();
         let config = format!(
             r#"state_dir = "{d}/state"
 hardware_id = "{HARDWARE}"

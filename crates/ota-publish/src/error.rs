@@ -207,6 +207,30 @@ pub enum Error {
         /// What the contract refused.
         source: ota_release::Error,
     },
+    /// A request to the object store failed (after its retries).
+    #[error("object store: {action} {key}")]
+    ObjectStore {
+        /// What was being done ("list", "get", "put", ...).
+        action: &'static str,
+        /// The object key or prefix.
+        key: String,
+        /// The store's error (or the I/O error its writer reported it as).
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The bucket holds something a publish must not overwrite (see `bucket::plan`).
+    #[error("bucket object {key}: {why}")]
+    BucketConflict {
+        /// The object's key relative to the repository.
+        key: String,
+        /// What is in the way.
+        why: String,
+    },
+    /// A publish stopped on purpose after this many objects (`PublishOptions::interrupt_after`).
+    #[error("publish interrupted after {sent} object(s), as asked")]
+    Interrupted {
+        /// Objects sent before stopping.
+        sent: usize,
+    },
     /// A durable-file operation failed in a way the variants above do not name.
     #[error("file operation failed")]
     File(#[source] ota_fs::Error),

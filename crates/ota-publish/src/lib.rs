@@ -13,7 +13,9 @@
 //! [`rollout_init`], [`set_state`] to halt, resume or pull, [`set_plan`], [`add_drill`],
 //! [`rollout_status`]); [`deltas::add_with_deltas`] publishes a release with binary deltas from the
 //! last K releases of its hardware and channel, kept only when under a share of the image
-//! ([`deltas::DeltaPolicy`]). It does not serve files (any static web server does), encode deltas
+//! ([`deltas::DeltaPolicy`]); [`publish_to_bucket`] copies a repository to object storage (S3 or
+//! any `object_store` backend: only new objects, `timestamp.json` last, CDN cache headers; see
+//! [`bucket`]). It does not serve files (any static web server does), encode deltas
 //! (`ota-delta` does; the binary passes `ota_delta::encode_with_progress` to the seam), run on devices
 //! (`ota-tuf` is the client) or write files by hand (`ota-fs` does every atomic write, private key
 //! file, lock and file-system flush).
@@ -42,7 +44,10 @@
 //!   target file, put a new versioned metadata file, flush, replace `timestamp.json` last, and roll
 //!   back what an aborted publish wrote. [`DirStore`] is the local directory (target files created in
 //!   place or hard-linked, metadata through `ota-fs`, one `syncfs` for bulk publishes); object storage
-//!   is another implementation of the same trait (atomic puts, no flush), without touching the editor.
+//!   could be another implementation of the same trait (atomic puts, no flush). Publishing to a bucket
+//!   is done apart instead ([`bucket`]): the directory stays the one place every command edits under
+//!   its lock, and a copy step sends what the bucket lacks, so a failed upload never leaves the
+//!   editor's state half in one place and half in the other.
 //! - **Key source**: the editor signs only through [`KeyRing`], which holds signers loaded from
 //!   tough's [`KeySource`] trait (`KeyRing::from_sources`). Key files are `LocalKeySource` today; a
 //!   PKCS#11 token is one more `KeySource` implementation (its `as_sign` returns a `Sign` whose
@@ -102,6 +107,7 @@
 #![deny(missing_docs)]
 
 mod block;
+pub mod bucket;
 mod canonical;
 pub mod deltas;
 mod digest;
@@ -126,6 +132,10 @@ mod token_keys;
 mod trust;
 mod verify;
 
+pub use bucket::{
+    publish_to_bucket, publish_to_bucket_blocking, Bucket, BucketSpec, PublishOptions, PublishReport,
+    SentObject,
+};
 pub use error::{Error, Result};
 pub use gc::{gc, GcReport, UnreferencedFile, STAGED_DIR};
 pub use hash_bins::{delegate_hash_bins, HashBinSpec, MAX_BINS};
@@ -138,6 +148,8 @@ pub use meta::{
     expiry_after, parse_lifetime, whole_seconds, Expiries, METADATA_DIR, SPEC_VERSION, TARGETS_DIR,
 };
 pub use names::{check_path_pattern, check_target_name, path_matches, pattern_covers};
+/// The object-store crate the [`bucket`] module publishes through (tests build stores with it).
+pub use object_store;
 pub use ota_pkcs11::{KeyAlgorithm, Pkcs11Uri};
 pub use publish::{
     add, default_target_name, delegate, delegate_from, delegate_stage, init, refresh, releases_in_dir,

@@ -2,6 +2,7 @@
 //!
 //! - [`Nginx`]: Debian's nginx serving a directory on an ephemeral loopback port, stopped on drop;
 //!   plain HTTP, or HTTPS ([`Nginx::serve_tls`]) with a certificate of the test PKI ([`tls`]).
+//! - [`S3Server`]: moto's S3 server (in the same virtualenv) on an ephemeral loopback port.
 //! - [`python_tuf`]: the interpreter of the python-tuf virtualenv that `scripts/test.sh` creates.
 //! - [`SoftHsm`]: SoftHSM2 tokens under a private `SOFTHSM2_CONF`, for the PKCS#11 tests.
 //! - [`noise`]: deterministic incompressible bytes, for images a delta must really match.
@@ -12,7 +13,10 @@
 // A test bed fails loudly: panicking with a clear message is its error handling.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+mod s3;
 pub mod tls;
+
+pub use s3::{HttpResponse, S3Server};
 
 use std::fs;
 use std::io::Write;
