@@ -81,20 +81,24 @@ pub fn python_tuf() -> PathBuf {
     let python = std::env::var_os("OTA_PYTHON_TUF")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
-    let ok = Command::new(&python)
-        .args(["-c", "import tuf.ngclient, securesystemslib"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
     assert!(
-        ok,
+        python_imports(&python, "tuf.ngclient, securesystemslib"),
         "python-tuf is not available at {} (set OTA_PYTHON_TUF or run `bash scripts/test.sh`, which \
          creates the virtualenv)",
         python.display()
     );
     python
+}
+
+/// Whether `python` runs and can `import {modules}` (a comma-separated list).
+fn python_imports(python: &Path, modules: &str) -> bool {
+    Command::new(python)
+        .args(["-c", &format!("import {modules}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Debian's nginx serving one directory over plain HTTP on `127.0.0.1` and an ephemeral port.

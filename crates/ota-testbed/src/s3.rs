@@ -39,15 +39,8 @@ impl S3Server {
     /// server does not come up within 30 s.
     pub fn start() -> S3Server {
         let python = crate::python_tuf();
-        let ok = Command::new(&python)
-            .args(["-c", "import moto.server"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
         assert!(
-            ok,
+            crate::python_imports(&python, "moto.server"),
             "moto's S3 server is not installed in {}; run `bash scripts/test.sh` (it installs it) or \
              `{} -m pip install 'moto[server]==5.1.22'`",
             python.display(),
