@@ -6,41 +6,11 @@
 set -euo pipefail
 AGENT=$1 T=${CARGO_TARGET_DIR:-target}/debug W=$(mktemp -d /var/tmp/ri-idleq.XXXXXX)
 trap 'kill $HTTP ${D:-} 2>/dev/null; rm -rf "$W"' EXIT
-$T/repo-tool keys generate --dir $W/keys root targets snapshot timestamp >/dev/null
-k=$W/keys; mkdir -p $W/srv/r
-$T/repo-tool init --repo $W/srv/r --no-qr --keys-dir $k --root-key $k/root.pub.json --targets-key $k/targets.pub.json \
-  --snapshot-key $k/snapshot.pub.json --timestamp-key $k/timestamp.pub.json >/dev/null
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port) DOWN=$(free_port)
-(cd $W/srv && exec python3 -m http.server -b 127.0.0.1 $PORT >/dev/null 2>&1) & HTTP=$!
-sleep 1
-root=$W/srv/r/metadata/1.root.json
+. "$(dirname "$0")/idle-agent-lib.sh"
+idle_repo
+DOWN=$(free_port)
 idle() { # idle NAME [REPORT_TOML]: provisions a fresh device, runs the daemon, prints its memory once idle
-  local d=$W/$1 cap=$((4*1024*1024)); $T/examples/sim_device $d $cap
-  cat >$d/agent.toml <<TOML
-state_dir = "$d/state"
-hardware_id = "gw"
-channel = "stable"
-[repository]
-metadata_url = "http://127.0.0.1:$PORT/r/metadata"
-targets_url = "http://127.0.0.1:$PORT/r/targets"
-[slots.a]
-path = "$d/slot-a.img"
-capacity = $cap
-[slots.b]
-path = "$d/slot-b.img"
-capacity = $cap
-[boot]
-backend = "sim"
-env = "$d/bootenv"
-[poll]
-interval_secs = 86400
-jitter_percent = 0
-max_backoff_secs = 86400
-${2:-}
-TOML
-  "$AGENT" --config $d/agent.toml provision --root $root --fingerprint $(sha256sum $root | cut -d' ' -f1) \
-    --running-version 1.0.0 --running-length 4096 >/dev/null
+  idle_device "$1" "${2:-}"
   local fill=""
   [ -n "${2:-}" ] && fill=$($T/examples/fill_report_queue $d/agent.toml)
   "$AGENT" --config $d/agent.toml run 2>$W/err.$1 & D=$!
