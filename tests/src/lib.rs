@@ -335,17 +335,13 @@ deadline_secs = 20
             slot_len,
             provisioned: String::new(),
         };
-        let out = dev.agent(&[
-            "provision",
-            "--root",
-            repo.root_json().to_str().unwrap(),
-            "--fingerprint",
+        let out = dev.provision(
+            &repo.root_json(),
             repo.fingerprint(),
-            "--running-version",
             version,
-            "--running-length",
             &factory.len().to_string(),
-        ]);
+            &[],
+        );
         assert!(
             out.status.success(),
             "provision failed: {}",
@@ -371,6 +367,31 @@ deadline_secs = 20
     /// The config file.
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("agent.toml")
+    }
+
+    /// Runs `device-agent provision` trusting `root` (checked against `fingerprint`), with the running
+    /// firmware's `version` and `length`, and any `extra` arguments.
+    pub fn provision(
+        &self,
+        root: &Path,
+        fingerprint: &str,
+        version: &str,
+        length: &str,
+        extra: &[&str],
+    ) -> Output {
+        let mut args = vec![
+            "provision",
+            "--root",
+            root.to_str().unwrap(),
+            "--fingerprint",
+            fingerprint,
+            "--running-version",
+            version,
+            "--running-length",
+            length,
+        ];
+        args.extend_from_slice(extra);
+        self.agent(&args)
     }
 
     /// Runs `device-agent --config <config> args...`.

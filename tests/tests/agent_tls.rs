@@ -34,19 +34,13 @@ fn point_at(dev: &SimDevice, url: &str) {
 fn pin_repository_ca(dev: &SimDevice, repo: &TestRepo, ca_pem: &str) {
     let ca = dev.dir().join("repository-ca.pem");
     fs::write(&ca, ca_pem).unwrap();
-    let out = dev.agent(&[
-        "provision",
-        "--root",
-        repo.root_json().to_str().unwrap(),
-        "--fingerprint",
+    let out = dev.provision(
+        &repo.root_json(),
         repo.fingerprint(),
-        "--running-version",
         "1.0.0",
-        "--running-length",
         "200000",
-        "--repository-ca",
-        ca.to_str().unwrap(),
-    ]);
+        &["--repository-ca", ca.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("pinned repository CA"), "{}", text(&out));
 }

@@ -169,17 +169,7 @@ fn agent_refuses_to_run_unprovisioned_or_with_a_readable_key() {
 
     // A root that does not match the fingerprint is refused at provisioning.
     let other = TestRepo::new();
-    let out = dev.agent(&[
-        "provision",
-        "--root",
-        other.root_json().to_str().unwrap(),
-        "--fingerprint",
-        repo.fingerprint(),
-        "--running-version",
-        "1.0.0",
-        "--running-length",
-        "10000",
-    ]);
+    let out = dev.provision(&other.root_json(), repo.fingerprint(), "1.0.0", "10000", &[]);
     assert!(!out.status.success());
     assert!(text(&out).contains("refusing to trust it"), "{}", text(&out));
 }
