@@ -2,10 +2,10 @@
 //! started and stopped on one port so a device's configured URL outlives a restart, and raw TCP
 //! servers that misbehave ([`RawServer`]).
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use crate::collector_binary;
@@ -84,17 +84,12 @@ impl Collector {
     /// Starts `collector serve` on the port and waits until it listens.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already serving");
-        let mut child = Command::new(collector_binary())
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--db"])
-            .arg(self.db())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("listening on"), "collector said {line:?}");
+        // Panics unless the collector says `listening on ...`.
+        let (child, _addr) = ota_testbed::spawn_listening(
+            Command::new(collector_binary())
+                .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--db"])
+                .arg(self.db()),
+        );
         self.child = Some(child);
     }
 

@@ -7,9 +7,8 @@
 //! connection's is refused; nothing refused is stored.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use ota_e2e::collector_binary;
 use ota_report::{
     Channel, Envelope, HardwareId, InstallMethod, Outcome, Reason, Report, TargetName, Version,
 };
+use ota_testbed::spawn_listening;
 use ota_testbed::tls::{TestCa, Validity};
 
 /// A provisioned device: its state directory (identity key, pinned collector CA, client certificate).
@@ -85,20 +85,14 @@ struct Collector {
 
 impl Collector {
     fn start(db: &Path, cert: &Path, key: &Path) -> Collector {
-        let mut child = Command::new(collector_binary())
-            .args(["serve", "--db", db.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .arg("--tls-cert")
-            .arg(cert)
-            .arg("--tls-key")
-            .arg(key)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line.trim().strip_prefix("listening on ").expect(&line);
+        let (child, addr) = spawn_listening(
+            Command::new(collector_binary())
+                .args(["serve", "--db", db.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key),
+        );
         Collector {
             child,
             url: format!("https://{addr}/v1/reports"),

@@ -2,9 +2,8 @@
 //! and row counts read straight from the database.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, dead_code)]
 
-use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -171,22 +170,12 @@ pub struct Server {
 impl Server {
     /// `db`: a path or any store location `--db` takes.
     pub fn start(db: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Server {
-        let mut child = collector_bin()
-            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect(&line)
-            .to_string();
+        let (child, addr) = ota_testbed::spawn_listening(
+            collector_bin()
+                .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+                .arg(db)
+                .args(extra),
+        );
         Server {
             child,
             base: format!("http://{addr}"),

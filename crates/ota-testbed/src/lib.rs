@@ -19,7 +19,7 @@ pub mod tls;
 pub use s3::{HttpResponse, S3Server};
 
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead as _, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -273,6 +273,22 @@ fn tls_directives(state: &Path, port: u16, cert: &tls::ServerCert, client_certs:
         cert_path.display(),
         key_path.display()
     )
+}
+
+/// Spawns `command` with its stdout piped and waits for the first line it prints, which must be
+/// `listening on ADDR` (as `collector serve` says once it listens). Returns the child and `ADDR`.
+pub fn spawn_listening(command: &mut Command) -> (Child, String) {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{command:?} said {line:?}"))
+        .to_string();
+    (child, addr)
 }
 
 /// Writes `bytes` to `path`, creating parent directories. A shorthand for fixtures.
