@@ -15,7 +15,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{ngclient, sha256_file};
+use common::{add_args, ngclient, sha256_file, succeeded};
 use ota_testbed::SoftHsm;
 
 const SO_PIN: &str = "so-4kq-93jd";
@@ -67,14 +67,7 @@ impl Tokens {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args, &[]);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeeded(args, self.run(args, &[]))
     }
 
     fn fails(&self, args: &[&str], env: &[(&str, &str)]) -> String {
@@ -150,18 +143,7 @@ fn issue_16_token_keys_sign_root_and_targets_and_clients_verify() {
     fs::write(t.path().join("img/fw-1.0.0.bin"), ota_testbed::noise(1, 4000)).unwrap();
     fs::write(t.path().join("img/fw-1.1.0.bin"), ota_testbed::noise(2, 4000)).unwrap();
     let add = |img: &str, version: &str, extra: &[&str]| {
-        let mut args = vec![
-            "add",
-            "--repo",
-            "repo",
-            "--keys-dir",
-            "keys",
-            "--image",
-            img,
-            "--version",
-            version,
-        ];
-        args.extend(["--hardware", "gw", "--channel", "stable", "--deltas", "0"]);
+        let mut args = add_args(img, version, "gw", &["--deltas", "0"]);
         args.extend(extra);
         t.ok(&args)
     };
@@ -286,16 +268,20 @@ fn issue_16_token_keys_sign_root_and_targets_and_clients_verify() {
 fn issue_16_token_refusals_name_their_cause() {
     let t = Tokens::new(&[("ota-targets", "tgt-pin-31q"), ("factory", "1234")]);
     let good = t.uri("ota-targets", "targets-1", "tgt-pin-31q");
-    t.ok(&[
-        "keys",
-        "generate-in-token",
-        "--uri",
-        &good,
-        "--dir",
-        "keys",
-        "--name",
-        "targets",
-    ]);
+    let good_uri = good.as_str();
+    let generate = |name: &'static str| {
+        [
+            "keys",
+            "generate-in-token",
+            "--uri",
+            good_uri,
+            "--dir",
+            "keys",
+            "--name",
+            name,
+        ]
+    };
+    t.ok(&generate("targets"));
     let sign = |key: &str, env: &[(&str, &str)]| {
         t.fails(&["role", "sign", "--file", "absent.json", "--key", key], env)
     };
@@ -351,18 +337,6 @@ fn issue_16_token_refusals_name_their_cause() {
         "{err}"
     );
 
-    let err = t.fails(
-        &[
-            "keys",
-            "generate-in-token",
-            "--uri",
-            &good,
-            "--dir",
-            "keys",
-            "--name",
-            "again",
-        ],
-        &[],
-    );
+    let err = t.fails(&generate("again"), &[]);
     assert!(err.contains("already holds a key object=targets-1"), "{err}");
 }

@@ -39,16 +39,18 @@ fn control_args<'a>(command: &'a str, version: &'a str, extra: &[&'a str]) -> Ve
     args
 }
 
+/// `repo-tool keys generate --dir keys NAMES...` in `d`.
+fn generate_keys(d: &Path, names: &[&str]) {
+    ok(d, &[&["keys", "generate", "--dir", "keys"][..], names].concat());
+}
+
 /// Keys, a repository with 1.0.0 (`--waves now`) and 2.0.0 (the default plan) for gw-a/stable, the
 /// rollout-control role, and `online/` holding copies of only the control, snapshot and timestamp keys.
 fn setup() -> Fixture {
     let f = Fixture::empty();
     let d = f.dir.path();
     let names = ["root", "targets", "snapshot", "timestamp", "control"];
-    ok(
-        d,
-        &[&["keys", "generate", "--dir", "keys"][..], &names[..]].concat(),
-    );
+    generate_keys(d, &names);
     ok(d, &[INIT, &["--no-qr"]].concat());
     f.image("fw-1.0.0.bin", 3000, 1);
     f.image("fw-2.0.0.bin", 3000, 2);
@@ -311,23 +313,12 @@ fn commands_for_a_version_not_offered_or_without_the_control_key_are_refused() {
     assert!(err.contains("rollout-control"), "{err}");
     let err = fails(
         d,
-        &[
-            "add",
-            "--repo",
-            "repo",
-            "--keys-dir",
-            "keys",
-            "--image",
+        &add_args(
             "images/fw-2.0.0.bin",
-            "--version",
             "2.0.1",
-            "--hardware",
             "gw-a",
-            "--channel",
-            "stable",
-            "--waves",
-            "10%@0,5%@1d,100%@2d",
-        ],
+            &["--waves", "10%@0,5%@1d,100%@2d"],
+        ),
     );
     assert!(err.contains("invalid rollout plan"), "{err}");
 }
@@ -336,19 +327,7 @@ fn commands_for_a_version_not_offered_or_without_the_control_key_are_refused() {
 fn rollout_commands_before_init_say_how_to_start() {
     let f = Fixture::empty();
     let d = f.dir.path();
-    ok(
-        d,
-        &[
-            "keys",
-            "generate",
-            "--dir",
-            "keys",
-            "root",
-            "targets",
-            "snapshot",
-            "timestamp",
-        ],
-    );
+    generate_keys(d, &["root", "targets", "snapshot", "timestamp"]);
     ok(d, &[INIT, &["--no-qr"]].concat());
     f.image("fw-1.0.0.bin", 100, 1);
     ok(d, &add_args("images/fw-1.0.0.bin", "1.0.0", "gw-a", &[]));
@@ -548,20 +527,9 @@ fn ngclient_reads_the_repository_and_downloads_the_control_file() {
 fn the_control_delegation_is_listed_first_covers_only_control_files_and_is_made_once() {
     let f = Fixture::empty();
     let d = f.dir.path();
-    ok(
+    generate_keys(
         d,
-        &[
-            "keys",
-            "generate",
-            "--dir",
-            "keys",
-            "root",
-            "targets",
-            "snapshot",
-            "timestamp",
-            "control",
-            "wide",
-        ],
+        &["root", "targets", "snapshot", "timestamp", "control", "wide"],
     );
     ok(d, &[INIT, &["--no-qr"]].concat());
     // A delegation made before, whose pattern also matches control paths: clients must ask

@@ -199,7 +199,11 @@ pub fn repo_tool(dir: &Path, args: &[&str]) -> Output {
 
 /// Runs a command that must succeed; returns stdout.
 pub fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = repo_tool(dir, args);
+    succeeded(args, repo_tool(dir, args))
+}
+
+/// Checks that the run of `args` that gave `out` succeeded; returns stdout.
+pub fn succeeded(args: &[&str], out: Output) -> String {
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
