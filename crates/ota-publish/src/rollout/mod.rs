@@ -89,33 +89,25 @@ pub fn set_state(
     expiries: &Expiries,
     ring: &KeyRing,
 ) -> Result<ControlReport> {
-    edit_control(
-        repo,
-        &release.hardware,
-        &release.channel,
-        expiries,
-        ring,
-        |edit| {
-            let version = edit.offered_version(&release.version)?;
-            let since_unix = edit.now_unix;
-            let waves = edit.control.release(&version).and_then(|e| e.waves.clone());
-            if state == RolloutState::Pulled && !edit.has_fallback(&version) {
-                edit.warnings.push(format!(
-                    "no release older than {version} is left un-pulled for {}/{}: devices running it have \
+    edit_release(repo, release, expiries, ring, |edit, version| {
+        let since_unix = edit.now_unix;
+        let waves = edit.control.release(&version).and_then(|e| e.waves.clone());
+        if state == RolloutState::Pulled && !edit.has_fallback(&version) {
+            edit.warnings.push(format!(
+                "no release older than {version} is left un-pulled for {}/{}: devices running it have \
                  no release to go back to",
-                    release.hardware, release.channel
-                ));
-            }
-            let entry = ReleaseControl {
-                state,
-                since_unix,
-                reason: reason.to_owned(),
-                waves,
-            };
-            edit.control.releases.insert(version, entry);
-            Ok(())
-        },
-    )
+                release.hardware, release.channel
+            ));
+        }
+        let entry = ReleaseControl {
+            state,
+            since_unix,
+            reason: reason.to_owned(),
+            waves,
+        };
+        edit.control.releases.insert(version, entry);
+        Ok(())
+    })
 }
 
 /// Replaces a release's plan with `waves`, counted from now (speed a rollout up or slow it down). The
@@ -127,30 +119,22 @@ pub fn set_plan(
     expiries: &Expiries,
     ring: &KeyRing,
 ) -> Result<ControlReport> {
-    edit_control(
-        repo,
-        &release.hardware,
-        &release.channel,
-        expiries,
-        ring,
-        |edit| {
-            let version = edit.offered_version(&release.version)?;
-            let plan = waves.plan(edit.now_unix)?;
-            let now_unix = edit.now_unix;
-            let entry = edit
-                .control
-                .releases
-                .entry(version)
-                .or_insert_with(|| ReleaseControl {
-                    state: RolloutState::Active,
-                    since_unix: now_unix,
-                    reason: String::new(),
-                    waves: None,
-                });
-            entry.waves = Some(plan);
-            Ok(())
-        },
-    )
+    edit_release(repo, release, expiries, ring, |edit, version| {
+        let plan = waves.plan(edit.now_unix)?;
+        let now_unix = edit.now_unix;
+        let entry = edit
+            .control
+            .releases
+            .entry(version)
+            .or_insert_with(|| ReleaseControl {
+                state: RolloutState::Active,
+                since_unix: now_unix,
+                reason: String::new(),
+                waves: None,
+            });
+        entry.waves = Some(plan);
+        Ok(())
+    })
 }
 
 /// Adds a field drill (replacing one of the same id); drills already over are dropped. Its release
@@ -222,6 +206,27 @@ impl ControlEdit {
             .iter()
             .any(|r| &r.version < version && !self.control.is_pulled(&r.version))
     }
+}
+
+/// [`edit_control`] for one release the repository offers: `change` gets the edit and its version.
+fn edit_release(
+    repo: &Path,
+    release: &ReleaseRef,
+    expiries: &Expiries,
+    ring: &KeyRing,
+    change: impl FnOnce(&mut ControlEdit, Version) -> Result<()>,
+) -> Result<ControlReport> {
+    edit_control(
+        repo,
+        &release.hardware,
+        &release.channel,
+        expiries,
+        ring,
+        |edit| {
+            let version = edit.offered_version(&release.version)?;
+            change(edit, version)
+        },
+    )
 }
 
 /// Loads the repository and the current control file, lets `change` edit it, then publishes the new
