@@ -74,6 +74,12 @@ fn ok(repo: &TestRepo, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `dev` until it settles, which must succeed after exactly `reboots` reboots.
+fn settle(dev: &SimDevice, reboots: usize) {
+    let (out, rebooted) = dev.run_until_settled();
+    assert!(out.status.success() && rebooted == reboots, "{}", text(&out));
+}
+
 /// The standing of `version` in `device status --json`'s rollout section.
 fn standing(dev: &SimDevice, version: &str) -> serde_json::Value {
     let s = dev.status();
@@ -193,8 +199,7 @@ fn a_release_waits_for_its_wave_until_the_control_role_speeds_it_up() {
             repo.key("timestamp").to_str().unwrap(),
         ],
     );
-    let (out, reboots) = dev.run_until_settled();
-    assert!(out.status.success() && reboots == 0, "{}", text(&out));
+    settle(&dev, 0);
     let r = standing(&dev, "2.0.0");
     assert_eq!(
         (r["standing"].as_str(), r["wave"].as_u64()),
@@ -219,8 +224,7 @@ fn a_release_waits_for_its_wave_until_the_control_role_speeds_it_up() {
 
     // The control role replaces the plan: everyone now.
     rollout(&repo, &control, "start", "2.0.0", &["--waves", "now"]);
-    let (out, reboots) = dev.run_until_settled();
-    assert!(out.status.success() && reboots == 1, "{}", text(&out));
+    settle(&dev, 1);
     assert_eq!(dev.status()["running_version"], "2.0.0");
 }
 
@@ -236,8 +240,7 @@ fn a_pull_brings_devices_back_from_the_other_slot_and_by_download() {
     let by_download = SimDevice::new(&repo, "0.5.0", &v05, SLOT_LEN, "");
     repo.publish("2.0.0", &v2);
     for dev in [&from_slot, &by_download] {
-        let (out, reboots) = dev.run_until_settled();
-        assert!(out.status.success() && reboots == 1, "{}", text(&out));
+        settle(dev, 1);
         let s = dev.status();
         assert_eq!(
             (s["running_version"].as_str(), s["floor"].as_str()),
@@ -286,8 +289,7 @@ fn a_pull_brings_devices_back_from_the_other_slot_and_by_download() {
     fs::rename(&hidden, &served).unwrap();
 
     // The other device's other slot holds 0.5.0: it downloads 1.0.0.
-    let (out, reboots) = by_download.run_until_settled();
-    assert!(out.status.success() && reboots == 1, "{}", text(&out));
+    settle(&by_download, 1);
     let s = by_download.status();
     assert_eq!(
         (
@@ -303,14 +305,12 @@ fn a_pull_brings_devices_back_from_the_other_slot_and_by_download() {
 
     // Settled: the pulled release is not taken again; resumed, it is an ordinary update once more.
     for dev in [&from_slot, &by_download] {
-        let (out, reboots) = dev.run_until_settled();
-        assert!(out.status.success() && reboots == 0, "{}", text(&out));
+        settle(dev, 0);
         assert!(text(&dev.agent(&["check"])).contains("2.0.0 is pulled since"));
     }
     rollout(&repo, &control, "resume", "2.0.0", &[]);
     for dev in [&from_slot, &by_download] {
-        let (out, reboots) = dev.run_until_settled();
-        assert!(out.status.success() && reboots == 1, "{}", text(&out));
+        settle(dev, 1);
         let s = dev.status();
         assert_eq!(
             (s["running_version"].as_str(), s["floor"].as_str()),
@@ -365,8 +365,7 @@ fn a_forged_or_expired_halt_is_refused_naming_why() {
     // A halt whose signature is not the control key's.
     rollout(&repo, &control, "halt", "2.0.0", &["--reason", "forged"]);
     let (forged, original) = forge_newest_control(&repo);
-    let (out, reboots) = dev.run_until_settled();
-    assert!(out.status.success() && reboots == 0, "{}", text(&out));
+    settle(&dev, 0);
     let s = dev.status();
     let why = s["rollout"]["control_error"]
         .as_str()
@@ -397,8 +396,7 @@ fn a_forged_or_expired_halt_is_refused_naming_why() {
         &["--reason", "stale", "--targets-expires", "1s"],
     );
     std::thread::sleep(std::time::Duration::from_millis(2_100));
-    let (out, reboots) = dev.run_until_settled();
-    assert!(out.status.success() && reboots == 0, "{}", text(&out));
+    settle(&dev, 0);
     let s = dev.status();
     let why = s["rollout"]["control_error"]
         .as_str()
@@ -409,8 +407,7 @@ fn a_forged_or_expired_halt_is_refused_naming_why() {
     // A fresh, verified instruction is obeyed again.
     rollout(&repo, &control, "resume", "2.0.0", &[]);
     rollout(&repo, &control, "start", "2.0.0", &["--waves", "now"]);
-    let (out, reboots) = dev.run_until_settled();
-    assert!(out.status.success() && reboots == 1, "{}", text(&out));
+    settle(&dev, 1);
     let s = dev.status();
     assert!(s["rollout"]["control_error"].is_null(), "{s}");
     assert_eq!(s["running_version"], "2.0.0");
@@ -487,8 +484,7 @@ fn a_rollout_control_key_that_signs_firmware_is_refused_and_the_running_slot_is_
     // (The publisher refuses 9.0.0 itself: the control role's listing already claims that version.)
     let good = firmware("9.0.1", 210_000);
     repo.publish("9.0.1", &good);
-    let (out, reboots) = dev.run_until_settled();
-    assert!(out.status.success() && reboots == 1, "{}", text(&out));
+    settle(&dev, 1);
     assert_eq!(dev.status()["running_version"], "9.0.1");
 }
 
@@ -529,10 +525,8 @@ fn a_field_drill_installs_in_trial_rolls_back_on_purpose_and_records_it() {
     assert_eq!(s["drills"][0]["outcome"], "drill_passed", "{s}");
     assert!(text(&drilled.agent(&["status"])).contains("drill       spring on 2.0.0: passed"));
     // Once only; and a device outside the cohort never took part.
-    let (out, reboots) = drilled.run_until_settled();
-    assert!(out.status.success() && reboots == 0, "{}", text(&out));
-    let (out, reboots) = other.run_until_settled();
-    assert!(out.status.success() && reboots == 0, "{}", text(&out));
+    settle(&drilled, 0);
+    settle(&other, 0);
     let s = other.status();
     assert_eq!(
         (s["state_name"].as_str(), s["drills"].as_array().map(Vec::len)),
