@@ -812,16 +812,14 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
-#[test]
-fn uboot_ab_update_through_vm_reboots() {
+/// A factory device (1.0.0 in a) booting `loader` with 2.0.0 published: the agent installs 2.0.0 into b
+/// and reboots into its trial.
+fn factory_installs_2_0_0(loader: Loader) -> Device {
     let factory = Release {
         version: "1.0.0",
         healthy: true,
     };
-    let mut dev = Device::new(Loader::UBoot, &factory);
-
-    // 1. Factory state: U-Boot boots a. The agent provisions and finds 2.0.0, installs it into b and
-    //    reboots into the trial.
+    let mut dev = Device::new(loader, &factory);
     dev.publish(&Release {
         version: "2.0.0",
         healthy: true,
@@ -830,6 +828,14 @@ fn uboot_ab_update_through_vm_reboots() {
     assert_eq!(log.booted(), ("a".into(), "1.0.0".into()));
     assert!(log.has("OTA-REBOOT"), "no reboot into the trial");
     assert_eq!(dev.var("ota_trial_slot"), "b");
+    dev
+}
+
+#[test]
+fn uboot_ab_update_through_vm_reboots() {
+    // 1. Factory state: U-Boot boots a. The agent provisions and finds 2.0.0, installs it into b and
+    //    reboots into the trial.
+    let mut dev = factory_installs_2_0_0(Loader::UBoot);
     assert_eq!(dev.var("upgrade_available"), "1");
 
     // 2. U-Boot counts the try and boots b; the health check passes; the agent commits.
@@ -955,19 +961,7 @@ fn power_cuts(dev: &mut Device) {
 /// (`save_env`) bringing b back.
 #[test]
 fn grub_ab_update_through_vm_reboots() {
-    let factory = Release {
-        version: "1.0.0",
-        healthy: true,
-    };
-    let mut dev = Device::new(Loader::Grub, &factory);
-    dev.publish(&Release {
-        version: "2.0.0",
-        healthy: true,
-    });
-    let log = dev.boot("factory image; 2.0.0 published", Throttle::None, None);
-    assert_eq!(log.booted(), ("a".into(), "1.0.0".into()));
-    assert!(log.has("OTA-REBOOT"), "no reboot into the trial");
-    assert_eq!(dev.var("ota_trial_slot"), "b");
+    let mut dev = factory_installs_2_0_0(Loader::Grub);
 
     let log = dev.boot("trial of 2.0.0", Throttle::None, None);
     assert!(log.has("ota: grub booting slot b"), "GRUB did not choose b");
