@@ -270,12 +270,17 @@ impl Device {
         write_at(
             &disk,
             PARTS[0].0 * SECTOR,
-            &ext4_image(&self.path("boot.ext4"), &boot, 4 << 20),
+            &ext4_image(&self.path("boot.ext4"), &boot, 4 << 20, Journal::With),
         );
         write_at(&disk, PARTS[1].0 * SECTOR, &self.slot_image(factory));
         let empty = self.path("data");
         fs::create_dir_all(&empty).unwrap();
-        let data = ext4_image(&self.path("data.ext4"), &empty, PARTS[3].1 * SECTOR);
+        let data = ext4_image(
+            &self.path("data.ext4"),
+            &empty,
+            PARTS[3].1 * SECTOR,
+            Journal::With,
+        );
         write_at(&disk, PARTS[3].0 * SECTOR, &data);
     }
 
@@ -406,6 +411,7 @@ impl Device {
             &self.path(&format!("slot-{}.ext4", release.version)),
             &dir,
             IMAGE_LEN,
+            Journal::Without,
         );
         assert_eq!(image.len() as u64, IMAGE_LEN);
         println!(
@@ -760,17 +766,30 @@ fn make_executable(path: &Path) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// An ext4 file system of `len` bytes holding `dir`'s files, made by mkfs.ext4 (no mount needed).
-fn ext4_image(path: &Path, dir: &Path, len: u64) -> Vec<u8> {
+/// An ext4 file system of `len` bytes holding `dir`'s files, made by mkfs.ext4 (no mount needed), with
+/// no blocks reserved for root. A slot image is written whole and only read after (`Journal::Without`):
+/// its journal would only take room from the kernel and initramfs; the agent's data partition keeps one.
+fn ext4_image(path: &Path, dir: &Path, len: u64, journal: Journal) -> Vec<u8> {
     let _ = fs::remove_file(path);
+    let features = match journal {
+        Journal::With => "has_journal",
+        Journal::Without => "^has_journal",
+    };
     run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
+        .args(["-q", "-F", "-m", "0", "-O", features, "-d"])
         .arg(dir)
         .arg(path)
         .arg(format!("{}k", len / 1024)));
     let bytes = fs::read(path).unwrap();
     fs::remove_file(path).unwrap();
     bytes
+}
+
+/// Whether [`ext4_image`] makes a journal.
+#[derive(Clone, Copy)]
+enum Journal {
+    With,
+    Without,
 }
 
 fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
