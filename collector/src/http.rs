@@ -60,6 +60,7 @@ pub fn router(ingest: Ingest, timeouts: ReadTimeouts) -> Router {
     Router::new()
         .route("/v1/reports", post(post_report))
         .route("/v1/summary", get(get_summary))
+        .merge(crate::dashboard::router(ingest.store().clone()))
         // Our handler reads the body itself under its own bound; this keeps any other extractor bounded.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState {

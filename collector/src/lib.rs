@@ -35,7 +35,9 @@
 //! **Main types.** [`Store`], [`SqliteStore`], [`PostgresStore`], [`Ingest`], [`Summary`], [`Error`].
 #![deny(missing_docs)]
 
+pub mod dashboard;
 mod error;
+pub mod history;
 pub mod http;
 mod ingest;
 mod keys;
@@ -47,6 +49,7 @@ mod summary;
 pub mod tls;
 
 pub use error::{Error, Result};
+pub use history::{History, ReleaseHistory, StateCounts, Status, WaveHistory};
 pub use ingest::{Accepted, Ingest};
 pub use keys::parse_device_key;
 pub use migrations::{Migration, MIGRATIONS};

@@ -474,6 +474,11 @@ impl Store for PostgresStore {
             .map_err(Error::postgres("count reports"))?;
         sql_to_u64("report count", n)
     }
+
+    fn history(&self, buckets: u32) -> Result<crate::History> {
+        let summary = self.summary()?;
+        crate::history::read_postgres(&mut self.connection()?.client, &summary, buckets)
+    }
 }
 
 const OUTCOME_ROWS: &str = "SELECT hardware, channel, to_version, outcome, devices FROM release_counts

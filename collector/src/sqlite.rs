@@ -244,6 +244,11 @@ impl Store for SqliteStore {
             sql_to_u64("report count", n)
         })
     }
+
+    fn history(&self, buckets: u32) -> Result<crate::History> {
+        let summary = self.summary()?;
+        self.read(|conn| crate::history::read_sqlite(conn, &summary, buckets))
+    }
 }
 
 /// Stores `batch` in one transaction, each report under its own savepoint, and puts each one's outcome

@@ -64,6 +64,9 @@ pub trait Store: Send + Sync {
 
     /// How many reports are stored (for tests and operators).
     fn report_count(&self) -> Result<u64>;
+
+    /// The fleet over time in `buckets` buckets (see [`crate::history`]).
+    fn history(&self, buckets: u32) -> Result<crate::History>;
 }
 
 /// Opens (creating and migrating as needed) the store at `location`: a file path or a `sqlite:` URL for
