@@ -7,7 +7,8 @@
 #           grub-pc-bin, busybox-static, u-boot-tools (mkimage), cpio, e2fsprogs, binutils (strip), and a Debian kernel
 #           (linux-image-cloud-amd64, fetched with apt-get download and unpacked in $OTA_QEMU_KERNEL_DIR,
 #           default /var/cache/ota-qemu/kernel; not installed on this machine);
-#           postgresql (the collector's store tests start their own server from its initdb and postgres)
+#           postgresql (the collector's store tests start their own server from its initdb and postgres),
+#           chromium (the collector's dashboard test loads the page in headless Chromium)
 #   PyPI:   python-tuf and securesystemslib in ./.venv (interoperability tests), moto's S3 server
 #           (publishing to object storage)
 # Then: cargo fmt --check, cargo clippy -D warnings, cargo test --workspace.
@@ -22,6 +23,7 @@ command -v grub-editenv >/dev/null 2>&1 || need_apt+=(grub-common)
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 command -v zbarimg >/dev/null 2>&1 || need_apt+=(zbar-tools)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
 [ -f /usr/lib/u-boot/qemu-x86/u-boot.rom ] || need_apt+=(u-boot-qemu)

@@ -314,42 +314,43 @@ impl Group {
     }
 }
 
-fn release_history(key: ReleaseKey, expected: u64, waves: Vec<(Option<i64>, Group)>) -> ReleaseHistory {
-    let buckets = waves.first().map_or(0, |(_, g)| g.moves.len());
+fn release_history(key: ReleaseKey, expected: u64, groups: Vec<(Option<i64>, Group)>) -> ReleaseHistory {
+    let buckets = groups.first().map_or(0, |(_, g)| g.moves.len());
+    let first_ms = groups.iter().map(|(_, g)| g.first_ms).min().unwrap_or(0);
+    let last_ms = groups.iter().map(|(_, g)| g.last_ms).max().unwrap_or(0);
     let mut reported = vec![0u64; buckets];
-    let first_ms = waves.iter().map(|(_, g)| g.first_ms).min().unwrap_or(0);
-    let last_ms = waves.iter().map(|(_, g)| g.last_ms).max().unwrap_or(0);
-    let waves: Vec<WaveHistory> = waves
-        .into_iter()
-        .map(|(wave, group)| {
-            let (states, reported_by) = group.cumulate();
-            for (total, n) in reported.iter_mut().zip(reported_by) {
-                *total += n;
-            }
-            WaveHistory {
-                wave: wave.and_then(|w| u32::try_from(w).ok()),
-                status: status_of(states.last().copied().unwrap_or_default(), None),
-                first_report_ms: group.first_ms,
-                last_report_ms: group.last_ms,
-                states,
-            }
-        })
-        .collect();
+    let mut total = StateCounts::default();
+    let mut waves = Vec::with_capacity(groups.len());
+    for (wave, group) in groups {
+        let (states, reported_by) = group.cumulate();
+        for (sum, n) in reported.iter_mut().zip(reported_by) {
+            *sum += n;
+        }
+        let now = states.last().copied().unwrap_or_default();
+        for outcome in Outcome::ALL {
+            *total.slot(outcome.as_str()) += now.get(outcome.as_str());
+        }
+        waves.push(WaveHistory {
+            wave: wave.and_then(|w| u32::try_from(w).ok()),
+            status: Status::Active, // set below, once the release's pending devices are known
+            first_report_ms: group.first_ms,
+            last_report_ms: group.last_ms,
+            states,
+        });
+    }
     let pending: Vec<u64> = reported.iter().map(|r| expected.saturating_sub(*r)).collect();
     let pending_now = pending.last().copied().unwrap_or(expected);
-    let mut total = StateCounts::default();
-    for w in &waves {
-        let last = w.states.last().copied().unwrap_or_default();
-        for outcome in Outcome::ALL {
-            *total.slot(outcome.as_str()) += last.get(outcome.as_str());
-        }
+    for wave in &mut waves {
+        // A wave's own pending devices are not known (the collector cannot place a device that has not
+        // reported): it converges with its release.
+        wave.status = status_of(wave.states.last().copied().unwrap_or_default(), pending_now);
     }
     let (hardware, channel, to_version) = key;
     ReleaseHistory {
         hardware,
         channel,
         to_version,
-        status: status_of(total, Some(pending_now)),
+        status: status_of(total, pending_now),
         expected,
         pending,
         converged_after_ms: (pending_now == 0).then(|| last_ms.saturating_sub(first_ms)),
@@ -357,14 +358,13 @@ fn release_history(key: ReleaseKey, expected: u64, waves: Vec<(Option<i64>, Grou
     }
 }
 
-/// Halted or pulled when any device says so; converged when nothing is pending (`None`: not known, as
-/// for a wave, whose unreported devices the collector cannot place).
-fn status_of(now: StateCounts, pending: Option<u64>) -> Status {
+/// Halted or pulled when any device says so; converged when nothing is pending.
+fn status_of(now: StateCounts, pending: u64) -> Status {
     if now.skipped_halted > 0 {
         Status::Halted
     } else if now.skipped_pulled > 0 {
         Status::Pulled
-    } else if pending == Some(0) {
+    } else if pending == 0 {
         Status::Converged
     } else {
         Status::Active

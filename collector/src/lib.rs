@@ -9,7 +9,8 @@
 //! revocation and refuses a sequence number not above the device's last (replay), all in one. Nothing
 //! refused is stored. [`http::router`] serves it as `POST /v1/reports` and the
 //! [`Summary`] as `GET /v1/summary`; [`http::serve`] bounds slow clients (header and body read timeouts).
-//! [`http::serve_tls`] serves the same over mutual TLS ([`tls`]): only an enrolled, unrevoked device's
+//! [`dashboard`] adds a read-only web page at `GET /` and the fleet over time, [`History`], at
+//! `GET /v1/history`. [`http::serve_tls`] serves the same over mutual TLS ([`tls`]): only an enrolled, unrevoked device's
 //! certificate completes the handshake, and a report must be signed by the device of its connection.
 //! [`parse_device_key`] reads what an operator enrols: a key in hex, or the text `device-agent provision`
 //! prints.
@@ -28,11 +29,13 @@
 //! one writer, PostgreSQL in parallel lanes with the device row locked by the sequence check (see
 //! `pg.rs`). Messages naming a store URL hide its password ([`redact_url`]).
 //!
-//! **What it does not do (yet).** No web dashboard, no rollout waves (the `wave` columns stay empty until
-//! the rollout work fills them), no automatic halt: those come next, on top of [`Store`] and [`Summary`].
+//! **What it does not do (yet).** No rollout waves (the `wave` columns stay empty until the rollout work
+//! fills them; [`History`] already counts per wave), no automatic halt: those come next, on top of
+//! [`Store`] and [`Summary`].
 //! It never talks to devices beyond answering their reports.
 //!
-//! **Main types.** [`Store`], [`SqliteStore`], [`PostgresStore`], [`Ingest`], [`Summary`], [`Error`].
+//! **Main types.** [`Store`], [`SqliteStore`], [`PostgresStore`], [`Ingest`], [`Summary`], [`History`],
+//! [`Error`].
 #![deny(missing_docs)]
 
 pub mod dashboard;

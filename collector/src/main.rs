@@ -50,7 +50,7 @@ enum Command {
         #[arg(long)]
         device: String,
     },
-    /// Serve POST /v1/reports and GET /v1/summary.
+    /// Serve POST /v1/reports, GET /v1/summary, and the dashboard at GET / (with GET /v1/history).
     Serve {
         /// The database.
         #[arg(long, env = "COLLECTOR_DB")]

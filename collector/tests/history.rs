@@ -85,6 +85,7 @@ fn state_over_time_follows_each_devices_latest_report(backend: Backend) {
     assert_eq!(old.status, Status::Converged);
     assert_eq!(old.pending, [0, 0, 0]);
     assert_eq!(old.converged_after_ms, Some(0));
+    assert_eq!(old.waves[0].status, Status::Converged);
 
     let new = &history.releases[1];
     assert_eq!(new.waves.len(), 1);
@@ -98,6 +99,7 @@ fn state_over_time_follows_each_devices_latest_report(backend: Backend) {
     assert_eq!(new.expected, 5);
     assert_eq!(new.pending, [3, 2, 1]);
     assert_eq!(new.status, Status::Active);
+    assert_eq!(wave.status, Status::Active);
     assert_eq!(new.converged_after_ms, None, "device 5 is still pending");
     assert_eq!(wave.first_report_ms, t0().timestamp_millis());
     assert_eq!(

@@ -45,9 +45,13 @@ function releaseKey(r) {
   return r.hardware + "/" + r.channel + "/" + r.to_version;
 }
 
-// Stacked bars, one per bucket: the states of `series` (and `pending`, when given) over time.
-function chart(history, series, pending, width, height) {
-  const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", class: "chart" });
+// Stacked bars, one per bucket: the states of `series` (and `pending`, when given) over time. `stretch`:
+// as wide as its box (the bars stretch), else `width` pixels.
+function chart(history, series, pending, width, height, stretch) {
+  const svg = svgEl("svg", {
+    width: stretch ? "100%" : width, height, viewBox: `0 0 ${width} ${height}`,
+    preserveAspectRatio: "none", "shape-rendering": "crispEdges", role: "img", class: "chart",
+  });
   let top = 1;
   series.forEach((s, i) => {
     const total = LAYERS.reduce((sum, [, get]) => sum + get(s), 0) + (pending ? pending[i] : 0);
@@ -67,7 +71,7 @@ function chart(history, series, pending, width, height) {
       if (n <= 0) continue;
       const h = (n / top) * (height - 2);
       y -= h;
-      group.append(svgEl("rect", { class: "bar " + name, x: i * bar, y, width: Math.max(bar - 0.5, 0.5), height: h }));
+      group.append(svgEl("rect", { class: "bar " + name, x: i * bar, y, width: bar, height: h }));
     }
     svg.append(group);
   });
@@ -131,7 +135,10 @@ function releaseCard(history, release, summary) {
   return el("section", { class: "release status-" + release.status, "data-release": releaseKey(release) },
     head,
     totals(summary, release),
-    el("div", { class: "overall" }, chart(history, overall, release.pending, 900, 90)),
+    el("div", { class: "overall" }, chart(history, overall, release.pending, 1000, 90, true)),
+    el("p", { class: "axis muted" },
+      el("span", {}, when(history.start_ms)),
+      el("span", {}, when(history.start_ms + history.buckets * history.bucket_ms))),
     el("table", { class: "waves" }, el("thead", {}, header),
       el("tbody", {}, ...release.waves.map((w) => waveRow(history, w)))),
     reasons(summary));
