@@ -1,32 +1,62 @@
 #!/usr/bin/env bash
 # Benchmark (issue 15, the dashboard): `GET /v1/history` (the fleet over time, 60 buckets) over REPORTS
-# stored reports (default 1,000,000) from DEVICES devices (default 10,000) on one SQLite database. The
-# reports are written by SQL straight into a database `collector` created (no signatures: the history
-# reads only the report rows), over four releases and four waves, then `collector serve` answers
-# `GET /v1/history` RUNS times (default 3) with curl: the first computes it, the next ones (within the
-# reuse time, see collector/src/dashboard.rs) are served from the computed one. Needs sqlite3 and curl.
-#   usage: scripts/bench-history.sh   (env: REPORTS, DEVICES, RUNS, PROFILE)
+# stored reports (default 1,000,000) from DEVICES devices (default 10,000), SQLite and PostgreSQL side by
+# side. The reports are written by SQL straight into a database `collector` created and migrated (no
+# signatures: the history reads only the report rows), over four releases and four waves; then
+# `collector serve` answers `GET /v1/history` RUNS times (default 3) with curl: the first computes it, the
+# next ones (within the reuse time, see collector/src/dashboard.rs) are served from the computed one.
+# Prints the wall time and the CPU the store spent (the collector, plus PostgreSQL's processes).
+# PostgreSQL: Debian's server, started here from a fresh initdb on 127.0.0.1 (as in bench-collector.sh).
+#   usage: scripts/bench-history.sh   (env: REPORTS, DEVICES, RUNS, PROFILE, BACKENDS; needs sqlite3,
+#   curl, postgresql)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPORTS="${REPORTS:-1000000}" DEVICES="${DEVICES:-10000}" RUNS="${RUNS:-3}" PROFILE="${PROFILE:-dev}"
-for tool in sqlite3 curl; do
+BACKENDS="${BACKENDS:-sqlite postgres}"
+for tool in sqlite3 curl psql; do
   command -v "$tool" >/dev/null || { echo "bench-history: needs $tool" >&2; exit 2; }
 done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build -q --profile "$PROFILE" -p collector --bin collector
 COLLECTOR="$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/collector"
 WORK="$(mktemp -d "${BENCH_DIR:-/var/tmp}/bench-history.XXXXXX")"
-SERVER=""
-cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; rm -rf "$WORK"; }
+chmod 0711 "$WORK"   # the postgres user reaches its data directory inside
+SERVER="" PG_PID=""
+cleanup() {
+  [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null
+  if [ -n "$PG_PID" ]; then kill -INT "$PG_PID" 2>/dev/null; wait "$PG_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
-DB="$WORK/fleet.db"
-"$COLLECTOR" summary --db "$DB" >/dev/null   # creates and migrates it
+# Starts PostgreSQL in $WORK/pg; sets PG_PID and PG_PORT.
+start_postgres() {
+  local bin run=()
+  bin="$(compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -1)"
+  [ -x "$bin/initdb" ] || { echo "bench-history: needs PostgreSQL (Debian package postgresql)" >&2; exit 2; }
+  mkdir "$WORK/pg"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown postgres: "$WORK/pg"
+    run=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+  fi
+  (cd "$WORK/pg" && "${run[@]}" "$bin/initdb" -D "$WORK/pg/data" -U postgres --auth=trust --no-instructions >/dev/null)
+  PG_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  (cd "$WORK/pg" && exec "${run[@]}" "$bin/postgres" -D "$WORK/pg/data" -h 127.0.0.1 -p "$PG_PORT" \
+    -k "$WORK/pg" >"$WORK/pg.log" 2>&1) &
+  PG_PID=$!
+  for _ in $(seq 300); do
+    "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && return
+    sleep 0.1
+  done
+  echo "bench-history: PostgreSQL did not start:" >&2; cat "$WORK/pg.log" >&2; exit 2
+}
+
+# The fill, the same SQL for both stores.
 per_release=$((REPORTS / DEVICES / 4 + 1))
-sqlite3 "$DB" <<SQL
+cat >"$WORK/fill.sql" <<SQL
 WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $DEVICES - 1)
 INSERT INTO devices (device_id, key_algorithm, public_key, enrolled_at, hardware, channel)
-SELECT 'dev-' || i, 'ed25519', printf('%064d', i), 0, 'board-a', 'stable' FROM n;
+SELECT 'dev-' || i, 'ed25519', 'key-' || i, 0, 'board-a', 'stable' FROM n;
 WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $REPORTS - 1)
 INSERT INTO reports (device_id, sequence, received_at, hardware, channel, from_version, to_version, target,
     outcome, reason, started_at, finished_at, bytes_downloaded, install_method, wave, envelope)
@@ -36,23 +66,47 @@ SELECT 'dev-' || (i % $DEVICES), i / $DEVICES + 1, 1765098000000 + i * 600, 'boa
     CASE WHEN i % 7 = 0 THEN 'boot check failed' ELSE '' END, 0, 0, 0, 'delta', (i % $DEVICES) * 4 / $DEVICES, '{}'
 FROM n;
 INSERT INTO release_status (device_id, hardware, channel, to_version, wave, sequence, outcome, reason, updated_at)
-SELECT device_id, hardware, channel, to_version, wave, MAX(sequence), outcome, reason, MAX(received_at)
-FROM reports GROUP BY device_id, hardware, channel, to_version;
+SELECT device_id, hardware, channel, to_version, wave, sequence, outcome, reason, received_at FROM (
+    SELECT r.*, ROW_NUMBER() OVER (PARTITION BY device_id, hardware, channel, to_version
+                                   ORDER BY sequence DESC) AS newest FROM reports r) latest
+WHERE newest = 1;
 INSERT INTO release_counts (hardware, channel, to_version, outcome, devices)
 SELECT hardware, channel, to_version, outcome, COUNT(*) FROM release_status GROUP BY 1, 2, 3, 4;
 SQL
 
-"$COLLECTOR" serve --db "$DB" --listen 127.0.0.1:0 > "$WORK/out" &
-SERVER=$!
-until grep -q 'listening on' "$WORK/out" 2>/dev/null; do sleep 0.1; done
-addr="$(sed -n 's/^listening on //p' "$WORK/out")"
-stored="$(sqlite3 "$DB" 'SELECT COUNT(*) FROM reports')"
 tck="$(getconf CLK_TCK)"
-cpu() { awk -v tck="$tck" '{printf "%.2f", ($14 + $15) / tck}' "/proc/$SERVER/stat"; }
-echo "| GET /v1/history, $stored reports, $DEVICES devices | run | wall s | collector CPU s |"
-echo "|---|---|---|---|"
-for run in $(seq "$RUNS"); do
-  before="$(cpu)"
-  t="$(curl -sf -o /dev/null -w '%{time_total}' "http://$addr/v1/history")"
-  echo "| | $run | $t | $(awk -v a="$before" -v b="$(cpu)" 'BEGIN {printf "%.2f", b - a}') |"
+# CPU seconds so far of the collector and, for PostgreSQL, the server and its backends.
+cpu() {
+  local pids=("$SERVER")
+  [ "$1" = postgres ] && pids+=("$PG_PID" $(pgrep -P "$PG_PID" || true))
+  for p in "${pids[@]}"; do cat "/proc/$p/stat" 2>/dev/null || true; done |
+    awk -v tck="$tck" '{sum += $14 + $15} END {printf "%.2f", sum / tck}'
+}
+
+echo "| store | GET /v1/history over | run | wall s | CPU s |"
+echo "|---|---|---:|---:|---:|"
+for backend in $BACKENDS; do
+  if [ "$backend" = sqlite ]; then
+    db="$WORK/fleet.db"
+    "$COLLECTOR" summary --db "$db" >/dev/null   # creates and migrates it
+    sqlite3 -bail "$db" <"$WORK/fill.sql"
+  else
+    [ -n "$PG_PID" ] || start_postgres
+    psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE fleet" >/dev/null
+    db="postgres://postgres@127.0.0.1:$PG_PORT/fleet"
+    "$COLLECTOR" summary --db "$db" >/dev/null
+    psql -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d fleet -f "$WORK/fill.sql" -c "VACUUM ANALYZE" >/dev/null
+  fi
+  : >"$WORK/out"
+  "$COLLECTOR" serve --db "$db" --listen 127.0.0.1:0 >"$WORK/out" &
+  SERVER=$!
+  until grep -q '^listening on ' "$WORK/out"; do sleep 0.1; done
+  addr="$(sed -n 's/^listening on //p' "$WORK/out")"
+  for run in $(seq "$RUNS"); do
+    before="$(cpu "$backend")"
+    t="$(curl -sf -o /dev/null -w '%{time_total}' "http://$addr/v1/history")"
+    used="$(awk -v a="$before" -v b="$(cpu "$backend")" 'BEGIN {printf "%.2f", b - a}')"
+    echo "| $backend | $REPORTS reports, $DEVICES devices | $run | $t | $used |"
+  done
+  kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
 done
