@@ -51,6 +51,7 @@ function chart(history, series, pending, width, height, stretch) {
   const svg = svgEl("svg", {
     width: stretch ? "100%" : width, height, viewBox: `0 0 ${width} ${height}`,
     preserveAspectRatio: "none", "shape-rendering": "crispEdges", role: "img", class: "chart",
+    "aria-label": "devices by state over time",
   });
   let top = 1;
   series.forEach((s, i) => {
@@ -109,7 +110,7 @@ function waveRow(history, wave) {
     cell("drills", `${now.drill_passed}/${now.drill_passed + now.drill_failed}`),
     el("td", {}, when(wave.first_report_ms)),
     el("td", {}, duration(wave.last_report_ms - wave.first_report_ms)),
-    el("td", { class: "chart" }, chart(history, wave.states, null, 260, 36)));
+    el("td", { class: "chart" }, chart(history, wave.states, null, 220, 36)));
 }
 
 function reasons(summary) {
