@@ -5,7 +5,10 @@
 # key `repo-tool keys generate` makes (aws-lc-rs). Each key signs N messages of MSG bytes (default 2000
 # signatures of 1 KiB, about a small snapshot's canonical bytes) after one warm-up signature. Prints a
 # markdown table. Needs softhsm2 (scripts/test.sh installs it).
-#   usage: [N=2000] [MSG=1024] [PROFILE=release] scripts/bench-pkcs11.sh
+# A second table: the device's side, report envelopes signed per second by device-agent's identity (the
+# ed25519 key file against keys generated in a SoftHSM2 token through [identity]; each signature then
+# checked in pure Rust, as the agent does before queuing a report).
+#   usage: [N=2000] [MSG=1024] [PROFILE=release] [PARTS=all|device] scripts/bench-pkcs11.sh
 # (PROFILE=dev reuses a test build; signing time is spent in SoftHSM2's and aws-lc's C code either way.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +16,9 @@ N="${N:-2000}"
 MSG="${MSG:-1024}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 PROFILE="${PROFILE:-release}"
-cargo build -q --profile "$PROFILE" -p ota-publish --example sign_rate -p repo-tool
+PARTS="${PARTS:-all}"
+[ "$PARTS" = device ] || cargo build -q --profile "$PROFILE" -p ota-publish --example sign_rate -p repo-tool
+cargo build -q --profile "$PROFILE" -p device-agent --example report_sign_rate
 OUT="$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
 BIN="$OUT/examples/sign_rate"
 REPO_TOOL="$OUT/repo-tool"
@@ -30,6 +35,7 @@ PIN="bench-$RANDOM-$RANDOM"
 ( umask 077; printf '%s\n' "$PIN" >"$WORK/pin" )
 # softhsm2-util takes its PINs as arguments: a throwaway token in a temp directory.
 softhsm2-util --init-token --free --label bench --so-pin "so-$PIN" --pin "$PIN" >/dev/null
+if [ "$PARTS" != device ]; then
 P256="pkcs11:token=bench;object=p256?pin-source=$WORK/pin"
 ED="pkcs11:token=bench;object=ed25519?pin-source=$WORK/pin"
 "$REPO_TOOL" keys generate-in-token --uri "$P256" --algorithm ecdsa-p256 --dir "$WORK/keys" --name p256 >/dev/null
@@ -48,3 +54,22 @@ echo "|---|---:|---:|"
   esac
   echo "| $name | $rate | $us |"
 done
+fi
+
+echo
+echo "Device reports (device-agent identity: one DSSE report envelope each, its signature checked after;"
+echo "SoftHSM2 $(softhsm2-util --version), $PROFILE build, N=$N, load $(cut -d' ' -f1 /proc/loadavg)):"
+echo
+echo "| identity | reports signed/s | µs/report |"
+echo "|---|---:|---:|"
+DEV_P256="pkcs11:token=bench;object=device-p256"
+DEV_ED="pkcs11:token=bench;object=device-ed25519"
+"$OUT/examples/report_sign_rate" "$N" "$WORK/device.pk8" "$MODULE" "$WORK/pin" "$DEV_P256" "$DEV_ED" |
+  while IFS=$'\t' read -r key rate us; do
+    case "$key" in
+      *.pk8) name="ed25519 key file (identity.pk8, ed25519-dalek)" ;;
+      *object=device-p256*) name="SoftHSM2 ECDSA P-256 ([identity] in the token)" ;;
+      *) name="SoftHSM2 Ed25519 ([identity] in the token)" ;;
+    esac
+    echo "| $name | $rate | $us |"
+  done

@@ -24,6 +24,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::{SignatureAlgorithm, SignatureScheme};
 use sha2::Digest as _;
 
+use ota_report::PublicKey;
+
 use crate::error::{Error, Result};
 use crate::identity::IdentityKey;
 
@@ -36,7 +38,7 @@ pub const CLIENT_CERT_FILE: &str = "identity.crt";
 
 /// Largest CA bundle accepted (a few certificates).
 const MAX_CA_FILE: u64 = 256 * 1024;
-/// Largest client certificate file accepted (a self-signed ed25519 certificate is under 1 KiB).
+/// Largest client certificate file accepted (a self-signed certificate is under 1 KiB).
 const MAX_CERT_FILE: u64 = 16 * 1024;
 
 /// Copies the CA certificate(s) at `source` into `state_dir/name` (0644: certificates are public),
@@ -117,7 +119,8 @@ pub fn create_client_cert(state_dir: &Path, identity: &dyn IdentityKey) -> Resul
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     // The serial number only has to be unique per issuer, and the issuer is the key itself: a digest of
     // the key (positive: top bit clear) is as good as random, and needs no random source here.
-    let mut serial: [u8; 16] = sha2::Sha256::digest(identity.public_key().as_bytes())
+    let public = identity.public_key();
+    let mut serial: [u8; 16] = sha2::Sha256::digest(public.to_bytes())
         .get(..16)
         .and_then(|b| b.try_into().ok())
         .unwrap_or([1; 16]);
@@ -126,7 +129,8 @@ pub fn create_client_cert(state_dir: &Path, identity: &dyn IdentityKey) -> Resul
     let cert = params
         .self_signed(&CertSigner {
             identity,
-            public_key: identity.public_key().to_bytes(),
+            raw_public_key: raw_public_key(&public),
+            algorithm: cert_algorithm(&public),
         })
         .map_err(|e| bad(format!("cannot make it: {e}")))?;
     ota_fs::write_atomic(&path, cert.pem().as_bytes(), 0o644)?;
@@ -212,7 +216,7 @@ fn read_client_cert(path: &Path, identity: &dyn IdentityKey) -> Result<Certifica
         .into_iter()
         .next()
         .ok_or_else(|| bad("no certificate in it".into()))?;
-    let spki = ed25519_spki(identity.public_key().as_bytes());
+    let spki = spki_of(&identity.public_key());
     // The SubjectPublicKeyInfo is a contiguous run of the certificate's DER: finding the identity's
     // exact SPKI in it is enough to tell the certificate carries that key (an issuer's key would be in
     // the signature's place only as a signature, never as an SPKI).
@@ -225,14 +229,47 @@ fn read_client_cert(path: &Path, identity: &dyn IdentityKey) -> Result<Certifica
     Ok(cert)
 }
 
-/// The DER SubjectPublicKeyInfo of an ed25519 public key (RFC 8410: SEQUENCE { SEQUENCE { OID
-/// 1.3.101.112 }, BIT STRING key }).
-fn ed25519_spki(public_key: &[u8; 32]) -> Vec<u8> {
-    let mut spki = vec![
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
-    spki.extend_from_slice(public_key);
-    spki
+/// The DER SubjectPublicKeyInfo of an ed25519 key before its 32 bytes (RFC 8410: SEQUENCE { SEQUENCE
+/// { OID 1.3.101.112 }, BIT STRING key }).
+const ED25519_SPKI_PREFIX: &[u8] = &[
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+/// The DER SubjectPublicKeyInfo of a P-256 key before its 65-byte uncompressed point (RFC 5480: OIDs
+/// id-ecPublicKey and prime256v1).
+const P256_SPKI_PREFIX: &[u8] = &[
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86,
+    0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// The key as a certificate carries it inside its SubjectPublicKeyInfo: the 32 bytes of an ed25519
+/// key, the uncompressed point of a P-256 key.
+fn raw_public_key(key: &PublicKey) -> Vec<u8> {
+    match key {
+        PublicKey::EcdsaP256(k) => k.to_encoded_point(false).as_bytes().to_vec(),
+        _ => key.to_bytes(),
+    }
+}
+
+fn is_p256(key: &PublicKey) -> bool {
+    matches!(key, PublicKey::EcdsaP256(_))
+}
+
+/// The DER SubjectPublicKeyInfo of the identity's key.
+fn spki_of(key: &PublicKey) -> Vec<u8> {
+    let prefix = if is_p256(key) {
+        P256_SPKI_PREFIX
+    } else {
+        ED25519_SPKI_PREFIX
+    };
+    [prefix, raw_public_key(key).as_slice()].concat()
+}
+
+fn cert_algorithm(key: &PublicKey) -> &'static rcgen::SignatureAlgorithm {
+    if is_p256(key) {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    } else {
+        &rcgen::PKCS_ED25519
+    }
 }
 
 /// Every PEM certificate in `pem` (at least one).
@@ -258,29 +295,29 @@ fn read_if_present(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// The identity key as rcgen's signer: it signs the client certificate at provisioning. rcgen wants
-/// the raw public key for ed25519 (it wraps it in the SPKI itself) by reference, so it is copied here.
+/// The identity key as rcgen's signer: it signs the client certificate at provisioning (through the
+/// token when the key is in one). rcgen wants the raw public key (it wraps it in the SPKI itself) by
+/// reference, so it is copied here.
 struct CertSigner<'a> {
     identity: &'a dyn IdentityKey,
-    public_key: [u8; 32],
+    raw_public_key: Vec<u8>,
+    algorithm: &'static rcgen::SignatureAlgorithm,
 }
 
 impl rcgen::PublicKeyData for CertSigner<'_> {
     fn der_bytes(&self) -> &[u8] {
-        &self.public_key
+        &self.raw_public_key
     }
 
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        &rcgen::PKCS_ED25519
+        self.algorithm
     }
 }
 
 impl rcgen::SigningKey for CertSigner<'_> {
     fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
-        self.identity
-            .sign(msg)
-            .map(|s| s.to_bytes().to_vec())
-            .map_err(|_| rcgen::Error::RemoteKeyError)
+        // ed25519's 64 bytes, or ECDSA's DER: what an X.509 signature holds for each.
+        self.identity.sign(msg).map_err(|_| rcgen::Error::RemoteKeyError)
     }
 }
 
@@ -302,8 +339,19 @@ impl rustls::client::ResolvesClientCert for ClientIdentity {
     }
 }
 
-/// The identity key as rustls' handshake signer (TLS 1.3 CertificateVerify, ed25519).
+/// The identity key as rustls' handshake signer (TLS 1.3 CertificateVerify, or TLS 1.2's client
+/// CertificateVerify): ed25519, or ECDSA P-256 with SHA-256, signed wherever the key lives (a token).
 struct HandshakeSigner(Arc<dyn IdentityKey>);
+
+impl HandshakeSigner {
+    fn scheme_of(&self) -> SignatureScheme {
+        if is_p256(&self.0.public_key()) {
+            SignatureScheme::ECDSA_NISTP256_SHA256
+        } else {
+            SignatureScheme::ED25519
+        }
+    }
+}
 
 impl std::fmt::Debug for HandshakeSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -317,24 +365,86 @@ impl std::fmt::Debug for HandshakeSigner {
 impl rustls::sign::SigningKey for HandshakeSigner {
     fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn rustls::sign::Signer>> {
         offered
-            .contains(&SignatureScheme::ED25519)
+            .contains(&self.scheme_of())
             .then(|| Box::new(HandshakeSigner(self.0.clone())) as Box<dyn rustls::sign::Signer>)
     }
 
     fn algorithm(&self) -> SignatureAlgorithm {
-        SignatureAlgorithm::ED25519
+        if is_p256(&self.0.public_key()) {
+            SignatureAlgorithm::ECDSA
+        } else {
+            SignatureAlgorithm::ED25519
+        }
     }
 }
 
 impl rustls::sign::Signer for HandshakeSigner {
     fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, rustls::Error> {
-        self.0
-            .sign(message)
-            .map(|s| s.to_bytes().to_vec())
-            .map_err(|e| rustls::Error::General(format!("the identity key cannot sign: {e}")))
+        self.0.sign(message).map_err(|e| {
+            rustls::Error::General(format!(
+                "the identity key cannot sign: {}",
+                crate::error::error_chain(&e)
+            ))
+        })
     }
 
     fn scheme(&self) -> SignatureScheme {
-        SignatureScheme::ED25519
+        self.scheme_of()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::signature::{Signer as _, Verifier as _};
+    use rustls::sign::SigningKey as _;
+
+    /// A P-256 identity in memory (a token's key, as far as these functions can tell).
+    struct SoftP256(p256::ecdsa::SigningKey);
+
+    impl IdentityKey for SoftP256 {
+        fn public_key(&self) -> PublicKey {
+            PublicKey::EcdsaP256(*self.0.verifying_key())
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+            let sig: p256::ecdsa::Signature = self.0.sign(message);
+            Ok(sig.to_der().as_bytes().to_vec())
+        }
+    }
+
+    fn p256_identity(seed: u8) -> SoftP256 {
+        SoftP256(p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap())
+    }
+
+    #[test]
+    fn a_p256_identity_gets_a_certificate_with_its_key_and_signs_the_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = p256_identity(7);
+        assert!(create_client_cert(dir.path(), &id).unwrap());
+        assert!(!create_client_cert(dir.path(), &id).unwrap(), "kept");
+        let path = dir.path().join(CLIENT_CERT_FILE);
+        let cert = read_client_cert(&path, &id).unwrap();
+        assert!(cert
+            .windows(P256_SPKI_PREFIX.len())
+            .any(|w| w == P256_SPKI_PREFIX));
+        let err = read_client_cert(&path, &p256_identity(8))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not carry the identity key"), "{err}");
+
+        let signer = HandshakeSigner(Arc::new(id));
+        assert_eq!(signer.algorithm(), SignatureAlgorithm::ECDSA);
+        assert!(signer.choose_scheme(&[SignatureScheme::ED25519]).is_none());
+        let chosen = signer
+            .choose_scheme(&[SignatureScheme::ED25519, SignatureScheme::ECDSA_NISTP256_SHA256])
+            .unwrap();
+        assert_eq!(chosen.scheme(), SignatureScheme::ECDSA_NISTP256_SHA256);
+        let der = chosen.sign(b"handshake transcript").unwrap();
+        let sig = p256::ecdsa::Signature::from_der(&der).unwrap();
+        p256_identity(7)
+            .0
+            .verifying_key()
+            .verify(b"handshake transcript", &sig)
+            .unwrap();
     }
 }

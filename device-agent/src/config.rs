@@ -35,6 +35,69 @@ pub struct AgentConfig {
     pub poll: PollConfig,
     /// Where to send the signed report of each update's outcome; absent: reporting is off.
     pub report: Option<ReportConfig>,
+    /// The identity key in a PKCS#11 token; absent: the key file in the state directory (the default).
+    pub identity: Option<IdentityConfig>,
+}
+
+/// The `[identity]` table: the device's identity key in a PKCS#11 token (a secure element, an HSM, a
+/// TPM 2.0 through tpm2-pkcs11). `provision` generates the key inside the token (never extractable)
+/// and records its public key; every start opens it and checks it is still that key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The key's RFC 7512 URI, `pkcs11:token=LABEL;object=NAME` (`module-path` and `pin-source` may
+    /// be in it too; `pin-value` is refused).
+    pub key: String,
+    /// The PKCS#11 module (`/usr/lib/softhsm/libsofthsm2.so`), loaded at run time; not needed when
+    /// the URI has `module-path`.
+    pub module: Option<PathBuf>,
+    /// A file holding the user PIN, mode 0600 (else the URI's `pin-source`, else `OTA_PKCS11_PIN`).
+    pub pin_file: Option<PathBuf>,
+    /// The key `provision` generates when the token has none by that name: `ecdsa-p256` (default,
+    /// what TPMs and secure elements offer) or `ed25519`.
+    #[serde(default = "default_identity_algorithm")]
+    pub algorithm: String,
+}
+
+impl IdentityConfig {
+    /// The key's URI, parsed.
+    pub fn uri(&self) -> std::result::Result<ota_pkcs11::Pkcs11Uri, ota_pkcs11::Error> {
+        self.key.parse()
+    }
+
+    /// The algorithm of a key `provision` generates.
+    pub fn key_algorithm(&self) -> std::result::Result<ota_pkcs11::KeyAlgorithm, String> {
+        self.algorithm.parse()
+    }
+
+    /// What the URI leaves out: the module and the PIN file.
+    pub fn token_config(&self) -> ota_pkcs11::TokenConfig {
+        ota_pkcs11::TokenConfig {
+            module_path: self.module.clone(),
+            pin_file: self.pin_file.clone(),
+        }
+    }
+}
+
+fn default_identity_algorithm() -> String {
+    "ecdsa-p256".into()
+}
+
+/// The `[identity]` table's rules: a URI that parses and names its key, and a known algorithm.
+fn validate_identity(identity: &IdentityConfig) -> std::result::Result<(), String> {
+    let uri = identity.uri().map_err(|e| format!("identity.key: {e}"))?;
+    if uri.object.is_none() && uri.id.is_none() {
+        return Err(format!(
+            "identity.key = {uri}: name the key with object= (and id= if you like)"
+        ));
+    }
+    if uri.module_path.is_none() && identity.module.is_none() {
+        return Err("identity.module: the PKCS#11 module is needed (or module-path= in identity.key)".into());
+    }
+    identity
+        .key_algorithm()
+        .map_err(|e| format!("identity.algorithm: {e}"))?;
+    Ok(())
 }
 
 /// The `[report]` section: the collector and the bounds of the on-disk report queue.
@@ -413,6 +476,9 @@ impl AgentConfig {
         validate_health(&self.health)?;
         if let Some(report) = &self.report {
             validate_report(report)?;
+        }
+        if let Some(identity) = &self.identity {
+            validate_identity(identity)?;
         }
         if self.poll.interval_secs == 0 {
             return Err("poll.interval_secs must be at least 1".into());

@@ -40,7 +40,13 @@ pub fn open_device(config: &AgentConfig) -> Result<ConfiguredDevice> {
     let (slots, boot) = open_parts(config)?;
     let mut settings = DeviceSettings::from_config(config);
     settings.repository.http = crate::channels::repository_http(&config.state_dir)?;
-    let mut device = Device::open(settings, slots, boot)?;
+    let mut device = match &config.identity {
+        None => Device::open(settings, slots, boot)?,
+        Some(_) => {
+            let identity = crate::identity::open_configured(config)?;
+            Device::open_with_identity(settings, slots, boot, Box::new(identity))?
+        }
+    };
     device.set_retry_policy(config.retry_policy());
     if let Some(report) = &config.report {
         device.set_report_queue(ReportQueue::open(&config.state_dir, report.limits()));

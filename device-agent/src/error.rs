@@ -123,6 +123,29 @@ pub enum Error {
         /// What is wrong with it.
         why: String,
     },
+    /// The identity key in a PKCS#11 token could not be opened, generated or used; the source says
+    /// which: the module or the token missing, the PIN wrong, a default or readable by others, the
+    /// token locked, the key absent.
+    #[error("cannot use the identity key {uri}")]
+    Token {
+        /// The key's `pkcs11:` URI (never a PIN: `pin-value` is refused).
+        uri: String,
+        /// What the token or the PIN check said.
+        source: ota_pkcs11::Error,
+    },
+    /// The token holds another key than the one recorded at provisioning.
+    #[error(
+        "the identity key in the token is device {found}, but {path} records {recorded}: wrong token, or \
+         its key was replaced; refusing to speak as another device (re-provision to change the identity)"
+    )]
+    IdentityMismatch {
+        /// The recorded public key file.
+        path: PathBuf,
+        /// The recorded key (`algorithm:hex`).
+        recorded: String,
+        /// The device id of the key found in the token.
+        found: String,
+    },
     /// The onboarding card or its QR code could not be made.
     #[error("onboarding: {why}")]
     Onboarding {

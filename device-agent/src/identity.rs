@@ -1,19 +1,24 @@
 //! The device's identity key and the root-of-trust fingerprint check.
 //!
-//! The identity is an ed25519 key pair; its public half names the device (its [`IdentityKey::device_id`]
-//! also decides the device's rollout bucket) and its private half signs what the device reports. Callers
-//! see it only through the [`IdentityKey`] trait, so where the private key lives is the implementation's
-//! business: [`FileIdentity`] today (made on the device at provisioning, PKCS#8 DER, mode 0600, never
-//! overwritten and never logged; the agent refuses to start when it is missing, unreadable, or readable
-//! by group or others), a PKCS#11 token later, without touching the callers.
+//! The identity is a key pair (ed25519, or ECDSA P-256 in a token); its public half names the device
+//! (its [`IdentityKey::device_id`] also decides the device's rollout bucket) and its private half signs
+//! what the device reports and its TLS handshakes with the collector. Callers see it only through the
+//! [`IdentityKey`] trait, so where the private key lives is the implementation's business:
+//! [`FileIdentity`] by default (an ed25519 key made on the device at provisioning, PKCS#8 DER, mode
+//! 0600, never overwritten and never logged; the agent refuses to start when it is missing,
+//! unreadable, or readable by group or others), or [`crate::token_identity::TokenIdentity`], a key
+//! generated inside a PKCS#11 token that never leaves it (the `[identity]` table of the config).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
+use ota_report::PublicKey;
 use sha2::{Digest, Sha256};
 
+use crate::config::AgentConfig;
 use crate::error::{Error, Result};
 
 /// File name of the identity key in the state directory.
@@ -22,30 +27,57 @@ pub const IDENTITY_FILE: &str = "identity.pk8";
 /// A PKCS#8 document for an ed25519 key is 48 bytes; anything much larger is not one.
 const MAX_KEY_FILE: u64 = 4096;
 
-/// The device's unique identity: an ed25519 key whose private half may live anywhere (a file, a token).
+/// The device's unique identity: a key whose private half may live anywhere (a file, a token).
 pub trait IdentityKey: Send + Sync {
-    /// The public key.
-    fn public_key(&self) -> VerifyingKey;
+    /// The public key (ed25519 or ECDSA P-256).
+    fn public_key(&self) -> PublicKey;
 
-    /// Signs `message` (device reports, enrolment). Fallible: a token may be absent or refuse.
-    fn sign(&self, message: &[u8]) -> Result<Signature>;
+    /// Signs `message` (device reports, the TLS handshake, the client certificate): the 64 raw bytes
+    /// for ed25519, ASN.1 DER over SHA-256 for ECDSA P-256 (as DSSE reports and TLS both carry it).
+    /// Fallible: a token may be absent or refuse.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
 
-    /// A stable, printable device id: `dev-` and the first 16 hex digits of sha256(public key). The same
-    /// for every implementation: the id follows the key, not where it is stored.
+    /// A stable, printable device id: `dev-` and the first 16 hex digits of sha256(public key bytes).
+    /// The same for every implementation: the id follows the key, not where it is stored.
     fn device_id(&self) -> String {
-        device_id_of(&self.public_key())
+        self.public_key().device_id().to_string()
     }
 
-    /// The public key, hex.
+    /// The public key's bytes, hex (32 bytes for ed25519, the 33-byte compressed point for P-256):
+    /// what `collector enroll --key` takes.
     fn public_key_hex(&self) -> String {
-        hex::encode(self.public_key().as_bytes())
+        hex::encode(self.public_key().to_bytes())
     }
 }
 
-/// The device id of `public_key` (see [`IdentityKey::device_id`]).
-pub fn device_id_of(public_key: &VerifyingKey) -> String {
-    let hex = hex::encode(Sha256::digest(public_key.as_bytes()));
-    format!("dev-{}", hex.get(..16).unwrap_or(&hex))
+/// A shared identity is the identity (the daemon's report sender and its device hold the same key).
+impl<K: IdentityKey + ?Sized> IdentityKey for Arc<K> {
+    fn public_key(&self) -> PublicKey {
+        self.as_ref().public_key()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        self.as_ref().sign(message)
+    }
+}
+
+/// Opens the identity the configuration names: the key file in the state directory (checked as
+/// [`crate::trust::check_key_file`] does), or the key in a PKCS#11 token, checked against the public
+/// key recorded at provisioning. A token that is missing, locked or refuses the PIN is an error that
+/// says which.
+pub fn open_configured(config: &AgentConfig) -> Result<Arc<dyn IdentityKey>> {
+    match &config.identity {
+        None => {
+            let path = FileIdentity::path_in(&config.state_dir);
+            crate::trust::check_key_file(&path)?;
+            Ok(Arc::new(FileIdentity::load(&path)?))
+        }
+        Some(token) => {
+            let identity = crate::token_identity::TokenIdentity::open(token)?;
+            crate::token_identity::check_recorded(&config.state_dir, &identity)?;
+            Ok(Arc::new(identity))
+        }
+    }
 }
 
 /// The identity key in a file in the state directory.
@@ -63,13 +95,13 @@ impl std::fmt::Debug for FileIdentity {
 }
 
 impl IdentityKey for FileIdentity {
-    fn public_key(&self) -> VerifyingKey {
-        self.key.verifying_key()
+    fn public_key(&self) -> PublicKey {
+        PublicKey::Ed25519(self.key.verifying_key())
     }
 
-    fn sign(&self, message: &[u8]) -> Result<Signature> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         use ed25519_dalek::Signer;
-        Ok(self.key.sign(message))
+        Ok(self.key.sign(message).to_bytes().to_vec())
     }
 }
 
@@ -169,12 +201,12 @@ mod tests {
     struct HeldElsewhere(SigningKey);
 
     impl IdentityKey for HeldElsewhere {
-        fn public_key(&self) -> VerifyingKey {
-            self.0.verifying_key()
+        fn public_key(&self) -> PublicKey {
+            PublicKey::Ed25519(self.0.verifying_key())
         }
-        fn sign(&self, message: &[u8]) -> Result<Signature> {
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
             use ed25519_dalek::Signer;
-            Ok(self.0.sign(message))
+            Ok(self.0.sign(message).to_bytes().to_vec())
         }
     }
 
@@ -187,12 +219,15 @@ mod tests {
         let elsewhere = HeldElsewhere(SigningKey::from_pkcs8_der(&der).unwrap());
         let keys: [&dyn IdentityKey; 2] = [&file_key, &elsewhere];
         // The definition, spelled out: dev- and 16 hex digits of sha256(public key).
-        let digest = hex::encode(Sha256::digest(file_key.public_key().as_bytes()));
+        let digest = hex::encode(Sha256::digest(file_key.public_key().to_bytes()));
         let want = format!("dev-{}", &digest[..16]);
+        let PublicKey::Ed25519(public) = file_key.public_key() else {
+            panic!("a key file is ed25519");
+        };
         for key in keys {
             assert_eq!(key.device_id(), want);
-            let sig = key.sign(b"report").unwrap();
-            key.public_key().verify_strict(b"report", &sig).unwrap();
+            let sig = ed25519_dalek::Signature::from_slice(&key.sign(b"report").unwrap()).unwrap();
+            public.verify_strict(b"report", &sig).unwrap();
         }
     }
 

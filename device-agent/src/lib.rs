@@ -3,8 +3,9 @@
 //!
 //! Its one job is the device side of an update. Main types:
 //! - [`config::AgentConfig`]: the TOML configuration (`dist/agent.toml` is the annotated sample).
-//! - [`identity::IdentityKey`]: the device's ed25519 identity, whoever holds the private key;
-//!   [`identity::FileIdentity`] is the key file made at provisioning (0600).
+//! - [`identity::IdentityKey`]: the device's identity (ed25519 or ECDSA P-256), whoever holds the
+//!   private key; [`identity::FileIdentity`] is the key file made at provisioning (0600, the default),
+//!   [`token_identity::TokenIdentity`] a key generated in a PKCS#11 token.
 //! - [`state::UpdateState`] and [`state::transition`]: the update as an explicit state machine, persisted
 //!   in a [`state::DeviceRecord`] before every side effect ([`state::Action`]).
 //! - [`select::select`]: which signed release this device installs next (waves, halts, pull-backs and
@@ -49,6 +50,7 @@ pub mod rollout;
 pub mod schedule;
 pub mod select;
 pub mod state;
+pub mod token_identity;
 pub mod trust;
 
 pub use error::{error_chain, Error, Result};

@@ -13,9 +13,10 @@ use device_agent::channels::provision_channels;
 use device_agent::config::AgentConfig;
 use device_agent::daemon::{self, ConfiguredDevice, Ended, Polling, Reboot};
 use device_agent::device::RolloutStatus;
-use device_agent::device::{create_state_dir, provision, FactoryImage, Outcome, Preflight, Status};
-use device_agent::identity::FileIdentity;
+use device_agent::device::{create_state_dir, FactoryImage, Outcome, Preflight, Status};
+use device_agent::identity::open_configured;
 use device_agent::lock::AgentLock;
+use device_agent::provision::{provision_with, IdentitySource};
 use device_agent::rollout::{format_unix, DrillOutcome};
 use device_agent::select::Decision;
 use device_agent::REBOOT_EXIT_CODE;
@@ -227,10 +228,10 @@ fn run_provision(
     create_state_dir(&config.state_dir)?;
     let _lock = AgentLock::acquire(&config.state_dir)?;
     let (mut slots, mut boot) = daemon::open_parts(config)?;
-    let r = provision(
+    let r = provision_with(
         &config.state_dir,
-        root,
-        fingerprint,
+        IdentitySource::of(config.identity.as_ref()),
+        (root, fingerprint),
         factory,
         &mut slots,
         &mut boot,
@@ -245,7 +246,7 @@ fn run_provision(
     println!("identity      {identity}");
     println!("pinned root   {}", r.root_sha256);
     println!("running       slot {} sha256 {}", r.booted, r.running_sha256);
-    let identity = FileIdentity::load(&FileIdentity::path_in(&config.state_dir))?;
+    let identity = open_configured(config)?;
     let channels = provision_channels(&config.state_dir, &identity, repository_ca, collector_ca)?;
     for (pinned, what) in [
         (channels.repository_ca, "pinned repository CA"),
@@ -276,7 +277,7 @@ fn print_identity(
     use device_agent::identity::IdentityKey as _;
     use device_agent::onboarding::{card_of, fingerprint, CardQr};
     // Read-only, like `status`: no lock.
-    let identity = FileIdentity::load(&FileIdentity::path_in(&config.state_dir))?;
+    let identity = open_configured(config)?;
     let card = card_of(&identity)?;
     let qr = CardQr::new(&card)?;
     println!("device id     {}", identity.device_id());

@@ -4,7 +4,7 @@
 //! it and hands the text to the collector's `enroll`; the pinned root fingerprint (`repo-tool init`'s
 //! QR code) is the other half.
 
-use ota_report::{DeviceCard, PublicKey};
+use ota_report::DeviceCard;
 use qrcode::render::unicode::Dense1x2;
 use qrcode::{Color, EcLevel, QrCode};
 use sha2::{Digest as _, Sha256};
@@ -20,10 +20,7 @@ const QUIET_ZONE: usize = 4;
 
 /// The identity's card.
 pub fn card_of(identity: &dyn IdentityKey) -> Result<DeviceCard> {
-    let key = PublicKey::ed25519(identity.public_key().as_bytes()).map_err(|e| Error::Onboarding {
-        why: format!("the identity's public key: {e}"),
-    })?;
-    Ok(DeviceCard::new(key))
+    Ok(DeviceCard::new(identity.public_key()))
 }
 
 /// The public key's fingerprint: `sha256:` and the sha256 of its bytes, hex (the device id is `dev-`
@@ -110,16 +107,17 @@ fn paint_module(pixels: &mut [u8], side: usize, mx: usize, my: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ota_report::PublicKey;
 
     struct Fixed(ed25519_dalek::SigningKey);
 
     impl IdentityKey for Fixed {
-        fn public_key(&self) -> ed25519_dalek::VerifyingKey {
-            self.0.verifying_key()
+        fn public_key(&self) -> PublicKey {
+            PublicKey::Ed25519(self.0.verifying_key())
         }
-        fn sign(&self, message: &[u8]) -> Result<ed25519_dalek::Signature> {
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
             use ed25519_dalek::Signer as _;
-            Ok(self.0.sign(message))
+            Ok(self.0.sign(message).to_bytes().to_vec())
         }
     }
 

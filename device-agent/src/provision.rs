@@ -11,10 +11,12 @@ use ota_slot::{slot_sha256, BootControl, Slot};
 use ota_tuf::Client;
 use serde::Serialize;
 
+use crate::config::IdentityConfig;
 use crate::device::{SlotPair, METADATA_DIR, PINNED_ROOT_FILE};
 use crate::error::{Error, Result};
 use crate::identity::{check_root_fingerprint, parse_fingerprint, FileIdentity, IdentityKey};
 use crate::state::{DeviceRecord, RecordFile, SlotImage};
+use crate::token_identity::{record_public, TokenIdentity};
 use crate::SlotId;
 
 /// Largest root.json accepted at provisioning (TUF 5.3.3's suggested bound).
@@ -48,11 +50,24 @@ pub struct ProvisionReport {
     pub running_sha256: String,
 }
 
-/// Pins the root of trust, creates the identity key and records the running image.
-///
-/// Refuses a root whose sha256 is not `fingerprint`, and a device already pinned to another root.
-/// Running it again with the same root is harmless: the key, the (possibly rotated) trusted metadata and
-/// the update record are kept.
+/// Where provisioning makes (or finds) the identity key.
+#[derive(Clone, Copy, Debug)]
+pub enum IdentitySource<'a> {
+    /// The ed25519 key file in the state directory (the default).
+    File,
+    /// A key in a PKCS#11 token, generated there when the token has none by that name.
+    Token(&'a IdentityConfig),
+}
+
+impl<'a> IdentitySource<'a> {
+    /// The source the configuration's `[identity]` table names.
+    pub fn of(identity: Option<&'a IdentityConfig>) -> IdentitySource<'a> {
+        identity.map_or(IdentitySource::File, IdentitySource::Token)
+    }
+}
+
+/// Pins the root of trust, creates the identity key file and records the running image
+/// ([`provision_with`] and [`IdentitySource::File`]).
 pub fn provision<S: Slot, B: BootControl>(
     state_dir: &Path,
     root_path: &Path,
@@ -61,6 +76,31 @@ pub fn provision<S: Slot, B: BootControl>(
     slots: &mut SlotPair<S>,
     boot: &mut B,
 ) -> Result<ProvisionReport> {
+    let pinned = pin_root(state_dir, root_path, fingerprint)?;
+    finish(state_dir, IdentitySource::File, pinned, factory, slots, boot)
+}
+
+/// Pins the root of trust, creates the identity key where `identity` says (a key made in a token
+/// never leaves it: only its public key is recorded) and records the running image.
+///
+/// Refuses a root whose sha256 is not `fingerprint`, and a device already pinned to another root.
+/// Running it again with the same root is harmless: the key, the (possibly rotated) trusted metadata and
+/// the update record are kept.
+pub fn provision_with<S: Slot, B: BootControl>(
+    state_dir: &Path,
+    identity: IdentitySource<'_>,
+    (root_path, fingerprint): (&Path, &str),
+    factory: &FactoryImage,
+    slots: &mut SlotPair<S>,
+    boot: &mut B,
+) -> Result<ProvisionReport> {
+    let pinned = pin_root(state_dir, root_path, fingerprint)?;
+    finish(state_dir, identity, pinned, factory, slots, boot)
+}
+
+/// Checks the root against the fingerprint and pins it (or finds it pinned already); returns the
+/// root's sha256, hex.
+fn pin_root(state_dir: &Path, root_path: &Path, fingerprint: &str) -> Result<String> {
     let expected = parse_fingerprint(fingerprint)?;
     let root = ota_fs::read_bounded(root_path, MAX_ROOT_FILE)?;
     check_root_fingerprint(root_path, &root, &expected)?;
@@ -84,8 +124,34 @@ pub fn provision<S: Slot, B: BootControl>(
         }
         Err(e) => return Err(e.into()),
     }
+    Ok(root_hex)
+}
 
-    let (identity, key_created) = FileIdentity::create_or_load(&FileIdentity::path_in(state_dir))?;
+/// The identity key, made where `source` says or found there.
+fn create_identity(state_dir: &Path, source: IdentitySource<'_>) -> Result<(Box<dyn IdentityKey>, bool)> {
+    match source {
+        IdentitySource::File => {
+            let (key, created) = FileIdentity::create_or_load(&FileIdentity::path_in(state_dir))?;
+            Ok((Box::new(key), created))
+        }
+        IdentitySource::Token(config) => {
+            let (key, created) = TokenIdentity::create_or_open(config)?;
+            record_public(state_dir, &key)?;
+            Ok((Box::new(key), created))
+        }
+    }
+}
+
+/// Provisioning after the root is pinned: the identity, and the record of the running image.
+fn finish<S: Slot, B: BootControl>(
+    state_dir: &Path,
+    source: IdentitySource<'_>,
+    root_hex: String,
+    factory: &FactoryImage,
+    slots: &mut SlotPair<S>,
+    boot: &mut B,
+) -> Result<ProvisionReport> {
+    let (identity, key_created) = create_identity(state_dir, source)?;
     let booted = boot.booted()?;
     let running = Sha256Digest(slot_sha256(slots.get_mut(booted), factory.length)?);
     let record_file = RecordFile::in_dir(state_dir);

@@ -130,7 +130,7 @@ impl OutcomeFacts {
     }
 }
 
-/// Signs reports with the device's identity key ([`IdentityKey`]: a file today, a token later).
+/// Signs reports with the device's identity key ([`IdentityKey`]: a key file or a token).
 pub struct IdentitySigner<'a>(pub &'a dyn IdentityKey);
 
 impl IdentitySigner<'_> {
@@ -142,11 +142,11 @@ impl IdentitySigner<'_> {
 
 impl ReportSigner for IdentitySigner<'_> {
     fn public_key(&self) -> PublicKey {
-        PublicKey::Ed25519(self.0.public_key())
+        self.0.public_key()
     }
 
     fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(self.0.sign(message)?.to_bytes().to_vec())
+        Ok(self.0.sign(message)?)
     }
 }
 

@@ -8,11 +8,15 @@
 //! is dropped; anything else (5xx, 401/403 for a device not enrolled yet, 408, 429, a redirect, the
 //! network) may pass later, so it stays and the queue stops there, keeping the order.
 //!
-//! The HTTP client is built in one place, [`http_client`], where a TLS configuration (a client
-//! certificate for mTLS, a private CA) plugs in.
+//! The HTTP client is built in one place, [`http_client`]. For an `https://` collector whose CA was
+//! pinned at provisioning (`provision --collector-ca`), it speaks mutual TLS
+//! ([`crate::channels::CollectorTls`]): only the pinned CA's server is talked to, and the device
+//! presents its client certificate, the handshake signed by the identity key (in its token when it is
+//! in one), so the collector knows which device speaks before it reads a byte.
 
 use std::time::Duration;
 
+use crate::channels::{CollectorTls, COLLECTOR_CA_FILE};
 use crate::config::{AgentConfig, ReportConfig};
 use crate::error::{error_chain, Error, Result};
 use crate::report_queue::{Delivery, ReportQueue};
@@ -23,10 +27,25 @@ pub const MAX_RESPONSE_BYTES: usize = 4096;
 /// The most of an answer kept in a message.
 const MAX_EXCERPT: usize = 300;
 
+/// The collector's TLS: mutual TLS with the identity's client certificate when the collector is
+/// `https://` and its CA is pinned in the state directory; `None` otherwise (plain loopback HTTP, or
+/// HTTPS through the built-in web roots as before a CA is pinned).
+pub fn collector_tls(config: &AgentConfig, report: &ReportConfig) -> Result<Option<CollectorTls>> {
+    if !report.collector_url.starts_with("https://") || !config.state_dir.join(COLLECTOR_CA_FILE).exists() {
+        return Ok(None);
+    }
+    let identity = crate::identity::open_configured(config)?;
+    CollectorTls::load(&config.state_dir, identity).map(Some)
+}
+
 /// The HTTP client for the collector: connect and total timeouts, no redirects (a report goes where it
-/// was configured to go or nowhere), HTTP/1.1.
-pub fn http_client(report: &ReportConfig) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// was configured to go or nowhere), HTTP/1.1, and `tls` when given (mutual TLS).
+pub fn http_client(report: &ReportConfig, tls: Option<&CollectorTls>) -> Result<reqwest::Client> {
+    let builder = match tls {
+        Some(tls) => reqwest::Client::builder().use_preconfigured_tls((*tls.rustls_config()).clone()),
+        None => reqwest::Client::builder(),
+    };
+    builder
         .connect_timeout(report.connect_timeout)
         .timeout(report.timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -45,8 +64,17 @@ pub enum Pass {
 }
 
 /// Sends the queued reports, oldest first, until the queue is empty or one must wait.
-pub async fn deliver_queued(queue: &ReportQueue, report: &ReportConfig) -> Result<Pass> {
-    let client = http_client(report)?;
+pub async fn deliver_queued(
+    queue: &ReportQueue,
+    config: &AgentConfig,
+    report: &ReportConfig,
+) -> Result<Pass> {
+    if queue.oldest()?.is_none() {
+        // Nothing to send: no client, no token session.
+        return Ok(Pass::Emptied);
+    }
+    let tls = collector_tls(config, report)?;
+    let client = http_client(report, tls.as_ref())?;
     let url = format!("{}/v1/reports", report.collector_url.trim_end_matches('/'));
     loop {
         let Some(queued) = queue.oldest()? else {
@@ -143,7 +171,7 @@ pub async fn send_forever(
     let queue = ReportQueue::open(&config.state_dir, report.limits());
     let mut failures: u32 = 0;
     loop {
-        let wait = match deliver_queued(&queue, report).await {
+        let wait = match deliver_queued(&queue, config, report).await {
             Ok(Pass::Emptied) => None,
             Ok(Pass::Stopped) => Some(()),
             Err(e) => {
@@ -181,7 +209,7 @@ fn backoff(report: &ReportConfig, failures: u32) -> Duration {
 pub async fn deliver_once(config: &AgentConfig, report: &ReportConfig) {
     let queue = ReportQueue::open(&config.state_dir, report.limits());
     let bound = report.timeout.saturating_mul(3);
-    match tokio::time::timeout(bound, deliver_queued(&queue, report)).await {
+    match tokio::time::timeout(bound, deliver_queued(&queue, config, report)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!(error = %error_chain(&e), "report queue"),
         Err(_) => tracing::warn!(

@@ -267,6 +267,8 @@ pub struct SimDevice {
     pub slot_len: u64,
     /// What `provision` printed (device id, public key, ...).
     pub provisioned: String,
+    /// Environment variables every `device-agent` run gets (a token's `SOFTHSM2_CONF`).
+    pub env: Vec<(String, PathBuf)>,
 }
 
 impl SimDevice {
@@ -292,6 +294,26 @@ impl SimDevice {
         slot_len: u64,
         checks_toml: &str,
     ) -> SimDevice {
+        let mut dev = SimDevice::unprovisioned(url, factory, slot_len, checks_toml);
+        let out = dev.provision(
+            &repo.root_json(),
+            repo.fingerprint(),
+            version,
+            &factory.len().to_string(),
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "provision failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dev.provisioned = String::from_utf8_lossy(&out.stdout).into_owned();
+        dev
+    }
+
+    /// A device as [`SimDevice::new_at`] makes it, not provisioned yet (its config may be changed
+    /// first: an identity in a token, say).
+    pub fn unprovisioned(url: &str, factory: &[u8], slot_len: u64, checks_toml: &str) -> SimDevice {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         for id in [SlotId::A, SlotId::B] {
@@ -330,25 +352,12 @@ deadline_secs = 20
             d = d.display()
         );
         fs::write(d.join("agent.toml"), config).unwrap();
-        let mut dev = SimDevice {
+        SimDevice {
             dir,
             slot_len,
             provisioned: String::new(),
-        };
-        let out = dev.provision(
-            &repo.root_json(),
-            repo.fingerprint(),
-            version,
-            &factory.len().to_string(),
-            &[],
-        );
-        assert!(
-            out.status.success(),
-            "provision failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dev.provisioned = String::from_utf8_lossy(&out.stdout).into_owned();
-        dev
+            env: Vec::new(),
+        }
     }
 
     /// The device's public key, hex, as `provision` printed it (what a collector enrols).
@@ -400,6 +409,7 @@ deadline_secs = 20
             .arg("--config")
             .arg(self.config())
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap()
     }
