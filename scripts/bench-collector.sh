@@ -31,7 +31,7 @@ done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build -q --profile "$PROFILE" -p collector --bins --examples
 DIR="$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
-COLLECTOR="$DIR/collector" LOAD="$DIR/examples/bench_collector"
+COLLECTOR="${COLLECTOR:-$DIR/collector}" LOAD="$DIR/examples/bench_collector"
 
 WORK="$(mktemp -d "${BENCH_DIR:-/var/tmp}/bench-collector.XXXXXX")"
 chmod 0711 "$WORK"   # the postgres user reaches its data directory inside

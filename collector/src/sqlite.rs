@@ -340,36 +340,69 @@ fn commit_batch(conn: &mut Connection, batch: Vec<QueuedReport>) {
 /// One transaction: each report's checks and rows under its own savepoint, then one commit. Returns
 /// each report's outcome (meaningful only once this returns `Ok`: the batch is committed).
 fn store_batch(conn: &mut Connection, batch: &[QueuedReport]) -> Result<Vec<Result<()>>> {
-    let mut tx = conn
+    let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(Error::storage("begin storing reports"))?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for queued in batch {
-        let savepoint = tx
-            .savepoint()
-            .map_err(Error::storage("open a report's savepoint"))?;
-        let stored = check_report_allowed(&savepoint, &queued.report)
-            .and_then(|()| write_report(&savepoint, &queued.report));
-        // Kept: released into the transaction; refused: rolled back to the savepoint, then released.
-        let closed = if stored.is_ok() {
-            savepoint.commit()
-        } else {
-            savepoint.finish()
-        };
-        closed.map_err(Error::storage("close a report's savepoint"))?;
-        outcomes.push(stored);
+        outcomes.push(store_under_savepoint(&tx, &queued.report)?);
     }
     tx.commit().map_err(Error::storage("commit reports"))?;
     Ok(outcomes)
 }
 
+/// One report's checks and rows under its own savepoint: kept (released into the transaction) when
+/// accepted, rolled back when refused, so a refused report stores nothing. The savepoint statements
+/// are prepared once (rusqlite's `Savepoint` parses them again for every report). The outer `Err`:
+/// the savepoint itself failed, and the batch with it.
+fn store_under_savepoint(conn: &Connection, report: &StoredReport) -> Result<Result<()>> {
+    let run = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]).map(|_| ()))
+    };
+    run("SAVEPOINT report").map_err(Error::storage("open a report's savepoint"))?;
+    let stored = check_report_allowed(conn, report).and_then(|row| write_report(conn, report, &row));
+    let closed = match stored {
+        Ok(()) => run("RELEASE report"),
+        Err(_) => run("ROLLBACK TO report").and_then(|()| run("RELEASE report")),
+    };
+    closed.map_err(Error::storage("close a report's savepoint"))?;
+    Ok(stored)
+}
+
+/// What the report's transaction reads of its device: revoked or not, its last sequence, the
+/// hardware and channel of its last report.
+struct DeviceState {
+    revoked: bool,
+    last_sequence: Option<i64>,
+    line: (Option<String>, Option<String>),
+}
+
+fn device_state(conn: &Connection, device: &DeviceId) -> Result<Option<DeviceState>> {
+    conn.prepare_cached(
+        "SELECT revoked_at IS NOT NULL, last_sequence, hardware, channel FROM devices
+         WHERE device_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![device.as_str()], |r| {
+            Ok(DeviceState {
+                revoked: r.get(0)?,
+                last_sequence: r.get(1)?,
+                line: (r.get(2)?, r.get(3)?),
+            })
+        })
+        .optional()
+    })
+    .map_err(Error::storage("look up a device"))
+}
+
 /// Inside the report's transaction: the device is enrolled, not revoked, and the sequence is new.
-fn check_report_allowed(conn: &Connection, stored: &StoredReport) -> Result<()> {
+fn check_report_allowed(conn: &Connection, stored: &StoredReport) -> Result<DeviceState> {
     let device = &stored.report.device_id;
-    let row = device_row(conn, device)?.ok_or_else(|| Error::UnknownDevice {
+    let row = device_state(conn, device)?.ok_or_else(|| Error::UnknownDevice {
         key_ids: device.to_string(),
     })?;
-    if row.revoked_at.is_some() {
+    if row.revoked {
         return Err(Error::Revoked {
             device: device.clone(),
         });
@@ -386,12 +419,12 @@ fn check_report_allowed(conn: &Connection, stored: &StoredReport) -> Result<()> 
             });
         }
     }
-    Ok(())
+    Ok(row)
 }
 
 /// Inside the report's transaction: the report row, the device's status and counters for the release,
 /// its last sequence.
-fn write_report(conn: &Connection, stored: &StoredReport) -> Result<()> {
+fn write_report(conn: &Connection, stored: &StoredReport, device: &DeviceState) -> Result<()> {
     let r = &stored.report;
     let sequence = to_sql_int("sequence", r.sequence)?;
     let received = stored.received_at.timestamp_millis();
@@ -403,11 +436,20 @@ fn write_report(conn: &Connection, stored: &StoredReport) -> Result<()> {
     );
     let previous = upsert_release_status(conn, r, release, sequence, received)?;
     count_outcome_change(conn, release, previous.as_deref(), r.outcome.as_str())?;
-    conn.prepare_cached(
-        "UPDATE devices SET last_sequence = ?2, hardware = ?3, channel = ?4 WHERE device_id = ?1",
-    )
-    .and_then(|mut s| s.execute(params![r.device_id.as_str(), sequence, release.0, release.1]))
-    .map_err(Error::storage("record the last sequence"))?;
+    // The hardware and channel only when they change: setting them rewrites `devices_by_line` too.
+    let same_line =
+        device.line.0.as_deref() == Some(release.0) && device.line.1.as_deref() == Some(release.1);
+    let id = r.device_id.as_str();
+    let recorded = if same_line {
+        conn.prepare_cached("UPDATE devices SET last_sequence = ?2 WHERE device_id = ?1")
+            .and_then(|mut s| s.execute(params![id, sequence]))
+    } else {
+        conn.prepare_cached(
+            "UPDATE devices SET last_sequence = ?2, hardware = ?3, channel = ?4 WHERE device_id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![id, sequence, release.0, release.1]))
+    };
+    recorded.map_err(Error::storage("record the last sequence"))?;
     Ok(())
 }
 
