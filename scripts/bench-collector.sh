@@ -18,7 +18,8 @@
 # Built with the dev profile (dependencies at opt-level 2, the workspace's crates at 1) unless
 # PROFILE=release. Prints a markdown table.
 #   usage: scripts/bench-collector.sh   (env: DEVICES, PER_DEVICE, FILL_DEVICES, FILL_PER_DEVICE,
-#   FILL_THREADS, RUNS, PROFILE, BACKENDS; needs curl, /usr/bin/time, postgresql)
+#   FILL_THREADS, RUNS, PROFILE, BACKENDS; COLLECTOR=PATH serves from another `collector` binary, for
+#   a before/after with the same load generator; needs curl, /usr/bin/time, postgresql)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICES="${DEVICES:-1000}" PER_DEVICE="${PER_DEVICE:-10}"

@@ -71,7 +71,7 @@ pub struct PostgresStore {
     /// The URL as shown: password hidden.
     url: String,
     pool: r2d2::Pool<Connector>,
-    /// Reports for the lane threads (group commit, see [`PostgresStore::queue_report`]); `None` only
+    /// Reports for the lane threads (group commit, see [`Store::queue_report`]); `None` only
     /// while the store is dropped (the lanes then end).
     queue: Option<mpsc::Sender<WaitingReport>>,
     lanes: Vec<std::thread::JoinHandle<()>>,

@@ -19,7 +19,7 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The SQLite store. Writes go through one connection (SQLite has one writer at a time anyway), and
 /// reports through one writer thread that owns their batches (group commit, see
-/// [`SqliteStore::queue_report`]); reads (key lookups, the summary) through a small pool, which WAL mode
+/// [`Store::queue_report`]); reads (key lookups, the summary) through a small pool, which WAL mode
 /// lets run beside the writer.
 pub struct SqliteStore {
     path: std::path::PathBuf,
