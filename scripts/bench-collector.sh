@@ -4,7 +4,8 @@
 #      in order, all devices at once, each over its own connection, to a `collector serve` on 127.0.0.1;
 #      every report is verified (DSSE, ed25519) and stored (group commit: several reports per
 #      transaction, each under its own savepoint). Prints reports/s and the CPU per report of the
-#      server side (the collector, plus PostgreSQL's processes for PostgreSQL).
+#      server side (the collector, plus PostgreSQL's processes for PostgreSQL) and of the load
+#      generator (every request signed and built before the clock starts, sent over plain TCP).
 #   2. summary: FILL_DEVICES x FILL_PER_DEVICE reports (defaults 10000 x 5, four releases) stored straight
 #      through the Store trait from FILL_THREADS threads (default 16), then `Store::summary` timed
 #      in-process (RUNS runs), the `collector summary --json` process, and `GET /v1/summary` with curl.
@@ -17,7 +18,8 @@
 # Built with the dev profile (dependencies at opt-level 2, the workspace's crates at 1) unless
 # PROFILE=release. Prints a markdown table.
 #   usage: scripts/bench-collector.sh   (env: DEVICES, PER_DEVICE, FILL_DEVICES, FILL_PER_DEVICE,
-#   FILL_THREADS, RUNS, PROFILE, BACKENDS; needs curl, /usr/bin/time, postgresql)
+#   FILL_THREADS, RUNS, PROFILE, BACKENDS; COLLECTOR=PATH serves from another `collector` binary, for
+#   a before/after with the same load generator; needs curl, /usr/bin/time, postgresql)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICES="${DEVICES:-1000}" PER_DEVICE="${PER_DEVICE:-10}"
@@ -30,7 +32,7 @@ done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build -q --profile "$PROFILE" -p collector --bins --examples
 DIR="$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
-COLLECTOR="$DIR/collector" LOAD="$DIR/examples/bench_collector"
+COLLECTOR="${COLLECTOR:-$DIR/collector}" LOAD="$DIR/examples/bench_collector"
 
 WORK="$(mktemp -d "${BENCH_DIR:-/var/tmp}/bench-collector.XXXXXX")"
 chmod 0711 "$WORK"   # the postgres user reaches its data directory inside
@@ -110,6 +112,8 @@ bench_backend() {
   RESULT[$b,ingest]="$(awk '{printf "%s reports/s (%s s)", $6, $4}' <<<"$ingest")"
   RESULT[$b,cpu]="$(awk -v c="$ticks" -v p="$((pg_after - pg_before))" -v hz="$(getconf CLK_TCK)" \
     -v n="$((DEVICES * PER_DEVICE))" 'BEGIN {printf "%.0f (collector %.0f)", (c + p) / hz * 1e6 / n, c / hz * 1e6 / n}')"
+  RESULT[$b,client]="$(awk -v hz="$(getconf CLK_TCK)" -v n="$((DEVICES * PER_DEVICE))" \
+    '{printf "%.0f", $8 / hz * 1e6 / n}' <<<"$ingest")"
 
   db="$(store_for "$b" summary)"
   stored=$((FILL_DEVICES * FILL_PER_DEVICE))
@@ -143,6 +147,7 @@ fill=$((FILL_DEVICES * FILL_PER_DEVICE)) stored=$((FILL_DEVICES * FILL_PER_DEVIC
 echo "$header"; echo "$rule"
 row "ingest: verified and stored" "$DEVICES devices x $PER_DEVICE reports, concurrent" ingest
 row "ingest: server-side CPU, us/report" "same" cpu
+row "ingest: load generator's CPU while the clock ran, us/report" "same" client
 row "fill through Store::insert_report ($((${FILL_THREADS:-16})) threads; no HTTP, no signature check)" "$fill reports" fill
 [ "$PAD_COPIES" -gt 0 ] && row "pad: $PAD_COPIES copies of each report added by SQL" "$fill -> $stored reports" pad
 row "Store::summary, in-process ($RUNS runs, ms, sorted)" "$stored reports" inproc

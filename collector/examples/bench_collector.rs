@@ -2,7 +2,10 @@
 //!
 //! - `ingest DB URL DEVICES REPORTS_PER_DEVICE`: enrols DEVICES keys in DB, signs every report up front,
 //!   then each device sends its reports in order, all devices at once, each over its own connection, to
-//!   a running `collector serve`; prints `reports N seconds S per_second R`.
+//!   a running `collector serve`; prints `reports N seconds S per_second R client_cpu_ticks T` (T: this
+//!   process's CPU while the clock ran). Every request's bytes are built before the clock starts and
+//!   sent over a plain TCP stream (no HTTP client library), so the client costs little of the cores it
+//!   shares with the server.
 //! - `fill DB DEVICES REPORTS_PER_DEVICE`: stores reports straight through the `Store` trait (no HTTP,
 //!   no signature check: only to give `summary` a large table) from `FILL_THREADS` threads (default
 //!   16), devices cycling through 4 releases.
@@ -24,6 +27,7 @@ use ota_report::{
     Channel, Envelope, HardwareId, InstallMethod, Outcome, Reason, Report, ReportSigner as _, TargetName,
     Version,
 };
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
 fn key(i: u64) -> ed25519_dalek::SigningKey {
     let mut seed = [7u8; 32];
@@ -114,23 +118,33 @@ fn ingest(db: &str, url: &str, devices: u64, per_device: u64) {
                 .collect()
         })
         .collect();
+    // Each request's bytes built before the clock starts: the client only writes them and reads the
+    // answer (it shares the cores with the server it measures).
+    let host = url.trim_start_matches("http://").to_string();
+    let requests: Vec<Vec<Vec<u8>>> = bodies
+        .into_iter()
+        .map(|device| device.into_iter().map(|b| request(&host, &b)).collect())
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let url = Arc::new(format!("{url}/v1/reports"));
+    let cpu_before = cpu_ticks();
     let started = Instant::now();
     rt.block_on(async {
-        let tasks: Vec<_> = bodies
+        let tasks: Vec<_> = requests
             .into_iter()
-            .map(|device_bodies| {
-                let url = url.clone();
+            .map(|device_requests| {
+                let host = host.clone();
                 tokio::spawn(async move {
-                    // One client per device: its own connection, as a real device has.
-                    let client = reqwest::Client::new();
-                    for body in device_bodies {
-                        let resp = client.post(url.as_str()).body(body).send().await.unwrap();
-                        assert_eq!(resp.status().as_u16(), 201, "{:?}", resp.text().await);
+                    // One connection per device, as a real device has.
+                    let stream = tokio::net::TcpStream::connect(host.as_str()).await.unwrap();
+                    stream.set_nodelay(true).unwrap();
+                    let mut stream = tokio::io::BufReader::new(stream);
+                    for request in device_requests {
+                        stream.get_mut().write_all(&request).await.unwrap();
+                        let (status, body) = read_response(&mut stream).await;
+                        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
                     }
                 })
             })
@@ -140,9 +154,57 @@ fn ingest(db: &str, url: &str, devices: u64, per_device: u64) {
         }
     });
     let secs = started.elapsed().as_secs_f64();
+    let client_ticks = cpu_ticks() - cpu_before;
     let n = devices * per_device;
     assert_eq!(store.report_count().unwrap() - first, n, "every report stored");
-    println!("reports {n} seconds {secs:.2} per_second {:.0}", n as f64 / secs);
+    println!(
+        "reports {n} seconds {secs:.2} per_second {:.0} client_cpu_ticks {client_ticks}",
+        n as f64 / secs
+    );
+}
+
+/// A `POST /v1/reports` of `body`, as bytes on the wire.
+fn request(host: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST /v1/reports HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// Reads one HTTP/1.1 response (the collector always sends a content-length): its status and body.
+async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(stream: &mut R) -> (u16, Vec<u8>) {
+    let mut line = String::new();
+    stream.read_line(&mut line).await.unwrap();
+    let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut length = 0;
+    loop {
+        line.clear();
+        stream.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    (status, body)
+}
+
+/// This process's CPU time so far (user + system), in clock ticks (`getconf CLK_TCK`).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // The fields after the command name (in parentheses, which may hold spaces): utime is the 14th
+    // field of the line, stime the 15th.
+    let after = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 fn fill(db: &str, devices: u64, per_device: u64) {

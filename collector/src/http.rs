@@ -49,7 +49,14 @@ struct AppState {
     /// otherwise mean hundreds of blocking threads, each with its own read connection, queued on the one
     /// writer.
     blocking: Arc<Semaphore>,
+    /// Bounds the reports verified and queued for a store's writer thread but not answered yet (see
+    /// [`receive_queued`]).
+    queued: Arc<Semaphore>,
 }
+
+/// Reports in flight towards a store's writer thread: a batch's worth, so the writer's batches can
+/// grow while the memory they hold stays bounded (at most this many envelopes of 16 KiB).
+const MAX_QUEUED_REPORTS: usize = 1024;
 
 /// Blocking tasks in flight per core: enough waiting reports for the store's group commit to batch,
 /// few enough that a thousand devices at once do not mean a thousand threads.
@@ -69,6 +76,7 @@ pub fn router(ingest: Ingest, timeouts: ReadTimeouts) -> Router {
             blocking: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(1, usize::from) * BLOCKING_PER_CORE,
             )),
+            queued: Arc::new(Semaphore::new(MAX_QUEUED_REPORTS)),
         })
 }
 
@@ -198,6 +206,9 @@ async fn receive_report(
     let body = read_body(headers, body, state.body_timeout).await?;
     let ingest = state.ingest.clone();
     let received_at = chrono::Utc::now();
+    if ingest.store().queues_reports() {
+        return receive_queued(state, peer, body, received_at).await;
+    }
     let permit = state
         .blocking
         .clone()
@@ -210,6 +221,47 @@ async fn receive_report(
     })
     .await
     .map_err(|e| Error::Task { why: e.to_string() })?
+}
+
+/// For a store with a writer thread of its own ([`crate::Store::queues_reports`]): the signature is
+/// verified right here on the async worker when the device's key is in memory (a few tens of
+/// microseconds, no I/O), on the blocking pool otherwise (the key is read from the store), then the
+/// report is queued for the writer and this task waits for the answer without holding a thread. Both
+/// cores verify and serve HTTP; no thread hand-off per report but the writer's answer.
+async fn receive_queued(
+    state: &AppState,
+    peer: Option<PublicKey>,
+    body: Bytes,
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> Result<crate::Accepted> {
+    let task_failed = |e: &dyn std::fmt::Display| Error::Task { why: e.to_string() };
+    let _permit = state
+        .queued
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| task_failed(&e))?;
+    let ingest = state.ingest.clone();
+    let stored = match ingest.verify_cached(&body, received_at, peer.as_ref()) {
+        Some(stored) => stored?,
+        None => {
+            let ingest = ingest.clone();
+            tokio::task::spawn_blocking(move || ingest.verify(&body, received_at, peer.as_ref()))
+                .await
+                .map_err(|e| task_failed(&e))??
+        }
+    };
+    let accepted = crate::Accepted::of(&stored);
+    let (answer, outcome) = tokio::sync::oneshot::channel();
+    ingest.store().queue_report(
+        stored,
+        Box::new(move |done| {
+            // Nobody to tell when the client went away: the report is stored all the same.
+            let _ = answer.send(done);
+        }),
+    );
+    outcome.await.map_err(|e| task_failed(&e))??;
+    Ok(accepted)
 }
 
 /// The body, refused before reading when its declared length is over the bound, and cut off when more

@@ -32,6 +32,42 @@ pub struct Accepted {
     pub sequence: u64,
 }
 
+impl Accepted {
+    /// What storing `stored` accepts.
+    pub fn of(stored: &StoredReport) -> Accepted {
+        Accepted {
+            device_id: stored.report.device_id.clone(),
+            sequence: stored.report.sequence,
+        }
+    }
+}
+
+/// The peer check and the signature check of `envelope` (parsed from `body`) with `key`.
+fn verified(
+    envelope: Envelope,
+    key: PublicKey,
+    body: &[u8],
+    received_at: DateTime<Utc>,
+    peer: Option<&PublicKey>,
+) -> Result<StoredReport> {
+    if let Some(peer) = peer.filter(|peer| **peer != key) {
+        return Err(Error::WrongPeer {
+            peer: peer.device_id(),
+            signer: key.device_id(),
+        });
+    }
+    let report = envelope.verify(&key).map_err(|source| Error::Report { source })?;
+    // from_json parsed the body as JSON, so it is UTF-8; kept as text for a portable column.
+    let envelope = String::from_utf8(body.to_vec()).map_err(|e| Error::BodyIncomplete {
+        why: format!("not UTF-8 ({e})"),
+    })?;
+    Ok(StoredReport {
+        report,
+        envelope,
+        received_at,
+    })
+}
+
 impl Ingest {
     /// Takes in reports into `store`.
     pub fn new(store: Arc<dyn Store>) -> Ingest {
@@ -62,29 +98,46 @@ impl Ingest {
         received_at: DateTime<Utc>,
         peer: Option<&PublicKey>,
     ) -> Result<Accepted> {
+        let stored = self.verify(body, received_at, peer)?;
+        let accepted = Accepted::of(&stored);
+        self.store.insert_report(&stored)?;
+        Ok(accepted)
+    }
+
+    /// The first half of [`Ingest::accept_from`]: parses `body`, finds the enrolled key its signature
+    /// names (reading the store when that key is not in memory yet: blocking), refuses another device
+    /// than `peer` and verifies the signature. The report is not stored yet.
+    pub fn verify(
+        &self,
+        body: &[u8],
+        received_at: DateTime<Utc>,
+        peer: Option<&PublicKey>,
+    ) -> Result<StoredReport> {
         let envelope = Envelope::from_json(body).map_err(|source| Error::Report { source })?;
         let key = self.signing_key(&envelope)?;
-        if let Some(peer) = peer.filter(|peer| **peer != key) {
-            return Err(Error::WrongPeer {
-                peer: peer.device_id(),
-                signer: key.device_id(),
-            });
-        }
-        let report = envelope.verify(&key).map_err(|source| Error::Report { source })?;
-        // from_json parsed the body as JSON, so it is UTF-8; kept as text for a portable column.
-        let envelope = String::from_utf8(body.to_vec()).map_err(|e| Error::BodyIncomplete {
-            why: format!("not UTF-8 ({e})"),
-        })?;
-        let accepted = Accepted {
-            device_id: report.device_id.clone(),
-            sequence: report.sequence,
+        verified(envelope, key, body, received_at, peer)
+    }
+
+    /// [`Ingest::verify`] when the signing key is already in memory: no store read, so it does not
+    /// block (an async worker may call it). `None` when the key is not in memory: call
+    /// [`Ingest::verify`] off the async runtime instead, which decides exactly as it always does.
+    pub fn verify_cached(
+        &self,
+        body: &[u8],
+        received_at: DateTime<Utc>,
+        peer: Option<&PublicKey>,
+    ) -> Option<Result<StoredReport>> {
+        let envelope = match Envelope::from_json(body) {
+            Ok(envelope) => envelope,
+            Err(source) => return Some(Err(Error::Report { source })),
         };
-        self.store.insert_report(&StoredReport {
-            report,
-            envelope,
-            received_at,
-        })?;
-        Ok(accepted)
+        // The key Ingest::verify would pick: the first signature whose keyid is a device id.
+        let id = envelope
+            .signatures()
+            .iter()
+            .find_map(|sig| DeviceId::try_from(sig.keyid.clone()).ok())?;
+        let key = self.cached_key(&id)?;
+        Some(verified(envelope, key, body, received_at, peer))
     }
 
     /// The enrolled key of the first signature whose `keyid` names an enrolled device, refused when that

@@ -11,11 +11,12 @@
 //! transaction recorded in `schema_version`, under an advisory lock so that two collectors starting
 //! at once migrate one after the other.
 //!
-//! **Reports: group commit in lanes.** As in SQLite, a report joins a queue and whichever caller next
-//! holds a write lane stores every queued report (up to [`MAX_BATCH`]) in one transaction, then commits
-//! once; every caller is answered only after the commit holding its report, and a caller whose report
-//! another lane took waits for it rather than taking a lane. Unlike SQLite, [`WRITE_LANES`] batches
-//! commit in parallel. A batch's first report of each device is stored together with the others
+//! **Reports: group commit in lanes.** As in SQLite, a report joins a queue and [`WRITE_LANES`] lane
+//! threads take it from there: a lane waits for a report, takes every report queued behind it (up to
+//! [`MAX_BATCH`]), stores them in one transaction and commits once; every caller is answered only after
+//! the commit holding its report (an HTTP request waits on its async task, holding no thread). Unlike
+//! SQLite, the lanes' batches commit in parallel. A batch's first report of each device is stored
+//! together with the others
 //! ([`together`]: the device rows locked by one `SELECT .. FOR UPDATE`, checked, and every accepted
 //! report written by one statement over arrays, all under one savepoint), so a batch costs about the
 //! same round trips whatever its size; a device's later reports in the batch, or every report when
@@ -36,8 +37,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -49,7 +49,7 @@ mod together;
 
 use crate::migrations::{Migration, MIGRATIONS, SCHEMA_VERSION_TABLE};
 use crate::store::{
-    redact_url, sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, Store, StoredReport,
+    redact_url, sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, ReportDone, Store, StoredReport,
 };
 use crate::summary::{self, OutcomeRow, ReasonRow};
 use crate::{Error, Result, Summary};
@@ -71,12 +71,10 @@ pub struct PostgresStore {
     /// The URL as shown: password hidden.
     url: String,
     pool: r2d2::Pool<Connector>,
-    /// Reports waiting for a connection (group commit, see [`PostgresStore::insert_report`]).
-    waiting: Mutex<Vec<WaitingReport>>,
-    next_ticket: AtomicU64,
-    /// Lanes in use, at most [`WRITE_LANES`], and where a caller waits for one.
-    lanes: Mutex<usize>,
-    lane_freed: Condvar,
+    /// Reports for the lane threads (group commit, see [`Store::queue_report`]); `None` only
+    /// while the store is dropped (the lanes then end).
+    queue: Option<mpsc::Sender<WaitingReport>>,
+    lanes: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -85,23 +83,20 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-/// A report queued for the next batch, and where its outcome goes.
+/// A report queued for the next batch, and who is told its outcome.
 struct WaitingReport {
-    /// Tells this report from the others in the queue (to withdraw it).
-    ticket: u64,
     report: StoredReport,
-    outcome: OutcomeSlot,
+    done: ReportDone,
 }
 
-/// Where a waiting report's outcome is put by whichever lane commits it.
-type OutcomeSlot = Arc<Mutex<Option<Result<()>>>>;
-
-/// What a caller of [`PostgresStore::insert_report`] gets next.
-enum Turn {
-    /// Its report's outcome (another lane, or this caller's own batch, stored it).
-    Answered(Result<()>),
-    /// A write lane: it stores whatever is queued.
-    Lane,
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Each lane stores what is queued, sees the queue closed and ends.
+        drop(self.queue.take());
+        for lane in self.lanes.drain(..) {
+            let _ = lane.join();
+        }
+    }
 }
 
 /// Opens the pool's connections.
@@ -160,13 +155,24 @@ impl PostgresStore {
             .test_on_check_out(false)
             .connection_timeout(CONNECT_TIMEOUT)
             .build_unchecked(connector);
+        let (queue, queued) = mpsc::channel();
+        let queued = Arc::new(Mutex::new(queued));
+        let lanes = (0..WRITE_LANES)
+            .map(|i| {
+                let (pool, queued) = (pool.clone(), queued.clone());
+                std::thread::Builder::new()
+                    .name(format!("pg-lane-{i}"))
+                    .spawn(move || write_batches(&pool, &queued))
+                    .map_err(|e| Error::Task {
+                        why: format!("start a PostgreSQL write lane: {e}"),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(PostgresStore {
             url: shown,
             pool,
-            waiting: Mutex::new(Vec::new()),
-            next_ticket: AtomicU64::new(0),
-            lanes: Mutex::new(0),
-            lane_freed: Condvar::new(),
+            queue: Some(queue),
+            lanes,
         })
     }
 
@@ -181,45 +187,37 @@ impl PostgresStore {
             source: Box::new(source),
         })
     }
+}
 
-    /// Up to [`MAX_BATCH`] queued reports, oldest first.
-    fn take_batch(&self) -> Vec<WaitingReport> {
-        let mut waiting = lock(&self.waiting);
-        let n = waiting.len().min(MAX_BATCH);
-        waiting.drain(..n).collect()
-    }
-
-    /// Waits until `slot` holds the report's outcome, or until a write lane is free while reports are
-    /// queued (then takes the lane, given back by [`PostgresStore::leave_lane`]). A caller whose report
-    /// another lane took waits for that lane rather than taking one of its own.
-    fn next_turn(&self, slot: &OutcomeSlot) -> Turn {
-        let mut used = lock(&self.lanes);
-        loop {
-            if let Some(outcome) = lock(slot).take() {
-                return Turn::Answered(outcome);
+/// A write lane: waits for a report, takes every report queued behind it (up to [`MAX_BATCH`]), stores
+/// them in one transaction on a pooled connection and tells each caller its outcome after the commit.
+/// [`WRITE_LANES`] lanes commit in parallel; the queue's lock is held only while taking a batch.
+fn write_batches(pool: &r2d2::Pool<Connector>, queued: &Mutex<mpsc::Receiver<WaitingReport>>) {
+    loop {
+        let batch = {
+            let queued = lock(queued);
+            let Ok(first) = queued.recv() else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queued.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
             }
-            if *used < WRITE_LANES && !lock(&self.waiting).is_empty() {
-                *used += 1;
-                return Turn::Lane;
+            batch
+        };
+        match pool.get() {
+            Ok(mut conn) => commit_batch(&mut conn, batch),
+            // No connection: nothing of the batch is stored, and every caller is told why.
+            Err(e) => {
+                let why = error_chain(&e);
+                for waiting in batch {
+                    (waiting.done)(Err(Error::CommitFailed { why: why.clone() }));
+                }
             }
-            used = self
-                .lane_freed
-                .wait(used)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-    }
-
-    /// Gives a lane back and wakes every waiting caller: some have their outcome now.
-    fn leave_lane(&self) {
-        *lock(&self.lanes) -= 1;
-        self.lane_freed.notify_all();
-    }
-
-    /// Takes the report with `ticket` out of the queue; false when a batch already holds it.
-    fn withdraw(&self, ticket: u64) -> bool {
-        let mut waiting = lock(&self.waiting);
-        let found = waiting.iter().position(|w| w.ticket == ticket);
-        found.map(|i| waiting.remove(i)).is_some()
     }
 }
 
@@ -403,35 +401,41 @@ impl Store for PostgresStore {
         row.map(|r| r.into_device(device.clone())).transpose()
     }
 
-    /// Group commit (see the module doc): the report joins the queue, then this caller takes a
-    /// connection and stores whatever is queued, which may or may not include its own report (another
-    /// lane may hold it); either way it returns once its report's batch has committed.
+    /// Queues the report for a write lane and waits for its outcome.
     fn insert_report(&self, stored: &StoredReport) -> Result<()> {
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        let slot: OutcomeSlot = Arc::new(Mutex::new(None));
-        lock(&self.waiting).push(WaitingReport {
-            ticket,
-            report: stored.clone(),
-            outcome: slot.clone(),
-        });
-        loop {
-            if let Turn::Answered(outcome) = self.next_turn(&slot) {
-                return outcome;
-            }
-            let connected = self.connection().map(|mut conn| {
-                let batch = self.take_batch();
-                if !batch.is_empty() {
-                    commit_batch(&mut conn, batch);
-                }
-            });
-            self.leave_lane();
-            // No connection: unless a lane holds this report already, withdraw it (nothing stored).
-            if let Err(e) = connected {
-                if self.withdraw(ticket) {
-                    return Err(e);
-                }
-            }
+        let (answer, outcome) = mpsc::sync_channel(1);
+        self.queue_report(
+            stored.clone(),
+            Box::new(move |done| {
+                // The caller waits on `outcome`; it can only be gone if the caller panicked.
+                let _ = answer.send(done);
+            }),
+        );
+        outcome.recv().unwrap_or_else(|_| {
+            Err(Error::Task {
+                why: "the PostgreSQL write lanes ended".into(),
+            })
+        })
+    }
+
+    /// Group commit (see the module doc): the report joins the queue; a write lane takes it with every
+    /// report queued behind it, stores them in one transaction and calls each report's `done` once its
+    /// batch is committed (or the report refused).
+    fn queue_report(&self, stored: StoredReport, done: ReportDone) {
+        let waiting = WaitingReport { report: stored, done };
+        let refused = match &self.queue {
+            Some(queue) => queue.send(waiting).err().map(|mpsc::SendError(w)| w),
+            None => Some(waiting),
+        };
+        if let Some(waiting) = refused {
+            (waiting.done)(Err(Error::Task {
+                why: "the PostgreSQL write lanes ended".into(),
+            }));
         }
+    }
+
+    fn queues_reports(&self) -> bool {
+        true
     }
 
     fn summary(&self) -> Result<Summary> {
@@ -552,13 +556,13 @@ fn commit_batch(conn: &mut PgConnection, mut batch: Vec<WaitingReport>) {
     match store_batch(conn, &batch) {
         Ok(outcomes) => {
             for (waiting, outcome) in batch.into_iter().zip(outcomes) {
-                *lock(&waiting.outcome) = Some(outcome);
+                (waiting.done)(outcome);
             }
         }
         Err(e) => {
             let why = error_chain(&e);
             for waiting in batch {
-                *lock(&waiting.outcome) = Some(Err(Error::CommitFailed { why: why.clone() }));
+                (waiting.done)(Err(Error::CommitFailed { why: why.clone() }));
             }
         }
     }

@@ -1,42 +1,84 @@
 //! [`SqliteStore`]: the embedded [`Store`], one file in WAL mode.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use ota_report::{DeviceId, PublicKey};
 use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 
 use crate::migrations::{Migration, MIGRATIONS, SCHEMA_VERSION_TABLE};
-use crate::store::{sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, Store, StoredReport};
+use crate::store::{
+    sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, ReportDone, Store, StoredReport,
+};
 use crate::summary::{self, OutcomeRow, ReasonRow};
 use crate::{Error, Result, Summary};
 
 /// How long a connection waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The SQLite store. Writes go through one connection (SQLite has one writer at a time anyway); reads
-/// (key lookups, the summary) through a small pool, which WAL mode lets run beside the writer.
+/// The SQLite store. Writes go through one connection (SQLite has one writer at a time anyway), and
+/// reports through one writer thread that owns their batches (group commit, see
+/// [`Store::queue_report`]); reads (key lookups, the summary) through a small pool, which WAL mode
+/// lets run beside the writer.
 pub struct SqliteStore {
     path: std::path::PathBuf,
-    writer: Mutex<Connection>,
+    /// Shared with the writer thread; enrolment and revocation take it between batches.
+    writer: Arc<Mutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
-    /// Reports waiting for the writer (group commit, see [`SqliteStore::insert_report`]).
-    waiting: Mutex<Vec<WaitingReport>>,
+    /// Reports for the writer thread; `None` only while the store is dropped (the thread then ends).
+    queue: Option<mpsc::Sender<QueuedReport>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Where a waiting report's outcome is put by whichever thread commits it.
-type OutcomeSlot = Arc<Mutex<Option<Result<()>>>>;
+/// The most reports one transaction stores.
+pub const MAX_BATCH: usize = 1024;
 
-/// A report queued for the next batch, and where its outcome goes.
-struct WaitingReport {
+/// A report queued for the writer thread, and who is told its outcome.
+struct QueuedReport {
     report: StoredReport,
-    outcome: OutcomeSlot,
+    done: ReportDone,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // The writer thread stores what is queued, sees the queue closed and ends.
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The writer thread: waits for a report, takes every report queued behind it (up to [`MAX_BATCH`]),
+/// stores them in one transaction and tells each caller its outcome once that is durable.
+fn write_batches(writer: &Mutex<Connection>, queued: &mpsc::Receiver<QueuedReport>) {
+    while let Ok(first) = queued.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queued.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        match lock(writer) {
+            Ok(mut conn) => commit_batch(&mut conn, batch),
+            Err(e) => answer_all(batch, &e),
+        }
+    }
+}
+
+fn answer_all(batch: Vec<QueuedReport>, e: &Error) {
+    for queued in batch {
+        (queued.done)(Err(Error::CommitFailed {
+            why: crate::http::chain(e),
+        }));
     }
 }
 
@@ -49,11 +91,23 @@ impl SqliteStore {
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(Error::storage("switch to WAL mode"))?;
         migrate(&mut writer, MIGRATIONS)?;
+        let writer = Arc::new(Mutex::new(writer));
+        let (queue, queued) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn({
+                let writer = writer.clone();
+                move || write_batches(&writer, &queued)
+            })
+            .map_err(|e| Error::Task {
+                why: format!("start the SQLite writer thread: {e}"),
+            })?;
         Ok(SqliteStore {
             path: path.to_owned(),
-            writer: Mutex::new(writer),
+            writer,
             readers: Mutex::new(Vec::new()),
-            waiting: Mutex::new(Vec::new()),
+            queue: Some(queue),
+            thread: Some(thread),
         })
     }
 
@@ -80,10 +134,11 @@ fn connect(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).map_err(Error::storage("open the database"))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(Error::storage("set the busy timeout"))?;
-    // WAL with synchronous=NORMAL: a commit survives a crash of the collector; a power cut of its machine
-    // may lose the last acknowledged reports but never corrupts the file. Reports are telemetry, and
-    // an fsync per report would cap ingest at the disk's flush rate.
-    conn.pragma_update(None, "synchronous", "NORMAL")
+    // WAL with synchronous=FULL: every commit fsyncs the WAL before it returns, so a report acknowledged
+    // survives a power cut (the device deletes an acknowledged report from its queue). NORMAL would
+    // fsync only at checkpoints: a power cut could lose acknowledged reports. The group commit pays
+    // one fsync per batch, not per report.
+    conn.pragma_update(None, "synchronous", "FULL")
         .map_err(Error::storage("set synchronous mode"))?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(Error::storage("enable foreign keys"))?;
@@ -201,30 +256,49 @@ impl Store for SqliteStore {
         row.map(|r| r.into_device(device.clone())).transpose()
     }
 
-    /// Group commit: the report joins the queue; whichever thread holds the writer next stores every
-    /// queued report in one transaction, each under its own savepoint (its checks and its rows together:
-    /// a refused report rolls back alone and stores nothing), then commits once. A commit writes each
-    /// changed page once per batch rather than once per report.
+    /// Queues the report for the writer thread and waits for its outcome.
     fn insert_report(&self, stored: &StoredReport) -> Result<()> {
-        let outcome: OutcomeSlot = Arc::new(Mutex::new(None));
-        lock(&self.waiting)?.push(WaitingReport {
-            report: stored.clone(),
-            outcome: outcome.clone(),
-        });
-        let mut conn = lock(&self.writer)?;
-        // Another thread may have committed this report while we waited for the writer.
-        if let Some(done) = lock(&outcome)?.take() {
-            return done;
-        }
-        let batch = std::mem::take(&mut *lock(&self.waiting)?);
-        commit_batch(&mut conn, batch)?;
-        drop(conn);
-        let done = lock(&outcome)?.take();
-        done.unwrap_or_else(|| {
+        let (answer, outcome) = mpsc::sync_channel(1);
+        self.queue_report(
+            stored.clone(),
+            Box::new(move |done| {
+                // The caller waits on `outcome`; it can only be gone if the caller panicked.
+                let _ = answer.send(done);
+            }),
+        );
+        outcome.recv().unwrap_or_else(|_| {
             Err(Error::Task {
-                why: "a queued report was not committed".into(),
+                why: "the SQLite writer thread ended".into(),
             })
         })
+    }
+
+    /// Group commit: the report joins the writer thread's queue; the thread stores every report queued
+    /// behind the one it waited for in one transaction, each under its own savepoint (its checks and its
+    /// rows together: a refused report rolls back alone and stores nothing), commits once (one fsync),
+    /// then calls each report's `done`.
+    fn queue_report(&self, stored: StoredReport, done: ReportDone) {
+        let queued = QueuedReport { report: stored, done };
+        let Some(queue) = &self.queue else {
+            return answer_all(
+                vec![queued],
+                &Error::Task {
+                    why: "the store is closing".into(),
+                },
+            );
+        };
+        if let Err(mpsc::SendError(queued)) = queue.send(queued) {
+            answer_all(
+                vec![queued],
+                &Error::Task {
+                    why: "the SQLite writer thread ended".into(),
+                },
+            );
+        }
+    }
+
+    fn queues_reports(&self) -> bool {
+        true
     }
 
     fn summary(&self) -> Result<Summary> {
@@ -251,46 +325,89 @@ impl Store for SqliteStore {
     }
 }
 
-/// Stores `batch` in one transaction, each report under its own savepoint, and puts each one's outcome
-/// in its slot. When the commit fails, every report of the batch gets the error (none was stored).
-fn commit_batch(conn: &mut Connection, batch: Vec<WaitingReport>) -> Result<()> {
-    let mut tx = conn
+/// Stores `batch` in one transaction, each report under its own savepoint, and calls each one's `done`
+/// once the transaction is committed. When the commit fails, every report of the batch gets the error
+/// (none was stored).
+fn commit_batch(conn: &mut Connection, batch: Vec<QueuedReport>) {
+    match store_batch(conn, &batch) {
+        Ok(outcomes) => {
+            for (queued, outcome) in batch.into_iter().zip(outcomes) {
+                (queued.done)(outcome);
+            }
+        }
+        Err(e) => {
+            tracing::error!("storing a batch of {} reports failed: {e}", batch.len());
+            answer_all(batch, &e);
+        }
+    }
+}
+
+/// One transaction: each report's checks and rows under its own savepoint, then one commit. Returns
+/// each report's outcome (meaningful only once this returns `Ok`: the batch is committed).
+fn store_batch(conn: &mut Connection, batch: &[QueuedReport]) -> Result<Vec<Result<()>>> {
+    let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(Error::storage("begin storing reports"))?;
     let mut outcomes = Vec::with_capacity(batch.len());
-    for waiting in &batch {
-        let savepoint = tx
-            .savepoint()
-            .map_err(Error::storage("open a report's savepoint"))?;
-        let stored = check_report_allowed(&savepoint, &waiting.report)
-            .and_then(|()| write_report(&savepoint, &waiting.report));
-        // Kept: released into the transaction; refused: rolled back to the savepoint, then released.
-        let closed = if stored.is_ok() {
-            savepoint.commit()
-        } else {
-            savepoint.finish()
-        };
-        closed.map_err(Error::storage("close a report's savepoint"))?;
-        outcomes.push(stored);
+    for queued in batch {
+        outcomes.push(store_under_savepoint(&tx, &queued.report)?);
     }
-    let committed = tx.commit();
-    for (waiting, stored) in batch.into_iter().zip(outcomes) {
-        let outcome = match (&committed, stored) {
-            (Ok(()), stored) => stored,
-            (Err(e), _) => Err(Error::CommitFailed { why: e.to_string() }),
-        };
-        *lock(&waiting.outcome)? = Some(outcome);
-    }
-    committed.map_err(Error::storage("commit reports"))
+    tx.commit().map_err(Error::storage("commit reports"))?;
+    Ok(outcomes)
+}
+
+/// One report's checks and rows under its own savepoint: kept (released into the transaction) when
+/// accepted, rolled back when refused, so a refused report stores nothing. The savepoint statements
+/// are prepared once (rusqlite's `Savepoint` parses them again for every report). The outer `Err`:
+/// the savepoint itself failed, and the batch with it.
+fn store_under_savepoint(conn: &Connection, report: &StoredReport) -> Result<Result<()>> {
+    let run = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]).map(|_| ()))
+    };
+    run("SAVEPOINT report").map_err(Error::storage("open a report's savepoint"))?;
+    let stored = check_report_allowed(conn, report).and_then(|row| write_report(conn, report, &row));
+    let closed = match stored {
+        Ok(()) => run("RELEASE report"),
+        Err(_) => run("ROLLBACK TO report").and_then(|()| run("RELEASE report")),
+    };
+    closed.map_err(Error::storage("close a report's savepoint"))?;
+    Ok(stored)
+}
+
+/// What the report's transaction reads of its device: revoked or not, its last sequence, the
+/// hardware and channel of its last report.
+struct DeviceState {
+    revoked: bool,
+    last_sequence: Option<i64>,
+    line: (Option<String>, Option<String>),
+}
+
+fn device_state(conn: &Connection, device: &DeviceId) -> Result<Option<DeviceState>> {
+    conn.prepare_cached(
+        "SELECT revoked_at IS NOT NULL, last_sequence, hardware, channel FROM devices
+         WHERE device_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![device.as_str()], |r| {
+            Ok(DeviceState {
+                revoked: r.get(0)?,
+                last_sequence: r.get(1)?,
+                line: (r.get(2)?, r.get(3)?),
+            })
+        })
+        .optional()
+    })
+    .map_err(Error::storage("look up a device"))
 }
 
 /// Inside the report's transaction: the device is enrolled, not revoked, and the sequence is new.
-fn check_report_allowed(conn: &Connection, stored: &StoredReport) -> Result<()> {
+fn check_report_allowed(conn: &Connection, stored: &StoredReport) -> Result<DeviceState> {
     let device = &stored.report.device_id;
-    let row = device_row(conn, device)?.ok_or_else(|| Error::UnknownDevice {
+    let row = device_state(conn, device)?.ok_or_else(|| Error::UnknownDevice {
         key_ids: device.to_string(),
     })?;
-    if row.revoked_at.is_some() {
+    if row.revoked {
         return Err(Error::Revoked {
             device: device.clone(),
         });
@@ -307,12 +424,12 @@ fn check_report_allowed(conn: &Connection, stored: &StoredReport) -> Result<()> 
             });
         }
     }
-    Ok(())
+    Ok(row)
 }
 
 /// Inside the report's transaction: the report row, the device's status and counters for the release,
 /// its last sequence.
-fn write_report(conn: &Connection, stored: &StoredReport) -> Result<()> {
+fn write_report(conn: &Connection, stored: &StoredReport, device: &DeviceState) -> Result<()> {
     let r = &stored.report;
     let sequence = to_sql_int("sequence", r.sequence)?;
     let received = stored.received_at.timestamp_millis();
@@ -324,11 +441,20 @@ fn write_report(conn: &Connection, stored: &StoredReport) -> Result<()> {
     );
     let previous = upsert_release_status(conn, r, release, sequence, received)?;
     count_outcome_change(conn, release, previous.as_deref(), r.outcome.as_str())?;
-    conn.prepare_cached(
-        "UPDATE devices SET last_sequence = ?2, hardware = ?3, channel = ?4 WHERE device_id = ?1",
-    )
-    .and_then(|mut s| s.execute(params![r.device_id.as_str(), sequence, release.0, release.1]))
-    .map_err(Error::storage("record the last sequence"))?;
+    // The hardware and channel only when they change: setting them rewrites `devices_by_line` too.
+    let same_line =
+        device.line.0.as_deref() == Some(release.0) && device.line.1.as_deref() == Some(release.1);
+    let id = r.device_id.as_str();
+    let recorded = if same_line {
+        conn.prepare_cached("UPDATE devices SET last_sequence = ?2 WHERE device_id = ?1")
+            .and_then(|mut s| s.execute(params![id, sequence]))
+    } else {
+        conn.prepare_cached(
+            "UPDATE devices SET last_sequence = ?2, hardware = ?3, channel = ?4 WHERE device_id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![id, sequence, release.0, release.1]))
+    };
+    recorded.map_err(Error::storage("record the last sequence"))?;
     Ok(())
 }
 

@@ -40,6 +40,9 @@ pub struct StoredReport {
     pub received_at: DateTime<Utc>,
 }
 
+/// Told a queued report's outcome (see [`Store::queue_report`]).
+pub type ReportDone = Box<dyn FnOnce(Result<()>) + Send>;
+
 /// The collector's storage. Every method is one transaction; implementations are shared between the
 /// HTTP server's tasks (`Send + Sync`) and called from blocking threads, never on the async runtime.
 pub trait Store: Send + Sync {
@@ -58,6 +61,20 @@ pub trait Store: Send + Sync {
     /// An implementation may commit several reports together (each under its own savepoint) but returns
     /// only once this one is committed or refused.
     fn insert_report(&self, report: &StoredReport) -> Result<()>;
+
+    /// [`Store::insert_report`] without waiting: `done` is called with the outcome once the report's
+    /// batch is committed (or the report refused), possibly on another thread. The default stores it
+    /// right here, blocking; a store whose [`Store::queues_reports`] is true returns at once, so the
+    /// HTTP server may call it from its async workers.
+    fn queue_report(&self, report: StoredReport, done: ReportDone) {
+        done(self.insert_report(&report));
+    }
+
+    /// Whether [`Store::queue_report`] returns without blocking (it hands the report to a writer
+    /// thread of the store's own).
+    fn queues_reports(&self) -> bool {
+        false
+    }
 
     /// The fleet per release: each device counted once per release, by its latest report.
     fn summary(&self) -> Result<Summary>;
