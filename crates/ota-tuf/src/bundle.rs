@@ -79,9 +79,9 @@ impl BundleSource {
             let name = member_name(path, &entry)?;
             let kind = entry.header().entry_type();
             let (offset, size) = (entry.raw_file_position(), entry.size());
-            let member_end = offset.checked_add(size).ok_or_else(|| {
-                malformed(path, format!("member {name}: size {size} overflows"))
-            })?;
+            let member_end = offset
+                .checked_add(size)
+                .ok_or_else(|| malformed(path, format!("member {name}: size {size} overflows")))?;
             if member_end > file_len {
                 return Err(Error::BundleTruncated {
                     bundle: path.to_owned(),
@@ -227,8 +227,8 @@ fn member_name<R: Read>(bundle: &Path, entry: &tar::Entry<'_, R>) -> Result<Stri
             format!("a member name is longer than {MAX_NAME_LEN} bytes"),
         ));
     }
-    let text = std::str::from_utf8(&raw)
-        .map_err(|_| malformed(bundle, "a member name is not UTF-8".to_owned()))?;
+    let text =
+        std::str::from_utf8(&raw).map_err(|_| malformed(bundle, "a member name is not UTF-8".to_owned()))?;
     let mut parts = Vec::new();
     for c in Path::new(text).components() {
         match c {
@@ -247,7 +247,13 @@ fn member_name<R: Read>(bundle: &Path, entry: &tar::Entry<'_, R>) -> Result<Stri
 
 /// The archive must end with its end-of-archive marker right after the last member: a file cut at a
 /// member boundary would otherwise look like a smaller, complete bundle.
-fn check_end_marker(bundle: &Path, mut file: File, end: u64, file_len: u64, last: Option<&str>) -> Result<()> {
+fn check_end_marker(
+    bundle: &Path,
+    mut file: File,
+    end: u64,
+    file_len: u64,
+    last: Option<&str>,
+) -> Result<()> {
     let after = last.map_or_else(|| "at its start".to_owned(), |m| format!("after member {m}"));
     let missing = || Error::BundleTruncated {
         bundle: bundle.to_owned(),
@@ -320,7 +326,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.tar");
         let big = vec![7u8; 3000];
-        std::fs::write(&path, bundle(&[("metadata/timestamp.json", b"{}"), ("./targets/x/a.bin", &big)])).unwrap();
+        std::fs::write(
+            &path,
+            bundle(&[("metadata/timestamp.json", b"{}"), ("./targets/x/a.bin", &big)]),
+        )
+        .unwrap();
         let b = BundleSource::open(&path).unwrap();
         assert_eq!(b.len(), 2);
         assert!(b.contains("targets/x/a.bin"));
@@ -332,10 +342,16 @@ mod tests {
 
     #[test]
     fn a_truncated_bundle_is_refused_naming_the_member() {
-        let bytes = bundle(&[("metadata/timestamp.json", b"{}"), ("targets/fw.bin", &[1u8; 5000])]);
+        let bytes = bundle(&[
+            ("metadata/timestamp.json", b"{}"),
+            ("targets/fw.bin", &[1u8; 5000]),
+        ]);
         // Cut inside the image's data.
         let err = open(&bytes[..2048]).unwrap_err().to_string();
-        assert!(err.contains("targets/fw.bin") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("targets/fw.bin") && err.contains("truncated"),
+            "{err}"
+        );
         // Cut at a member boundary: the end-of-archive marker is missing.
         let err = open(&bytes[..1024]).unwrap_err().to_string();
         assert!(err.contains("after member metadata/timestamp.json"), "{err}");
@@ -350,7 +366,8 @@ mod tests {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
-        b.append_link(&mut h, "metadata/timestamp.json", "/etc/passwd").unwrap();
+        b.append_link(&mut h, "metadata/timestamp.json", "/etc/passwd")
+            .unwrap();
         let err = open(&b.into_inner().unwrap()).unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
         let mut raw = bundle(&[("metadata/aa", b"{}")]);

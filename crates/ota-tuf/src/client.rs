@@ -169,11 +169,7 @@ impl Client {
                 .ok_or_else(|| Error::malformed("root", "version cannot grow further"))?;
             // TUF 5.3.3: bounded by the configured maximum root size.
             let name = format!("{next}.root.json");
-            let bytes = match self
-                .source
-                .metadata(&name, self.config.limits.root_max)
-                .await?
-            {
+            let bytes = match self.source.metadata(&name, self.config.limits.root_max).await? {
                 Fetched::NotFound => break,
                 Fetched::Body(b) => b,
             };

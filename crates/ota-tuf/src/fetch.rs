@@ -33,7 +33,11 @@ impl Source {
                 fetcher,
                 metadata_base,
                 ..
-            } => fetcher.fetch_metadata(&format!("{metadata_base}{name}"), limit).await,
+            } => {
+                fetcher
+                    .fetch_metadata(&format!("{metadata_base}{name}"), limit)
+                    .await
+            }
             Source::Bundle(b) => Ok(match b.read(&format!("{METADATA_DIR}/{name}"), limit)? {
                 Some(bytes) => Fetched::Body(bytes),
                 None => Fetched::NotFound,
