@@ -30,8 +30,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 use crate::{Error, Result};
 
-/// The most members a bundle may hold (metadata files and target files together).
-pub const MAX_MEMBERS: usize = 4096;
+/// The most members a bundle may hold (metadata files and target files together): room for a
+/// repository delegating to 16,384 hash bins, while keeping the index (names of at most
+/// [`MAX_NAME_LEN`]) to a few MiB.
+pub const MAX_MEMBERS: usize = 20_000;
 /// The longest member name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
 /// The directory of metadata members.
