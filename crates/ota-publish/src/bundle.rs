@@ -81,8 +81,8 @@ pub fn write_bundle(repo: &Path, spec: &BundleSpec) -> Result<BundleReport> {
         ));
     }
     let (release_target, release_name) = find_release(&state, spec)?;
-    let mut targets = vec![target_member(repo, &release_name, &release_target)?];
-    let release = release_fields(&release_target, &release_name)?;
+    let mut targets = vec![target_member(repo, &release_name, release_target)?];
+    let release = release_fields(release_target, &release_name)?;
     let mut deltas = Vec::new();
     for base in &spec.delta_from {
         let offer = release
