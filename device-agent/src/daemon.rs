@@ -153,6 +153,31 @@ pub async fn run(
     }
 }
 
+/// `run --offline`, for a device updated only from bundles: finishes what the last run left (health
+/// checks and commit or rollback after a trial boot) and resumes a bundle install cut short, from its
+/// bundle; never polls the repository.
+pub async fn run_offline(config: &AgentConfig, report: &mut dyn FnMut(&Outcome)) -> Result<Ended> {
+    let _lock = AgentLock::acquire(&config.state_dir)?;
+    let mut device = open_device(config)?;
+    let mut outcome = device.on_boot().await?;
+    report(&outcome);
+    let from_bundle = matches!(
+        &device.record().state,
+        crate::state::UpdateState::Downloading {
+            source: crate::state::InstallSource::Bundle { .. },
+            ..
+        }
+    );
+    if !outcome.reboot && from_bundle {
+        outcome = device.poll_once().await?;
+        report(&outcome);
+    }
+    if outcome.reboot {
+        return reboot(config, device).map(Ended::Rebooted);
+    }
+    Ok(Ended::PolledOnce)
+}
+
 /// The poll loop after the start: polls on the schedule (or once), waking the report sender after each.
 async fn poll_loop(
     config: &AgentConfig,

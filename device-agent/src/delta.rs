@@ -375,6 +375,7 @@ pub fn remove_spool(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::InstallSource;
     use ota_release::{Sha256Digest, Version};
     use ota_slot::FileSlot;
 
@@ -583,6 +584,7 @@ mod tests {
             },
             downloaded_bytes: 10,
             delta_fallback: None,
+            source: InstallSource::Repository,
         };
         let reason = super::plan(&f.offer, &f.image, &listed, Some(&last)).unwrap_err();
         assert!(reason.to_string().contains("interrupted"), "{reason}");

@@ -19,9 +19,10 @@ use ota_release::{
     Version, CONTROL_DIR, MAX_CONTROL_BYTES,
 };
 use ota_slot::{slot_sha256, BootControl, Slot, SlotWriter, TrialBoot};
-use ota_tuf::{Client, ClientConfig, TargetInfo};
+use ota_tuf::{BundleSource, Client, ClientConfig, TargetInfo};
 use serde::Serialize;
 
+use crate::clock::{FlooredClock, TimeFloor};
 use crate::config::{AgentConfig, HealthConfig};
 use crate::delta::{
     apply_spooled, check_base, remove_spool, ApplyFailure, DeltaFallback, DeltaPlan, SpoolSink,
@@ -34,8 +35,8 @@ use crate::report_queue::{QueueStatus, ReportQueue, SendError};
 use crate::rollout::{DrillResult, Purpose, ReleaseStanding, RolloutView, ViewFile};
 use crate::select::{select, Decision, DeviceFacts, OfferedTarget};
 use crate::state::{
-    transition, Action, DeviceRecord, DownloadRetry, Event, ImageRef, InstallReport, InstallVia, RecordFile,
-    RetryPolicy, SlotImage, UpdateState,
+    transition, Action, DeviceRecord, DownloadRetry, Event, ImageRef, InstallReport, InstallSource,
+    InstallVia, RecordFile, RetryPolicy, SlotImage, UpdateState,
 };
 use crate::SlotId;
 
@@ -213,6 +214,8 @@ pub struct Device<S: Slot, B: BootControl> {
     retry_policy: RetryPolicy,
     reports: Option<ReportQueue>,
     rollout_clock: RolloutClock,
+    /// The time floor (Unix seconds) read at open; the TUF clock never reads earlier ([`crate::clock`]).
+    time_floor: i64,
 }
 
 /// The clock rollout standing is read against (waves opening, drills ending), in Unix seconds: the
@@ -251,8 +254,18 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         )?;
         let file = RecordFile::in_dir(dir);
         let record = file.load()?;
-        let client = Client::load(&dir.join(METADATA_DIR), settings.repository.clone())?;
+        let time_floor = TimeFloor::in_dir(dir).load();
+        let mut settings = settings;
+        settings.repository.clock = std::sync::Arc::new(FlooredClock::new(
+            std::sync::Arc::clone(&settings.repository.clock),
+            time_floor,
+        ));
+        let client = Client::load(
+            &settings.state_dir.join(METADATA_DIR),
+            settings.repository.clone(),
+        )?;
         Ok(Device {
+            time_floor,
             settings,
             slots,
             boot,
@@ -738,8 +751,21 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     }
 
     async fn refresh_and_select(&mut self) -> Result<(Vec<TargetInfo>, Decision)> {
+        let reference = self.settings.repository.clock.now();
         self.client.refresh().await?;
-        let targets = self.client.all_targets().await?;
+        TimeFloor::in_dir(&self.settings.state_dir).advance(reference.timestamp())?;
+        let mut targets = self.client.all_targets().await?;
+        if let Some(bundle) = self.client.bundle() {
+            // Only what the bundle carries can be installed from it; the signed metadata may name more.
+            let held = |t: &TargetInfo| {
+                bundle.contains(&format!(
+                    "{}/{}",
+                    ota_tuf::bundle::TARGETS_DIR,
+                    self.client.target_path(t)
+                ))
+            };
+            targets.retain(held);
+        }
         let offered: Vec<OfferedTarget> = targets.iter().map(offered).collect();
         let booted = self.boot.booted()?;
         let running = self
@@ -761,7 +787,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             running_sha256: Some(running.sha256),
             device_id: &device_id,
             seed: RolloutSeed::of_device(&device_id),
-            now_unix: (self.rollout_clock)(),
+            now_unix: self.rollout_now(),
             control: view.control.as_ref(),
             other_slot: self.record.slot(other).map(|image| (other, image)),
             drills_done: &drills_done,
@@ -776,16 +802,120 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     /// outcome asks for a reboot into the trial. Also resumes an install a restart cut short.
     pub async fn poll_once(&mut self) -> Result<Outcome> {
         let state = self.record.state.clone();
-        if !state.is_final() && !matches!(state, UpdateState::Downloading { .. }) {
-            return Err(Error::Refused {
-                action: "poll",
-                why: format!("state is {state}; the pending update must finish first (restart the agent)"),
-            });
+        if let UpdateState::Downloading {
+            source: InstallSource::Bundle { path },
+            ..
+        } = &state
+        {
+            // Started from a bundle: finished from it, without the network.
+            tracing::info!(bundle = %path.display(), "resuming the interrupted install from its bundle");
+            return self.install_bundle(&path.clone()).await;
         }
+        refuse_unless_idle(&state, "poll")?;
         let (targets, decision) = self.refresh_and_select().await?;
         if let Some(wait) = self.retry_wait(&state, &decision) {
             return Ok(wait);
         }
+        self.act(state, targets, decision).await
+    }
+
+    /// An offline install (`install --bundle`): reads metadata and targets from the bundle at `path`
+    /// and verifies them against the pinned root exactly as a poll does (root rotation, signatures,
+    /// thresholds, rollback, expiry judged at the floored clock: see [`crate::clock`]), chooses among
+    /// the releases it carries by the same rules (hardware, channel, version floor, failed versions,
+    /// rollout control), checks the image's signed length and hashes in the bundle before anything is
+    /// written, then takes the same A/B path as an online install. Refused ([`Error::BundleRefused`]
+    /// or the TUF error) with the state and both slots untouched. The state records the bundle, so an
+    /// install cut short is resumed from it by the next poll or `run --offline`.
+    pub async fn install_bundle(&mut self, path: &Path) -> Result<Outcome> {
+        let state = self.record.state.clone();
+        refuse_unless_idle(&state, "install a bundle")?;
+        let opened = std::fs::canonicalize(path)
+            .map_err(|e| ota_tuf::Error::Io {
+                path: path.to_owned(),
+                source: e,
+            })
+            .and_then(|p| BundleSource::open(&p));
+        let bundle = match opened {
+            Ok(bundle) => bundle,
+            Err(e) => {
+                if matches!(state, UpdateState::Downloading { .. }) {
+                    let reason = format!("the bundle cannot be read: {}", anyhow_like(&e));
+                    self.apply(Event::DownloadFailed { reason })?;
+                }
+                return Err(Error::Tuf(e));
+            }
+        };
+        let bundle_path = bundle.path().to_owned();
+        if let Some(clock) = self.floored_clock_behind() {
+            tracing::warn!("{clock}");
+        }
+        let metadata = self.settings.state_dir.join(METADATA_DIR);
+        self.client = Client::load_bundle(&metadata, self.settings.repository.clone(), bundle)?;
+        let (targets, decision) = self.refresh_and_select().await?;
+        if let Decision::UpToDate { skipped } = &decision {
+            return Err(Error::BundleRefused {
+                bundle: bundle_path,
+                why: refused_why(skipped),
+            });
+        }
+        self.check_bundled_image(&decision, &targets).await?;
+        self.act(state, targets, decision).await
+    }
+
+    /// Reads the chosen image from the bundle once, checking its signed length and hashes, before the
+    /// state machine starts: a tampered or damaged bundle is refused with both slots untouched.
+    async fn check_bundled_image(&self, decision: &Decision, targets: &[TargetInfo]) -> Result<()> {
+        let image = match decision {
+            Decision::Install { image, .. } => image,
+            _ => return Ok(()),
+        };
+        if let Some(info) = targets.iter().find(|t| t.name == image.target) {
+            self.client.download_target(info, tokio::io::sink()).await?;
+        }
+        Ok(())
+    }
+
+    /// A warning when the system clock reads earlier than the time floor (no clock, or one reset).
+    fn floored_clock_behind(&self) -> Option<String> {
+        let floored = FlooredClock::new(std::sync::Arc::new(ota_tuf::SystemClock), self.time_floor);
+        floored.behind().map(|(now, floor)| {
+            format!(
+                "the system clock reads {now}, before the last time this device verified metadata ({floor}): \
+                 expiry is judged at {floor}"
+            )
+        })
+    }
+
+    /// The time waves and drills are judged at: the rollout clock, never before the time floor when
+    /// installing from a bundle (an offline device's clock may be unset).
+    fn rollout_now(&self) -> i64 {
+        let now = (self.rollout_clock)();
+        if self.client.bundle().is_some() {
+            now.max(self.time_floor)
+        } else {
+            now
+        }
+    }
+
+    /// Where the current client reads from, as the record keeps it.
+    fn install_source(&self) -> InstallSource {
+        match self.client.bundle() {
+            Some(b) => InstallSource::Bundle {
+                path: b.path().to_owned(),
+            },
+            None => InstallSource::Repository,
+        }
+    }
+
+    /// The rest of a poll or a bundle install, once the decision is made: resume an interrupted
+    /// install, go back from a pulled release, or choose and install.
+    async fn act(
+        &mut self,
+        state: UpdateState,
+        targets: Vec<TargetInfo>,
+        decision: Decision,
+    ) -> Result<Outcome> {
         if let UpdateState::Downloading { slot, image, .. } = state {
             let same = targets.iter().find(|t| {
                 t.name == image.target && t.length == image.length && t.sha256() == Some(image.sha256.0)
@@ -883,6 +1013,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             slot,
             image: image.clone(),
             purpose,
+            source: self.install_source(),
         })?;
         let capacity = self.slots.get_mut(slot).capacity();
         if image.length > capacity {
@@ -954,6 +1085,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             via: InstallVia::Full,
             downloaded_bytes: 0,
             delta_fallback: None,
+            source: self.install_source(),
         };
         if let Some(plan) = delta {
             let target = plan
@@ -1092,6 +1224,30 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         outcome.note = format!("installed {how}; {}", outcome.note);
         Ok(outcome)
     }
+}
+
+/// Refuses to start an install while another is underway (an interrupted download may be resumed).
+fn refuse_unless_idle(state: &UpdateState, action: &'static str) -> Result<()> {
+    if !state.is_final() && !matches!(state, UpdateState::Downloading { .. }) {
+        return Err(Error::Refused {
+            action,
+            why: format!("state is {state}; the pending update must finish first (restart the agent)"),
+        });
+    }
+    Ok(())
+}
+
+/// Why a bundle holds nothing to install, from the reasons each release in it was passed over.
+fn refused_why(skipped: &[crate::select::Skipped]) -> String {
+    if skipped.is_empty() {
+        return "it holds no release for this device's hardware id and channel newer than the running one"
+            .to_owned();
+    }
+    let reasons: Vec<String> = skipped
+        .iter()
+        .map(|s| format!("{}: {}", s.target, s.why))
+        .collect();
+    reasons.join("; ")
 }
 
 /// The attempt at a release that `event` ends in `state` before its image was verified, and why: a

@@ -184,6 +184,16 @@ pub enum Error {
         /// Why not.
         why: String,
     },
+    /// An offline bundle verified, but holds no release this device may install (another hardware id or
+    /// channel, not above the running version or the floor, failed here, halted or pulled, its wave not
+    /// open yet); nothing was written.
+    #[error("bundle {bundle} refused: {why}")]
+    BundleRefused {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// Why each release in it was passed over.
+        why: String,
+    },
     /// A target's OTA metadata is malformed.
     #[error("target {target}")]
     Release {

@@ -20,6 +20,8 @@
 //!   bound to the identity key, and [`channels::CollectorTls`] (mutual TLS to the collector).
 //! - [`onboarding`]: the device's card (id and public key) and its QR code, for `device-agent identity`.
 //! - [`schedule::PollSchedule`]: polling interval, jitter and backoff.
+//! - [`device::Device::install_bundle`]: an offline install from a bundle, verified like an online one;
+//!   [`clock`]: the time floor that expiry is judged against on a device without a reliable clock.
 //! - [`lock::AgentLock`]: one agent process at a time per state directory.
 //! - [`trust`]: the checks of what the agent trusts on disk, at every start.
 //! - [`report::OutcomeFacts`]: what is known when an update ends, signed into an `ota_report::Report`;
@@ -33,6 +35,7 @@
 #![deny(missing_docs)]
 
 pub mod channels;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod delta;

@@ -92,12 +92,22 @@ enum Command {
         /// Poll once and exit instead of looping.
         #[arg(long)]
         once: bool,
+        /// Never poll the repository (a device updated only from bundles): finish what the last run
+        /// left (health checks, commit or roll back; a bundle install cut short, from its bundle), then
+        /// exit.
+        #[arg(long, conflicts_with = "once")]
+        offline: bool,
     },
     /// Poll once and print what would be installed and whether `install` would accept it (slot
     /// capacity, delta base), then the next step; changes nothing (exit 1 when install would refuse).
     Check,
     /// Poll once and install what is chosen now (then reboot into the trial).
-    Install,
+    Install {
+        /// Install from this offline bundle (`repo-tool bundle`) instead of the repository: verified
+        /// against the pinned root exactly as online, no network used.
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
+    },
     /// Print the device's update status.
     Status {
         /// As JSON.
@@ -170,7 +180,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             print_identity(&config, svg.as_deref(), png.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { once } => {
+        Command::Run { offline: true, .. } => {
+            let ended = daemon::run_offline(&config, &mut print_outcome).await?;
+            Ok(match ended {
+                Ended::Rebooted(how) => exit_after(how),
+                Ended::PolledOnce => ExitCode::SUCCESS,
+            })
+        }
+        Command::Run { once, .. } => {
             let polling = if once { Polling::Once } else { Polling::Forever };
             let mut rng = rand::thread_rng();
             let ended = daemon::run(&config, polling, &mut rng, &mut print_outcome).await?;
@@ -188,10 +205,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             print_preflight(&decision, device.preflight(&decision)?.as_ref());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Install => {
+        Command::Install { bundle } => {
             let _lock = AgentLock::acquire(&config.state_dir)?;
             let mut device = daemon::open_device(&config)?;
-            let outcome = device.poll_once().await?;
+            let outcome = match bundle {
+                Some(path) => device.install_bundle(&path).await?,
+                None => device.poll_once().await?,
+            };
             finish(&config, device, &outcome)
         }
         Command::Status { json } => {

@@ -153,7 +153,7 @@ impl ReportSigner for IdentitySigner<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{ImageRef, InstallReport};
+    use crate::state::{ImageRef, InstallReport, InstallSource};
     use crate::SlotId;
     use ota_release::Sha256Digest;
 
@@ -178,6 +178,7 @@ mod tests {
             },
             downloaded_bytes: 4096,
             delta_fallback: None,
+            source: InstallSource::Repository,
         });
         let trial = UpdateState::TrialBoot {
             slot: SlotId::B,

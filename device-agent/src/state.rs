@@ -99,6 +99,10 @@ pub enum UpdateState {
         /// Why this image is installed (an update unless said otherwise).
         #[serde(default, skip_serializing_if = "Purpose::is_update")]
         purpose: Purpose,
+        /// Where the image comes from: the repository, or an offline bundle (then a restart resumes
+        /// from the bundle, without the network).
+        #[serde(default, skip_serializing_if = "InstallSource::is_repository")]
+        source: InstallSource,
     },
     /// `slot` holds `image`, read back and verified; saved before the bootloader is told to try it. After
     /// a restart: (re)start the trial and reboot; if the device already runs `slot`, the trial is
@@ -190,6 +194,8 @@ pub enum Event {
         image: ImageRef,
         /// Why: an update, a pull-back or a drill.
         purpose: Purpose,
+        /// Where its bytes come from.
+        source: InstallSource,
     },
     /// The running release is pulled, and the inactive `slot` was hashed and holds `image`, the release
     /// to go back to: no download, its trial starts from Installed.
@@ -269,12 +275,13 @@ impl UpdateState {
         self
     }
 
-    fn downloading(slot: SlotId, image: ImageRef, purpose: Purpose) -> UpdateState {
+    fn downloading(slot: SlotId, image: ImageRef, purpose: Purpose, source: InstallSource) -> UpdateState {
         UpdateState::Downloading {
             slot,
             image,
             restarts: 0,
             purpose,
+            source,
         }
     }
 
@@ -339,9 +346,10 @@ impl fmt::Display for UpdateState {
                 slot,
                 image,
                 purpose,
+                source,
                 ..
             } => {
-                write!(f, "downloading {} into slot {slot}{purpose}", image.version)
+                write!(f, "downloading {} into slot {slot}{purpose}{source}", image.version)
             }
             UpdateState::Installed { slot, image, .. } => {
                 write!(f, "installed {} in slot {slot}", image.version)
@@ -377,7 +385,15 @@ impl fmt::Display for InstallReport {
             InstallVia::Delta { target } => write!(f, "{} by delta {target}", self.version)?,
             InstallVia::Full => write!(f, "{} by full image", self.version)?,
         }
-        write!(f, ", {} bytes downloaded", self.downloaded_bytes)?;
+        match &self.source {
+            InstallSource::Repository => write!(f, ", {} bytes downloaded", self.downloaded_bytes)?,
+            InstallSource::Bundle { path } => write!(
+                f,
+                ", {} bytes read from bundle {}",
+                self.downloaded_bytes,
+                path.display()
+            )?,
+        }
         if let Some(why) = &self.delta_fallback {
             write!(f, " (delta not used: {why})")?;
         }
@@ -388,8 +404,13 @@ impl fmt::Display for InstallReport {
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Chosen { slot, image, purpose } => {
-                write!(f, "chosen {} for slot {slot}{purpose}", image.version)
+            Event::Chosen {
+                slot,
+                image,
+                purpose,
+                source,
+            } => {
+                write!(f, "chosen {} for slot {slot}{purpose}{source}", image.version)
             }
             Event::OtherSlotHolds { slot, image, .. } => {
                 write!(f, "slot {slot} holds {} already", image.version)
@@ -525,8 +546,16 @@ fn step(state: UpdateState, event: Event) -> Result<Transition> {
     let to = Transition::to;
     Ok(match (state, event) {
         (state, E::Started { booted, trial }) => restart(state, booted, trial),
-        (s, E::Chosen { slot, image, purpose }) if s.is_final() => {
-            to(S::downloading(slot, image, purpose), A::Install { slot }).holding(slot, None)
+        (
+            s,
+            E::Chosen {
+                slot,
+                image,
+                purpose,
+                source,
+            },
+        ) if s.is_final() => {
+            to(S::downloading(slot, image, purpose, source), A::Install { slot }).holding(slot, None)
         }
         (
             s,
@@ -653,7 +682,13 @@ fn way_forward(state: UpdateState, booted: SlotId, trial: Option<TrialBoot>) -> 
     use UpdateState as S;
     let action = match &state {
         S::Idle | S::Failed { .. } => A::Wait("nothing pending"),
-        S::Downloading { .. } => A::Wait("download interrupted; the next poll starts it over"),
+        S::Downloading {
+            source: InstallSource::Repository,
+            ..
+        } => A::Wait("download interrupted; the next poll starts it over"),
+        S::Downloading { .. } => A::Wait(
+            "bundle install interrupted; the next poll (or `run --offline`) starts it over from the bundle",
+        ),
         S::Committed { slot, .. } => A::FinishCommit { slot: *slot },
         S::RolledBack { slot, .. } | S::DrillRolledBack { slot, .. } => A::FinishRollback { slot: *slot },
         // The bootloader was told and booted the trial, but the cut came before TrialBoot was saved.
@@ -742,6 +777,37 @@ fn rolled_back(slot: SlotId, image: ImageRef, to: SlotId, reason: String) -> Tra
             },
             Action::FinishRollback { slot },
         )
+    }
+}
+
+/// Where the bytes of an install come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InstallSource {
+    /// The configured repository, over the network.
+    #[default]
+    Repository,
+    /// An offline bundle (`device-agent install --bundle`), verified against the pinned root like the
+    /// repository; an install it starts is resumed from it, never from the network.
+    Bundle {
+        /// The bundle file.
+        path: PathBuf,
+    },
+}
+
+impl InstallSource {
+    /// Whether this is the configured repository (the default, not written to the record).
+    pub fn is_repository(&self) -> bool {
+        matches!(self, InstallSource::Repository)
+    }
+}
+
+impl fmt::Display for InstallSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InstallSource::Repository => Ok(()),
+            InstallSource::Bundle { path } => write!(f, " from bundle {}", path.display()),
+        }
     }
 }
 
@@ -864,6 +930,9 @@ pub struct InstallReport {
     /// Why an offered delta was not used, when the full image was installed instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_fallback: Option<String>,
+    /// Where the bytes came from (the repository unless said otherwise).
+    #[serde(default, skip_serializing_if = "InstallSource::is_repository")]
+    pub source: InstallSource,
 }
 
 impl DeviceRecord {
@@ -1087,6 +1156,7 @@ mod tests {
                 slot: SlotId::B,
                 image: image("2.0.0"),
                 purpose: Purpose::Update,
+                source: InstallSource::Repository,
             },
             Event::Verified { from: SlotId::A },
             Event::TrialStarted,
@@ -1107,6 +1177,7 @@ mod tests {
                     slot: SlotId::B,
                     image: image("2.0.0"),
                     purpose: Purpose::Update,
+                    source: InstallSource::Repository,
                 },
                 Event::Verified { from: SlotId::A },
                 Event::TrialStarted,
@@ -1135,6 +1206,7 @@ mod tests {
                     slot: SlotId::A,
                     image: image("3.0.0"),
                     purpose: Purpose::Update,
+                    source: InstallSource::Repository,
                 },
                 Event::Verified { from: SlotId::B },
                 Event::TrialStarted,
@@ -1166,6 +1238,7 @@ mod tests {
                 slot: SlotId::B,
                 image: image("2.0.0"),
                 purpose: Purpose::Update,
+                source: InstallSource::Repository,
             },
         )
         .unwrap();
@@ -1336,6 +1409,7 @@ mod tests {
                     slot: SlotId::B,
                     image: image("2.0.0"),
                     purpose: Purpose::Update,
+                    source: InstallSource::Repository,
                 },
             )
             .unwrap(),
@@ -1369,6 +1443,7 @@ mod tests {
                     slot: SlotId::A,
                     image: image("3.0.0"),
                     purpose: Purpose::Update,
+                    source: InstallSource::Repository,
                 },
             )
             .unwrap()
@@ -1410,11 +1485,13 @@ mod tests {
                     image: image("2.0.0"),
                     restarts: 0,
                     purpose: Purpose::Update,
+                    source: InstallSource::Repository,
                 },
                 Event::Chosen {
                     slot: SlotId::B,
                     image: image("3.0.0"),
                     purpose: Purpose::Update,
+                    source: InstallSource::Repository,
                 },
             ),
             (
@@ -1452,6 +1529,7 @@ mod tests {
                 slot: SlotId::B,
                 image: image("2.0.0"),
                 purpose: Purpose::Update,
+                source: InstallSource::Repository,
             },
         )
         .unwrap();
@@ -1580,6 +1658,7 @@ mod tests {
                 slot: SlotId::B,
                 image: image("3.0.0"),
                 purpose: Purpose::Update,
+                source: InstallSource::Repository,
             },
         )
         .unwrap();
@@ -1601,6 +1680,7 @@ mod tests {
                 slot: SlotId::B,
                 image: image("2.0.0"),
                 purpose: drill.clone(),
+                source: InstallSource::Repository,
             },
         )
         .unwrap();

@@ -187,6 +187,10 @@ pub enum Command {
         #[arg(long)]
         repo: PathBuf,
     },
+    /// Write an offline bundle: one file holding a release (its image, optionally deltas from named
+    /// base versions, the rollout-control file) and the signed metadata a device needs to verify it
+    /// (`device-agent install --bundle FILE`). Valid until the repository's timestamp expires.
+    Bundle(BundleArgs),
 }
 
 #[derive(Subcommand)]
@@ -660,4 +664,26 @@ pub struct PublishArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct BundleArgs {
+    /// Repository directory.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// The hardware id the release is for.
+    #[arg(long)]
+    pub hardware: ota_release::HardwareId,
+    /// Its channel.
+    #[arg(long)]
+    pub channel: ota_release::Channel,
+    /// The release's version.
+    #[arg(long)]
+    pub version: ota_release::Version,
+    /// Also include the release's delta from this base version (repeat, or comma-separate).
+    #[arg(long = "delta-from", value_name = "VERSION", value_delimiter = ',')]
+    pub delta_from: Vec<ota_release::Version>,
+    /// The bundle file to write (refused when it exists).
+    #[arg(long)]
+    pub out: PathBuf,
 }

@@ -2,8 +2,9 @@
 //!
 //! [`cli`] holds the clap definitions; each command group has a module that runs it and prints
 //! what it did: [`keys`], [`release`] (init, add), [`refresh`], [`delegate`], [`staging`] (root and
-//! role signed in steps), [`rollout`] (staged rollouts), [`inspect`] (verify, list), [`gc`], [`publish`] (to object storage). `main` only maps the outcome to an exit status.
+//! role signed in steps), [`rollout`] (staged rollouts), [`inspect`] (verify, list), [`gc`], [`publish`] (to object storage), [`bundle`] (offline bundles). `main` only maps the outcome to an exit status.
 
+mod bundle;
 mod cli;
 mod delegate;
 mod gc;
@@ -46,6 +47,7 @@ fn run() -> Result<Outcome> {
         Command::Rollout { command } => rollout::run(command)?,
         Command::Publish(args) => publish::run(&args)?,
         Command::List { repo } => inspect::list(&repo)?,
+        Command::Bundle(args) => bundle::run(&args)?,
     }
     Ok(Outcome::Done)
 }

@@ -15,7 +15,8 @@
 //! last K releases of its hardware and channel, kept only when under a share of the image
 //! ([`deltas::DeltaPolicy`]); [`publish_to_bucket`] copies a repository to object storage (S3 or
 //! any `object_store` backend: only new objects, `timestamp.json` last, CDN cache headers; see
-//! [`bucket`]). It does not serve files (any static web server does), encode deltas
+//! [`bucket`]); [`write_bundle`] writes an offline bundle (one release and the signed metadata that
+//! verifies it, for `device-agent install --bundle`). It does not serve files (any static web server does), encode deltas
 //! (`ota-delta` does; the binary passes `ota_delta::encode_with_progress` to the seam), run on devices
 //! (`ota-tuf` is the client) or write files by hand (`ota-fs` does every atomic write, private key
 //! file, lock and file-system flush).
@@ -108,6 +109,7 @@
 
 mod block;
 pub mod bucket;
+mod bundle;
 mod canonical;
 pub mod deltas;
 mod digest;
@@ -136,6 +138,7 @@ pub use bucket::{
     publish_to_bucket, publish_to_bucket_blocking, Bucket, BucketSpec, PublishOptions, PublishReport,
     SentObject,
 };
+pub use bundle::{write_bundle, BundleReport, BundleSpec};
 pub use error::{Error, Result};
 pub use gc::{gc, GcReport, UnreferencedFile, STAGED_DIR};
 pub use hash_bins::{delegate_hash_bins, HashBinSpec, MAX_BINS};

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256, Sha512};
 use tokio::io::AsyncWrite;
 
-use crate::fetch::{Fetched, Fetcher};
+use crate::bundle::BundleSource;
+use crate::fetch::{Fetched, Fetcher, Source};
 use crate::metadata::{self, DelegatedRoles, MetaFile, Root, Snapshot, Targets, Timestamp};
 use crate::{store, ClientConfig, Error, Result, TargetInfo};
 
@@ -21,7 +22,8 @@ use crate::{store, ClientConfig, Error, Result, TargetInfo};
 pub struct Client {
     dir: PathBuf,
     config: ClientConfig,
-    fetcher: Fetcher,
+    /// Where metadata and targets are read from: the configured URLs, or an offline bundle.
+    source: Source,
     /// The trusted root (TUF 5.2).
     root: Root,
     /// Everything verified by the last successful refresh; None before it (or after a failed one).
@@ -63,6 +65,32 @@ impl Client {
 
     /// Loads the trusted root from `metadata_dir` (TUF 5.2; `root.json` must exist). No network.
     pub fn load(metadata_dir: &Path, config: ClientConfig) -> Result<Client> {
+        let fetcher = Fetcher::new(config.request_timeout, &config.http)?.with_min_rate(config.min_rate);
+        let source = Source::Http {
+            fetcher,
+            metadata_base: with_slash(&config.metadata_base_url),
+            targets_base: with_slash(&config.targets_base_url),
+        };
+        Client::load_from(metadata_dir, config, source)
+    }
+
+    /// Loads the trusted root like [`Client::load`], but reads metadata and targets from an offline
+    /// bundle instead of the configured URLs: the same workflow verifies them (root rotation,
+    /// signatures, thresholds, rollback, expiry against [`ClientConfig::clock`], lengths and hashes),
+    /// and what verifies is persisted as trusted, as after an online refresh.
+    pub fn load_bundle(metadata_dir: &Path, config: ClientConfig, bundle: BundleSource) -> Result<Client> {
+        Client::load_from(metadata_dir, config, Source::Bundle(bundle))
+    }
+
+    /// The bundle this client reads, when it reads one.
+    pub fn bundle(&self) -> Option<&BundleSource> {
+        match &self.source {
+            Source::Bundle(b) => Some(b),
+            Source::Http { .. } => None,
+        }
+    }
+
+    fn load_from(metadata_dir: &Path, config: ClientConfig, source: Source) -> Result<Client> {
         let path = metadata_dir.join(store::file_name("root"));
         let bytes = store::read(metadata_dir, "root", config.limits.root_max).ok_or_else(|| {
             Error::io(
@@ -73,7 +101,7 @@ impl Client {
         let root = verify_self_signed_root(&bytes)?;
         Ok(Client {
             dir: metadata_dir.to_path_buf(),
-            fetcher: Fetcher::new(config.request_timeout, &config.http)?.with_min_rate(config.min_rate),
+            source,
             config,
             root,
             session: None,
@@ -132,7 +160,6 @@ impl Client {
     /// each verified by the old root's threshold and its own, with the version exactly N+1, each
     /// persisted as received.
     async fn update_root(&mut self) -> Result<()> {
-        let base = with_slash(&self.config.metadata_base_url);
         for _ in 0..self.config.limits.max_root_rotations {
             let next = self
                 .root
@@ -141,12 +168,8 @@ impl Client {
                 .checked_add(1)
                 .ok_or_else(|| Error::malformed("root", "version cannot grow further"))?;
             // TUF 5.3.3: bounded by the configured maximum root size.
-            let url = format!("{base}{next}.root.json");
-            let bytes = match self
-                .fetcher
-                .fetch_metadata(&url, self.config.limits.root_max)
-                .await?
-            {
+            let name = format!("{next}.root.json");
+            let bytes = match self.source.metadata(&name, self.config.limits.root_max).await? {
                 Fetched::NotFound => break,
                 Fetched::Body(b) => b,
             };
@@ -191,8 +214,10 @@ impl Client {
                 .ok()
         });
         // TUF 5.4.1: bounded by the configured maximum; never version-prefixed.
-        let url = format!("{}timestamp.json", with_slash(&self.config.metadata_base_url));
-        let bytes = fetch_required(&self.fetcher, &url, limits.timestamp_max).await?;
+        let bytes = self
+            .source
+            .required_metadata("timestamp.json", limits.timestamp_max)
+            .await?;
         // TUF 5.4.2: signatures by the root's timestamp keys.
         let new = self.check_timestamp(&bytes)?;
         if let Some(old) = trusted {
@@ -263,13 +288,12 @@ impl Client {
         // TUF 5.5.1: length from timestamp, else the configured maximum; versioned name with consistent
         // snapshots.
         let length = meta.length.unwrap_or(limits.snapshot_max);
-        let base = with_slash(&self.config.metadata_base_url);
-        let url = if self.root.consistent_snapshot {
-            format!("{base}{}.snapshot.json", meta.version)
+        let name = if self.root.consistent_snapshot {
+            format!("{}.snapshot.json", meta.version)
         } else {
-            format!("{base}snapshot.json")
+            "snapshot.json".to_owned()
         };
-        let bytes = fetch_required(&self.fetcher, &url, length).await?;
+        let bytes = self.source.required_metadata(&name, length).await?;
         // TUF 5.5.2: hashes and length from timestamp.
         check_meta_file("snapshot", &bytes, meta)?;
         // TUF 5.5.3: signatures by the root's snapshot keys.
@@ -376,14 +400,13 @@ impl Client {
         meta: &MetaFile,
         limit: u64,
     ) -> Result<Targets> {
-        let base = with_slash(&self.config.metadata_base_url);
         let quoted = crate::paths::quote_name(role);
-        let url = if self.root.consistent_snapshot {
-            format!("{base}{}.{quoted}.json", meta.version)
+        let name = if self.root.consistent_snapshot {
+            format!("{}.{quoted}.json", meta.version)
         } else {
-            format!("{base}{quoted}.json")
+            format!("{quoted}.json")
         };
-        let bytes = fetch_required(&self.fetcher, &url, limit).await?;
+        let bytes = self.source.required_metadata(&name, limit).await?;
         let t = self.check_targets(role, delegator, bytes, meta)?;
         // TUF 5.6.6: persist as received.
         store::write(&self.dir, role, t.bytes())?;
@@ -530,12 +553,17 @@ impl Client {
         Ok(out)
     }
 
-    /// The URL a target is fetched from: `<dir>/<hash>.<basename>` with consistent snapshots (TUF 5.7.3;
-    /// the sha256 digest when listed, else sha512), else the target path itself.
+    /// Where a target is read from: its URL (or, reading a bundle, `<bundle>:targets/<path>`), the path
+    /// being [`Client::target_path`].
     pub fn target_url(&self, target: &TargetInfo) -> String {
-        let base = with_slash(&self.config.targets_base_url);
+        self.source.target_location(&self.target_path(target))
+    }
+
+    /// A target's path under the targets base: `<dir>/<hash>.<basename>` with consistent snapshots
+    /// (TUF 5.7.3; the sha256 digest when listed, else sha512), else the target path itself.
+    pub fn target_path(&self, target: &TargetInfo) -> String {
         if !self.root.consistent_snapshot {
-            return format!("{base}{}", target.name);
+            return target.name.clone();
         }
         let digest = target
             .hashes
@@ -545,8 +573,8 @@ impl Client {
             .map(hex::encode)
             .unwrap_or_default();
         match target.name.rsplit_once('/') {
-            Some((dir, base_name)) => format!("{base}{dir}/{digest}.{base_name}"),
-            None => format!("{base}{digest}.{}", target.name),
+            Some((dir, base_name)) => format!("{dir}/{digest}.{base_name}"),
+            None => format!("{digest}.{}", target.name),
         }
     }
 
@@ -555,11 +583,11 @@ impl Client {
     pub async fn download_target<W: AsyncWrite + Unpin>(&self, target: &TargetInfo, sink: W) -> Result<u64> {
         // Refuse before downloading anything that could not be checked.
         let mut digests = Digests::new(&target.name, &target.hashes)?;
-        let url = self.target_url(target);
+        let path = self.target_path(target);
         let written = self
-            .fetcher
-            .stream(
-                &url,
+            .source
+            .target(
+                &path,
                 &target.name,
                 target.length,
                 self.config.limits.min_target_bytes_per_sec,
@@ -584,16 +612,6 @@ fn verify_self_signed_root(bytes: &[u8]) -> Result<Root> {
     let root = Root::parse(bytes)?;
     root.verify("root", &envelope)?;
     Ok(root)
-}
-
-async fn fetch_required(fetcher: &Fetcher, url: &str, limit: u64) -> Result<Vec<u8>> {
-    match fetcher.fetch_metadata(url, limit).await? {
-        Fetched::Body(b) => Ok(b),
-        Fetched::NotFound => Err(Error::HttpStatus {
-            url: url.to_string(),
-            status: 404,
-        }),
-    }
 }
 
 /// Checks length and hashes of a metadata file against the referring role's META entry.

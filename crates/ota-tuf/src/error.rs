@@ -173,6 +173,35 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// An offline bundle is not a bundle this client reads (not tar, too many members, a link, a name
+    /// leaving the archive, a member twice).
+    #[error("bundle {bundle}: {reason}")]
+    BundleMalformed {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// What is wrong, naming the member.
+        reason: String,
+    },
+    /// An offline bundle ends before a member it declares does (a copy cut short).
+    #[error("bundle {bundle} is truncated: member {member} declares {declared} bytes, only {available} are in the file")]
+    BundleTruncated {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// The member cut short (or the part of the archive missing).
+        member: String,
+        /// The size its header declares.
+        declared: u64,
+        /// The bytes the file holds of it.
+        available: u64,
+    },
+    /// An offline bundle lacks a file the verification needs (TUF 5.4.1, 5.5.1, 5.6.1, 5.7.3).
+    #[error("bundle {bundle} holds no {member}")]
+    NotInBundle {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// The member looked for.
+        member: String,
+    },
     /// The caller used the API in a way it does not support (for example a relative base URL).
     #[error("misuse: {0}")]
     Misuse(String),

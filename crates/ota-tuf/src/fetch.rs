@@ -1,5 +1,7 @@
-//! Bounded HTTP retrieval: every body is capped (endless data), every request has a deadline and every
-//! read a stall timeout (slow retrieval).
+//! Where the client's files come from ([`Source`]): a repository over HTTP, with every body capped
+//! (endless data), every request given a deadline and every read a stall timeout (slow retrieval); or an
+//! offline bundle ([`BundleSource`]), whose members are bounded the same way. The client asks either
+//! for the same relative names, so one verification path serves both.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -7,7 +9,100 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::time::Instant;
 
+use crate::bundle::{BundleSource, METADATA_DIR, TARGETS_DIR};
 use crate::{Error, Http, MinRate, Result};
+
+/// Where metadata and targets come from.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// A repository served over HTTP(S): base URLs ending in `/`.
+    Http {
+        fetcher: Fetcher,
+        metadata_base: String,
+        targets_base: String,
+    },
+    /// An offline bundle: `metadata/<name>` and `targets/<path>` members.
+    Bundle(BundleSource),
+}
+
+impl Source {
+    /// The metadata file `name` (`timestamp.json`, `3.root.json`, ...), at most `limit` bytes.
+    pub(crate) async fn metadata(&self, name: &str, limit: u64) -> Result<Fetched> {
+        match self {
+            Source::Http {
+                fetcher,
+                metadata_base,
+                ..
+            } => {
+                fetcher
+                    .fetch_metadata(&format!("{metadata_base}{name}"), limit)
+                    .await
+            }
+            Source::Bundle(b) => Ok(match b.read(&format!("{METADATA_DIR}/{name}"), limit)? {
+                Some(bytes) => Fetched::Body(bytes),
+                None => Fetched::NotFound,
+            }),
+        }
+    }
+
+    /// The metadata file `name`, which must exist.
+    pub(crate) async fn required_metadata(&self, name: &str, limit: u64) -> Result<Vec<u8>> {
+        match self.metadata(name, limit).await? {
+            Fetched::Body(b) => Ok(b),
+            Fetched::NotFound => Err(match self {
+                Source::Http { metadata_base, .. } => Error::HttpStatus {
+                    url: format!("{metadata_base}{name}"),
+                    status: 404,
+                },
+                Source::Bundle(b) => Error::NotInBundle {
+                    bundle: b.path().to_owned(),
+                    member: format!("{METADATA_DIR}/{name}"),
+                },
+            }),
+        }
+    }
+
+    /// Where the target file at `path` (relative, consistent-snapshot name) is read from.
+    pub(crate) fn target_location(&self, path: &str) -> String {
+        match self {
+            Source::Http { targets_base, .. } => format!("{targets_base}{path}"),
+            Source::Bundle(b) => b.location(&format!("{TARGETS_DIR}/{path}")),
+        }
+    }
+
+    /// Streams the target file at `path` into `sink` (see [`Fetcher::stream`]); returns the byte count.
+    pub(crate) async fn target<W: AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        target: &str,
+        limit: u64,
+        min_bytes_per_sec: u64,
+        sink: W,
+        inspect: impl FnMut(&[u8]),
+    ) -> Result<u64> {
+        match self {
+            Source::Http {
+                fetcher,
+                targets_base,
+                ..
+            } => {
+                let url = format!("{targets_base}{path}");
+                fetcher
+                    .stream(&url, target, limit, min_bytes_per_sec, sink, inspect)
+                    .await
+            }
+            Source::Bundle(b) => {
+                let member = format!("{TARGETS_DIR}/{path}");
+                b.stream(&member, target, limit, sink, inspect)
+                    .await?
+                    .ok_or_else(|| Error::NotInBundle {
+                        bundle: b.path().to_owned(),
+                        member,
+                    })
+            }
+        }
+    }
+}
 
 /// The HTTP side of the client.
 #[derive(Debug, Clone)]

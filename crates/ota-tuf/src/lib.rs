@@ -23,7 +23,8 @@
 //! **Main types.** [`Client`] (the trusted state: metadata directory plus verified roles in memory),
 //! [`ClientConfig`] and [`Limits`] (where and how much), [`Clock`] and [`Http`] (the time and the HTTP
 //! client, passed in by the caller; [`ClientConfig::new`] picks the system clock and a client built here),
-//! [`TargetInfo`] (one verified target), [`Error`].
+//! [`TargetInfo`] (one verified target), [`Error`]; [`BundleSource`], an offline bundle read in place of
+//! HTTP by [`Client::load_bundle`] (see [`bundle`]).
 //! [`path_matches_pattern`] is the workspace's one TUF path-pattern matcher (python-tuf's, segment by
 //! segment fnmatch), public so the publisher checks delegations with the same rule the device applies.
 //!
@@ -40,6 +41,7 @@
     clippy::cast_lossless
 )]
 
+pub mod bundle;
 mod canonical;
 mod client;
 mod error;
@@ -59,6 +61,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+pub use bundle::BundleSource;
 pub use client::Client;
 pub use error::{Error, Result};
 pub use paths::{path_matches_pattern, quote_name};
