@@ -45,6 +45,7 @@ pub struct AutoHalt {
     repo: Option<PathBuf>,
     keys: Option<KeyRing>,
     clock: RolloutClock,
+    before_publish: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// A rule that tripped on one rollout: what it saw.
@@ -75,7 +76,14 @@ impl AutoHalt {
             repo,
             keys,
             clock,
+            before_publish: None,
         }
+    }
+
+    /// Runs `hook` just before each halt is published (a test's mirror keeps the old metadata).
+    pub fn before_publish(mut self, hook: Arc<dyn Fn() + Send + Sync>) -> AutoHalt {
+        self.before_publish = Some(hook);
+        self
     }
 
     /// Whether it can halt (a repository and keys), rather than only alert.
@@ -190,6 +198,8 @@ impl AutoHalt {
             "collector rule {}: {} of {} rolled back{wave}",
             v.rule, v.rolled_back, v.judged
         );
+        // Milliseconds, as stored: what is returned equals what is read back.
+        let at = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_default();
         let mut out = Vec::new();
         for hardware in &v.lines {
             let (action, detail) = self.halt_line(hardware, v.channel, v.version, &reason);
@@ -199,7 +209,7 @@ impl AutoHalt {
                 to_version: v.version.to_owned(),
                 action,
                 rule: v.rule.to_string(),
-                at: Utc::now(),
+                at,
                 wave: v.wave,
                 judged: v.judged,
                 rolled_back: v.rolled_back,
@@ -236,6 +246,9 @@ impl AutoHalt {
             version: version.to_owned(),
         };
         let expiries = ota_publish::Expiries::default();
+        if let Some(hook) = &self.before_publish {
+            hook();
+        }
         match ota_publish::set_state(repo, &release, RolloutState::Halted, reason, &expiries, keys) {
             Ok(report) => (
                 ActionKind::Halted,
@@ -314,21 +327,21 @@ fn check_private(path: &Path) -> Result<()> {
 }
 
 /// The store's summary with each release's waves filled from the repository's plans at `now_unix`
-/// (per wave: committed, rolled back, failed, other, pending).
+/// (per wave: committed, rolled back, failed, other, pending; a release without a plan is one wave).
+/// A rollout (version on a channel) published for a hardware id none of whose devices reported on it
+/// yet is listed too, its devices all pending.
 pub fn summary_with_waves(store: &dyn Store, repo: &Path, now_unix: i64) -> Result<Summary> {
     let mut summary = store.summary()?;
     let channels: BTreeSet<String> = summary.releases.iter().map(|r| r.channel.clone()).collect();
     for channel in channels {
         let plans = channel_plans(repo, &channel, now_unix)?;
+        add_unreported_lines(&mut summary, &channel, &plans);
         let line_devices = store.line_devices(&channel)?;
         let mut by_version: BTreeMap<String, Vec<DeviceStatus>> = BTreeMap::new();
         for release in summary.releases.iter_mut().filter(|r| r.channel == channel) {
             let Some(line) = plans.get(&(release.hardware.clone(), release.to_version.clone())) else {
                 continue;
             };
-            if line.plan.is_none() {
-                continue;
-            }
             if !by_version.contains_key(&release.to_version) {
                 let devices = store.release_devices(&channel, &release.to_version)?;
                 by_version.insert(release.to_version.clone(), devices);
@@ -344,6 +357,30 @@ pub fn summary_with_waves(store: &dyn Store, repo: &Path, now_unix: i64) -> Resu
     Ok(summary)
 }
 
+/// Adds an empty entry for each hardware id the repository publishes a reported-on version of
+/// `channel` for, when no device of that hardware reported on it.
+fn add_unreported_lines(summary: &mut Summary, channel: &str, plans: &BTreeMap<(String, String), LinePlan>) {
+    let reported: BTreeSet<(String, String)> = summary
+        .releases
+        .iter()
+        .filter(|r| r.channel == channel)
+        .map(|r| (r.hardware.clone(), r.to_version.clone()))
+        .collect();
+    let versions: BTreeSet<&String> = reported.iter().map(|(_, v)| v).collect();
+    let mut added = Vec::new();
+    for (hardware, version) in plans.keys() {
+        if versions.contains(version) && !reported.contains(&(hardware.clone(), version.clone())) {
+            added.push(crate::ReleaseSummary {
+                hardware: hardware.clone(),
+                channel: channel.to_owned(),
+                to_version: version.clone(),
+                ..crate::ReleaseSummary::default()
+            });
+        }
+    }
+    summary.releases.extend(added);
+}
+
 /// Per wave of `line`'s plan: the devices of `hardware` by their latest report, and those of
 /// `on_line` that have not reported (pending).
 fn wave_counts<'a>(
@@ -352,8 +389,12 @@ fn wave_counts<'a>(
     devices: &[DeviceStatus],
     on_line: impl Iterator<Item = &'a str>,
 ) -> Vec<WaveSummary> {
-    let mut waves: Vec<WaveSummary> = line
-        .open
+    let open = if line.plan.is_some() {
+        line.open.clone()
+    } else {
+        vec![true]
+    };
+    let mut waves: Vec<WaveSummary> = open
         .iter()
         .zip(1u32..)
         .map(|(&open, wave)| WaveSummary {
