@@ -202,6 +202,33 @@ pub enum Error {
         /// What is wrong.
         why: String,
     },
+    /// A halt rule (from the command line or a rules file) cannot be used.
+    #[error("halt rule {rule}: {why}")]
+    HaltRule {
+        /// The rule as given, or the file.
+        rule: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A key the collector would halt with cannot be used (not private to its owner, unreadable).
+    #[error("halt key {key}: {why}")]
+    HaltKey {
+        /// The file or URI.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Reading or publishing to the repository failed.
+    #[error("repository {repo}: {action}")]
+    Repository {
+        /// The repository directory.
+        repo: String,
+        /// What was being done.
+        action: &'static str,
+        /// The publisher's error (boxed: it is large, and rare).
+        #[source]
+        source: Box<ota_publish::Error>,
+    },
     /// A blocking task (verification, storage) did not finish (it panicked or was cancelled).
     #[error("internal task failed: {why}")]
     Task {

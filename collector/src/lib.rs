@@ -29,17 +29,25 @@
 //! one writer, PostgreSQL in parallel lanes with the device row locked by the sequence check (see
 //! `pg.rs`). Messages naming a store URL hide its password ([`redact_url`]).
 //!
-//! **What it does not do (yet).** No rollout waves (the `wave` columns stay empty until the rollout work
-//! fills them; [`History`] already counts per wave), no automatic halt: those come next, on top of
-//! [`Store`] and [`Summary`].
-//! It never talks to devices beyond answering their reports.
+//! **Automatic halt.** [`halt::AutoHalt`] judges each rollout's open wave by its [`halt::HaltRule`]s
+//! after reports are stored and, with the rollout-control, snapshot and timestamp keys, signs and
+//! publishes a halt to the repository (else it only alerts); every halt and alert is stored
+//! ([`RolloutAction`]) and shown by the [`Summary`], as is the count of reports the devices' queues
+//! dropped. [`halt::summary_with_waves`] adds each release's waves, placed by the repository's plans.
+//!
+//! **Dashboard.** [`dashboard`] serves a read-only page of the fleet over time ([`History`]).
+//!
+//! **What it does not do (yet).** The `wave` columns stay empty (waves are placed from the repository's
+//! plans when read). It never talks to devices beyond answering their reports.
 //!
 //! **Main types.** [`Store`], [`SqliteStore`], [`PostgresStore`], [`Ingest`], [`Summary`], [`History`],
 //! [`Error`].
 #![deny(missing_docs)]
 
+mod actions;
 pub mod dashboard;
 mod error;
+pub mod halt;
 pub mod history;
 pub mod http;
 mod ingest;
@@ -51,6 +59,7 @@ mod store;
 mod summary;
 pub mod tls;
 
+pub use actions::{ActionKind, DeviceStatus, LineDevice, ReportRef, RolloutAction, MAX_ACTION_REPORTS};
 pub use error::{Error, Result};
 pub use history::{History, ReleaseHistory, StateCounts, Status, WaveHistory};
 pub use ingest::{Accepted, Ingest};
@@ -59,4 +68,4 @@ pub use migrations::{Migration, MIGRATIONS};
 pub use pg::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use store::{open_store, redact_url, EnrolledDevice, Enrolment, ReportDone, Store, StoredReport};
-pub use summary::{ReasonCount, ReleaseSummary, Summary};
+pub use summary::{ReasonCount, ReleaseSummary, Summary, WaveSummary};

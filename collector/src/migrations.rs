@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_release_counts.sql",
         sql: include_str!("../migrations/0002_release_counts.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_rollout_actions.sql",
+        sql: include_str!("../migrations/0003_rollout_actions.sql"),
+    },
 ];
 
 /// Created before any migration runs; one row per migration applied.

@@ -47,6 +47,7 @@ use postgres::{Client, GenericClient, NoTls, Statement};
 
 mod together;
 
+use crate::actions::{on_postgres, DeviceStatus, LineDevice, RolloutAction};
 use crate::migrations::{Migration, MIGRATIONS, SCHEMA_VERSION_TABLE};
 use crate::store::{
     redact_url, sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, ReportDone, Store, StoredReport,
@@ -465,8 +466,13 @@ impl Store for PostgresStore {
         let known = query_rows(&mut tx, KNOWN_DEVICE_ROWS, "count devices", |r| {
             Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?))
         })?;
+        let reports_dropped = on_postgres::dropped(&mut tx)?;
+        let actions = on_postgres::actions(&mut tx)?;
         tx.commit().map_err(Error::postgres("end the summary"))?;
-        Ok(summary::build(outcomes, reasons, known))
+        let mut summary = summary::build(outcomes, reasons, known);
+        summary.reports_dropped = reports_dropped;
+        summary.actions = actions;
+        Ok(summary)
     }
 
     fn report_count(&self) -> Result<u64> {
@@ -482,6 +488,26 @@ impl Store for PostgresStore {
     fn history(&self, buckets: u32) -> Result<crate::History> {
         let summary = self.summary()?;
         crate::history::read_postgres(&mut self.connection()?.client, &summary, buckets)
+    }
+
+    fn release_devices(&self, channel: &str, to_version: &str) -> Result<Vec<DeviceStatus>> {
+        on_postgres::release_devices(&mut self.connection()?.client, channel, to_version)
+    }
+
+    fn line_devices(&self, channel: &str) -> Result<Vec<LineDevice>> {
+        on_postgres::line_devices(&mut self.connection()?.client, channel)
+    }
+
+    fn set_device_line(&self, device: &DeviceId, hardware: &str, channel: &str) -> Result<()> {
+        on_postgres::set_line(&mut self.connection()?.client, device, hardware, channel)
+    }
+
+    fn record_action(&self, action: &RolloutAction) -> Result<bool> {
+        on_postgres::record(&mut self.connection()?.client, action)
+    }
+
+    fn actions(&self) -> Result<Vec<RolloutAction>> {
+        on_postgres::actions(&mut self.connection()?.client)
     }
 }
 
@@ -655,7 +681,8 @@ fn count_outcome_changes(
 }
 
 /// Takes the next sequence number of an enrolled device not revoked; locks the device row until commit.
-const CLAIM_SEQUENCE: &str = "UPDATE devices SET last_sequence = $2, hardware = $3, channel = $4
+const CLAIM_SEQUENCE: &str = "UPDATE devices SET last_sequence = $2, hardware = $3, channel = $4,
+         reports_dropped = $5
      WHERE device_id = $1 AND revoked_at IS NULL AND (last_sequence IS NULL OR last_sequence < $2)";
 
 /// The report row and the device's latest status on the release, in one round trip; returns the
@@ -666,8 +693,8 @@ const WRITE_REPORT: &str = "WITH previous AS (
      report AS (
          INSERT INTO reports (device_id, sequence, received_at, hardware, channel, from_version,
              to_version, target, outcome, reason, started_at, finished_at, bytes_downloaded,
-             install_method, wave, envelope)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, $15)),
+             install_method, wave, envelope, reports_dropped)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, $15, $16)),
      status AS (
          INSERT INTO release_status (device_id, hardware, channel, to_version, wave, sequence,
              outcome, reason, updated_at)
@@ -692,10 +719,11 @@ fn store_one(
     let r = &stored.report;
     let sequence = to_sql_int("sequence", r.sequence)?;
     let bytes_downloaded = to_sql_int("bytes_downloaded", r.bytes_downloaded)?;
+    let dropped = to_sql_int("reports_dropped", r.reports_dropped)?;
     let (device, hardware, channel) = (r.device_id.as_str(), r.hardware.as_str(), r.channel.as_str());
     let claim = prepared(statements, tx, CLAIM_SEQUENCE)?;
     let claimed = tx
-        .execute(&claim, &[&device, &sequence, &hardware, &channel])
+        .execute(&claim, &[&device, &sequence, &hardware, &channel, &dropped])
         .map_err(Error::postgres("record the last sequence"))?;
     if claimed == 0 {
         return Err(refusal(statements, tx, stored)?);
@@ -721,6 +749,7 @@ fn store_one(
                 &bytes_downloaded,
                 &r.install_method.map(|m| m.as_str()),
                 &stored.envelope,
+                &dropped,
             ],
         )
         .and_then(|row| row.map(|row| row.try_get::<_, String>(0)).transpose())

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use ota_report::{DeviceId, PublicKey};
 use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 
+use crate::actions::{on_sqlite, DeviceStatus, LineDevice, RolloutAction};
 use crate::migrations::{Migration, MIGRATIONS, SCHEMA_VERSION_TABLE};
 use crate::store::{
     sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, ReportDone, Store, StoredReport,
@@ -306,7 +307,10 @@ impl Store for SqliteStore {
             let outcomes = outcome_rows(conn)?;
             let reasons = reason_rows(conn)?;
             let known = known_device_rows(conn)?;
-            Ok(summary::build(outcomes, reasons, known))
+            let mut summary = summary::build(outcomes, reasons, known);
+            summary.reports_dropped = on_sqlite::dropped(conn)?;
+            summary.actions = on_sqlite::actions(conn)?;
+            Ok(summary)
         })
     }
 
@@ -322,6 +326,26 @@ impl Store for SqliteStore {
     fn history(&self, buckets: u32) -> Result<crate::History> {
         let summary = self.summary()?;
         self.read(|conn| crate::history::read_sqlite(conn, &summary, buckets))
+    }
+
+    fn release_devices(&self, channel: &str, to_version: &str) -> Result<Vec<DeviceStatus>> {
+        self.read(|conn| on_sqlite::release_devices(conn, channel, to_version))
+    }
+
+    fn line_devices(&self, channel: &str) -> Result<Vec<LineDevice>> {
+        self.read(|conn| on_sqlite::line_devices(conn, channel))
+    }
+
+    fn set_device_line(&self, device: &DeviceId, hardware: &str, channel: &str) -> Result<()> {
+        on_sqlite::set_line(&*lock(&self.writer)?, device, hardware, channel)
+    }
+
+    fn record_action(&self, action: &RolloutAction) -> Result<bool> {
+        on_sqlite::record(&*lock(&self.writer)?, action)
+    }
+
+    fn actions(&self) -> Result<Vec<RolloutAction>> {
+        self.read(on_sqlite::actions)
     }
 }
 
@@ -440,19 +464,23 @@ fn write_report(conn: &Connection, stored: &StoredReport, device: &DeviceState) 
         &*r.to_version.to_string(),
     );
     let previous = upsert_release_status(conn, r, release, sequence, received)?;
+    let dropped = to_sql_int("reports_dropped", r.reports_dropped)?;
     count_outcome_change(conn, release, previous.as_deref(), r.outcome.as_str())?;
     // The hardware and channel only when they change: setting them rewrites `devices_by_line` too.
     let same_line =
         device.line.0.as_deref() == Some(release.0) && device.line.1.as_deref() == Some(release.1);
     let id = r.device_id.as_str();
     let recorded = if same_line {
-        conn.prepare_cached("UPDATE devices SET last_sequence = ?2 WHERE device_id = ?1")
-            .and_then(|mut s| s.execute(params![id, sequence]))
+        conn.prepare_cached(
+            "UPDATE devices SET last_sequence = ?2, reports_dropped = ?3 WHERE device_id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![id, sequence, dropped]))
     } else {
         conn.prepare_cached(
-            "UPDATE devices SET last_sequence = ?2, hardware = ?3, channel = ?4 WHERE device_id = ?1",
+            "UPDATE devices SET last_sequence = ?2, hardware = ?3, channel = ?4, reports_dropped = ?5
+             WHERE device_id = ?1",
         )
-        .and_then(|mut s| s.execute(params![id, sequence, release.0, release.1]))
+        .and_then(|mut s| s.execute(params![id, sequence, release.0, release.1, dropped]))
     };
     recorded.map_err(Error::storage("record the last sequence"))?;
     Ok(())
@@ -461,11 +489,12 @@ fn write_report(conn: &Connection, stored: &StoredReport, device: &DeviceState) 
 fn insert_report_row(conn: &Connection, stored: &StoredReport, sequence: i64, received: i64) -> Result<()> {
     let r = &stored.report;
     let bytes_downloaded = to_sql_int("bytes_downloaded", r.bytes_downloaded)?;
+    let dropped = to_sql_int("reports_dropped", r.reports_dropped)?;
     conn.prepare_cached(
         "INSERT INTO reports (device_id, sequence, received_at, hardware, channel, from_version,
              to_version, target, outcome, reason, started_at, finished_at, bytes_downloaded,
-             install_method, wave, envelope)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, NULL, ?15)",
+             install_method, wave, envelope, reports_dropped)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, NULL, ?15, ?16)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -484,6 +513,7 @@ fn insert_report_row(conn: &Connection, stored: &StoredReport, sequence: i64, re
             bytes_downloaded,
             r.install_method.map(|m| m.as_str()),
             stored.envelope,
+            dropped,
         ])
     })
     .map_err(Error::storage("insert a report"))?;

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use ota_report::{DeviceId, PublicKey, Report};
 
+use crate::actions::{DeviceStatus, LineDevice, RolloutAction};
 use crate::{Error, PostgresStore, Result, SqliteStore, Summary};
 
 /// A device as enrolled.
@@ -84,6 +85,22 @@ pub trait Store: Send + Sync {
 
     /// The fleet over time in `buckets` buckets (see [`crate::history`]).
     fn history(&self, buckets: u32) -> Result<crate::History>;
+
+    /// Every device's latest report on the release `to_version` of `channel`, on any hardware id.
+    fn release_devices(&self, channel: &str, to_version: &str) -> Result<Vec<DeviceStatus>>;
+
+    /// The devices (not revoked) whose hardware id is known, on `channel`.
+    fn line_devices(&self, channel: &str) -> Result<Vec<LineDevice>>;
+
+    /// Records an enrolled device's hardware id and channel before its first report (the factory knows
+    /// them), so the summary counts it as pending; a report's own values replace them.
+    fn set_device_line(&self, device: &DeviceId, hardware: &str, channel: &str) -> Result<()>;
+
+    /// Stores a halt or alert; `false` (nothing written) when the release already has one of its kind.
+    fn record_action(&self, action: &RolloutAction) -> Result<bool>;
+
+    /// Every halt and alert stored, oldest first.
+    fn actions(&self) -> Result<Vec<RolloutAction>>;
 }
 
 /// Opens (creating and migrating as needed) the store at `location`: a file path or a `sqlite:` URL for

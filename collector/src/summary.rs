@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use ota_report::{Outcome, Version};
 use serde::Serialize;
 
+use crate::actions::RolloutAction;
+
 /// How many failure reasons a release lists.
 pub const TOP_REASONS: usize = 5;
 
@@ -13,6 +15,11 @@ pub const TOP_REASONS: usize = 5;
 pub struct Summary {
     /// One entry per (hardware, channel, to_version), ordered by hardware, channel, then version.
     pub releases: Vec<ReleaseSummary>,
+    /// Reports the devices' queues dropped unsent (full queue, oldest first): the sum of each device's
+    /// count as its latest report carries it.
+    pub reports_dropped: u64,
+    /// Every halt and alert the collector's rules issued, oldest first.
+    pub actions: Vec<RolloutAction>,
 }
 
 /// One release: how many devices ended where, by their latest report on it.
@@ -44,6 +51,29 @@ pub struct ReleaseSummary {
     pub pending: u64,
     /// The most common reasons among failed, rolled back and failed-drill devices, most devices first.
     pub top_failure_reasons: Vec<ReasonCount>,
+    /// Per wave of the release's plan, when the collector reads the repository (`--repo`); else empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<WaveSummary>,
+}
+
+/// One wave of a release: its devices by their latest report on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WaveSummary {
+    /// Wave number, from 1.
+    pub wave: u32,
+    /// Whether it is open now.
+    pub open: bool,
+    /// Latest report: committed.
+    pub committed: u64,
+    /// Latest report: rolled back.
+    pub rolled_back: u64,
+    /// Latest report: failed.
+    pub failed: u64,
+    /// Any other latest report (skipped, drills).
+    pub other: u64,
+    /// Devices (not revoked) of the release's hardware id and channel placed in this wave that have not
+    /// reported on it.
+    pub pending: u64,
 }
 
 /// A failure reason and how many devices gave it.
@@ -136,7 +166,10 @@ pub(crate) fn build(
             release.pending = on_line.saturating_sub(release.devices);
         }
     }
-    Summary { releases }
+    Summary {
+        releases,
+        ..Summary::default()
+    }
 }
 
 /// Semantic version order (1.10.0 after 1.9.0), text order for anything that does not parse.
@@ -151,7 +184,7 @@ impl Summary {
     /// The summary as a table for a terminal.
     pub fn to_text(&self) -> String {
         if self.releases.is_empty() {
-            return "no reports yet\n".to_string();
+            return format!("no reports yet\n{}", self.footer_text());
         }
         let mut out = format!(
             "{:<20} {:<10} {:<12} {:>8} {:>9} {:>11} {:>7} {:>7} {:>7} {:>7}\n",
@@ -188,6 +221,41 @@ impl Summary {
                 };
                 out.push_str(&format!("    {:>6} x {text}\n", reason.devices));
             }
+            for w in &r.waves {
+                out.push_str(&format!(
+                    "    wave {}{}: committed {}, rolled back {}, failed {}, other {}, pending {}\n",
+                    w.wave,
+                    if w.open { " (open)" } else { "" },
+                    w.committed,
+                    w.rolled_back,
+                    w.failed,
+                    w.other,
+                    w.pending
+                ));
+            }
+        }
+        out.push_str(&self.footer_text());
+        out
+    }
+
+    /// The dropped-report count and every halt and alert, for [`Summary::to_text`].
+    fn footer_text(&self) -> String {
+        let mut out = format!("reports dropped by device queues: {}\n", self.reports_dropped);
+        for a in &self.actions {
+            let wave = a.wave.map(|w| format!(" in wave {w}")).unwrap_or_default();
+            out.push_str(&format!(
+                "{} {}/{} {} at {}: {} of {} rolled back{wave} (rule {}; {} reports listed): {}\n",
+                a.action.as_str(),
+                a.hardware,
+                a.channel,
+                a.to_version,
+                a.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                a.rolled_back,
+                a.judged,
+                a.rule,
+                a.reports.len(),
+                a.detail
+            ));
         }
         out
     }

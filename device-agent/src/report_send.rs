@@ -75,12 +75,21 @@ pub async fn deliver_queued(
     }
     let tls = collector_tls(config, report)?;
     let client = http_client(report, tls.as_ref())?;
+    deliver_queued_with(&client, queue, report).await
+}
+
+/// [`deliver_queued`] over a client built once by [`http_client`] (a simulated fleet sharing one).
+pub async fn deliver_queued_with(
+    client: &reqwest::Client,
+    queue: &ReportQueue,
+    report: &ReportConfig,
+) -> Result<Pass> {
     let url = format!("{}/v1/reports", report.collector_url.trim_end_matches('/'));
     loop {
         let Some(queued) = queue.oldest()? else {
             return Ok(Pass::Emptied);
         };
-        let delivery = post(&client, &url, queued.body, report.timeout).await;
+        let delivery = post(client, &url, queued.body, report.timeout).await;
         queue.settle(queued.sequence, &delivery, now_unix())?;
         match delivery {
             Delivery::Delivered => tracing::info!(sequence = queued.sequence, "report delivered"),

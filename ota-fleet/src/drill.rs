@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use device_agent::config::HealthConfig;
 use device_agent::device::{provision, Device, DeviceSettings, FactoryImage, SlotPair};
+use device_agent::report_queue::ReportQueue;
 use device_agent::state::{RecordFile, UpdateState};
 use ota_release::{
     standing, Channel, HardwareId, Release, ReleaseControl, RolloutPlan, RolloutSeed, RolloutState, Standing,
@@ -32,6 +33,7 @@ use ota_slot::{
     SlotId, SlotWriter,
 };
 
+use crate::collector_loop::{self, LoopCollector, WaveCounts};
 use crate::mirror::FaultyMirror;
 use crate::report::{
     DrillReport, HaltReport, Invariants, Outcome, PowerCutCounts, ReleaseReport, Sample, WaveReport,
@@ -71,6 +73,9 @@ pub struct DrillOptions {
     /// A scratch directory; `None` makes a temporary one (in /dev/shm when it exists: device state is
     /// fsynced on every change, and the drill measures the fleet, not the disk).
     pub work_dir: Option<PathBuf>,
+    /// The collector's SQLite file (the drill's output directory, for the binary); `None`: in the
+    /// scratch directory.
+    pub collector_db: Option<PathBuf>,
 }
 
 /// The phases a power cut can target.
@@ -102,6 +107,8 @@ struct Fleet {
     clock: Arc<AtomicI64>,
     /// The rollout clock before the first round (the wall clock when the drill started).
     epoch_unix: i64,
+    /// The bounds of each device's report queue.
+    report_limits: device_agent::report_queue::QueueLimits,
 }
 
 impl Fleet {
@@ -126,6 +133,9 @@ struct Progress {
     installed: bool,
     committed: bool,
     rolled_back: bool,
+    /// How its latest attempt ended (what its latest report says): 0 committed, 1 rolled back,
+    /// 2 failed (the columns of `collector_loop::WaveCounts`).
+    ended: Option<usize>,
 }
 
 /// The release being rolled out: what `standing` needs to place a device, and its halt.
@@ -145,6 +155,8 @@ struct SimDevice {
     rollout_bucket: u8,
     /// Its rollout seed (from its identity, as the agent derives it).
     seed: RolloutSeed,
+    /// Its identity's public key (ed25519), enrolled in the collector.
+    public_key: [u8; 32],
     /// Its place in the current release's rollout is not open yet: it sleeps until it is.
     waiting: bool,
     /// Per release version, how far it got.
@@ -180,14 +192,21 @@ pub async fn run(
     scenario.validate()?;
     let started = Instant::now();
     let scratch = scratch_dir(options)?;
-    let mut drill = Drill::set_up(scenario, scratch.path(), started).await?;
+    let collector_db = match &options.collector_db {
+        Some(db) => db.clone(),
+        None => scratch.path().join("collector.db"),
+    };
+    let mut drill = Drill::set_up(scenario, scratch.path(), &collector_db, started).await?;
     let requests_before = drill.fleet.mirror.stats().requests;
     drill.sample();
     let mut releases = Vec::with_capacity(scenario.releases.len());
     for (rel_index, plan) in scenario.releases.iter().enumerate() {
         releases.push(drill.run_release(rel_index, plan, observer).await?);
     }
-    let (final_versions, invariants, power_cuts) = drill.final_power_cycle().await;
+    let (final_versions, mut invariants, power_cuts) = drill.final_power_cycle().await;
+    drill.collector.stop();
+    invariants.collector_counts_checked = drill.collector_checked;
+    invariants.collector_disagreements = std::mem::take(&mut drill.collector_disagreements);
     let mirror = drill.fleet.mirror.stats();
     let secs = drill.fleet_time.as_secs_f64();
     let requests_per_second = if secs > 0.0 {
@@ -242,8 +261,12 @@ fn scratch_dir(options: &DrillOptions) -> Result<tempfile::TempDir> {
 struct Drill {
     fleet: Arc<Fleet>,
     ring: ota_publish::KeyRing,
-    /// Only the rollout-control, snapshot and timestamp keys: all a halt may use.
-    control_ring: ota_publish::KeyRing,
+    /// The collector the devices report to; it holds the rollout-control, snapshot and timestamp keys
+    /// (all a halt may use) and halts a bad release by its rule.
+    collector: Arc<LoopCollector>,
+    /// Counts compared between the drill and the collector's summary, and where they disagreed.
+    collector_checked: u64,
+    collector_disagreements: Vec<String>,
     work: PathBuf,
     repo: PathBuf,
     devices: Vec<Option<SimDevice>>,
@@ -259,7 +282,12 @@ impl Drill {
     /// A fresh repository with freshly generated keys, the factory image published into it, the mirror
     /// serving it, and the fleet provisioned: factory image in slot a, bootloader env, the agent's state
     /// directory.
-    async fn set_up(scenario: &Scenario, work: &Path, started: Instant) -> Result<Drill> {
+    async fn set_up(
+        scenario: &Scenario,
+        work: &Path,
+        collector_db: &Path,
+        started: Instant,
+    ) -> Result<Drill> {
         let repo = work.join("repo");
         let keys_dir = work.join("keys");
         let (ring, control_ring) = make_keys(&keys_dir)?;
@@ -287,6 +315,7 @@ impl Drill {
             timestamp_version: AtomicU64::new(0),
             clock: Arc::new(AtomicI64::new(epoch_unix)),
             epoch_unix,
+            report_limits: collector_loop::queue_limits()?,
         });
         let factory = Publication {
             version: &scenario.factory_version,
@@ -295,15 +324,19 @@ impl Drill {
             plan: None,
         };
         let factory_images = publish(&fleet, &repo, work, &factory, &ring)?;
+        let collector = Arc::new(start_collector(&fleet, &repo, collector_db, control_ring).await?);
         let mut devices = Vec::with_capacity(usize::try_from(scenario.devices).unwrap_or(0));
         for index in 0..scenario.devices {
             let d = provision_device(&fleet, work, index, &factory_images, &fingerprint)?;
+            collector.enroll(&d.public_key, d.hardware.as_str(), &scenario.channel)?;
             devices.push(Some(d));
         }
         Ok(Drill {
             fleet,
             ring,
-            control_ring,
+            collector,
+            collector_checked: 0,
+            collector_disagreements: Vec::new(),
             work: work.to_owned(),
             repo,
             devices,
@@ -363,6 +396,7 @@ impl Drill {
         let settled_round = self.run_rounds(&mut current, rel, observer).await?;
         let converge_seconds = published_at.elapsed().as_secs_f64();
         let (offered, health_fail_injected, outcomes) = self.tally(plan, rel)?;
+        self.check_collector(&current)?;
         let waves = self.wave_reports(&current, published_round);
         Ok(ReleaseReport {
             version: plan.version.clone(),
@@ -379,7 +413,7 @@ impl Drill {
     }
 
     /// Steps the fleet round by round, up to the release's window, advancing the devices' rollout
-    /// clock and judging the halt rule after each round; the round by which every device settled, if
+    /// clock and ticking the collector's halt rule after each round; the round by which every device settled, if
     /// it did.
     async fn run_rounds(
         &mut self,
@@ -395,11 +429,11 @@ impl Drill {
             self.fleet.clock.store(now, Ordering::Relaxed);
             self.mark_waiting(current, now);
             let t = Instant::now();
-            step_round(&self.fleet, &mut self.devices, rel).await?;
+            step_round(&self.fleet, &self.collector, &mut self.devices, rel).await?;
             self.fleet_time += t.elapsed();
             self.sample();
             if current.halted.is_none() {
-                self.judge_halt(current, now)?;
+                self.collector_tick(current, now).await?;
             }
             let settled = self.devices.iter().flatten().filter(|d| d.settled).count();
             let settled = u32::try_from(settled).unwrap_or(u32::MAX);
@@ -425,80 +459,65 @@ impl Drill {
         }
     }
 
-    /// The scenario's halt rule on the open wave at `now`: when enough of its devices finished and
-    /// too many of them rolled back, halts the release.
-    fn judge_halt(&mut self, current: &mut Current, now: i64) -> Result<()> {
-        let Some(rule) = self.fleet.scenario.rollout.halt else {
-            return Ok(());
-        };
-        let plan = plan_or_everyone(&current.release);
-        let Some(open) = (0..plan.waves.len()).rfind(|&i| plan.opening_unix(i).is_ok_and(|t| t <= now))
+    /// One tick of the collector's halt rule, after the round's reports are stored: when it halted the
+    /// current release, the devices' standing and the newest timestamp follow.
+    async fn collector_tick(&mut self, current: &mut Current, now: i64) -> Result<()> {
+        let actions = self.collector.tick().await?;
+        let Some(a) = actions
+            .iter()
+            .find(|a| a.to_version == current.plan.version && a.action == collector::ActionKind::Halted)
         else {
             return Ok(());
         };
-        let (mut finished, mut rolled_back) = (0u32, 0u32);
-        for d in self.devices.iter().flatten() {
-            let in_open_wave = plan.place(d.seed).is_ok_and(|p| p.wave == open);
-            if !in_open_wave || !offered_to(&self.fleet.scenario, &current.plan, d) {
-                continue;
-            }
-            let p = d.progress.get(&current.plan.version).copied().unwrap_or_default();
-            finished += u32::from(p.committed || p.rolled_back);
-            rolled_back += u32::from(p.rolled_back);
-        }
-        let share = f64::from(rolled_back) * 100.0;
-        if finished < rule.min_devices || share < rule.rollback_percent * f64::from(finished) {
-            return Ok(());
-        }
+        let wave = a.wave.map_or(1, |w| usize::try_from(w).unwrap_or(usize::MAX));
         let reason = format!(
-            "drill rule: {rolled_back} of {finished} rolled back in wave {} (>= {}% over >= {} devices)",
-            open + 1,
-            rule.rollback_percent,
-            rule.min_devices
+            "collector rule {}: {} of {} rolled back in wave {wave}",
+            a.rule, a.rolled_back, a.judged
         );
-        current.control = self.halt(&current.plan, &reason)?;
+        current.control = Some(ReleaseControl {
+            state: RolloutState::Halted,
+            since_unix: now,
+            reason: reason.clone(),
+            waves: None,
+        });
         current.halted = Some(HaltReport {
             round: self.round,
-            wave: open + 1,
-            finished,
-            rolled_back,
+            wave,
+            finished: u32::try_from(a.judged).unwrap_or(u32::MAX),
+            rolled_back: u32::try_from(a.rolled_back).unwrap_or(u32::MAX),
             reason,
         });
+        let newest = timestamp_version(&self.repo.join("metadata").join("timestamp.json"));
+        self.fleet.timestamp_version.store(newest, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Halts `plan`'s release on every board it is for, through the publisher library's rollout module
-    /// with only the rollout-control, snapshot and timestamp keys (what `repo-tool rollout halt` does).
-    /// Returns the release's control entry as published.
-    fn halt(&mut self, plan: &ReleasePlan, reason: &str) -> Result<Option<ReleaseControl>> {
-        let fleet = &self.fleet;
-        let version = ota_release::parse_version(&plan.version).map_err(|e| Error::ScenarioInvalid {
-            field: "releases.version".into(),
-            why: e.to_string(),
-        })?;
-        fleet.mirror.remember_stale_timestamp()?;
-        let mut entry = None;
-        for board in boards_of(&fleet.scenario, &plan.hardware) {
-            let release = ota_publish::ReleaseRef {
-                hardware: board,
-                channel: fleet.scenario.channel.clone(),
-                version: plan.version.clone(),
-            };
-            let expiries = ota_publish::Expiries::default();
-            let report = ota_publish::set_state(
-                &self.repo,
-                &release,
-                RolloutState::Halted,
-                reason,
-                &expiries,
-                &self.control_ring,
-            )
-            .map_err(Error::Publish)?;
-            entry = report.control.release(&version).cloned();
+    /// Compares, per wave, the drill's own counts of the current release (committed, rolled back,
+    /// failed, pending: by each device's latest attempt) with the collector's summary.
+    fn check_collector(&mut self, current: &Current) -> Result<()> {
+        let version = &current.plan.version;
+        let boards = boards_of(&self.fleet.scenario, &current.plan.hardware);
+        let mut mine = WaveCounts::new();
+        for d in self.devices.iter().flatten() {
+            if !boards.iter().any(|b| b == d.hardware.as_str()) {
+                continue;
+            }
+            let wave = current
+                .release
+                .waves
+                .as_ref()
+                .and_then(|p| p.place(d.seed).ok())
+                .map_or(0, |p| p.wave);
+            let ended = d.progress.get(version).and_then(|p| p.ended);
+            if let Some(count) = mine.entry(wave).or_default().get_mut(ended.unwrap_or(3)) {
+                *count += 1;
+            }
         }
-        let newest = timestamp_version(&self.repo.join("metadata").join("timestamp.json"));
-        fleet.timestamp_version.store(newest, Ordering::Relaxed);
-        Ok(entry)
+        let theirs = self.collector.wave_counts(version)?;
+        let (checked, disagreements) = collector_loop::compare(version, &mine, &theirs);
+        self.collector_checked += checked;
+        self.collector_disagreements.extend(disagreements);
+        Ok(())
     }
 
     /// Per wave of the current release's plan: the devices it was offered to there and how far they got.
@@ -590,6 +609,43 @@ impl Drill {
     }
 }
 
+/// The drill's collector: its SQLite file at `db`, halting into `repo` with `control_ring` by the
+/// scenario's `[rollout.halt]` (on the drill's channel), on the devices' clock; before it publishes a
+/// halt the mirror keeps the old timestamp for its stale-metadata fault, as before any publication.
+async fn start_collector(
+    fleet: &Arc<Fleet>,
+    repo: &Path,
+    db: &Path,
+    control_ring: ota_publish::KeyRing,
+) -> Result<LoopCollector> {
+    let s = &fleet.scenario;
+    let rule = s.rollout.halt.map(|h| collector::halt::HaltRule {
+        hardware: None,
+        channel: Some(s.channel.clone()),
+        release: None,
+        rollback_percent: h.rollback_percent,
+        min_reports: h.min_devices,
+    });
+    if let Some(rule) = &rule {
+        rule.validate().map_err(|e| Error::Collector(Box::new(e)))?;
+    }
+    let mirror_fleet = Arc::clone(fleet);
+    let before_publish = Arc::new(move || {
+        if let Err(e) = mirror_fleet.mirror.remember_stale_timestamp() {
+            eprintln!("drill: stale timestamp not kept: {e}");
+        }
+    });
+    LoopCollector::start(
+        db,
+        repo,
+        rule,
+        control_ring,
+        Arc::clone(&fleet.clock),
+        before_publish,
+    )
+    .await
+}
+
 /// One key per top-level role and one for rollout-control (threshold 1), generated for this drill
 /// only: the ring of them all, and the ring a halt may use (rollout-control, snapshot, timestamp).
 fn make_keys(dir: &Path) -> Result<(ota_publish::KeyRing, ota_publish::KeyRing)> {
@@ -638,14 +694,6 @@ fn release_of(s: &Scenario, plan: &ReleasePlan, waves: Option<RolloutPlan>) -> R
         waves,
         deltas: Vec::new(),
     })
-}
-
-/// The release's plan, or everyone at once (as `standing` reads a release without one).
-fn plan_or_everyone(release: &Release) -> RolloutPlan {
-    release
-        .waves
-        .clone()
-        .unwrap_or_else(|| RolloutPlan::everyone_now(i64::MIN))
 }
 
 /// The boards a release is for: the ones it names, or every board of the mix.
@@ -858,7 +906,7 @@ fn provision_device(
         })?;
     let (memory, mut slots, mut boot) = factory_flash(fleet, &name, image)?;
     let state_dir = work.join("devices").join(&name);
-    write_identity(&state_dir, s.seed, index)?;
+    let public_key = write_identity(&state_dir, s.seed, index)?;
     let factory = factory_image(fleet)?;
     let report = provision(
         &state_dir,
@@ -876,6 +924,7 @@ fn provision_device(
         index,
         rollout_bucket: ota_release::rollout_bucket(&report.device_id),
         seed: RolloutSeed::of_device(&report.device_id),
+        public_key,
         waiting: false,
         progress: BTreeMap::new(),
         name,
@@ -897,26 +946,26 @@ fn provision_device(
 }
 
 /// Writes device `index`'s identity key, derived from the drill's seed, where provisioning keeps an
-/// existing one: its device id, and so its rollout seed and wave, replay with the drill.
-fn write_identity(state_dir: &Path, seed: u64, index: u32) -> Result<()> {
+/// existing one: its device id, and so its rollout seed and wave, replay with the drill. Returns its
+/// public key.
+fn write_identity(state_dir: &Path, seed: u64, index: u32) -> Result<[u8; 32]> {
     use ed25519_dalek::pkcs8::EncodePrivateKey as _;
     let mut secret = [0u8; 32];
     for (k, chunk) in (0u64..).zip(secret.chunks_exact_mut(8)) {
         chunk.copy_from_slice(&rng::hash(seed, &[u64::from(index), 0x6964_656e, k]).to_le_bytes());
     }
-    let der = ed25519_dalek::SigningKey::from_bytes(&secret)
-        .to_pkcs8_der()
-        .map_err(|e| Error::ScenarioInvalid {
-            field: "devices".into(),
-            why: format!("identity key of device {index}: {e}"),
-        })?;
+    let signing = ed25519_dalek::SigningKey::from_bytes(&secret);
+    let der = signing.to_pkcs8_der().map_err(|e| Error::ScenarioInvalid {
+        field: "devices".into(),
+        why: format!("identity key of device {index}: {e}"),
+    })?;
     std::fs::create_dir_all(state_dir).map_err(|source| Error::Io {
         path: state_dir.to_owned(),
         source,
     })?;
     let path = device_agent::identity::FileIdentity::path_in(state_dir);
     ota_fs::write_private(&path, der.as_bytes())?;
-    Ok(())
+    Ok(signing.verifying_key().to_bytes())
 }
 
 /// Whether device `index` fails its health checks on release number `rel`.
@@ -982,7 +1031,12 @@ fn classify(d: &SimDevice, version: &Version, offered: bool) -> Result<Outcome> 
 }
 
 /// One round: every unsettled device takes one step, at most `concurrency` at a time.
-async fn step_round(fleet: &Arc<Fleet>, devices: &mut [Option<SimDevice>], rel: u64) -> Result<()> {
+async fn step_round(
+    fleet: &Arc<Fleet>,
+    collector: &Arc<LoopCollector>,
+    devices: &mut [Option<SimDevice>],
+    rel: u64,
+) -> Result<()> {
     let limit = usize::try_from(fleet.scenario.concurrency).unwrap_or(1).max(1);
     let mut tasks = tokio::task::JoinSet::new();
     let mut pending = devices
@@ -995,8 +1049,10 @@ async fn step_round(fleet: &Arc<Fleet>, devices: &mut [Option<SimDevice>], rel: 
             let Some((i, slot)) = pending.next() else { break };
             let Some(mut d) = slot.take() else { continue };
             let fleet = Arc::clone(fleet);
+            let collector = Arc::clone(collector);
             tasks.spawn(async move {
                 step(&fleet, &mut d, rel).await;
+                collector.deliver(&d.state_dir).await;
                 (i, d)
             });
         }
@@ -1036,7 +1092,7 @@ fn next_phase(d: &SimDevice, rel: u64, fleet: &Fleet) -> Option<Phase> {
 }
 
 /// One step of one device (see [`step_device`]), then how far it got with each release, from its
-/// persisted record.
+/// persisted record. (Its queued reports are sent after the step, as the agent's sender would.)
 async fn step(fleet: &Fleet, d: &mut SimDevice, rel: u64) {
     step_device(fleet, d, rel).await;
     note_progress(d);
@@ -1055,9 +1111,16 @@ fn note_progress(d: &mut SimDevice) {
         }
         UpdateState::Committed { version, .. } => (version, true, true, false),
         UpdateState::RolledBack { version, .. } => (version, true, false, true),
+        UpdateState::Failed { version, .. } => {
+            d.progress.entry(version.to_string()).or_default().ended = Some(2);
+            return;
+        }
         _ => return,
     };
     let p = d.progress.entry(version.to_string()).or_default();
+    if committed || rolled_back {
+        p.ended = Some(usize::from(rolled_back));
+    }
     p.started = true;
     p.installed |= installed;
     p.committed |= committed;
@@ -1181,6 +1244,7 @@ fn open_agent(fleet: &Fleet, d: &SimDevice) -> std::result::Result<SimAgent, Str
     let mut agent = Device::open(settings, slots, boot)
         .map_err(|e| format!("open agent: {}", device_agent::error_chain(&e)))?;
     agent.set_rollout_clock(fleet.rollout_clock());
+    agent.set_report_queue(ReportQueue::open(&d.state_dir, fleet.report_limits));
     Ok(agent)
 }
 
@@ -1290,6 +1354,7 @@ async fn boot_and_check(
     let mut agent = Device::open(settings, slots, boot)
         .map_err(|e| format!("open agent: {}", device_agent::error_chain(&e)))?;
     agent.set_rollout_clock(fleet.rollout_clock());
+    agent.set_report_queue(ReportQueue::open(&d.state_dir, fleet.report_limits));
     let outcome = agent.on_boot().await;
     d.live = Some(agent);
     let outcome = outcome.map_err(|e| format!("on boot: {}", device_agent::error_chain(&e)))?;

@@ -18,6 +18,7 @@
 //! (per release and outcome, convergence, bytes, invariants; table, JSON, SVG/HTML), [`Error`].
 #![deny(missing_docs)]
 
+mod collector_loop;
 pub mod drill;
 pub mod mirror;
 pub mod report;
@@ -89,6 +90,9 @@ pub enum Error {
         /// The agent's error.
         source: Box<device_agent::Error>,
     },
+    /// The drill's collector refused to start, enrol, store or summarize.
+    #[error("collector")]
+    Collector(#[source] Box<collector::Error>),
     /// A device task panicked or was cancelled.
     #[error("device task: {0}")]
     Task(String),

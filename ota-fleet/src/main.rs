@@ -106,8 +106,20 @@ fn run() -> anyhow::Result<bool> {
             .context("progress bar template")?,
     );
     let observer = Bar(bar.clone());
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    let collector_db = args.out.join("collector.db");
+    // A fresh collector per drill: the devices' keys and sequence numbers start over.
+    for stale in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{stale}", collector_db.display()));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("remove {}", path.display())),
+        }
+    }
     let options = DrillOptions {
         work_dir: args.work_dir.clone(),
+        collector_db: Some(collector_db.clone()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -122,6 +134,11 @@ fn run() -> anyhow::Result<bool> {
         written.json.display(),
         written.svg.display(),
         written.html.display()
+    );
+    println!(
+        "collector: {} (collector summary --db {})",
+        collector_db.display(),
+        collector_db.display()
     );
     Ok(report.invariants.hold())
 }

@@ -141,7 +141,8 @@ pub struct PowerCutCounts {
     pub rollback: u32,
 }
 
-/// The invariants that gate a release: every device boots, and boots only signed images.
+/// The invariants that gate a release: every device boots, and boots only signed images; and the
+/// collector in the loop counted every release and wave as the drill did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Invariants {
     /// Simulated boots whose image was checked against the signed targets.
@@ -150,12 +151,17 @@ pub struct Invariants {
     pub unbootable: Vec<String>,
     /// Devices that booted an image matching no signed target, with the digest.
     pub unsigned: Vec<String>,
+    /// Counts compared between the drill and its collector's summary (per release and wave: committed,
+    /// rolled back, failed, pending).
+    pub collector_counts_checked: u64,
+    /// Where the drill's counts and the collector's summary disagree.
+    pub collector_disagreements: Vec<String>,
 }
 
 impl Invariants {
     /// True when nothing broke.
     pub fn hold(&self) -> bool {
-        self.unbootable.is_empty() && self.unsigned.is_empty()
+        self.unbootable.is_empty() && self.unsigned.is_empty() && self.collector_disagreements.is_empty()
     }
 }
 
@@ -337,6 +343,22 @@ impl DrillReport {
                 inv.unsigned.len()
             );
             for d in inv.unbootable.iter().chain(&inv.unsigned).take(20) {
+                let _ = writeln!(out, "  {d}");
+            }
+        }
+        if inv.collector_counts_checked > 0 || !inv.collector_disagreements.is_empty() {
+            let verdict = if inv.collector_disagreements.is_empty() {
+                "OK: the collector's summary agrees"
+            } else {
+                "BROKEN: the collector's summary disagrees"
+            };
+            let _ = writeln!(
+                out,
+                "collector: {verdict} on all {} counts (per release and wave: committed, rolled back, \
+                 failed, pending)",
+                inv.collector_counts_checked
+            );
+            for d in inv.collector_disagreements.iter().take(20) {
                 let _ = writeln!(out, "  {d}");
             }
         }

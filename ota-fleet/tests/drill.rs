@@ -58,14 +58,23 @@ fn every_fault_scenario() -> Scenario {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_on_the_fleet_converges_and_no_device_is_bricked() {
     let scenario = every_fault_scenario();
-    let report = ota_fleet::run(&scenario, &ota_fleet::DrillOptions { work_dir: None }, &Silent)
-        .await
-        .unwrap();
+    let report = ota_fleet::run(
+        &scenario,
+        &ota_fleet::DrillOptions {
+            work_dir: None,
+            collector_db: None,
+        },
+        &Silent,
+    )
+    .await
+    .unwrap();
     let table = report.table();
     println!("{table}");
 
-    // The invariants: every device bootable, every device on a signed image.
+    // The invariants: every device bootable, every device on a signed image, and the collector's
+    // summary agreeing with the drill on every count.
     assert!(report.invariants.hold(), "{table}");
+    assert!(report.invariants.collector_counts_checked > 0, "{table}");
     assert!(report.invariants.boots_checked >= 20, "{table}");
     assert!(!report.final_versions.contains_key("unknown"), "{table}");
     assert_eq!(report.final_versions.values().sum::<u32>(), 20);
@@ -177,9 +186,14 @@ fn halt_scenario() -> Scenario {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_halted_release_reaches_no_device_past_its_first_wave() {
+    let out = tempfile::tempdir().unwrap();
+    let collector_db = out.path().join("collector.db");
     let report = ota_fleet::run(
         &halt_scenario(),
-        &ota_fleet::DrillOptions { work_dir: None },
+        &ota_fleet::DrillOptions {
+            work_dir: None,
+            collector_db: Some(collector_db.clone()),
+        },
         &Silent,
     )
     .await
@@ -207,6 +221,34 @@ async fn a_halted_release_reaches_no_device_past_its_first_wave() {
         "{table}"
     );
     assert!(halt.round < bad.waves[1].opens_round, "{table}");
+    // ... by the collector's rule, from the devices' signed reports.
+    assert!(
+        halt.reason
+            .starts_with("collector rule rollback_percent=50,min_reports=3"),
+        "{table}"
+    );
+    let store = collector::open_store(collector_db.to_str().unwrap()).unwrap();
+    let summary = store.summary().unwrap();
+    let halts: Vec<_> = summary
+        .actions
+        .iter()
+        .filter(|a| a.to_version == "1.2.0")
+        .collect();
+    assert!(!halts.is_empty(), "{summary:?}");
+    for a in &halts {
+        assert_eq!(a.action, collector::ActionKind::Halted, "{a:?}");
+        assert_eq!(a.wave, Some(1), "{a:?}");
+        assert_eq!(a.judged, u64::from(halt.finished), "{a:?}");
+        assert_eq!(a.reports.len() as u64, a.judged, "{a:?}");
+    }
+    assert!(
+        summary.actions.iter().all(|a| a.to_version != "1.1.0"),
+        "{summary:?}"
+    );
+    // The drill's counts and the collector's summary agree, per release and wave.
+    assert!(report.invariants.collector_counts_checked >= 2 * 2 * 4, "{table}");
+    assert!(report.invariants.collector_disagreements.is_empty(), "{table}");
+    assert!(table.contains("collector: OK"), "{table}");
     assert!(bad.waves[0].rolled_back > 0, "{table}");
     // No device outside the first wave started, installed or runs it.
     for w in bad.waves.iter().skip(1) {

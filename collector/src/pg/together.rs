@@ -21,21 +21,22 @@ const LOCK_DEVICES: &str = "SELECT device_id, revoked_at, last_sequence FROM dev
 const WRITE_TOGETHER: &str = "WITH v AS (
          SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
              $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[],
-             $13::bigint[], $14::text[], $15::text[])
+             $13::bigint[], $14::text[], $15::text[], $16::bigint[])
          AS v(id, seq, received, hardware, channel, from_version, to_version, target, outcome, reason,
-             started, finished, bytes, method, envelope)),
+             started, finished, bytes, method, envelope, dropped)),
      previous AS (
          SELECT s.device_id, s.outcome FROM release_status s JOIN v ON s.device_id = v.id
              AND s.hardware = v.hardware AND s.channel = v.channel AND s.to_version = v.to_version),
      claimed AS (
-         UPDATE devices d SET last_sequence = v.seq, hardware = v.hardware, channel = v.channel
+         UPDATE devices d SET last_sequence = v.seq, hardware = v.hardware, channel = v.channel,
+             reports_dropped = v.dropped
          FROM v WHERE d.device_id = v.id),
      report AS (
          INSERT INTO reports (device_id, sequence, received_at, hardware, channel, from_version,
              to_version, target, outcome, reason, started_at, finished_at, bytes_downloaded,
-             install_method, wave, envelope)
+             install_method, wave, envelope, reports_dropped)
          SELECT id, seq, received, hardware, channel, from_version, to_version, target, outcome, reason,
-             started, finished, bytes, method, NULL, envelope FROM v),
+             started, finished, bytes, method, NULL, envelope, dropped FROM v),
      status AS (
          INSERT INTO release_status (device_id, hardware, channel, to_version, wave, sequence,
              outcome, reason, updated_at)
@@ -157,6 +158,7 @@ struct Columns {
     bytes: Vec<i64>,
     methods: Vec<Option<String>>,
     envelopes: Vec<String>,
+    dropped: Vec<i64>,
 }
 
 impl Columns {
@@ -165,6 +167,7 @@ impl Columns {
         let r = &stored.report;
         let sequence = to_sql_int("sequence", r.sequence)?;
         let bytes = to_sql_int("bytes_downloaded", r.bytes_downloaded)?;
+        let dropped = to_sql_int("reports_dropped", r.reports_dropped)?;
         self.ids.push(r.device_id.to_string());
         self.sequences.push(sequence);
         self.received.push(stored.received_at.timestamp_millis());
@@ -181,6 +184,7 @@ impl Columns {
         self.methods
             .push(r.install_method.map(|m| m.as_str().to_string()));
         self.envelopes.push(stored.envelope.clone());
+        self.dropped.push(dropped);
         Ok(())
     }
 
@@ -210,6 +214,7 @@ impl Columns {
                     &self.bytes,
                     &self.methods,
                     &self.envelopes,
+                    &self.dropped,
                 ],
             )
             .map_err(Error::postgres("insert reports"))?;

@@ -1,0 +1,342 @@
+//! Issue 15, the automatic halt: a rule that trips makes the collector sign a halt with the
+//! rollout-control, snapshot and timestamp keys and publish it to a real repository (read back through
+//! the publisher's `rollout status`, which verifies the signed metadata); without the keys it only
+//! alerts; each halt or alert is stored once, with the reports that tripped it, on SQLite and on a real
+//! PostgreSQL server; `collector serve` runs the rule on its timer; `summary` shows it and the dropped
+//! report count. The devices' side (the real agent verifying the halt and skipping the release) is in
+//! the drill (`ota-fleet/tests/drill.rs`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use collector::halt::{AutoHalt, HaltRule};
+use collector::{open_store, ActionKind, Store, StoredReport};
+use common::*;
+use ota_report::{Outcome, ReportSigner as _};
+
+/// A repository with release 1.2.0 of board-a on stable (one wave: everyone now), its keys in `keys/`.
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    fn new() -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        for role in ["root", "targets", "snapshot", "timestamp", "rollout-control"] {
+            ota_publish::generate_key(&keys, role).unwrap();
+        }
+        let ring = ota_publish::KeyRing::from_dir(&keys).unwrap();
+        let role = |name: &str| ota_publish::RoleSpec {
+            keys: vec![ota_publish::read_public_key(
+                &keys.join(format!("{name}{}", ota_publish::PUBLIC_KEY_SUFFIX)),
+            )
+            .unwrap()],
+            threshold: 1,
+        };
+        let spec = ota_publish::InitSpec {
+            root: role("root"),
+            targets: role("targets"),
+            snapshot: role("snapshot"),
+            timestamp: role("timestamp"),
+            expiries: ota_publish::Expiries::default(),
+        };
+        let repo = dir.path().join("repo");
+        ota_publish::init(&repo, &spec, &ring).unwrap();
+        ota_publish::rollout_init(
+            &repo,
+            &role("rollout-control"),
+            &ota_publish::Expiries::default(),
+            &ring,
+        )
+        .unwrap();
+        let image = dir.path().join("fw.img");
+        std::fs::write(&image, vec![7u8; 4096]).unwrap();
+        let release = ota_publish::ReleaseSpec {
+            image,
+            version: "1.2.0".into(),
+            hardware: vec!["board-a".into()],
+            channel: "stable".into(),
+            rollout_percent: 100,
+            name: None,
+        };
+        let options = ota_publish::AddOptions {
+            waves: Some(ota_publish::WavesSpec::Now),
+            ..ota_publish::AddOptions::default()
+        };
+        ota_publish::add(&repo, &[release], &options, &ring).unwrap();
+        Repo { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    /// The halt's keys: rollout-control, snapshot, timestamp (never root or targets).
+    fn halt_key_files(&self) -> Vec<PathBuf> {
+        ["rollout-control", "snapshot", "timestamp"]
+            .iter()
+            .map(|r| self.dir.path().join("keys").join(format!("{r}.pk8")))
+            .collect()
+    }
+
+    fn halt_keys(&self) -> ota_publish::KeyRing {
+        let refs: Vec<ota_publish::KeyRef> = self
+            .halt_key_files()
+            .into_iter()
+            .map(ota_publish::KeyRef::File)
+            .collect();
+        collector::halt::load_halt_keys(&refs, None).unwrap()
+    }
+
+    /// The state and reason the signed rollout-control file gives 1.2.0 of board-a.
+    fn standing(&self) -> (ota_release::RolloutState, String) {
+        let status = ota_publish::rollout_status(
+            &self.path(),
+            Some("board-a"),
+            Some("stable"),
+            None,
+            Utc::now().timestamp(),
+        )
+        .unwrap();
+        let release = status.channels[0]
+            .releases
+            .iter()
+            .find(|r| r.version == "1.2.0")
+            .unwrap()
+            .clone();
+        (release.state, release.reason)
+    }
+}
+
+fn rule(spec: &str) -> Vec<HaltRule> {
+    vec![HaltRule::parse_spec(spec).unwrap()]
+}
+
+/// Enrols devices 1..=n and stores one report each on 1.2.0: the first `rolled_back` roll back.
+fn fleet_reports(store: &dyn Store, n: u8, rolled_back: u8) {
+    for i in 1..=n {
+        let key = device_key(i);
+        store.enroll(&key.public_key(), Utc::now()).unwrap();
+        let outcome = if i <= rolled_back {
+            Outcome::RolledBack
+        } else {
+            Outcome::Committed
+        };
+        store_report(store, &key, 1, outcome);
+    }
+}
+
+fn store_report(store: &dyn Store, key: &ed25519_dalek::SigningKey, sequence: u64, outcome: Outcome) {
+    let mut report = report(key, sequence, "1.2.0", outcome, "health check failed");
+    report.reports_dropped = 2;
+    store
+        .insert_report(&StoredReport {
+            envelope: String::from_utf8(signed(&report, key)).unwrap(),
+            report,
+            received_at: Utc::now(),
+        })
+        .unwrap();
+}
+
+on_both_stores!(
+    a_tripped_rule_halts_once_and_records_the_reports,
+    without_keys_the_collector_only_alerts,
+);
+
+fn a_tripped_rule_halts_once_and_records_the_reports(backend: Backend) {
+    let db = StoreDb::new(backend);
+    let repo = Repo::new();
+    let store: Arc<dyn Store> = Arc::from(open_store(db.location()).unwrap());
+    let auto = AutoHalt::new(
+        store.clone(),
+        rule("rollback_percent=50,min_reports=4,channel=stable"),
+        Some(repo.path()),
+        Some(repo.halt_keys()),
+        collector::halt::wall_clock(),
+    );
+    // Three reports: below min_reports, nothing happens even at 2 of 3 rolled back.
+    fleet_reports(&*store, 3, 2);
+    assert!(auto.evaluate().unwrap().is_empty());
+    assert_eq!(repo.standing().0, ota_release::RolloutState::Active);
+
+    // The fourth makes 2 of 4 rolled back: 50 %, the rule trips.
+    let fourth = device_key(4);
+    store.enroll(&fourth.public_key(), Utc::now()).unwrap();
+    store_report(&*store, &fourth, 1, Outcome::Committed);
+    let issued = auto.evaluate().unwrap();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    let halt = &issued[0];
+    assert_eq!(halt.action, ActionKind::Halted, "{halt:?}");
+    assert_eq!((halt.judged, halt.rolled_back), (4, 2));
+    assert_eq!(halt.reports.len(), 4);
+    assert!(halt.reports.iter().all(|r| r.sequence == 1));
+    let (state, reason) = repo.standing();
+    assert_eq!(state, ota_release::RolloutState::Halted);
+    assert!(
+        reason.contains("collector rule") && reason.contains("2 of 4"),
+        "{reason}"
+    );
+
+    // Never twice: more rollbacks, another evaluation, nothing new; the one halt is stored and listed.
+    let fifth = device_key(5);
+    store.enroll(&fifth.public_key(), Utc::now()).unwrap();
+    store_report(&*store, &fifth, 1, Outcome::RolledBack);
+    assert!(auto.evaluate().unwrap().is_empty());
+    let summary = store.summary().unwrap();
+    assert_eq!(summary.actions.len(), 1);
+    assert_eq!(summary.actions[0], *halt);
+    assert_eq!(db.count("SELECT COUNT(*) FROM rollout_actions"), 1);
+    // Each device's latest count of dropped reports (2 each), summed.
+    assert_eq!(summary.reports_dropped, 10);
+    assert_eq!(
+        db.count("SELECT CAST(SUM(reports_dropped) AS BIGINT) FROM reports"),
+        10
+    );
+}
+
+fn without_keys_the_collector_only_alerts(backend: Backend) {
+    let db = StoreDb::new(backend);
+    let repo = Repo::new();
+    let store: Arc<dyn Store> = Arc::from(open_store(db.location()).unwrap());
+    let auto = AutoHalt::new(
+        store.clone(),
+        rule("rollback_percent=30,min_reports=3"),
+        Some(repo.path()),
+        None,
+        collector::halt::wall_clock(),
+    );
+    assert!(!auto.can_halt());
+    fleet_reports(&*store, 3, 1);
+    let issued = auto.evaluate().unwrap();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0].action, ActionKind::Alerted);
+    assert!(
+        issued[0].detail.contains("no rollout-control key"),
+        "{}",
+        issued[0].detail
+    );
+    // Nothing was published: the release still rolls out.
+    assert_eq!(repo.standing().0, ota_release::RolloutState::Active);
+    assert!(auto.evaluate().unwrap().is_empty());
+    assert_eq!(store.actions().unwrap().len(), 1);
+}
+
+/// The server's timer runs the rule after reports are stored: reports sent over HTTP, the halt
+/// published, and `summary` (text and JSON) lists it with its reports and the dropped count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_serve_halts_by_its_rule_and_summary_shows_it() {
+    let db = Db::new();
+    let repo = Repo::new();
+    for i in 1..=3 {
+        db.enroll(&device_key(i));
+    }
+    let mut args: Vec<String> = [
+        "--halt-rule",
+        "rollback_percent=60,min_reports=3",
+        "--halt-interval-secs",
+        "1",
+        "--repo",
+        repo.path().to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for key in repo.halt_key_files() {
+        args.push("--halt-key".into());
+        args.push(key.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&db.path, &args);
+    let client = reqwest::Client::new();
+    for (i, outcome) in [
+        (1, Outcome::RolledBack),
+        (2, Outcome::RolledBack),
+        (3, Outcome::Committed),
+    ] {
+        let key = device_key(i);
+        let body = signed(&report(&key, 7, "1.2.0", outcome, "health"), &key);
+        assert_eq!(post(&client, &server.base, body).await.0, 201);
+    }
+    let summary = wait_for_action(&db.path).await;
+    let action = &summary["actions"][0];
+    assert_eq!(action["action"], "halted", "{summary}");
+    assert_eq!(action["judged"], 3);
+    assert_eq!(action["rolled_back"], 2);
+    assert_eq!(action["reports"].as_array().unwrap().len(), 3);
+    assert_eq!(action["reports"][0]["sequence"], 7);
+    assert_eq!(summary["reports_dropped"], 0);
+    assert_eq!(repo.standing().0, ota_release::RolloutState::Halted);
+    let text = collector(&[
+        "summary",
+        "--db",
+        db.arg(),
+        "--repo",
+        repo.path().to_str().unwrap(),
+    ]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("halted board-a/stable 1.2.0"), "{text}");
+    assert!(text.contains("2 of 3 rolled back"), "{text}");
+    assert!(text.contains("reports dropped by device queues: 0"), "{text}");
+    assert!(
+        text.contains("wave 1 (open): committed 1, rolled back 2, failed 0"),
+        "{text}"
+    );
+    drop(server);
+}
+
+/// `collector summary --json` once it lists an action (the timer's first ticks), at most ~60 s.
+async fn wait_for_action(db: &Path) -> serde_json::Value {
+    for _ in 0..600 {
+        let out = collector(&["summary", "--json", "--db", db.to_str().unwrap()]);
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if summary["actions"].as_array().is_some_and(|a| !a.is_empty()) {
+            return summary;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no halt recorded");
+}
+
+#[test]
+fn bad_rules_and_open_keys_are_refused_before_serving() {
+    let db = Db::new();
+    let out = collector(&[
+        "serve",
+        "--db",
+        db.arg(),
+        "--halt-rule",
+        "rollback_percent=150,min_reports=3",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rollback_percent 150 must be above 0 and at most 100"),
+        "{err}"
+    );
+
+    let repo = Repo::new();
+    let open = &repo.halt_key_files()[0];
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = collector(&[
+        "serve",
+        "--db",
+        db.arg(),
+        "--halt-rule",
+        "rollback_percent=20,min_reports=3",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--halt-key",
+        open.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mode 644") && err.contains("chmod 600"), "{err}");
+}
