@@ -71,6 +71,7 @@
 
 mod coding;
 mod decode;
+mod elf;
 mod encode;
 mod filter;
 mod format;
@@ -83,7 +84,7 @@ pub use encode::{
 };
 pub use filter::Filter;
 pub use format::{
-    DeltaHeader, CARRY_BYTES, FORMAT_VERSION, HEADER_LEN, MAX_WINDOW_LOG, SEGMENT_CONTROL_MAX,
+    DeltaHeader, CARRY_BYTES, FORMAT_VERSION, HEADER_LEN, MAX_REGIONS, MAX_WINDOW_LOG, SEGMENT_CONTROL_MAX,
     SEGMENT_EXTRA_MAX, SEGMENT_RUNS_MAX, SIDE_MAX_WINDOW_LOG,
 };
 
@@ -278,21 +279,20 @@ pub mod fuzzing {
                 assert_eq!(summary.new_len, out.len() as u64);
             }
         }
-        // Every filter inverts on any bytes at any block-aligned start, over any span.
+        // Every filter inverts on any bytes at any block-aligned start, over any region.
         let start = u64::from(first) * crate::filter::FILTER_BLOCK as u64;
-        let lo = u64::from(first) * 37 % (rest.len() as u64 + 1);
+        let lo = start + u64::from(first) * 37 % (rest.len() as u64 + 1);
         for filter in crate::Filter::ALL {
-            for span in [
-                filter.everywhere(),
-                crate::filter::Filtering {
-                    filter,
-                    lo,
-                    hi: lo + 4096,
-                },
-            ] {
+            let region = crate::filter::Region {
+                lo,
+                hi: lo + 4096,
+                base: lo.saturating_sub(u64::from(first) * 3),
+                filter,
+            };
+            for map in [filter.everywhere(), crate::filter::RegionMap::new(vec![region])] {
                 let mut buf = rest.to_vec();
-                span.encode_in_place(&mut buf, start);
-                span.decode_in_place(&mut buf, start);
+                map.encode_in_place(&mut buf, start);
+                map.decode_in_place(&mut buf, start);
                 assert!(buf == rest, "filter {filter} does not invert");
             }
         }
