@@ -31,8 +31,9 @@ pub enum Filter {
     X86Rip,
     /// x86-64: both [`Filter::X86`] and [`Filter::X86Rip`] in one pass.
     X86Full,
-    /// ARM64 `BL`/`B` imm26 alone (`ADRP` left as it is).
-    Arm64Branch,
+    /// ARM64 `ADRP` alone (branches left relative): where most calls stay within code that moved as a
+    /// whole, as [`Filter::X86Rip`] for x86-64.
+    Arm64Page,
     /// 32-bit ARM code: `BL` imm24 (condition "always"), as xz's ARM filter.
     Arm,
     /// Thumb-2 code: `BL` pairs, as xz's ARM-Thumb filter.
@@ -47,7 +48,7 @@ impl Filter {
         Filter::Arm64,
         Filter::X86Rip,
         Filter::X86Full,
-        Filter::Arm64Branch,
+        Filter::Arm64Page,
         Filter::Arm,
         Filter::Thumb,
     ];
@@ -60,7 +61,7 @@ impl Filter {
             Filter::Arm64 => 2,
             Filter::X86Rip => 3,
             Filter::X86Full => 4,
-            Filter::Arm64Branch => 5,
+            Filter::Arm64Page => 5,
             Filter::Arm => 6,
             Filter::Thumb => 7,
         }
@@ -79,7 +80,7 @@ impl Filter {
             Filter::Arm64 => "arm64",
             Filter::X86Rip => "x86-rip",
             Filter::X86Full => "x86-full",
-            Filter::Arm64Branch => "arm64-branch",
+            Filter::Arm64Page => "arm64-page",
             Filter::Arm => "arm",
             Filter::Thumb => "thumb",
         }
@@ -202,7 +203,7 @@ fn filter_block(filter: Filter, block: &mut [u8], origin: u64, from: usize, to: 
         Filter::X86Rip => x86_block(block, origin, from, to, encode, X86Units::RIP),
         Filter::X86Full => x86_block(block, origin, from, to, encode, X86Units::BOTH),
         Filter::Arm64 => arm64_block(block, origin, from, to, encode, Arm64Units::ALL),
-        Filter::Arm64Branch => arm64_block(block, origin, from, to, encode, Arm64Units::BRANCHES),
+        Filter::Arm64Page => arm64_block(block, origin, from, to, encode, Arm64Units::PAGES),
         Filter::Arm => arm_block(block, origin, from, to, encode),
         Filter::Thumb => thumb_block(block, origin, from, to, encode),
     }
@@ -455,12 +456,12 @@ fn x86_block(block: &mut [u8], origin: u64, from: usize, to: usize, encode: bool
 /// Which AArch64 units a filter converts.
 #[derive(Clone, Copy)]
 struct Arm64Units {
-    adrp: bool,
+    branches: bool,
 }
 
 impl Arm64Units {
-    const ALL: Arm64Units = Arm64Units { adrp: true };
-    const BRANCHES: Arm64Units = Arm64Units { adrp: false };
+    const ALL: Arm64Units = Arm64Units { branches: true };
+    const PAGES: Arm64Units = Arm64Units { branches: false };
 }
 
 /// The first offset at or after `from` that is `align`-aligned relative to the code's base.
@@ -476,7 +477,7 @@ fn arm64_block(block: &mut [u8], origin: u64, from: usize, to: usize, encode: bo
     while i + 4 <= to.min(block.len()) {
         let pos = origin.wrapping_add(i as u64);
         let Some(w) = word_at(block, i) else { break };
-        if w & 0x7C00_0000 == 0x1400_0000 {
+        if units.branches && w & 0x7C00_0000 == 0x1400_0000 {
             // B / BL imm26: word offset.
             let pc = low32(pos >> 2);
             let imm = w & 0x03FF_FFFF;
@@ -486,7 +487,7 @@ fn arm64_block(block: &mut [u8], origin: u64, from: usize, to: usize, encode: bo
                 imm.wrapping_sub(pc)
             } & 0x03FF_FFFF;
             put_word(block, i, (w & 0xFC00_0000) | imm);
-        } else if units.adrp && w & 0x9F00_0000 == 0x9000_0000 {
+        } else if w & 0x9F00_0000 == 0x9000_0000 {
             // ADRP: 21-bit page offset immhi:immlo; converted only within ±2^17 pages so the result keeps
             // the same property (decoder decides alike).
             let src = ((w >> 29) & 3) | ((w >> 3) & 0x001F_FFFC);
@@ -555,28 +556,32 @@ fn thumb_block(block: &mut [u8], origin: u64, from: usize, to: usize, encode: bo
 }
 
 /// The candidates worth trying on this pair: no filter, and when either image holds ELF code (its own, or
-/// that of the files inside a filesystem image), that code filtered by machine. x86-64 code two ways:
-/// RIP-relative operands alone, or with calls/jumps; calls alone ([`Filter::X86`]) lost to the latter on
-/// every corpus pair (systemd 59,342 -> 35,726 bytes); RIP-relative alone wins where most calls stay
-/// within code that moved as a whole (numpy: 166,584 unfiltered, 181,152 calls alone, 172,528 both,
-/// 156,832 RIP-relative alone). Bytes that are no ELF file's code are never filtered.
+/// that of the files inside a filesystem image), that code filtered by machine, two ways: data references
+/// alone (x86-64 RIP-relative operands, AArch64 `ADRP`), or with branches too. Branches alone
+/// ([`Filter::X86`]) lost to both on every corpus pair (x86-64 systemd 59,342 bytes against 35,726 with
+/// both); data references alone win where most calls stay within code that moved as a whole (numpy:
+/// 166,584 unfiltered, 181,152 calls alone, 172,528 both, 156,832 RIP-relative alone). Bytes that are no
+/// ELF file's code are never filtered.
 pub(crate) fn plausible_filters(old: &[u8], new: &[u8]) -> Vec<Filtering> {
     let (old_code, new_code) = (code_regions(old), code_regions(new));
     let mut out = vec![Filtering::none()];
     if old_code.is_empty() && new_code.is_empty() {
         return out;
     }
-    let x86_64 = old_code
+    let two_ways = old_code
         .iter()
         .chain(&new_code)
-        .any(|c| c.machine == Machine::X86_64);
-    let x86_choices: &[Filter] = if x86_64 {
-        &[Filter::X86Rip, Filter::X86Full]
+        .any(|c| matches!(c.machine, Machine::X86_64 | Machine::Arm64));
+    let ways: &[(Filter, Filter)] = if two_ways {
+        &[
+            (Filter::X86Rip, Filter::Arm64Page),
+            (Filter::X86Full, Filter::Arm64),
+        ]
     } else {
-        &[Filter::X86Full]
+        &[(Filter::X86Full, Filter::Arm64)]
     };
-    for &x86 in x86_choices {
-        let pick = |c: &Code, image: &[u8]| machine_filter(c, image, x86, Filter::Arm64);
+    for &(x86, arm64) in ways {
+        let pick = |c: &Code, image: &[u8]| machine_filter(c, image, x86, arm64);
         out.push(plan(old, &old_code, new, &new_code, pick));
     }
     out
