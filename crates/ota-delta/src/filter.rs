@@ -1016,32 +1016,37 @@ mod tests {
         assert_eq!(Filter::from_id(9), None);
     }
 
-    /// A filesystem-like image: an AArch64 file, an x86-64 file, a 32-bit ARM file and a Thumb-2 file among
-    /// data, each file's code dense in every machine's branch patterns. Every candidate filters each file's
-    /// code with its own machine's transform (never x86 over ARM code) and leaves every other byte alone.
-    #[test]
-    fn filters_never_touch_bytes_they_do_not_apply_to() {
-        // Words that are BL/B/ADRP to AArch64, BL to ARM and Thumb-2 BL pairs, and E8/E9 rel32 to x86.
-        let mut img = pseudo_random(
-            1 << 20,
-            9,
-            &[0x94, 0x90, 0xEB, 0xF0, 0xF8, 0xE8, 0xE9, 0x00, 0x05, 0x8D],
-        );
-        let files = [
-            (65_536usize, 0xB7u16, true, Filter::Arm64),
-            (262_144, 0x3E, true, Filter::X86Rip),
-            (524_288, 0x28, false, Filter::Arm),
-            (786_432, 0x28, false, Filter::Thumb),
-        ];
-        for &(at, machine, wide, _) in &files {
+    /// The files of [`mixed_image`]: (offset, ELF machine, 64-bit, the filter its code gets).
+    const MIXED_FILES: [(usize, u16, bool, Filter); 4] = [
+        (65_536, 0xB7, true, Filter::Arm64),
+        (262_144, 0x3E, true, Filter::X86Rip),
+        (524_288, 0x28, false, Filter::Arm),
+        (786_432, 0x28, false, Filter::Thumb),
+    ];
+
+    /// A filesystem-like image of 1 MiB: an AArch64 file, an x86-64 file, a 32-bit ARM file and a Thumb-2
+    /// file among data, each file's 64 KiB of code (at 4 KiB into it) dense in every machine's branch
+    /// patterns: BL/B/ADRP to AArch64, BL to ARM, E8/E9 rel32 to x86; the Thumb-2 file's BL pairs only.
+    fn mixed_image() -> Vec<u8> {
+        let alphabet = [0x94, 0x90, 0xEB, 0xF0, 0xF8, 0xE8, 0xE9, 0x00, 0x05, 0x8D];
+        let mut img = pseudo_random(1 << 20, 9, &alphabet);
+        for &(at, machine, wide, _) in &MIXED_FILES {
             img[at..at + 4096].fill(0);
             crate::elf::write_test_elf(&mut img[at..], wide, machine, 4096, 4096 + 65_536);
         }
-        // The last file is Thumb-2 code: BL pairs at every other halfword, and no ARM BL.
         for k in (0..65_536).step_by(8) {
             let at = 786_432 + 4096 + k;
             img[at..at + 8].copy_from_slice(&[0x12, 0xF0, 0x34, 0xF8, 0x00, 0xBF, 0x00, 0xBF]);
         }
+        img
+    }
+
+    /// On [`mixed_image`], every candidate filters each file's code with its own machine's transform (never
+    /// x86 over ARM code) and leaves every other byte alone.
+    #[test]
+    fn filters_never_touch_bytes_they_do_not_apply_to() {
+        let img = mixed_image();
+        let files = MIXED_FILES;
         let code_of = |at: usize| at + 4096..at + 4096 + 65_536;
         let candidates = plausible_filters(&img, &img);
         assert_eq!(candidates.len(), 3, "none, x86-rip and x86-full");
