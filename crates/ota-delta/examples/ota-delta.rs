@@ -28,8 +28,8 @@ enum Command {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
-        /// Only this filter (none, x86, arm64, x86-rip, x86-full); default: try the plausible ones, keep the
-        /// smallest.
+        /// Only this filter over every ELF file's code (none, x86, x86-rip, x86-full, arm64, arm64-page, arm,
+        /// thumb); default: a sample of the pair picks among the plausible ones.
         #[arg(long)]
         filter: Option<String>,
         /// Print each stage to stderr.

@@ -6,9 +6,10 @@ use xz2::stream::{Action, Check, Filters, LzmaOptions, MatchFinder, Mode, Status
 
 use crate::filter::{elf_exec_span, Filtering};
 use crate::format::{
-    put_varint, varint_len, write_control, ControlEntry, DeltaHeader, RunCarry, SegmentHeader, CONTROL,
-    EXTRA, FORMAT_VERSION, LITERALS, LITERAL_LENGTHS, MAX_WINDOW_LOG, MIN_WINDOW_LOG, SEGMENT_CONTROL_MAX,
-    SEGMENT_EXTRA_MAX, SEGMENT_RUNS_MAX, SIDE_MAX_WINDOW_LOG, STREAM_NAMES, TAG_END, ZERO_RUNS,
+    put_varint, varint_len, write_control, write_region_table, ControlEntry, DeltaHeader, RunCarry,
+    SegmentHeader, CONTROL, EXTRA, FORMAT_VERSION, LITERALS, LITERAL_LENGTHS, MAX_WINDOW_LOG, MIN_WINDOW_LOG,
+    SEGMENT_CONTROL_MAX, SEGMENT_EXTRA_MAX, SEGMENT_RUNS_MAX, SIDE_MAX_WINDOW_LOG, STREAM_NAMES, TAG_END,
+    ZERO_RUNS,
 };
 use crate::matching::{signed, Step};
 use crate::{EncodeOptions, Error, Result};
@@ -626,7 +627,7 @@ pub(crate) fn write_delta(
     steps: &[Step],
     old_sha: &[u8; 32],
     new_sha: &[u8; 32],
-    filter: Filtering,
+    filter: &Filtering,
     opts: &EncodeOptions,
     coding: DiffCoding,
     parallel: bool,
@@ -634,11 +635,15 @@ pub(crate) fn write_delta(
     let (segments, totals) = segment(steps, o, n, coding);
     let window_logs = stream_window_logs(&totals, opts, coding);
     let streams = compress_streams(&segments, o, n, opts, window_logs, coding, parallel)?;
+    let mut table = Vec::new();
+    write_region_table(&filter.old, &filter.new, &mut table);
+    let count = |map: &crate::filter::RegionMap| u32::try_from(map.regions().len()).unwrap_or(u32::MAX);
     let header = DeltaHeader {
         format_version: FORMAT_VERSION,
         filter: filter.filter,
-        filter_start: filter.lo,
-        filter_end: filter.hi,
+        old_regions: count(&filter.old),
+        new_regions: count(&filter.new),
+        region_table_len: u32::try_from(table.len()).unwrap_or(u32::MAX),
         old_len: o.len() as u64,
         old_sha256: *old_sha,
         new_len: n.len() as u64,
@@ -647,6 +652,7 @@ pub(crate) fn write_delta(
         runs_window_log: window_logs[ZERO_RUNS],
     };
     let mut out = header.to_bytes().to_vec();
+    out.extend_from_slice(&table);
     write_segments(&segments, &streams, &mut out)?;
     out.push(TAG_END);
     Ok(out)
@@ -737,15 +743,15 @@ fn write_segments(segments: &[Vec<Piece>], streams: &[StreamChunks], out: &mut V
 mod tests {
     use super::*;
     use crate::encode::sha256;
-    use crate::filter::{write_test_elf_header, Filter};
+    use crate::filter::{write_test_elf_header, Filtering};
     use crate::matching::match_parallel;
     use crate::suffix::SuffixIndex;
 
     /// Writes `steps` as a delta with `coding` and checks that it turns `old` into `new`.
     fn assert_round_trips(old: &[u8], new: &[u8], steps: &[Step], opts: &EncodeOptions, coding: DiffCoding) {
         let (old_sha, new_sha) = (sha256(old), sha256(new));
-        let filter = Filter::None.everywhere();
-        let delta = write_delta(old, new, steps, &old_sha, &new_sha, filter, opts, coding, true).unwrap();
+        let filter = Filtering::none();
+        let delta = write_delta(old, new, steps, &old_sha, &new_sha, &filter, opts, coding, true).unwrap();
         let mut out = Vec::new();
         crate::apply(std::io::Cursor::new(old), delta.as_slice(), &mut out).unwrap();
         assert!(out == new, "{coding:?} does not round-trip");

@@ -6,10 +6,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use sha2::{Digest, Sha256};
 use xz2::stream::{Action, Stream};
 
-use crate::filter::{Filtering, FILTER_BLOCK};
+use crate::filter::{RegionMap, FILTER_BLOCK};
 use crate::format::{
-    ByteReader, ControlReader, DeltaHeader, RunCarry, SegmentHeader, CONTROL, EXTRA, HEADER_LEN, LITERALS,
-    LITERAL_LENGTHS, SEGMENT_HEADER_LEN, STREAM_NAMES, TAG_END, TAG_SEGMENT, ZERO_RUNS,
+    parse_region_table, ByteReader, ControlReader, DeltaHeader, RunCarry, SegmentHeader, CONTROL, EXTRA,
+    HEADER_LEN, LITERALS, LITERAL_LENGTHS, SEGMENT_HEADER_LEN, STREAM_NAMES, TAG_END, TAG_SEGMENT, ZERO_RUNS,
 };
 use crate::{Error, Result};
 
@@ -77,8 +77,9 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
     let mut head = [0u8; HEADER_LEN];
     read_full(&mut delta, &mut head, 0, "the 112-byte delta header")?;
     let header = DeltaHeader::parse(&head)?;
-    let mut decoder = SegmentDecoder::new(&header, old)?;
-    let mut out = NewImage::new(new, header.new_len, header.filtering());
+    let (old_regions, new_regions) = read_region_table(&header, &mut delta)?;
+    let mut decoder = SegmentDecoder::new(&header, old, old_regions)?;
+    let mut out = NewImage::new(new, header.new_len, new_regions);
     let mut segments = 0u64;
     while let Some((seg_offset, seg)) = next_segment(&mut delta)? {
         segments += 1;
@@ -102,6 +103,14 @@ pub fn apply<O: Read + Seek, D: Read, W: Write>(old: O, delta: D, new: W) -> Res
         delta_len: end,
         segments,
     })
+}
+
+/// Reads and checks the region table that follows the header (its length capped by the header's checks).
+fn read_region_table<D: Read>(header: &DeltaHeader, delta: &mut D) -> Result<(RegionMap, RegionMap)> {
+    let len = usize::try_from(header.region_table_len).unwrap_or(usize::MAX);
+    let mut table = vec![0u8; len];
+    read_full(delta, &mut table, HEADER_LEN as u64, "the region table")?;
+    parse_region_table(header, &table)
 }
 
 /// Reads the next segment tag and, unless it is the end tag, the segment's header and its offset.
@@ -137,7 +146,7 @@ struct SegmentDecoder<O> {
 }
 
 impl<O: Read + Seek> SegmentDecoder<O> {
-    fn new(header: &DeltaHeader, old: O) -> Result<Self> {
+    fn new(header: &DeltaHeader, old: O, old_regions: RegionMap) -> Result<Self> {
         let [control_log, literal_log, extra_log] = header.window_logs;
         Ok(SegmentDecoder {
             buffered: [
@@ -149,7 +158,7 @@ impl<O: Read + Seek> SegmentDecoder<O> {
             buffers: Default::default(),
             literals: StreamDecoder::new(LITERALS, literal_log)?,
             old: OldCursor {
-                image: OldImage::new(old, header.old_len, header.filtering()),
+                image: OldImage::new(old, header.old_len, old_regions),
                 pos: 0,
                 old_buf: vec![0u8; 32 * 1024],
                 diff_buf: vec![0u8; 32 * 1024],
@@ -617,7 +626,7 @@ impl StreamDecoder {
 struct OldImage<O> {
     reader: O,
     len: u64,
-    filter: Filtering,
+    regions: RegionMap,
     /// (block index, filtered bytes); most recently used first.
     cache: Vec<(u64, Vec<u8>)>,
 }
@@ -627,11 +636,11 @@ struct OldImage<O> {
 const OLD_CACHE_BLOCKS: usize = 16;
 
 impl<O: Read + Seek> OldImage<O> {
-    fn new(reader: O, len: u64, filter: Filtering) -> Self {
+    fn new(reader: O, len: u64, regions: RegionMap) -> Self {
         OldImage {
             reader,
             len,
-            filter,
+            regions,
             cache: Vec::with_capacity(OLD_CACHE_BLOCKS),
         }
     }
@@ -700,7 +709,7 @@ impl<O: Read + Seek> OldImage<O> {
                     }
                 }
             }
-            self.filter.encode_in_place(&mut buf, start);
+            self.regions.encode_in_place(&mut buf, start);
             self.cache.insert(0, (index, buf));
         }
         Ok(self.cache.first().map(|(_, b)| b.as_slice()).unwrap_or(&[]))
@@ -723,18 +732,18 @@ fn block_len(left: u64) -> usize {
 struct NewImage<W> {
     writer: W,
     expected_len: u64,
-    filter: Filtering,
+    regions: RegionMap,
     block: Vec<u8>,
     block_start: u64,
     hasher: Sha256,
 }
 
 impl<W: Write> NewImage<W> {
-    fn new(writer: W, expected_len: u64, filter: Filtering) -> Self {
+    fn new(writer: W, expected_len: u64, regions: RegionMap) -> Self {
         NewImage {
             writer,
             expected_len,
-            filter,
+            regions,
             block: Vec::with_capacity(FILTER_BLOCK),
             block_start: 0,
             hasher: Sha256::new(),
@@ -770,7 +779,7 @@ impl<W: Write> NewImage<W> {
     }
 
     fn flush_block(&mut self) -> Result<()> {
-        self.filter.decode_in_place(&mut self.block, self.block_start);
+        self.regions.decode_in_place(&mut self.block, self.block_start);
         self.hasher.update(&self.block);
         self.writer.write_all(&self.block).map_err(|source| Error::Io {
             what: "writing the new image",

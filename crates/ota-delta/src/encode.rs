@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use sha2::{Digest, Sha256};
 
 use crate::coding::{write_delta, DataZeros, DiffCoding};
-use crate::filter::{filtering_for, plausible_filters, Filter, Filtering, FILTER_BLOCK};
+use crate::filter::{filtering_for, plausible_filters, Filter, Filtering, RegionMap, FILTER_BLOCK};
 use crate::format::MAX_WINDOW_LOG;
 use crate::matching::{match_parallel, Step};
 use crate::suffix::SuffixIndex;
@@ -98,30 +98,34 @@ pub fn encode(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Result<Vec<u8>> {
 
 /// `old` and `new` through `filter` (on two threads when `threads` allows): borrowed when the filter
 /// changes nothing.
-fn filtered<'a>(old: &'a [u8], new: &'a [u8], filter: Filtering, threads: usize) -> [Cow<'a, [u8]>; 2] {
-    if filter.filter == Filter::None {
+fn filtered<'a>(old: &'a [u8], new: &'a [u8], filter: &Filtering, threads: usize) -> [Cow<'a, [u8]>; 2] {
+    if filter.is_none() {
         return [Cow::Borrowed(old), Cow::Borrowed(new)];
     }
-    let copy = |data: &[u8]| {
+    let copy = |data: &[u8], map: &RegionMap| {
         let mut copy = data.to_vec();
-        filter.encode_in_place(&mut copy, 0);
+        map.encode_in_place(&mut copy, 0);
         Cow::Owned(copy)
     };
-    let (old, new) = run_both(threads >= 2, || copy(old), || copy(new));
+    let (old, new) = run_both(threads >= 2, || copy(old, &filter.old), || copy(new, &filter.new));
     [old, new]
 }
 
 /// Brings `old` and `new`, filtered in place by `from`, to `to` (on two threads when `threads` allows:
 /// the filter runs before the suffix sort, on its critical path).
-fn refilter(old: &mut [u8], new: &mut [u8], from: Filtering, to: Filtering, threads: usize) {
+fn refilter(old: &mut [u8], new: &mut [u8], from: &Filtering, to: &Filtering, threads: usize) {
     if from == to {
         return;
     }
-    let swap = |image: &mut [u8]| {
+    let swap = |image: &mut [u8], from: &RegionMap, to: &RegionMap| {
         from.decode_in_place(image, 0);
         to.encode_in_place(image, 0);
     };
-    run_both(threads >= 2, || swap(old), || swap(new));
+    run_both(
+        threads >= 2,
+        || swap(old, &from.old, &to.old),
+        || swap(new, &from.new, &to.new),
+    );
 }
 
 /// [`encode`] reporting its stages to `progress` (called from worker threads).
@@ -163,9 +167,9 @@ fn encode_borrowed(
     } else {
         threads
     };
-    let unfiltered = candidates.iter().any(|c| c.filter == Filter::None);
+    let unfiltered = candidates.iter().any(Filtering::is_none);
     let index = Mutex::new(index);
-    let run = |k: usize, filter: Filtering| {
+    let run = |k: usize, filter: &Filtering| {
         progress(EncodeStage::Candidate {
             filter: filter.filter,
             index: k,
@@ -173,18 +177,27 @@ fn encode_borrowed(
         });
         let [o, n] = filtered(old, new, filter, per);
         // The unfiltered index serves `None`, or lends its array to the first filtered candidate.
-        let taken = match (filter.filter, unfiltered) {
-            (Filter::None, _) | (_, false) => index.lock().ok().and_then(|mut i| i.take()),
+        let taken = match (filter.is_none(), unfiltered) {
+            (true, _) | (_, false) => index.lock().ok().and_then(|mut i| i.take()),
             _ => None,
         };
         let source = match taken {
-            Some(built) if filter.filter == Filter::None => IndexSource::Built(built),
+            Some(built) if filter.is_none() => IndexSource::Built(built),
             Some(other) => IndexSource::Buffer(other.into_buffer()),
             None => IndexSource::Buffer(Vec::new()),
         };
         let codings = codings.per_candidate(count);
         encode_core(
-            &o, &n, old_sha, new_sha, filter, source, opts, per, codings, progress,
+            &o,
+            &n,
+            old_sha,
+            new_sha,
+            filter.clone(),
+            source,
+            opts,
+            per,
+            codings,
+            progress,
         )
     };
     let mut best: Option<Candidate> = None;
@@ -193,7 +206,7 @@ fn encode_borrowed(
             let handles: Vec<_> = candidates
                 .iter()
                 .enumerate()
-                .map(|(index, &filter)| scope.spawn(move || run(index, filter)))
+                .map(|(index, filter)| scope.spawn(move || run(index, filter)))
                 .collect();
             handles
                 .into_iter()
@@ -204,7 +217,7 @@ fn encode_borrowed(
             keep_smaller(&mut best, r?);
         }
     } else {
-        for (index, &filter) in candidates.iter().enumerate() {
+        for (index, filter) in candidates.iter().enumerate() {
             keep_smaller(&mut best, run(index, filter)?);
         }
     }
@@ -212,7 +225,7 @@ fn encode_borrowed(
     let Some(other) = codings.left_after(best.tried) else {
         return Ok(best.delta);
     };
-    let [o, n] = filtered(old, new, best.filter, threads);
+    let [o, n] = filtered(old, new, &best.filter, threads);
     try_other_coding(best, other, &o, &n, old_sha, new_sha, opts, progress)
 }
 
@@ -230,7 +243,7 @@ pub fn encode_owned(
     check_sizes(&old, &new)?;
     let prepared = prepare(&old, &new, opts);
     let candidates = prepared.candidates.clone();
-    let unfiltered_only = matches!(candidates.as_slice(), [c] if c.filter == Filter::None);
+    let unfiltered_only = matches!(candidates.as_slice(), [c] if c.is_none());
     if unfiltered_only
         || (candidates.len() >= 2 && old.len().saturating_add(new.len()) <= PARALLEL_CANDIDATES_MAX)
     {
@@ -250,21 +263,21 @@ pub fn encode_owned(
     let count = candidates.len();
     let threads = opts.threads.max(1);
     // What the images are filtered with now: restored only for another candidate, not after the last.
-    let mut current = Filter::None.everywhere();
-    for (index, &filter) in candidates.iter().enumerate() {
+    let mut current = Filtering::none();
+    for (index, filter) in candidates.iter().enumerate() {
         progress(EncodeStage::Candidate {
             filter: filter.filter,
             index,
             count,
         });
-        refilter(&mut old, &mut new, current, filter, threads);
-        current = filter;
+        refilter(&mut old, &mut new, &current, filter, threads);
+        current = filter.clone();
         let delta = encode_core(
             &old,
             &new,
             &old_sha,
             &new_sha,
-            filter,
+            filter.clone(),
             IndexSource::Buffer(std::mem::take(&mut spare)),
             opts,
             threads,
@@ -277,7 +290,7 @@ pub fn encode_owned(
     let Some(other) = codings.left_after(best.tried) else {
         return Ok(best.delta);
     };
-    refilter(&mut old, &mut new, current, best.filter, threads);
+    refilter(&mut old, &mut new, &current, &best.filter, threads);
     try_other_coding(best, other, &old, &new, &old_sha, &new_sha, opts, progress)
 }
 
@@ -393,8 +406,8 @@ fn sample_data_zeros(o: &[u8], n: &[u8], data_from: usize, opts: &EncodeOptions)
         let size = |data| {
             // The whole window is data.
             let coding = DiffCoding { data_from: 0, data };
-            let filter = Filter::None.everywhere();
-            write_delta(ow, nw, &steps, &zero, &zero, filter, &opts, coding, false).map(|d| d.len())
+            let filter = Filtering::none();
+            write_delta(ow, nw, &steps, &zero, &zero, &filter, &opts, coding, false).map(|d| d.len())
         };
         Some([size(DataZeros::Gaps).ok()?, size(DataZeros::Literals).ok()?])
     };
@@ -427,7 +440,7 @@ fn try_other_coding(
         &best.steps,
         old_sha,
         new_sha,
-        best.filter,
+        &best.filter,
         opts,
         other,
         true,
@@ -559,7 +572,7 @@ fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> 
     let candidates = match (decided, probe.into_inner()) {
         (Some(list), _) => list,
         (None, Some(probe)) => probe.decide(),
-        (None, None) => vec![Filter::None.everywhere()],
+        (None, None) => vec![Filtering::none()],
     };
     prepared(candidates, Some(index), hashes)
 }
@@ -578,7 +591,7 @@ fn candidates(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Vec<Filtering> {
             // Same spans as Auto would pick for these filters.
             let mut out: Vec<Filtering> = list.iter().map(|&f| filtering_for(old, new, f)).collect();
             if out.is_empty() {
-                out.push(Filter::None.everywhere());
+                out.push(Filtering::none());
             }
             out
         }
@@ -646,11 +659,11 @@ impl<'a> Probe<'a> {
         if candidates.len() < 2 || new.len() <= PROBE_NEW * 2 {
             return Choice::Decided(candidates);
         }
-        // The widest filtered span, inside new.
+        // The hull of new's filtered regions.
         let (lo, hi) = candidates
             .iter()
-            .filter(|c| c.filter != Filter::None)
-            .map(|c| (c.lo, c.hi))
+            .flat_map(|c| c.new.regions())
+            .map(|r| (r.lo, r.hi))
             .fold((u64::MAX, 0u64), |(a, b), (l, h)| (a.min(l), b.max(h)));
         let new_len = new.len() as u64;
         let (lo, hi) = (lo.min(new_len), hi.min(new_len));
@@ -673,12 +686,12 @@ impl<'a> Probe<'a> {
     }
 
     /// One window's sample delta size through one candidate's filter.
-    fn sample(&self, filter: Filtering, window: Window) -> Option<usize> {
+    fn sample(&self, filter: &Filtering, window: Window) -> Option<usize> {
         let (old_start, old_end, new_start, new_end) = window;
         let mut o = self.old.get(old_start..old_end)?.to_vec();
         let mut n = self.new.get(new_start..new_end)?.to_vec();
-        filter.encode_in_place(&mut o, old_start as u64);
-        filter.encode_in_place(&mut n, new_start as u64);
+        filter.old.encode_in_place(&mut o, old_start as u64);
+        filter.new.encode_in_place(&mut n, new_start as u64);
         let index = SuffixIndex::new(&o);
         let steps = match_parallel(&index, &o, &n, 1);
         let zero = [0u8; 32];
@@ -687,7 +700,18 @@ impl<'a> Probe<'a> {
             data_from: usize::MAX,
             data: DataZeros::Gaps,
         };
-        let delta = write_delta(&o, &n, &steps, &zero, &zero, filter, &self.opts, coding, false);
+        // The header alone, without the region table: a window's sample counts the table once per window.
+        let delta = write_delta(
+            &o,
+            &n,
+            &steps,
+            &zero,
+            &zero,
+            &Filtering::none(),
+            &self.opts,
+            coding,
+            false,
+        );
         delta.ok().map(|d| d.len())
     }
 
@@ -696,8 +720,7 @@ impl<'a> Probe<'a> {
         let per = self.windows.len().max(1);
         loop {
             let job = self.next_job.fetch_add(1, Ordering::Relaxed);
-            let (Some(&filter), Some(&window)) =
-                (self.candidates.get(job / per), self.windows.get(job % per))
+            let (Some(filter), Some(&window)) = (self.candidates.get(job / per), self.windows.get(job % per))
             else {
                 return;
             };
@@ -726,7 +749,9 @@ impl<'a> Probe<'a> {
         };
         // The best sample's candidate runs alone, however close the others came: running several side by
         // side doubles the time and the memory for a few percent at most.
-        candidates.get(best).map_or(candidates.clone(), |&c| vec![c])
+        candidates
+            .get(best)
+            .map_or(candidates.clone(), |c| vec![c.clone()])
     }
 }
 
@@ -809,7 +834,7 @@ fn encode_core(
     };
     progress(EncodeStage::Compressing(filter.filter));
     let write = |coding: DiffCoding, parallel: bool| {
-        write_delta(o, n, &steps, old_sha, new_sha, filter, opts, coding, parallel)
+        write_delta(o, n, &steps, old_sha, new_sha, &filter, opts, coding, parallel)
     };
     let parallel = threads >= 2;
     let delta = match codings.second() {
@@ -902,9 +927,9 @@ mod tests {
     fn probe_keeps_the_smallest_total() {
         let (old, new) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
         let candidates = vec![
-            Filter::None.everywhere(),
-            Filter::X86Rip.everywhere(),
-            Filter::X86Full.everywhere(),
+            Filtering::none(),
+            Filtering::everywhere(Filter::X86Rip, 1 << 20, 1 << 20),
+            Filtering::everywhere(Filter::X86Full, 1 << 20, 1 << 20),
         ];
         let probe = |sizes: Vec<Option<usize>>| Probe {
             old: &old,
@@ -917,7 +942,7 @@ mod tests {
         };
         // None wins one window by a little, x86-rip the other by a lot.
         let sizes = vec![Some(100), Some(500), Some(101), Some(300), Some(150), Some(400)];
-        assert_eq!(probe(sizes.clone()).decide(), vec![candidates[1]]);
+        assert_eq!(probe(sizes.clone()).decide(), vec![candidates[1].clone()]);
         let mut failed = sizes;
         failed[4] = None;
         assert_eq!(probe(failed).decide(), candidates);
@@ -970,7 +995,7 @@ mod tests {
                     &steps,
                     &old_sha,
                     &new_sha,
-                    Filter::None.everywhere(),
+                    &Filtering::none(),
                     &opts,
                     codings.coding(data),
                     true,

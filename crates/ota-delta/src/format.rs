@@ -1,14 +1,15 @@
 //! The on-disk layout: header, segment headers and control entries (see the crate doc for the table).
 
-use crate::filter::{Filter, Filtering};
+use crate::filter::{Filter, Region, RegionMap};
 use crate::{Error, Result};
 
-/// The format version this build writes and reads (5: filter ids 3 and 4, x86-64 RIP-relative operands
+/// The format version this build writes and reads (6: filters per region, a region table for each image
+/// after the header, filter ids 5 to 7 (AArch64 branches alone, ARM, Thumb-2); 5: filter ids 3 and 4, x86-64 RIP-relative operands
 /// alone and with calls/jumps; 4: the first [`CARRY_BYTES`] changed bytes of each run of changed bytes are a
 /// little-endian integer added to old with carry; version 3 started a run at each (zero run, literal run)
 /// pair, so a raw-coded diff got no carry; version 2 added every literal bytewise, version 1 coded the diff
 /// as one byte stream; none of them is read any more).
-pub const FORMAT_VERSION: u16 = 5;
+pub const FORMAT_VERSION: u16 = 6;
 /// Bytes at the start of each run of changed bytes that form one little-endian integer added to the old bytes
 /// with carry (rather than byte by byte): a rel32 or pointer that moved by the same distance then gets the
 /// same literal bytes whether or not its low byte wrapped, which LZMA2 codes as repeats (15% smaller literal
@@ -28,6 +29,10 @@ pub const SEGMENT_CONTROL_MAX: u32 = 64 * 1024;
 pub const SEGMENT_EXTRA_MAX: u32 = 1024 * 1024;
 /// Largest decoded zero-run stream, and literal-length stream, of one segment (the decoder buffers both).
 pub const SEGMENT_RUNS_MAX: u32 = 64 * 1024;
+/// Most filtered regions in one image's region table (ELF files' code in a filesystem image: one each).
+pub const MAX_REGIONS: u32 = 16_384;
+/// Largest region table (both images'): each region takes at most 3 varints of 10 bytes and an id byte.
+pub(crate) const MAX_REGION_TABLE_LEN: u32 = 2 * MAX_REGIONS * 31;
 /// Smallest dictionary log LZMA2 accepts (4 KiB).
 pub(crate) const MIN_WINDOW_LOG: u8 = 12;
 
@@ -44,7 +49,7 @@ pub(crate) const SEGMENT_HEADER_LEN: usize = 1 + 4 * 9 + 8;
 pub struct DeltaHeader {
     /// Format version (currently always [`FORMAT_VERSION`]).
     pub format_version: u16,
-    /// The executable pre-filter applied before matching.
+    /// The pre-filter of most of the filtered bytes (each region names its own: see the region table).
     pub filter: Filter,
     /// Length of the base image.
     pub old_len: u64,
@@ -59,11 +64,12 @@ pub struct DeltaHeader {
     pub window_logs: [u8; 3],
     /// LZMA2 dictionary log of the zero-run and literal-length streams (at most [`SIDE_MAX_WINDOW_LOG`]).
     pub runs_window_log: u8,
-    /// The filter applies to instructions wholly inside image offsets `filter_start..filter_end` (the
-    /// executable segments of an ELF file; `0..u64::MAX` for the whole image).
-    pub filter_start: u64,
-    /// End of the filtered span (exclusive).
-    pub filter_end: u64,
+    /// Filtered regions of the old image (at most [`MAX_REGIONS`]).
+    pub old_regions: u32,
+    /// Filtered regions of the new image (at most [`MAX_REGIONS`]).
+    pub new_regions: u32,
+    /// Bytes of the region table that follows the header.
+    pub region_table_len: u32,
 }
 
 /// The five streams, in the order their chunks follow each segment header.
@@ -91,18 +97,11 @@ impl DeltaHeader {
         w.put(&self.new_sha256);
         w.put(&self.window_logs);
         w.put(&[self.runs_window_log]);
-        w.put(&self.filter_start.to_le_bytes());
-        w.put(&self.filter_end.to_le_bytes());
+        w.put(&self.old_regions.to_le_bytes());
+        w.put(&self.new_regions.to_le_bytes());
+        w.put(&self.region_table_len.to_le_bytes());
+        w.put(&[0u8; 4]);
         out
-    }
-
-    /// The filter with its span, as both sides run it.
-    pub(crate) fn filtering(&self) -> Filtering {
-        Filtering {
-            filter: self.filter,
-            lo: self.filter_start,
-            hi: self.filter_end,
-        }
     }
 
     /// Parses and validates the fixed header; every field is checked before anything is trusted.
@@ -140,16 +139,12 @@ impl DeltaHeader {
         let new_sha256 = r.array().ok_or(truncated("new_sha256"))?;
         let window_logs: [u8; 3] = r.array().ok_or(truncated("window logs"))?;
         let [runs_window_log]: [u8; 1] = r.array().ok_or(truncated("runs window log"))?;
-        let filter_start = u64::from_le_bytes(r.array().ok_or(truncated("filter_start"))?);
-        let filter_end = u64::from_le_bytes(r.array().ok_or(truncated("filter_end"))?);
-        if filter_start > filter_end {
-            return Err(Error::Malformed {
-                what: "header filter span",
-                offset: 96,
-                detail: format!("start {filter_start} is after end {filter_end}"),
-            });
-        }
+        let old_regions = u32::from_le_bytes(r.array().ok_or(truncated("old region count"))?);
+        let new_regions = u32::from_le_bytes(r.array().ok_or(truncated("new region count"))?);
+        let region_table_len = u32::from_le_bytes(r.array().ok_or(truncated("region table length"))?);
+        let reserved: [u8; 4] = r.array().ok_or(truncated("reserved bytes"))?;
         check_window_logs(window_logs, runs_window_log)?;
+        check_region_counts(old_regions, new_regions, region_table_len, reserved)?;
         Ok(DeltaHeader {
             format_version: version,
             filter,
@@ -159,10 +154,109 @@ impl DeltaHeader {
             new_sha256,
             window_logs,
             runs_window_log,
-            filter_start,
-            filter_end,
+            old_regions,
+            new_regions,
+            region_table_len,
         })
     }
+}
+
+/// The header's region counts and table length within their caps, its reserved bytes zero.
+fn check_region_counts(old: u32, new: u32, table_len: u32, reserved: [u8; 4]) -> Result<()> {
+    let malformed = |offset, detail| Error::Malformed {
+        what: "header region table fields",
+        offset,
+        detail,
+    };
+    if old > MAX_REGIONS || new > MAX_REGIONS {
+        return Err(malformed(
+            96,
+            format!("{old} old and {new} new regions, at most {MAX_REGIONS} each"),
+        ));
+    }
+    if table_len > MAX_REGION_TABLE_LEN {
+        return Err(malformed(
+            104,
+            format!("region table of {table_len} bytes, at most {MAX_REGION_TABLE_LEN}"),
+        ));
+    }
+    if reserved != [0; 4] {
+        return Err(malformed(
+            108,
+            format!("reserved bytes {reserved:02x?} are not zero"),
+        ));
+    }
+    Ok(())
+}
+
+/// The region table: for the old image's regions then the new's, each region as varints (gap since the
+/// previous region's end, length, offset from the file's base back to the region's start) and a filter id.
+pub(crate) fn write_region_table(old: &RegionMap, new: &RegionMap, out: &mut Vec<u8>) {
+    for map in [old, new] {
+        let mut prev = 0u64;
+        for r in map.regions() {
+            put_varint(out, r.lo - prev);
+            put_varint(out, r.hi - r.lo);
+            put_varint(out, r.lo - r.base);
+            out.push(r.filter.id());
+            prev = r.hi;
+        }
+    }
+}
+
+/// Parses the region table the header declares (at delta offset [`HEADER_LEN`]): every region known,
+/// filtered, non-empty, in order, disjoint and inside its image; every byte consumed.
+pub(crate) fn parse_region_table(header: &DeltaHeader, table: &[u8]) -> Result<(RegionMap, RegionMap)> {
+    let mut r = ByteReader::new(table);
+    let mut maps = Vec::with_capacity(2);
+    for (count, image_len, which) in [
+        (header.old_regions, header.old_len, "old"),
+        (header.new_regions, header.new_len, "new"),
+    ] {
+        let mut regions = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        let mut prev = 0u64;
+        for k in 0..count {
+            let at = HEADER_LEN as u64 + (table.len() - r.remaining()) as u64;
+            let bad = |detail: String| Error::Malformed {
+                what: "region table",
+                offset: at,
+                detail: format!("{which} region {k}: {detail}"),
+            };
+            let fields = (r.varint(), r.varint(), r.varint(), r.array::<1>());
+            let (Some(gap), Some(len), Some(back), Some([id])) = fields else {
+                return Err(bad("truncated or overlong varint".into()));
+            };
+            let filter = Filter::from_id(id).ok_or_else(|| bad(format!("unknown filter id {id}")))?;
+            let lo = prev.checked_add(gap);
+            let hi = lo.and_then(|lo| lo.checked_add(len));
+            let (Some(lo), Some(hi)) = (lo, hi) else {
+                return Err(bad("offsets overflow".into()));
+            };
+            if filter == Filter::None || len == 0 || hi > image_len || back > lo {
+                return Err(bad(format!(
+                    "{filter} over {lo}..{hi} (base {back} before), image of {image_len} bytes"
+                )));
+            }
+            regions.push(Region {
+                lo,
+                hi,
+                base: lo - back,
+                filter,
+            });
+            prev = hi;
+        }
+        maps.push(RegionMap::from_checked(regions));
+    }
+    if !r.is_empty() {
+        return Err(Error::Malformed {
+            what: "region table",
+            offset: HEADER_LEN as u64,
+            detail: format!("{} bytes after the last region", r.remaining()),
+        });
+    }
+    let new = maps.pop().unwrap_or_default();
+    let old = maps.pop().unwrap_or_default();
+    Ok((old, new))
 }
 
 /// The header's dictionary logs, each within LZMA2's minimum and its stream's cap (checked before any

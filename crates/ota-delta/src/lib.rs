@@ -22,22 +22,31 @@
 //! data's raw diff (Go's tables: 4% smaller), as windows of the data sampled both ways decide. The
 //! decoder reads any split alike. The five streams (control, extra, zero runs, literal lengths,
 //! literals) are compressed separately with xz/LZMA2 (they have very different statistics).
-//! Before matching, both images may be passed through a [`Filter`] that rewrites relative branch targets of
-//! x86-64 (`E8`/`E9` rel32, RIP-relative disp32 operands) or ARM64 (`BL`/`B` imm26, `ADRP`) into absolute
-//! ones, as xz's BCJ filters do, so that code that merely moved matches exactly; the decoder filters old
-//! reads and undoes the filter on its output. A sample of four windows picks, among the plausible filters,
-//! the one that runs in full.
+//! Before matching, the machine code in both images may be passed through a [`Filter`] that rewrites
+//! relative branch and data references into absolute ones, as xz's BCJ filters do, so that code that
+//! merely moved matches exactly. Filters run per region: only over the executable sections of ELF files
+//! (the image itself, or the files inside a filesystem image, found at 512-byte aligned offsets), each
+//! file's code with its own machine's transform (x86-64 `E8`/`E9` rel32 and RIP-relative disp32; AArch64
+//! `BL`/`B` imm26 and `ADRP`; 32-bit ARM `BL`; Thumb-2 `BL`) and branch arithmetic relative to the file's
+//! start, so a file the filesystem moved filters to the same bytes. Data, and input with no ELF file, is
+//! never filtered. The delta lists each image's regions; the decoder filters old reads and undoes the
+//! filter on its output over exactly those regions. A sample of four windows picks, among the plausible
+//! candidates (no filter; data references alone; data references and branches), the one that runs in full.
 //!
-//! # Format (version 5)
+//! # Format (version 6)
 //! ```text
 //! header (112 bytes, little endian)
-//!   0  magic "OTADELTA"          8  format version u16 (5)  10 filter id u8   11 codec id u8 (1 = xz/LZMA2)
-//!      (filter ids: 0 none, 1 x86 calls/jumps, 2 arm64, 3 x86 RIP-relative,
-//!       4 x86 calls/jumps and RIP-relative)
+//!   0  magic "OTADELTA"          8  format version u16 (6)  10 filter id u8   11 codec id u8 (1 = xz/LZMA2)
+//!      (the filter of most filtered bytes; filter ids: 0 none, 1 x86 calls/jumps, 2 arm64, 3 x86
+//!       RIP-relative, 4 x86 calls/jumps and RIP-relative, 5 arm64 ADRP alone, 6 ARM BL, 7 Thumb-2 BL)
 //!   12 old_len u64   20 old_sha256 [32]   52 new_len u64   60 new_sha256 [32]
 //!   92 dictionary logs u8 x4: control (<= SIDE_MAX_WINDOW_LOG), literals, extra (<= MAX_WINDOW_LOG),
 //!      zero runs and literal lengths (<= SIDE_MAX_WINDOW_LOG)
-//!   96 filter_start u64   104 filter_end u64 (the filter's span: an ELF file's executable segments)
+//!   96 old regions u32   100 new regions u32 (each <= MAX_REGIONS)   104 region table length u32
+//!   108 reserved u32 (0)
+//! region table: the old image's regions then the new's, each: varints (gap since the previous region's
+//!   end, length, distance back to the file's start) and a filter id u8 (not 0); regions in order,
+//!   disjoint, inside their image
 //! then segments, each:
 //!   tag u8 (1 = segment, 0 = end of delta; nothing may follow the end tag)
 //!   control_raw u32 (<= SEGMENT_CONTROL_MAX)  control_xz u32
@@ -71,6 +80,7 @@
 
 mod coding;
 mod decode;
+mod elf;
 mod encode;
 mod filter;
 mod format;
@@ -83,7 +93,7 @@ pub use encode::{
 };
 pub use filter::Filter;
 pub use format::{
-    DeltaHeader, CARRY_BYTES, FORMAT_VERSION, HEADER_LEN, MAX_WINDOW_LOG, SEGMENT_CONTROL_MAX,
+    DeltaHeader, CARRY_BYTES, FORMAT_VERSION, HEADER_LEN, MAX_REGIONS, MAX_WINDOW_LOG, SEGMENT_CONTROL_MAX,
     SEGMENT_EXTRA_MAX, SEGMENT_RUNS_MAX, SIDE_MAX_WINDOW_LOG,
 };
 
@@ -278,21 +288,20 @@ pub mod fuzzing {
                 assert_eq!(summary.new_len, out.len() as u64);
             }
         }
-        // Every filter inverts on any bytes at any block-aligned start, over any span.
+        // Every filter inverts on any bytes at any block-aligned start, over any region.
         let start = u64::from(first) * crate::filter::FILTER_BLOCK as u64;
-        let lo = u64::from(first) * 37 % (rest.len() as u64 + 1);
+        let lo = start + u64::from(first) * 37 % (rest.len() as u64 + 1);
         for filter in crate::Filter::ALL {
-            for span in [
-                filter.everywhere(),
-                crate::filter::Filtering {
-                    filter,
-                    lo,
-                    hi: lo + 4096,
-                },
-            ] {
+            let region = crate::filter::Region {
+                lo,
+                hi: lo + 4096,
+                base: lo.saturating_sub(u64::from(first) * 3),
+                filter,
+            };
+            for map in [filter.everywhere(), crate::filter::RegionMap::new(vec![region])] {
                 let mut buf = rest.to_vec();
-                span.encode_in_place(&mut buf, start);
-                span.decode_in_place(&mut buf, start);
+                map.encode_in_place(&mut buf, start);
+                map.decode_in_place(&mut buf, start);
                 assert!(buf == rest, "filter {filter} does not invert");
             }
         }

@@ -75,10 +75,26 @@ fn small_edit_in_large_random_image_gives_small_delta() {
     );
 }
 
+/// `code` as the one executable section of an ELF64 file for `machine`, after a 4 KiB page of headers.
+fn as_elf(machine: u16, code: &[u8]) -> Vec<u8> {
+    let mut file = vec![0u8; 4096];
+    file[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    file[18..20].copy_from_slice(&machine.to_le_bytes());
+    file[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    file[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    file[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    file[64..68].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    file[68..72].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    file[72..80].copy_from_slice(&4096u64.to_le_bytes()); // p_offset
+    file[96..104].copy_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
+    file.extend_from_slice(code);
+    file
+}
+
 #[test]
 fn x86_filter_beats_plain_matching_on_shifted_code() {
-    let old = fake_x86_code(0, 1 << 20);
-    let new = fake_x86_code(37, 1 << 20);
+    let old = as_elf(0x3E, &fake_x86_code(0, 1 << 20));
+    let new = as_elf(0x3E, &fake_x86_code(37, 1 << 20));
     let only = |f| EncodeOptions {
         filters: FilterChoice::Only(vec![f]),
         ..fast_opts()
@@ -210,13 +226,13 @@ fn header_fields_are_validated() {
     let mut bad = delta.clone();
     bad[0] = b'X';
     assert!(matches!(read_header(bad.as_slice()), Err(Error::BadMagic { .. })));
-    // Versions 1 to 4 (other diff codings, fewer filters) are refused, not misread.
-    for old_version in [1u8, 2, 3, 4] {
+    // Versions 1 to 5 (other diff codings, one filter per file) are refused, not misread.
+    for old_version in [1u8, 2, 3, 4, 5] {
         let mut bad = delta.clone();
         bad[8] = old_version;
         assert!(matches!(
             read_header(bad.as_slice()),
-            Err(Error::UnsupportedVersion { got, supported: 5 }) if got == u16::from(old_version)
+            Err(Error::UnsupportedVersion { got, supported: 6 }) if got == u16::from(old_version)
         ));
     }
     let mut bad = delta.clone();
@@ -233,6 +249,120 @@ fn header_fields_are_validated() {
     ));
     let h = read_header(delta.as_slice()).unwrap();
     assert_eq!((h.old_len, h.new_len), (9, 9));
+}
+
+/// AArch64 code: BL, ADRP and B among other instructions; `shift` nops inserted near the start.
+fn fake_arm64_code(shift: usize, words: u32) -> Vec<u8> {
+    let mut code: Vec<u8> = std::iter::repeat_n([0x1F, 0x20, 0x03, 0xD5], shift)
+        .flatten()
+        .collect();
+    for i in 0..words {
+        let pos = code.len() as u32 / 4;
+        let target = 0x8000 + (i.wrapping_mul(2_654_435_761) % 2048) * 16;
+        let word = match i % 4 {
+            0 => 0x9400_0000 | (target.wrapping_sub(pos) & 0x3FF_FFFF),
+            1 => 0x9000_0000 | ((i & 0xFFFF) << 5) | 1,
+            2 => 0x1400_0000 | (target.wrapping_sub(pos) & 0x3FF_FFFF),
+            _ => 0xAA00_03E0 | (i % 31),
+        };
+        code.extend_from_slice(&word.to_le_bytes());
+    }
+    code
+}
+
+/// Offsets (from the table's start) of each region's filter id byte in a region table.
+fn region_id_offsets(table: &[u8], regions: usize) -> Vec<usize> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    for _ in 0..regions {
+        for _ in 0..3 {
+            while table[at] & 0x80 != 0 {
+                at += 1;
+            }
+            at += 1;
+        }
+        out.push(at);
+        at += 1;
+    }
+    out
+}
+
+/// A filesystem-like image: data, an AArch64 file at a block offset, data. The delta filters the file's
+/// code alone (arm64) and round-trips; a broken region table is refused with a clear error.
+#[test]
+fn arm64_file_inside_an_image_is_filtered_alone_and_bad_region_tables_are_refused() {
+    let image = |shift| {
+        let mut img = noise(70, 3 << 16);
+        img.extend(as_elf(0xB7, &fake_arm64_code(shift, 150_000)));
+        img.resize(img.len().next_multiple_of(4096), 0);
+        img.extend(noise(71, 1 << 16));
+        img
+    };
+    let (old, new) = (image(0), image(9));
+    let plain = round_trip(
+        &old,
+        &new,
+        &EncodeOptions {
+            filters: FilterChoice::Only(vec![Filter::None]),
+            ..fast_opts()
+        },
+    );
+    let delta = round_trip(&old, &new, &fast_opts());
+    let h = read_header(delta.as_slice()).unwrap();
+    assert_eq!((h.filter, h.old_regions, h.new_regions), (Filter::Arm64, 1, 1));
+    assert!(
+        delta.len() < plain.len(),
+        "arm64 {} vs none {}",
+        delta.len(),
+        plain.len()
+    );
+    let table_len = h.region_table_len as usize;
+    let table = &delta[HEADER_LEN..HEADER_LEN + table_len];
+    let ids = region_id_offsets(table, 2);
+    assert_eq!(ids.last(), Some(&(table_len - 1)));
+    let refused = |bad: &[u8]| apply(Cursor::new(&old), bad, &mut Vec::new()).unwrap_err();
+    let mut bad = delta.clone();
+    bad[HEADER_LEN + ids[1]] = 0;
+    assert!(matches!(
+        refused(&bad),
+        Error::Malformed {
+            what: "region table",
+            ..
+        }
+    ));
+    bad[HEADER_LEN + ids[1]] = 99;
+    let err = refused(&bad);
+    assert!(err.to_string().contains("unknown filter id 99"), "{err}");
+    // A region past the end of the image.
+    let mut bad = delta[..HEADER_LEN].to_vec();
+    bad.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x01, 0x10, 0x00, 2]);
+    bad.extend_from_slice(&table[ids[0] + 1..]);
+    let bad_table_len = (bad.len() - HEADER_LEN) as u32;
+    bad[104..108].copy_from_slice(&bad_table_len.to_le_bytes());
+    bad.extend_from_slice(&delta[HEADER_LEN + table_len..]);
+    let err = refused(&bad);
+    assert!(err.to_string().contains("old region 0"), "{err}");
+    // Counts above the cap, a table too long for its regions, nonzero reserved bytes, a cut table.
+    for (at, value) in [
+        (96usize, ota_delta::MAX_REGIONS + 1),
+        (104, table_len as u32 + 1),
+        (108, 1),
+    ] {
+        let mut bad = delta.clone();
+        bad[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        assert!(matches!(refused(&bad), Error::Malformed { .. }), "field at {at}");
+    }
+    let err = refused(&delta[..HEADER_LEN + table_len - 1]);
+    assert!(
+        matches!(
+            err,
+            Error::Truncated {
+                what: "the region table",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
