@@ -21,7 +21,12 @@ const EXIT_COULD_NOT_RUN: u8 = 2;
 
 /// The fleet collector: enrols device keys, takes in their signed update reports, summarizes releases.
 #[derive(Parser)]
-#[command(name = "collector", version)]
+#[command(
+    name = "collector",
+    version,
+    after_help = "Exit status:\n  0  done\n  1  refused by a rule (a key that is not one, a conflicting or \
+unknown enrolment)\n  2  could not run (storage, network, usage error)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,6 +101,26 @@ enum Command {
         #[arg(long)]
         repo: Option<PathBuf>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    #[command(hide = true)]
+    Man,
+}
+
+/// `completions` and `man`: generated from the clap definitions, so they match the flags accepted.
+fn print_docs(shell: Option<clap_complete::Shell>) -> Result<()> {
+    use clap::CommandFactory as _;
+    let mut cli = Cli::command();
+    match shell {
+        Some(shell) => clap_complete::generate(shell, &mut cli, "collector", &mut std::io::stdout()),
+        None => clap_mangen::Man::new(cli).render(&mut std::io::stdout())?,
+    }
+    Ok(())
 }
 
 /// The automatic halt (see the README's "Automatic halt").
@@ -216,6 +241,8 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
+        Command::Completions { shell } => print_docs(Some(shell)),
+        Command::Man => print_docs(None),
     }
 }
 

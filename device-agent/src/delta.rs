@@ -128,7 +128,9 @@ impl fmt::Display for DeltaFallback {
                 f,
                 "the delta's header says {field} {got}, the signed metadata says {expected}"
             ),
-            DeltaFallback::Decode(e) => write!(f, "delta refused by the decoder: {e}"),
+            DeltaFallback::Decode(e) => {
+                write!(f, "delta refused by the decoder: {}", crate::error_chain(e))
+            }
             DeltaFallback::ReadBack { expected, got } => write!(
                 f,
                 "the slot read back after the delta holds {got}, expected the signed sha256 {expected}"

@@ -3,6 +3,8 @@
 //! starts the agent again), 1 with a message on stderr for any error, 2 for a usage error (clap); the
 //! list is `EXIT_STATUS_HELP`, shown by `--help`.
 
+mod check_report;
+
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,7 +102,11 @@ enum Command {
     },
     /// Poll once and print what would be installed and whether `install` would accept it (slot
     /// capacity, delta base), then the next step; changes nothing (exit 1 when install would refuse).
-    Check,
+    Check {
+        /// As one JSON object (fields in the README).
+        #[arg(long)]
+        json: bool,
+    },
     /// Poll once and install what is chosen now (then reboot into the trial).
     Install {
         /// Install from this offline bundle (`repo-tool bundle`) instead of the repository: verified
@@ -118,6 +124,33 @@ enum Command {
     MarkGood,
     /// Abandon the running trial: mark its slot bad and reboot into the old one.
     Rollback,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell); needs no configuration.
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout; needs no configuration.
+    #[command(hide = true)]
+    Man,
+}
+
+/// `completions` and `man`: generated from the clap definitions, so they match the flags accepted.
+fn print_docs(command: &Command) -> Option<Result<ExitCode>> {
+    use clap::CommandFactory as _;
+    let mut cli = Cli::command();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cli, "device-agent", &mut std::io::stdout());
+        }
+        Command::Man => {
+            if let Err(e) = clap_mangen::Man::new(cli).render(&mut std::io::stdout()) {
+                return Some(Err(e.into()));
+            }
+        }
+        _ => return None,
+    }
+    Some(Ok(ExitCode::SUCCESS))
 }
 
 fn main() -> ExitCode {
@@ -159,6 +192,9 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(done) = print_docs(&cli.command) {
+        return done;
+    }
     let config = AgentConfig::load(&cli.config)?;
     match cli.command {
         Command::Provision {
@@ -196,7 +232,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Ended::PolledOnce => ExitCode::SUCCESS,
             })
         }
-        Command::Check => {
+        Command::Check { json: true } => {
+            let _lock = AgentLock::acquire(&config.state_dir)?;
+            let mut device = daemon::open_device(&config)?;
+            let decision = device.check().await?;
+            let preflight = device
+                .preflight(&decision)
+                .map_err(|e| format!("{:#}", anyhow::Error::new(e)));
+            let report = check_report::check_json(&decision, &device.rollout_status()?, &preflight);
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if preflight.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Check { json: false } => {
             let _lock = AgentLock::acquire(&config.state_dir)?;
             let mut device = daemon::open_device(&config)?;
             let decision = device.check().await?;
@@ -235,6 +286,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let outcome = device.rollback().await?;
             finish(&config, device, &outcome)
         }
+        // Printed by `print_docs` before the configuration is read.
+        Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -376,12 +429,9 @@ fn print_decision(decision: &Decision) {
 
 /// What `install` would do with the decision, and the next step.
 fn print_preflight(decision: &Decision, preflight: Option<&Preflight>) {
-    if let Decision::SwitchBack { slot, .. } = decision {
-        println!("next: `device-agent install` trial-boots slot {slot}, then commits it when healthy");
-        return;
-    }
-    let Some(p) = preflight else {
-        println!("next: nothing to install; `device-agent run` polls on its schedule");
+    let next = check_report::next_step(decision, &Ok(preflight.cloned()));
+    let (Some(p), false) = (preflight, matches!(decision, Decision::SwitchBack { .. })) else {
+        println!("next: {next}");
         return;
     };
     println!("  fits slot {} ({} bytes)", p.slot, p.capacity);
@@ -390,10 +440,7 @@ fn print_preflight(decision: &Decision, preflight: Option<&Preflight>) {
         Some(Err(why)) => println!("  delta not usable, the full image would be downloaded: {why}"),
         None => {}
     }
-    println!(
-        "next: `device-agent install` writes it into slot {} and reboots into a trial boot",
-        p.slot
-    );
+    println!("next: {next}");
 }
 
 fn print_status(s: &Status) {

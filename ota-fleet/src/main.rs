@@ -47,6 +47,23 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) instead of drilling.
+    #[arg(long, value_name = "SHELL", hide = true)]
+    completions: Option<clap_complete::Shell>,
+    /// Print the man page (roff) instead of drilling.
+    #[arg(long, hide = true)]
+    man: bool,
+}
+
+/// `--completions` and `--man`: generated from the clap definitions, so they match the flags accepted.
+fn print_docs(args: &Args) -> anyhow::Result<bool> {
+    use clap::CommandFactory as _;
+    let mut cli = Args::command();
+    match args.completions {
+        Some(shell) => clap_complete::generate(shell, &mut cli, "ota-drill", &mut std::io::stdout()),
+        None => clap_mangen::Man::new(cli).render(&mut std::io::stdout())?,
+    }
+    Ok(true)
 }
 
 struct Bar(ProgressBar);
@@ -79,6 +96,9 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<bool> {
     let args = Args::parse();
+    if args.completions.is_some() || args.man {
+        return print_docs(&args);
+    }
     let mut scenario = match &args.scenario {
         Some(path) => Scenario::from_file(path)?,
         None => Scenario::default(),

@@ -133,6 +133,19 @@ where
     }
 }
 
+/// `completions` and `man`: generated from these definitions, so they match the flags accepted.
+pub fn print_docs(command: &Command) -> Result<()> {
+    use clap::CommandFactory as _;
+    let mut cli = Cli::command();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cli, "repo-tool", &mut std::io::stdout());
+        }
+        _ => clap_mangen::Man::new(cli).render(&mut std::io::stdout())?,
+    }
+    Ok(())
+}
+
 fn lifetime(s: &str) -> std::result::Result<jiff::SignedDuration, String> {
     ota_publish::parse_lifetime(s).map_err(|e| e.to_string())
 }
@@ -180,12 +193,24 @@ pub enum Command {
     /// target files first, timestamp.json last, with CDN cache headers.
     #[command(after_help = PUBLISH_HELP)]
     Publish(PublishArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    #[command(hide = true)]
+    Man,
     /// Releases per hardware id and channel (with their waves and rollout-control state), and each
     /// role's version and expiry.
     List {
         /// Repository directory.
         #[arg(long)]
         repo: PathBuf,
+        /// Print one JSON object instead of text (fields in the README).
+        #[arg(long)]
+        json: bool,
     },
     /// Write an offline bundle: one file holding a release (its image, optionally deltas from named
     /// base versions, the rollout-control file) and the signed metadata a device needs to verify it
@@ -405,6 +430,9 @@ pub struct AddArgs {
     pub lifetimes: Lifetimes,
     #[command(flatten)]
     pub signing: SigningKeys,
+    /// Print one JSON object instead of text (fields in the README).
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn waves_spec(s: &str) -> std::result::Result<ota_publish::WavesSpec, String> {
@@ -605,6 +633,9 @@ pub struct VerifyArgs {
     /// Warn about metadata expiring within this time.
     #[arg(long, default_value = "12h", value_parser = lifetime)]
     pub warn_within: jiff::SignedDuration,
+    /// Print one JSON object instead of text (fields in the README); the exit status is the same.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

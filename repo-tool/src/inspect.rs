@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::Result;
+use serde_json::{json, Value};
 
 use crate::cli::VerifyArgs;
 use crate::Outcome;
@@ -12,6 +13,21 @@ use crate::Outcome;
 pub fn verify(args: VerifyArgs) -> Result<Outcome> {
     let now = ota_publish::whole_seconds(jiff::Timestamp::now())?;
     let report = ota_publish::verify(&args.repo, now, args.warn_within)?;
+    if args.json {
+        let out = json!({
+            "ok": report.is_ok(),
+            "problems": report.problems,
+            "warnings": report.warnings,
+            "root_versions": report.root_versions,
+            "targets_checked": report.targets_checked,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(if report.is_ok() {
+            Outcome::Done
+        } else {
+            Outcome::ProblemsFound
+        });
+    }
     for w in &report.warnings {
         println!("warning: {w}");
     }
@@ -33,9 +49,14 @@ pub fn verify(args: VerifyArgs) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// Runs `list`: each role's version and expiry, then the releases per hardware id and channel.
-pub fn list(repo: &Path) -> Result<()> {
+/// Runs `list`: each role's version and expiry, then the releases per hardware id and channel, each
+/// with the deltas it offers.
+pub fn list(repo: &Path, as_json: bool) -> Result<()> {
     let listing = ota_publish::list(repo)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&listing_json(&listing))?);
+        return Ok(());
+    }
     println!("{:<12} {:>8}  expires", "role", "version");
     for (role, version, expires) in &listing.roles {
         println!("{role:<12} {version:>8}  {expires}");
@@ -54,9 +75,89 @@ pub fn list(repo: &Path) -> Result<()> {
             if let Some(line) = rollout_line(r) {
                 println!("    {line}");
             }
+            for d in &r.deltas {
+                println!(
+                    "    delta from {:<10} {:>12} bytes  {}",
+                    d.base_version.to_string(),
+                    d.length,
+                    d.target
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// `list --json`: `roles` [{role, version, expires}], `releases` [{hardware, channel, version, target,
+/// role, length, rollout_percent, waves, control, deltas}], in the text listing's order.
+fn listing_json(listing: &ota_publish::Listing) -> Value {
+    let roles: Vec<Value> = listing
+        .roles
+        .iter()
+        .map(|(role, version, expires)| {
+            json!({"role": role, "version": version, "expires": expires.to_string()})
+        })
+        .collect();
+    let mut releases = Vec::new();
+    for ((hw, channel), listed) in &listing.releases {
+        for r in listed {
+            releases.push(release_json(hw, channel, r));
+        }
+    }
+    json!({ "roles": roles, "releases": releases })
+}
+
+fn release_json(hardware: &str, channel: &str, r: &ota_publish::ListedRelease) -> Value {
+    let waves = r.waves.as_ref().map(|plan| {
+        (0..plan.waves.len())
+            .filter_map(|i| {
+                let w = plan.waves.get(i)?;
+                let opens = plan.opening_unix(i).ok()?;
+                Some(json!({"share": ota_publish::share_text(w.share_bp), "opens_unix": opens}))
+            })
+            .collect::<Vec<_>>()
+    });
+    let control = r.control.as_ref().map(|c| {
+        json!({
+            "state": rollout_state_name(c.state),
+            "since_unix": c.since_unix,
+            "reason": c.reason,
+            "replacement_plan": c.waves.is_some(),
+        })
+    });
+    let deltas: Vec<Value> = r
+        .deltas
+        .iter()
+        .map(|d| {
+            json!({
+                "base_version": d.base_version.to_string(),
+                "base_sha256": d.base_sha256.to_string(),
+                "base_length": d.base_length,
+                "target": d.target,
+                "length": d.length,
+            })
+        })
+        .collect();
+    json!({
+        "hardware": hardware,
+        "channel": channel,
+        "version": r.version.to_string(),
+        "target": r.target,
+        "role": r.role,
+        "length": r.length,
+        "rollout_percent": r.rollout_percent,
+        "waves": waves,
+        "control": control,
+        "deltas": deltas,
+    })
+}
+
+fn rollout_state_name(state: ota_release::RolloutState) -> &'static str {
+    match state {
+        ota_release::RolloutState::Active => "active",
+        ota_release::RolloutState::Halted => "halted",
+        ota_release::RolloutState::Pulled => "pulled",
+    }
 }
 
 /// A release's waves and rollout-control state, when it has either (releases without keep the
@@ -75,11 +176,7 @@ fn rollout_line(r: &ota_publish::ListedRelease) -> Option<String> {
         parts.push(format!("waves: {}", waves.join(", ")));
     }
     if let Some(c) = &r.control {
-        let state = match c.state {
-            ota_release::RolloutState::Active => "active",
-            ota_release::RolloutState::Halted => "halted",
-            ota_release::RolloutState::Pulled => "pulled",
-        };
+        let state = rollout_state_name(c.state);
         let since = jiff::Timestamp::from_second(c.since_unix)
             .map_or_else(|_| c.since_unix.to_string(), |t| t.to_string());
         let mut s = format!("rollout-control: {state} since {since}");

@@ -46,8 +46,9 @@ fn run() -> Result<Outcome> {
         Command::Gc(args) => gc::run(&args)?,
         Command::Rollout { command } => rollout::run(command)?,
         Command::Publish(args) => publish::run(&args)?,
-        Command::List { repo } => inspect::list(&repo)?,
+        Command::List { repo, json } => inspect::list(&repo, json)?,
         Command::Bundle(args) => bundle::run(&args)?,
+        command @ (Command::Completions { .. } | Command::Man) => cli::print_docs(&command)?,
     }
     Ok(Outcome::Done)
 }

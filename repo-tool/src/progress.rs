@@ -26,5 +26,6 @@ pub fn encode_delta_with_progress_bar(old: &[u8], new: &[u8]) -> std::result::Re
     };
     let result = ota_delta::encode_with_progress(old, new, &ota_delta::EncodeOptions::default(), &progress);
     bar.finish_and_clear();
-    result.map_err(|e| e.to_string())
+    // The whole chain (each cause once), down to the OS error: the reason ends up in a warning.
+    result.map_err(|e| format!("{:#}", anyhow::Error::new(e)))
 }

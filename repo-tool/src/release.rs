@@ -93,6 +93,10 @@ pub fn add(args: AddArgs) -> Result<()> {
 }
 
 fn print_added(report: &DeltaAddReport, args: &AddArgs) -> Result<()> {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&added_json(report, args))?);
+        return Ok(());
+    }
     for s in &report.skipped {
         match &s.reason {
             SkipReason::NotWorthIt { delta_len } => println!(
@@ -120,6 +124,48 @@ fn print_added(report: &DeltaAddReport, args: &AddArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// `add --json`: `role`, `role_version`, `published` (false with `--stage`), `staged_file`, `added`
+/// [{target, sha256, length}] (images and the deltas kept), `deltas_not_kept` [{base_version,
+/// release_target, image_length, delta_length (null when none was built), reason}], `warnings`.
+fn added_json(report: &DeltaAddReport, args: &AddArgs) -> serde_json::Value {
+    use serde_json::json;
+    let not_kept: Vec<_> = report
+        .skipped
+        .iter()
+        .map(|s| {
+            let (delta_length, reason) = match &s.reason {
+                SkipReason::NotWorthIt { delta_len } => (
+                    Some(*delta_len),
+                    format!("not under {}% of the image", args.delta_max_share),
+                ),
+                other => (None, skipped_delta_warning(s, other)),
+            };
+            json!({
+                "base_version": s.base_version,
+                "release_target": s.release_target,
+                "image_length": s.image_len,
+                "delta_length": delta_length,
+                "reason": reason,
+            })
+        })
+        .collect();
+    let add = &report.add;
+    let added: Vec<_> = add
+        .added
+        .iter()
+        .map(|(name, sha, len)| json!({"target": name, "sha256": sha, "length": len}))
+        .collect();
+    json!({
+        "role": add.role,
+        "role_version": add.role_version,
+        "published": add.staged.is_none(),
+        "staged_file": args.stage.as_ref().filter(|_| add.staged.is_some()).map(|f| f.display().to_string()),
+        "added": added,
+        "deltas_not_kept": not_kept,
+        "warnings": add.warnings,
+    })
 }
 
 /// Why a delta was left out, for a warning: the release was published without it.

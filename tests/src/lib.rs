@@ -226,6 +226,38 @@ pub fn collector_binary() -> PathBuf {
     built_binary("collector")
 }
 
+/// The `repo-tool` binary, built once per test process like [`agent_binary`].
+pub fn repo_tool_binary() -> PathBuf {
+    built_binary("repo-tool")
+}
+
+/// The example `name` of workspace package `package` (`cargo build -p PACKAGE --example NAME`), built
+/// in the profile of the running test.
+pub fn example_binary(package: &str, name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(ota_testbed::workspace_root()).args([
+        "build",
+        "--quiet",
+        "-p",
+        package,
+        "--example",
+        name,
+    ]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().expect("run cargo build").success(),
+        "building example {name} failed"
+    );
+    let bin = profile_dir.join("examples").join(name);
+    assert!(bin.is_file(), "example {name} not found at {}", bin.display());
+    bin
+}
+
 /// The binary `name` of the workspace package of the same name, built once per test process.
 fn built_binary(name: &'static str) -> PathBuf {
     static BINS: std::sync::Mutex<Vec<(&'static str, PathBuf)>> = std::sync::Mutex::new(Vec::new());

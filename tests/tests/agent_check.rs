@@ -41,3 +41,47 @@ fn check_of_a_release_that_fits_says_the_next_step_and_reboot_says_what_follows(
     assert!(err.contains("exit 75 (reboot needed)"), "{err}");
     assert!(err.contains("start `device-agent run` again"), "{err}");
 }
+
+#[test]
+fn check_json_gives_the_same_answer_as_stable_fields() {
+    let repo = TestRepo::new();
+    let dev = SimDevice::new(&repo, "1.0.0", &firmware("1.0.0", 10_000), 1 << 16, "");
+    repo.publish("2.0.0", &firmware("2.0.0", 20_000));
+    let out = dev.agent(&["check", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decision"], "install", "{v}");
+    assert_eq!(v["release"]["version"], "2.0.0");
+    assert_eq!(v["release"]["length"], 20_000);
+    assert_eq!(v["release"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(v["purpose"], "update");
+    assert_eq!(v["install_would_accept"], true);
+    assert_eq!(v["refused"], serde_json::Value::Null);
+    assert_eq!(v["slot"], "b");
+    assert_eq!(v["capacity"], 65536);
+    assert!(v["skipped"].is_array());
+    assert!(v["rollout"]["seed"].is_string(), "{v}");
+    assert!(
+        v["next"].as_str().unwrap().contains("device-agent install"),
+        "{v}"
+    );
+    assert_eq!(dev.status()["state_name"], "idle", "check changed the state");
+}
+
+#[test]
+fn check_json_of_an_image_larger_than_the_slot_says_why_and_exits_1() {
+    let repo = TestRepo::new();
+    let dev = SimDevice::new(&repo, "1.0.0", &firmware("1.0.0", 10_000), 64 * 1024, "");
+    repo.publish("2.0.0", &firmware("2.0.0", 200_000));
+    let out = dev.agent(&["check", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decision"], "install");
+    assert_eq!(v["install_would_accept"], false);
+    let refused = v["refused"].as_str().unwrap();
+    assert!(
+        refused.contains("is 200000 bytes but slot b holds only 65536"),
+        "{v}"
+    );
+    assert_eq!(v["slot"], serde_json::Value::Null);
+}

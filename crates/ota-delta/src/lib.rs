@@ -102,7 +102,7 @@ pub use format::{
 #[non_exhaustive]
 pub enum Error {
     /// Reading the delta, the old image or writing the new image failed.
-    #[error("I/O error while {what}: {source}")]
+    #[error("I/O error while {what}")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -165,7 +165,7 @@ pub enum Error {
         detail: String,
     },
     /// A compressed stream in the delta could not be decoded.
-    #[error("corrupt {stream} stream in the segment at delta byte {offset}: {source}")]
+    #[error("corrupt {stream} stream in the segment at delta byte {offset}")]
     Decompress {
         /// Which stream.
         stream: &'static str,
@@ -232,7 +232,7 @@ pub enum Error {
         max: u64,
     },
     /// xz refused to compress (bad parameters or out of memory).
-    #[error("compressing the {stream} stream failed: {source}")]
+    #[error("compressing the {stream} stream failed")]
     Compress {
         /// Which stream.
         stream: &'static str,

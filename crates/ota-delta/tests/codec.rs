@@ -580,3 +580,25 @@ fn matching_in_parallel_ranges_is_as_small_as_one_range() {
         "two threads gave {parallel} bytes, one thread {single}"
     );
 }
+
+/// Issue 22: the I/O error's message names what was being done, and its cause is the source alone,
+/// so a binary printing the chain (`{:#}`) shows the OS error once.
+#[test]
+fn an_io_error_names_its_cause_once_in_the_chain() {
+    struct Failing;
+    impl std::io::Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk on fire"))
+        }
+    }
+    let err = read_header(Failing).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(!err.to_string().contains("disk on fire"), "{err}");
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chain.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert_eq!(chain.matches("disk on fire").count(), 1, "{chain}");
+}

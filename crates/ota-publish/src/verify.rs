@@ -426,6 +426,8 @@ pub struct ListedRelease {
     pub waves: Option<ota_release::RolloutPlan>,
     /// What the rollout-control role says about it (state, reason, since, replacement plan).
     pub control: Option<ota_release::ReleaseControl>,
+    /// The deltas the release offers (from which base versions, as which targets, how long).
+    pub deltas: Vec<ota_release::DeltaOffer>,
 }
 
 /// What [`list`] returns: releases per (hardware id, channel), newest last, and each role's expiry.
@@ -463,6 +465,7 @@ pub fn list(repo: &Path) -> Result<Listing> {
                             rollout_percent: r.rollout.percent,
                             waves: r.waves.clone(),
                             control: None,
+                            deltas: r.deltas.clone(),
                         });
                 }
             }

@@ -78,12 +78,13 @@ pub enum Error {
         why: String,
     },
     /// A version string is not semantic versioning 2.0.
-    #[error("invalid version {value:?}: {source}")]
+    #[error("invalid version {value:?}: {why}")]
     Version {
         /// The text given.
         value: String,
-        /// The parser's complaint.
-        source: semver::Error,
+        /// The parser's complaint (kept as text, not as a source: every caller shows it, and the
+        /// parser's error has no cause of its own).
+        why: String,
     },
     /// A rollout plan (a release's own, or a control entry's replacement) breaks a rule.
     #[error("invalid rollout plan for release {version}")]
@@ -249,9 +250,9 @@ name_type!(
 
 /// Parses a semantic version with a message that names the input.
 pub fn parse_version(value: &str) -> Result<Version> {
-    Version::parse(value).map_err(|source| Error::Version {
+    Version::parse(value).map_err(|e| Error::Version {
         value: value.to_owned(),
-        source,
+        why: e.to_string(),
     })
 }
 
