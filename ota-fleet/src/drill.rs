@@ -9,7 +9,9 @@
 //! a settled device sleeps until the next release (its polls would change nothing).
 //!
 //! Each device owns a simulated NOR flash ([`FlashMemory`], laid out by [`AbFlashLayout`]: slot a, slot b,
-//! the bootloader's env) and a state directory; nothing is shared between devices except the mirror.
+//! the bootloader's env) and a state directory; nothing is shared between devices except the mirror, the
+//! HTTP client, and the flash pages' storage (a [`PageStore`]: equal pages held once, copied on write,
+//! so the fleet's slots cost the distinct images, not devices x 2 slots).
 //! A power cut is a [`PowerCut`] budget armed before the step of the phase it targets; when it fires,
 //! the device's handles die, and the next step rebuilds them over the same memory and boots.
 
@@ -28,8 +30,8 @@ use ota_release::{
     Version,
 };
 use ota_slot::{
-    slot_sha256, AbFlashLayout, CutMode, FlashMemory, NorFlashSlot, PowerCut, SimBootloader, SimFlash,
-    SlotId, SlotWriter,
+    slot_sha256, AbFlashLayout, CutMode, FlashMemory, NorFlashSlot, PageStore, PowerCut, SimBootloader,
+    SimFlash, SlotId, SlotWriter,
 };
 
 use crate::mirror::FaultyMirror;
@@ -91,6 +93,8 @@ struct SignedImage {
 struct Fleet {
     scenario: Scenario,
     layout: AbFlashLayout,
+    /// Every device's flash pages, by content: the fleet's slots hold each distinct image once.
+    pages: PageStore,
     image_len: u64,
     /// sha256 -> signed image, from what repo-tool reported it signed.
     signed: std::sync::RwLock<HashMap<[u8; 32], SignedImage>>,
@@ -286,6 +290,7 @@ impl Drill {
         let fleet = Arc::new(Fleet {
             scenario: scenario.clone(),
             layout,
+            pages: PageStore::new(),
             image_len,
             signed: std::sync::RwLock::new(HashMap::new()),
             mirror,
@@ -827,7 +832,7 @@ fn factory_flash(
         field: "image_kib".into(),
         why: "flash too large".into(),
     })?;
-    let memory = FlashMemory::new(capacity, 0xFF);
+    let memory = FlashMemory::in_store(capacity, 0xFF, &fleet.pages);
     let (mut slots, env) = flash_handles(fleet, &memory, PowerCut::never())?;
     {
         let mut writer = SlotWriter::new(&mut slots.a, fleet.image_len).map_err(Error::Slot)?;
@@ -1132,7 +1137,12 @@ async fn step_device(fleet: &Fleet, d: &mut SimDevice, rel: u64) {
             d.needs_boot = true;
         }
         Ok(StepEnd::Continue) => {}
-        Ok(StepEnd::Settled) => d.settled = true,
+        Ok(StepEnd::Settled) => {
+            // A settled device sleeps until the next release: its agent (trusted metadata, record) is
+            // reopened then, so the fleet's memory holds only the agents of devices mid-update.
+            d.settled = true;
+            d.live = None;
+        }
         Err(e) => {
             d.last_error = Some(e);
             // A failed step may leave the agent's in-memory view behind its record: reopen next time.
