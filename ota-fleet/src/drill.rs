@@ -36,7 +36,8 @@ use ota_slot::{
 
 use crate::mirror::FaultyMirror;
 use crate::report::{
-    DrillReport, HaltReport, Invariants, Outcome, PowerCutCounts, ReleaseReport, Sample, WaveReport,
+    DeviceOutcome, DeviceRows, DrillReport, HaltReport, Invariants, Outcome, PowerCutCounts, ReleaseReport,
+    Sample, WaveReport,
 };
 use crate::rng;
 use crate::scenario::{ReleasePlan, Scenario};
@@ -174,6 +175,8 @@ struct SimDevice {
     cut_plan: BTreeMap<Phase, (u64, CutMode)>,
     /// The phase of the armed cut, if one is armed.
     armed: Option<Phase>,
+    /// The phases whose planned cut fired during the current release (a rollback's cause).
+    cuts_fired: Vec<Phase>,
     /// Last error a step returned (for the report of stragglers).
     last_error: Option<String>,
     invariants: Invariants,
@@ -187,6 +190,7 @@ pub async fn run(
     observer: &dyn DrillObserver,
 ) -> Result<DrillReport> {
     scenario.validate()?;
+    crate::limits::check(scenario, &scratch_parent(options))?;
     let started = Instant::now();
     let scratch = scratch_dir(options)?;
     let mut drill = Drill::set_up(scenario, scratch.path(), started).await?;
@@ -208,6 +212,7 @@ pub async fn run(
         round,
         timeline,
         devices,
+        rows,
         ..
     } = drill;
     drop(devices);
@@ -222,7 +227,18 @@ pub async fn run(
         power_cuts,
         invariants,
         timeline,
+        device_outcomes: rows,
     })
+}
+
+/// Where the drill's scratch directory goes: `options.work_dir`, else /dev/shm when it exists, else the
+/// system's temporary directory.
+fn scratch_parent(options: &DrillOptions) -> PathBuf {
+    match &options.work_dir {
+        Some(dir) => dir.clone(),
+        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    }
 }
 
 /// The drill's scratch directory: under `options.work_dir`, else in /dev/shm when it exists, else a
@@ -262,6 +278,8 @@ struct Drill {
     /// Time spent stepping the fleet (publishing excluded), for the request rate.
     fleet_time: Duration,
     timeline: Vec<Sample>,
+    /// Every device's outcome of every release, spooled for the report.
+    rows: DeviceRows,
 }
 
 impl Drill {
@@ -323,6 +341,7 @@ impl Drill {
             round: 0,
             fleet_time: Duration::ZERO,
             timeline: Vec::new(),
+            rows: DeviceRows::spool()?,
         })
     }
 
@@ -370,20 +389,23 @@ impl Drill {
         for d in self.devices.iter_mut().flatten() {
             d.settled = false;
             d.cut_plan = plan_cuts(scenario, d.index, rel);
+            d.cuts_fired.clear();
+            d.last_error = None;
         }
         observer.release_started(&plan.version, scenario.devices);
         let settled_round = self.run_rounds(&mut current, rel, observer).await?;
         let converge_seconds = published_at.elapsed().as_secs_f64();
-        let (offered, health_fail_injected, outcomes) = self.tally(plan, rel)?;
+        let tally = self.tally(&current, rel)?;
         let waves = self.wave_reports(&current, published_round);
         Ok(ReleaseReport {
             version: plan.version.clone(),
             published_round,
             settled_round,
             converge_seconds,
-            offered,
-            health_fail_injected,
-            outcomes,
+            offered: tally.offered,
+            health_fail_injected: tally.health_fail_injected,
+            outcomes: tally.outcomes,
+            rollback_causes: tally.rollback_causes,
             bytes_downloaded: fleet.mirror.stats().bytes.saturating_sub(bytes_before),
             waves,
             halted: current.halted,
@@ -551,29 +573,51 @@ impl Drill {
         out
     }
 
-    /// Devices the release was offered to, those among them set to fail health checks, and every
-    /// device's outcome.
-    fn tally(&self, plan: &ReleasePlan, rel: u64) -> Result<(u32, u32, BTreeMap<Outcome, u32>)> {
+    /// Devices the release was offered to, those among them set to fail health checks, every device's
+    /// outcome and every rollback's cause; one row per device into the report's spool.
+    fn tally(&mut self, current: &Current, rel: u64) -> Result<Tally> {
         let scenario = &self.fleet.scenario;
+        let plan = &current.plan;
         let version = ota_release::parse_version(&plan.version).map_err(|e| Error::ScenarioInvalid {
             field: "releases.version".into(),
             why: e.to_string(),
         })?;
-        let mut outcomes: BTreeMap<Outcome, u32> = BTreeMap::new();
-        let mut offered = 0;
-        let mut health_fail_injected = 0;
+        let mut tally = Tally::default();
         for d in self.devices.iter().flatten() {
             let is_offered = offered_to(scenario, plan, d);
-            if is_offered {
-                offered += 1;
-                if health_fails(scenario, d.index, rel) {
-                    health_fail_injected += 1;
-                }
+            let injected = is_offered && health_fails(scenario, d.index, rel);
+            tally.offered += u32::from(is_offered);
+            tally.health_fail_injected += u32::from(injected);
+            let (outcome, agent_reason) = classify(d, &version, is_offered)?;
+            *tally.outcomes.entry(outcome).or_default() += 1;
+            let cause = (outcome == Outcome::RolledBack)
+                .then(|| rollback_cause(d, injected, agent_reason.as_deref()));
+            if let Some(c) = &cause {
+                *tally.rollback_causes.entry(c.clone()).or_default() += 1;
             }
-            let outcome = classify(d, &version, is_offered)?;
-            *outcomes.entry(outcome).or_default() += 1;
+            let wave = current
+                .release
+                .waves
+                .as_ref()
+                .filter(|_| is_offered)
+                .and_then(|w| w.place(d.seed).ok())
+                .map(|p| p.wave + 1);
+            self.rows.push(&DeviceOutcome {
+                device: d.name.clone(),
+                board: scenario
+                    .hardware
+                    .get(d.board)
+                    .map(|h| h.id.clone())
+                    .unwrap_or_default(),
+                release: plan.version.clone(),
+                wave,
+                outcome,
+                rollback_cause: cause,
+                agent_reason,
+                last_error: d.last_error.clone(),
+            })?;
         }
-        Ok((offered, health_fail_injected, outcomes))
+        Ok(tally)
     }
 
     /// Final power cycle of every device, no cut: it must boot a signed image. Returns the versions
@@ -916,6 +960,7 @@ fn provision_device(
         settled: true,
         cut_plan: BTreeMap::new(),
         armed: None,
+        cuts_fired: Vec::new(),
         last_error: None,
         invariants: Invariants::default(),
         cuts: PowerCutCounts::default(),
@@ -989,9 +1034,32 @@ fn offered_to(s: &Scenario, plan: &crate::scenario::ReleasePlan, d: &SimDevice) 
     for_board && d.rollout_bucket < plan.rollout_percent
 }
 
-fn classify(d: &SimDevice, version: &Version, offered: bool) -> Result<Outcome> {
+/// What one release did to the fleet, counted at its window's end.
+#[derive(Default)]
+struct Tally {
+    offered: u32,
+    health_fail_injected: u32,
+    outcomes: BTreeMap<Outcome, u32>,
+    rollback_causes: BTreeMap<String, u32>,
+}
+
+/// Why `d` rolled back: the failure the drill injected, else a power cut during the trial (a cut in the
+/// commit phase: the bootloader's try count ran out, or the agent found the trial interrupted), else
+/// the agent's own reason.
+fn rollback_cause(d: &SimDevice, injected: bool, agent_reason: Option<&str>) -> String {
+    if injected {
+        "health check failed (injected)".into()
+    } else if d.cuts_fired.contains(&Phase::Commit) {
+        "power cut during the trial".into()
+    } else {
+        format!("agent: {}", agent_reason.unwrap_or("no reason recorded"))
+    }
+}
+
+/// Where `d` stands with `version`, and the agent's reason when it rolled it back.
+fn classify(d: &SimDevice, version: &Version, offered: bool) -> Result<(Outcome, Option<String>)> {
     if !offered {
-        return Ok(Outcome::NotOffered);
+        return Ok((Outcome::NotOffered, None));
     }
     let record = RecordFile::in_dir(&d.state_dir)
         .load()
@@ -1000,10 +1068,12 @@ fn classify(d: &SimDevice, version: &Version, offered: bool) -> Result<Outcome> 
             source: Box::new(e),
         })?;
     Ok(match &record.state {
-        _ if !d.settled => Outcome::Retrying,
-        UpdateState::Committed { version: v, .. } if v == version => Outcome::Committed,
-        UpdateState::RolledBack { version: v, .. } if v == version => Outcome::RolledBack,
-        _ => Outcome::OnOldVersion,
+        _ if !d.settled => (Outcome::Retrying, None),
+        UpdateState::Committed { version: v, .. } if v == version => (Outcome::Committed, None),
+        UpdateState::RolledBack {
+            version: v, reason, ..
+        } if v == version => (Outcome::RolledBack, Some(reason.clone())),
+        _ => (Outcome::OnOldVersion, None),
     })
 }
 
@@ -1119,6 +1189,9 @@ async fn step_device(fleet: &Fleet, d: &mut SimDevice, rel: u64) {
     if d.power.is_cut() {
         // Power failed somewhere in this step: every handle is dead; the device restarts from its
         // persisted state at the next step.
+        if let Some(phase) = d.armed {
+            d.cuts_fired.push(phase);
+        }
         match d.armed.take() {
             Some(Phase::Install) => d.cuts.install += 1,
             Some(Phase::Commit) => d.cuts.commit += 1,

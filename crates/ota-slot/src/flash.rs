@@ -181,16 +181,66 @@ impl Page {
         }
     }
 
-    fn is_programmed(&self, i: usize) -> bool {
-        self.programmed
-            .get(i / 64)
-            .is_some_and(|w| w >> (i % 64) & 1 == 1)
-    }
-
     fn set_programmed(&mut self, i: usize, on: bool) {
         if let Some(w) = self.programmed.get_mut(i / 64) {
             let bit = 1u64 << (i % 64);
             *w = if on { *w | bit } else { *w & !bit };
+        }
+    }
+
+    /// Sets the flags of `from..to` from `flags`, a word at a time where they are all equal (an erase
+    /// or a whole write: the usual case), else byte by byte.
+    fn set_programmed_from(&mut self, from: usize, flags: &[bool]) {
+        let uniform = flags.first().filter(|&&f| flags.iter().all(|&g| g == f));
+        let Some(&on) = uniform else {
+            for (k, &f) in flags.iter().enumerate() {
+                self.set_programmed(from + k, f);
+            }
+            return;
+        };
+        let mut i = from;
+        let to = from + flags.len();
+        while i < to {
+            if i % 64 == 0 && i + 64 <= to {
+                if let Some(w) = self.programmed.get_mut(i / 64) {
+                    *w = if on { u64::MAX } else { 0 };
+                }
+                i += 64;
+            } else {
+                self.set_programmed(i, on);
+                i += 1;
+            }
+        }
+    }
+
+    /// The first programmed byte of `from..to`, skipping clear words whole.
+    fn first_programmed(&self, from: usize, to: usize) -> Option<usize> {
+        let mut i = from;
+        while i < to {
+            let word = self.programmed.get(i / 64).copied().unwrap_or(0);
+            if i % 64 == 0 && i + 64 <= to && word == 0 {
+                i += 64;
+            } else if word >> (i % 64) & 1 == 1 {
+                return Some(i);
+            } else {
+                i += 1;
+            }
+        }
+        None
+    }
+
+    /// Appends the flags of `from..to` to `out`, a word at a time where a word is all one value.
+    fn programmed_into(&self, from: usize, to: usize, out: &mut Vec<bool>) {
+        let mut i = from;
+        while i < to {
+            let word = self.programmed.get(i / 64).copied().unwrap_or(0);
+            if i % 64 == 0 && i + 64 <= to && (word == 0 || word == u64::MAX) {
+                out.extend(std::iter::repeat_n(word != 0, 64));
+                i += 64;
+            } else {
+                out.push(word >> (i % 64) & 1 == 1);
+                i += 1;
+            }
         }
     }
 }
@@ -263,7 +313,7 @@ impl Cells {
         let mut programmed = Vec::with_capacity(end - start);
         self.for_each_page(start, end, |page, from, to| {
             data.extend_from_slice(page.data.get(from..to).unwrap_or_default());
-            programmed.extend((from..to).map(|i| page.is_programmed(i)));
+            page.programmed_into(from, to, &mut programmed);
         });
         (data, programmed)
     }
@@ -279,13 +329,11 @@ impl Cells {
             let to = end.min(page_start + PAGE);
             if let Some(slot) = self.pages.get_mut(index) {
                 let page = Arc::make_mut(slot);
-                for i in pos..to {
-                    let (k, j) = (i - start, i - page_start);
-                    if let (Some(dst), Some(&src)) = (page.data.get_mut(j), data.get(k)) {
-                        *dst = src;
-                    }
-                    page.set_programmed(j, programmed.get(k).copied().unwrap_or(false));
+                let (src, flags) = (pos - start..to - start, pos - page_start..to - page_start);
+                if let (Some(dst), Some(src)) = (page.data.get_mut(flags.clone()), data.get(src.clone())) {
+                    dst.copy_from_slice(src);
                 }
+                page.set_programmed_from(flags.start, programmed.get(src).unwrap_or_default());
                 *slot = self.store.intern(Arc::clone(slot));
             }
             pos = to;
@@ -312,7 +360,7 @@ impl Cells {
         let mut pos = start;
         self.for_each_page(start, end, |page, from, to| {
             if found.is_none() {
-                found = (from..to).position(|i| page.is_programmed(i)).map(|k| pos + k);
+                found = page.first_programmed(from, to).map(|i| pos + (i - from));
             }
             pos += to - from;
         });
