@@ -145,6 +145,8 @@ fn free_space(dir: &Path) -> Option<u64> {
 }
 
 /// Whether `dir` (or its nearest existing parent) is in memory.
+// `f_type` is an i64 on x86_64 Linux but narrower on other targets: the conversion is not useless there.
+#[allow(clippy::useless_conversion)]
 fn is_tmpfs(dir: &Path) -> bool {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     dir.ancestors()

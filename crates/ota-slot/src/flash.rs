@@ -201,7 +201,7 @@ impl Page {
         let mut i = from;
         let to = from + flags.len();
         while i < to {
-            if i % 64 == 0 && i + 64 <= to {
+            if i.is_multiple_of(64) && i + 64 <= to {
                 if let Some(w) = self.programmed.get_mut(i / 64) {
                     *w = if on { u64::MAX } else { 0 };
                 }
@@ -218,7 +218,7 @@ impl Page {
         let mut i = from;
         while i < to {
             let word = self.programmed.get(i / 64).copied().unwrap_or(0);
-            if i % 64 == 0 && i + 64 <= to && word == 0 {
+            if i.is_multiple_of(64) && i + 64 <= to && word == 0 {
                 i += 64;
             } else if word >> (i % 64) & 1 == 1 {
                 return Some(i);
@@ -234,7 +234,7 @@ impl Page {
         let mut i = from;
         while i < to {
             let word = self.programmed.get(i / 64).copied().unwrap_or(0);
-            if i % 64 == 0 && i + 64 <= to && (word == 0 || word == u64::MAX) {
+            if i.is_multiple_of(64) && i + 64 <= to && (word == 0 || word == u64::MAX) {
                 out.extend(std::iter::repeat_n(word != 0, 64));
                 i += 64;
             } else {
