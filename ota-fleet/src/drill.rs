@@ -9,7 +9,9 @@
 //! a settled device sleeps until the next release (its polls would change nothing).
 //!
 //! Each device owns a simulated NOR flash ([`FlashMemory`], laid out by [`AbFlashLayout`]: slot a, slot b,
-//! the bootloader's env) and a state directory; nothing is shared between devices except the mirror.
+//! the bootloader's env) and a state directory; nothing is shared between devices except the mirror, the
+//! HTTP client, and the flash pages' storage (a [`PageStore`]: equal pages held once, copied on write,
+//! so the fleet's slots cost the distinct images, not devices x 2 slots).
 //! A power cut is a [`PowerCut`] budget armed before the step of the phase it targets; when it fires,
 //! the device's handles die, and the next step rebuilds them over the same memory and boots.
 
@@ -29,14 +31,15 @@ use ota_release::{
     Version,
 };
 use ota_slot::{
-    slot_sha256, AbFlashLayout, CutMode, FlashMemory, NorFlashSlot, PowerCut, SimBootloader, SimFlash,
-    SlotId, SlotWriter,
+    slot_sha256, AbFlashLayout, CutMode, FlashMemory, NorFlashSlot, PageStore, PowerCut, SimBootloader,
+    SimFlash, SlotId, SlotWriter,
 };
 
 use crate::collector_loop::{self, LoopCollector, WaveCounts};
 use crate::mirror::FaultyMirror;
 use crate::report::{
-    DrillReport, HaltReport, Invariants, Outcome, PowerCutCounts, ReleaseReport, Sample, WaveReport,
+    DeviceOutcome, DeviceRows, DrillReport, HaltReport, Invariants, Outcome, PowerCutCounts, ReleaseReport,
+    Sample, WaveReport,
 };
 use crate::rng;
 use crate::scenario::{ReleasePlan, Scenario};
@@ -96,11 +99,18 @@ struct SignedImage {
 struct Fleet {
     scenario: Scenario,
     layout: AbFlashLayout,
+    /// Every device's flash pages, by content: the fleet's slots hold each distinct image once.
+    pages: PageStore,
     image_len: u64,
     /// sha256 -> signed image, from what repo-tool reported it signed.
     signed: std::sync::RwLock<HashMap<[u8; 32], SignedImage>>,
     mirror: FaultyMirror,
     request_timeout: Duration,
+    /// One HTTP client for the whole fleet. Each agent building its own would load the system's CA
+    /// certificates every time a device opens (most of the drill's CPU at 1,000 devices) and keep an
+    /// idle connection, two file descriptors, per device; shared, the fleet holds at most
+    /// `concurrency` idle connections.
+    http: reqwest::Client,
     /// The version of the repository's newest timestamp.json.
     timestamp_version: AtomicU64,
     /// The devices' rollout clock (Unix seconds): `epoch_unix` plus `round_seconds` per round run.
@@ -177,6 +187,8 @@ struct SimDevice {
     cut_plan: BTreeMap<Phase, (u64, CutMode)>,
     /// The phase of the armed cut, if one is armed.
     armed: Option<Phase>,
+    /// The phases whose planned cut fired during the current release (a rollback's cause).
+    cuts_fired: Vec<Phase>,
     /// Last error a step returned (for the report of stragglers).
     last_error: Option<String>,
     invariants: Invariants,
@@ -190,12 +202,20 @@ pub async fn run(
     observer: &dyn DrillObserver,
 ) -> Result<DrillReport> {
     scenario.validate()?;
+    crate::limits::check(scenario, &scratch_parent(options))?;
     let started = Instant::now();
     let scratch = scratch_dir(options)?;
     let collector_db = match &options.collector_db {
         Some(db) => db.clone(),
         None => scratch.path().join("collector.db"),
     };
+    // Made only now, after the limits check: a refused drill leaves nothing behind.
+    if let Some(parent) = collector_db.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
     let mut drill = Drill::set_up(scenario, scratch.path(), &collector_db, started).await?;
     let requests_before = drill.fleet.mirror.stats().requests;
     drill.sample();
@@ -218,6 +238,7 @@ pub async fn run(
         round,
         timeline,
         devices,
+        rows,
         ..
     } = drill;
     drop(devices);
@@ -232,7 +253,18 @@ pub async fn run(
         power_cuts,
         invariants,
         timeline,
+        device_outcomes: rows,
     })
+}
+
+/// Where the drill's scratch directory goes: `options.work_dir`, else /dev/shm when it exists, else the
+/// system's temporary directory.
+fn scratch_parent(options: &DrillOptions) -> PathBuf {
+    match &options.work_dir {
+        Some(dir) => dir.clone(),
+        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    }
 }
 
 /// The drill's scratch directory: under `options.work_dir`, else in /dev/shm when it exists, else a
@@ -276,6 +308,8 @@ struct Drill {
     /// Time spent stepping the fleet (publishing excluded), for the request rate.
     fleet_time: Duration,
     timeline: Vec<Sample>,
+    /// Every device's outcome of every release, spooled for the report.
+    rows: DeviceRows,
 }
 
 impl Drill {
@@ -305,13 +339,16 @@ impl Drill {
         let image_len = scenario.image_bytes();
         let mirror = FaultyMirror::start(&repo, scenario.faults.network.clone(), scenario.seed).await?;
         let layout = AbFlashLayout::new(image_len, ERASE_SIZE, WRITE_SIZE).map_err(Error::Slot)?;
+        let request_timeout = Duration::from_millis((scenario.faults.network.stall_ms * 4).max(2000));
         let fleet = Arc::new(Fleet {
             scenario: scenario.clone(),
             layout,
+            pages: PageStore::new(),
             image_len,
             signed: std::sync::RwLock::new(HashMap::new()),
             mirror,
-            request_timeout: Duration::from_millis((scenario.faults.network.stall_ms * 4).max(2000)),
+            request_timeout,
+            http: fleet_http_client(request_timeout, scenario.concurrency)?,
             timestamp_version: AtomicU64::new(0),
             clock: Arc::new(AtomicI64::new(epoch_unix)),
             epoch_unix,
@@ -344,6 +381,7 @@ impl Drill {
             round: 0,
             fleet_time: Duration::ZERO,
             timeline: Vec::new(),
+            rows: DeviceRows::spool()?,
         })
     }
 
@@ -391,11 +429,13 @@ impl Drill {
         for d in self.devices.iter_mut().flatten() {
             d.settled = false;
             d.cut_plan = plan_cuts(scenario, d.index, rel);
+            d.cuts_fired.clear();
+            d.last_error = None;
         }
         observer.release_started(&plan.version, scenario.devices);
         let settled_round = self.run_rounds(&mut current, rel, observer).await?;
         let converge_seconds = published_at.elapsed().as_secs_f64();
-        let (offered, health_fail_injected, outcomes) = self.tally(plan, rel)?;
+        let tally = self.tally(&current, rel)?;
         self.check_collector(&current)?;
         let waves = self.wave_reports(&current, published_round);
         Ok(ReleaseReport {
@@ -403,9 +443,10 @@ impl Drill {
             published_round,
             settled_round,
             converge_seconds,
-            offered,
-            health_fail_injected,
-            outcomes,
+            offered: tally.offered,
+            health_fail_injected: tally.health_fail_injected,
+            outcomes: tally.outcomes,
+            rollback_causes: tally.rollback_causes,
             bytes_downloaded: fleet.mirror.stats().bytes.saturating_sub(bytes_before),
             waves,
             halted: current.halted,
@@ -558,29 +599,51 @@ impl Drill {
         out
     }
 
-    /// Devices the release was offered to, those among them set to fail health checks, and every
-    /// device's outcome.
-    fn tally(&self, plan: &ReleasePlan, rel: u64) -> Result<(u32, u32, BTreeMap<Outcome, u32>)> {
+    /// Devices the release was offered to, those among them set to fail health checks, every device's
+    /// outcome and every rollback's cause; one row per device into the report's spool.
+    fn tally(&mut self, current: &Current, rel: u64) -> Result<Tally> {
         let scenario = &self.fleet.scenario;
+        let plan = &current.plan;
         let version = ota_release::parse_version(&plan.version).map_err(|e| Error::ScenarioInvalid {
             field: "releases.version".into(),
             why: e.to_string(),
         })?;
-        let mut outcomes: BTreeMap<Outcome, u32> = BTreeMap::new();
-        let mut offered = 0;
-        let mut health_fail_injected = 0;
+        let mut tally = Tally::default();
         for d in self.devices.iter().flatten() {
             let is_offered = offered_to(scenario, plan, d);
-            if is_offered {
-                offered += 1;
-                if health_fails(scenario, d.index, rel) {
-                    health_fail_injected += 1;
-                }
+            let injected = is_offered && health_fails(scenario, d.index, rel);
+            tally.offered += u32::from(is_offered);
+            tally.health_fail_injected += u32::from(injected);
+            let (outcome, agent_reason) = classify(d, &version, is_offered)?;
+            *tally.outcomes.entry(outcome).or_default() += 1;
+            let cause = (outcome == Outcome::RolledBack)
+                .then(|| rollback_cause(d, injected, agent_reason.as_deref()));
+            if let Some(c) = &cause {
+                *tally.rollback_causes.entry(c.clone()).or_default() += 1;
             }
-            let outcome = classify(d, &version, is_offered)?;
-            *outcomes.entry(outcome).or_default() += 1;
+            let wave = current
+                .release
+                .waves
+                .as_ref()
+                .filter(|_| is_offered)
+                .and_then(|w| w.place(d.seed).ok())
+                .map(|p| p.wave + 1);
+            self.rows.push(&DeviceOutcome {
+                device: d.name.clone(),
+                board: scenario
+                    .hardware
+                    .get(d.board)
+                    .map(|h| h.id.clone())
+                    .unwrap_or_default(),
+                release: plan.version.clone(),
+                wave,
+                outcome,
+                rollback_cause: cause,
+                agent_reason,
+                last_error: d.last_error.clone(),
+            })?;
         }
-        Ok((offered, health_fail_injected, outcomes))
+        Ok(tally)
     }
 
     /// Final power cycle of every device, no cut: it must boot a signed image. Returns the versions
@@ -825,6 +888,20 @@ fn flash_handles(
     Ok((SlotPair { a, b }, env))
 }
 
+/// The fleet's HTTP client: the timeouts an agent's own would have, and an idle pool no larger than
+/// the devices stepping at once.
+fn fleet_http_client(timeout: Duration, concurrency: u32) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .read_timeout(timeout)
+        .pool_max_idle_per_host(usize::try_from(concurrency).unwrap_or(usize::MAX))
+        .build()
+        .map_err(|e| Error::Mirror {
+            what: "build the fleet's HTTP client".into(),
+            source: std::io::Error::other(e),
+        })
+}
+
 fn device_name(index: u32) -> String {
     format!("dev-{index:05}")
 }
@@ -854,7 +931,7 @@ fn factory_flash(
         field: "image_kib".into(),
         why: "flash too large".into(),
     })?;
-    let memory = FlashMemory::new(capacity, 0xFF);
+    let memory = FlashMemory::in_store(capacity, 0xFF, &fleet.pages);
     let (mut slots, env) = flash_handles(fleet, &memory, PowerCut::never())?;
     {
         let mut writer = SlotWriter::new(&mut slots.a, fleet.image_len).map_err(Error::Slot)?;
@@ -939,6 +1016,7 @@ fn provision_device(
         settled: true,
         cut_plan: BTreeMap::new(),
         armed: None,
+        cuts_fired: Vec::new(),
         last_error: None,
         invariants: Invariants::default(),
         cuts: PowerCutCounts::default(),
@@ -1012,9 +1090,32 @@ fn offered_to(s: &Scenario, plan: &crate::scenario::ReleasePlan, d: &SimDevice) 
     for_board && d.rollout_bucket < plan.rollout_percent
 }
 
-fn classify(d: &SimDevice, version: &Version, offered: bool) -> Result<Outcome> {
+/// What one release did to the fleet, counted at its window's end.
+#[derive(Default)]
+struct Tally {
+    offered: u32,
+    health_fail_injected: u32,
+    outcomes: BTreeMap<Outcome, u32>,
+    rollback_causes: BTreeMap<String, u32>,
+}
+
+/// Why `d` rolled back: the failure the drill injected, else a power cut during the trial (a cut in the
+/// commit phase: the bootloader's try count ran out, or the agent found the trial interrupted), else
+/// the agent's own reason.
+fn rollback_cause(d: &SimDevice, injected: bool, agent_reason: Option<&str>) -> String {
+    if injected {
+        "health check failed (injected)".into()
+    } else if d.cuts_fired.contains(&Phase::Commit) {
+        "power cut during the trial".into()
+    } else {
+        format!("agent: {}", agent_reason.unwrap_or("no reason recorded"))
+    }
+}
+
+/// Where `d` stands with `version`, and the agent's reason when it rolled it back.
+fn classify(d: &SimDevice, version: &Version, offered: bool) -> Result<(Outcome, Option<String>)> {
     if !offered {
-        return Ok(Outcome::NotOffered);
+        return Ok((Outcome::NotOffered, None));
     }
     let record = RecordFile::in_dir(&d.state_dir)
         .load()
@@ -1023,10 +1124,12 @@ fn classify(d: &SimDevice, version: &Version, offered: bool) -> Result<Outcome> 
             source: Box::new(e),
         })?;
     Ok(match &record.state {
-        _ if !d.settled => Outcome::Retrying,
-        UpdateState::Committed { version: v, .. } if v == version => Outcome::Committed,
-        UpdateState::RolledBack { version: v, .. } if v == version => Outcome::RolledBack,
-        _ => Outcome::OnOldVersion,
+        _ if !d.settled => (Outcome::Retrying, None),
+        UpdateState::Committed { version: v, .. } if v == version => (Outcome::Committed, None),
+        UpdateState::RolledBack {
+            version: v, reason, ..
+        } if v == version => (Outcome::RolledBack, Some(reason.clone())),
+        _ => (Outcome::OnOldVersion, None),
     })
 }
 
@@ -1156,6 +1259,9 @@ async fn step_device(fleet: &Fleet, d: &mut SimDevice, rel: u64) {
     if d.power.is_cut() {
         // Power failed somewhere in this step: every handle is dead; the device restarts from its
         // persisted state at the next step.
+        if let Some(phase) = d.armed {
+            d.cuts_fired.push(phase);
+        }
         match d.armed.take() {
             Some(Phase::Install) => d.cuts.install += 1,
             Some(Phase::Commit) => d.cuts.commit += 1,
@@ -1174,7 +1280,12 @@ async fn step_device(fleet: &Fleet, d: &mut SimDevice, rel: u64) {
             d.needs_boot = true;
         }
         Ok(StepEnd::Continue) => {}
-        Ok(StepEnd::Settled) => d.settled = true,
+        Ok(StepEnd::Settled) => {
+            // A settled device sleeps until the next release: its agent (trusted metadata, record) is
+            // reopened then, so the fleet's memory holds only the agents of devices mid-update.
+            d.settled = true;
+            d.live = None;
+        }
         Err(e) => {
             d.last_error = Some(e);
             // A failed step may leave the agent's in-memory view behind its record: reopen next time.
@@ -1196,6 +1307,7 @@ fn settings(fleet: &Fleet, d: &SimDevice, failing: bool) -> Result<DeviceSetting
     let base = fleet.mirror.device_base_url(&d.name);
     let mut repository = ota_tuf::ClientConfig::new(format!("{base}/metadata"), format!("{base}/targets"));
     repository.request_timeout = fleet.request_timeout;
+    repository.http = ota_tuf::Http::Client(fleet.http.clone());
     // A failing check is retried until the deadline: a short one keeps the drill fast.
     let mut health = HealthConfig {
         deadline: std::time::Duration::from_millis(200),

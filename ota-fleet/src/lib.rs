@@ -20,6 +20,7 @@
 
 mod collector_loop;
 pub mod drill;
+pub mod limits;
 pub mod mirror;
 pub mod report;
 mod rng;
@@ -30,7 +31,8 @@ use std::path::PathBuf;
 pub use drill::{run, DrillObserver, DrillOptions, Silent};
 pub use mirror::{Fault, FaultyMirror, MirrorStats};
 pub use report::{
-    DrillReport, HaltReport, Invariants, Outcome, ReleaseReport, Sample, WaveReport, WrittenReport,
+    DeviceOutcome, DeviceRows, DrillReport, HaltReport, Invariants, Outcome, ReleaseReport, Sample,
+    WaveReport, WrittenReport,
 };
 pub use scenario::{
     Faults, HaltRule, HardwareShare, NetworkFaults, PowerFaults, ReleasePlan, RolloutSettings, Scenario,
@@ -99,6 +101,14 @@ pub enum Error {
     /// A lock was poisoned by a panicking task.
     #[error("a shared table was poisoned by a panicking task")]
     Poisoned,
+    /// The machine cannot hold this drill (open files, memory, scratch space): checked before any work.
+    #[error("this drill needs {what}; {how}")]
+    Limit {
+        /// What the drill needs and what the machine gives.
+        what: String,
+        /// How to get it.
+        how: String,
+    },
     /// The report could not be serialized.
     #[error("report JSON")]
     ReportJson(#[source] serde_json::Error),

@@ -126,7 +126,6 @@ fn run() -> anyhow::Result<bool> {
             .context("progress bar template")?,
     );
     let observer = Bar(bar.clone());
-    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let collector_db = args.out.join("collector.db");
     // A fresh collector per drill: the devices' keys and sequence numbers start over.
     for stale in ["", "-wal", "-shm"] {

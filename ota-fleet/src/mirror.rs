@@ -119,6 +119,16 @@ struct Shared {
     devices: Mutex<HashMap<String, DeviceCounters>>,
     /// The timestamp.json published before the current one, for the stale-mirror fault.
     stale_timestamp: Mutex<Option<Bytes>>,
+    /// Files served, by path, with the modification time and length they were read at: a fleet polling
+    /// in waves asks for the same few files thousands of times a round, and a stat is cheaper than a
+    /// read. A republished file (replaced atomically: a new modification time) is read again.
+    cache: Mutex<HashMap<PathBuf, CachedFile>>,
+}
+
+struct CachedFile {
+    modified: std::time::SystemTime,
+    len: u64,
+    body: Bytes,
 }
 
 /// A running loopback mirror. Stops when dropped (or with [`FaultyMirror::stop`]).
@@ -151,6 +161,7 @@ impl FaultyMirror {
             by_fault: Default::default(),
             devices: Mutex::new(HashMap::new()),
             stale_timestamp: Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(FaultyMirror { addr, shared, accept })
@@ -288,9 +299,9 @@ async fn handle(
     let body = match fault {
         Fault::StaleMetadata => match stale_copy(shared, &rel, &path).await {
             Some(b) => Some(b),
-            None => read(&path).await,
+            None => read_cached(shared, &path).await,
         },
-        _ => read(&path).await,
+        _ => read_cached(shared, &path).await,
     };
     let Some(mut body) = body else {
         shared.not_found.fetch_add(1, Ordering::Relaxed);
@@ -358,6 +369,33 @@ fn resolve(root: &Path, rel: &str) -> Option<PathBuf> {
         return None;
     }
     Some(root.join(rel))
+}
+
+/// The file at `path`, from the cache when it is unchanged since it was read.
+async fn read_cached(shared: &Shared, path: &Path) -> Option<Bytes> {
+    let meta = std::fs::metadata(path).ok()?;
+    let modified = meta.modified().ok()?;
+    if let Ok(cache) = shared.cache.lock() {
+        if let Some(c) = cache
+            .get(path)
+            .filter(|c| c.modified == modified && c.len == meta.len())
+        {
+            return Some(c.body.clone());
+        }
+    }
+    let body = read(path).await?;
+    let len = u64::try_from(body.len()).unwrap_or(u64::MAX);
+    if let Ok(mut cache) = shared.cache.lock() {
+        cache.insert(
+            path.to_owned(),
+            CachedFile {
+                modified,
+                len,
+                body: body.clone(),
+            },
+        );
+    }
+    Some(body)
 }
 
 async fn read(path: &Path) -> Option<Bytes> {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -50,6 +51,17 @@ impl Outcome {
         }
     }
 
+    /// Column header in the summary table (at most 11 characters: the columns never run together).
+    pub fn column(self) -> &'static str {
+        match self {
+            Outcome::Committed => "committed",
+            Outcome::RolledBack => "rolled back",
+            Outcome::Retrying => "retrying",
+            Outcome::OnOldVersion => "on old",
+            Outcome::NotOffered => "not offered",
+        }
+    }
+
     fn colour(self) -> &'static str {
         match self {
             Outcome::Committed => "#2e9e5b",
@@ -58,6 +70,103 @@ impl Outcome {
             Outcome::OnOldVersion => "#9aa3ad",
             Outcome::NotOffered => "#d9dde2",
         }
+    }
+}
+
+/// One device's outcome of one release: a row of report.json's `device_outcomes`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeviceOutcome {
+    /// The simulated device (`dev-00042`).
+    pub device: String,
+    /// Its board.
+    pub board: String,
+    /// The release.
+    pub release: String,
+    /// Its wave of the release's rollout, from 1 (none: published to everyone at once, or not offered).
+    pub wave: Option<usize>,
+    /// Where it stood when the release's window closed.
+    pub outcome: Outcome,
+    /// Why it rolled back, when it did (see [`ReleaseReport::rollback_causes`]).
+    pub rollback_cause: Option<String>,
+    /// The agent's own reason for the rollback, as its update record has it.
+    pub agent_reason: Option<String>,
+    /// The last error a step of it returned during the release, if any.
+    pub last_error: Option<String>,
+}
+
+/// The per-device rows, spooled as JSON lines to an unnamed temporary file while the drill runs and
+/// copied into report.json when it is written: a report of 100,000 devices is never held in memory.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceRows {
+    spool: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
+    /// Rows written.
+    pub count: u64,
+}
+
+impl PartialEq for DeviceRows {
+    /// Equal when both hold the same spool (or none): the rows themselves are in a file.
+    fn eq(&self, other: &DeviceRows) -> bool {
+        self.count == other.count
+            && match (&self.spool, &other.spool) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+impl DeviceRows {
+    /// An empty spool in the system's temporary directory (unlinked: it goes with the process).
+    pub fn spool() -> Result<DeviceRows> {
+        let file = tempfile::tempfile().map_err(|source| Error::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        Ok(DeviceRows {
+            spool: Some(Arc::new(Mutex::new(std::io::BufWriter::new(file)))),
+            count: 0,
+        })
+    }
+
+    /// Appends one row.
+    pub fn push(&mut self, row: &DeviceOutcome) -> Result<()> {
+        use std::io::Write as _;
+        let Some(spool) = &self.spool else {
+            return Ok(());
+        };
+        let mut w = spool.lock().map_err(|_| Error::Poisoned)?;
+        serde_json::to_writer(&mut *w, row).map_err(Error::ReportJson)?;
+        w.write_all(b"\n").map_err(spool_error)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Writes the rows as the elements of a JSON array (without the brackets), one per line, indented.
+    fn copy_into(&self, out: &mut impl std::io::Write) -> Result<()> {
+        use std::io::{BufRead as _, Seek as _, Write as _};
+        let Some(spool) = &self.spool else {
+            return Ok(());
+        };
+        let mut w = spool.lock().map_err(|_| Error::Poisoned)?;
+        w.flush().map_err(spool_error)?;
+        let mut file = w.get_ref().try_clone().map_err(spool_error)?;
+        file.seek(std::io::SeekFrom::Start(0)).map_err(spool_error)?;
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(spool_error)?;
+            let sep = if i == 0 { "\n    " } else { ",\n    " };
+            out.write_all(sep.as_bytes()).map_err(spool_error)?;
+            out.write_all(line.as_bytes()).map_err(spool_error)?;
+        }
+        // The spool goes on at its end.
+        w.get_mut().seek(std::io::SeekFrom::End(0)).map_err(spool_error)?;
+        Ok(())
+    }
+}
+
+fn spool_error(source: std::io::Error) -> Error {
+    Error::Io {
+        path: PathBuf::from("per-device rows spool"),
+        source,
     }
 }
 
@@ -85,6 +194,10 @@ pub struct ReleaseReport {
     pub waves: Vec<WaveReport>,
     /// When and why the drill halted it, if it did.
     pub halted: Option<HaltReport>,
+    /// Its rollbacks by cause (the counts add up to its `rolled_back` outcome): "health check failed
+    /// (injected)", "power cut during the trial" (a cut in the commit phase brought the old slot back),
+    /// or the agent's own reason.
+    pub rollback_causes: BTreeMap<String, u32>,
 }
 
 /// One wave of a release's rollout: the devices it opened to and what they did with the release.
@@ -201,6 +314,10 @@ pub struct DrillReport {
     pub invariants: Invariants,
     /// The fleet round by round, for the chart.
     pub timeline: Vec<Sample>,
+    /// Every device's outcome of every release: written into report.json as `device_outcomes`,
+    /// streamed from a spool.
+    #[serde(skip)]
+    pub device_outcomes: DeviceRows,
 }
 
 /// Files [`DrillReport::write_to`] wrote.
@@ -242,27 +359,36 @@ impl DrillReport {
         out
     }
 
-    /// The table's header and one row per release.
+    /// The table's header and one row per release (time in rounds: the drill's poll intervals), then
+    /// each release's rollbacks by cause.
     fn release_rows(&self, out: &mut String) {
-        let _ = write!(out, "{:<9} {:>7} {:>6}", "release", "offered", "unhlth");
+        let _ = write!(out, "{:<9}  {:>7}  {:>11}", "release", "offered", "set to fail");
         for o in Outcome::ALL {
-            let _ = write!(out, " {:>16}", o.title());
+            let _ = write!(out, "  {:>11}", o.column());
         }
-        let _ = writeln!(out, " {:>11} {:>12}", "converged", "downloaded");
+        let _ = writeln!(out, "  {:>15}  {:>10}", "settled", "downloaded");
         for r in &self.releases {
             let _ = write!(
                 out,
-                "{:<9} {:>7} {:>6}",
+                "{:<9}  {:>7}  {:>11}",
                 r.version, r.offered, r.health_fail_injected
             );
             for o in Outcome::ALL {
-                let _ = write!(out, " {:>16}", r.count(o));
+                let _ = write!(out, "  {:>11}", r.count(o));
             }
-            let converged = match r.settled_round {
-                Some(_) => format!("{:.1} s", r.converge_seconds),
+            let settled = match r.settled_round {
+                Some(round) => format!("in {} rounds", round.saturating_sub(r.published_round)),
                 None => "no".to_owned(),
             };
-            let _ = writeln!(out, " {:>11} {:>12}", converged, human_bytes(r.bytes_downloaded));
+            let _ = writeln!(out, "  {:>15}  {:>10}", settled, human_bytes(r.bytes_downloaded));
+        }
+        for r in self.releases.iter().filter(|r| !r.rollback_causes.is_empty()) {
+            let causes: Vec<String> = r
+                .rollback_causes
+                .iter()
+                .map(|(cause, n)| format!("{n} {cause}"))
+                .collect();
+            let _ = writeln!(out, "rollbacks of {}: {}", r.version, causes.join("; "));
         }
     }
 
@@ -370,7 +496,6 @@ impl DrillReport {
             path: dir.to_owned(),
             source,
         })?;
-        let json = serde_json::to_vec_pretty(self).map_err(Error::ReportJson)?;
         let svg = self.svg();
         let html = self.html(&svg);
         let written = WrittenReport {
@@ -378,10 +503,42 @@ impl DrillReport {
             svg: dir.join("report.svg"),
             html: dir.join("report.html"),
         };
-        ota_fs::write_atomic(&written.json, &json, 0o644)?;
+        self.write_json(&written.json)?;
         ota_fs::write_atomic(&written.svg, svg.as_bytes(), 0o644)?;
         ota_fs::write_atomic(&written.html, html.as_bytes(), 0o644)?;
         Ok(written)
+    }
+
+    /// report.json, replaced atomically (0644): the aggregates, then `device_outcomes` copied from the
+    /// spool row by row.
+    fn write_json(&self, path: &Path) -> Result<()> {
+        use std::io::Write as _;
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let aggregates = serde_json::to_vec_pretty(self).map_err(Error::ReportJson)?;
+        // The aggregates' object without its closing brace, then the rows as one more field.
+        let open = aggregates
+            .strip_suffix(b"\n}")
+            .or_else(|| aggregates.strip_suffix(b"}"))
+            .unwrap_or(&aggregates);
+        let dir = ota_fs::parent_dir(path);
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        {
+            let mut out = std::io::BufWriter::new(tmp.as_file_mut());
+            out.write_all(open).map_err(io)?;
+            out.write_all(b",\n  \"device_outcomes\": [").map_err(io)?;
+            self.device_outcomes.copy_into(&mut out)?;
+            out.write_all(b"\n  ]\n}\n").map_err(io)?;
+            out.flush().map_err(io)?;
+        }
+        std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
+        ota_fs::sync_dir(dir)?;
+        Ok(())
     }
 
     fn version_colour(&self, version: &str) -> &'static str {
@@ -891,6 +1048,7 @@ mod tests {
             bytes_downloaded: 50 * 131072,
             waves: Vec::new(),
             halted: None,
+            rollback_causes: BTreeMap::new(),
         };
         let mut invariants = Invariants {
             boots_checked: 120,
@@ -912,6 +1070,7 @@ mod tests {
             power_cuts: PowerCutCounts::default(),
             invariants,
             timeline,
+            device_outcomes: DeviceRows::default(),
         }
     }
 

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Most devices one drill may simulate.
-pub const MAX_DEVICES: u32 = 10_000;
-/// Largest firmware image a drill may use, in KiB (every device keeps two slots of it in memory).
+/// Most devices one drill may simulate (what the machine can hold is checked at the start, see
+/// [`crate::limits`]).
+pub const MAX_DEVICES: u32 = 1_000_000;
+/// Largest firmware image a drill may use, in KiB (the fleet's flash holds each distinct image once).
 pub const MAX_IMAGE_KIB: u32 = 4096;
 /// Most releases one drill may publish.
 pub const MAX_RELEASES: usize = 32;

@@ -130,9 +130,58 @@ async fn every_fault_on_the_fleet_converges_and_no_device_is_bricked() {
     // The report is written and drawn.
     let dir = tempfile::tempdir().unwrap();
     let written = report.write_to(dir.path()).unwrap();
-    assert!(std::fs::read_to_string(written.svg)
+    assert!(std::fs::read_to_string(&written.svg)
         .unwrap()
         .contains("INVARIANTS HOLD"));
+
+    // Every rollback has a cause, and the causes add up (issue 22): per release in the table and the
+    // JSON, per device in the JSON's rows.
+    for r in &report.releases {
+        assert_eq!(
+            r.rollback_causes.values().sum::<u32>(),
+            r.count(Outcome::RolledBack),
+            "{table}"
+        );
+    }
+    assert_eq!(
+        bad.rollback_causes.get("health check failed (injected)").copied(),
+        Some(bad.health_fail_injected),
+        "{table}"
+    );
+    assert!(table.contains("rollbacks of 1.2.0:"), "{table}");
+    // The files are for others to read.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&written.json).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644);
+    // One row per device and release, streamed into report.json.
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&written.json).unwrap()).unwrap();
+    let rows = json["device_outcomes"].as_array().unwrap();
+    assert_eq!(rows.len(), 20 * 2);
+    for (k, r) in report.releases.iter().enumerate() {
+        let of = |outcome: &str| {
+            rows.iter()
+                .filter(|row| row["release"] == r.version.as_str() && row["outcome"] == outcome)
+                .count()
+        };
+        assert_eq!(
+            of("committed"),
+            r.count(Outcome::Committed) as usize,
+            "release {k}"
+        );
+        assert_eq!(
+            of("rolled_back"),
+            r.count(Outcome::RolledBack) as usize,
+            "release {k}"
+        );
+    }
+    for row in rows {
+        assert!(row["device"].as_str().unwrap().starts_with("dev-"), "{row}");
+        assert_eq!(
+            row["outcome"] == "rolled_back",
+            row["rollback_cause"].is_string(),
+            "{row}"
+        );
+    }
 }
 
 /// A good release and a bad one (most devices fail its health checks), each in two waves far apart,

@@ -162,15 +162,216 @@ impl Garbage {
     }
 }
 
+/// Bytes per page of a [`FlashMemory`]: the unit its contents are shared in.
+const PAGE: usize = 4096;
+
+/// One page of cells: the bytes, and per byte whether it was written since its last erase (or left
+/// undefined by a torn operation), one bit each.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Page {
+    data: Box<[u8]>,
+    programmed: Box<[u64]>,
+}
+
+impl Page {
+    fn erased(len: usize, erased_value: u8) -> Page {
+        Page {
+            data: vec![erased_value; len].into_boxed_slice(),
+            programmed: vec![0; len.div_ceil(64)].into_boxed_slice(),
+        }
+    }
+
+    fn set_programmed(&mut self, i: usize, on: bool) {
+        if let Some(w) = self.programmed.get_mut(i / 64) {
+            let bit = 1u64 << (i % 64);
+            *w = if on { *w | bit } else { *w & !bit };
+        }
+    }
+
+    /// Sets the flags of `from..to` from `flags`, a word at a time where they are all equal (an erase
+    /// or a whole write: the usual case), else byte by byte.
+    fn set_programmed_from(&mut self, from: usize, flags: &[bool]) {
+        let uniform = flags.first().filter(|&&f| flags.iter().all(|&g| g == f));
+        let Some(&on) = uniform else {
+            for (k, &f) in flags.iter().enumerate() {
+                self.set_programmed(from + k, f);
+            }
+            return;
+        };
+        let mut i = from;
+        let to = from + flags.len();
+        while i < to {
+            if i.is_multiple_of(64) && i + 64 <= to {
+                if let Some(w) = self.programmed.get_mut(i / 64) {
+                    *w = if on { u64::MAX } else { 0 };
+                }
+                i += 64;
+            } else {
+                self.set_programmed(i, on);
+                i += 1;
+            }
+        }
+    }
+
+    /// The first programmed byte of `from..to`, skipping clear words whole.
+    fn first_programmed(&self, from: usize, to: usize) -> Option<usize> {
+        let mut i = from;
+        while i < to {
+            let word = self.programmed.get(i / 64).copied().unwrap_or(0);
+            if i.is_multiple_of(64) && i + 64 <= to && word == 0 {
+                i += 64;
+            } else if word >> (i % 64) & 1 == 1 {
+                return Some(i);
+            } else {
+                i += 1;
+            }
+        }
+        None
+    }
+
+    /// Appends the flags of `from..to` to `out`, a word at a time where a word is all one value.
+    fn programmed_into(&self, from: usize, to: usize, out: &mut Vec<bool>) {
+        let mut i = from;
+        while i < to {
+            let word = self.programmed.get(i / 64).copied().unwrap_or(0);
+            if i.is_multiple_of(64) && i + 64 <= to && (word == 0 || word == u64::MAX) {
+                out.extend(std::iter::repeat_n(word != 0, 64));
+                i += 64;
+            } else {
+                out.push(word >> (i % 64) & 1 == 1);
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Pages by content, so that memories holding the same image hold it once (copy on write: a page is
+/// copied when one of its holders changes it, and the changed page is looked up again).
+///
+/// Clones share one store. A fleet simulation gives every device's [`FlashMemory`] the same store
+/// ([`FlashMemory::in_store`]): 10,000 devices running a handful of images then cost a handful of
+/// images, plus each device's own bootloader env pages where they differ.
+#[derive(Debug, Clone, Default)]
+pub struct PageStore(Arc<Mutex<StoreMap>>);
+
+#[derive(Debug, Default)]
+struct StoreMap {
+    pages: std::collections::HashMap<u64, std::sync::Weak<Page>>,
+    /// Entries after the last sweep of dead ones (the next sweep is due at twice as many).
+    swept_len: usize,
+}
+
+impl PageStore {
+    /// An empty store.
+    pub fn new() -> PageStore {
+        PageStore::default()
+    }
+
+    /// Distinct pages held by some memory now.
+    pub fn live_pages(&self) -> usize {
+        let map = self.lock();
+        map.pages.values().filter(|w| w.strong_count() > 0).count()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StoreMap> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The stored page equal to `page`, or `page` itself, now stored.
+    fn intern(&self, page: Arc<Page>) -> Arc<Page> {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        page.hash(&mut hasher);
+        let key = hasher.finish();
+        let mut map = self.lock();
+        if let Some(stored) = map.pages.get(&key).and_then(std::sync::Weak::upgrade) {
+            // A hash collision keeps its own copy: rare, and still correct.
+            return if stored == page { stored } else { page };
+        }
+        map.pages.insert(key, Arc::downgrade(&page));
+        if map.pages.len() > map.swept_len.saturating_mul(2).max(1024) {
+            map.pages.retain(|_, w| w.strong_count() > 0);
+            map.swept_len = map.pages.len();
+        }
+        page
+    }
+}
+
 #[derive(Debug)]
 struct Cells {
-    data: Vec<u8>,
-    /// Per byte: written since its last erase (or left undefined by a torn operation).
-    programmed: Vec<bool>,
+    /// `PAGE` bytes each, the last one possibly shorter.
+    pages: Vec<Arc<Page>>,
+    capacity: usize,
     erased_value: u8,
+    store: PageStore,
+}
+
+impl Cells {
+    /// Bytes `start..end` (in bounds) and whether each is programmed, copied out.
+    fn range(&self, start: usize, end: usize) -> (Vec<u8>, Vec<bool>) {
+        let mut data = Vec::with_capacity(end - start);
+        let mut programmed = Vec::with_capacity(end - start);
+        self.for_each_page(start, end, |page, from, to| {
+            data.extend_from_slice(page.data.get(from..to).unwrap_or_default());
+            page.programmed_into(from, to, &mut programmed);
+        });
+        (data, programmed)
+    }
+
+    /// Copies `data` into the bytes from `start` (in bounds), bytes and programmed flags, each touched
+    /// page copied if shared and looked up in the store once changed.
+    fn store_range(&mut self, start: usize, data: &[u8], programmed: &[bool]) {
+        let end = start + data.len();
+        let mut pos = start;
+        while pos < end {
+            let index = pos / PAGE;
+            let page_start = index * PAGE;
+            let to = end.min(page_start + PAGE);
+            if let Some(slot) = self.pages.get_mut(index) {
+                let page = Arc::make_mut(slot);
+                let (src, flags) = (pos - start..to - start, pos - page_start..to - page_start);
+                if let (Some(dst), Some(src)) = (page.data.get_mut(flags.clone()), data.get(src.clone())) {
+                    dst.copy_from_slice(src);
+                }
+                page.set_programmed_from(flags.start, programmed.get(src).unwrap_or_default());
+                *slot = self.store.intern(Arc::clone(slot));
+            }
+            pos = to;
+        }
+    }
+
+    /// Calls `f(page, from, to)` for each page overlapping `start..end`, with the page-relative range.
+    fn for_each_page(&self, start: usize, end: usize, mut f: impl FnMut(&Page, usize, usize)) {
+        let mut pos = start;
+        while pos < end {
+            let index = pos / PAGE;
+            let page_start = index * PAGE;
+            let to = end.min(page_start + PAGE);
+            if let Some(page) = self.pages.get(index) {
+                f(page, pos - page_start, to - page_start);
+            }
+            pos = to;
+        }
+    }
+
+    /// The first programmed byte of `start..end`, if any.
+    fn first_programmed(&self, start: usize, end: usize) -> Option<usize> {
+        let mut found = None;
+        let mut pos = start;
+        self.for_each_page(start, end, |page, from, to| {
+            if found.is_none() {
+                found = page.first_programmed(from, to).map(|i| pos + (i - from));
+            }
+            pos += to - from;
+        });
+        found
+    }
 }
 
 /// The memory of a simulated flash: survives "reboots" (clones share it).
+///
+/// Held in pages shared by content through a [`PageStore`] and copied on write, so equal contents in
+/// many memories (the same image in a fleet's slots) are held once.
 #[derive(Debug, Clone)]
 pub struct FlashMemory(Arc<Mutex<Cells>>);
 
@@ -178,10 +379,22 @@ impl FlashMemory {
     /// A fully erased memory of `capacity` bytes. `erased_value` is 0xFF for common NOR; use 0x00 to
     /// prove code does not assume 0xFF.
     pub fn new(capacity: usize, erased_value: u8) -> FlashMemory {
+        FlashMemory::in_store(capacity, erased_value, &PageStore::new())
+    }
+
+    /// A fully erased memory whose pages are shared with every other memory of `store`.
+    pub fn in_store(capacity: usize, erased_value: u8, store: &PageStore) -> FlashMemory {
+        let pages = (0..capacity.div_ceil(PAGE))
+            .map(|i| {
+                let len = PAGE.min(capacity - i * PAGE);
+                store.intern(Arc::new(Page::erased(len, erased_value)))
+            })
+            .collect();
         FlashMemory(Arc::new(Mutex::new(Cells {
-            data: vec![erased_value; capacity],
-            programmed: vec![false; capacity],
+            pages,
+            capacity,
             erased_value,
+            store: store.clone(),
         })))
     }
 
@@ -191,7 +404,7 @@ impl FlashMemory {
 
     /// Size in bytes.
     pub fn capacity(&self) -> usize {
-        self.lock().data.len()
+        self.lock().capacity
     }
 
     /// The value erased bytes read as.
@@ -201,7 +414,8 @@ impl FlashMemory {
 
     /// A copy of the whole memory (for assertions; ignores power).
     pub fn snapshot(&self) -> Vec<u8> {
-        self.lock().data.clone()
+        let cells = self.lock();
+        cells.range(0, cells.capacity).0
     }
 }
 
@@ -311,10 +525,15 @@ impl<const W: usize, const E: usize> ReadNorFlash for SimFlash<W, E> {
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<()> {
         self.power.check_alive("read", u64::from(offset))?;
         let cells = self.memory.lock();
-        let (start, end) = Self::check("read", offset, bytes.len(), cells.data.len(), 1)?;
-        if let Some(src) = cells.data.get(start..end) {
-            bytes.copy_from_slice(src);
-        }
+        let (start, end) = Self::check("read", offset, bytes.len(), cells.capacity, 1)?;
+        let mut done = 0;
+        cells.for_each_page(start, end, |page, from, to| {
+            let n = to - from;
+            if let (Some(dst), Some(src)) = (bytes.get_mut(done..done + n), page.data.get(from..to)) {
+                dst.copy_from_slice(src);
+            }
+            done += n;
+        });
         Ok(())
     }
 
@@ -335,17 +554,14 @@ impl<const W: usize, const E: usize> NorFlash for SimFlash<W, E> {
             op: "erase",
             offset: off,
             len: 0,
-            capacity: len64(cells.data.len()),
+            capacity: len64(cells.capacity),
         })?)
         .unwrap_or(usize::MAX);
-        let (start, end) = Self::check("erase", from, len, cells.data.len(), E)?;
+        let (start, end) = Self::check("erase", from, len, cells.capacity, E)?;
         let verdict = self.power.step("erase", off)?;
         let erased = cells.erased_value;
-        let Cells { data, programmed, .. } = &mut *cells;
-        let (Some(data), Some(programmed)) = (data.get_mut(start..end), programmed.get_mut(start..end))
-        else {
-            return Ok(()); // unreachable: checked above
-        };
+        let (mut data, mut programmed) = cells.range(start, end);
+        let (data, programmed) = (data.as_mut_slice(), programmed.as_mut_slice());
         match verdict {
             Verdict::Proceed | Verdict::CutAfter(_) => {
                 data.fill(erased);
@@ -372,6 +588,7 @@ impl<const W: usize, const E: usize> NorFlash for SimFlash<W, E> {
                 }
             }
         }
+        cells.store_range(start, data, programmed);
         verdict.outcome("erase", off)
     }
 
@@ -379,24 +596,16 @@ impl<const W: usize, const E: usize> NorFlash for SimFlash<W, E> {
         let off = u64::from(offset);
         self.power.check_alive("write", off)?;
         let mut cells = self.memory.lock();
-        let (start, end) = Self::check("write", offset, bytes.len(), cells.data.len(), W)?;
-        if let Some(first) = cells
-            .programmed
-            .get(start..end)
-            .and_then(|p| p.iter().position(|&p| p))
-        {
-            let at = start + first;
+        let (start, end) = Self::check("write", offset, bytes.len(), cells.capacity, W)?;
+        if let Some(at) = cells.first_programmed(start, end) {
             return Err(Error::NotErased {
                 offset: len64(at - at % W),
             });
         }
         let verdict = self.power.step("write", off)?;
         let erased = cells.erased_value;
-        let Cells { data, programmed, .. } = &mut *cells;
-        let (Some(data), Some(programmed)) = (data.get_mut(start..end), programmed.get_mut(start..end))
-        else {
-            return Ok(()); // unreachable: checked above
-        };
+        let (mut data, mut programmed) = cells.range(start, end);
+        let (data, programmed) = (data.as_mut_slice(), programmed.as_mut_slice());
         match verdict {
             Verdict::Proceed | Verdict::CutAfter(_) => {
                 data.copy_from_slice(bytes);
@@ -420,6 +629,7 @@ impl<const W: usize, const E: usize> NorFlash for SimFlash<W, E> {
                 programmed.fill(true);
             }
         }
+        cells.store_range(start, data, programmed);
         verdict.outcome("write", off)
     }
 }

@@ -90,7 +90,7 @@ pub mod fuzzing {
 pub use boot::{BootControl, BootState, GrubEnv, KernelCmdline, SimBootloader, TrialBoot, UBootEnv};
 pub use error::{Error, Result};
 pub use file::FileSlot;
-pub use flash::{CutMode, FlashMemory, PowerCut, SimFlash};
+pub use flash::{CutMode, FlashMemory, PageStore, PowerCut, SimFlash};
 pub use identity::same_object;
 pub use layout::AbFlashLayout;
 pub use nor::NorFlashSlot;

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
-use ota_slot::{CutMode, Error, FlashMemory, PowerCut, SimFlash};
+use ota_slot::{CutMode, Error, FlashMemory, PageStore, PowerCut, SimFlash};
 use proptest::prelude::*;
 
 type Flash = SimFlash<4, 256>;
@@ -267,4 +267,37 @@ fn flash_memory_survives_reboot_with_a_fresh_budget() {
     let mut buf = [0u8; 12];
     b.read(0, &mut buf).unwrap();
     assert_eq!(buf, [1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
+}
+
+/// A fleet's flashes in one store hold an image once; a change is seen only by the memory that made it.
+#[test]
+fn memories_in_one_store_share_equal_pages_and_copy_on_write() {
+    let store = PageStore::new();
+    let image: Vec<u8> = (0..16_384u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut flashes: Vec<SimFlash<4, 4096>> = (0..10)
+        .map(|_| {
+            SimFlash::with_memory(FlashMemory::in_store(32_768, 0xFF, &store), PowerCut::never()).unwrap()
+        })
+        .collect();
+    for f in &mut flashes {
+        f.write(0, &image).unwrap();
+    }
+    // Four image pages and the erased page, for ten memories of eight pages each.
+    assert_eq!(store.live_pages(), 5);
+
+    flashes[0].erase(0, 4096).unwrap();
+    flashes[1].write(16_384, &[1, 2, 3, 4]).unwrap();
+    assert!(flashes[0].memory().snapshot()[..4096].iter().all(|&b| b == 0xFF));
+    assert_eq!(&flashes[2].memory().snapshot()[..16_384], &image[..]);
+    assert_eq!(&flashes[1].memory().snapshot()[16_384..16_388], &[1, 2, 3, 4]);
+    assert!(flashes[2].memory().snapshot()[16_384..]
+        .iter()
+        .all(|&b| b == 0xFF));
+    // The NOR rules still hold on shared pages: a programmed word cannot be written again.
+    assert!(matches!(
+        flashes[2].write(0, &[0; 4]),
+        Err(Error::NotErased { offset: 0 })
+    ));
+    // One new page: the one flashes[1] wrote its four bytes into.
+    assert_eq!(store.live_pages(), 6);
 }
