@@ -11,6 +11,9 @@
 //! however many devices and reports there are. The query itself reads every stored report (about 3 to 5 s
 //! of CPU over 1,000,000 on this machine's SQLite), so the dashboard reuses a computed history for a while
 //! (see `dashboard.rs`).
+//!
+//! The collector's own halts and alerts (`rollout_actions`, written by [`crate::halt`]) are joined to
+//! their releases: a release the collector halted reads halted, with the time, rule and reason.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +21,7 @@ use ota_report::Outcome;
 use serde::Serialize;
 
 use crate::summary::ReleaseKey;
-use crate::{Error, Result, Summary};
+use crate::{ActionKind, Error, Result, RolloutAction, Summary};
 
 /// Buckets when the caller names none.
 pub const DEFAULT_BUCKETS: u32 = 60;
@@ -58,6 +61,27 @@ pub struct ReleaseHistory {
     pub converged_after_ms: Option<i64>,
     /// One entry per wave, in wave order; devices whose reports name no wave are in `wave: None`.
     pub waves: Vec<WaveHistory>,
+    /// The halts and alerts the collector issued for it (its `rollout_actions` rows), oldest first.
+    pub actions: Vec<ReleaseAction>,
+}
+
+/// A halt or alert the collector issued for a release, as the dashboard shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseAction {
+    /// Halted (the collector published a halt) or alerted (it could not: only an alert).
+    pub action: ActionKind,
+    /// When (Unix milliseconds, collector clock).
+    pub at_ms: i64,
+    /// The rule that tripped, as text.
+    pub rule: String,
+    /// Why: the published control file, or why it only alerted.
+    pub detail: String,
+    /// The wave the rule judged, from 1, when known.
+    pub wave: Option<u32>,
+    /// Devices whose latest report the rule judged.
+    pub judged: u64,
+    /// Of those, devices that rolled back.
+    pub rolled_back: u64,
 }
 
 /// One wave of a release over time.
@@ -98,7 +122,8 @@ pub struct StateCounts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
-    /// Devices report the rollout halted (their latest report is "skipped: halted").
+    /// The collector halted it by a rule, or devices report the rollout halted (their latest report is
+    /// "skipped: halted").
     Halted,
     /// Devices report the release pulled.
     Pulled,
@@ -352,6 +377,7 @@ fn release_history(key: ReleaseKey, expected: u64, groups: Vec<(Option<i64>, Gro
         pending,
         converged_after_ms: (pending_now == 0).then(|| last_ms.saturating_sub(first_ms)),
         waves,
+        actions: Vec::new(),
     }
 }
 
@@ -366,6 +392,33 @@ fn status_of(now: StateCounts, pending: u64) -> Status {
     } else {
         Status::Active
     }
+}
+
+/// `history` with the collector's own halts and alerts joined to their releases: a release the
+/// collector halted reads halted, whatever its devices report yet (an alert alone changes no status).
+pub(crate) fn with_actions(mut history: History, actions: Vec<RolloutAction>) -> History {
+    for action in actions {
+        let Some(release) = history.releases.iter_mut().find(|r| {
+            r.hardware == action.hardware
+                && r.channel == action.channel
+                && r.to_version == action.to_version
+        }) else {
+            continue; // no report on it was stored before the history was read
+        };
+        if action.action == ActionKind::Halted {
+            release.status = Status::Halted;
+        }
+        release.actions.push(ReleaseAction {
+            action: action.action,
+            at_ms: action.at.timestamp_millis(),
+            rule: action.rule,
+            detail: action.detail,
+            wave: action.wave,
+            judged: action.judged,
+            rolled_back: action.rolled_back,
+        });
+    }
+    history
 }
 
 /// Reads the history from a SQLite connection.

@@ -61,7 +61,7 @@ pub mod tls;
 
 pub use actions::{ActionKind, DeviceStatus, LineDevice, ReportRef, RolloutAction, MAX_ACTION_REPORTS};
 pub use error::{Error, Result};
-pub use history::{History, ReleaseHistory, StateCounts, Status, WaveHistory};
+pub use history::{History, ReleaseAction, ReleaseHistory, StateCounts, Status, WaveHistory};
 pub use ingest::{Accepted, Ingest};
 pub use keys::parse_device_key;
 pub use migrations::{Migration, MIGRATIONS};

@@ -487,7 +487,8 @@ impl Store for PostgresStore {
 
     fn history(&self, buckets: u32) -> Result<crate::History> {
         let summary = self.summary()?;
-        crate::history::read_postgres(&mut self.connection()?.client, &summary, buckets)
+        let history = crate::history::read_postgres(&mut self.connection()?.client, &summary, buckets)?;
+        Ok(crate::history::with_actions(history, self.actions()?))
     }
 
     fn release_devices(&self, channel: &str, to_version: &str) -> Result<Vec<DeviceStatus>> {

@@ -325,7 +325,8 @@ impl Store for SqliteStore {
 
     fn history(&self, buckets: u32) -> Result<crate::History> {
         let summary = self.summary()?;
-        self.read(|conn| crate::history::read_sqlite(conn, &summary, buckets))
+        let history = self.read(|conn| crate::history::read_sqlite(conn, &summary, buckets))?;
+        Ok(crate::history::with_actions(history, self.actions()?))
     }
 
     fn release_devices(&self, channel: &str, to_version: &str) -> Result<Vec<DeviceStatus>> {

@@ -6,8 +6,11 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration, TimeZone as _, Utc};
-use collector::{open_store, History, StateCounts, Status, Store, StoredReport};
+use collector::halt::{AutoHalt, HaltRule};
+use collector::{open_store, ActionKind, History, StateCounts, Status, Store, StoredReport};
 use common::*;
 use ota_report::{Outcome, ReportSigner as _};
 
@@ -15,6 +18,8 @@ on_both_stores!(
     state_over_time_follows_each_devices_latest_report,
     waves_are_counted_apart,
     a_halted_rollout_reads_halted,
+    a_release_the_collector_halted_reads_halted,
+    an_alert_alone_is_marked_but_changes_no_status,
     an_empty_store_has_no_history,
 );
 
@@ -150,6 +155,82 @@ fn a_halted_rollout_reads_halted(backend: Backend) {
     assert_eq!(release.waves[0].status, Status::Halted);
     assert_eq!(release.waves[0].states[9].skipped_halted, 1);
     assert_eq!(release.pending[9], 0);
+}
+
+/// Devices 1..=4 on 1.2.0 (the release `Repo` publishes): the first two roll back, the others commit.
+/// Every enrolled device reported, so the devices alone would make it read "converged".
+fn half_rolled_back(backend: Backend) -> (StoreDb, Arc<dyn Store>) {
+    let (db, store) = enrolled(backend, 4);
+    for n in 1..=4 {
+        let outcome = if n <= 2 {
+            Outcome::RolledBack
+        } else {
+            Outcome::Committed
+        };
+        store_at(&*store, n, 1, "1.2.0", outcome, i64::from(n));
+    }
+    (db, Arc::from(store))
+}
+
+fn auto_halt(store: &Arc<dyn Store>, repo: &Repo, keys: bool) -> AutoHalt {
+    AutoHalt::new(
+        store.clone(),
+        vec![HaltRule::parse_spec("rollback_percent=50,min_reports=4").unwrap()],
+        Some(repo.path()),
+        keys.then(|| repo.halt_keys()),
+        collector::halt::wall_clock(),
+    )
+}
+
+/// The collector's rule halts the release (signed and published, no device has reported "skipped"
+/// yet): the history reads it halted, with when, the rule and why.
+fn a_release_the_collector_halted_reads_halted(backend: Backend) {
+    let (_db, store) = half_rolled_back(backend);
+    assert_eq!(store.history(10).unwrap().releases[0].status, Status::Converged);
+    let repo = Repo::new();
+    let before = Utc::now().timestamp_millis();
+    let issued = auto_halt(&store, &repo, true).evaluate().unwrap();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0].action, ActionKind::Halted);
+
+    let history = store.history(10).unwrap();
+    let release = &history.releases[0];
+    assert_eq!(release.to_version, "1.2.0");
+    assert_eq!(release.status, Status::Halted);
+    assert_eq!(release.waves[0].states[9].skipped_halted, 0, "no device said so");
+    assert_eq!(release.actions.len(), 1);
+    let halt = &release.actions[0];
+    assert_eq!(halt.action, ActionKind::Halted);
+    assert_eq!(halt.at_ms, issued[0].at.timestamp_millis());
+    assert!(halt.at_ms >= before - 1000, "{halt:?}");
+    assert!(halt.rule.contains("rollback_percent"), "{}", halt.rule);
+    assert_eq!(halt.rule, issued[0].rule);
+    assert_eq!(halt.detail, issued[0].detail);
+    assert!(!halt.detail.is_empty());
+    assert_eq!((halt.judged, halt.rolled_back), (4, 2));
+    // The JSON `GET /v1/history` serves names it so.
+    let json = serde_json::to_value(&history).unwrap();
+    assert_eq!(json["releases"][0]["status"], "halted");
+    assert_eq!(json["releases"][0]["actions"][0]["action"], "halted");
+}
+
+/// Without the halt keys the rule only alerts: the alert is listed, the release still reads as its
+/// devices make it.
+fn an_alert_alone_is_marked_but_changes_no_status(backend: Backend) {
+    let (_db, store) = half_rolled_back(backend);
+    let repo = Repo::new();
+    let issued = auto_halt(&store, &repo, false).evaluate().unwrap();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    let history = store.history(10).unwrap();
+    let release = &history.releases[0];
+    assert_eq!(release.status, Status::Converged);
+    assert_eq!(release.actions.len(), 1);
+    assert_eq!(release.actions[0].action, ActionKind::Alerted);
+    assert!(
+        release.actions[0].detail.contains("no rollout-control key"),
+        "{}",
+        release.actions[0].detail
+    );
 }
 
 fn an_empty_store_has_no_history(backend: Backend) {

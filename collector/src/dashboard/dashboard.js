@@ -122,10 +122,27 @@ function reasons(summary) {
   return el("div", { class: "reasons" }, el("h3", {}, "Top failure reasons"), el("ol", {}, ...items));
 }
 
+// The collector's own halts and alerts on the release: when, which rule, and why (all as text).
+function actions(release) {
+  const list = release.actions || [];
+  if (list.length === 0) return null;
+  const items = list.map((a) => el("li", { "data-action": a.action },
+    el("span", { class: "badge " + (a.action === "halted" ? "halted" : "alert") },
+      a.action === "halted" ? "halted by the collector" : "alert"),
+    el("span", { class: "when" }, " " + when(a.at_ms)),
+    el("span", {}, a.wave === null ? "" : ` (wave ${a.wave})`),
+    el("span", {}, `: ${a.rolled_back} of ${a.judged} rolled back; rule `),
+    el("code", { class: "rule" }, a.rule),
+    el("div", { class: "detail" }, a.detail)));
+  return el("div", { class: "actions" }, el("h3", {}, "Collector actions"), el("ul", {}, ...items));
+}
+
 function releaseCard(history, release, summary) {
+  const alerted = (release.actions || []).some((a) => a.action === "alerted");
   const head = el("h2", {},
     el("span", { class: "name" }, `${release.hardware} / ${release.channel} / ${release.to_version}`),
-    el("span", { class: "badge " + release.status, "data-status": release.status }, release.status));
+    el("span", { class: "badge " + release.status, "data-status": release.status }, release.status),
+    alerted ? el("span", { class: "badge alert", "data-alert": "true" }, "alert") : "");
   const overall = release.waves[0] ? release.waves[0].states.map((_, i) => {
     const sum = {};
     for (const w of release.waves) for (const [k, v] of Object.entries(w.states[i])) sum[k] = (sum[k] || 0) + v;
@@ -135,6 +152,7 @@ function releaseCard(history, release, summary) {
     "first report", "reporting for", "state over time"].map((h) => el("th", {}, h)));
   return el("section", { class: "release status-" + release.status, "data-release": releaseKey(release) },
     head,
+    actions(release) || "",
     totals(summary, release),
     el("div", { class: "overall" }, chart(history, overall, release.pending, 1000, 90, true)),
     el("p", { class: "axis muted" },

@@ -13,8 +13,10 @@ use ota_report::{
     Version, PAYLOAD_TYPE,
 };
 
+pub mod halt_repo;
 pub mod pg_server;
 
+pub use halt_repo::Repo;
 pub use pg_server::PgDb;
 
 pub fn collector_bin() -> Command {

@@ -1,0 +1,102 @@
+//! A real TUF repository with rollout control, for the tests where the collector halts by a rule.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, dead_code)]
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+
+/// A repository with release 1.2.0 of board-a on stable (one wave: everyone now), its keys in `keys/`.
+pub struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    pub fn new() -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        for role in ["root", "targets", "snapshot", "timestamp", "rollout-control"] {
+            ota_publish::generate_key(&keys, role).unwrap();
+        }
+        let ring = ota_publish::KeyRing::from_dir(&keys).unwrap();
+        let role = |name: &str| ota_publish::RoleSpec {
+            keys: vec![ota_publish::read_public_key(
+                &keys.join(format!("{name}{}", ota_publish::PUBLIC_KEY_SUFFIX)),
+            )
+            .unwrap()],
+            threshold: 1,
+        };
+        let spec = ota_publish::InitSpec {
+            root: role("root"),
+            targets: role("targets"),
+            snapshot: role("snapshot"),
+            timestamp: role("timestamp"),
+            expiries: ota_publish::Expiries::default(),
+        };
+        let repo = dir.path().join("repo");
+        ota_publish::init(&repo, &spec, &ring).unwrap();
+        ota_publish::rollout_init(
+            &repo,
+            &role("rollout-control"),
+            &ota_publish::Expiries::default(),
+            &ring,
+        )
+        .unwrap();
+        let image = dir.path().join("fw.img");
+        std::fs::write(&image, vec![7u8; 4096]).unwrap();
+        let release = ota_publish::ReleaseSpec {
+            image,
+            version: "1.2.0".into(),
+            hardware: vec!["board-a".into()],
+            channel: "stable".into(),
+            rollout_percent: 100,
+            name: None,
+        };
+        let options = ota_publish::AddOptions {
+            waves: Some(ota_publish::WavesSpec::Now),
+            ..ota_publish::AddOptions::default()
+        };
+        ota_publish::add(&repo, &[release], &options, &ring).unwrap();
+        Repo { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    /// The halt's keys: rollout-control, snapshot, timestamp (never root or targets).
+    pub fn halt_key_files(&self) -> Vec<PathBuf> {
+        ["rollout-control", "snapshot", "timestamp"]
+            .iter()
+            .map(|r| self.dir.path().join("keys").join(format!("{r}.pk8")))
+            .collect()
+    }
+
+    pub fn halt_keys(&self) -> ota_publish::KeyRing {
+        let refs: Vec<ota_publish::KeyRef> = self
+            .halt_key_files()
+            .into_iter()
+            .map(ota_publish::KeyRef::File)
+            .collect();
+        collector::halt::load_halt_keys(&refs, None).unwrap()
+    }
+
+    /// The state and reason the signed rollout-control file gives 1.2.0 of board-a.
+    pub fn standing(&self) -> (ota_release::RolloutState, String) {
+        let status = ota_publish::rollout_status(
+            &self.path(),
+            Some("board-a"),
+            Some("stable"),
+            None,
+            Utc::now().timestamp(),
+        )
+        .unwrap();
+        let release = status.channels[0]
+            .releases
+            .iter()
+            .find(|r| r.version == "1.2.0")
+            .unwrap()
+            .clone();
+        (release.state, release.reason)
+    }
+}
+
