@@ -2,7 +2,8 @@
 //! `GET /v1/history` (the fleet over time, [`History`]).
 //!
 //! The page reads `GET /v1/summary` and `GET /v1/history` from the same collector and draws, per release
-//! and wave, the counts, a status, the top failure reasons, the time to converge and a chart of state
+//! and wave, the counts, a status (halted also when the collector halted it by a rule), the collector's
+//! own halts and alerts, the top failure reasons, the time to converge and a chart of state
 //! over time (inline SVG). It fetches nothing from anywhere else, and every text that came from a device
 //! (a failure reason, say) is put in the page as text (`textContent`, never markup). The
 //! Content-Security-Policy says the same to the browser: scripts, styles and requests from this origin

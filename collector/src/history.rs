@@ -399,9 +399,7 @@ fn status_of(now: StateCounts, pending: u64) -> Status {
 pub(crate) fn with_actions(mut history: History, actions: Vec<RolloutAction>) -> History {
     for action in actions {
         let Some(release) = history.releases.iter_mut().find(|r| {
-            r.hardware == action.hardware
-                && r.channel == action.channel
-                && r.to_version == action.to_version
+            r.hardware == action.hardware && r.channel == action.channel && r.to_version == action.to_version
         }) else {
             continue; // no report on it was stored before the history was read
         };

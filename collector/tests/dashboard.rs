@@ -263,3 +263,104 @@ async fn the_page_is_self_contained_and_guarded() {
         std::fs::write(keep, bytes).unwrap();
     }
 }
+
+/// Serves with a halt rule (its keys given when `keys`), sends reports on 1.2.0 that trip it (2 of 3
+/// devices roll back), waits for the collector's action, and returns the page Chromium rendered, the
+/// action as `summary --json` lists it, and the repository.
+async fn rendered_after_the_rule(keys: bool) -> (String, serde_json::Value, Repo) {
+    let db = Db::new();
+    let repo = Repo::new();
+    for n in 1..=3 {
+        db.enroll(&device_key(n));
+    }
+    let repo_path = repo.path().display().to_string();
+    let mut args = vec![
+        "--halt-rule".to_owned(),
+        "rollback_percent=60,min_reports=3".to_owned(),
+        "--halt-interval-secs".to_owned(),
+        "1".to_owned(),
+        "--repo".to_owned(),
+        repo_path,
+    ];
+    if keys {
+        for key in repo.halt_key_files() {
+            args.push("--halt-key".into());
+            args.push(key.display().to_string());
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&db.path, &args);
+    let client = reqwest::Client::new();
+    for (n, outcome) in [
+        (1, Outcome::RolledBack),
+        (2, Outcome::RolledBack),
+        (3, Outcome::Committed),
+    ] {
+        let key = device_key(n);
+        let body = signed(&report(&key, 1, "1.2.0", outcome, "health"), &key);
+        assert_eq!(post(&client, &server.base, body).await.0, 201);
+    }
+    // Read through the CLI, not `GET /v1/history`, so the page's history is computed after the action.
+    let summary = wait_for_action(&db.path).await;
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("{}/", server.base);
+    let dom = tokio::task::spawn_blocking(move || run_chromium(&url, "--dump-dom", profile.path()))
+        .await
+        .unwrap();
+    assert!(
+        dom.contains("1 release(s); updated"),
+        "the script did not finish:\n{dom}"
+    );
+    (dom, summary["actions"][0].clone(), repo)
+}
+
+/// `at` of an action (RFC 3339) as the page writes times.
+fn shown_time(action: &serde_json::Value) -> String {
+    let at: chrono::DateTime<chrono::Utc> = action["at"].as_str().unwrap().parse().unwrap();
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// The collector halts 1.2.0 by its rule before any device reports "skipped": the card reads halted,
+/// with the time, and the reason the signed halt carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_shows_a_release_the_collector_halted_as_halted_with_its_reason() {
+    chromium();
+    let (dom, action, repo) = rendered_after_the_rule(true).await;
+    assert_eq!(action["action"], "halted", "{action}");
+    let card = section(&dom, "data-release=\"board-a/stable/1.2.0\"");
+    assert!(card.contains("data-status=\"halted\""), "{card}");
+    assert!(!card.contains("data-alert="), "{card}");
+    let listed = section(card, "data-action=\"halted\"");
+    assert!(listed.contains("halted by the collector"), "{listed}");
+    assert!(listed.contains(&shown_time(&action)), "{listed}");
+    let (state, reason) = repo.standing();
+    assert_eq!(state, ota_release::RolloutState::Halted);
+    assert!(reason.starts_with("collector rule rollback_percent=60,min_reports=3: 2 of 3 rolled back"));
+    assert!(
+        listed.contains(&reason),
+        "the published reason {reason:?} is not shown:\n{listed}"
+    );
+    assert!(listed.contains("published "), "{listed}");
+    // The devices alone would make it converged (all three reported, none skipped).
+    assert_eq!(count(card, "skipped"), "0");
+}
+
+/// Without the halt keys the rule only alerts: the card carries the alert marker and why, and reads as
+/// its devices make it (not halted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_marks_an_alert_only_action() {
+    chromium();
+    let (dom, action, repo) = rendered_after_the_rule(false).await;
+    assert_eq!(action["action"], "alerted", "{action}");
+    let card = section(&dom, "data-release=\"board-a/stable/1.2.0\"");
+    assert!(card.contains("data-status=\"converged\""), "{card}");
+    assert!(card.contains("data-alert=\"true\""), "{card}");
+    let listed = section(card, "data-action=\"alerted\"");
+    assert!(listed.contains(&shown_time(&action)), "{listed}");
+    assert!(
+        listed.contains("collector rule rollback_percent=60,min_reports=3: 2 of 3 rolled back"),
+        "{listed}"
+    );
+    assert!(listed.contains("no rollout-control key: not halted"), "{listed}");
+    assert_eq!(repo.standing().0, ota_release::RolloutState::Active);
+}

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -192,19 +191,6 @@ async fn collector_serve_halts_by_its_rule_and_summary_shows_it() {
         "{text}"
     );
     drop(server);
-}
-
-/// `collector summary --json` once it lists an action (the timer's first ticks), at most ~60 s.
-async fn wait_for_action(db: &Path) -> serde_json::Value {
-    for _ in 0..600 {
-        let out = collector(&["summary", "--json", "--db", db.to_str().unwrap()]);
-        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        if summary["actions"].as_array().is_some_and(|a| !a.is_empty()) {
-            return summary;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("no halt recorded");
 }
 
 #[test]

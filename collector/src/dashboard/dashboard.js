@@ -129,10 +129,10 @@ function actions(release) {
   const items = list.map((a) => el("li", { "data-action": a.action },
     el("span", { class: "badge " + (a.action === "halted" ? "halted" : "alert") },
       a.action === "halted" ? "halted by the collector" : "alert"),
-    el("span", { class: "when" }, " " + when(a.at_ms)),
-    el("span", {}, a.wave === null ? "" : ` (wave ${a.wave})`),
-    el("span", {}, `: ${a.rolled_back} of ${a.judged} rolled back; rule `),
-    el("code", { class: "rule" }, a.rule),
+    el("span", { class: "when" }, " " + when(a.at_ms) + ": "),
+    // The reason as the published halt gives it.
+    el("span", { class: "reason" }, `collector rule ${a.rule}: ${a.rolled_back} of ${a.judged} rolled back`
+      + (a.wave === null ? "" : ` in wave ${a.wave}`)),
     el("div", { class: "detail" }, a.detail)));
   return el("div", { class: "actions" }, el("h3", {}, "Collector actions"), el("ul", {}, ...items));
 }

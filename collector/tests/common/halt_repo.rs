@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use chrono::Utc;
 
+use super::collector;
+
 /// A repository with release 1.2.0 of board-a on stable (one wave: everyone now), its keys in `keys/`.
 pub struct Repo {
     dir: tempfile::TempDir,
@@ -100,3 +102,15 @@ impl Repo {
     }
 }
 
+/// `collector summary --json` once it lists an action (the timer's first ticks), at most ~60 s.
+pub async fn wait_for_action(db: &std::path::Path) -> serde_json::Value {
+    for _ in 0..600 {
+        let out = collector(&["summary", "--json", "--db", db.to_str().unwrap()]);
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if summary["actions"].as_array().is_some_and(|a| !a.is_empty()) {
+            return summary;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no halt recorded");
+}

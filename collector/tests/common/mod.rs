@@ -16,7 +16,9 @@ use ota_report::{
 pub mod halt_repo;
 pub mod pg_server;
 
-pub use halt_repo::Repo;
+// Only the tests that halt by a rule use these.
+#[allow(unused_imports)]
+pub use halt_repo::{wait_for_action, Repo};
 pub use pg_server::PgDb;
 
 pub fn collector_bin() -> Command {
