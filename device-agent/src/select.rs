@@ -805,6 +805,40 @@ mod tests {
     }
 
     #[test]
+    fn a_halted_or_pulled_newer_release_is_skipped_with_its_cause() {
+        let mut f = Facts::new("1.5.0");
+        let targets = vec![
+            release_target("1.0.0", "gw", "stable", 100),
+            release_target("2.0.0", "gw", "stable", 100),
+        ];
+        let kinds = |d: &Decision| -> Vec<(String, SkipKind)> {
+            d.skipped()
+                .iter()
+                .map(|s| (s.target.clone(), s.kind.clone()))
+                .collect()
+        };
+        for (state, halted) in [(RolloutState::Halted, true), (RolloutState::Pulled, false)] {
+            // 1.0.0 is pulled too: older than the running release, it is skipped for that, unreported.
+            f.control = Some(control_with(&[("2.0.0", state), ("1.0.0", RolloutState::Pulled)]));
+            let d = select(&targets, &f.facts());
+            assert_eq!(chosen(&d), None);
+            let mut found = kinds(&d);
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            let [(old, old_kind), (new, new_kind)] = &found[..] else {
+                panic!("{found:?}")
+            };
+            assert_eq!((old.as_str(), old_kind), ("gw/1.0.0.img", &SkipKind::Other));
+            assert_eq!(new, "gw/2.0.0.img");
+            match (new_kind, halted) {
+                (SkipKind::Halted(image), true) | (SkipKind::Pulled(image), false) => {
+                    assert_eq!(image.version.to_string(), "2.0.0")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn a_pulled_running_release_goes_back_from_the_other_slot_or_by_download() {
         let mut f = Facts::new("2.0.0");
         let targets = vec![
