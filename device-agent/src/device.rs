@@ -33,10 +33,10 @@ use crate::identity::{FileIdentity, IdentityKey};
 use crate::report::{IdentitySigner, OutcomeFacts};
 use crate::report_queue::{QueueStatus, ReportQueue, SendError};
 use crate::rollout::{DrillResult, Purpose, ReleaseStanding, RolloutView, ViewFile};
-use crate::select::{select, Decision, DeviceFacts, OfferedTarget};
+use crate::select::{select, Decision, DeviceFacts, OfferedTarget, SkipKind};
 use crate::state::{
     transition, Action, DeviceRecord, DownloadRetry, Event, ImageRef, InstallReport, InstallSource,
-    InstallVia, RecordFile, RetryPolicy, SlotImage, UpdateState,
+    InstallVia, RecordFile, RetryPolicy, SkipReported, SlotImage, UpdateState,
 };
 use crate::SlotId;
 
@@ -376,6 +376,19 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         image: &ImageRef,
         reason: &str,
     ) -> Result<()> {
+        let facts = self.outcome_facts(outcome, image, reason)?;
+        self.update_record(|rec| rec.last_outcome = Some(facts))?;
+        self.queue_report();
+        Ok(())
+    }
+
+    /// The next numbered outcome for `image`, ended now, without an install.
+    fn outcome_facts(
+        &mut self,
+        outcome: ota_report::Outcome,
+        image: &ImageRef,
+        reason: &str,
+    ) -> Result<OutcomeFacts> {
         let now = now_unix();
         let running = self.boot.booted()?;
         let from_version = self
@@ -388,7 +401,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             .as_ref()
             .map_or(0, |o| o.number)
             .saturating_add(1);
-        let facts = OutcomeFacts {
+        Ok(OutcomeFacts {
             number,
             outcome,
             from_version,
@@ -399,8 +412,44 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             finished_unix: now,
             bytes_downloaded: 0,
             install_method: None,
+        })
+    }
+
+    /// Reports the newest release newer than the running one (and than the one being installed) that
+    /// rollout control holds back, halted or pulled: what the device would otherwise have installed.
+    /// Once per release and cause: the record keeps what was reported, in the same write as the
+    /// outcome, so neither the next poll nor a restart reports it again.
+    fn report_skip(&mut self, decision: &Decision) -> Result<()> {
+        let held = decision
+            .skipped()
+            .iter()
+            .filter_map(|s| match &s.kind {
+                SkipKind::Halted(image) => Some((ota_report::Outcome::SkippedHalted, image, &s.why)),
+                SkipKind::Pulled(image) => Some((ota_report::Outcome::SkippedPulled, image, &s.why)),
+                SkipKind::Other => None,
+            })
+            .max_by(|a, b| a.1.version.cmp(&b.1.version));
+        let Some((outcome, image, why)) = held else {
+            return Ok(());
         };
-        self.update_record(|rec| rec.last_outcome = Some(facts))?;
+        if let Decision::Install { image: chosen, .. } = decision {
+            if chosen.version >= image.version {
+                return Ok(());
+            }
+        }
+        let reported = SkipReported {
+            version: image.version.clone(),
+            outcome,
+        };
+        if self.record.skip_reported.as_ref() == Some(&reported) {
+            return Ok(());
+        }
+        tracing::info!(version = %image.version, outcome = %outcome.as_str(), "{why}");
+        let facts = self.outcome_facts(outcome, image, why)?;
+        self.update_record(|rec| {
+            rec.last_outcome = Some(facts);
+            rec.skip_reported = Some(reported);
+        })?;
         self.queue_report();
         Ok(())
     }
@@ -813,6 +862,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         }
         refuse_unless_idle(&state, "poll")?;
         let (targets, decision) = self.refresh_and_select().await?;
+        self.report_skip(&decision)?;
         if let Some(wait) = self.retry_wait(&state, &decision) {
             return Ok(wait);
         }

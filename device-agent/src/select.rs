@@ -84,6 +84,30 @@ pub struct Skipped {
     pub target: String,
     /// Why it was passed over.
     pub why: String,
+    /// The cause, when rollout control held back a release newer than the running one (reported).
+    pub kind: SkipKind,
+}
+
+impl Skipped {
+    /// A release passed over for a reason that is not reported (not newer, waiting for its wave...).
+    fn other(target: String, why: String) -> Skipped {
+        Skipped {
+            target,
+            why,
+            kind: SkipKind::Other,
+        }
+    }
+}
+
+/// Why a release was passed over, as far as its outcome report cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipKind {
+    /// A newer release this device would start, but its rollout is halted.
+    Halted(ImageRef),
+    /// A newer release this device would start, but it was pulled.
+    Pulled(ImageRef),
+    /// Any other reason: nothing to report.
+    Other,
 }
 
 /// The outcome of selection.
@@ -157,14 +181,14 @@ pub fn select(targets: &[OfferedTarget], device: &DeviceFacts<'_>) -> Decision {
     let candidates = candidates(targets, device, &mut skipped);
     let mut upgrade = newest_open(&candidates, device, &mut skipped);
     if let (Some(why), Some(c)) = (device.control_refused, upgrade) {
-        skipped.push(Skipped {
-            target: c.target.name.clone(),
-            why: format!(
+        skipped.push(Skipped::other(
+            c.target.name.clone(),
+            format!(
                 "{} not started: the rollout-control file was refused ({why}); the last verified one stays \
                  in force and no new release starts until a newer one verifies",
                 c.release.version
             ),
-        });
+        ));
         upgrade = None;
     }
     let pulled = device.control.is_some_and(|c| c.is_pulled(device.running));
@@ -194,10 +218,7 @@ fn candidates<'t>(
 ) -> Vec<Candidate<'t>> {
     let mut out = Vec::new();
     for t in targets {
-        let skip = |why: String| Skipped {
-            target: t.name.clone(),
-            why,
-        };
+        let skip = |why: String| Skipped::other(t.name.clone(), why);
         let parsed = OtaTarget::from_custom(&t.custom);
         if is_control_path(&t.name) {
             // The rollout-control role may sign only these paths: whatever it lists there is no image.
@@ -249,12 +270,17 @@ fn newest_open<'c, 't>(
 ) -> Option<&'c Candidate<'t>> {
     let mut best: Option<&Candidate<'_>> = None;
     for c in candidates {
-        let skip = |why: String| Skipped {
-            target: c.target.name.clone(),
-            why,
-        };
-        if let Some(why) = ineligible(&c.release, device).or_else(|| not_open(&c.release, device)) {
+        let skip = |why: String| Skipped::other(c.target.name.clone(), why);
+        if let Some(why) = ineligible(&c.release, device) {
             skipped.push(skip(why));
+            continue;
+        }
+        if let Some((why, kind)) = not_open(c, device) {
+            skipped.push(Skipped {
+                target: c.target.name.clone(),
+                why,
+                kind,
+            });
             continue;
         }
         let newer = best.is_none_or(|b| {
@@ -263,10 +289,10 @@ fn newest_open<'c, 't>(
         });
         if newer {
             if let Some(b) = best.take() {
-                skipped.push(Skipped {
-                    target: b.target.name.clone(),
-                    why: format!("{} is not the newest", b.release.version),
-                });
+                skipped.push(Skipped::other(
+                    b.target.name.clone(),
+                    format!("{} is not the newest", b.release.version),
+                ));
             }
             best = Some(c);
         } else {
@@ -276,28 +302,39 @@ fn newest_open<'c, 't>(
     best
 }
 
-/// Why `release` is not open for this device now (its wave, a halt, a pull), or `None` when it is.
-fn not_open(release: &Release, device: &DeviceFacts<'_>) -> Option<String> {
-    let entry = device.control.and_then(|c| c.release(&release.version));
+/// Why candidate `c` is not open for this device now (its wave, a halt, a pull), with the cause a
+/// report names, or `None` when it is open.
+fn not_open(c: &Candidate<'_>, device: &DeviceFacts<'_>) -> Option<(String, SkipKind)> {
+    let release = &c.release;
+    let entry = device.control.and_then(|ctl| ctl.release(&release.version));
     let v = &release.version;
     match standing(release, entry, device.seed, device.now_unix) {
         Ok(Standing::Open(_)) => None,
-        Ok(Standing::Waiting(place)) => Some(format!(
-            "{v}: this device is in wave {} and becomes eligible at {}",
-            place.wave + 1,
-            crate::rollout::format_unix(place.eligible_unix)
+        Ok(Standing::Waiting(place)) => Some((
+            format!(
+                "{v}: this device is in wave {} and becomes eligible at {}",
+                place.wave + 1,
+                crate::rollout::format_unix(place.eligible_unix)
+            ),
+            SkipKind::Other,
         )),
-        Ok(Standing::Halted { since_unix, reason }) => Some(format!(
-            "{v}: the rollout is halted since {}{}",
-            crate::rollout::format_unix(since_unix),
-            because(&reason)
+        Ok(Standing::Halted { since_unix, reason }) => Some((
+            format!(
+                "{v}: the rollout is halted since {}{}",
+                crate::rollout::format_unix(since_unix),
+                because(&reason)
+            ),
+            SkipKind::Halted(c.image()),
         )),
-        Ok(Standing::Pulled { since_unix, reason }) => Some(format!(
-            "{v} is pulled since {}{}",
-            crate::rollout::format_unix(since_unix),
-            because(&reason)
+        Ok(Standing::Pulled { since_unix, reason }) => Some((
+            format!(
+                "{v} is pulled since {}{}",
+                crate::rollout::format_unix(since_unix),
+                because(&reason)
+            ),
+            SkipKind::Pulled(c.image()),
         )),
-        Err(e) => Some(format!("{v}: its rollout plan is unusable: {e}")),
+        Err(e) => Some((format!("{v}: its rollout plan is unusable: {e}"), SkipKind::Other)),
     }
 }
 
@@ -323,13 +360,13 @@ fn pull_back<'c, 't>(
         .filter(|c| !pulled(&c.release.version) && !device.failed.contains(&c.release.version))
         .max_by(|a, b| (&a.release.version, &b.target.name).cmp(&(&b.release.version, &a.target.name)));
     if back.is_none() {
-        skipped.push(Skipped {
-            target: device.running.to_string(),
-            why: format!(
+        skipped.push(Skipped::other(
+            device.running.to_string(),
+            format!(
                 "the running {} is pulled, but no older release that is not pulled is offered: staying",
                 device.running
             ),
-        });
+        ));
     }
     back
 }
@@ -374,10 +411,7 @@ fn drill<'c, 't>(
         return None;
     }
     let mut skip = |why: String| {
-        skipped.push(Skipped {
-            target: format!("drill {}", d.id),
-            why,
-        });
+        skipped.push(Skipped::other(format!("drill {}", d.id), why));
         None
     };
     let Some(c) = candidates.iter().find(|c| c.release.version == d.release) else {
@@ -768,6 +802,40 @@ mod tests {
         );
         f.control = Some(control_with(&[("2.0.0", RolloutState::Active)]));
         assert_eq!(chosen(&select(&targets, &f.facts())).as_deref(), Some("2.0.0"));
+    }
+
+    #[test]
+    fn a_halted_or_pulled_newer_release_is_skipped_with_its_cause() {
+        let mut f = Facts::new("1.5.0");
+        let targets = vec![
+            release_target("1.0.0", "gw", "stable", 100),
+            release_target("2.0.0", "gw", "stable", 100),
+        ];
+        let kinds = |d: &Decision| -> Vec<(String, SkipKind)> {
+            d.skipped()
+                .iter()
+                .map(|s| (s.target.clone(), s.kind.clone()))
+                .collect()
+        };
+        for (state, halted) in [(RolloutState::Halted, true), (RolloutState::Pulled, false)] {
+            // 1.0.0 is pulled too: older than the running release, it is skipped for that, unreported.
+            f.control = Some(control_with(&[("2.0.0", state), ("1.0.0", RolloutState::Pulled)]));
+            let d = select(&targets, &f.facts());
+            assert_eq!(chosen(&d), None);
+            let mut found = kinds(&d);
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            let [(old, old_kind), (new, new_kind)] = &found[..] else {
+                panic!("{found:?}")
+            };
+            assert_eq!((old.as_str(), old_kind), ("gw/1.0.0.img", &SkipKind::Other));
+            assert_eq!(new, "gw/2.0.0.img");
+            match (new_kind, halted) {
+                (SkipKind::Halted(image), true) | (SkipKind::Pulled(image), false) => {
+                    assert_eq!(image.version.to_string(), "2.0.0")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -856,6 +856,20 @@ pub struct DeviceRecord {
     /// The field drills this device took part in and how each ended (bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drills: Vec<DrillResult>,
+    /// The last release reported as skipped (halted or pulled), so each is reported once, not at
+    /// every poll; saved in the same write as its outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_reported: Option<SkipReported>,
+}
+
+/// A release reported as skipped, and why (`skipped_halted` or `skipped_pulled`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkipReported {
+    /// The release skipped.
+    pub version: Version,
+    /// The outcome reported.
+    pub outcome: ota_report::Outcome,
 }
 
 /// Attempts at one release that ended before its image was verified (a failed download, a kill, a power
@@ -950,6 +964,7 @@ impl DeviceRecord {
             attempt_started_unix: None,
             last_outcome: None,
             drills: Vec::new(),
+            skip_reported: None,
         };
         *record.slot_mut(slot) = Some(image);
         record

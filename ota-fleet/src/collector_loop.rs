@@ -148,7 +148,9 @@ impl LoopCollector {
                 let counts = out.entry(i).or_default();
                 for (c, n) in counts
                     .iter_mut()
-                    .zip([w.committed, w.rolled_back, w.failed, w.pending])
+                    // A device whose latest report is a skip (halted, pulled) has not ended the
+                    // release: pending, as the drill counts it.
+                    .zip([w.committed, w.rolled_back, w.failed, w.pending + w.other])
                 {
                     *c += n;
                 }

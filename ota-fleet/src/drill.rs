@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use device_agent::config::HealthConfig;
 use device_agent::device::{provision, Device, DeviceSettings, FactoryImage, SlotPair};
 use device_agent::report_queue::ReportQueue;
-use device_agent::state::{RecordFile, UpdateState};
+use device_agent::state::{DeviceRecord, RecordFile, UpdateState};
 use ota_release::{
     standing, Channel, HardwareId, Release, ReleaseControl, RolloutPlan, RolloutSeed, RolloutState, Standing,
     Version,
@@ -1202,11 +1202,25 @@ async fn step(fleet: &Fleet, d: &mut SimDevice, rel: u64) {
 }
 
 /// Records, from the device's persisted record, that it started, installed, committed or rolled back
-/// the release its record names.
+/// the release its record names, or that its latest report skipped a release (halted or pulled): that
+/// device is pending on the release again, as the collector counts it.
 fn note_progress(d: &mut SimDevice) {
     let Ok(record) = RecordFile::in_dir(&d.state_dir).load() else {
         return;
     };
+    note_state(d, &record);
+    if let Some(last) = &record.last_outcome {
+        if matches!(
+            last.outcome,
+            ota_report::Outcome::SkippedHalted | ota_report::Outcome::SkippedPulled
+        ) {
+            d.progress.entry(last.to_version.to_string()).or_default().ended = None;
+        }
+    }
+}
+
+/// How far the device got with the release its record's state names.
+fn note_state(d: &mut SimDevice, record: &DeviceRecord) {
     let (version, installed, committed, rolled_back) = match &record.state {
         UpdateState::Downloading { image, .. } => (&image.version, false, false, false),
         UpdateState::Installed { image, .. } | UpdateState::TrialBoot { image, .. } => {

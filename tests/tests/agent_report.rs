@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ota_e2e::collector::{Collector, Misbehaviour, RawServer};
-use ota_e2e::{agent_binary, firmware, text, SimDevice, TestRepo, REBOOT};
+use ota_e2e::{agent_binary, firmware, text, SimDevice, TestRepo, CHANNEL, HARDWARE, REBOOT};
 use ota_report::{Envelope, Outcome, Report};
 
 const SLOT_LEN: u64 = 1 << 20;
@@ -284,6 +284,138 @@ fn a_full_queue_drops_the_oldest_and_the_next_report_counts_it() {
     assert_eq!(
         (v2["devices"].as_u64(), v2["committed"].as_u64()),
         (Some(1), Some(1)),
+        "{v2}"
+    );
+}
+
+/// `repo-tool rollout init` (once), then `repo-tool rollout <verb> --version V` for each `(verb, V)`:
+/// signed with the rollout-control key, as the operator does.
+fn rollout_control(repo: &TestRepo, steps: &[(&str, &str)]) {
+    let control = repo.key("rollout-control");
+    let root = repo.root_dir();
+    let root = root.to_str().unwrap();
+    let (targets, snapshot, timestamp) = (repo.key("targets"), repo.key("snapshot"), repo.key("timestamp"));
+    let [targets, snapshot, timestamp] = [&targets, &snapshot, &timestamp].map(|k| k.to_str().unwrap());
+    let run = |args: &[&str]| {
+        let out = repo.repo_tool(args);
+        assert!(out.status.success(), "repo-tool {args:?}: {}", text(&out));
+    };
+    if !control.exists() {
+        let control = repo.new_key("rollout-control");
+        let control = control.to_str().unwrap();
+        let init = [
+            "rollout",
+            "init",
+            "--repo",
+            root,
+            "--control-key",
+            control,
+            "--key",
+            targets,
+        ];
+        run(&[&init[..], &["--key", snapshot, "--key", timestamp]].concat());
+    }
+    let control = control.to_str().unwrap();
+    for (verb, version) in steps {
+        run(&[
+            "rollout",
+            verb,
+            "--repo",
+            root,
+            "--hardware",
+            HARDWARE,
+            "--channel",
+            CHANNEL,
+            "--version",
+            version,
+            "--key",
+            control,
+            "--key",
+            snapshot,
+            "--key",
+            timestamp,
+        ]);
+    }
+}
+
+#[test]
+fn a_halted_or_pulled_release_is_reported_skipped_once() {
+    let repo = TestRepo::new();
+    let mut collector = Collector::new();
+    let dev = device(&repo, &collector.url());
+    repo.publish("2.0.0", &firmware("2.0.0", 200_000));
+    rollout_control(&repo, &[("halt", "2.0.0")]);
+
+    // The collector is down: the skip waits in the queue, signed, once however often the device polls.
+    for _ in 0..2 {
+        settle(&dev);
+        assert_eq!(dev.status()["running_version"], "1.0.0");
+        let seen: Vec<(u64, Outcome, String)> = queued_reports(&dev.dir().join("state"))
+            .iter()
+            .map(|r| (r.sequence, r.outcome, r.to_version.to_string()))
+            .collect();
+        assert_eq!(seen, [(1, Outcome::SkippedHalted, "2.0.0".into())]);
+    }
+    let halted = &queued_reports(&dev.dir().join("state"))[0];
+    assert!(
+        halted
+            .reason
+            .as_str()
+            .contains("2.0.0: the rollout is halted since"),
+        "{halted:?}"
+    );
+    assert_eq!(halted.from_version.to_string(), "1.0.0");
+
+    // Pulled next: reported once more, for the new cause.
+    rollout_control(&repo, &[("pull", "2.0.0")]);
+    settle(&dev);
+    settle(&dev);
+    let seen: Vec<(u64, Outcome)> = queued_reports(&dev.dir().join("state"))
+        .iter()
+        .map(|r| (r.sequence, r.outcome))
+        .collect();
+    assert_eq!(seen, [(1, Outcome::SkippedHalted), (2, Outcome::SkippedPulled)]);
+
+    // The collector counts the device as skipped (its latest report), not pending.
+    collector.start();
+    collector.enroll(&dev.public_key());
+    settle(&dev);
+    let q = queue(&dev);
+    assert_eq!(
+        (q["count"].as_u64(), q["delivered"].as_u64()),
+        (Some(0), Some(2)),
+        "{q}"
+    );
+    let v2 = collector.release("2.0.0");
+    assert_eq!(
+        (
+            v2["devices"].as_u64(),
+            v2["skipped"].as_u64(),
+            v2["pending"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "{v2}"
+    );
+
+    // Resumed and installed: its ordinary outcome, and nothing more about the skip.
+    rollout_control(&repo, &[("resume", "2.0.0")]);
+    settle(&dev);
+    settle(&dev);
+    assert_eq!(dev.status()["running_version"], "2.0.0");
+    let q = queue(&dev);
+    assert_eq!(
+        (q["count"].as_u64(), q["delivered"].as_u64()),
+        (Some(0), Some(3)),
+        "{q}"
+    );
+    let v2 = collector.release("2.0.0");
+    assert_eq!(
+        (
+            v2["devices"].as_u64(),
+            v2["committed"].as_u64(),
+            v2["skipped"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0)),
         "{v2}"
     );
 }
