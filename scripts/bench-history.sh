@@ -19,37 +19,7 @@ done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build -q --profile "$PROFILE" -p collector --bin collector
 COLLECTOR="$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/collector"
-WORK="$(mktemp -d "${BENCH_DIR:-/var/tmp}/bench-history.XXXXXX")"
-chmod 0711 "$WORK"   # the postgres user reaches its data directory inside
-SERVER="" PG_PID=""
-cleanup() {
-  [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null
-  if [ -n "$PG_PID" ]; then kill -INT "$PG_PID" 2>/dev/null; wait "$PG_PID" 2>/dev/null || true; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# Starts PostgreSQL in $WORK/pg; sets PG_PID and PG_PORT.
-start_postgres() {
-  local bin run=()
-  bin="$(compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -1)"
-  [ -x "$bin/initdb" ] || { echo "bench-history: needs PostgreSQL (Debian package postgresql)" >&2; exit 2; }
-  mkdir "$WORK/pg"
-  if [ "$(id -u)" -eq 0 ]; then
-    chown postgres: "$WORK/pg"
-    run=(setpriv --reuid=postgres --regid=postgres --init-groups --)
-  fi
-  (cd "$WORK/pg" && "${run[@]}" "$bin/initdb" -D "$WORK/pg/data" -U postgres --auth=trust --no-instructions >/dev/null)
-  PG_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  (cd "$WORK/pg" && exec "${run[@]}" "$bin/postgres" -D "$WORK/pg/data" -h 127.0.0.1 -p "$PG_PORT" \
-    -k "$WORK/pg" >"$WORK/pg.log" 2>&1) &
-  PG_PID=$!
-  for _ in $(seq 300); do
-    "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && return
-    sleep 0.1
-  done
-  echo "bench-history: PostgreSQL did not start:" >&2; cat "$WORK/pg.log" >&2; exit 2
-}
+. scripts/bench-pg-lib.sh
 
 # The fill, the same SQL for both stores.
 per_release=$((REPORTS / DEVICES / 4 + 1))

@@ -50,7 +50,8 @@ mod together;
 use crate::actions::{on_postgres, DeviceStatus, LineDevice, RolloutAction};
 use crate::migrations::{Migration, MIGRATIONS, SCHEMA_VERSION_TABLE};
 use crate::store::{
-    redact_url, sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, ReportDone, Store, StoredReport,
+    self, redact_url, sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, ReportDone, Store,
+    StoredReport,
 };
 use crate::summary::{self, OutcomeRow, ReasonRow};
 use crate::{Error, Result, Summary};
@@ -404,19 +405,7 @@ impl Store for PostgresStore {
 
     /// Queues the report for a write lane and waits for its outcome.
     fn insert_report(&self, stored: &StoredReport) -> Result<()> {
-        let (answer, outcome) = mpsc::sync_channel(1);
-        self.queue_report(
-            stored.clone(),
-            Box::new(move |done| {
-                // The caller waits on `outcome`; it can only be gone if the caller panicked.
-                let _ = answer.send(done);
-            }),
-        );
-        outcome.recv().unwrap_or_else(|_| {
-            Err(Error::Task {
-                why: "the PostgreSQL write lanes ended".into(),
-            })
-        })
+        store::insert_by_queue(self, stored, "PostgreSQL write lanes")
     }
 
     /// Group commit (see the module doc): the report joins the queue; a write lane takes it with every

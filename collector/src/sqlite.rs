@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 use crate::actions::{on_sqlite, DeviceStatus, LineDevice, RolloutAction};
 use crate::migrations::{Migration, MIGRATIONS, SCHEMA_VERSION_TABLE};
 use crate::store::{
-    sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, ReportDone, Store, StoredReport,
+    self, sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, ReportDone, Store, StoredReport,
 };
 use crate::summary::{self, OutcomeRow, ReasonRow};
 use crate::{Error, Result, Summary};
@@ -259,19 +259,7 @@ impl Store for SqliteStore {
 
     /// Queues the report for the writer thread and waits for its outcome.
     fn insert_report(&self, stored: &StoredReport) -> Result<()> {
-        let (answer, outcome) = mpsc::sync_channel(1);
-        self.queue_report(
-            stored.clone(),
-            Box::new(move |done| {
-                // The caller waits on `outcome`; it can only be gone if the caller panicked.
-                let _ = answer.send(done);
-            }),
-        );
-        outcome.recv().unwrap_or_else(|_| {
-            Err(Error::Task {
-                why: "the SQLite writer thread ended".into(),
-            })
-        })
+        store::insert_by_queue(self, stored, "SQLite writer thread")
     }
 
     /// Group commit: the report joins the writer thread's queue; the thread stores every report queued

@@ -44,6 +44,24 @@ pub struct StoredReport {
 /// Told a queued report's outcome (see [`Store::queue_report`]).
 pub type ReportDone = Box<dyn FnOnce(Result<()>) + Send>;
 
+/// [`Store::insert_report`] for a store that queues reports ([`Store::queues_reports`]): queues it and
+/// waits for its outcome. `writer` names what stores the queue (for the error when it ended first).
+pub(crate) fn insert_by_queue(store: &impl Store, stored: &StoredReport, writer: &str) -> Result<()> {
+    let (answer, outcome) = std::sync::mpsc::sync_channel(1);
+    store.queue_report(
+        stored.clone(),
+        Box::new(move |done| {
+            // The caller waits on `outcome`; it can only be gone if the caller panicked.
+            let _ = answer.send(done);
+        }),
+    );
+    outcome.recv().unwrap_or_else(|_| {
+        Err(Error::Task {
+            why: format!("the {writer} ended"),
+        })
+    })
+}
+
 /// The collector's storage. Every method is one transaction; implementations are shared between the
 /// HTTP server's tasks (`Send + Sync`) and called from blocking threads, never on the async runtime.
 pub trait Store: Send + Sync {

@@ -2,19 +2,12 @@
 //! definitions, both naming every subcommand `--help` lists; `--help` lists the exit statuses.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::process::Command;
+use std::path::Path;
+
+use ota_testbed::cli_docs::{assert_completions_and_man, stdout_of, subcommands};
 
 fn collector(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_collector"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    stdout_of(Path::new(env!("CARGO_BIN_EXE_collector")), args)
 }
 
 #[test]
@@ -24,29 +17,9 @@ fn completions_and_the_man_page_name_every_subcommand() {
         help.contains("Exit status:") && help.contains("2  could not run"),
         "{help}"
     );
-    let commands: Vec<&str> = help
-        .split("Commands:")
-        .nth(1)
-        .unwrap()
-        .split("Options:")
-        .next()
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|w| *w != "help")
-        .collect();
+    let commands = subcommands(&help);
     for c in ["enroll", "revoke", "serve", "summary"] {
-        assert!(commands.contains(&c), "{help}");
+        assert!(commands.iter().any(|x| x == c), "{help}");
     }
-    for shell in ["bash", "zsh", "fish"] {
-        let script = collector(&["completions", shell]);
-        for c in &commands {
-            assert!(script.contains(c), "{shell} completion lacks {c}");
-        }
-    }
-    let man = collector(&["man"]);
-    assert!(man.contains(".TH"), "not roff: {man}");
-    for c in &commands {
-        assert!(man.contains(c), "man page lacks {c}");
-    }
+    assert_completions_and_man(collector, "completions", "man", &commands);
 }

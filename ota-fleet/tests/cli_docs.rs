@@ -2,44 +2,25 @@
 //! definitions, naming every flag `--help` lists.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::process::Command;
+use std::path::Path;
+
+use ota_testbed::cli_docs::{assert_completions_and_man, stdout_of};
 
 fn drill(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ota-drill"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    stdout_of(Path::new(env!("CARGO_BIN_EXE_ota-drill")), args)
 }
 
 #[test]
 fn completions_and_the_man_page_name_every_flag() {
     let help = drill(&["--help"]);
-    let flags: Vec<&str> = help
+    let flags: Vec<String> = help
         .split_whitespace()
         .filter(|w| w.starts_with("--") && *w != "--help" && *w != "--version")
+        .map(str::to_owned)
         .collect();
     assert!(
-        flags.contains(&"--scenario") && flags.contains(&"--out"),
+        flags.iter().any(|f| f == "--scenario") && flags.iter().any(|f| f == "--out"),
         "{help}"
     );
-    for shell in ["bash", "zsh", "fish"] {
-        let script = drill(&["--completions", shell]);
-        for f in &flags {
-            assert!(
-                script.contains(f.trim_start_matches('-')),
-                "{shell} completion lacks {f}"
-            );
-        }
-    }
-    let man = drill(&["--man"]);
-    assert!(man.contains(".TH"), "not roff: {man}");
-    for f in &flags {
-        assert!(man.contains(&f.replace('-', "\\-")), "man page lacks {f}");
-    }
+    assert_completions_and_man(drill, "--completions", "--man", &flags);
 }

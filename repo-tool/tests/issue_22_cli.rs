@@ -8,6 +8,7 @@ mod common;
 use std::fs;
 
 use common::{add_args, ok, Fixture};
+use ota_testbed::cli_docs::{assert_completions_and_man, subcommands};
 use ota_testbed::noise;
 use serde_json::Value;
 
@@ -122,46 +123,20 @@ fn verify_json_reports_ok_and_problems_with_the_same_exit_status() {
     assert!(!report["problems"].as_array().unwrap().is_empty(), "{report}");
 }
 
-/// The visible subcommands, from `--help`.
-fn subcommands(dir: &std::path::Path) -> Vec<String> {
-    let help = ok(dir, &["--help"]);
-    let commands = help
-        .split("Commands:")
-        .nth(1)
-        .unwrap()
-        .split("Options:")
-        .next()
-        .unwrap();
-    commands
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|w| *w != "help")
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn completions_and_the_man_page_name_every_subcommand() {
     let dir = tempfile::tempdir().unwrap();
-    let commands = subcommands(dir.path());
+    let run = |args: &[&str]| ok(dir.path(), args);
+    let commands = subcommands(&run(&["--help"]));
     assert!(commands.len() >= 12, "{commands:?}");
-    for shell in ["bash", "zsh", "fish"] {
-        let script = ok(dir.path(), &["completions", shell]);
-        for c in &commands {
-            assert!(script.contains(c.as_str()), "{shell} completion lacks {c}");
-        }
-    }
+    let man = assert_completions_and_man(run, "completions", "man", &commands);
     let bash = ok(dir.path(), &["completions", "bash"]);
     assert!(
         bash.contains("complete -F") && bash.contains("--warn-within"),
         "{bash}"
     );
-    let man = ok(dir.path(), &["man"]);
     assert!(man.starts_with(".ie") || man.contains(".TH"), "not roff: {man}");
     assert!(man.contains("repo\\-tool"), "{man}");
-    for c in &commands {
-        assert!(man.contains(&c.replace('-', "\\-")), "man page lacks {c}");
-    }
     assert!(
         !commands.contains(&"completions".to_owned()),
         "completions is hidden: {commands:?}"

@@ -13,10 +13,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ota_e2e::{firmware, sha256_hex, text, SimDevice, TestRepo};
+use ota_e2e::{firmware, repo_tool_binary, sha256_hex, text, SimDevice, TestRepo};
 use ota_publish::{Bucket, BucketSpec, PublishOptions};
 use ota_testbed::S3Server;
 
@@ -221,34 +220,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), dest).unwrap();
         }
     }
-}
-
-/// The `repo-tool` binary, built once per test process (as `ota_e2e::agent_binary` builds the agent).
-fn repo_tool_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let agent = ota_e2e::agent_binary();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(ota_testbed::workspace_root()).args([
-            "build",
-            "--quiet",
-            "-p",
-            "repo-tool",
-            "--bin",
-            "repo-tool",
-        ]);
-        if agent
-            .parent()
-            .and_then(Path::file_name)
-            .is_some_and(|n| n == "release")
-        {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().unwrap().success(), "building repo-tool failed");
-        agent.with_file_name("repo-tool")
-    })
-    .clone()
 }
 
 /// Multipart uploads in progress in `bucket` (moto's ListMultipartUploads).

@@ -6,6 +6,7 @@
 //! - [`python_tuf`]: the interpreter of the python-tuf virtualenv that `scripts/test.sh` creates.
 //! - [`SoftHsm`]: SoftHSM2 tokens under a private `SOFTHSM2_CONF`, for the PKCS#11 tests.
 //! - [`noise`]: deterministic incompressible bytes, for images a delta must really match.
+//! - [`cli_docs`]: a binary's shell completions and man page name all its `--help` lists.
 //!
 //! Missing tools are a test failure, never a skip: each function panics with a message that says how to
 //! install what is missing (`bash scripts/test.sh` installs everything).
@@ -13,6 +14,7 @@
 // A test bed fails loudly: panicking with a clear message is its error handling.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+pub mod cli_docs;
 mod s3;
 pub mod tls;
 
