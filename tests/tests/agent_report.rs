@@ -380,42 +380,29 @@ fn a_halted_or_pulled_release_is_reported_skipped_once() {
     collector.start();
     collector.enroll(&dev.public_key());
     settle(&dev);
-    let q = queue(&dev);
-    assert_eq!(
-        (q["count"].as_u64(), q["delivered"].as_u64()),
-        (Some(0), Some(2)),
-        "{q}"
-    );
+    assert_eq!(numbers(&queue(&dev), &["count", "delivered"]), [0, 2]);
     let v2 = collector.release("2.0.0");
-    assert_eq!(
-        (
-            v2["devices"].as_u64(),
-            v2["skipped"].as_u64(),
-            v2["pending"].as_u64()
-        ),
-        (Some(1), Some(1), Some(0)),
-        "{v2}"
-    );
+    assert_eq!(numbers(&v2, &["devices", "skipped", "pending"]), [1, 1, 0]);
 
     // Resumed and installed: its ordinary outcome, and nothing more about the skip.
     rollout_control(&repo, &[("resume", "2.0.0")]);
     settle(&dev);
     settle(&dev);
     assert_eq!(dev.status()["running_version"], "2.0.0");
-    let q = queue(&dev);
-    assert_eq!(
-        (q["count"].as_u64(), q["delivered"].as_u64()),
-        (Some(0), Some(3)),
-        "{q}"
-    );
+    assert_eq!(numbers(&queue(&dev), &["count", "delivered"]), [0, 3]);
     let v2 = collector.release("2.0.0");
-    assert_eq!(
-        (
-            v2["devices"].as_u64(),
-            v2["committed"].as_u64(),
-            v2["skipped"].as_u64()
-        ),
-        (Some(1), Some(1), Some(0)),
-        "{v2}"
-    );
+    assert_eq!(numbers(&v2, &["devices", "committed", "skipped"]), [1, 1, 0]);
+}
+
+/// The named counts of a JSON object (a queue's status, a release's summary); panics naming the object
+/// when one is missing or not a count.
+fn numbers(object: &serde_json::Value, names: &[&str]) -> Vec<u64> {
+    names
+        .iter()
+        .map(|name| {
+            object[*name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no count {name:?} in {object}"))
+        })
+        .collect()
 }
