@@ -67,5 +67,7 @@ pub use keys::parse_device_key;
 pub use migrations::{Migration, MIGRATIONS};
 pub use pg::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use store::{open_store, redact_url, EnrolledDevice, Enrolment, ReportDone, Store, StoredReport};
+pub use store::{
+    open_store, redact_url, EnrolledDevice, Enrolment, LineEnrolment, ReportDone, Store, StoredReport,
+};
 pub use summary::{ReasonCount, ReleaseSummary, Summary, WaveSummary};

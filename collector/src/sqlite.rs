@@ -10,7 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 use crate::actions::{on_sqlite, DeviceStatus, LineDevice, RolloutAction};
 use crate::migrations::{Migration, MIGRATIONS, SCHEMA_VERSION_TABLE};
 use crate::store::{
-    self, sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, ReportDone, Store, StoredReport,
+    self, sql_to_u64, to_sql_int, DeviceRow, EnrolledDevice, Enrolment, LineEnrolment, ReportDone, Store,
+    StoredReport,
 };
 use crate::summary::{self, OutcomeRow, ReasonRow};
 use crate::{Error, Result, Summary};
@@ -217,23 +218,28 @@ fn device_row(conn: &Connection, device: &DeviceId) -> Result<Option<DeviceRow>>
 
 impl Store for SqliteStore {
     fn enroll(&self, key: &PublicKey, at: DateTime<Utc>) -> Result<Enrolment> {
-        let device = key.device_id();
-        let key_hex = hex::encode(key.to_bytes());
         let mut conn = lock(&self.writer)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(Error::storage("begin enrolment"))?;
-        if let Some(row) = device_row(&tx, &device)? {
-            return row.enrolment_again(key);
-        }
-        tx.execute(
-            "INSERT INTO devices (device_id, key_algorithm, public_key, enrolled_at)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![device.as_str(), key.algorithm(), key_hex, at.timestamp_millis()],
-        )
-        .map_err(Error::storage("enrol a device"))?;
+        let enrolment = enroll_in(&tx, key, at)?;
         tx.commit().map_err(Error::storage("commit an enrolment"))?;
-        Ok(Enrolment::Added)
+        Ok(enrolment)
+    }
+
+    /// One transaction for the whole batch: one commit however many devices.
+    fn enroll_line_batch(&self, devices: &[LineEnrolment], at: DateTime<Utc>) -> Result<Vec<Enrolment>> {
+        let mut conn = lock(&self.writer)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::storage("begin a line's enrolment"))?;
+        let mut out = Vec::with_capacity(devices.len());
+        for d in devices {
+            out.push(enroll_in(&tx, &d.key, at)?);
+            on_sqlite::set_line(&tx, &d.key.device_id(), &d.hardware, &d.channel)?;
+        }
+        tx.commit().map_err(Error::storage("commit a line's enrolment"))?;
+        Ok(out)
     }
 
     fn revoke(&self, device: &DeviceId, at: DateTime<Utc>) -> Result<()> {
@@ -336,6 +342,26 @@ impl Store for SqliteStore {
     fn actions(&self) -> Result<Vec<RolloutAction>> {
         self.read(on_sqlite::actions)
     }
+}
+
+/// Enrols `key` inside the caller's transaction (see [`Store::enroll`]).
+fn enroll_in(conn: &Connection, key: &PublicKey, at: DateTime<Utc>) -> Result<Enrolment> {
+    let device = key.device_id();
+    if let Some(row) = device_row(conn, &device)? {
+        return row.enrolment_again(key);
+    }
+    conn.execute(
+        "INSERT INTO devices (device_id, key_algorithm, public_key, enrolled_at)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![
+            device.as_str(),
+            key.algorithm(),
+            hex::encode(key.to_bytes()),
+            at.timestamp_millis()
+        ],
+    )
+    .map_err(Error::storage("enrol a device"))?;
+    Ok(Enrolment::Added)
 }
 
 /// Stores `batch` in one transaction, each report under its own savepoint, and calls each one's `done`

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use chrono::Utc;
-use collector::{open_store, Error, Store, StoredReport, MIGRATIONS};
+use collector::{open_store, Enrolment, Error, LineEnrolment, Store, StoredReport, MIGRATIONS};
 use common::*;
 use ota_report::{Outcome, ReportSigner as _};
 
@@ -29,6 +29,7 @@ on_both_stores!(
     release_counts_match_a_recount_after_outcomes_change,
     migrating_an_older_database_fills_the_counters,
     a_refused_report_in_a_batch_stores_nothing_and_spares_the_others,
+    a_factory_line_is_enrolled_in_one_batch_with_its_hardware_and_channel,
 );
 
 /// Opened twice, the schema is migrated once; SQLite's file is in WAL mode.
@@ -314,4 +315,53 @@ fn a_report_the_database_refuses_spares_the_others_of_its_batch(backend: Backend
     let device = store.device(&blocked).unwrap().unwrap();
     assert_eq!(device.last_sequence, None);
     assert_eq!(store.summary().unwrap().releases[0].committed, 7);
+}
+
+/// A factory line enrols its devices in one batch, each with its hardware id and channel (counted as
+/// pending before any report); a batch holding a revoked device is refused naming it, and SQLite's
+/// (one transaction for the batch) has then enrolled none of the others.
+fn a_factory_line_is_enrolled_in_one_batch_with_its_hardware_and_channel(backend: Backend) {
+    let db = StoreDb::new(backend);
+    let store = open_store(db.location()).unwrap();
+    let line = |seeds: &[u8]| -> Vec<LineEnrolment> {
+        seeds
+            .iter()
+            .map(|s| LineEnrolment {
+                key: device_key(*s).public_key(),
+                hardware: format!("board-{}", s % 2),
+                channel: "stable".into(),
+            })
+            .collect()
+    };
+    let enrolled = store.enroll_line_batch(&line(&[1, 2, 3]), Utc::now()).unwrap();
+    assert_eq!(enrolled, vec![Enrolment::Added; 3]);
+    let again = store.enroll_line_batch(&line(&[3]), Utc::now()).unwrap();
+    assert_eq!(again, vec![Enrolment::AlreadyEnrolled]);
+    let mut devices = store.line_devices("stable").unwrap();
+    devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    assert_eq!(devices.len(), 3);
+    let hardware_of = |seed: u8| {
+        let id = device_key(seed).public_key().device_id();
+        devices
+            .iter()
+            .find(|d| d.device_id == id.as_str())
+            .map(|d| d.hardware.clone())
+    };
+    assert_eq!(hardware_of(2).as_deref(), Some("board-0"));
+    assert_eq!(hardware_of(3).as_deref(), Some("board-1"));
+
+    let revoked = device_key(2).public_key().device_id();
+    store.revoke(&revoked, Utc::now()).unwrap();
+    let err = store.enroll_line_batch(&line(&[4, 2]), Utc::now()).unwrap_err();
+    assert!(
+        matches!(&err, Error::EnrolmentConflict { device, .. } if *device == revoked),
+        "{err}"
+    );
+    if matches!(backend, Backend::Sqlite) {
+        let newcomer = device_key(4).public_key().device_id();
+        assert!(
+            store.device(&newcomer).unwrap().is_none(),
+            "a refused batch enrolled a device"
+        );
+    }
 }

@@ -404,7 +404,11 @@ impl ReportQueue {
     fn load(&self) -> Result<Loaded> {
         let mut meta = self.read_meta()?;
         let mut entries = Vec::new();
-        for e in self.list()? {
+        let (listed, stale) = self.scan()?;
+        for path in stale {
+            self.disk.remove(&path)?;
+        }
+        for e in listed {
             if e.sequence < meta.drop_below {
                 self.disk.remove(&self.entry_path(e.sequence, e.outcome))?;
                 continue;
@@ -413,7 +417,6 @@ impl ReportQueue {
             meta.next_sequence = meta.next_sequence.max(e.sequence.saturating_add(1));
             entries.push(e);
         }
-        self.remove_stale_temp_files()?;
         Ok(Loaded { meta, entries })
     }
 
@@ -443,16 +446,28 @@ impl ReportQueue {
 
     /// The entries on disk, oldest first (names that are not `<sequence>-<outcome>.dsse` are ignored).
     fn list(&self) -> Result<Vec<Entry>> {
+        Ok(self.scan()?.0)
+    }
+
+    /// One read of the directory: the entries, oldest first, and the temp files a cut left behind
+    /// (`.NAME.tmp`, see `ota_fs::write_atomic`: garbage by construction).
+    fn scan(&self) -> Result<(Vec<Entry>, Vec<PathBuf>)> {
         let read = match std::fs::read_dir(&self.dir) {
             Ok(read) => read,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
             Err(e) => return Err(Error::io("list report queue", &self.dir)(e)),
         };
         let mut entries = Vec::new();
+        let mut stale = Vec::new();
         for item in read {
             let item = item.map_err(Error::io("list report queue", &self.dir))?;
             let name = item.file_name();
-            let Some((sequence, outcome)) = name.to_str().and_then(parse_entry_name) else {
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                stale.push(item.path());
+                continue;
+            }
+            let Some((sequence, outcome)) = parse_entry_name(&name) else {
                 continue;
             };
             let bytes = item
@@ -466,20 +481,7 @@ impl ReportQueue {
             });
         }
         entries.sort_by_key(|e| e.sequence);
-        Ok(entries)
-    }
-
-    /// Temp files a cut left behind (`.NAME.tmp`, see `ota_fs::write_atomic`): garbage by construction.
-    fn remove_stale_temp_files(&self) -> Result<()> {
-        let read = std::fs::read_dir(&self.dir).map_err(Error::io("list report queue", &self.dir))?;
-        for item in read.flatten() {
-            let name = item.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') && name.ends_with(".tmp") {
-                self.disk.remove(&item.path())?;
-            }
-        }
-        Ok(())
+        Ok((entries, stale))
     }
 
     fn entry_path(&self, sequence: u64, outcome: u64) -> PathBuf {

@@ -88,18 +88,34 @@ impl LoopCollector {
         })
     }
 
-    /// Enrols a device's identity key, with its hardware id and channel (as a factory line would).
-    pub(crate) fn enroll(&self, public_key: &[u8], hardware: &str, channel: &str) -> Result<()> {
-        let key = ota_report::PublicKey::ed25519(public_key).map_err(|e| Error::ScenarioInvalid {
-            field: "devices".into(),
-            why: format!("identity key: {e}"),
-        })?;
-        self.store
-            .enroll(&key, chrono::Utc::now())
-            .map_err(collector_error)?;
-        self.store
-            .set_device_line(&key.device_id(), hardware, channel)
-            .map_err(collector_error)
+    /// Enrols the fleet's devices (name, identity key, hardware id) on `channel`, as a factory line
+    /// would: in batches, each one transaction.
+    pub(crate) fn enroll_line<'d>(
+        &self,
+        devices: impl Iterator<Item = (&'d str, &'d [u8; 32], &'d str)>,
+        channel: &str,
+    ) -> Result<()> {
+        const BATCH: usize = 5_000;
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut devices = devices.peekable();
+        while let Some((name, public_key, hardware)) = devices.next() {
+            let key = ota_report::PublicKey::ed25519(public_key).map_err(|e| Error::ScenarioInvalid {
+                field: "devices".into(),
+                why: format!("identity key of {name}: {e}"),
+            })?;
+            batch.push(collector::LineEnrolment {
+                key,
+                hardware: hardware.to_owned(),
+                channel: channel.to_owned(),
+            });
+            if batch.len() == BATCH || devices.peek().is_none() {
+                self.store
+                    .enroll_line_batch(&batch, chrono::Utc::now())
+                    .map_err(collector_error)?;
+                batch.clear();
+            }
+        }
+        Ok(())
     }
 
     /// The queue a device's agent writes its reports into (the agent's default bounds).
@@ -157,6 +173,11 @@ impl LoopCollector {
             }
         }
         Ok(out)
+    }
+
+    /// How many reports the collector stored.
+    pub(crate) fn report_count(&self) -> Result<u64> {
+        self.store.report_count().map_err(collector_error)
     }
 
     /// Stops the HTTP server (it finishes the requests in flight).

@@ -223,16 +223,24 @@ pub async fn run(
     for (rel_index, plan) in scenario.releases.iter().enumerate() {
         releases.push(drill.run_release(rel_index, plan, observer).await?);
     }
-    let (final_versions, mut invariants, power_cuts) = drill.final_power_cycle().await;
+    let (final_versions, mut invariants, power_cuts) = drill.final_power_cycle().await?;
     drill.collector.stop();
     invariants.collector_counts_checked = drill.collector_checked;
     invariants.collector_disagreements = std::mem::take(&mut drill.collector_disagreements);
     let mirror = drill.fleet.mirror.stats();
     let secs = drill.fleet_time.as_secs_f64();
-    let requests_per_second = if secs > 0.0 {
-        crate::report::f64_from_u64(mirror.requests.saturating_sub(requests_before)) / secs
-    } else {
-        0.0
+    let per_second = |n: u64| {
+        if secs > 0.0 {
+            crate::report::f64_from_u64(n) / secs
+        } else {
+            0.0
+        }
+    };
+    let requests_per_second = per_second(mirror.requests.saturating_sub(requests_before));
+    let reports = drill.collector.report_count()?;
+    let collector = crate::report::CollectorStats {
+        reports,
+        reports_per_second: per_second(reports),
     };
     let Drill {
         round,
@@ -250,6 +258,7 @@ pub async fn run(
         final_versions,
         mirror,
         requests_per_second,
+        collector,
         power_cuts,
         invariants,
         timeline,
@@ -362,12 +371,12 @@ impl Drill {
         };
         let factory_images = publish(&fleet, &repo, work, &factory, &ring)?;
         let collector = Arc::new(start_collector(&fleet, &repo, collector_db, control_ring).await?);
-        let mut devices = Vec::with_capacity(usize::try_from(scenario.devices).unwrap_or(0));
-        for index in 0..scenario.devices {
-            let d = provision_device(&fleet, work, index, &factory_images, &fingerprint)?;
-            collector.enroll(&d.public_key, d.hardware.as_str(), &scenario.channel)?;
-            devices.push(Some(d));
-        }
+        let devices = provision_fleet(&fleet, work, &factory_images, &fingerprint)?;
+        let line = devices
+            .iter()
+            .flatten()
+            .map(|d| (d.name.as_str(), &d.public_key, d.hardware.as_str()));
+        collector.enroll_line(line, &scenario.channel)?;
         Ok(Drill {
             fleet,
             ring,
@@ -648,16 +657,25 @@ impl Drill {
 
     /// Final power cycle of every device, no cut: it must boot a signed image. Returns the versions
     /// the fleet runs, the invariants and the power cuts injected over the whole drill.
-    async fn final_power_cycle(&mut self) -> (BTreeMap<String, u32>, Invariants, PowerCutCounts) {
+    async fn final_power_cycle(&mut self) -> Result<(BTreeMap<String, u32>, Invariants, PowerCutCounts)> {
+        on_devices(
+            &self.fleet,
+            &mut self.devices,
+            |_| true,
+            |fleet, mut d| async move {
+                d.live = None;
+                d.needs_boot = true;
+                if let Err(e) = boot_and_check(&fleet, &mut d, PowerCut::never()).await {
+                    d.last_error = Some(e);
+                }
+                d
+            },
+        )
+        .await?;
         let mut invariants = Invariants::default();
         let mut power_cuts = PowerCutCounts::default();
         let mut final_versions: BTreeMap<String, u32> = BTreeMap::new();
-        for d in self.devices.iter_mut().flatten() {
-            d.live = None;
-            d.needs_boot = true;
-            if let Err(e) = boot_and_check(&self.fleet, d, PowerCut::never()).await {
-                d.last_error = Some(e);
-            }
+        for d in self.devices.iter().flatten() {
             *final_versions.entry(d.running.clone()).or_default() += 1;
             invariants.boots_checked += d.invariants.boots_checked;
             invariants
@@ -668,7 +686,7 @@ impl Drill {
             power_cuts.commit += d.cuts.commit;
             power_cuts.rollback += d.cuts.rollback;
         }
-        (final_versions, invariants, power_cuts)
+        Ok((final_versions, invariants, power_cuts))
     }
 }
 
@@ -958,6 +976,45 @@ fn factory_image(fleet: &Fleet) -> Result<FactoryImage> {
     })
 }
 
+/// Every device of the fleet provisioned, in index order, on as many threads as the machine has
+/// cores: provisioning is each device's own files and flash, so devices do not wait for each other.
+fn provision_fleet(
+    fleet: &Fleet,
+    work: &Path,
+    factory_images: &BTreeMap<String, Vec<u8>>,
+    fingerprint: &ota_publish::RootFingerprint,
+) -> Result<Vec<Option<SimDevice>>> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let threads = u32::try_from(threads).unwrap_or(1);
+    let devices = fleet.scenario.devices;
+    let per_thread = devices.div_ceil(threads).max(1);
+    let provisioned: Vec<Result<Vec<SimDevice>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..devices)
+            .step_by(usize::try_from(per_thread).unwrap_or(1))
+            .map(|first| {
+                let last = first.saturating_add(per_thread).min(devices);
+                scope.spawn(move || {
+                    (first..last)
+                        .map(|index| provision_device(fleet, work, index, factory_images, fingerprint))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(Error::Task("a provisioning thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(usize::try_from(devices).unwrap_or(0));
+    for chunk in provisioned {
+        out.extend(chunk?.into_iter().map(Some));
+    }
+    Ok(out)
+}
+
 /// Device `index`: its board, its flash with the factory image, and its agent's state directory
 /// provisioned (root of trust, identity, record).
 fn provision_device(
@@ -1140,24 +1197,43 @@ async fn step_round(
     devices: &mut [Option<SimDevice>],
     rel: u64,
 ) -> Result<()> {
+    let pick = |d: &SimDevice| !d.settled && !d.waiting;
+    on_devices(fleet, devices, pick, |fleet, mut d| {
+        let collector = Arc::clone(collector);
+        async move {
+            step(&fleet, &mut d, rel).await;
+            collector.deliver(&d.state_dir).await;
+            d
+        }
+    })
+    .await
+}
+
+/// Runs `job` on every device `pick` selects, at most the scenario's concurrency at a time: each
+/// device moves into its task and back into its place.
+async fn on_devices<J, F>(
+    fleet: &Arc<Fleet>,
+    devices: &mut [Option<SimDevice>],
+    pick: impl Fn(&SimDevice) -> bool,
+    job: J,
+) -> Result<()>
+where
+    J: Fn(Arc<Fleet>, SimDevice) -> F,
+    F: std::future::Future<Output = SimDevice> + Send + 'static,
+{
     let limit = usize::try_from(fleet.scenario.concurrency).unwrap_or(1).max(1);
     let mut tasks = tokio::task::JoinSet::new();
     let mut pending = devices
         .iter_mut()
         .enumerate()
-        .filter(|(_, d)| d.as_ref().is_some_and(|d| !d.settled && !d.waiting));
+        .filter(|(_, d)| d.as_ref().is_some_and(&pick));
     let mut back: Vec<(usize, SimDevice)> = Vec::new();
     loop {
         while tasks.len() < limit {
             let Some((i, slot)) = pending.next() else { break };
-            let Some(mut d) = slot.take() else { continue };
-            let fleet = Arc::clone(fleet);
-            let collector = Arc::clone(collector);
-            tasks.spawn(async move {
-                step(&fleet, &mut d, rel).await;
-                collector.deliver(&d.state_dir).await;
-                (i, d)
-            });
+            let Some(d) = slot.take() else { continue };
+            let work = job(Arc::clone(fleet), d);
+            tasks.spawn(async move { (i, work.await) });
         }
         match tasks.join_next().await {
             Some(Ok(done)) => back.push(done),

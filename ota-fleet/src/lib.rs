@@ -31,8 +31,8 @@ use std::path::PathBuf;
 pub use drill::{run, DrillObserver, DrillOptions, Silent};
 pub use mirror::{Fault, FaultyMirror, MirrorStats};
 pub use report::{
-    DeviceOutcome, DeviceRows, DrillReport, HaltReport, Invariants, Outcome, ReleaseReport, Sample,
-    WaveReport, WrittenReport,
+    CollectorStats, DeviceOutcome, DeviceRows, DrillReport, HaltReport, Invariants, Outcome, ReleaseReport,
+    Sample, WaveReport, WrittenReport,
 };
 pub use scenario::{
     Faults, HaltRule, HardwareShare, NetworkFaults, PowerFaults, ReleasePlan, RolloutSettings, Scenario,

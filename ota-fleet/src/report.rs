@@ -308,6 +308,8 @@ pub struct DrillReport {
     pub mirror: MirrorStats,
     /// Requests the mirror served per second of the fleet's run.
     pub requests_per_second: f64,
+    /// The collector in the loop: reports it stored, and how fast.
+    pub collector: CollectorStats,
     /// Power cuts injected.
     pub power_cuts: PowerCutCounts,
     /// Did every device stay bootable and signed?
@@ -318,6 +320,15 @@ pub struct DrillReport {
     /// streamed from a spool.
     #[serde(skip)]
     pub device_outcomes: DeviceRows,
+}
+
+/// What the collector in the drill's loop ingested.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CollectorStats {
+    /// Signed reports it verified and stored.
+    pub reports: u64,
+    /// Reports stored per second of the fleet's run (the rounds, as `requests_per_second`).
+    pub reports_per_second: f64,
 }
 
 /// Files [`DrillReport::write_to`] wrote.
@@ -443,6 +454,11 @@ impl DrillReport {
             } else {
                 faults.join(", ")
             }
+        );
+        let _ = writeln!(
+            out,
+            "collector: {} signed reports stored ({:.0}/s)",
+            self.collector.reports, self.collector.reports_per_second
         );
         let p = &self.power_cuts;
         let _ = writeln!(
@@ -609,8 +625,9 @@ struct Chart<'r> {
     plot_w: f64,
     /// Fleet size, at least 1.
     devices: f64,
-    /// The last sample's time, at least 1 ms: the right edge of the plot.
-    max_ms: u64,
+    /// The last sample's round, at least 1: the right edge of the plot (the x axis counts rounds, the
+    /// fleet's own time, not the wall clock of the machine that ran the drill).
+    max_round: u32,
     /// Every version stacked, bottom-up: the factory's, the releases in order, then any other seen.
     versions: Vec<String>,
 }
@@ -634,13 +651,26 @@ impl<'r> Chart<'r> {
             bars_top: TOP + PLOT_H + 70.0,
             plot_w: W - LEFT - RIGHT,
             devices: f64::from(report.scenario.devices.max(1)),
-            max_ms: report.timeline.last().map_or(1, |s| s.elapsed_ms.max(1)),
+            max_round: report.timeline.last().map_or(1, |s| s.round.max(1)),
             versions,
         }
     }
 
-    fn x_of(&self, ms: u64) -> f64 {
-        LEFT + self.plot_w * f64_from_u64(ms) / f64_from_u64(self.max_ms)
+    fn x_of(&self, round: u32) -> f64 {
+        LEFT + self.plot_w * f64::from(round) / f64::from(self.max_round)
+    }
+
+    /// Up to six evenly spaced whole rounds from 0 to the last, for the x axis.
+    fn round_ticks(&self) -> Vec<u32> {
+        let step = self.max_round.div_ceil(5).max(1);
+        let mut ticks: Vec<u32> = (0..=self.max_round)
+            .step_by(usize::try_from(step).unwrap_or(1))
+            .collect();
+        // The last round gets its own tick unless one sits too close to it to read.
+        if ticks.last().is_some_and(|t| self.max_round - t > step / 2) {
+            ticks.push(self.max_round);
+        }
+        ticks
     }
 
     fn y_of(&self, n: f64) -> f64 {
@@ -709,10 +739,10 @@ impl<'r> Chart<'r> {
             }
             let mut pts = String::new();
             for (s, (b, c)) in timeline.iter().zip(below.iter().zip(&counts)) {
-                let _ = write!(pts, "{:.1},{:.1} ", self.x_of(s.elapsed_ms), self.y_of(b + c));
+                let _ = write!(pts, "{:.1},{:.1} ", self.x_of(s.round), self.y_of(b + c));
             }
             for (s, b) in timeline.iter().zip(&below).rev() {
-                let _ = write!(pts, "{:.1},{:.1} ", self.x_of(s.elapsed_ms), self.y_of(*b));
+                let _ = write!(pts, "{:.1},{:.1} ", self.x_of(s.round), self.y_of(*b));
             }
             let _ = write!(
                 svg,
@@ -729,7 +759,7 @@ impl<'r> Chart<'r> {
             let _ = write!(
                 line,
                 "{:.1},{:.1} ",
-                self.x_of(s.elapsed_ms),
+                self.x_of(s.round),
                 self.y_of(f64::from(s.updating))
             );
         }
@@ -761,18 +791,23 @@ impl<'r> Chart<'r> {
                 n
             );
         }
-        for k in 0..=5u32 {
-            let ms = self.max_ms * u64::from(k) / 5;
-            let x = self.x_of(ms);
+        for round in self.round_ticks() {
+            let x = self.x_of(round);
             let _ = write!(
                 svg,
-                r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#52606d"/><text x="{x:.1}" y="{}" font-size="11" text-anchor="middle" fill="#52606d">{:.1} s</text>"##,
+                r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#52606d"/><text x="{x:.1}" y="{}" font-size="11" text-anchor="middle" fill="#52606d">{round}</text>"##,
                 TOP + PLOT_H,
                 TOP + PLOT_H + 4.0,
                 TOP + PLOT_H + 17.0,
-                f64_from_u64(ms) / 1000.0
             );
         }
+        let _ = write!(
+            svg,
+            r##"<text x="{:.1}" y="{}" font-size="12" text-anchor="middle" fill="#52606d">round (every device polls once; {} of the fleet's clock each)</text>"##,
+            LEFT + self.plot_w / 2.0,
+            TOP + PLOT_H + 32.0,
+            esc(&human_duration(self.report.scenario.rollout.round_seconds))
+        );
         let _ = write!(
             svg,
             r##"<text x="18" y="{:.1}" font-size="12" fill="#52606d" transform="rotate(-90 18 {:.1})" text-anchor="middle">devices</text>"##,
@@ -789,13 +824,7 @@ impl<'r> Chart<'r> {
     /// A dashed line where each release was published.
     fn publications(&self, svg: &mut String) {
         for r in &self.report.releases {
-            let ms = self
-                .report
-                .timeline
-                .iter()
-                .find(|s| s.round == r.published_round)
-                .map_or(0, |s| s.elapsed_ms);
-            let x = self.x_of(ms);
+            let x = self.x_of(r.published_round);
             let _ = write!(
                 svg,
                 r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{}" stroke="#1f2933" stroke-dasharray="2 3"/><text x="{:.1}" y="{}" font-size="11" fill="#1f2933">{} published</text>"##,
@@ -811,13 +840,7 @@ impl<'r> Chart<'r> {
     fn halts(&self, svg: &mut String) {
         for r in &self.report.releases {
             let Some(h) = &r.halted else { continue };
-            let ms = self
-                .report
-                .timeline
-                .iter()
-                .find(|s| s.round == h.round)
-                .map_or(0, |s| s.elapsed_ms);
-            let x = self.x_of(ms);
+            let x = self.x_of(h.round);
             let _ = write!(
                 svg,
                 r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{}" stroke="#c62828" stroke-width="2"><title>{} halted after round {}: {}</title></line><text x="{:.1}" y="{}" font-size="11" font-weight="bold" fill="#c62828">{} halted (round {})</text>"##,
@@ -877,7 +900,7 @@ impl<'r> Chart<'r> {
                 esc(&r.version)
             );
             let converged = match r.settled_round {
-                Some(_) => format!("settled in {:.1} s", r.converge_seconds),
+                Some(round) => format!("settled in {} rounds", round.saturating_sub(r.published_round)),
                 None => "did not settle".to_owned(),
             };
             let halted = match &r.halted {
@@ -1017,6 +1040,16 @@ fn f64_from(n: usize) -> f64 {
     f64_from_u64(u64::try_from(n).unwrap_or(u64::MAX))
 }
 
+/// `secs` as the largest whole unit that divides it: "90 s", "15 min", "6 h", "2 d".
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{} h", s / 3_600),
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1066,6 +1099,7 @@ mod tests {
             releases: vec![release("1.1.0", 50, 0), release("1.2.0", 35, 15)],
             final_versions: [("1.1.0".to_owned(), 15), ("1.2.0".to_owned(), 35)].into(),
             mirror: MirrorStats::default(),
+            collector: CollectorStats::default(),
             requests_per_second: 100.0,
             power_cuts: PowerCutCounts::default(),
             invariants,
@@ -1155,7 +1189,8 @@ mod tests {
 
     /// The chart and the page are byte for byte what they were before the SVG writer was split into
     /// functions (issue 21); the every-branch fixture also has waves and a halt (issue 14), so its
-    /// files were rewritten then. `OTA_UPDATE_GOLDEN=1` rewrites the golden files after an intended
+    /// files were rewritten then, and again when the x axis became rounds (issue 22).
+    /// `OTA_UPDATE_GOLDEN=1` rewrites the golden files after an intended
     /// change.
     #[test]
     fn svg_and_html_match_the_golden_files() {
@@ -1176,6 +1211,30 @@ mod tests {
                 assert!(got == want, "{} differs from the chart drawn now", path.display());
             }
         }
+    }
+
+    /// The x axis counts rounds, the fleet's own time: the same drill on a slower machine draws the
+    /// same chart, and a release's publication sits at its round.
+    #[test]
+    fn chart_time_axis_is_in_rounds() {
+        let mut r = sample_report(false);
+        let svg = r.svg();
+        for s in r.timeline.iter_mut() {
+            s.elapsed_ms *= 7;
+        }
+        assert_eq!(r.svg(), svg, "the wall clock moved the chart");
+        assert!(svg.contains("round (every device polls once; "), "{svg}");
+        // Rounds 0 to 9: ticks every 2 rounds, the last one (9) too close to 8 to get its own.
+        assert!(svg.contains(">8</text>") && !svg.contains(">9</text>"), "{svg}");
+        assert!(!svg.contains(" s</text><line"), "a wall-clock tick is left");
+    }
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(human_duration(90), "90 s");
+        assert_eq!(human_duration(900), "15 min");
+        assert_eq!(human_duration(6 * 3600), "6 h");
+        assert_eq!(human_duration(2 * 86_400), "2 d");
     }
 
     #[test]
