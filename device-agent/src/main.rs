@@ -463,6 +463,9 @@ fn print_status(s: &Status) {
     if let Some(last) = &s.last_install {
         println!("last        {last}");
     }
+    if let Some(p) = &s.install_progress {
+        println!("progress    {p}");
+    }
     if let Some(r) = &s.retry {
         println!(
             "retry       {} attempts at {} ended before verification (last: {}); next try at unix time {}",
