@@ -35,7 +35,7 @@ pub enum Phase {
     DeltaDownload,
     /// The delta is decoded into the inactive slot (`bytes` of the new image written).
     DeltaApply,
-    /// The slot is read back and hashed against the signed sha256.
+    /// The slot is read back and hashed against the signed sha256 (`bytes` not counted: 0).
     Verify,
     /// The image is in the slot, verified.
     Done,
@@ -52,6 +52,11 @@ impl Phase {
             self,
             Phase::Download | Phase::DeltaDownload | Phase::DeltaApply | Phase::Verify
         )
+    }
+
+    /// Whether this phase's bytes are counted as they go (its rate means something).
+    fn is_counted(self) -> bool {
+        matches!(self, Phase::Download | Phase::DeltaDownload | Phase::DeltaApply)
     }
 
     /// The phase in words, for `status` and the log.
@@ -79,7 +84,8 @@ pub struct InstallProgress {
     pub bytes: u64,
     /// Bytes this phase handles in all (the image's signed length; the delta's for `delta_download`).
     pub total: u64,
-    /// Average rate of this phase so far, bytes per second.
+    /// Average rate of this phase so far, bytes per second (after `verify`, `done` or `failed`: of the last
+    /// counted phase, the download or the delta's decoding).
     pub bytes_per_sec: u64,
     /// When the install started (Unix seconds).
     pub started_unix: u64,
@@ -102,6 +108,16 @@ impl InstallProgress {
 
 impl std::fmt::Display for InstallProgress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.phase == Phase::Verify {
+            // The read-back is not counted byte by byte (ota-slot hashes the slot in one call).
+            return write!(
+                f,
+                "{} {} ({})",
+                self.version,
+                self.phase.describe(),
+                mib(self.total)
+            );
+        }
         write!(
             f,
             "{} {}: {} of {} ({}%), {}/s",
@@ -294,8 +310,10 @@ impl InstallMeter {
         self.progress.phase = phase;
         self.progress.bytes = 0;
         self.progress.total = total;
-        self.progress.bytes_per_sec = 0;
-        self.phase_started = Instant::now();
+        if phase.is_counted() {
+            self.progress.bytes_per_sec = 0;
+            self.phase_started = Instant::now();
+        }
         if let View::Bar(bar) = &mut self.view {
             bar.finish_and_clear();
             *bar = new_bar(total, phase);
@@ -345,7 +363,7 @@ impl InstallMeter {
         };
         let now = Instant::now();
         let secs = now.saturating_duration_since(self.phase_started).as_secs_f64();
-        if secs > 0.0 {
+        if secs > 0.0 && self.progress.phase.is_counted() {
             self.progress.bytes_per_sec = (self.progress.bytes as f64 / secs) as u64;
         }
         self.progress.updated_unix = now_unix();
@@ -373,8 +391,14 @@ impl Drop for InstallMeter {
     }
 }
 
-/// A bar on stderr for `total` bytes of `phase`.
+/// A bar on stderr for `total` bytes of `phase` (a line without a bar for the uncounted read-back).
 fn new_bar(total: u64, phase: Phase) -> indicatif::ProgressBar {
+    if phase == Phase::Verify {
+        let line = indicatif::ProgressBar::new_spinner();
+        line.set_message(format!("{} ({})", phase.describe(), mib(total)));
+        line.tick();
+        return line;
+    }
     let bar = indicatif::ProgressBar::new(total);
     let template = "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}";
     if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
