@@ -14,22 +14,33 @@
 # warm on both sides (nginx serves from the page cache), and `sync` runs between cases, untimed.
 #   usage: scripts/bench-agent.sh [SIZE_MIB] [SMALL_MIB]   (needs nginx, curl, openssl, /usr/bin/time,
 #   python3, bc; RUNS=n to change the runs; BENCH_DIR=dir for the slots and images, default /var/tmp)
+# PARTS=rss: only the agent's memory: peak RSS of RUNS installs of SMALL_MIB (no baselines, no SIZE_MIB
+# image), then the idle daemon after committing that install. AGENT=path measures a binary built
+# elsewhere (the device profile: `cargo build -p device-agent --profile device --no-default-features`);
+# REPO_TOOL and SIM_DEVICE likewise (they only set the bench up; any profile). Unset: release builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB="${1:-1024}"
 SMALL_MIB="${2:-256}"
 RUNS="${RUNS:-3}"
+PARTS="${PARTS:-all}"
+[ "$PARTS" = rss ] && SIZE_MIB="$SMALL_MIB"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 TIME=/usr/bin/time
 for tool in "$TIME" "$NGINX" curl openssl python3 sha256sum bc; do
   command -v "$tool" >/dev/null || { echo "bench-agent: needs $tool" >&2; exit 2; }
 done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build -q --release -p repo-tool -p device-agent
-cargo build -q --release -p ota-slot --example sim_device
 REL="$CARGO_TARGET_DIR/release"
-REPO_TOOL="$REL/repo-tool" AGENT="$REL/device-agent" SIM_DEVICE="$REL/examples/sim_device"
+if [ -z "${AGENT:-}" ] || [ -z "${REPO_TOOL:-}" ] || [ -z "${SIM_DEVICE:-}" ]; then
+  cargo build -q --release -p repo-tool -p device-agent
+  cargo build -q --release -p ota-slot --example sim_device
+fi
+AGENT="${AGENT:-$REL/device-agent}" REPO_TOOL="${REPO_TOOL:-$REL/repo-tool}"
+SIM_DEVICE="${SIM_DEVICE:-$REL/examples/sim_device}"
 HW=gw-bench CHANNEL=stable
+# Devices and the idle measurement come from the idle scripts' library (the same agent.toml).
+. scripts/idle-agent-lib.sh
 
 # Slots and images are large: keep them on disk (not a tmpfs /tmp).
 WORK="$(mktemp -d "${BENCH_DIR:-/var/tmp}/bench-agent.XXXXXX")"
@@ -61,9 +72,9 @@ make_repo() { # MIB: repository $WORK/srv/rMIB with one image; prints nothing
   rm "$WORK/fw-$mib.img"
 }
 make_repo "$SIZE_MIB"
-make_repo "$SMALL_MIB"
+[ "$SMALL_MIB" = "$SIZE_MIB" ] || make_repo "$SMALL_MIB"
 
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+PORT="$(free_port)"
 mkdir -p "$WORK/ng"
 cat >"$WORK/ng/nginx.conf" <<CONF
 daemon on; master_process off; worker_processes 1; pid $WORK/ng/nginx.pid; error_log $WORK/ng/error.log warn;
@@ -87,38 +98,8 @@ image_url() { # MIB
 # A fresh simulated device for repository rMIB: slots of MIB each, booted from A, which holds
 # "1.0.0" (one empty erase unit: the install is all about slot B), provisioned against the repository.
 new_device() { # DIR MIB
-  local d=$1 mib=$2 cap=$(($2 * 1024 * 1024)) root="$WORK/srv/r$2/metadata/1.root.json"
-  rm -rf "$d"
-  "$SIM_DEVICE" "$d" "$cap"
-  cat >"$d/agent.toml" <<TOML
-state_dir = "$d/state"
-hardware_id = "$HW"
-channel = "$CHANNEL"
-
-[repository]
-metadata_url = "$URL/r$mib/metadata"
-targets_url = "$URL/r$mib/targets"
-request_timeout_secs = 30
-
-[slots.a]
-path = "$d/slot-a.img"
-capacity = $cap
-[slots.b]
-path = "$d/slot-b.img"
-capacity = $cap
-
-[boot]
-backend = "sim"
-env = "$d/bootenv"
-
-[poll]
-interval_secs = 86400
-jitter_percent = 0
-max_backoff_secs = 86400
-TOML
-  "$AGENT" --config "$d/agent.toml" provision --root "$root" \
-    --fingerprint "$(sha256sum "$root" | cut -d' ' -f1)" --running-version 1.0.0 --running-length 4096 \
-    >/dev/null
+  W="$(dirname "$1")" DEV_CAP=$(($2 * 1024 * 1024)) DEV_URL="$URL/r$2" DEV_HW="$HW" \
+    root="$WORK/srv/r$2/metadata/1.root.json" idle_device "$(basename "$1")"
 }
 
 # timed NAME EXPECTED_STATUS CMD...: runs CMD under /usr/bin/time, appends "NAME wall user sys rss_kib".
@@ -174,6 +155,10 @@ SO_BIG="curl -o + sync -d + openssl sha256, $SIZE_MIB MiB"
 A_SMALL="agent install, $SMALL_MIB MiB"
 C_SMALL="curl -o + sha256sum, $SMALL_MIB MiB"
 for _ in $(seq "$RUNS"); do
+  if [ "$PARTS" = rss ]; then
+    agent_install "$SMALL_MIB" "$A_SMALL"
+    continue
+  fi
   curl_case "$SIZE_MIB" "$C_BIG" 0 sha256sum
   agent_install "$SIZE_MIB" "$A_BIG"
   curl_case "$SIZE_MIB" "$S_BIG" 1 sha256sum
@@ -201,16 +186,9 @@ PY
 : >"$WORK/daemon.err" # exists before the polling below looks at it (the background start may lag)
 OTA_AGENT_LOG=info "$AGENT" --config "$D/agent.toml" run >"$WORK/daemon.out" 2>"$WORK/daemon.err" &
 DAEMON=$!
-for _ in $(seq 100); do
-  grep -q "next poll" "$WORK/daemon.err" && break
-  sleep 0.1
-done
-grep -q "next poll" "$WORK/daemon.err" || { echo "bench-agent: daemon never idled" >&2; cat "$WORK/daemon.err" >&2; exit 1; }
+IDLE="$(idle_memory "$DAEMON" "$WORK/daemon.err")" || exit 1
+read -r _ IDLE_HWM _ _ IDLE_RSS _ _ IDLE_THREADS <<<"$IDLE"
 grep -q "up to date" "$WORK/daemon.out" || { echo "bench-agent: daemon did not find the device up to date" >&2; exit 1; }
-sleep 1
-IDLE_RSS="$(awk '/^VmRSS:/{print $2}' "/proc/$DAEMON/status")"
-IDLE_HWM="$(awk '/^VmHWM:/{print $2}' "/proc/$DAEMON/status")"
-IDLE_THREADS="$(awk '/^Threads:/{print $2}' "/proc/$DAEMON/status")"
 kill "$DAEMON"
 wait "$DAEMON" 2>/dev/null || true
 DAEMON=""
@@ -227,7 +205,9 @@ echo "device-agent $(git describe --always --dirty 2>/dev/null || echo "${BENCH_
 echo
 printf '| %-46s | %7s | %7s | %7s | %12s |\n' case "wall s" "user s" "sys s" "peak RSS MiB"
 printf '|%s|%s|%s|%s|%s|\n' "------------------------------------------------" "--------:" "--------:" "--------:" "-------------:"
-for name in "$A_BIG" "$C_BIG" "$S_BIG" "$CO_BIG" "$SO_BIG" "$A_SMALL" "$C_SMALL"; do
+CASES=("$A_BIG" "$C_BIG" "$S_BIG" "$CO_BIG" "$SO_BIG" "$A_SMALL" "$C_SMALL")
+[ "$PARTS" = rss ] && CASES=("$A_SMALL")
+for name in "${CASES[@]}"; do
   read -r wall user sys _ <<<"$(best "$name")"
   printf '| %-46s | %7.2f | %7.2f | %7.2f | %12.1f |\n' "$name" "$wall" "$user" "$sys" "$(echo "$(max_rss "$name") / 1024" | bc -l)"
 done
@@ -238,10 +218,14 @@ echo
 ratio() { echo "$(best "$1" | cut -d' ' -f1) / $(best "$2" | cut -d' ' -f1)" | bc -l; }
 cpu() { awk -F'|' -v n="$1" '$1==n{split($2,f," "); c=f[2]+f[3]; if (m=="" || c<m) m=c} END{print m}' "$WORK/results"; }
 cpu_ratio() { echo "$(cpu "$1") / $(cpu "$2")" | bc -l; }
+if [ "$PARTS" != rss ]; then
 echo "agent install of $SIZE_MIB MiB against each baseline (wall of the fastest runs; CPU user+sys of the leanest):"
 for name in "$C_BIG" "$S_BIG" "$CO_BIG" "$SO_BIG"; do
   printf '  vs %-44s wall %.2fx  CPU %.2fx\n' "${name%, *}:" "$(ratio "$A_BIG" "$name")" "$(cpu_ratio "$A_BIG" "$name")"
 done
+fi
+printf 'agent install of %s MiB: peak RSS %.1f MiB (the highest of %s runs)\n' "$SMALL_MIB" \
+  "$(echo "$(max_rss "$A_SMALL") / 1024" | bc -l)" "$RUNS"
 printf 'idle daemon: VmRSS %.1f MiB, VmHWM %.1f MiB, %s threads\n' "$(echo "$IDLE_RSS / 1024" | bc -l)" \
   "$(echo "$IDLE_HWM / 1024" | bc -l)" "$IDLE_THREADS"
 echo "all runs (wall user sys rss_kib):"

@@ -8,7 +8,4 @@ trap 'kill $HTTP ${D:-} 2>/dev/null; rm -rf "$W"' EXIT
 idle_repo
 idle_device dev
 "$AGENT" --config $d/agent.toml run 2>$W/err & D=$!
-for i in $(seq 50); do grep -q "next poll" $W/err && break; sleep 0.2; done
-grep -q "next poll" $W/err || { cat $W/err; exit 1; }
-sleep 1
-grep -E "^(VmRSS|VmHWM|Threads)" /proc/$D/status | tr -s ' \t' ' ' | paste -sd' '
+idle_memory $D $W/err

@@ -35,7 +35,8 @@ pub fn open_parts(config: &AgentConfig) -> Result<(SlotPair<FileSlot>, Box<dyn B
     Ok((slots, boot))
 }
 
-/// Opens the provisioned device the configuration describes.
+/// Opens the provisioned device the configuration describes, with install progress on stderr (a bar on
+/// a terminal, log lines otherwise) and in the state directory's progress file.
 pub fn open_device(config: &AgentConfig) -> Result<ConfiguredDevice> {
     let (slots, boot) = open_parts(config)?;
     let mut settings = DeviceSettings::from_config(config);
@@ -48,6 +49,7 @@ pub fn open_device(config: &AgentConfig) -> Result<ConfiguredDevice> {
         }
     };
     device.set_retry_policy(config.retry_policy());
+    device.set_progress(crate::progress::ProgressDisplay::for_stderr());
     if let Some(report) = &config.report {
         device.set_report_queue(ReportQueue::open(&config.state_dir, report.limits()));
     }

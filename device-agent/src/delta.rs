@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 use ota_release::DeltaOffer;
 use ota_slot::{Slot, SlotReader, SlotWriter};
 
+use crate::progress::{InstallMeter, MeteredWrite};
 use crate::state::{ImageRef, InstallReport, InstallVia};
 
 /// Name of the delta spool file inside the state directory.
@@ -269,8 +270,8 @@ pub fn apply_spooled<S: Slot + ?Sized>(
     spool: &Path,
     offer: &DeltaOffer,
     image: &ImageRef,
-    running: &mut S,
-    inactive: &mut S,
+    (running, inactive): (&mut S, &mut S),
+    meter: &mut InstallMeter,
 ) -> Result<ota_delta::ApplySummary, ApplyFailure> {
     let open = || {
         File::open(spool).map_err(|source| {
@@ -287,7 +288,11 @@ pub fn apply_spooled<S: Slot + ?Sized>(
     let old = SlotReader::new(running, header.old_len).map_err(ApplyFailure::Storage)?;
     let mut writer = SlotWriter::new(inactive, image.length).map_err(ApplyFailure::Storage)?;
     let delta = BufReader::with_capacity(SPOOL_BUFFER, open()?);
-    let summary = ota_delta::apply(old, delta, &mut writer).map_err(classify)?;
+    let metered = MeteredWrite {
+        inner: &mut writer,
+        meter,
+    };
+    let summary = ota_delta::apply(old, delta, metered).map_err(classify)?;
     writer.finish().map_err(ApplyFailure::Storage)?;
     Ok(summary)
 }
@@ -472,7 +477,14 @@ mod tests {
         let (mut a, mut b) = f.slots(&f.v1);
         assert!(check_base(&mut a, &f.offer).unwrap().is_ok());
         let spool = f.spool(&f.delta);
-        let summary = apply_spooled(&spool, &f.offer, &f.image, &mut a, &mut b).unwrap();
+        let summary = apply_spooled(
+            &spool,
+            &f.offer,
+            &f.image,
+            (&mut a, &mut b),
+            &mut InstallMeter::off(),
+        )
+        .unwrap();
         assert_eq!(summary.new_sha256, f.image.sha256.0);
         let len = f.v2.len() as u64;
         assert_eq!(ota_slot::slot_sha256(&mut b, len).unwrap(), f.image.sha256.0);
@@ -507,7 +519,13 @@ mod tests {
         let at = ota_delta::HEADER_LEN + (bad.len() - ota_delta::HEADER_LEN) / 2;
         bad[at] ^= 0xff;
         let spool = f.spool(&bad);
-        match apply_spooled(&spool, &f.offer, &f.image, &mut a, &mut b) {
+        match apply_spooled(
+            &spool,
+            &f.offer,
+            &f.image,
+            (&mut a, &mut b),
+            &mut InstallMeter::off(),
+        ) {
             Err(ApplyFailure::Fallback(DeltaFallback::Decode(e))) => {
                 assert!(!e.to_string().is_empty())
             }
@@ -515,14 +533,26 @@ mod tests {
         }
         // Truncated: also the delta's fault.
         let spool = f.spool(&f.delta[..f.delta.len() / 2]);
-        let got = apply_spooled(&spool, &f.offer, &f.image, &mut a, &mut b);
+        let got = apply_spooled(
+            &spool,
+            &f.offer,
+            &f.image,
+            (&mut a, &mut b),
+            &mut InstallMeter::off(),
+        );
         assert!(
             matches!(got, Err(ApplyFailure::Fallback(DeltaFallback::Decode(_)))),
             "{got:?}"
         );
         // Not a delta at all.
         let spool = f.spool(b"<html>404</html>");
-        let got = apply_spooled(&spool, &f.offer, &f.image, &mut a, &mut b);
+        let got = apply_spooled(
+            &spool,
+            &f.offer,
+            &f.image,
+            (&mut a, &mut b),
+            &mut InstallMeter::off(),
+        );
         assert!(
             matches!(got, Err(ApplyFailure::Fallback(DeltaFallback::Decode(_)))),
             "{got:?}"
@@ -537,7 +567,13 @@ mod tests {
         let spool = f.spool(&f.delta);
         let mut other_release = f.image.clone();
         other_release.sha256 = Sha256Digest::of(b"another build");
-        match apply_spooled(&spool, &f.offer, &other_release, &mut a, &mut b) {
+        match apply_spooled(
+            &spool,
+            &f.offer,
+            &other_release,
+            (&mut a, &mut b),
+            &mut InstallMeter::off(),
+        ) {
             Err(ApplyFailure::Fallback(DeltaFallback::HeaderMismatch { field, .. })) => {
                 assert_eq!(field, "result sha256")
             }
@@ -545,7 +581,13 @@ mod tests {
         }
         let mut other_base = f.offer.clone();
         other_base.base_sha256 = Sha256Digest::of(b"another base");
-        let got = apply_spooled(&spool, &other_base, &f.image, &mut a, &mut b);
+        let got = apply_spooled(
+            &spool,
+            &other_base,
+            &f.image,
+            (&mut a, &mut b),
+            &mut InstallMeter::off(),
+        );
         assert!(
             matches!(&got, Err(ApplyFailure::Fallback(DeltaFallback::HeaderMismatch { field, .. })) if *field == "base sha256"),
             "{got:?}"
@@ -556,7 +598,13 @@ mod tests {
             "slot untouched"
         );
         // A missing spool is a fallback, not a crash.
-        let got = apply_spooled(&f.dir.path().join("gone"), &f.offer, &f.image, &mut a, &mut b);
+        let got = apply_spooled(
+            &f.dir.path().join("gone"),
+            &f.offer,
+            &f.image,
+            (&mut a, &mut b),
+            &mut InstallMeter::off(),
+        );
         assert!(
             matches!(got, Err(ApplyFailure::Fallback(DeltaFallback::Spool { .. }))),
             "{got:?}"

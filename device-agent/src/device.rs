@@ -30,6 +30,7 @@ use crate::delta::{
 use crate::error::{Error, Result};
 use crate::health::{run_checks, HealthReport};
 use crate::identity::{FileIdentity, IdentityKey};
+use crate::progress::{InstallMeter, InstallProgress, MeteredSink, Phase, ProgressDisplay};
 use crate::report::{IdentitySigner, OutcomeFacts};
 use crate::report_queue::{QueueStatus, ReportQueue, SendError};
 use crate::rollout::{DrillResult, Purpose, ReleaseStanding, RolloutView, ViewFile};
@@ -173,6 +174,8 @@ pub struct Status {
     pub rollout: RolloutStatus,
     /// The field drills this device took part in, and how each ended.
     pub drills: Vec<DrillResult>,
+    /// The running install's progress (or how the last one ended), from the progress file.
+    pub install_progress: Option<InstallProgress>,
 }
 
 /// The device's place in the rollouts, from the last verified rollout view (`status`, `check`).
@@ -216,6 +219,8 @@ pub struct Device<S: Slot, B: BootControl> {
     rollout_clock: RolloutClock,
     /// The time floor (Unix seconds) read at open; the TUF clock never reads earlier ([`crate::clock`]).
     time_floor: i64,
+    /// Where install progress is shown and persisted; `None`: not at all ([`Device::set_progress`]).
+    progress: Option<ProgressDisplay>,
 }
 
 /// The clock rollout standing is read against (waves opening, drills ending), in Unix seconds: the
@@ -276,6 +281,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             retry_policy: RetryPolicy::default(),
             reports: None,
             rollout_clock: std::sync::Arc::new(now_unix_i64),
+            progress: None,
         })
     }
 
@@ -288,6 +294,20 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     /// Queues the signed report of every update outcome into `queue` (default: no reports).
     pub fn set_report_queue(&mut self, queue: ReportQueue) {
         self.reports = Some(queue);
+    }
+
+    /// Shows install progress on `display` and keeps it in the state directory's progress file
+    /// ([`crate::progress`]), which `status` reads. Off by default.
+    pub fn set_progress(&mut self, display: ProgressDisplay) {
+        self.progress = Some(display);
+    }
+
+    /// A meter for installing `version`: off unless [`Device::set_progress`] turned progress on.
+    fn meter(&self, version: &Version) -> InstallMeter {
+        match self.progress {
+            Some(display) => InstallMeter::new(&self.settings.state_dir, display, &version.to_string()),
+            None => InstallMeter::off(),
+        }
     }
 
     /// Sets the clock waves and drills are judged by (the default: the system clock). A fleet drill
@@ -506,6 +526,9 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     /// Continues whatever the last run left, after every start of the agent (the one defined way
     /// forward of each state; see [`UpdateState`]). Runs the health checks when booted into a trial.
     pub async fn on_boot(&mut self) -> Result<Outcome> {
+        if self.progress.is_some() {
+            crate::progress::mark_interrupted(&self.settings.state_dir);
+        }
         self.queue_report();
         let booted = self.boot.booted()?;
         let trial = self.boot.trial()?;
@@ -680,6 +703,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             reports: self.reports.as_ref().map(queue_status),
             drills: r.drills.clone(),
             rollout: self.rollout_status()?,
+            install_progress: crate::progress::load(&self.settings.state_dir),
         })
     }
 
@@ -1130,6 +1154,25 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             });
         }
         self.boot.mark_bad(slot)?;
+        let mut meter = self.meter(&image.version);
+        let filled = self
+            .fill_slot((slot, from), &image, info, delta, &mut meter)
+            .await;
+        meter.end(filled.as_ref().err().map(|e| crate::error_chain(e)));
+        drop(meter);
+        self.installed(from, filled?).await
+    }
+
+    /// Fills `slot` (the running one is `from`) with `image` and reads it back: the delta first when
+    /// `delta` is a usable plan, else (or when it fails) the full image. How it came, for the record.
+    async fn fill_slot(
+        &mut self,
+        (slot, from): (SlotId, SlotId),
+        image: &ImageRef,
+        info: &TargetInfo,
+        delta: Option<std::result::Result<DeltaPlan, DeltaFallback>>,
+        meter: &mut InstallMeter,
+    ) -> Result<InstallReport> {
         let mut report = InstallReport {
             version: image.version.clone(),
             via: InstallVia::Full,
@@ -1142,11 +1185,14 @@ impl<S: Slot, B: BootControl> Device<S, B> {
                 .as_ref()
                 .map_or_else(|_| String::new(), |p| p.target.name.clone());
             let tried = match plan {
-                Ok(plan) => self.install_delta(slot, from, &image, &plan, &mut report).await?,
+                Ok(plan) => {
+                    self.install_delta((slot, from), image, &plan, &mut report, meter)
+                        .await?
+                }
                 Err(reason) => Err(reason),
             };
             match tried {
-                Ok(()) => return self.installed(from, report).await,
+                Ok(()) => return Ok(report),
                 Err(reason) => {
                     tracing::warn!(delta = %target, %reason, "delta not used; installing the full image");
                     report.via = InstallVia::Full;
@@ -1155,8 +1201,8 @@ impl<S: Slot, B: BootControl> Device<S, B> {
                 }
             }
         }
-        self.install_full(slot, &image, info, &mut report).await?;
-        self.installed(from, report).await
+        self.install_full(slot, image, info, &mut report, meter).await?;
+        Ok(report)
     }
 
     /// Streams the full target into `slot` and reads it back. A refused image (wrong bytes from the
@@ -1167,6 +1213,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         image: &ImageRef,
         info: &TargetInfo,
         report: &mut InstallReport,
+        meter: &mut InstallMeter,
     ) -> Result<()> {
         let target_slot = self.slots.get_mut(slot);
         let mut writer = SlotWriter::new(&mut *target_slot, image.length)?;
@@ -1174,7 +1221,12 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             writer: &mut writer,
             failure: None,
         };
-        let downloaded = self.client.download_target(info, &mut sink).await;
+        meter.phase(Phase::Download, image.length);
+        let metered = MeteredSink {
+            inner: &mut sink,
+            meter: &mut *meter,
+        };
+        let downloaded = self.client.download_target(info, metered).await;
         let failure = sink.failure.take();
         report.downloaded_bytes = report.downloaded_bytes.saturating_add(writer.position());
         if let Some(storage) = failure {
@@ -1193,6 +1245,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             return Err(Error::Tuf(e));
         }
         writer.finish()?;
+        meter.phase(Phase::Verify, image.length);
         let got = slot_sha256(&mut *self.slots.get_mut(slot), image.length)?;
         if got != image.sha256.0 {
             let err = Error::ImageMismatch {
@@ -1214,11 +1267,11 @@ impl<S: Slot, B: BootControl> Device<S, B> {
     /// or persistence failed (the full image would not fare better; the state stays Downloading).
     async fn install_delta(
         &mut self,
-        slot: SlotId,
-        from: SlotId,
+        (slot, from): (SlotId, SlotId),
         image: &ImageRef,
         plan: &DeltaPlan,
         report: &mut InstallReport,
+        meter: &mut InstallMeter,
     ) -> Result<std::result::Result<(), DeltaFallback>> {
         if let Err(reason) = check_base(self.slots.get_mut(from), &plan.offer)? {
             return Ok(Err(reason));
@@ -1229,7 +1282,12 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             Err(reason) => return Ok(Err(reason)),
         };
         // Bounded by the signed length, checked against the signed hashes (TUF 5.7).
-        let fetched = self.client.download_target(&plan.target, &mut sink).await;
+        meter.phase(Phase::DeltaDownload, plan.target.length);
+        let metered = MeteredSink {
+            inner: &mut sink,
+            meter: &mut *meter,
+        };
+        let fetched = self.client.download_target(&plan.target, metered).await;
         report.downloaded_bytes = report.downloaded_bytes.saturating_add(sink.written);
         drop(sink);
         if let Err(e) = fetched {
@@ -1242,7 +1300,8 @@ impl<S: Slot, B: BootControl> Device<S, B> {
         };
         self.update_record(|rec| rec.last_install = Some(report.clone()))?;
         let (running, inactive) = self.slots.split_mut(from);
-        let applied = apply_spooled(&spool, &plan.offer, image, running, inactive);
+        meter.phase(Phase::DeltaApply, image.length);
+        let applied = apply_spooled(&spool, &plan.offer, image, (running, inactive), meter);
         remove_spool(&spool);
         match applied {
             Ok(summary) => tracing::info!(
@@ -1254,6 +1313,7 @@ impl<S: Slot, B: BootControl> Device<S, B> {
             Err(ApplyFailure::Storage(e)) => return Err(Error::Storage(e)),
             Err(ApplyFailure::Fallback(reason)) => return Ok(Err(reason)),
         }
+        meter.phase(Phase::Verify, image.length);
         let got = slot_sha256(&mut *self.slots.get_mut(slot), image.length)?;
         if got != image.sha256.0 {
             return Ok(Err(DeltaFallback::ReadBack {

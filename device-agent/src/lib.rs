@@ -27,6 +27,8 @@
 //! - [`report::OutcomeFacts`]: what is known when an update ends, signed into an `ota_report::Report`;
 //!   [`report_queue::ReportQueue`] keeps those reports on disk (bounded, durable) and
 //!   [`report_send`] delivers them to the collector, never holding up an update.
+//! - [`progress`]: install progress (bytes, total, rate) on a terminal or in the log, and in a file
+//!   `status` reads while an install runs.
 //! - [`delta`]: installs by binary delta from the running slot, with [`delta::DeltaFallback`] naming
 //!   why the full image was used instead.
 //!
@@ -45,6 +47,7 @@ pub mod health;
 pub mod identity;
 pub mod lock;
 pub mod onboarding;
+pub mod progress;
 pub mod provision;
 pub mod report;
 pub mod report_queue;

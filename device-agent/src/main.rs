@@ -125,17 +125,20 @@ enum Command {
     /// Abandon the running trial: mark its slot bad and reboot into the old one.
     Rollback,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell); needs no configuration.
+    #[cfg(feature = "cli-docs")]
     #[command(hide = true)]
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff) to stdout; needs no configuration.
+    #[cfg(feature = "cli-docs")]
     #[command(hide = true)]
     Man,
 }
 
 /// `completions` and `man`: generated from the clap definitions, so they match the flags accepted.
+#[cfg(feature = "cli-docs")]
 fn print_docs(command: &Command) -> Option<Result<ExitCode>> {
     use clap::CommandFactory as _;
     let mut cli = Cli::command();
@@ -192,6 +195,7 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    #[cfg(feature = "cli-docs")]
     if let Some(done) = print_docs(&cli.command) {
         return done;
     }
@@ -287,6 +291,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             finish(&config, device, &outcome)
         }
         // Printed by `print_docs` before the configuration is read.
+        #[cfg(feature = "cli-docs")]
         Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
     }
 }
@@ -462,6 +467,9 @@ fn print_status(s: &Status) {
     println!("state       {}", s.state_text);
     if let Some(last) = &s.last_install {
         println!("last        {last}");
+    }
+    if let Some(p) = &s.install_progress {
+        println!("progress    {p}");
     }
     if let Some(r) = &s.retry {
         println!(

@@ -84,6 +84,10 @@ fn v1_updates_to_v2_by_delta_and_a_modified_base_gets_the_full_image() {
         "downloaded the delta only: {s}"
     );
     assert!(last.get("delta_fallback").is_none(), "{s}");
+    // Install progress (issue 22): the delta was decoded into the slot, which ended verified.
+    let progress = &s["install_progress"];
+    assert_eq!(progress["phase"], "done", "{s}");
+    assert_eq!(progress["total"], v2.len() as u64, "{s}");
     assert_eq!(
         by_delta.slot_sha256(SlotId::A, v1.len()),
         sha256_hex(&v1),
