@@ -19,8 +19,12 @@
 //! codes 5-20 times fewer bytes than the raw diff (so compression takes seconds, not minutes) and comes
 //! out smaller than LZMA2 on the raw diff on most binaries. In an ELF file's data (after its executable
 //! segments) zeros may stay inside literal runs: gaps of up to 4, or all of them, so that LZMA2 sees the
-//! data's raw diff (Go's tables: 4% smaller), as windows of the data sampled both ways decide. The
-//! decoder reads any split alike. The five streams (control, extra, zero runs, literal lengths,
+//! data's raw diff (Go's tables: 4% smaller), as windows of the data sampled both ways decide. In the
+//! code (all of an image that is no 64-bit ELF file) zeros may stay literals too, from an add's first
+//! change to its end, so LZMA2 sees the code's raw diff as bsdiff's compressor does: where changed
+//! references are dense (ARM code: every ADRP/ADD and BL word that points across a moved function) the
+//! positions cost less as zeros among literals than as run lengths (systemd-arm64 -32%); windows of the
+//! code sampled both ways decide. The decoder reads any split alike. The five streams (control, extra, zero runs, literal lengths,
 //! literals) are compressed separately with xz/LZMA2 (they have very different statistics).
 //! Before matching, the machine code in both images may be passed through a [`Filter`] that rewrites
 //! relative branch and data references into absolute ones, as xz's BCJ filters do, so that code that
