@@ -350,11 +350,12 @@ impl Codings {
         }
     }
 
-    fn coding(self, data: DataZeros) -> DiffCoding {
+    fn coding(self, data: DataZeros) -> DiffCoding<'static> {
         DiffCoding {
             data_from: self.data_from,
             data,
             code: self.code.unwrap_or_default(),
+            raw: &[],
         }
     }
 
@@ -382,7 +383,7 @@ impl Codings {
 
     /// The coding written first, or alone: gaps when both are to be tried (smaller on most of the
     /// corpus).
-    fn first(self) -> DiffCoding {
+    fn first(self) -> DiffCoding<'static> {
         match self.which {
             DataCodings::One(zeros) => self.coding(zeros),
             DataCodings::Both | DataCodings::Sample => self.coding(DataZeros::Gaps),
@@ -390,7 +391,7 @@ impl Codings {
     }
 
     /// The coding written after [`Codings::first`], when both are to be tried.
-    fn second(self) -> Option<DiffCoding> {
+    fn second(self) -> Option<DiffCoding<'static>> {
         (self.which == DataCodings::Both).then(|| self.coding(DataZeros::Literals))
     }
 
@@ -407,7 +408,7 @@ impl Codings {
     }
 
     /// The coding left to try after a candidate wrote `tried`.
-    fn left_after(self, tried: Codings) -> Option<DiffCoding> {
+    fn left_after(self, tried: Codings) -> Option<DiffCoding<'static>> {
         let settled = Codings {
             code: tried.code,
             ..self
@@ -439,6 +440,7 @@ fn sample_data_zeros(o: &[u8], n: &[u8], data_from: usize, opts: &EncodeOptions)
                 data_from: 0,
                 data,
                 code: CodeZeros::Runs,
+                raw: &[],
             };
             let filter = Filtering::none();
             write_delta(ow, nw, &steps, &zero, &zero, &filter, &opts, coding, false).map(|d| d.len())
@@ -475,6 +477,7 @@ fn sample_code_zeros(o: &[u8], n: &[u8], code: (usize, usize), opts: &EncodeOpti
                 data_from: usize::MAX,
                 data: DataZeros::Gaps,
                 code,
+                raw: &[],
             };
             let filter = Filtering::none();
             write_delta(ow, nw, &steps, &zero, &zero, &filter, &opts, coding, false).map(|d| d.len())
@@ -497,7 +500,7 @@ fn sample_code_zeros(o: &[u8], n: &[u8], code: (usize, usize), opts: &EncodeOpti
 #[allow(clippy::too_many_arguments)]
 fn try_other_coding(
     best: Candidate,
-    other: DiffCoding,
+    other: DiffCoding<'_>,
     o: &[u8],
     n: &[u8],
     old_sha: &[u8; 32],
@@ -772,6 +775,7 @@ impl<'a> Probe<'a> {
             data_from: usize::MAX,
             data: DataZeros::Gaps,
             code: CodeZeros::Runs,
+            raw: &[],
         };
         // The header alone, without the region table: a window's sample counts the table once per window.
         let delta = write_delta(
@@ -906,7 +910,7 @@ fn encode_core(
         (match_parallel(&index, o, n, threads), codings)
     };
     progress(EncodeStage::Compressing(filter.filter));
-    let write = |coding: DiffCoding, parallel: bool| {
+    let write = |coding: DiffCoding<'_>, parallel: bool| {
         write_delta(o, n, &steps, old_sha, new_sha, &filter, opts, coding, parallel)
     };
     let parallel = threads >= 2;

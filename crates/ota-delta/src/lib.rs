@@ -24,7 +24,8 @@
 //! change to its end, so LZMA2 sees the code's raw diff as bsdiff's compressor does: where changed
 //! references are dense (ARM code: every ADRP/ADD and BL word that points across a moved function) the
 //! positions cost less as zeros among literals than as run lengths (systemd-arm64 -32%); windows of the
-//! code sampled both ways decide. The decoder reads any split alike. The five streams (control, extra, zero runs, literal lengths,
+//! code sampled both ways decide, and the ARM code regions of a filesystem image are always coded raw
+//! (rootfs-arm64 -16%). The decoder reads any split alike. The five streams (control, extra, zero runs, literal lengths,
 //! literals) are compressed separately with xz/LZMA2 (they have very different statistics).
 //! Before matching, the machine code in both images may be passed through a [`Filter`] that rewrites
 //! relative branch and data references into absolute ones, as xz's BCJ filters do, so that code that
