@@ -4,7 +4,7 @@
 
 use xz2::stream::{Action, Check, Filters, LzmaOptions, MatchFinder, Mode, Status, Stream};
 
-use crate::filter::{elf_exec_span, Filtering};
+use crate::filter::{elf_exec_span, Filter, Filtering, RegionMap};
 use crate::format::{
     put_varint, varint_len, write_control, write_region_table, ControlEntry, DeltaHeader, RunCarry,
     SegmentHeader, CONTROL, EXTRA, FORMAT_VERSION, LITERALS, LITERAL_LENGTHS, MAX_WINDOW_LOG, MIN_WINDOW_LOG,
@@ -24,12 +24,34 @@ struct Piece {
 
 /// How the encoder splits the diff into (zero run, literal run) pairs. The decoder reads every way alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DiffCoding {
+pub(crate) struct DiffCoding<'a> {
     /// Offset in new where its data starts: the end of its executable segments. Before it (code), zero
     /// runs are cut wherever they start; `usize::MAX` for an image that is no ELF file.
     pub data_from: usize,
     /// How zeros are coded in the data.
     pub data: DataZeros,
+    /// How zeros are coded in the code (before `data_from`).
+    pub code: CodeZeros,
+    /// Spans of new (sorted, disjoint) whose zeros are all literals whatever `data` and `code` say: the
+    /// ARM code regions of a filesystem image (see [`raw_spans`]).
+    pub raw: &'a [(usize, usize)],
+}
+
+/// How a [`DiffCoding`] codes zero diff bytes in the code (before its `data_from`; all of an image that is
+/// no ELF file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum CodeZeros {
+    /// Every zero ends a literal run: the diff is coded as its (zero run, literal run) pairs. Smaller where
+    /// changes are few and far apart (x86-64 systemd: 35,378 bytes against 38,566; numpy 155,926 against
+    /// 164,162).
+    #[default]
+    Runs,
+    /// Every diff byte after an add's first change is a literal, zeros too: LZMA2 gets the code's raw
+    /// diff, as bsdiff does. Where changed references are dense (AArch64 and ARM code, whose ADRP/ADD and
+    /// BL words change all over a library when anything moves), the positions of the changes cost more as
+    /// run lengths than as zeros between literals: systemd-arm64 46,714 bytes against 68,463, esbuild-arm64
+    /// 170,080 against 198,789.
+    Literals,
 }
 
 /// How a [`DiffCoding`] codes zero diff bytes in the data (after the executable segments).
@@ -49,14 +71,47 @@ pub(crate) enum DataZeros {
     Literals,
 }
 
-impl DiffCoding {
+impl DiffCoding<'_> {
     /// The coding of diffs against `new` (the new image as matched), with `data` in its data.
-    pub(crate) fn for_image(new: &[u8], data: DataZeros) -> Self {
+    pub(crate) fn for_image(new: &[u8], data: DataZeros) -> DiffCoding<'static> {
         let data_from = elf_exec_span(new)
             .and_then(|(_, hi)| usize::try_from(hi).ok())
             .unwrap_or(usize::MAX);
-        DiffCoding { data_from, data }
+        DiffCoding {
+            data_from,
+            data,
+            code: CodeZeros::Runs,
+            raw: &[],
+        }
     }
+
+    /// Whether the literal stream holds raw diff bytes, mostly zeros (see [`DataZeros::Literals`]).
+    fn raw_literals(self) -> bool {
+        self.data == DataZeros::Literals || self.code == CodeZeros::Literals || !self.raw.is_empty()
+    }
+
+    /// Whether new offset `pos` is in one of the `raw` spans.
+    fn in_raw_span(self, pos: usize) -> bool {
+        let k = self.raw.partition_point(|&(_, hi)| hi <= pos);
+        self.raw.get(k).is_some_and(|&(lo, _)| lo <= pos)
+    }
+}
+
+/// The spans of `new` coded raw whatever the sampled codings: its ARM code regions (AArch64, 32-bit ARM,
+/// Thumb-2), whose diffs were smaller raw on every ARM pair of the corpus (see [`CodeZeros::Literals`]);
+/// inside a filesystem image the windows that sample the code's coding mostly see file data, so the
+/// regions decide (rootfs-arm64: 356,009 bytes with the whole image raw, 425,745 with none of it).
+pub(crate) fn raw_spans(new: &RegionMap) -> Vec<(usize, usize)> {
+    new.regions()
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.filter,
+                Filter::Arm64 | Filter::Arm64Page | Filter::Arm | Filter::Thumb
+            )
+        })
+        .filter_map(|r| Some((usize::try_from(r.lo).ok()?, usize::try_from(r.hi).ok()?)))
+        .collect()
 }
 
 /// Largest dictionary (log2 bytes) for a literal stream with [`DataZeros::Literals`]. Its matches are
@@ -72,8 +127,8 @@ const RAW_LITERAL_WINDOW_LOG: u8 = 19;
 /// gap ends the run, or the add ends ([`Self::end_of_add`]), so a piece never leaves zeros of its own
 /// undecided.
 #[derive(Debug)]
-struct RunTokenizer {
-    coding: DiffCoding,
+struct RunTokenizer<'a> {
+    coding: DiffCoding<'a>,
     zeros: u64,
     literals: u64,
     /// Zero bytes after the literal run, not yet decided.
@@ -83,9 +138,9 @@ struct RunTokenizer {
 /// Longest gap of zero diff bytes kept inside a literal run by [`DataZeros::Gaps`].
 const RUN_GAP: u64 = 4;
 
-impl RunTokenizer {
+impl<'a> RunTokenizer<'a> {
     /// A tokenizer that splits as `coding` says, at the start of a diff.
-    fn new(coding: DiffCoding) -> Self {
+    fn new(coding: DiffCoding<'a>) -> Self {
         RunTokenizer {
             coding,
             zeros: 0,
@@ -101,10 +156,14 @@ impl RunTokenizer {
 
     /// Longest run of zeros at new offset `pos` that stays inside a literal run.
     fn gap(&self, pos: usize) -> u64 {
-        match self.coding.data {
-            _ if pos < self.coding.data_from => 0,
-            DataZeros::Gaps => RUN_GAP,
-            DataZeros::Literals => u64::MAX,
+        if self.coding.in_raw_span(pos) {
+            return u64::MAX;
+        }
+        match (self.coding.code, self.coding.data) {
+            (CodeZeros::Runs, _) if pos < self.coding.data_from => 0,
+            (CodeZeros::Literals, _) if pos < self.coding.data_from => u64::MAX,
+            (_, DataZeros::Gaps) => RUN_GAP,
+            (_, DataZeros::Literals) => u64::MAX,
         }
     }
 
@@ -188,16 +247,16 @@ const GAP_PAIR_RESERVE: usize = 10;
 
 /// Cuts steps into segments whose buffered streams (control, extra, zero runs, literal lengths) stay
 /// under the decoder's caps, and sums each stream's raw bytes (to size its dictionary).
-struct Segmenter {
+struct Segmenter<'a> {
     segments: Vec<Vec<Piece>>,
     current: Vec<Piece>,
     /// Raw bytes of the current segment per stream (control counted at [`ENTRY_MAX`] per entry).
     fill: [usize; 5],
     totals: [u64; 5],
-    runs: RunTokenizer,
+    runs: RunTokenizer<'a>,
 }
 
-impl Segmenter {
+impl Segmenter<'_> {
     fn push(&mut self, piece: Piece) {
         self.fill[CONTROL] += ENTRY_MAX;
         self.fill[EXTRA] += in_memory(piece.entry.copy_len);
@@ -217,7 +276,9 @@ impl Segmenter {
 
     fn runs_full(&self) -> bool {
         let cap = SEGMENT_RUNS_MAX as usize;
-        let reserve = if self.runs.coding.data_from == usize::MAX {
+        let coding = self.runs.coding;
+        let no_gaps = coding.code == CodeZeros::Runs && coding.raw.is_empty();
+        let reserve = if coding.data_from == usize::MAX && no_gaps {
             PAIRS_RESERVE
         } else {
             PAIRS_RESERVE + GAP_PAIR_RESERVE
@@ -357,7 +418,7 @@ fn in_memory(len: u64) -> usize {
 }
 
 /// Cuts steps into segments under the decoder's caps; also returns each stream's total raw bytes.
-fn segment(steps: &[Step], o: &[u8], n: &[u8], coding: DiffCoding) -> (Vec<Vec<Piece>>, [u64; 5]) {
+fn segment(steps: &[Step], o: &[u8], n: &[u8], coding: DiffCoding<'_>) -> (Vec<Vec<Piece>>, [u64; 5]) {
     let mut segmenter = Segmenter {
         segments: Vec::new(),
         current: Vec::new(),
@@ -388,7 +449,7 @@ fn stream_bytes(
     pieces: &[Piece],
     o: &[u8],
     n: &[u8],
-    coding: DiffCoding,
+    coding: DiffCoding<'_>,
     buf: &mut Vec<u8>,
     feed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<usize> {
@@ -433,15 +494,15 @@ fn stream_bytes(
 
 /// One of the diff's three streams (zero runs, literal lengths or literals) written from the add steps'
 /// bytes: the run tokenizer and, for the literals, the carry and the zeros pending inside a literal run.
-struct DiffStream {
+struct DiffStream<'a> {
     which: usize,
-    runs: RunTokenizer,
+    runs: RunTokenizer<'a>,
     carry: RunCarry,
     pending: Vec<(u8, u8)>,
 }
 
-impl DiffStream {
-    fn new(which: usize, coding: DiffCoding) -> Self {
+impl<'a> DiffStream<'a> {
+    fn new(which: usize, coding: DiffCoding<'a>) -> Self {
         DiffStream {
             which,
             runs: RunTokenizer::new(coding),
@@ -561,7 +622,7 @@ fn compress_stream(
     n: &[u8],
     opts: &EncodeOptions,
     window_log: u8,
-    coding: DiffCoding,
+    coding: DiffCoding<'_>,
 ) -> Result<StreamChunks> {
     let stream_name = STREAM_NAMES.get(which).copied().unwrap_or("stream");
     let err = |source: std::io::Error| Error::Compress {
@@ -569,31 +630,7 @@ fn compress_stream(
         source,
     };
     let xz_err = |e: xz2::stream::Error| err(std::io::Error::other(e));
-    let mut preset = opts.level.min(9);
-    if opts.extreme {
-        preset |= 1 << 31; // LZMA_PRESET_EXTREME
-    }
-    let mut lzma = LzmaOptions::new_preset(preset).map_err(xz_err)?;
-    lzma.dict_size(1u32 << window_log);
-    match which {
-        // Run lengths and bytewise differences: the position predicts nothing; the previous byte only
-        // helps zero runs (a varint's continuation byte), by 1-4% on the corpus.
-        // Control fields grouped (see `write_control`) behave alike.
-        ZERO_RUNS | CONTROL => {
-            lzma.literal_context_bits(1).position_bits(0);
-        }
-        LITERAL_LENGTHS | LITERALS => {
-            lzma.literal_context_bits(0).position_bits(0);
-        }
-        _ => {}
-    }
-    if which == LITERALS && coding.data == DataZeros::Literals {
-        // Mostly zeros (see `DataZeros::Literals`): on esbuild's 2.6 MB, 124,001 bytes in 0.28 s,
-        // against 106,810 in 1.9 s at 9 extreme and 117,756 in 0.7 s at 6.
-        lzma.mode(Mode::Fast)
-            .match_finder(MatchFinder::HashChain4)
-            .nice_len(273);
-    }
+    let lzma = stream_options(which, opts, window_log, coding).map_err(xz_err)?;
     let mut filters = Filters::new();
     filters.lzma2(&lzma);
     let mut stream = Stream::new_stream_encoder(&filters, Check::None).map_err(xz_err)?;
@@ -618,6 +655,52 @@ fn compress_stream(
     Ok(chunks)
 }
 
+/// The LZMA2 options of stream `which`: the preset, the dictionary, and what suits the stream's bytes.
+fn stream_options(
+    which: usize,
+    opts: &EncodeOptions,
+    window_log: u8,
+    coding: DiffCoding<'_>,
+) -> std::result::Result<LzmaOptions, xz2::stream::Error> {
+    let mut preset = opts.level.min(9);
+    if opts.extreme {
+        preset |= 1 << 31; // LZMA_PRESET_EXTREME
+    }
+    let mut lzma = LzmaOptions::new_preset(preset)?;
+    lzma.dict_size(1u32 << window_log);
+    match which {
+        // Run lengths and bytewise differences: the position predicts nothing; the previous byte only
+        // helps zero runs (a varint's continuation byte), by 1-4% on the corpus.
+        // Control fields grouped (see `write_control`) behave alike.
+        ZERO_RUNS | CONTROL => {
+            lzma.literal_context_bits(1).position_bits(0);
+        }
+        LITERAL_LENGTHS | LITERALS => {
+            lzma.literal_context_bits(0).position_bits(0);
+        }
+        _ => {}
+    }
+    if which == LITERALS
+        && coding.data == DataZeros::Literals
+        && coding.code == CodeZeros::Runs
+        && coding.raw.is_empty()
+    {
+        // Mostly zeros (see `DataZeros::Literals`): on esbuild's 2.6 MB, 124,001 bytes in 0.28 s,
+        // against 106,810 in 1.9 s at 9 extreme and 117,756 in 0.7 s at 6.
+        lzma.mode(Mode::Fast)
+            .match_finder(MatchFinder::HashChain4)
+            .nice_len(273);
+    } else if which == LITERALS && coding.raw_literals() {
+        // The code's raw diff (see `CodeZeros::Literals`): long zero runs between changed words, which
+        // only a long `nice_len` codes cheaply (systemd-arm64: 46,702 bytes in 3.9 s against 60,966 in
+        // 0.9 s in fast mode, 60,298 with `nice_len` 64, 58,602 with the binary tree's depth at 8).
+        lzma.mode(Mode::Normal)
+            .match_finder(MatchFinder::BinaryTree4)
+            .nice_len(273);
+    }
+    Ok(lzma)
+}
+
 /// Serializes `steps` as a delta; the five streams are compressed on one thread each when `parallel`,
 /// else one after the other on this thread (the probe: one xz encoder alive at a time).
 #[allow(clippy::too_many_arguments)]
@@ -629,14 +712,17 @@ pub(crate) fn write_delta(
     new_sha: &[u8; 32],
     filter: &Filtering,
     opts: &EncodeOptions,
-    coding: DiffCoding,
+    coding: DiffCoding<'_>,
     parallel: bool,
 ) -> Result<Vec<u8>> {
+    let raw = raw_spans(&filter.new);
+    let coding = DiffCoding { raw: &raw, ..coding };
     let (segments, totals) = segment(steps, o, n, coding);
     let window_logs = stream_window_logs(&totals, opts, coding);
     let streams = compress_streams(&segments, o, n, opts, window_logs, coding, parallel)?;
     let mut table = Vec::new();
     write_region_table(&filter.old, &filter.new, &mut table);
+    let (table, table_raw_len) = compress_region_table(table, opts)?;
     let count = |map: &crate::filter::RegionMap| u32::try_from(map.regions().len()).unwrap_or(u32::MAX);
     let header = DeltaHeader {
         format_version: FORMAT_VERSION,
@@ -644,6 +730,7 @@ pub(crate) fn write_delta(
         old_regions: count(&filter.old),
         new_regions: count(&filter.new),
         region_table_len: u32::try_from(table.len()).unwrap_or(u32::MAX),
+        region_table_raw_len: table_raw_len,
         old_len: o.len() as u64,
         old_sha256: *old_sha,
         new_len: n.len() as u64,
@@ -658,8 +745,45 @@ pub(crate) fn write_delta(
     Ok(out)
 }
 
+/// Largest dictionary (log2 bytes) for the region table's xz stream: its repeats are the same files' entries
+/// in the old and new tables, a few KiB apart.
+const REGION_TABLE_WINDOW_LOG: u8 = 16;
+
+/// The region table as stored, and its decompressed length: an xz stream when that is smaller (0 then
+/// means stored as is). The varints of a filesystem image's 219 files x 2 tables: 3,842 bytes raw, 1,440
+/// as xz (rootfs).
+fn compress_region_table(table: Vec<u8>, opts: &EncodeOptions) -> Result<(Vec<u8>, u32)> {
+    let err = |e: xz2::stream::Error| Error::Compress {
+        stream: "region table",
+        source: std::io::Error::other(e),
+    };
+    let lzma = stream_options(
+        CONTROL,
+        opts,
+        REGION_TABLE_WINDOW_LOG,
+        DiffCoding::for_image(&[], DataZeros::Gaps),
+    )
+    .map_err(err)?;
+    let mut filters = Filters::new();
+    filters.lzma2(&lzma);
+    let mut stream = Stream::new_stream_encoder(&filters, Check::None).map_err(err)?;
+    let mut xz = Vec::new();
+    pump(&mut stream, &table, Action::Run, &mut xz).map_err(|source| Error::Compress {
+        stream: "region table",
+        source,
+    })?;
+    pump(&mut stream, &[], Action::Finish, &mut xz).map_err(|source| Error::Compress {
+        stream: "region table",
+        source,
+    })?;
+    match u32::try_from(table.len()) {
+        Ok(raw_len) if xz.len() < table.len() => Ok((xz, raw_len)),
+        _ => Ok((table, 0)),
+    }
+}
+
 /// Each stream's dictionary log: as small as its total raw bytes allow, within the caps.
-fn stream_window_logs(totals: &[u64; 5], opts: &EncodeOptions, coding: DiffCoding) -> [u8; 5] {
+fn stream_window_logs(totals: &[u64; 5], opts: &EncodeOptions, coding: DiffCoding<'_>) -> [u8; 5] {
     let [control_log, literal_log, extra_log] = opts.window_logs;
     let runs_total = totals[ZERO_RUNS].max(totals[LITERAL_LENGTHS]);
     let mut window_logs = [0u8; 5];
@@ -667,9 +791,10 @@ fn stream_window_logs(totals: &[u64; 5], opts: &EncodeOptions, coding: DiffCodin
     window_logs[EXTRA] = window_log_for(totals[EXTRA], extra_log);
     window_logs[ZERO_RUNS] = window_log_for(runs_total, SIDE_MAX_WINDOW_LOG);
     window_logs[LITERAL_LENGTHS] = window_logs[ZERO_RUNS];
-    let literal_log = match coding.data {
-        DataZeros::Gaps => literal_log,
-        DataZeros::Literals => literal_log.min(RAW_LITERAL_WINDOW_LOG),
+    let literal_log = if coding.raw_literals() {
+        literal_log.min(RAW_LITERAL_WINDOW_LOG)
+    } else {
+        literal_log
     };
     window_logs[LITERALS] = window_log_for(totals[LITERALS], literal_log);
     window_logs
@@ -682,7 +807,7 @@ fn compress_streams(
     n: &[u8],
     opts: &EncodeOptions,
     window_logs: [u8; 5],
-    coding: DiffCoding,
+    coding: DiffCoding<'_>,
     parallel: bool,
 ) -> Result<Vec<StreamChunks>> {
     let compressed: Vec<Result<StreamChunks>> = if !parallel {
@@ -748,7 +873,13 @@ mod tests {
     use crate::suffix::SuffixIndex;
 
     /// Writes `steps` as a delta with `coding` and checks that it turns `old` into `new`.
-    fn assert_round_trips(old: &[u8], new: &[u8], steps: &[Step], opts: &EncodeOptions, coding: DiffCoding) {
+    fn assert_round_trips(
+        old: &[u8],
+        new: &[u8],
+        steps: &[Step],
+        opts: &EncodeOptions,
+        coding: DiffCoding<'_>,
+    ) {
         let (old_sha, new_sha) = (sha256(old), sha256(new));
         let filter = Filtering::none();
         let delta = write_delta(old, new, steps, &old_sha, &new_sha, &filter, opts, coding, true).unwrap();
@@ -774,9 +905,20 @@ mod tests {
             level: 3,
             ..EncodeOptions::default()
         };
-        let codings = [DataZeros::Gaps, DataZeros::Literals]
+        let codings = [CodeZeros::Runs, CodeZeros::Literals]
             .into_iter()
-            .flat_map(|data| [0, 100_000, usize::MAX].map(|data_from| DiffCoding { data_from, data }));
+            .flat_map(|code| {
+                [DataZeros::Gaps, DataZeros::Literals]
+                    .into_iter()
+                    .flat_map(move |data| {
+                        [0, 100_000, usize::MAX].map(|data_from| DiffCoding {
+                            data_from,
+                            data,
+                            code,
+                            raw: &[],
+                        })
+                    })
+            });
         for coding in codings {
             assert_round_trips(&old, &new, &steps, &opts, coding);
         }
@@ -810,6 +952,8 @@ mod tests {
         let mut plain = RunTokenizer::new(DiffCoding {
             data_from: usize::MAX,
             data: DataZeros::Gaps,
+            code: CodeZeros::Runs,
+            raw: &[],
         });
         let mut pairs = 0u64;
         for (i, (a, b)) in new.iter().zip(&old).enumerate() {
@@ -829,6 +973,79 @@ mod tests {
         assert!(literal_totals[ZERO_RUNS] < totals[ZERO_RUNS]);
         for coding in [gaps, literals] {
             assert_round_trips(&old, &new, &steps, &opts, coding);
+        }
+    }
+
+    /// Only ARM code regions are coded raw: a zero after a change ends the literal run in an x86 region
+    /// and outside any region, and stays pending inside an AArch64 or Thumb-2 one.
+    #[test]
+    fn arm_regions_are_coded_raw_and_others_are_not() {
+        use crate::filter::Region;
+        let region = |lo, hi, filter| Region {
+            lo,
+            hi,
+            base: lo,
+            filter,
+        };
+        let map = RegionMap::new(vec![
+            region(0, 100, Filter::X86Full),
+            region(200, 300, Filter::Arm64),
+            region(400, 500, Filter::Thumb),
+        ]);
+        let spans = raw_spans(&map);
+        assert_eq!(spans, [(200, 300), (400, 500)]);
+        let coding = DiffCoding {
+            raw: &spans,
+            ..DiffCoding::for_image(&[], DataZeros::Gaps)
+        };
+        for (at, raw) in [
+            (50, false),
+            (150, false),
+            (250, true),
+            (299, true),
+            (300, false),
+            (450, true),
+        ] {
+            let mut runs = RunTokenizer::new(coding);
+            assert_eq!(runs.push(7, at - 1), None);
+            assert_eq!(runs.push(0, at).is_none(), raw, "zero at {at}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 16, ..Default::default() })]
+
+        /// Every coding of the code's and the data's zeros, split anywhere, turns any old image into any
+        /// edited copy of it: the decoder reads every split alike.
+        #[test]
+        fn every_split_of_zeros_round_trips_on_edited_copies(
+            old in proptest::collection::vec(0u8..8, 1..6000),
+            edits in proptest::collection::vec((proptest::prelude::any::<u16>(), 0usize..24, proptest::prelude::any::<u8>()), 0..24),
+            data_from in 0usize..7000,
+            raw_span in (0usize..7000, 0usize..3000),
+        ) {
+            let mut new = old.clone();
+            for (at, len, byte) in edits {
+                let at = usize::from(at) % new.len().max(1);
+                let end = (at + len).min(new.len());
+                for b in &mut new[at..end] {
+                    *b = b.wrapping_add(byte);
+                }
+            }
+            let index = SuffixIndex::new(&old);
+            let steps = match_parallel(&index, &old, &new, 1);
+            let opts = EncodeOptions {
+                level: 0,
+                ..EncodeOptions::default()
+            };
+            let spans = [(raw_span.0, raw_span.0 + raw_span.1)];
+            for code in [CodeZeros::Runs, CodeZeros::Literals] {
+                for data in [DataZeros::Gaps, DataZeros::Literals] {
+                    for raw in [&[][..], &spans[..]] {
+                        assert_round_trips(&old, &new, &steps, &opts, DiffCoding { data_from, data, code, raw });
+                    }
+                }
+            }
         }
     }
 }

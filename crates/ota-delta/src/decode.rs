@@ -4,7 +4,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use sha2::{Digest, Sha256};
-use xz2::stream::{Action, Stream};
+use xz2::stream::{Action, Status, Stream};
 
 use crate::filter::{RegionMap, FILTER_BLOCK};
 use crate::format::{
@@ -110,8 +110,39 @@ fn read_region_table<D: Read>(header: &DeltaHeader, delta: &mut D) -> Result<(Re
     let len = usize::try_from(header.region_table_len).unwrap_or(usize::MAX);
     let mut table = vec![0u8; len];
     read_full(delta, &mut table, HEADER_LEN as u64, "the region table")?;
-    parse_region_table(header, &table)
+    if header.region_table_raw_len == 0 {
+        return parse_region_table(header, &table);
+    }
+    parse_region_table(header, &decompress_region_table(header, &table)?)
 }
+
+/// The region table from its xz stream: exactly the header's decompressed length (capped by the header's
+/// checks), the stream ending with the stored bytes; the dictionary bounded by liblzma's memory limit.
+fn decompress_region_table(header: &DeltaHeader, stored: &[u8]) -> Result<Vec<u8>> {
+    let raw_len = usize::try_from(header.region_table_raw_len).unwrap_or(usize::MAX);
+    let bad = |detail: String| Error::Malformed {
+        what: "region table",
+        offset: HEADER_LEN as u64,
+        detail,
+    };
+    let mut xz =
+        Stream::new_stream_decoder(REGION_TABLE_MEMLIMIT, 0).map_err(|e| bad(format!("xz decoder: {e}")))?;
+    // One byte more than declared: a stream that decodes to more is refused, not cut.
+    let mut table = Vec::with_capacity(raw_len + 1);
+    let status = xz
+        .process_vec(stored, &mut table, Action::Finish)
+        .map_err(|e| bad(format!("not a valid xz stream: {e}")))?;
+    if status != Status::StreamEnd || xz.total_in() != stored.len() as u64 || table.len() != raw_len {
+        return Err(bad(format!(
+            "xz stream of {} bytes does not decode to exactly {raw_len} bytes",
+            stored.len()
+        )));
+    }
+    Ok(table)
+}
+
+/// liblzma's memory limit for the region table's stream (its dictionary is at most 64 KiB).
+const REGION_TABLE_MEMLIMIT: u64 = 2 << 20;
 
 /// Reads the next segment tag and, unless it is the end tag, the segment's header and its offset.
 fn next_segment<D: Read>(delta: &mut CountingReader<D>) -> Result<Option<(u64, SegmentHeader)>> {

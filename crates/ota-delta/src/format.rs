@@ -9,7 +9,7 @@ use crate::{Error, Result};
 /// little-endian integer added to old with carry; version 3 started a run at each (zero run, literal run)
 /// pair, so a raw-coded diff got no carry; version 2 added every literal bytewise, version 1 coded the diff
 /// as one byte stream; none of them is read any more).
-pub const FORMAT_VERSION: u16 = 6;
+pub const FORMAT_VERSION: u16 = 7;
 /// Bytes at the start of each run of changed bytes that form one little-endian integer added to the old bytes
 /// with carry (rather than byte by byte): a rel32 or pointer that moved by the same distance then gets the
 /// same literal bytes whether or not its low byte wrapped, which LZMA2 codes as repeats (15% smaller literal
@@ -68,8 +68,11 @@ pub struct DeltaHeader {
     pub old_regions: u32,
     /// Filtered regions of the new image (at most [`MAX_REGIONS`]).
     pub new_regions: u32,
-    /// Bytes of the region table that follows the header.
+    /// Bytes of the region table that follows the header (as stored).
     pub region_table_len: u32,
+    /// Bytes of the region table once decompressed, when it is stored as an xz stream; 0 when it is
+    /// stored as is (a table of a few regions, which xz would only grow).
+    pub region_table_raw_len: u32,
 }
 
 /// The five streams, in the order their chunks follow each segment header.
@@ -100,7 +103,7 @@ impl DeltaHeader {
         w.put(&self.old_regions.to_le_bytes());
         w.put(&self.new_regions.to_le_bytes());
         w.put(&self.region_table_len.to_le_bytes());
-        w.put(&[0u8; 4]);
+        w.put(&self.region_table_raw_len.to_le_bytes());
         out
     }
 
@@ -142,9 +145,9 @@ impl DeltaHeader {
         let old_regions = u32::from_le_bytes(r.array().ok_or(truncated("old region count"))?);
         let new_regions = u32::from_le_bytes(r.array().ok_or(truncated("new region count"))?);
         let region_table_len = u32::from_le_bytes(r.array().ok_or(truncated("region table length"))?);
-        let reserved: [u8; 4] = r.array().ok_or(truncated("reserved bytes"))?;
+        let region_table_raw_len = u32::from_le_bytes(r.array().ok_or(truncated("region table raw length"))?);
         check_window_logs(window_logs, runs_window_log)?;
-        check_region_counts(old_regions, new_regions, region_table_len, reserved)?;
+        check_region_counts(old_regions, new_regions, region_table_len, region_table_raw_len)?;
         Ok(DeltaHeader {
             format_version: version,
             filter,
@@ -157,12 +160,13 @@ impl DeltaHeader {
             old_regions,
             new_regions,
             region_table_len,
+            region_table_raw_len,
         })
     }
 }
 
-/// The header's region counts and table length within their caps, its reserved bytes zero.
-fn check_region_counts(old: u32, new: u32, table_len: u32, reserved: [u8; 4]) -> Result<()> {
+/// The header's region counts and table lengths (stored, decompressed) within their caps.
+fn check_region_counts(old: u32, new: u32, table_len: u32, raw_len: u32) -> Result<()> {
     let malformed = |offset, detail| Error::Malformed {
         what: "header region table fields",
         offset,
@@ -180,10 +184,10 @@ fn check_region_counts(old: u32, new: u32, table_len: u32, reserved: [u8; 4]) ->
             format!("region table of {table_len} bytes, at most {MAX_REGION_TABLE_LEN}"),
         ));
     }
-    if reserved != [0; 4] {
+    if raw_len > MAX_REGION_TABLE_LEN {
         return Err(malformed(
             108,
-            format!("reserved bytes {reserved:02x?} are not zero"),
+            format!("decompressed region table of {raw_len} bytes, at most {MAX_REGION_TABLE_LEN}"),
         ));
     }
     Ok(())
