@@ -16,6 +16,14 @@ use ota_tuf::Clock;
 
 use crate::error::Result;
 
+/// Seconds since the Unix epoch by the system clock (0 on a clock before it: every backoff then looks
+/// run out). Not floored: for stamps and backoffs, not for judging expiry.
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The time floor's file in the state directory.
 pub const TIME_FLOOR_FILE: &str = "time-floor";
 

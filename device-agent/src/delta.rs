@@ -410,6 +410,16 @@ mod tests {
         delta: Vec<u8>,
     }
 
+    /// [`apply_spooled`] with no progress meter.
+    fn apply_unmetered(
+        spool: &Path,
+        offer: &DeltaOffer,
+        image: &ImageRef,
+        slots: (&mut FileSlot, &mut FileSlot),
+    ) -> Result<ota_delta::ApplySummary, ApplyFailure> {
+        apply_spooled(spool, offer, image, slots, &mut InstallMeter::off())
+    }
+
     impl Fixture {
         fn new() -> Fixture {
             let v1 = firmware(1, 100_000);
@@ -477,14 +487,7 @@ mod tests {
         let (mut a, mut b) = f.slots(&f.v1);
         assert!(check_base(&mut a, &f.offer).unwrap().is_ok());
         let spool = f.spool(&f.delta);
-        let summary = apply_spooled(
-            &spool,
-            &f.offer,
-            &f.image,
-            (&mut a, &mut b),
-            &mut InstallMeter::off(),
-        )
-        .unwrap();
+        let summary = apply_unmetered(&spool, &f.offer, &f.image, (&mut a, &mut b)).unwrap();
         assert_eq!(summary.new_sha256, f.image.sha256.0);
         let len = f.v2.len() as u64;
         assert_eq!(ota_slot::slot_sha256(&mut b, len).unwrap(), f.image.sha256.0);
@@ -519,13 +522,7 @@ mod tests {
         let at = ota_delta::HEADER_LEN + (bad.len() - ota_delta::HEADER_LEN) / 2;
         bad[at] ^= 0xff;
         let spool = f.spool(&bad);
-        match apply_spooled(
-            &spool,
-            &f.offer,
-            &f.image,
-            (&mut a, &mut b),
-            &mut InstallMeter::off(),
-        ) {
+        match apply_unmetered(&spool, &f.offer, &f.image, (&mut a, &mut b)) {
             Err(ApplyFailure::Fallback(DeltaFallback::Decode(e))) => {
                 assert!(!e.to_string().is_empty())
             }
@@ -533,26 +530,14 @@ mod tests {
         }
         // Truncated: also the delta's fault.
         let spool = f.spool(&f.delta[..f.delta.len() / 2]);
-        let got = apply_spooled(
-            &spool,
-            &f.offer,
-            &f.image,
-            (&mut a, &mut b),
-            &mut InstallMeter::off(),
-        );
+        let got = apply_unmetered(&spool, &f.offer, &f.image, (&mut a, &mut b));
         assert!(
             matches!(got, Err(ApplyFailure::Fallback(DeltaFallback::Decode(_)))),
             "{got:?}"
         );
         // Not a delta at all.
         let spool = f.spool(b"<html>404</html>");
-        let got = apply_spooled(
-            &spool,
-            &f.offer,
-            &f.image,
-            (&mut a, &mut b),
-            &mut InstallMeter::off(),
-        );
+        let got = apply_unmetered(&spool, &f.offer, &f.image, (&mut a, &mut b));
         assert!(
             matches!(got, Err(ApplyFailure::Fallback(DeltaFallback::Decode(_)))),
             "{got:?}"
@@ -567,13 +552,7 @@ mod tests {
         let spool = f.spool(&f.delta);
         let mut other_release = f.image.clone();
         other_release.sha256 = Sha256Digest::of(b"another build");
-        match apply_spooled(
-            &spool,
-            &f.offer,
-            &other_release,
-            (&mut a, &mut b),
-            &mut InstallMeter::off(),
-        ) {
+        match apply_unmetered(&spool, &f.offer, &other_release, (&mut a, &mut b)) {
             Err(ApplyFailure::Fallback(DeltaFallback::HeaderMismatch { field, .. })) => {
                 assert_eq!(field, "result sha256")
             }
@@ -581,13 +560,7 @@ mod tests {
         }
         let mut other_base = f.offer.clone();
         other_base.base_sha256 = Sha256Digest::of(b"another base");
-        let got = apply_spooled(
-            &spool,
-            &other_base,
-            &f.image,
-            (&mut a, &mut b),
-            &mut InstallMeter::off(),
-        );
+        let got = apply_unmetered(&spool, &other_base, &f.image, (&mut a, &mut b));
         assert!(
             matches!(&got, Err(ApplyFailure::Fallback(DeltaFallback::HeaderMismatch { field, .. })) if *field == "base sha256"),
             "{got:?}"
@@ -598,13 +571,7 @@ mod tests {
             "slot untouched"
         );
         // A missing spool is a fallback, not a crash.
-        let got = apply_spooled(
-            &f.dir.path().join("gone"),
-            &f.offer,
-            &f.image,
-            (&mut a, &mut b),
-            &mut InstallMeter::off(),
-        );
+        let got = apply_unmetered(&f.dir.path().join("gone"), &f.offer, &f.image, (&mut a, &mut b));
         assert!(
             matches!(got, Err(ApplyFailure::Fallback(DeltaFallback::Spool { .. }))),
             "{got:?}"

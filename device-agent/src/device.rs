@@ -22,7 +22,7 @@ use ota_slot::{slot_sha256, BootControl, Slot, SlotWriter, TrialBoot};
 use ota_tuf::{BundleSource, Client, ClientConfig, TargetInfo};
 use serde::Serialize;
 
-use crate::clock::{FlooredClock, TimeFloor};
+use crate::clock::{now_unix, FlooredClock, TimeFloor};
 use crate::config::{AgentConfig, HealthConfig};
 use crate::delta::{
     apply_spooled, check_base, remove_spool, ApplyFailure, DeltaFallback, DeltaPlan, SpoolSink,
@@ -1398,13 +1398,6 @@ fn queue_status(queue: &ReportQueue) -> QueueStatus {
             text: format!("cannot read the report queue: {}", crate::error_chain(&e)),
         }),
     })
-}
-
-/// Seconds since the Unix epoch (0 on a clock before it: every backoff then looks run out).
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Seconds since the Unix epoch, signed (as rollout plans count them).

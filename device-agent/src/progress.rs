@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_unix;
+
 /// Name of the progress file inside the state directory.
 pub const PROGRESS_FILE: &str = "progress.json";
 /// The most bytes of the progress file read back (a record is ~300 bytes).
@@ -453,12 +455,6 @@ impl<W: std::io::Write> std::io::Write for MeteredWrite<'_, W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use crate::channels::{CollectorTls, COLLECTOR_CA_FILE};
+use crate::clock::now_unix;
 use crate::config::{AgentConfig, ReportConfig};
 use crate::error::{error_chain, Error, Result};
 use crate::report_queue::{Delivery, ReportQueue};
@@ -226,12 +227,6 @@ pub async fn deliver_once(config: &AgentConfig, report: &ReportConfig) {
             "report delivery cut short; the rest waits"
         ),
     }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

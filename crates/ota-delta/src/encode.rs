@@ -418,81 +418,83 @@ impl Codings {
 }
 
 /// Which coding of the zeros in new's data (from `data_from` on) codes [`PROBE_WINDOWS`] windows of it
-/// smaller, each matched against old at the same relative offset and coded both ways at xz preset 6.
-/// On the corpus it picks literals for esbuild's Go tables only (4% smaller in full), and gaps for the C
-/// and Rust files, where literals are 2-4% larger in full: the same picks as coding all of the data both
-/// ways.
+/// smaller (see [`second_is_smaller`]). On the corpus it picks literals for esbuild's Go tables only (4%
+/// smaller in full), and gaps for the C and Rust files, where literals are 2-4% larger in full: the same
+/// picks as coding all of the data both ways.
 fn sample_data_zeros(o: &[u8], n: &[u8], data_from: usize, opts: &EncodeOptions) -> DataZeros {
-    let opts = EncodeOptions {
-        level: 6,
-        extreme: false,
-        ..opts.clone()
-    };
-    // Both codings' sizes for one window.
-    let window_sizes = |(old_start, old_end, new_start, new_end): Window| -> Option<[usize; 2]> {
-        let (ow, nw) = (o.get(old_start..old_end)?, n.get(new_start..new_end)?);
-        let index = SuffixIndex::new(ow);
-        let steps = match_parallel(&index, ow, nw, 1);
-        let zero = [0u8; 32];
-        let size = |data| {
-            // The whole window is data.
-            let coding = DiffCoding {
-                data_from: 0,
-                data,
-                code: CodeZeros::Runs,
-                raw: &[],
-            };
-            let filter = Filtering::none();
-            write_delta(ow, nw, &steps, &zero, &zero, &filter, &opts, coding, false).map(|d| d.len())
-        };
-        Some([size(DataZeros::Gaps).ok()?, size(DataZeros::Literals).ok()?])
+    // The whole window is data.
+    let coding = |data| DiffCoding {
+        data_from: 0,
+        data,
+        code: CodeZeros::Runs,
+        raw: &[],
     };
     let windows = windows_over(o, n, data_from as u64, n.len() as u64);
-    let mut sizes = windows.into_iter().map(window_sizes);
-    let totals = sizes.try_fold([0, 0], |[g, l], s| s.map(|[sg, sl]| [g + sg, l + sl]));
-    match totals {
-        Some([gaps, literals]) if literals < gaps => DataZeros::Literals,
-        _ => DataZeros::Gaps,
+    let pair = [coding(DataZeros::Gaps), coding(DataZeros::Literals)];
+    if second_is_smaller(o, n, &windows, opts, pair) {
+        DataZeros::Literals
+    } else {
+        DataZeros::Gaps
     }
 }
 
 /// Which coding of the zeros in new's code (`code` = (start, end) in new; all of new when it is no ELF
-/// file) codes [`PROBE_WINDOWS`] windows of it smaller, each matched against old at the same relative
-/// offset and coded both ways at xz preset 6. On the corpus it picks literals for every ARM executable and
-/// for esbuild (x86-64 Go), and runs for the x86-64 C and Rust files.
+/// file) codes [`PROBE_WINDOWS`] windows of it smaller (see [`second_is_smaller`]). On the corpus it
+/// picks literals for every ARM executable and for esbuild (x86-64 Go), and runs for the x86-64 C and
+/// Rust files.
 fn sample_code_zeros(o: &[u8], n: &[u8], code: (usize, usize), opts: &EncodeOptions) -> CodeZeros {
+    // The whole window is code.
+    let coding = |code| DiffCoding {
+        data_from: usize::MAX,
+        data: DataZeros::Gaps,
+        code,
+        raw: &[],
+    };
+    let (lo, hi) = (code.0.min(n.len()), code.1.min(n.len()));
+    let (lo, hi) = if hi > lo { (lo, hi) } else { (0, n.len()) };
+    let windows = windows_over(o, n, lo as u64, hi as u64);
+    let pair = [coding(CodeZeros::Runs), coding(CodeZeros::Literals)];
+    if second_is_smaller(o, n, &windows, opts, pair) {
+        CodeZeros::Literals
+    } else {
+        CodeZeros::Runs
+    }
+}
+
+/// Whether the second of two codings codes `windows` smaller in total, each window matched against old
+/// at the same relative offset and coded both ways at xz preset 6, unfiltered. A window that cannot be
+/// coded counts for neither: the first (the default) is kept.
+fn second_is_smaller(
+    o: &[u8],
+    n: &[u8],
+    windows: &[Window],
+    opts: &EncodeOptions,
+    pair: [DiffCoding<'_>; 2],
+) -> bool {
     let opts = EncodeOptions {
         level: 6,
         extreme: false,
         ..opts.clone()
     };
-    let window_sizes = |(old_start, old_end, new_start, new_end): Window| -> Option<[usize; 2]> {
+    let window_sizes = |&(old_start, old_end, new_start, new_end): &Window| -> Option<[usize; 2]> {
         let (ow, nw) = (o.get(old_start..old_end)?, n.get(new_start..new_end)?);
         let index = SuffixIndex::new(ow);
         let steps = match_parallel(&index, ow, nw, 1);
         let zero = [0u8; 32];
-        let size = |code| {
-            // The whole window is code.
-            let coding = DiffCoding {
-                data_from: usize::MAX,
-                data: DataZeros::Gaps,
-                code,
-                raw: &[],
-            };
-            let filter = Filtering::none();
-            write_delta(ow, nw, &steps, &zero, &zero, &filter, &opts, coding, false).map(|d| d.len())
+        let filter = Filtering::none();
+        let size = |coding: DiffCoding<'_>| {
+            write_delta(ow, nw, &steps, &zero, &zero, &filter, &opts, coding, false)
+                .map(|d| d.len())
+                .ok()
         };
-        Some([size(CodeZeros::Runs).ok()?, size(CodeZeros::Literals).ok()?])
+        let [first, second] = pair;
+        Some([size(first)?, size(second)?])
     };
-    let (lo, hi) = (code.0.min(n.len()), code.1.min(n.len()));
-    let (lo, hi) = if hi > lo { (lo, hi) } else { (0, n.len()) };
-    let windows = windows_over(o, n, lo as u64, hi as u64);
-    let mut sizes = windows.into_iter().map(window_sizes);
-    let totals = sizes.try_fold([0, 0], |[r, l], s| s.map(|[sr, sl]| [r + sr, l + sl]));
-    match totals {
-        Some([runs, literals]) if literals < runs => CodeZeros::Literals,
-        _ => CodeZeros::Runs,
-    }
+    let totals = windows
+        .iter()
+        .map(window_sizes)
+        .try_fold([0, 0], |[a, b], s| s.map(|[sa, sb]| [a + sa, b + sb]));
+    matches!(totals, Some([first, second]) if second < first)
 }
 
 /// Writes the winner's diff with the `other` coding of its data too and keeps the smaller delta. `o` and
