@@ -945,6 +945,19 @@ fn encode_core(
 mod tests {
     use super::*;
 
+    /// The delta of `new` from `old` over `steps`, unfiltered, its diff written with `coding`.
+    fn whole_delta(
+        old: &[u8],
+        new: &[u8],
+        steps: &[Step],
+        opts: &EncodeOptions,
+        coding: DiffCoding<'_>,
+    ) -> Vec<u8> {
+        let (old_sha, new_sha) = (sha256(old), sha256(new));
+        let none = Filtering::none();
+        write_delta(old, new, steps, &old_sha, &new_sha, &none, opts, coding, true).unwrap()
+    }
+
     /// A lone machine-code candidate with no probe to pick the data's coding codes its diff both ways at
     /// once on two threads: the same delta as one thread, which codes them one after the other, and it
     /// applies.
@@ -1066,22 +1079,7 @@ mod tests {
             assert_eq!(codings.which, DataCodings::Sample);
             let index = SuffixIndex::new(&old);
             let steps = match_parallel(&index, &old, &new, 1);
-            let (old_sha, new_sha) = (sha256(&old), sha256(&new));
-            let full = |data| {
-                write_delta(
-                    &old,
-                    &new,
-                    &steps,
-                    &old_sha,
-                    &new_sha,
-                    &Filtering::none(),
-                    &opts,
-                    codings.coding(data),
-                    true,
-                )
-                .unwrap()
-                .len()
-            };
+            let full = |data| whole_delta(&old, &new, &steps, &opts, codings.coding(data)).len();
             let (gaps, literals) = (full(DataZeros::Gaps), full(DataZeros::Literals));
             let smaller = if literals < gaps {
                 DataZeros::Literals
@@ -1133,24 +1131,12 @@ mod tests {
             assert_eq!(codings.code, None, "the code's coding is sampled");
             let index = SuffixIndex::new(&old);
             let steps = match_parallel(&index, &old, &new, 1);
-            let (old_sha, new_sha) = (sha256(&old), sha256(&new));
             let full = |code| {
                 let coding = Codings {
                     code: Some(code),
                     ..codings
                 };
-                let delta = write_delta(
-                    &old,
-                    &new,
-                    &steps,
-                    &old_sha,
-                    &new_sha,
-                    &Filtering::none(),
-                    &opts,
-                    coding.first(),
-                    true,
-                )
-                .unwrap();
+                let delta = whole_delta(&old, &new, &steps, &opts, coding.first());
                 let mut out = Vec::new();
                 crate::apply(std::io::Cursor::new(&old), delta.as_slice(), &mut out).unwrap();
                 assert!(out == new, "{code:?} does not round-trip");
