@@ -125,11 +125,7 @@ async fn chromium_renders_the_fleet_and_shows_a_hostile_reason_as_text() {
     let db = Db::new();
     let server = Server::start(&db.path, &[]);
     feed(&db, &server).await;
-    let profile = tempfile::tempdir().unwrap();
-    let url = format!("{}/", server.base);
-    let dom = tokio::task::spawn_blocking(move || run_chromium(&url, "--dump-dom", profile.path()))
-        .await
-        .unwrap();
+    let dom = rendered_dom(&server.base).await;
 
     assert!(
         dom.contains("2 release(s); updated"),
@@ -264,49 +260,25 @@ async fn the_page_is_self_contained_and_guarded() {
     }
 }
 
+/// The dashboard at `base` as Chromium rendered it (its DOM after the scripts ran).
+async fn rendered_dom(base: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("{base}/");
+    tokio::task::spawn_blocking(move || run_chromium(&url, "--dump-dom", profile.path()))
+        .await
+        .unwrap()
+}
+
 /// Serves with a halt rule (its keys given when `keys`), sends reports on 1.2.0 that trip it (2 of 3
 /// devices roll back), waits for the collector's action, and returns the page Chromium rendered, the
 /// action as `summary --json` lists it, and the repository.
 async fn rendered_after_the_rule(keys: bool) -> (String, serde_json::Value, Repo) {
     let db = Db::new();
     let repo = Repo::new();
-    for n in 1..=3 {
-        db.enroll(&device_key(n));
-    }
-    let repo_path = repo.path().display().to_string();
-    let mut args = vec![
-        "--halt-rule".to_owned(),
-        "rollback_percent=60,min_reports=3".to_owned(),
-        "--halt-interval-secs".to_owned(),
-        "1".to_owned(),
-        "--repo".to_owned(),
-        repo_path,
-    ];
-    if keys {
-        for key in repo.halt_key_files() {
-            args.push("--halt-key".into());
-            args.push(key.display().to_string());
-        }
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start(&db.path, &args);
-    let client = reqwest::Client::new();
-    for (n, outcome) in [
-        (1, Outcome::RolledBack),
-        (2, Outcome::RolledBack),
-        (3, Outcome::Committed),
-    ] {
-        let key = device_key(n);
-        let body = signed(&report(&key, 1, "1.2.0", outcome, "health"), &key);
-        assert_eq!(post(&client, &server.base, body).await.0, 201);
-    }
+    let server = serve_and_trip_the_rule(&db, &repo, keys, 1).await;
     // Read through the CLI, not `GET /v1/history`, so the page's history is computed after the action.
     let summary = wait_for_action(&db.path).await;
-    let profile = tempfile::tempdir().unwrap();
-    let url = format!("{}/", server.base);
-    let dom = tokio::task::spawn_blocking(move || run_chromium(&url, "--dump-dom", profile.path()))
-        .await
-        .unwrap();
+    let dom = rendered_dom(&server.base).await;
     assert!(
         dom.contains("1 release(s); updated"),
         "the script did not finish:\n{dom}"

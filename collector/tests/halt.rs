@@ -136,36 +136,7 @@ fn without_keys_the_collector_only_alerts(backend: Backend) {
 async fn collector_serve_halts_by_its_rule_and_summary_shows_it() {
     let db = Db::new();
     let repo = Repo::new();
-    for i in 1..=3 {
-        db.enroll(&device_key(i));
-    }
-    let mut args: Vec<String> = [
-        "--halt-rule",
-        "rollback_percent=60,min_reports=3",
-        "--halt-interval-secs",
-        "1",
-        "--repo",
-        repo.path().to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for key in repo.halt_key_files() {
-        args.push("--halt-key".into());
-        args.push(key.display().to_string());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start(&db.path, &args);
-    let client = reqwest::Client::new();
-    for (i, outcome) in [
-        (1, Outcome::RolledBack),
-        (2, Outcome::RolledBack),
-        (3, Outcome::Committed),
-    ] {
-        let key = device_key(i);
-        let body = signed(&report(&key, 7, "1.2.0", outcome, "health"), &key);
-        assert_eq!(post(&client, &server.base, body).await.0, 201);
-    }
+    let server = serve_and_trip_the_rule(&db, &repo, true, 7).await;
     let summary = wait_for_action(&db.path).await;
     let action = &summary["actions"][0];
     assert_eq!(action["action"], "halted", "{summary}");

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use chrono::Utc;
 
+use ota_report::Outcome;
+
 use super::collector;
 
 /// A repository with release 1.2.0 of board-a on stable (one wave: everyone now), its keys in `keys/`.
@@ -100,6 +102,50 @@ impl Repo {
             .clone();
         (release.state, release.reason)
     }
+}
+
+/// Serves `db` (devices 1-3 enrolled here) with the rule `rollback_percent=60,min_reports=3` ticking
+/// every second over `repo`, its halt keys given when `keys`, then sends reports on 1.2.0 numbered
+/// `sequence` that trip it: devices 1 and 2 rolled back, 3 committed.
+pub async fn serve_and_trip_the_rule(
+    db: &super::Db,
+    repo: &Repo,
+    keys: bool,
+    sequence: u64,
+) -> super::Server {
+    for n in 1..=3 {
+        db.enroll(&super::device_key(n));
+    }
+    let mut args: Vec<String> = [
+        "--halt-rule",
+        "rollback_percent=60,min_reports=3",
+        "--halt-interval-secs",
+        "1",
+        "--repo",
+        repo.path().to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if keys {
+        for key in repo.halt_key_files() {
+            args.push("--halt-key".into());
+            args.push(key.display().to_string());
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = super::Server::start(&db.path, &args);
+    let client = reqwest::Client::new();
+    for (n, outcome) in [
+        (1, Outcome::RolledBack),
+        (2, Outcome::RolledBack),
+        (3, Outcome::Committed),
+    ] {
+        let key = super::device_key(n);
+        let body = super::signed(&super::report(&key, sequence, "1.2.0", outcome, "health"), &key);
+        assert_eq!(super::post(&client, &server.base, body).await.0, 201);
+    }
+    server
 }
 
 /// `collector summary --json` once it lists an action (the timer's first ticks), at most ~60 s.

@@ -18,7 +18,7 @@ pub mod pg_server;
 
 // Only the tests that halt by a rule use these.
 #[allow(unused_imports)]
-pub use halt_repo::{wait_for_action, Repo};
+pub use halt_repo::{serve_and_trip_the_rule, wait_for_action, Repo};
 pub use pg_server::PgDb;
 
 pub fn collector_bin() -> Command {
