@@ -202,6 +202,35 @@ impl TestRepo {
             .unwrap()
     }
 
+    /// `repo-tool rollout <verb> --version V <extra>` for the test hardware id and channel, signed with
+    /// only the `control` key and the snapshot and timestamp keys, as the operator does; its stdout.
+    pub fn rollout(&self, control: &Path, verb: &str, version: &str, extra: &[&str]) -> String {
+        let root = self.root_dir();
+        let (snapshot, timestamp) = (self.key("snapshot"), self.key("timestamp"));
+        let mut args = vec![
+            "rollout",
+            verb,
+            "--repo",
+            root.to_str().unwrap(),
+            "--hardware",
+            HARDWARE,
+            "--channel",
+            CHANNEL,
+            "--version",
+            version,
+            "--key",
+            control.to_str().unwrap(),
+            "--key",
+            snapshot.to_str().unwrap(),
+            "--key",
+            timestamp.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = self.repo_tool(&args);
+        assert!(out.status.success(), "repo-tool {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The file nginx serves for target `name` whose content hashes to `sha256`.
     pub fn target_file(&self, name: &str, image: &[u8]) -> PathBuf {
         let digest: [u8; 32] = Sha256::digest(image).into();

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ota_e2e::collector::{Collector, Misbehaviour, RawServer};
-use ota_e2e::{agent_binary, firmware, text, SimDevice, TestRepo, CHANNEL, HARDWARE, REBOOT};
+use ota_e2e::{agent_binary, firmware, text, SimDevice, TestRepo, REBOOT};
 use ota_report::{Envelope, Outcome, Report};
 
 const SLOT_LEN: u64 = 1 << 20;
@@ -315,26 +315,8 @@ fn rollout_control(repo: &TestRepo, steps: &[(&str, &str)]) {
         ];
         run(&[&init[..], &["--key", snapshot, "--key", timestamp]].concat());
     }
-    let control = control.to_str().unwrap();
     for (verb, version) in steps {
-        run(&[
-            "rollout",
-            verb,
-            "--repo",
-            root,
-            "--hardware",
-            HARDWARE,
-            "--channel",
-            CHANNEL,
-            "--version",
-            version,
-            "--key",
-            control,
-            "--key",
-            snapshot,
-            "--key",
-            timestamp,
-        ]);
+        repo.rollout(&control, verb, version, &[]);
     }
 }
 

@@ -38,36 +38,6 @@ fn init_control(repo: &TestRepo) -> PathBuf {
     control
 }
 
-/// `repo-tool rollout <verb> --version V <extra>` for the test hardware id and channel, signed with
-/// only the control, snapshot and timestamp keys.
-fn rollout(repo: &TestRepo, control: &std::path::Path, verb: &str, version: &str, extra: &[&str]) -> String {
-    let root = repo.root_dir();
-    let mut args = vec![
-        "rollout",
-        verb,
-        "--repo",
-        root.to_str().unwrap(),
-        "--hardware",
-        HARDWARE,
-        "--channel",
-        CHANNEL,
-        "--version",
-        version,
-        "--key",
-        control.to_str().unwrap(),
-    ];
-    let snapshot = repo.key("snapshot");
-    let timestamp = repo.key("timestamp");
-    args.extend([
-        "--key",
-        snapshot.to_str().unwrap(),
-        "--key",
-        timestamp.to_str().unwrap(),
-    ]);
-    args.extend(extra);
-    ok(repo, &args)
-}
-
 fn ok(repo: &TestRepo, args: &[&str]) -> String {
     let out = repo.repo_tool(args);
     assert!(out.status.success(), "repo-tool {args:?}: {}", text(&out));
@@ -102,13 +72,7 @@ fn a_halted_release_installs_on_no_new_device_and_installs_after_resume() {
     ];
     let control = init_control(&repo);
     repo.publish("2.0.0", &firmware("2.0.0", 250_000));
-    rollout(
-        &repo,
-        &control,
-        "halt",
-        "2.0.0",
-        &["--reason", "rollbacks in wave 1"],
-    );
+    repo.rollout(&control, "halt", "2.0.0", &["--reason", "rollbacks in wave 1"]);
     for dev in &devices {
         let (out, reboots) = dev.run_until_settled();
         assert!(out.status.success(), "{}", text(&out));
@@ -149,7 +113,7 @@ fn a_halted_release_installs_on_no_new_device_and_installs_after_resume() {
     assert_ne!(seeds[0], seeds[1]);
     assert_eq!(devices[0].status()["rollout"]["seed"], seeds[0].as_str());
 
-    rollout(&repo, &control, "resume", "2.0.0", &[]);
+    repo.rollout(&control, "resume", "2.0.0", &[]);
     for dev in &devices {
         let (out, reboots) = dev.run_until_settled();
         assert!(out.status.success(), "{}", text(&out));
@@ -223,7 +187,7 @@ fn a_release_waits_for_its_wave_until_the_control_role_speeds_it_up() {
     assert_eq!(dev.status()["running_version"], "1.0.0");
 
     // The control role replaces the plan: everyone now.
-    rollout(&repo, &control, "start", "2.0.0", &["--waves", "now"]);
+    repo.rollout(&control, "start", "2.0.0", &["--waves", "now"]);
     settle(&dev, 1);
     assert_eq!(dev.status()["running_version"], "2.0.0");
 }
@@ -249,7 +213,7 @@ fn a_pull_brings_devices_back_from_the_other_slot_and_by_download() {
         );
     }
     let control = init_control(&repo);
-    rollout(&repo, &control, "pull", "2.0.0", &["--reason", "boot loop"]);
+    repo.rollout(&control, "pull", "2.0.0", &["--reason", "boot loop"]);
 
     // 1.0.0's image is taken off the server: going back from the other slot downloads nothing.
     let served = repo.target_file(&v1_name, &v1);
@@ -308,7 +272,7 @@ fn a_pull_brings_devices_back_from_the_other_slot_and_by_download() {
         settle(dev, 0);
         assert!(text(&dev.agent(&["check"])).contains("2.0.0 is pulled since"));
     }
-    rollout(&repo, &control, "resume", "2.0.0", &[]);
+    repo.rollout(&control, "resume", "2.0.0", &[]);
     for dev in [&from_slot, &by_download] {
         settle(dev, 1);
         let s = dev.status();
@@ -356,14 +320,14 @@ fn a_forged_or_expired_halt_is_refused_naming_why() {
     let control = init_control(&repo);
     repo.publish("2.0.0", &firmware("2.0.0", 250_000));
     // The last verified word of the control role: 2.0.0 opens in a day.
-    rollout(&repo, &control, "start", "2.0.0", &["--waves", "100%@1d"]);
+    repo.rollout(&control, "start", "2.0.0", &["--waves", "100%@1d"]);
     let (out, _) = dev.run_until_settled();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(standing(&dev, "2.0.0")["standing"], "waiting");
     assert!(dev.status()["rollout"]["control_error"].is_null());
 
     // A halt whose signature is not the control key's.
-    rollout(&repo, &control, "halt", "2.0.0", &["--reason", "forged"]);
+    repo.rollout(&control, "halt", "2.0.0", &["--reason", "forged"]);
     let (forged, original) = forge_newest_control(&repo);
     settle(&dev, 0);
     let s = dev.status();
@@ -388,8 +352,7 @@ fn a_forged_or_expired_halt_is_refused_naming_why() {
     fs::write(&forged, original).unwrap();
 
     // A halt signed by the control key but expired: refused too, the last verified plan still holds.
-    rollout(
-        &repo,
+    repo.rollout(
         &control,
         "halt",
         "2.0.0",
@@ -405,8 +368,8 @@ fn a_forged_or_expired_halt_is_refused_naming_why() {
     assert_eq!(standing(&dev, "2.0.0")["standing"], "waiting");
 
     // A fresh, verified instruction is obeyed again.
-    rollout(&repo, &control, "resume", "2.0.0", &[]);
-    rollout(&repo, &control, "start", "2.0.0", &["--waves", "now"]);
+    repo.rollout(&control, "resume", "2.0.0", &[]);
+    repo.rollout(&control, "start", "2.0.0", &["--waves", "now"]);
     settle(&dev, 1);
     let s = dev.status();
     assert!(s["rollout"]["control_error"].is_null(), "{s}");
@@ -497,10 +460,10 @@ fn a_field_drill_installs_in_trial_rolls_back_on_purpose_and_records_it() {
     let control = init_control(&repo);
     repo.publish("2.0.0", &firmware("2.0.0", 250_000));
     // Not open to anyone for a day: only the drill's cohort takes it, and only for the trial.
-    rollout(&repo, &control, "start", "2.0.0", &["--waves", "100%@1d"]);
+    repo.rollout(&control, "start", "2.0.0", &["--waves", "100%@1d"]);
     let id = drilled.status()["device_id"].as_str().unwrap().to_owned();
     let cohort = ["--id", "spring", "--devices", id.as_str(), "--until", "1d"];
-    rollout(&repo, &control, "drill", "2.0.0", &cohort);
+    repo.rollout(&control, "drill", "2.0.0", &cohort);
     let (out, reboots) = drilled.run_until_settled();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(reboots, 2, "into the trial, then back on purpose: {}", text(&out));
