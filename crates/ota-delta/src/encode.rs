@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
@@ -146,14 +146,13 @@ pub fn encode_with_progress(
 fn encode_borrowed(
     old: &[u8],
     new: &[u8],
-    prepared: Prepared<'_>,
+    prepared: Prepared,
     opts: &EncodeOptions,
     progress: &(dyn Fn(EncodeStage) + Sync),
 ) -> Result<Vec<u8>> {
     let threads = opts.threads.max(1);
     let Prepared {
         candidates,
-        index,
         old_sha,
         new_sha,
         codings,
@@ -169,8 +168,6 @@ fn encode_borrowed(
     } else {
         threads
     };
-    let unfiltered = candidates.iter().any(Filtering::is_none);
-    let index = Mutex::new(index);
     let run = |k: usize, filter: &Filtering| {
         progress(EncodeStage::Candidate {
             filter: filter.filter,
@@ -178,16 +175,6 @@ fn encode_borrowed(
             count,
         });
         let [o, n] = filtered(old, new, filter, per);
-        // The unfiltered index serves `None`, or lends its array to the first filtered candidate.
-        let taken = match (filter.is_none(), unfiltered) {
-            (true, _) | (_, false) => index.lock().ok().and_then(|mut i| i.take()),
-            _ => None,
-        };
-        let source = match taken {
-            Some(built) if filter.is_none() => IndexSource::Built(built),
-            Some(other) => IndexSource::Buffer(other.into_buffer()),
-            None => IndexSource::Buffer(Vec::new()),
-        };
         let codings = codings.per_candidate(count);
         encode_core(
             &o,
@@ -195,7 +182,6 @@ fn encode_borrowed(
             old_sha,
             new_sha,
             filter.clone(),
-            source,
             opts,
             per,
             codings,
@@ -253,14 +239,11 @@ pub fn encode_owned(
         return encode_borrowed(&old, &new, prepared, opts, progress);
     }
     let Prepared {
-        index,
         old_sha,
         new_sha,
         codings,
         ..
     } = prepared;
-    // The images are filtered in place below: the unfiltered index (if any) only lends its array.
-    let mut spare = index.map(SuffixIndex::into_buffer).unwrap_or_default();
     let mut best: Option<Candidate> = None;
     let count = candidates.len();
     let threads = opts.threads.max(1);
@@ -280,7 +263,6 @@ pub fn encode_owned(
             &old_sha,
             &new_sha,
             filter.clone(),
-            IndexSource::Buffer(std::mem::take(&mut spare)),
             opts,
             threads,
             codings.per_candidate(count),
@@ -323,7 +305,8 @@ struct Codings {
 enum DataCodings {
     /// This one: windows of the data chose it, or the image has no data to code either way.
     One(DataZeros),
-    /// Both, keeping the smaller delta: the data is too small to sample.
+    /// Both, keeping the smaller delta: the data is too small to sample. When the code is coded raw,
+    /// the data alone is coded both ways instead (see [`Codings::sampled`]).
     Both,
     /// The one [`PROBE_WINDOWS`] windows of the data say is smaller, sampled on the candidate's own
     /// images (see [`sample_data_zeros`]; where, see [`SAMPLE_BESIDE_SORT_MIN`]).
@@ -367,13 +350,18 @@ impl Codings {
     /// These codings with a [`DataCodings::Sample`] and the code's coding settled on `o` and `n` (the
     /// candidate's images).
     fn sampled(self, o: &[u8], n: &[u8], opts: &EncodeOptions) -> Codings {
-        let which = match self.which {
-            DataCodings::Sample => DataCodings::One(sample_data_zeros(o, n, self.data_from, opts)),
-            other => other,
-        };
         let code = self
             .code
             .unwrap_or_else(|| sample_code_zeros(o, n, (self.code_from, self.data_from), opts));
+        let which = match self.which {
+            DataCodings::Sample => DataCodings::One(sample_data_zeros(o, n, self.data_from, opts)),
+            // Writing both codings would compress the code's raw diff twice, the slowest stream
+            // (systemd-arm64: 2.4 s against 1.4): the data alone is coded both ways instead.
+            DataCodings::Both if code == CodeZeros::Literals => {
+                DataCodings::One(sample_small_data_zeros(o, n, self.data_from, opts))
+            }
+            other => other,
+        };
         Codings {
             which,
             code: Some(code),
@@ -409,6 +397,11 @@ impl Codings {
 
     /// The coding left to try after a candidate wrote `tried`.
     fn left_after(self, tried: Codings) -> Option<DiffCoding<'static>> {
+        if tried.code == Some(CodeZeros::Literals) {
+            // The data's coding was sampled (see `Codings::sampled`), or a candidate wrote one alone:
+            // a second raw diff would cost more time than the data can save.
+            return None;
+        }
         let settled = Codings {
             code: tried.code,
             ..self
@@ -432,6 +425,30 @@ fn sample_data_zeros(o: &[u8], n: &[u8], data_from: usize, opts: &EncodeOptions)
     let windows = windows_over(o, n, data_from as u64, n.len() as u64);
     let pair = [coding(DataZeros::Gaps), coding(DataZeros::Literals)];
     if second_is_smaller(o, n, &windows, opts, pair) {
+        DataZeros::Literals
+    } else {
+        DataZeros::Gaps
+    }
+}
+
+/// Which coding of the zeros in new's data (from `data_from` on, too little of it for
+/// [`sample_data_zeros`]' windows) codes the whole data smaller, matched against old's bytes from the same
+/// relative offset on.
+fn sample_small_data_zeros(o: &[u8], n: &[u8], data_from: usize, opts: &EncodeOptions) -> DataZeros {
+    let coding = |data| DiffCoding {
+        data_from: 0,
+        data,
+        code: CodeZeros::Runs,
+        raw: &[],
+    };
+    let new_start = data_from.min(n.len());
+    let old_middle = u128::try_from(new_start).unwrap_or(0) * o.len() as u128 / n.len().max(1) as u128;
+    let old_start = usize::try_from(old_middle)
+        .unwrap_or(0)
+        .saturating_sub(PROBE_OLD / 2);
+    let window = (old_start, o.len(), new_start, n.len());
+    let pair = [coding(DataZeros::Gaps), coding(DataZeros::Literals)];
+    if second_is_smaller(o, n, &[window], opts, pair) {
         DataZeros::Literals
     } else {
         DataZeros::Gaps
@@ -559,99 +576,55 @@ fn no_candidate() -> Error {
 }
 
 /// What the encoder settles before running candidates.
-struct Prepared<'a> {
+struct Prepared {
     /// The candidates to run.
     candidates: Vec<Filtering>,
     /// The codings to write.
     codings: Codings,
-    /// The unfiltered old image's suffix array, when built while the probe ran.
-    index: Option<SuffixIndex<'a>>,
     /// sha256 of the images as given.
     old_sha: [u8; 32],
     new_sha: [u8; 32],
 }
 
-/// From this combined input size on, the unfiltered suffix array is built beside the probe (rootfs: 2.4 s
-/// against the probe's ~1 s; `None` wins there). Below it the array takes longer than the probe (~0.5 s
-/// against ~0.15 s on the 10 MB pairs) and a filter wins on every ELF pair of the corpus, so the array
-/// was built for nothing: the probe gets both cores instead.
-const SPECULATIVE_INDEX_MIN: usize = 64 << 20;
 /// From this combined input size on, the probe's samples run on both threads. Below it, on one thread of
 /// its own: samples taken on this thread too left up to 1.5 MiB of its heap resident beside the suffix
 /// array (systemd).
 const PARALLEL_PROBE_MIN: usize = 16 << 20;
 
-/// The candidates and codings to run, the images' hashes, and the unfiltered old image's suffix array
-/// when it was built while the probe ran (on a core the probe leaves idle: the array is needed whenever
-/// the probe keeps `None`, and otherwise lends its allocation to the filtered candidate). The images are
-/// hashed meanwhile too.
-fn prepare<'a>(old: &'a [u8], new: &[u8], opts: &EncodeOptions) -> Prepared<'a> {
+/// The candidates and codings to run, and the images' hashes (taken while the probe runs). Only the
+/// winner's suffix array is built, after the probe: building the unfiltered one beside the probe, in case
+/// it won, cost the filesystem images 1.5 s (rootfs: 4.5 s in all against 3.0), since a filter wins on
+/// both.
+fn prepare(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Prepared {
     let combined = old.len().saturating_add(new.len());
-    let prepared = |candidates, index, (old_sha, new_sha)| Prepared {
+    let prepared = |candidates, (old_sha, new_sha)| Prepared {
         codings: Codings::for_image(new),
         candidates,
-        index,
         old_sha,
         new_sha,
     };
     let auto = opts.filters == FilterChoice::Auto && opts.threads >= 2;
     if !auto {
         let candidates = candidates(old, new, opts);
-        return prepared(candidates, None, (sha256(old), sha256(new)));
+        return prepared(candidates, (sha256(old), sha256(new)));
     }
-    if combined < SPECULATIVE_INDEX_MIN {
-        // The probe's samples on both threads, then only the winner's array is built.
-        let (candidates, hashes) = match Probe::plan(old, new, plausible_filters(old, new), opts) {
-            Choice::Decided(list) => (list, (sha256(old), sha256(new))),
-            Choice::Probe(probe) => {
-                let ((), hashes) = run_both(
-                    true,
-                    || probe.work(),
-                    || {
-                        let hashes = (sha256(old), sha256(new));
-                        if combined >= PARALLEL_PROBE_MIN {
-                            probe.work();
-                        }
-                        hashes
-                    },
-                );
-                (probe.decide(), hashes)
-            }
-        };
-        return prepared(candidates, None, hashes);
+    match Probe::plan(old, new, plausible_filters(old, new), opts) {
+        Choice::Decided(list) => prepared(list, (sha256(old), sha256(new))),
+        Choice::Probe(probe) => {
+            let ((), hashes) = run_both(
+                true,
+                || probe.work(),
+                || {
+                    let hashes = (sha256(old), sha256(new));
+                    if combined >= PARALLEL_PROBE_MIN {
+                        probe.work();
+                    }
+                    hashes
+                },
+            );
+            prepared(probe.decide(), hashes)
+        }
     }
-    // The probe (if any) is set up here while the other thread sorts; that thread then takes the
-    // probe's samples left, if any.
-    let probe: OnceLock<Probe<'_>> = OnceLock::new();
-    let (decided, index, hashes) = std::thread::scope(|scope| {
-        let shared = &probe;
-        let index = scope.spawn(move || {
-            let index = SuffixIndex::build(old, Vec::new(), true);
-            if let Some(probe) = shared.get() {
-                probe.work();
-            }
-            index
-        });
-        let decided = match Probe::plan(old, new, plausible_filters(old, new), opts) {
-            Choice::Decided(list) => Some(list),
-            Choice::Probe(p) => {
-                shared.get_or_init(|| p).work();
-                None
-            }
-        };
-        let hashes = (sha256(old), sha256(new));
-        let index = index
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (decided, index, hashes)
-    });
-    // Every sample is done: both threads that took jobs have returned from `work`.
-    let candidates = match (decided, probe.into_inner()) {
-        (Some(list), _) => list,
-        (None, Some(probe)) => probe.decide(),
-        (None, None) => vec![Filtering::none()],
-    };
-    prepared(candidates, Some(index), hashes)
 }
 
 /// The candidates to run, on this thread: for `Auto`, the plausible filters narrowed by the probe.
@@ -861,14 +834,6 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
 /// in this thread's heap; on a thread of its own 23.1-23.4 MB in 14 runs out of 14.
 const SAMPLE_BESIDE_SORT_MIN: usize = 8 << 20;
 
-/// Where a candidate's suffix array comes from.
-enum IndexSource<'a> {
-    /// Already built over the candidate's old image.
-    Built(SuffixIndex<'a>),
-    /// To be built, in this allocation (empty: a new one).
-    Buffer(Vec<i32>),
-}
-
 #[allow(clippy::too_many_arguments)]
 fn encode_core(
     o: &[u8],
@@ -876,7 +841,6 @@ fn encode_core(
     old_sha: &[u8; 32],
     new_sha: &[u8; 32],
     filter: Filtering,
-    index: IndexSource<'_>,
     opts: &EncodeOptions,
     threads: usize,
     codings: Codings,
@@ -884,16 +848,13 @@ fn encode_core(
 ) -> Result<Candidate> {
     progress(EncodeStage::Indexing(filter.filter));
     let (steps, codings) = {
-        let build = |index| match index {
-            IndexSource::Built(index) => index,
-            IndexSource::Buffer(buffer) => SuffixIndex::build(o, buffer, threads >= 2),
-        };
+        let build = || SuffixIndex::build(o, threads >= 2);
         let beside = threads >= 2 && o.len() >= SAMPLE_BESIDE_SORT_MIN;
         let (index, codings) = match codings.to_sample() {
             // The data and code are sampled while old is sorted: the sort keeps one core, the tables
             // beside it a fraction of the other.
             true if beside => {
-                let (codings, index) = run_both(true, || codings.sampled(o, n, opts), || build(index));
+                let (codings, index) = run_both(true, || codings.sampled(o, n, opts), build);
                 (index, codings)
             }
             // Before the sort, on a thread of its own: see `SAMPLE_BESIDE_SORT_MIN`.
@@ -904,9 +865,9 @@ fn encode_core(
                         .join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 });
-                (build(index), codings)
+                (build(), codings)
             }
-            false => (build(index), codings),
+            false => (build(), codings),
         };
         progress(EncodeStage::Matching(filter.filter));
         (match_parallel(&index, o, n, threads), codings)

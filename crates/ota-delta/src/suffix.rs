@@ -120,14 +120,9 @@ fn bucket_starts(old: &[u8], prefix_len: usize) -> Vec<u32> {
 /// Old images from this size on get their bucket table counted on a second thread while libsais sorts.
 const PARALLEL_BUCKETS_MIN: usize = 4 << 20;
 
-/// The sorted suffixes of `old`, in `buffer`'s allocation.
-fn sort_suffixes(old: &[u8], mut sa: Vec<i32>) -> Vec<i32> {
-    if sa.capacity() < old.len() {
-        sa = vec![0i32; old.len()];
-    } else {
-        sa.clear();
-        sa.resize(old.len(), 0);
-    }
+/// The sorted suffixes of `old`.
+fn sort_suffixes(old: &[u8]) -> Vec<i32> {
+    let mut sa = vec![0i32; old.len()];
     if !old.is_empty() {
         // libsais, single-threaded: 30% faster than divsufsort on the corpus; its OpenMP build spins
         // badly when the cores are shared (10x slower under load). An error only reports bad
@@ -147,23 +142,17 @@ fn sort_suffixes(old: &[u8], mut sa: Vec<i32>) -> Vec<i32> {
 impl<'a> SuffixIndex<'a> {
     /// `old.len()` must fit in `i32` (checked by the encoder before).
     pub(crate) fn new(old: &'a [u8]) -> Self {
-        Self::build(old, Vec::new(), false)
+        Self::build(old, false)
     }
 
-    /// [`SuffixIndex::new`] in `buffer`'s allocation (another index's array, see
-    /// [`SuffixIndex::into_buffer`]), with the bucket table counted on a second thread when `parallel` and
-    /// `old` is large (and the [`GramFilter`] with it).
-    pub(crate) fn build(old: &'a [u8], buffer: Vec<i32>, parallel: bool) -> Self {
+    /// [`SuffixIndex::new`] with the bucket table counted on a second thread when `parallel` and `old` is
+    /// large (and the [`GramFilter`] with it).
+    pub(crate) fn build(old: &'a [u8], parallel: bool) -> Self {
         let prefix_len = if old.len() >= WIDE_BUCKETS_MIN { 3 } else { 2 };
-        Self::with_prefix_len(
-            old,
-            buffer,
-            prefix_len,
-            parallel && old.len() >= PARALLEL_BUCKETS_MIN,
-        )
+        Self::with_prefix_len(old, prefix_len, parallel && old.len() >= PARALLEL_BUCKETS_MIN)
     }
 
-    fn with_prefix_len(old: &'a [u8], buffer: Vec<i32>, prefix_len: usize, parallel: bool) -> Self {
+    fn with_prefix_len(old: &'a [u8], prefix_len: usize, parallel: bool) -> Self {
         let tables = || {
             let grams = if old.len() >= GRAM_FILTER_MIN {
                 GramFilter::build(old)
@@ -172,7 +161,7 @@ impl<'a> SuffixIndex<'a> {
             };
             (bucket_starts(old, prefix_len), grams)
         };
-        let ((buckets, grams), sa) = run_both(parallel, tables, || sort_suffixes(old, buffer));
+        let ((buckets, grams), sa) = run_both(parallel, tables, || sort_suffixes(old));
         SuffixIndex {
             old,
             sa,
@@ -180,13 +169,6 @@ impl<'a> SuffixIndex<'a> {
             prefix_len,
             grams,
         }
-    }
-
-    /// The suffix array's allocation, for the next index to reuse: freeing it and allocating another of
-    /// the same size made glibc raise its mmap threshold past it and serve the second from the heap,
-    /// which kept the freed bytes resident (systemd's generation peak +13 MiB).
-    pub(crate) fn into_buffer(self) -> Vec<i32> {
-        self.sa
     }
 
     fn suffix(&self, rank: usize) -> (usize, &'a [u8]) {
@@ -311,17 +293,14 @@ mod tests {
         }
     }
 
-    /// An index built in another index's array, with its bucket table counted on a second thread, is
-    /// the same index as a fresh one.
+    /// An index with its bucket table counted on a second thread is the same index as one built on one.
     #[test]
-    fn reused_buffer_and_parallel_buckets_give_the_same_index() {
+    fn parallel_buckets_give_the_same_index() {
         let old: Vec<u8> = (0..(u32::try_from(PARALLEL_BUCKETS_MIN).unwrap() + 4099))
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 21).to_le_bytes()[0])
             .collect();
-        let other: Vec<u8> = old.iter().rev().copied().collect();
         let fresh = SuffixIndex::new(&old);
-        let lent = SuffixIndex::new(&other).into_buffer();
-        let reused = SuffixIndex::build(&old, lent, true);
+        let reused = SuffixIndex::build(&old, true);
         assert!(fresh.sa == reused.sa, "suffix arrays differ");
         assert!(fresh.buckets == reused.buckets, "bucket tables differ");
         assert!(fresh.grams.words == reused.grams.words, "gram filters differ");
@@ -376,7 +355,7 @@ mod tests {
             [&old[old.len() - 5..], &[255u8][..]].concat(),
         ];
         for prefix_len in [2, 3] {
-            let idx = SuffixIndex::with_prefix_len(&old, Vec::new(), prefix_len, false);
+            let idx = SuffixIndex::with_prefix_len(&old, prefix_len, false);
             for needle in &needles {
                 let best = (0..old.len())
                     .map(|p| common_prefix(&old[p..], needle))
@@ -386,7 +365,7 @@ mod tests {
                 assert_eq!(len, best, "needle {needle:?}, {prefix_len}-byte buckets");
                 assert_eq!(common_prefix(&old[pos..], needle), len);
             }
-            let two = SuffixIndex::with_prefix_len(b"ab", Vec::new(), prefix_len, false);
+            let two = SuffixIndex::with_prefix_len(b"ab", prefix_len, false);
             assert_eq!(two.longest_match(b"abc"), (0, 2));
         }
         let single = SuffixIndex::new(b"x");
