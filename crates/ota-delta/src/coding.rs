@@ -4,7 +4,7 @@
 
 use xz2::stream::{Action, Check, Filters, LzmaOptions, MatchFinder, Mode, MtStreamBuilder, Status, Stream};
 
-use crate::filter::{elf_exec_span, Filter, Filtering, RegionMap};
+use crate::filter::{elf_exec_span, Filtering, RegionMap};
 use crate::format::{
     put_varint, varint_len, write_control, write_region_table, ControlEntry, DeltaHeader, RunCarry,
     SegmentHeader, CONTROL, EXTRA, FORMAT_VERSION, LITERALS, LITERAL_LENGTHS, MAX_WINDOW_LOG, MIN_WINDOW_LOG,
@@ -110,12 +110,7 @@ impl DiffCoding<'_> {
 pub(crate) fn raw_spans(new: &RegionMap) -> Vec<(usize, usize)> {
     new.regions()
         .iter()
-        .filter(|r| {
-            matches!(
-                r.filter,
-                Filter::Arm64 | Filter::Arm64Page | Filter::Arm | Filter::Thumb
-            )
-        })
+        .filter(|r| r.filter.is_arm())
         .filter_map(|r| Some((usize::try_from(r.lo).ok()?, usize::try_from(r.hi).ok()?)))
         .collect()
 }
@@ -971,7 +966,7 @@ fn write_segments(segments: &[Vec<Piece>], streams: &[StreamChunks], out: &mut V
 mod tests {
     use super::*;
     use crate::encode::sha256;
-    use crate::filter::{write_test_elf_header, Filtering};
+    use crate::filter::{write_test_elf_header, Filter, Filtering};
     use crate::matching::match_parallel;
     use crate::suffix::SuffixIndex;
 

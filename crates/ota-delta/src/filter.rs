@@ -53,6 +53,14 @@ impl Filter {
         Filter::Thumb,
     ];
 
+    /// Whether this filter is for ARM code (AArch64, 32-bit ARM, Thumb-2).
+    pub(crate) fn is_arm(self) -> bool {
+        matches!(
+            self,
+            Filter::Arm64 | Filter::Arm64Page | Filter::Arm | Filter::Thumb
+        )
+    }
+
     /// The id stored in the delta header.
     pub fn id(self) -> u8 {
         match self {
