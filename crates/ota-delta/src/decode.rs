@@ -664,7 +664,9 @@ struct OldImage<O> {
 
 /// Blocks of the old image kept (filtered): 16 (1 MiB) cut lightningcss's apply from 0.40 to 0.32 s against
 /// 4, its x86-rip blocks being filtered again less often, for 0.8 MiB more; 64 gave 0.21 s at 8.3 MiB.
-const OLD_CACHE_BLOCKS: usize = 16;
+/// With format 7 (filters per region), 32 (2 MiB): lightningcss 0.16 s at 6.4 MiB against 0.18-0.19 s at
+/// 5.3 MiB with 16 (its ~550 block misses had filtered old four times over); 48 was no faster.
+const OLD_CACHE_BLOCKS: usize = 32;
 
 impl<O: Read + Seek> OldImage<O> {
     fn new(reader: O, len: u64, regions: RegionMap) -> Self {

@@ -64,14 +64,16 @@
 //! ```
 //! Each of the five streams is one continuous xz stream (LZMA2, no check: the result's sha256 is checked)
 //! across all segments (so its dictionary carries over), sync-flushed at every segment end, so the decoder
-//! can consume a segment as soon as it has read it. A segment's control bytes are LEB128 varints grouped by
+//! can consume a segment as soon as it has read it. (The encoder may cut a long literal stream into xz
+//! blocks compressed on several threads, each block ending at a segment's end at the latest: one .xz
+//! stream still, read alike.) A segment's control bytes are LEB128 varints grouped by
 //! field: the entry count, then every `add_len`, every `copy_len`, every zigzag `seek`. A segment's diff
 //! (`diff_raw` bytes, its add steps' in order) is the concatenation, over its pairs, of `zeros` zero bytes
 //! then `literals` bytes of the literal stream. Bytes are added to old in runs of changed bytes (new != old;
 //! a run starts at the segment start or after an unchanged byte): a run's first [`CARRY_BYTES`] bytes are one
 //! little-endian integer added with carry (the carry out of the last of them is dropped), the rest bytewise.
 //! The decoder buffers one segment's control, extra and run-length bytes (all capped) and streams the
-//! literals; old is read through a small block cache, new is written strictly sequentially. The dictionaries
+//! literals; old is read through a block cache (2 MiB), new is written strictly sequentially. The dictionaries
 //! are capped: a header declaring more is refused before anything is allocated, and liblzma's memory limit
 //! refuses a stream whose own header asks for more than the delta header declared.
 #![deny(missing_docs)]
