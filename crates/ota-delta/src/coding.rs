@@ -118,8 +118,11 @@ pub(crate) fn raw_spans(new: &RegionMap) -> Vec<(usize, usize)> {
 /// Largest dictionary (log2 bytes) for a literal stream with [`DataZeros::Literals`]. Its matches are
 /// short-range repeats of diff patterns: when all of the diff went raw, 512 KiB coded it as small as 4
 /// MiB did (systemd 59,342 bytes against 59,382; esbuild 202,246 against 201,938) with a match finder
-/// of ~9 MiB instead of ~37-50 MiB, and the decoder's dictionary shrinks with it.
-const RAW_LITERAL_WINDOW_LOG: u8 = 19;
+/// of ~9 MiB instead of ~37-50 MiB, and the decoder's dictionary shrinks with it. 256 KiB codes the
+/// ARM pairs' raw code diffs within 0.2 % of 512 KiB (systemd-arm64 45,586 bytes against 45,487) with
+/// 4 MiB of encoder instead of 7: two of them, compressing in blocks (see [`StreamEncoder`]), fit the
+/// small pairs' memory budget (systemd-arm64 23.7 MiB of 26.1, against 28.8 with 512 KiB).
+const RAW_LITERAL_WINDOW_LOG: u8 = 18;
 
 /// Splits a diff into (zero run, literal run) pairs: the format codes the diff, mostly zeros, as the two
 /// run lengths and the literal bytes, each in its own stream. In the new image's data (see
@@ -646,31 +649,15 @@ enum StreamEncoder {
 
 /// From this many raw bytes on, a raw literal stream (the one stream that takes seconds: LZMA2's normal
 /// mode over megabytes of mostly zeros) is compressed in blocks on every thread. Each block starts with an
-/// empty dictionary: 0.3-0.5 % larger deltas on the ARM pairs, 1.4-1.7x faster generation.
+/// empty dictionary: 0.3-1.2 % larger deltas on the ARM pairs, 1.4-1.7x faster generation.
 const BLOCKS_MIN: u64 = 2 << 20;
-/// ... and from this combined size of the images on: each more thread's encoder and block buffers cost
-/// about 5 MiB, over the 4x-the-inputs memory budget of smaller pairs (systemd-arm64: 28.8 MiB
-/// against 26.1).
-const BLOCKS_INPUTS_MIN: usize = 12 << 20;
 
 impl StreamEncoder {
-    /// The encoder for stream `which` of `cut` (from images of `inputs` bytes together), with `threads`
-    /// to spare.
-    fn for_stream(
-        which: usize,
-        cut: &Segments,
-        inputs: usize,
-        coding: DiffCoding<'_>,
-        threads: usize,
-    ) -> StreamEncoder {
+    /// The encoder for stream `which` of `cut`, with `threads` to spare.
+    fn for_stream(which: usize, cut: &Segments, coding: DiffCoding<'_>, threads: usize) -> StreamEncoder {
         let workers = u32::try_from(threads).unwrap_or(1);
         let total = cut.totals[LITERALS];
-        if which != LITERALS
-            || !coding.raw_code()
-            || workers < 2
-            || total < BLOCKS_MIN
-            || inputs < BLOCKS_INPUTS_MIN
-        {
+        if which != LITERALS || !coding.raw_code() || workers < 2 || total < BLOCKS_MIN {
             return StreamEncoder::One;
         }
         // A block ends at each segment's end (the flush there waits for every block of the segment): the
@@ -903,14 +890,9 @@ fn compress_streams(
     threads: usize,
 ) -> Result<Vec<StreamChunks>> {
     let segments = cut.segments.as_slice();
-    let jobs = (0..STREAM_NAMES.len()).zip(window_logs).map(|(which, log)| {
-        let inputs = o.len().saturating_add(n.len());
-        (
-            which,
-            log,
-            StreamEncoder::for_stream(which, cut, inputs, coding, threads),
-        )
-    });
+    let jobs = (0..STREAM_NAMES.len())
+        .zip(window_logs)
+        .map(|(which, log)| (which, log, StreamEncoder::for_stream(which, cut, coding, threads)));
     let compressed: Vec<Result<StreamChunks>> = if threads < 2 {
         jobs.map(|(which, log, encoder)| compress_stream(which, segments, o, n, opts, log, coding, encoder))
             .collect()
@@ -1137,7 +1119,7 @@ mod tests {
         };
         let cut = segment(&steps, &old, &new, raw);
         assert!(cut.segments.len() >= 2, "{} segments", cut.segments.len());
-        let encoder = StreamEncoder::for_stream(LITERALS, &cut, old.len() + new.len(), raw, 2);
+        let encoder = StreamEncoder::for_stream(LITERALS, &cut, raw, 2);
         let StreamEncoder::Blocks { workers, block_size } = encoder else {
             panic!("{encoder:?} for {} literal bytes", cut.totals[LITERALS]);
         };
@@ -1154,11 +1136,10 @@ mod tests {
             ..EncodeOptions::default()
         };
         assert_round_trips(&old, &new, &steps, &opts, raw);
-        // The other streams, and small pairs, keep one encoder.
-        let one = StreamEncoder::for_stream(EXTRA, &cut, old.len() + new.len(), raw, 2);
-        assert_eq!(one, StreamEncoder::One);
+        // The other streams, and one thread, keep one encoder.
+        assert_eq!(StreamEncoder::for_stream(EXTRA, &cut, raw, 2), StreamEncoder::One);
         assert_eq!(
-            StreamEncoder::for_stream(LITERALS, &cut, 6 << 20, raw, 2),
+            StreamEncoder::for_stream(LITERALS, &cut, raw, 1),
             StreamEncoder::One
         );
     }
