@@ -529,19 +529,10 @@ fn second_is_smaller(
         let [first, second] = pair;
         Some([size(first)?, size(second)?])
     };
-    let total = |windows: &[Window]| {
-        windows
-            .iter()
-            .map(window_sizes)
-            .try_fold([0, 0], |[a, b], s| s.map(|[sa, sb]| [a + sa, b + sb]))
-    };
-    // Half of the windows on a second thread: before the suffix sort (small pairs), they are on its
-    // critical path.
-    let (one, other) = windows.split_at(windows.len() / 2);
-    let totals = match run_both(opts.threads >= 2, || total(one), || total(other)) {
-        (Some([a1, b1]), Some([a2, b2])) => Some([a1 + a2, b1 + b2]),
-        _ => None,
-    };
+    let totals = windows
+        .iter()
+        .map(window_sizes)
+        .try_fold([0, 0], |[a, b], s| s.map(|[sa, sb]| [a + sa, b + sb]));
     matches!(totals, Some([first, second]) if second < first)
 }
 
