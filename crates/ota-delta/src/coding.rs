@@ -651,11 +651,24 @@ enum StreamEncoder {
 /// mode over megabytes of mostly zeros) is compressed in blocks on every thread. Each block starts with an
 /// empty dictionary: 0.3-1.2 % larger deltas on the ARM pairs, 1.4-1.7x faster generation.
 const BLOCKS_MIN: u64 = 2 << 20;
+/// Bytes of the images per worker of a stream compressed in blocks (see [`StreamEncoder::for_stream`]).
+const BLOCK_WORKER_INPUTS: usize = 4 << 20;
 
 impl StreamEncoder {
-    /// The encoder for stream `which` of `cut`, with `threads` to spare.
-    fn for_stream(which: usize, cut: &Segments, coding: DiffCoding<'_>, threads: usize) -> StreamEncoder {
-        let workers = u32::try_from(threads).unwrap_or(1);
+    /// The encoder for stream `which` of `cut` (from images of `inputs` bytes together), with `threads`
+    /// to spare.
+    fn for_stream(
+        which: usize,
+        cut: &Segments,
+        inputs: usize,
+        coding: DiffCoding<'_>,
+        threads: usize,
+    ) -> StreamEncoder {
+        // Each worker holds an encoder and its block buffers (about 6 MiB): one per 4 MiB of the images
+        // keeps generation within 4x their size on a machine of many cores; two always (systemd-arm64's
+        // 6.5 MiB fit with two: 23.2 MiB of 26.1).
+        let workers = threads.min(2.max(inputs / BLOCK_WORKER_INPUTS));
+        let workers = u32::try_from(workers).unwrap_or(1);
         let total = cut.totals[LITERALS];
         if which != LITERALS || !coding.raw_code() || workers < 2 || total < BLOCKS_MIN {
             return StreamEncoder::One;
@@ -890,9 +903,14 @@ fn compress_streams(
     threads: usize,
 ) -> Result<Vec<StreamChunks>> {
     let segments = cut.segments.as_slice();
-    let jobs = (0..STREAM_NAMES.len())
-        .zip(window_logs)
-        .map(|(which, log)| (which, log, StreamEncoder::for_stream(which, cut, coding, threads)));
+    let jobs = (0..STREAM_NAMES.len()).zip(window_logs).map(|(which, log)| {
+        let inputs = o.len().saturating_add(n.len());
+        (
+            which,
+            log,
+            StreamEncoder::for_stream(which, cut, inputs, coding, threads),
+        )
+    });
     let compressed: Vec<Result<StreamChunks>> = if threads < 2 {
         jobs.map(|(which, log, encoder)| compress_stream(which, segments, o, n, opts, log, coding, encoder))
             .collect()
@@ -1119,7 +1137,8 @@ mod tests {
         };
         let cut = segment(&steps, &old, &new, raw);
         assert!(cut.segments.len() >= 2, "{} segments", cut.segments.len());
-        let encoder = StreamEncoder::for_stream(LITERALS, &cut, raw, 2);
+        let inputs = old.len() + new.len();
+        let encoder = StreamEncoder::for_stream(LITERALS, &cut, inputs, raw, 2);
         let StreamEncoder::Blocks { workers, block_size } = encoder else {
             panic!("{encoder:?} for {} literal bytes", cut.totals[LITERALS]);
         };
@@ -1137,11 +1156,23 @@ mod tests {
         };
         assert_round_trips(&old, &new, &steps, &opts, raw);
         // The other streams, and one thread, keep one encoder.
-        assert_eq!(StreamEncoder::for_stream(EXTRA, &cut, raw, 2), StreamEncoder::One);
         assert_eq!(
-            StreamEncoder::for_stream(LITERALS, &cut, raw, 1),
+            StreamEncoder::for_stream(EXTRA, &cut, inputs, raw, 2),
             StreamEncoder::One
         );
+        assert_eq!(
+            StreamEncoder::for_stream(LITERALS, &cut, inputs, raw, 1),
+            StreamEncoder::One
+        );
+        // Many cores: one worker per 4 MiB of the images (these 14 MiB: 3), two for small images.
+        let workers_for =
+            |inputs, threads| match StreamEncoder::for_stream(LITERALS, &cut, inputs, raw, threads) {
+                StreamEncoder::Blocks { workers, .. } => workers,
+                StreamEncoder::One => 1,
+            };
+        assert_eq!(workers_for(inputs, 64), 3);
+        assert_eq!(workers_for(6 << 20, 64), 2);
+        assert_eq!(workers_for(1 << 30, 8), 8);
     }
 
     proptest::proptest! {
