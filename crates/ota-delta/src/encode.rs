@@ -437,40 +437,32 @@ impl Codings {
 /// smaller in full), and gaps for the C and Rust files, where literals are 2-4% larger in full: the same
 /// picks as coding all of the data both ways.
 fn sample_data_zeros(o: &[u8], n: &[u8], data_from: usize, opts: &EncodeOptions) -> DataZeros {
-    // The whole window is data.
-    let coding = |data| DiffCoding {
-        data_from: 0,
-        data,
-        code: CodeZeros::Runs,
-        raw: &[],
-    };
     let windows = windows_over(o, n, data_from as u64, n.len() as u64);
-    let pair = [coding(DataZeros::Gaps), coding(DataZeros::Literals)];
-    if second_is_smaller(o, n, &windows, opts, pair) {
-        DataZeros::Literals
-    } else {
-        DataZeros::Gaps
-    }
+    data_zeros_over(o, n, &windows, opts)
 }
 
 /// Which coding of the zeros in new's data (from `data_from` on, too little of it for
 /// [`sample_data_zeros`]' windows) codes the whole data smaller, matched against old's bytes from the same
 /// relative offset on.
 fn sample_small_data_zeros(o: &[u8], n: &[u8], data_from: usize, opts: &EncodeOptions) -> DataZeros {
+    let new_start = data_from.min(n.len());
+    let old_middle = u128::try_from(new_start).unwrap_or(0) * o.len() as u128 / n.len().max(1) as u128;
+    let old_start = usize::try_from(old_middle)
+        .unwrap_or(0)
+        .saturating_sub(PROBE_OLD / 2);
+    data_zeros_over(o, n, &[(old_start, o.len(), new_start, n.len())], opts)
+}
+
+/// Which coding of the data's zeros codes `windows` (all data) smaller.
+fn data_zeros_over(o: &[u8], n: &[u8], windows: &[Window], opts: &EncodeOptions) -> DataZeros {
     let coding = |data| DiffCoding {
         data_from: 0,
         data,
         code: CodeZeros::Runs,
         raw: &[],
     };
-    let new_start = data_from.min(n.len());
-    let old_middle = u128::try_from(new_start).unwrap_or(0) * o.len() as u128 / n.len().max(1) as u128;
-    let old_start = usize::try_from(old_middle)
-        .unwrap_or(0)
-        .saturating_sub(PROBE_OLD / 2);
-    let window = (old_start, o.len(), new_start, n.len());
     let pair = [coding(DataZeros::Gaps), coding(DataZeros::Literals)];
-    if second_is_smaller(o, n, &[window], opts, pair) {
+    if second_is_smaller(o, n, windows, opts, pair) {
         DataZeros::Literals
     } else {
         DataZeros::Gaps
