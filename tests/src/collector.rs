@@ -184,3 +184,43 @@ fn misbehave(mut stream: TcpStream, how: Misbehaviour) {
         }
     }
 }
+
+/// The error and its causes on one line.
+pub fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// POSTs a JSON `body`: the response's status and text, or the error and its causes on one line.
+pub async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Result<(u16, String), String> {
+    let resp = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await.map_err(|e| error_chain(&e))?))
+}
+
+/// Asserts that a collector serving mutual TLS refuses `body` from `client()`'s connections with the TLS
+/// alert `alert`. In TLS 1.3 the server checks the client's certificate after the client has finished its
+/// side of the handshake, so the client may see the connection close before it reads the alert
+/// ("connection was not ready"): every attempt must be refused, and one of up to five must name the reason.
+pub async fn assert_tls_refusal(client: &dyn Fn() -> reqwest::Client, url: &str, body: Vec<u8>, alert: &str) {
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        match post(&client(), url, body.clone()).await {
+            Ok((status, text)) => panic!("accepted without {alert}: {status} {text}"),
+            Err(e) if e.contains(alert) => return,
+            Err(e) => seen.push(e),
+        }
+    }
+    panic!("no {alert} alert in 5 refusals: {seen:?}");
+}

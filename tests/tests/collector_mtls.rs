@@ -16,6 +16,7 @@ use chrono::{TimeZone as _, Utc};
 use device_agent::channels::{provision_channels, CollectorTls};
 use device_agent::identity::{FileIdentity, IdentityKey, IDENTITY_FILE};
 use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+use ota_e2e::collector::{assert_tls_refusal, post};
 use ota_e2e::collector_binary;
 use ota_report::{
     Channel, Envelope, HardwareId, InstallMethod, Outcome, Reason, Report, TargetName, Version,
@@ -118,29 +119,6 @@ fn enroll(db: &str, device: &Device) {
     collector(&["enroll", "--db", db, "--key", &key]);
 }
 
-/// The error and its causes on one line.
-fn chain(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
-}
-
-async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Result<(u16, String), String> {
-    let resp = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| chain(&e))?;
-    let status = resp.status().as_u16();
-    Ok((status, resp.text().await.map_err(|e| chain(&e))?))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_enrolled_unrevoked_devices_speak_and_only_for_themselves() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,21 +158,22 @@ async fn only_enrolled_unrevoked_devices_speak_and_only_for_themselves() {
     );
 
     // No client certificate: the pinned CA alone.
-    let bare = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    let err = post(&bare, &server.url, enrolled.report(2)).await.unwrap_err();
-    assert!(err.contains("CertificateRequired"), "{err}");
-    let err = post(&unknown.client(), &server.url, unknown.report(1))
-        .await
-        .unwrap_err();
-    assert!(err.contains("UnknownCA"), "{err}");
-    let err = post(&revoked.client(), &server.url, revoked.report(1))
-        .await
-        .unwrap_err();
-    assert!(err.contains("CertificateRevoked"), "{err}");
+    let bare = || {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+            .build()
+            .unwrap()
+    };
+    assert_tls_refusal(&bare, &server.url, enrolled.report(2), "CertificateRequired").await;
+    assert_tls_refusal(&|| unknown.client(), &server.url, unknown.report(1), "UnknownCA").await;
+    assert_tls_refusal(
+        &|| revoked.client(),
+        &server.url,
+        revoked.report(1),
+        "CertificateRevoked",
+    )
+    .await;
 
     drop(server);
     let summary: serde_json::Value =
