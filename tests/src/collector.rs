@@ -185,15 +185,13 @@ fn misbehave(mut stream: TcpStream, how: Misbehaviour) {
     }
 }
 
-/// The error and its causes on one line.
-pub fn error_chain(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
+/// A client that trusts only the CA `ca_pem` and shows no certificate of its own.
+pub fn client_without_certificate(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
 }
 
 /// POSTs a JSON `body`: the response's status and text, or the error and its causes on one line.
@@ -204,9 +202,12 @@ pub async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Result<
         .body(body)
         .send()
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| device_agent::error_chain(&e))?;
     let status = resp.status().as_u16();
-    Ok((status, resp.text().await.map_err(|e| error_chain(&e))?))
+    Ok((
+        status,
+        resp.text().await.map_err(|e| device_agent::error_chain(&e))?,
+    ))
 }
 
 /// Asserts that a collector serving mutual TLS refuses `body` from `client()`'s connections with the TLS

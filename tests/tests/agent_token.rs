@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-use ota_e2e::collector::assert_tls_refusal;
+use ota_e2e::collector::{assert_tls_refusal, client_without_certificate};
 use ota_e2e::{collector_binary, firmware, text, SimDevice, TestRepo};
 use ota_testbed::tls::{TestCa, Validity};
 use ota_testbed::{spawn_listening, SoftHsm};
@@ -165,13 +165,7 @@ fn a_token_held_p256_identity_signs_reports_and_the_mtls_handshake() {
         .enable_all()
         .build()
         .unwrap();
-    let bare = || {
-        reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-            .build()
-            .unwrap()
-    };
+    let bare = || client_without_certificate(ca.pem());
     let url = format!("{}/v1/reports", server.url);
     runtime.block_on(assert_tls_refusal(
         &bare,

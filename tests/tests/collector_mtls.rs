@@ -16,7 +16,7 @@ use chrono::{TimeZone as _, Utc};
 use device_agent::channels::{provision_channels, CollectorTls};
 use device_agent::identity::{FileIdentity, IdentityKey, IDENTITY_FILE};
 use ed25519_dalek::pkcs8::DecodePrivateKey as _;
-use ota_e2e::collector::{assert_tls_refusal, post};
+use ota_e2e::collector::{assert_tls_refusal, client_without_certificate, post};
 use ota_e2e::collector_binary;
 use ota_report::{
     Channel, Envelope, HardwareId, InstallMethod, Outcome, Reason, Report, TargetName, Version,
@@ -158,13 +158,7 @@ async fn only_enrolled_unrevoked_devices_speak_and_only_for_themselves() {
     );
 
     // No client certificate: the pinned CA alone.
-    let bare = || {
-        reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-            .build()
-            .unwrap()
-    };
+    let bare = || client_without_certificate(ca.pem());
     assert_tls_refusal(&bare, &server.url, enrolled.report(2), "CertificateRequired").await;
     assert_tls_refusal(&|| unknown.client(), &server.url, unknown.report(1), "UnknownCA").await;
     assert_tls_refusal(
