@@ -121,7 +121,7 @@ pub(crate) fn raw_spans(new: &RegionMap) -> Vec<(usize, usize)> {
 /// of ~9 MiB instead of ~37-50 MiB, and the decoder's dictionary shrinks with it. 256 KiB codes the
 /// ARM pairs' raw code diffs within 0.2 % of 512 KiB (systemd-arm64 45,586 bytes against 45,487) with
 /// 4 MiB of encoder instead of 7: two of them, compressing in blocks (see [`StreamEncoder`]), fit the
-/// small pairs' memory budget (systemd-arm64 23.7 MiB of 26.1, against 28.8 with 512 KiB).
+/// small pairs' memory budget (systemd-arm64 23.7 MiB of 26.1, against 28.6-29.1 with 512 KiB).
 const RAW_LITERAL_WINDOW_LOG: u8 = 18;
 
 /// Splits a diff into (zero run, literal run) pairs: the format codes the diff, mostly zeros, as the two
@@ -259,8 +259,6 @@ struct Segmenter<'a> {
     totals: [u64; 5],
     /// The largest segment's literal bytes so far.
     largest_literals: u64,
-    /// Literal bytes of the current segment.
-    literals: u64,
     runs: RunTokenizer<'a>,
 }
 
@@ -280,7 +278,7 @@ impl Segmenter<'_> {
         self.totals[ZERO_RUNS] += z as u64;
         self.totals[LITERAL_LENGTHS] += l as u64;
         self.totals[LITERALS] += literals;
-        self.literals += literals;
+        self.fill[LITERALS] += in_memory(literals);
     }
 
     fn runs_full(&self) -> bool {
@@ -303,9 +301,8 @@ impl Segmenter<'_> {
         if !self.current.is_empty() {
             self.segments.push(std::mem::take(&mut self.current));
         }
+        self.largest_literals = self.largest_literals.max(self.fill[LITERALS] as u64);
         self.fill = [0; 5];
-        self.largest_literals = self.largest_literals.max(self.literals);
-        self.literals = 0;
     }
 
     fn add_step(&mut self, step: &Step, seek: i64, o: &[u8], n: &[u8]) {
@@ -445,7 +442,6 @@ fn segment(steps: &[Step], o: &[u8], n: &[u8], coding: DiffCoding<'_>) -> Segmen
         fill: [0; 5],
         totals: [0; 5],
         largest_literals: 0,
-        literals: 0,
         runs: RunTokenizer::new(coding),
     };
     for (k, step) in steps.iter().enumerate() {
@@ -903,8 +899,8 @@ fn compress_streams(
     threads: usize,
 ) -> Result<Vec<StreamChunks>> {
     let segments = cut.segments.as_slice();
+    let inputs = o.len().saturating_add(n.len());
     let jobs = (0..STREAM_NAMES.len()).zip(window_logs).map(|(which, log)| {
-        let inputs = o.len().saturating_add(n.len());
         (
             which,
             log,

@@ -338,7 +338,7 @@ impl Codings {
     /// These codings for a candidate with `filter`: an ARM filter over an ELF file settles the code's
     /// coding as raw without sampling it. Its ARM regions are coded raw whatever the sample says (see
     /// [`crate::coding::raw_spans`]), and the sample picked raw on every ARM executable of the corpus;
-    /// it cost small pairs 0.1-0.2 s before their suffix sort. A filesystem image's code (all of it) is
+    /// it cost small pairs 0.1-0.3 s before their suffix sort. A filesystem image's code (all of it) is
     /// still sampled: there the windows mostly see file data.
     fn for_filter(self, filter: Filter) -> Codings {
         match self.code {
@@ -377,8 +377,7 @@ impl Codings {
             .unwrap_or_else(|| sample_code_zeros(o, n, (self.code_from, self.data_from), opts));
         let which = match self.which {
             DataCodings::Sample => DataCodings::One(sample_data_zeros(o, n, self.data_from, opts)),
-            // Writing both codings would compress the code's raw diff twice, the slowest stream
-            // (systemd-arm64: 2.4 s against 1.4): the data alone is coded both ways instead.
+            // Not written both ways over a raw code diff (see `Codings::second`).
             DataCodings::Both if code == CodeZeros::Literals => {
                 DataCodings::One(sample_small_data_zeros(o, n, self.data_from, opts))
             }
@@ -400,9 +399,12 @@ impl Codings {
         }
     }
 
-    /// The coding written after [`Codings::first`], when both are to be tried.
+    /// The coding written after [`Codings::first`], when both are to be tried: never over a raw code
+    /// diff, which a second write would compress twice, the slowest stream (systemd-arm64: 2.4 s against
+    /// 1.4); the data alone is coded both ways then (see [`Codings::sampled`]).
     fn second(self) -> Option<DiffCoding<'static>> {
-        (self.which == DataCodings::Both).then(|| self.coding(DataZeros::Literals))
+        let raw_code = self.code == Some(CodeZeros::Literals);
+        (self.which == DataCodings::Both && !raw_code).then(|| self.coding(DataZeros::Literals))
     }
 
     /// What one of `count` candidates writes: all of these when alone; else only the first (or the
@@ -419,11 +421,6 @@ impl Codings {
 
     /// The coding left to try after a candidate wrote `tried`.
     fn left_after(self, tried: Codings) -> Option<DiffCoding<'static>> {
-        if tried.code == Some(CodeZeros::Literals) {
-            // The data's coding was sampled (see `Codings::sampled`), or a candidate wrote one alone:
-            // a second raw diff would cost more time than the data can save.
-            return None;
-        }
         let settled = Codings {
             code: tried.code,
             ..self
